@@ -1,0 +1,23 @@
+# Shared by examples/demo.sh and tests/run.sh: installs what mrc needs and is missing.
+# Debian 12: LLVM/MLIR 22 and the C libraries the melior crates link against.
+
+MRC_APT_PACKAGES="llvm-22-dev libmlir-22-dev mlir-22-tools libpolly-22-dev libclang-22-dev \
+libzstd-dev libz3-dev libxml2-dev zlib1g-dev"
+
+mrc_install_deps() {
+    local missing=()
+    for p in $MRC_APT_PACKAGES; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "installing: ${missing[*]}"
+        local sudo=""
+        [ "$(id -u)" -ne 0 ] && sudo="sudo"
+        $sudo apt-get update -q
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q "${missing[@]}"
+    fi
+    if ! command -v cargo >/dev/null; then
+        echo "error: cargo not found; install Rust (https://rustup.rs)" >&2
+        return 1
+    fi
+}

@@ -1,0 +1,1 @@
+//! The runtime that programs compiled by `mrc` link: the CPU built-in operators.
