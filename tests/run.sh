@@ -4,4 +4,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . examples/lib/deps.sh
 mrc_install_deps
-cargo test --workspace --release "$@"
+cargo test --workspace "$@"

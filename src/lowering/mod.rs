@@ -1,0 +1,1 @@
+//! Lowering of the dataflow graph to MLIR (melior), and the MLIR toolchain.
