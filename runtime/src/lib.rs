@@ -1,1 +1,15 @@
 //! The runtime that programs compiled by `mrc` link: the CPU built-in operators.
+//!
+//! Every operator in [`ops`] reproduces torchvision's numerics (same sampling positions, same
+//! float32 evaluation order where it matters, same tie-breaking), takes plain slices plus shapes
+//! and returns owned buffers, so that a later `extern "C"` layer for MLIR-generated code can wrap
+//! it without copying. Boxes are `[x1, y1, x2, y2]` in pixels; RoIs are
+//! `[batch_index, x1, y1, x2, y2]`; sizes are `[height, width]`. Bad arguments give an
+//! [`Error`], never a panic, and every operator accepts zero boxes.
+
+pub mod error;
+pub mod ops;
+pub mod tensor;
+
+pub use error::{Error, Result};
+pub use tensor::FeatureMap;

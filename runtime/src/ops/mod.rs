@@ -1,0 +1,21 @@
+//! The CPU built-in operators, one module per operator family.
+
+pub mod anchors;
+pub mod box_coder;
+pub mod interpolate;
+pub mod multiscale;
+pub mod nms;
+pub mod paste_masks;
+pub mod preprocess;
+pub mod roi_align;
+pub mod roi_pool;
+
+use crate::error::{invalid, Result};
+
+/// Validates a batch index stored as a float in a RoI row, as torchvision casts it to int.
+pub(crate) fn batch_index(op: &'static str, value: f32, n: usize) -> Result<usize> {
+    if value.fract() != 0.0 || value < 0.0 || value as usize >= n {
+        return invalid(op, format!("batch index {value} for a batch of {n}"));
+    }
+    Ok(value as usize)
+}

@@ -1,0 +1,158 @@
+//! Multi-scale RoIAlign over a feature pyramid: torchvision's `MultiScaleRoIAlign` with its
+//! `LevelMapper` (FPN paper, eq. 1) and scale inference.
+
+use crate::error::{check_finite, invalid, shape_err, Result};
+use rayon::prelude::*;
+
+use crate::ops::roi_align::{align_one, check_params, PoolMode, RoiAlignParams};
+use crate::tensor::FeatureMap;
+
+/// Assigns boxes to pyramid levels: `floor(lvl0 + log2(√area / s0) + eps)`, clamped to
+/// `[k_min, k_max]`, returned relative to `k_min`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LevelMapper {
+    pub k_min: i32,
+    pub k_max: i32,
+    /// Canonical box size `s0` (224, ImageNet pre-training size).
+    pub canonical_scale: f32,
+    /// Level of a box of the canonical size (4).
+    pub canonical_level: f32,
+    pub eps: f32,
+}
+
+impl LevelMapper {
+    /// torchvision's defaults for levels `k_min..=k_max`.
+    pub fn new(k_min: i32, k_max: i32) -> Self {
+        LevelMapper { k_min, k_max, canonical_scale: 224.0, canonical_level: 4.0, eps: 1e-6 }
+    }
+
+    /// Index (from 0 = `k_min`) of each box's level.
+    pub fn map_levels(&self, boxes: &[[f32; 4]]) -> Result<Vec<usize>> {
+        const OP: &str = "level_mapper";
+        check_finite(OP, "box", boxes.as_flattened())?;
+        if self.k_max < self.k_min {
+            return invalid(OP, format!("levels {}..={}", self.k_min, self.k_max));
+        }
+        boxes
+            .iter()
+            .map(|b| {
+                let s = ((b[2] - b[0]) * (b[3] - b[1])).sqrt();
+                let lvl = (self.canonical_level + (s / self.canonical_scale).log2() + self.eps).floor();
+                if lvl.is_nan() {
+                    return invalid(OP, format!("box {b:?} has a negative area"));
+                }
+                Ok((lvl.clamp(self.k_min as f32, self.k_max as f32) as i32 - self.k_min) as usize)
+            })
+            .collect()
+    }
+}
+
+/// The scale of a feature map relative to the image, as torchvision infers it: the power of
+/// two nearest (in log2, float32) to `feature height / image height`.
+pub fn infer_scale(feature_hw: [usize; 2], image_hw: [usize; 2]) -> Result<f32> {
+    if feature_hw[0] == 0 || image_hw[0] == 0 {
+        return invalid("infer_scale", format!("feature {feature_hw:?} for image {image_hw:?}"));
+    }
+    let approx = (feature_hw[0] as f64 / image_hw[0] as f64) as f32;
+    Ok(2f64.powf(approx.log2().round_ties_even() as f64) as f32)
+}
+
+/// Parameters of [`multiscale_roi_align`].
+#[derive(Clone, Copy, Debug)]
+pub struct MultiScaleParams {
+    pub output_size: [usize; 2],
+    pub sampling_ratio: i32,
+    pub canonical_scale: f32,
+    pub canonical_level: f32,
+    pub eps: f32,
+}
+
+impl MultiScaleParams {
+    /// torchvision's `MultiScaleRoIAlign(output_size, sampling_ratio)` defaults.
+    pub fn new(output_size: [usize; 2], sampling_ratio: i32) -> Self {
+        MultiScaleParams { output_size, sampling_ratio, canonical_scale: 224.0, canonical_level: 4.0, eps: 1e-6 }
+    }
+}
+
+/// The result of [`multiscale_roi_align`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct MultiScaleOutput {
+    /// `[K, C, oh, ow]`, boxes of all images concatenated in order.
+    pub values: Vec<f32>,
+    /// The scale inferred for each level.
+    pub scales: Vec<f32>,
+    /// The level (index into `features`) each box was pooled from.
+    pub levels: Vec<usize>,
+}
+
+/// RoIAlign (`aligned=False`) of each box from the pyramid level its size maps to.
+///
+/// `features` are the levels finest first, all with the same batch and channels;
+/// `boxes[i]` are image `i`'s boxes; `image_sizes[i]` its (resized, unpadded) size. Scales are
+/// inferred from the largest image height against each level's height.
+pub fn multiscale_roi_align(
+    features: &[FeatureMap],
+    boxes: &[&[[f32; 4]]],
+    image_sizes: &[[usize; 2]],
+    p: &MultiScaleParams,
+) -> Result<MultiScaleOutput> {
+    const OP: &str = "multiscale_roi_align";
+    let Some(first) = features.first() else {
+        return invalid(OP, "no feature maps");
+    };
+    if boxes.len() != image_sizes.len() || boxes.len() != first.n {
+        return shape_err(OP, format!("{} box lists, {} image sizes, batch of {}", boxes.len(), image_sizes.len(), first.n));
+    }
+    if features.iter().any(|f| f.n != first.n || f.c != first.c) {
+        return shape_err(OP, "feature maps differ in batch size or channels");
+    }
+    let original = [
+        image_sizes.iter().map(|s| s[0]).max().unwrap_or(0),
+        image_sizes.iter().map(|s| s[1]).max().unwrap_or(0),
+    ];
+    let scales = features.iter().map(|f| infer_scale([f.h, f.w], original)).collect::<Result<Vec<_>>>()?;
+    let lvl = |s: f32| -s.log2();
+    let (k_min, k_max) = (lvl(scales[0]), lvl(scales[scales.len() - 1]));
+    if k_max - k_min + 1.0 != features.len() as f32 {
+        return invalid(OP, format!("inferred scales {scales:?} are not consecutive powers of two"));
+    }
+    let mapper = LevelMapper {
+        k_min: k_min as i32,
+        k_max: k_max as i32,
+        canonical_scale: p.canonical_scale,
+        canonical_level: p.canonical_level,
+        eps: p.eps,
+    };
+    let all: Vec<[f32; 4]> = boxes.iter().flat_map(|b| b.iter().copied()).collect();
+    let levels = mapper.map_levels(&all)?;
+    let rois: Vec<[f32; 5]> = boxes
+        .iter()
+        .enumerate()
+        .flat_map(|(i, b)| b.iter().map(move |b| [i as f32, b[0], b[1], b[2], b[3]]))
+        .collect();
+
+    let [oh, ow] = p.output_size;
+    let per_roi = first.c * oh * ow;
+    let params: Vec<RoiAlignParams> = scales
+        .iter()
+        .map(|&spatial_scale| RoiAlignParams {
+            output_size: p.output_size,
+            spatial_scale,
+            sampling_ratio: p.sampling_ratio,
+            aligned: false,
+            mode: PoolMode::Avg,
+        })
+        .collect();
+    for (f, q) in features.iter().zip(&params) {
+        check_params(OP, f, q)?;
+    }
+    let mut values = vec![0.0f32; rois.len() * per_roi];
+    if per_roi > 0 {
+        // One parallel pass over all boxes, each reading its own level: no per-level gather.
+        values.par_chunks_mut(per_roi).zip(rois.par_iter().zip(levels.par_iter())).for_each_init(
+            Vec::new,
+            |samples, (o, (r, &l))| align_one(&features[l], r, &params[l], samples, o),
+        );
+    }
+    Ok(MultiScaleOutput { values, scales, levels })
+}

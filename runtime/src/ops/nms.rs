@@ -1,0 +1,177 @@
+//! Non-maximum suppression as torchvision's CPU kernel, batched (per-class) NMS and top-k.
+
+use std::cmp::Ordering;
+
+use crate::error::{check_finite, invalid, shape_err, Result};
+
+/// The box coordinates of the surviving candidates, in score order, kept contiguous so that
+/// each suppression sweep is a linear pass over plain arrays.
+struct Candidates {
+    x1: Vec<f32>,
+    y1: Vec<f32>,
+    x2: Vec<f32>,
+    y2: Vec<f32>,
+    area: Vec<f32>,
+    index: Vec<u32>,
+}
+
+fn check(op: &'static str, boxes: &[[f32; 4]], scores: &[f32], iou_threshold: f64) -> Result<()> {
+    if boxes.len() != scores.len() {
+        return shape_err(op, format!("{} boxes but {} scores", boxes.len(), scores.len()));
+    }
+    if iou_threshold.is_nan() {
+        return invalid(op, "IoU threshold NaN");
+    }
+    if boxes.len() > u32::MAX as usize {
+        return invalid(op, format!("{} boxes", boxes.len()));
+    }
+    check_finite(op, "box", boxes.as_flattened())?;
+    check_finite(op, "score", scores)
+}
+
+/// Indices into the input sorted by decreasing score, the earlier index first among equal
+/// scores (torchvision's stable sort).
+fn order_by_score(scores: &[f32]) -> Vec<u32> {
+    let mut order: Vec<u32> = (0..scores.len() as u32).collect();
+    order.sort_by(|&a, &b| descending(scores[a as usize], scores[b as usize]));
+    order
+}
+
+/// Descending order of finite scores in which -0 and +0 tie, as in torch's sort.
+fn descending(a: f32, b: f32) -> Ordering {
+    (b + 0.0).total_cmp(&(a + 0.0))
+}
+
+/// The largest float32 `t` with `x > t ⇔ (x as f64) > threshold` for every float32 `x`:
+/// torchvision compares the float IoU with its double threshold.
+fn f32_threshold(threshold: f64) -> f32 {
+    let t = threshold as f32;
+    if t as f64 > threshold {
+        t.next_down()
+    } else {
+        t
+    }
+}
+
+/// Greedy NMS: keeps the highest-scoring box, drops every remaining box whose IoU with it
+/// exceeds `iou_threshold`, repeats. Returns kept indices by decreasing score. IoU uses areas
+/// `(x2 − x1)·(y2 − y1)` without the legacy +1.
+pub fn nms(boxes: &[[f32; 4]], scores: &[f32], iou_threshold: f64) -> Result<Vec<usize>> {
+    check("nms", boxes, scores, iou_threshold)?;
+    Ok(nms_unchecked(boxes, scores, iou_threshold))
+}
+
+fn nms_unchecked(boxes: &[[f32; 4]], scores: &[f32], iou_threshold: f64) -> Vec<usize> {
+    let order = order_by_score(scores);
+    let n = order.len();
+    let mut c = Candidates {
+        x1: Vec::with_capacity(n),
+        y1: Vec::with_capacity(n),
+        x2: Vec::with_capacity(n),
+        y2: Vec::with_capacity(n),
+        area: Vec::with_capacity(n),
+        index: order,
+    };
+    for &i in &c.index {
+        let b = &boxes[i as usize];
+        c.x1.push(b[0]);
+        c.y1.push(b[1]);
+        c.x2.push(b[2]);
+        c.y2.push(b[3]);
+        c.area.push((b[2] - b[0]) * (b[3] - b[1]));
+    }
+    let thr = f32_threshold(iou_threshold);
+    let mut keep = Vec::new();
+    let mut len = n;
+    while len > 0 {
+        keep.push(c.index[0] as usize);
+        let (ix1, iy1, ix2, iy2, ia) = (c.x1[0], c.y1[0], c.x2[0], c.y2[0], c.area[0]);
+        // Compact the survivors to the front, dropping the kept box at position 0.
+        let mut w = 0;
+        for r in 1..len {
+            let xx1 = ix1.max(c.x1[r]);
+            let yy1 = iy1.max(c.y1[r]);
+            let xx2 = ix2.min(c.x2[r]);
+            let yy2 = iy2.min(c.y2[r]);
+            let inter = (xx2 - xx1).max(0.0) * (yy2 - yy1).max(0.0);
+            let iou = inter / (ia + c.area[r] - inter);
+            // Written unconditionally and advanced only for survivors: branch-free compaction.
+            c.x1[w] = c.x1[r];
+            c.y1[w] = c.y1[r];
+            c.x2[w] = c.x2[r];
+            c.y2[w] = c.y2[r];
+            c.area[w] = c.area[r];
+            c.index[w] = c.index[r];
+            w += (iou <= thr || iou.is_nan()) as usize;
+        }
+        len = w;
+    }
+    keep
+}
+
+/// NMS within each label only; kept indices of all labels together by decreasing score.
+///
+/// Like torchvision, small inputs (≤ 1,000 boxes) run one NMS over boxes shifted apart by
+/// `label · (max coordinate + 1)`, larger ones one NMS per label: the shift changes IoUs by
+/// rounding noise, and this keeps results identical to torchvision's.
+pub fn batched_nms(boxes: &[[f32; 4]], scores: &[f32], labels: &[i64], iou_threshold: f64) -> Result<Vec<usize>> {
+    const OP: &str = "batched_nms";
+    check(OP, boxes, scores, iou_threshold)?;
+    if labels.len() != boxes.len() {
+        return shape_err(OP, format!("{} boxes but {} labels", boxes.len(), labels.len()));
+    }
+    if boxes.is_empty() {
+        return Ok(Vec::new());
+    }
+    if boxes.len() * 4 <= 4000 {
+        let max = boxes.as_flattened().iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let shifted: Vec<[f32; 4]> = boxes
+            .iter()
+            .zip(labels)
+            .map(|(b, &l)| {
+                let off = l as f32 * (max + 1.0);
+                b.map(|v| v + off)
+            })
+            .collect();
+        check_finite(OP, "shifted box", shifted.as_flattened())?;
+        return Ok(nms_unchecked(&shifted, scores, iou_threshold));
+    }
+    let mut by_label: Vec<u32> = (0..boxes.len() as u32).collect();
+    by_label.sort_by_key(|&i| labels[i as usize]);
+    let mut keep = Vec::new();
+    for group in by_label.chunk_by(|&a, &b| labels[a as usize] == labels[b as usize]) {
+        let b: Vec<[f32; 4]> = group.iter().map(|&i| boxes[i as usize]).collect();
+        let s: Vec<f32> = group.iter().map(|&i| scores[i as usize]).collect();
+        keep.extend(nms_unchecked(&b, &s, iou_threshold).into_iter().map(|k| group[k] as usize));
+    }
+    keep.sort_unstable();
+    keep.sort_by(|&a, &b| descending(scores[a], scores[b]));
+    Ok(keep)
+}
+
+/// For each level (consecutive runs of `level_sizes` in `scores`), the indices of its
+/// `min(k, size)` highest scores, by decreasing score, lower index first among equals; levels in
+/// order. Indices are into the whole `scores`.
+pub fn topk_per_level(scores: &[f32], level_sizes: &[usize], k: usize) -> Result<Vec<usize>> {
+    const OP: &str = "topk_per_level";
+    if level_sizes.iter().sum::<usize>() != scores.len() {
+        return shape_err(OP, format!("level sizes {level_sizes:?} for {} scores", scores.len()));
+    }
+    check_finite(OP, "score", scores)?;
+    let mut out = Vec::new();
+    let mut start = 0;
+    for &n in level_sizes {
+        let s = &scores[start..start + n];
+        let cmp = |a: &usize, b: &usize| -> Ordering { descending(s[*a], s[*b]).then(a.cmp(b)) };
+        let mut idx: Vec<usize> = (0..n).collect();
+        let k = k.min(n);
+        if k > 0 && k < n {
+            idx.select_nth_unstable_by(k - 1, cmp);
+        }
+        idx.truncate(k);
+        idx.sort_unstable_by(cmp);
+        out.extend(idx.into_iter().map(|i| i + start));
+        start += n;
+    }
+    Ok(out)
+}
