@@ -44,16 +44,16 @@ pub struct Batch {
     pub image_sizes: Vec<[usize; 2]>,
 }
 
-/// The size torchvision resizes `[h, w]` to: `scale = min(min_size/short, max_size/long)` in
-/// float32, output `floor(side · scale)`, the product also in float32 (as in torch 2.15).
+/// The size torchvision resizes `[h, w]` to: `scale = min(min_size/short, max_size/long)` and
+/// output `floor(side · scale)`, both in double precision (Python floats in torchvision).
 pub fn resized_size(hw: [usize; 2], min_size: usize, max_size: usize) -> Result<[usize; 2]> {
     if hw[0] == 0 || hw[1] == 0 || min_size == 0 || max_size == 0 {
         return invalid("resize", format!("image {hw:?}, min size {min_size}, max size {max_size}"));
     }
-    let short = hw[0].min(hw[1]) as f32;
-    let long = hw[0].max(hw[1]) as f32;
-    let scale = (min_size as f32 / short).min(max_size as f32 / long);
-    Ok(hw.map(|s| ((s as f32 * scale).floor() as usize).max(1)))
+    let short = hw[0].min(hw[1]) as f64;
+    let long = hw[0].max(hw[1]) as f64;
+    let scale = (min_size as f64 / short).min(max_size as f64 / long);
+    Ok(hw.map(|s| ((s as f64 * scale).floor() as usize).max(1)))
 }
 
 /// `[h, w, 3]` bytes to `[3, h, w]` floats `(x/255 − mean)/std`.
@@ -144,4 +144,28 @@ pub fn resize_boxes(boxes: &[[f32; 4]], from: [usize; 2], to: [usize; 2]) -> Res
     let rh = to[0] as f32 / from[0] as f32;
     let rw = to[1] as f32 / from[1] as f32;
     Ok(boxes.iter().map(|b| [b[0] * rw, b[1] * rh, b[2] * rw, b[3] * rh]).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Sizes torchvision 0.29's `GeneralizedRCNNTransform.resize` produced, chosen where float32
+    /// arithmetic would round differently.
+    #[test]
+    fn resized_sizes_match_torchvision() {
+        let cases = [
+            ([1779, 838], 600, 320, [320, 150]),
+            ([580, 1097], 600, 1333, [600, 1134]),
+            ([1930, 1655], 800, 1333, [932, 800]),
+            ([300, 451], 320, 320, [212, 320]),
+            ([400, 600], 480, 800, [480, 720]),
+            ([335, 627], 480, 320, [170, 320]),
+            ([1494, 1709], 480, 800, [480, 549]),
+            ([252, 1544], 320, 800, [130, 799]),
+        ];
+        for (hw, min, max, expected) in cases {
+            assert_eq!(resized_size(hw, min, max).unwrap(), expected, "{hw:?} {min} {max}");
+        }
+    }
 }

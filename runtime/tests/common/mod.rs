@@ -153,6 +153,12 @@ pub fn check_golden(what: &str, actual: &[f32], expected: &[f32], tol: Tol, fail
     if expected.is_empty() {
         return;
     }
+    let worst = actual
+        .iter()
+        .zip(expected)
+        .map(|(a, b)| (a - b).abs() / (tol.rtol * b.abs() + tol.atol))
+        .fold(0.0f32, f32::max);
+    eprintln!("{what}: {} values, largest error {worst:.3} of the tolerance", expected.len());
     for i in [0, expected.len() / 2, expected.len() - 1] {
         let mut moved = expected.to_vec();
         let away = if actual[i] >= expected[i] { -1.5 } else { 1.5 };
