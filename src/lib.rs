@@ -1,5 +1,12 @@
 //! mrc: a compiler for Mask R-CNN-family networks.
 //!
-//! The modules follow the pipeline: `syntax` → `graph` → `passes` → `lowering` → `targets`.
+//! The modules follow the pipeline: `syntax` (model text → AST) → `expand` (AST → graph, with
+//! shape inference by the `ops`) → `graph` → `lowering` (MLIR). `diagnostic` serves them all.
 
+pub mod diagnostic;
+pub mod expand;
+pub mod graph;
 pub mod lowering;
+pub mod ops;
+pub mod summary;
+pub mod syntax;

@@ -1,1 +1,80 @@
-fn main() {}
+//! The `mrc` command line.
+
+use clap::{Parser, Subcommand, ValueEnum};
+use mrc::diagnostic::SourceMap;
+use mrc::expand::{self, Model};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "mrc", version, about = "A compiler for Mask R-CNN-family networks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Parse, expand and shape-check a model; print a summary.
+    Check(ModelArgs),
+    /// List the model's state tensors (torchvision `state_dict` names) and shapes.
+    Params(ModelArgs),
+    /// Print the dataflow graph.
+    Graph {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long, value_enum, default_value = "text")]
+        format: GraphFormat,
+    },
+    /// Print the syntax tree of a model file back as text, fully parenthesized.
+    Parse { file: PathBuf },
+}
+
+#[derive(clap::Args)]
+struct ModelArgs {
+    /// The model file.
+    file: PathBuf,
+    /// YAML file overriding settings of the model's `config` section.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum GraphFormat {
+    Text,
+    Dot,
+}
+
+fn load(args: &ModelArgs) -> Result<Model, String> {
+    let mut sources = SourceMap::default();
+    expand::load(&mut sources, &args.file, args.config.as_deref()).map_err(|d| d.render(&sources))
+}
+
+fn parse(file: &Path) -> Result<String, String> {
+    let mut sources = SourceMap::default();
+    let program = expand::parse_program(&mut sources, file).map_err(|d| d.render(&sources))?;
+    Ok(mrc::syntax::print::print_file(&program.root))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Check(args) => load(args).map(|m| mrc::summary::check(&m)),
+        Command::Params(args) => load(args).map(|m| mrc::summary::params(&m)),
+        Command::Graph { model, format } => load(model).map(|m| match format {
+            GraphFormat::Text => mrc::graph::to_text(&m.graph),
+            GraphFormat::Dot => mrc::graph::to_dot(&m.graph),
+        }),
+        Command::Parse { file } => parse(file),
+    };
+    match result {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(diagnostics) => {
+            eprintln!("{diagnostics}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,126 @@
+//! The dataflow graph: operator nodes with attributes, tensor edges with inferred types.
+//!
+//! Invariant: this layer knows nothing of MLIR. Every op node's inputs are its tensor inputs in
+//! slot order followed by the state tensors it owns; each edge carries one typed value.
+
+mod print;
+pub mod types;
+
+pub use print::{to_dot, to_text};
+
+use crate::diagnostic::Span;
+use crate::ops::{AttrValue, Operator};
+use petgraph::stable_graph::{NodeIndex, StableDiGraph};
+use petgraph::visit::EdgeRef;
+use petgraph::Direction;
+use std::collections::BTreeMap;
+use types::TensorType;
+
+pub type Attrs = BTreeMap<String, AttrValue>;
+
+/// Trainable parameter or non-trainable buffer (torch's distinction, kept for `state_dict`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StateKind {
+    Parameter,
+    Buffer,
+}
+
+#[derive(Clone, Debug)]
+pub enum NodeKind {
+    /// A network input, by name.
+    Input,
+    /// A tensor of the model's state (`state_dict` entry), named by its full path.
+    State(StateKind),
+    Op { op: &'static dyn Operator, attrs: Attrs },
+}
+
+#[derive(Clone, Debug)]
+pub struct Node {
+    pub kind: NodeKind,
+    /// Input name, state path, or the scope path of an operator.
+    pub name: String,
+    pub outputs: Vec<TensorType>,
+    /// Where the model file created this node.
+    pub span: Span,
+}
+
+/// A tensor flowing from output `from_output` of one node into input `to_input` of another.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Edge {
+    pub from_output: usize,
+    pub to_input: usize,
+}
+
+/// One output of one node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Port {
+    pub node: NodeIndex,
+    pub output: usize,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Graph {
+    pub nodes: StableDiGraph<Node, Edge>,
+    /// Network inputs, in declaration order.
+    pub inputs: Vec<NodeIndex>,
+    /// State tensors, in creation order (torchvision's `state_dict` order where the model
+    /// file creates them in module order).
+    pub state: Vec<NodeIndex>,
+    /// Network outputs, by name.
+    pub outputs: Vec<(String, Port)>,
+}
+
+impl Graph {
+    pub fn add_node(&mut self, node: Node) -> NodeIndex {
+        let kind = node.kind.clone();
+        let index = self.nodes.add_node(node);
+        match kind {
+            NodeKind::Input => self.inputs.push(index),
+            NodeKind::State(_) => self.state.push(index),
+            NodeKind::Op { .. } => {}
+        }
+        index
+    }
+
+    pub fn connect(&mut self, from: Port, to: NodeIndex, to_input: usize) {
+        self.nodes.add_edge(from.node, to, Edge { from_output: from.output, to_input });
+    }
+
+    pub fn ty(&self, port: Port) -> &TensorType {
+        &self.nodes[port.node].outputs[port.output]
+    }
+
+    /// The ports feeding `node`, in input order.
+    pub fn inputs_of(&self, node: NodeIndex) -> Vec<Port> {
+        let mut edges: Vec<(usize, Port)> = self
+            .nodes
+            .edges_directed(node, Direction::Incoming)
+            .map(|e| (e.weight().to_input, Port { node: e.source(), output: e.weight().from_output }))
+            .collect();
+        edges.sort_by_key(|(slot, _)| *slot);
+        edges.into_iter().map(|(_, p)| p).collect()
+    }
+
+    pub fn op_nodes(&self) -> impl Iterator<Item = (NodeIndex, &'static dyn Operator)> + '_ {
+        self.nodes.node_indices().filter_map(|i| match &self.nodes[i].kind {
+            NodeKind::Op { op, .. } => Some((i, *op)),
+            _ => None,
+        })
+    }
+
+    pub fn state_kind(&self, node: NodeIndex) -> Option<StateKind> {
+        match self.nodes[node].kind {
+            NodeKind::State(kind) => Some(kind),
+            _ => None,
+        }
+    }
+
+    /// Elements in the trainable parameters (torch's `sum(p.numel() for p in parameters())`).
+    pub fn parameter_count(&self) -> i64 {
+        self.state
+            .iter()
+            .filter(|&&s| self.state_kind(s) == Some(StateKind::Parameter))
+            .map(|&s| self.nodes[s].outputs[0].elements().unwrap_or(0))
+            .sum()
+    }
+}

@@ -1,0 +1,311 @@
+//! The detection operators that are not dense algebra. In the graph they are operators like any
+//! other; compiled programs run them as calls into the runtime (`runtime/`), torchvision's
+//! numerics. Counts of boxes are symbolic: proposals `P`, detections `D`.
+
+use super::*;
+use AttrType::*;
+
+fn boxes(op: &str, slot: usize, ty: &TensorType) -> Result<Dim, OpError> {
+    if ty.rank() != 2 || ty.dims[1] != Dim::known(4) {
+        return Err(OpError::at_input(slot, format!("`{op}` expects boxes [K, 4] (x1, y1, x2, y2), found {ty}")));
+    }
+    Ok(ty.dims[0].clone())
+}
+
+fn image_size(op: &str, slot: usize, ty: &TensorType) -> Result<(), OpError> {
+    if ty.dtype != DType::I64 || ty.dims != [Dim::known(2)] {
+        return Err(OpError::at_input(slot, format!("`{op}` expects an image size i64[2] (height, width), found {ty}"))
+            .hint("use the second output of `preprocess`"));
+    }
+    Ok(())
+}
+
+fn image(op: &str, slot: usize, ty: &TensorType) -> Result<(Dim, Dim), OpError> {
+    if ty.rank() != 3 || ty.dims[2] != Dim::known(3) {
+        return Err(OpError::at_input(slot, format!("`{op}` expects an RGB image [H, W, 3], found {ty}")));
+    }
+    Ok((ty.dims[0].clone(), ty.dims[1].clone()))
+}
+
+/// Feature maps of one image that agree in channels; returns the channel count.
+fn pyramid(op: &str, slot: usize, levels: &[TensorType]) -> Result<i64, OpError> {
+    let mut channels = None;
+    for level in levels {
+        expect_rank(op, slot, level, "1, C, H, W")?;
+        let c = known(op, slot, level, 1, "channels")?;
+        if *channels.get_or_insert(c) != c {
+            return Err(OpError::at_input(slot, format!("channel mismatch: `{op}` levels have {} and {c} channels", channels.unwrap())));
+        }
+    }
+    channels.ok_or_else(|| OpError::at_input(slot, format!("`{op}` needs at least one feature map")))
+}
+
+fn output_size(attrs: &Attrs) -> Result<[i64; 2], OpError> {
+    let size = pair(attrs, "output_size")?;
+    if size.iter().any(|&s| s <= 0) {
+        return Err(OpError::at_attr("output_size", format!("`output_size` must be positive, found {size:?}")));
+    }
+    Ok(size)
+}
+
+fn pooled(features: i64, rois: Dim, [oh, ow]: [i64; 2]) -> Inference {
+    Inference::output(TensorType::f32(vec![rois, Dim::known(features), Dim::known(oh), Dim::known(ow)]))
+}
+
+operator!(
+    /// Resize (torchvision's rule), normalize and zero-pad one image into a batch of one.
+    /// Outputs the batch and the resized (unpadded) size.
+    Preprocess, "preprocess",
+    inputs: [input("image")],
+    attrs: [
+        attr("min_size", Int, Default::Int(800)),
+        attr("max_size", Int, Default::Int(1333)),
+        attr("mean", Floats, Default::Floats(&[0.485, 0.456, 0.406])),
+        attr("std", Floats, Default::Floats(&[0.229, 0.224, 0.225])),
+        attr("size_divisible", Int, Default::Int(32)),
+    ],
+    infer: |inputs, attrs| {
+        image("preprocess", 0, &inputs[0][0])?;
+        for name in ["mean", "std"] {
+            if attrs.floats(name).len() != 3 {
+                return Err(OpError::at_attr(name, format!("`{name}` needs one value per RGB channel")));
+            }
+        }
+        let divisible = positive(attrs, "size_divisible")?;
+        let padded = |s: &str| Dim::symbol(s).ceil_div(divisible).scale(divisible);
+        Ok(Inference {
+            outputs: vec![
+                TensorType::f32(vec![Dim::known(1), Dim::known(3), padded("Hr"), padded("Wr")]),
+                TensorType::new(DType::I64, vec![Dim::known(2)]),
+            ],
+            state: vec![],
+        })
+    }
+);
+
+operator!(
+    /// Anchors of every pyramid level for the padded batch, levels concatenated; within a level
+    /// for each cell row-major, the sizes × aspect ratios.
+    Anchors, "anchors",
+    inputs: [list_input("features"), input("batch")],
+    attrs: [attr("sizes", IntLists, Default::Required), attr("aspect_ratios", Floats, Default::Required)],
+    infer: |inputs, attrs| {
+        let levels = &inputs[0];
+        pyramid("anchors", 0, levels)?;
+        let sizes = attrs.int_lists("sizes");
+        if sizes.len() != levels.len() {
+            return Err(OpError::at_attr("sizes", format!("{} anchor size groups for {} feature maps", sizes.len(), levels.len()))
+                .hint("give one list of sizes per pyramid level"));
+        }
+        Ok(Inference::output(TensorType::f32(vec![Dim::symbol("A"), Dim::known(4)])))
+    }
+);
+
+operator!(
+    /// The RPN's proposal selection: decode deltas, top-k per level, clip, remove small boxes,
+    /// drop low scores, NMS per level, keep the best `post_nms_top_n`.
+    RpnProposals, "rpn_proposals",
+    inputs: [list_input("objectness"), list_input("deltas"), input("anchors"), input("image_size")],
+    attrs: [
+        attr("pre_nms_top_n", Int, Default::Int(1000)),
+        attr("post_nms_top_n", Int, Default::Int(1000)),
+        attr("nms_thresh", Float, Default::Float(0.7)),
+        attr("min_size", Float, Default::Float(1e-3)),
+        attr("score_thresh", Float, Default::Float(0.0)),
+        attr("weights", Floats, Default::Floats(&[1.0, 1.0, 1.0, 1.0])),
+    ],
+    infer: |inputs, attrs| {
+        let (objectness, deltas) = (&inputs[0], &inputs[1]);
+        if objectness.len() != deltas.len() {
+            return Err(OpError::at_input(1, format!("{} objectness maps but {} delta maps", objectness.len(), deltas.len())));
+        }
+        for (o, d) in objectness.iter().zip(deltas) {
+            expect_rank("rpn_proposals", 0, o, "1, A, H, W")?;
+            expect_rank("rpn_proposals", 1, d, "1, 4*A, H, W")?;
+            if o.dims[1].scale(4) != d.dims[1] || o.dims[2..] != d.dims[2..] {
+                return Err(OpError::at_input(1, format!("deltas {d} do not match objectness {o}"))
+                    .hint("the box branch has 4 channels per anchor of the objectness branch"));
+            }
+        }
+        boxes("rpn_proposals", 2, &inputs[2][0])?;
+        image_size("rpn_proposals", 3, &inputs[3][0])?;
+        if attrs.floats("weights").len() != 4 {
+            return Err(OpError::at_attr("weights", "box coder `weights` are four numbers (wx, wy, ww, wh)"));
+        }
+        Ok(Inference::output(TensorType::f32(vec![Dim::symbol("P"), Dim::known(4)])))
+    }
+);
+
+operator!(
+    /// RoIAlign on one feature map (the C4 head); `mode: "max"` is ONNX's max variant.
+    RoiAlign, "roi_align",
+    inputs: [input("features"), input("boxes")],
+    attrs: [
+        attr("output_size", Ints, Default::Required),
+        attr("spatial_scale", Float, Default::Required),
+        attr("sampling_ratio", Int, Default::Int(-1)),
+        attr("aligned", Bool, Default::Bool(false)),
+        attr("mode", Str, Default::Str("avg")),
+    ],
+    infer: |inputs, attrs| {
+        let c = pyramid("roi_align", 0, &inputs[0])?;
+        let k = boxes("roi_align", 1, &inputs[1][0])?;
+        match &attrs["mode"] {
+            AttrValue::Str(m) if m == "avg" || m == "max" => {}
+            m => return Err(OpError::at_attr("mode", format!("`mode` is \"avg\" or \"max\", found {m}"))),
+        }
+        Ok(pooled(c, k, output_size(attrs)?))
+    }
+);
+
+operator!(
+    /// RoIPool on one feature map (the paper's ablation).
+    RoiPool, "roi_pool",
+    inputs: [input("features"), input("boxes")],
+    attrs: [attr("output_size", Ints, Default::Required), attr("spatial_scale", Float, Default::Required)],
+    infer: |inputs, attrs| {
+        let c = pyramid("roi_pool", 0, &inputs[0])?;
+        let k = boxes("roi_pool", 1, &inputs[1][0])?;
+        Ok(pooled(c, k, output_size(attrs)?))
+    }
+);
+
+operator!(
+    /// RoIAlign over FPN levels: each box goes to level ⌊4 + log2(√area / 224) + 1e-6⌋, clamped;
+    /// the scales are inferred from the feature sizes against the padded image.
+    MultiscaleRoiAlign, "multiscale_roi_align",
+    inputs: [list_input("features"), input("boxes"), input("batch")],
+    attrs: [
+        attr("output_size", Ints, Default::Required),
+        attr("sampling_ratio", Int, Default::Int(2)),
+        attr("canonical_scale", Int, Default::Int(224)),
+        attr("canonical_level", Int, Default::Int(4)),
+        attr("aligned", Bool, Default::Bool(false)),
+    ],
+    infer: |inputs, attrs| {
+        let c = pyramid("multiscale_roi_align", 0, &inputs[0])?;
+        let k = boxes("multiscale_roi_align", 1, &inputs[1][0])?;
+        Ok(pooled(c, k, output_size(attrs)?))
+    }
+);
+
+operator!(
+    /// RoIPool over FPN levels, with the same level mapper as `multiscale_roi_align`.
+    MultiscaleRoiPool, "multiscale_roi_pool",
+    inputs: [list_input("features"), input("boxes"), input("batch")],
+    attrs: [
+        attr("output_size", Ints, Default::Required),
+        attr("canonical_scale", Int, Default::Int(224)),
+        attr("canonical_level", Int, Default::Int(4)),
+    ],
+    infer: |inputs, attrs| {
+        let c = pyramid("multiscale_roi_pool", 0, &inputs[0])?;
+        let k = boxes("multiscale_roi_pool", 1, &inputs[1][0])?;
+        Ok(pooled(c, k, output_size(attrs)?))
+    }
+);
+
+operator!(
+    /// torchvision's `postprocess_detections`: softmax, per-class box decoding, clipping,
+    /// score threshold, small-box removal, per-class NMS, the best `detections_per_img`.
+    /// Outputs boxes, scores and labels.
+    PostprocessDetections, "postprocess_detections",
+    inputs: [input("class_logits"), input("box_regression"), input("proposals"), input("image_size")],
+    attrs: [
+        attr("weights", Floats, Default::Floats(&[10.0, 10.0, 5.0, 5.0])),
+        attr("score_thresh", Float, Default::Float(0.05)),
+        attr("nms_thresh", Float, Default::Float(0.5)),
+        attr("detections_per_img", Int, Default::Int(100)),
+        attr("min_size", Float, Default::Float(1e-2)),
+    ],
+    infer: |inputs, attrs| {
+        let (logits, regression) = (&inputs[0][0], &inputs[1][0]);
+        expect_rank("postprocess_detections", 0, logits, "P, classes")?;
+        expect_rank("postprocess_detections", 1, regression, "P, 4*classes")?;
+        let p = boxes("postprocess_detections", 2, &inputs[2][0])?;
+        image_size("postprocess_detections", 3, &inputs[3][0])?;
+        if logits.dims[1].scale(4) != regression.dims[1] {
+            return Err(OpError::at_input(1, format!("box regression {regression} does not match class logits {logits}"))
+                .hint("the box predictor has 4 outputs per class"));
+        }
+        if logits.dims[0] != p || regression.dims[0] != p {
+            return Err(OpError::at_input(0, format!("{logits} and {regression} are not one row per proposal of {}", inputs[2][0])));
+        }
+        let d = Dim::symbol("D");
+        Ok(Inference {
+            outputs: vec![
+                TensorType::f32(vec![d.clone(), Dim::known(4)]),
+                TensorType::f32(vec![d.clone()]),
+                TensorType::new(DType::I64, vec![d]),
+            ],
+            state: vec![],
+        })
+    }
+);
+
+operator!(
+    /// Mask probabilities: the sigmoid of each detection's logits for its own label
+    /// (or of the single channel of a class-agnostic head).
+    MaskProbs, "mask_probs",
+    inputs: [input("logits"), input("labels")],
+    attrs: [],
+    infer: |inputs, attrs| {
+        let (logits, labels) = (&inputs[0][0], &inputs[1][0]);
+        expect_rank("mask_probs", 0, logits, "D, classes, M, M")?;
+        if labels.dtype != DType::I64 || labels.dims != logits.dims[..1] {
+            return Err(OpError::at_input(1, format!("labels {labels} are not one i64 per mask of {logits}")));
+        }
+        let mut dims = logits.dims.clone();
+        dims[1] = Dim::known(1);
+        Ok(Inference::output(TensorType::f32(dims)))
+    }
+);
+
+operator!(
+    /// Boxes from the resized frame (`from`, an image size) back to the original image.
+    RescaleBoxes, "rescale_boxes",
+    inputs: [input("boxes"), input("from"), input("to")],
+    attrs: [],
+    infer: |inputs, attrs| {
+        let d = boxes("rescale_boxes", 0, &inputs[0][0])?;
+        image_size("rescale_boxes", 1, &inputs[1][0])?;
+        image("rescale_boxes", 2, &inputs[2][0])?;
+        Ok(Inference::output(TensorType::f32(vec![d, Dim::known(4)])))
+    }
+);
+
+operator!(
+    /// Pastes M×M mask probabilities into the image at their boxes (expanded by (M+2)/M,
+    /// bilinear), giving soft masks of the image's size.
+    PasteMasks, "paste_masks",
+    inputs: [input("masks"), input("boxes"), input("image")],
+    attrs: [attr("padding", Int, Default::Int(1))],
+    infer: |inputs, attrs| {
+        let masks = &inputs[0][0];
+        expect_rank("paste_masks", 0, masks, "D, 1, M, M")?;
+        let d = boxes("paste_masks", 1, &inputs[1][0])?;
+        if masks.dims[0] != d || masks.dims[1] != Dim::known(1) {
+            return Err(OpError::at_input(0, format!("masks {masks} are not one [1, M, M] mask per box of {}", inputs[1][0])));
+        }
+        let (h, w) = image("paste_masks", 2, &inputs[2][0])?;
+        Ok(Inference::output(TensorType::f32(vec![d, Dim::known(1), h, w])))
+    }
+);
+
+operator!(
+    /// Keypoint heatmaps [D, K, S, S] to keypoints [D, K, 3] (x, y, visibility) in image
+    /// coordinates, and their scores [D, K] (Mask R-CNN section 5).
+    HeatmapsToKeypoints, "heatmaps_to_keypoints",
+    inputs: [input("heatmaps"), input("boxes")],
+    attrs: [],
+    infer: |inputs, attrs| {
+        let maps = &inputs[0][0];
+        expect_rank("heatmaps_to_keypoints", 0, maps, "D, K, S, S")?;
+        let d = boxes("heatmaps_to_keypoints", 1, &inputs[1][0])?;
+        let k = maps.dims[1].clone();
+        Ok(Inference {
+            outputs: vec![TensorType::f32(vec![d.clone(), k.clone(), Dim::known(3)]), TensorType::f32(vec![d, k])],
+            state: vec![],
+        })
+    }
+);
