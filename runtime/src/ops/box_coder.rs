@@ -67,7 +67,7 @@ impl BoxCoder {
         if boxes.is_empty() {
             return if deltas.is_empty() { Ok(Vec::new()) } else { shape_err(OP, "deltas for no boxes") };
         }
-        if deltas.len() % (4 * boxes.len()) != 0 || deltas.is_empty() {
+        if !deltas.len().is_multiple_of(4 * boxes.len()) || deltas.is_empty() {
             return shape_err(OP, format!("{} deltas for {} boxes", deltas.len(), boxes.len()));
         }
         check_finite(OP, "delta", deltas)?;
@@ -110,8 +110,8 @@ pub fn clip_boxes_to_image(boxes: &[[f32; 4]], size: [usize; 2]) -> Result<Vec<[
 /// Indices (ascending) of the boxes at least `min_size` wide and high.
 pub fn remove_small_boxes(boxes: &[[f32; 4]], min_size: f32) -> Result<Vec<usize>> {
     const OP: &str = "remove_small_boxes";
-    if min_size.is_nan() {
-        return invalid(OP, "min size NaN");
+    if min_size.is_nan() || min_size < 0.0 {
+        return invalid(OP, format!("min size {min_size}"));
     }
     check_finite(OP, "box", boxes.as_flattened())?;
     Ok(boxes

@@ -102,7 +102,7 @@ pub fn project_masks_on_boxes(
     if boxes.len() != matched.len() {
         return shape_err(OP, format!("{} boxes but {} matched indices", boxes.len(), matched.len()));
     }
-    if gt_masks.len() % (mask_hw[0] * mask_hw[1]).max(1) != 0 {
+    if !gt_masks.len().is_multiple_of((mask_hw[0] * mask_hw[1]).max(1)) {
         return shape_err(OP, format!("{} values for masks of {}x{}", gt_masks.len(), mask_hw[0], mask_hw[1]));
     }
     let g = gt_masks.len().checked_div(mask_hw[0] * mask_hw[1]).unwrap_or(0);

@@ -119,8 +119,8 @@ pub fn compare(actual: &[f32], expected: &[f32], tol: Tol) -> Result<(), String>
     let bad: Vec<usize> = (0..actual.len())
         .filter(|&i| {
             let (a, b) = (actual[i], expected[i]);
-            // NaN or a failed bound both count: `!(x <= y)` is true for NaN.
-            !((a - b).abs() <= tol.rtol * b.abs() + tol.atol)
+            let err = (a - b).abs();
+            err.is_nan() || err > tol.rtol * b.abs() + tol.atol
         })
         .collect();
     if bad.is_empty() {
