@@ -1,0 +1,130 @@
+//! Pass pipelines from `linalg` on tensors to the LLVM dialect (CPU) and to PTX (CUDA), and the
+//! in-process JIT for CPU code.
+
+use melior::{
+    ir::{
+        operation::{OperationLike, WalkOrder, WalkResult},
+        Module,
+    },
+    pass::PassManager,
+    utility::parse_pass_pipeline,
+    Context, Error as MeliorError, ExecutionEngine,
+};
+
+use super::{diagnostics::capture_diagnostics, error::LoweringError};
+
+/// Lowers a module of `func`/`arith`/`math`/`scf`/`tensor`/`linalg` on tensors to the LLVM
+/// dialect for the CPU:
+/// - empty-tensor elimination, so that results computed into a `tensor.empty` are written
+///   straight into the destination they are materialized in (no temporary and copy);
+/// - one-shot bufferization across function boundaries, with identity layouts so that every
+///   function argument and result is a plain `StridedMemRef` descriptor at the C interface;
+/// - the ownership-based deallocation pipeline, which frees temporaries (returned buffers are
+///   the caller's);
+/// - linalg to loops, then `expand-strided-metadata` before `lower-affine` (the former emits
+///   `affine.apply`), then `scf` to `cf`;
+/// - every remaining dialect to LLVM; `math` ops without an LLVM intrinsic become libm calls;
+///   `convert-ub-to-llvm` is needed for the `ub.poison` that the conversions leave.
+pub const CPU_PIPELINE: &str = "builtin.module(\
+    eliminate-empty-tensors,\
+    one-shot-bufferize{bufferize-function-boundaries function-boundary-type-conversion=identity-layout-map},\
+    buffer-deallocation-pipeline,\
+    convert-linalg-to-loops,\
+    expand-strided-metadata,\
+    lower-affine,\
+    convert-scf-to-cf,\
+    finalize-memref-to-llvm,\
+    convert-math-to-llvm,\
+    convert-math-to-libm,\
+    convert-arith-to-llvm,\
+    convert-index-to-llvm,\
+    convert-cf-to-llvm,\
+    convert-func-to-llvm,\
+    convert-ub-to-llvm,\
+    reconcile-unrealized-casts)";
+
+/// The CUDA pipeline for a module whose kernels are already outlined into `gpu.module`s and
+/// launched by `gpu.launch_func`: it attaches an NVVM target for `chip` (e.g. `sm_90`), lowers the
+/// kernels to NVVM and the host side to LLVM, and serializes each `gpu.module` into a
+/// `gpu.binary` holding PTX text (`format=isa` needs no CUDA installation).
+pub fn cuda_pipeline(chip: &str) -> String {
+    format!(
+        "builtin.module(\
+         nvvm-attach-target{{chip={chip} O=3}},\
+         gpu.module(convert-gpu-to-nvvm,reconcile-unrealized-casts),\
+         gpu-to-llvm,\
+         gpu-module-to-binary{{format=isa}})"
+    )
+}
+
+/// Verifies `module`, then runs the textual pass `pipeline` on it in place.
+pub fn run_pipeline(context: &Context, module: &mut Module, pipeline: &str) -> Result<(), LoweringError> {
+    // The pass manager checks the IR after each pass but not before the first one.
+    let (valid, diagnostics) = capture_diagnostics(context, || module.as_operation().verify());
+    if !valid {
+        return Err(LoweringError::InvalidModule { diagnostics });
+    }
+
+    let pass_manager = PassManager::new(context);
+    parse_pass_pipeline(pass_manager.as_operation_pass_manager(), pipeline).map_err(|error| {
+        LoweringError::ParsePipeline {
+            pipeline: pipeline.to_owned(),
+            message: match error {
+                MeliorError::ParsePassPipeline(message) => message,
+                other => other.to_string(),
+            },
+        }
+    })?;
+
+    let (outcome, diagnostics) = capture_diagnostics(context, || pass_manager.run(module));
+    outcome.map_err(|_| LoweringError::PassFailed { pipeline: pipeline.to_owned(), diagnostics })
+}
+
+/// Lowers `module` in place to the LLVM dialect with [`CPU_PIPELINE`], and checks that nothing
+/// else is left: the conversions leave what they cannot convert (and
+/// `reconcile-unrealized-casts` leaves live casts) without failing.
+pub fn lower_to_llvm(context: &Context, module: &mut Module) -> Result<(), LoweringError> {
+    run_pipeline(context, module, CPU_PIPELINE)?;
+    match first_operation_outside_llvm(module) {
+        Some(operation) => Err(LoweringError::NotLlvmDialect { operation }),
+        None => Ok(()),
+    }
+}
+
+/// Lowers `module` in place with [`cuda_pipeline`] for `chip`: afterwards its `gpu.binary` ops
+/// hold the kernels' PTX (see [`super::extract_ptx`]) and its host code is in the LLVM dialect.
+pub fn lower_gpu_to_ptx(context: &Context, module: &mut Module, chip: &str) -> Result<(), LoweringError> {
+    run_pipeline(context, module, &cuda_pipeline(chip))
+}
+
+/// JIT-compiles a module already lowered to the LLVM dialect for the host CPU, at LLVM
+/// optimization level `optimization_level` (0 to 3). For a function `f` marked
+/// `llvm.emit_c_interface`, `ExecutionEngine::invoke_packed("f", args)` calls its C interface
+/// `_mlir_ciface_f`, with `args` pointing to each of that function's arguments (memrefs are
+/// passed as pointers to descriptors; a returned memref is a leading pointer to a descriptor),
+/// followed by a pointer to the scalar result if there is one.
+pub fn jit(module: &Module, optimization_level: usize) -> Result<ExecutionEngine, LoweringError> {
+    // melior does not report a failed engine creation (it keeps a null engine that crashes on
+    // first use), and the usual cause is an operation left outside the LLVM dialect: reject it.
+    if let Some(operation) = first_operation_outside_llvm(module) {
+        return Err(LoweringError::NotLlvmDialect { operation });
+    }
+    Ok(ExecutionEngine::new(module, optimization_level, &[], false, false))
+}
+
+/// The name of the first operation, in pre-order, that is neither the module itself nor in the
+/// LLVM dialect.
+fn first_operation_outside_llvm(module: &Module) -> Option<String> {
+    let mut found = None;
+    module.as_operation().walk(WalkOrder::PreOrder, |operation| {
+        let name = operation.name();
+        let name = name.as_string_ref().as_str().unwrap_or("<non-UTF-8 name>");
+        if name == "builtin.module" || name.starts_with("llvm.") {
+            WalkResult::Advance
+        } else {
+            found = Some(name.to_owned());
+            WalkResult::Interrupt
+        }
+    });
+    found
+}
