@@ -319,16 +319,22 @@ impl<'a> Evaluator<'a> {
                 }
                 let mut segments = vec![];
                 for seg in path {
-                    match seg {
-                        ast::Segment::Name(n) => segments.push(n.name.clone()),
-                        ast::Segment::Index(i, _) => segments.push(i.to_string()),
-                        ast::Segment::Interpolated(x) => match self.expr_in(frame, x, None) {
-                            Value::Int(v) => segments.push(v.to_string()),
-                            Value::Str(s) => segments.push(s),
-                            Value::Poison => return Value::Poison,
-                            v => return self.fail(Diagnostic::error(x.span, format!("a path segment is an int or a str, found {}", v.kind()))),
-                        },
+                    let mut text = String::new();
+                    for piece in &seg.pieces {
+                        match piece {
+                            ast::Piece::Text(t) => text.push_str(t),
+                            ast::Piece::Interpolated(x) => match self.expr_in(frame, x, None) {
+                                Value::Int(v) => text.push_str(&v.to_string()),
+                                Value::Str(s) => text.push_str(&s),
+                                Value::Poison => return Value::Poison,
+                                v => {
+                                    let message = format!("a path segment is an int or a str, found {}", v.kind());
+                                    return self.fail(Diagnostic::error(x.span, message));
+                                }
+                            },
+                        }
                     }
+                    segments.push(text);
                 }
                 self.expr_in(frame, expr, Some(Scope::Path(segments)))
             }

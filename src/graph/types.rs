@@ -130,11 +130,11 @@ impl Dim {
         if let Some(v) = self.value() {
             return Dim::known(if ceil { (v + d - 1).div_euclid(d) } else { v.div_euclid(d) });
         }
-        if self.constant % d == 0 && self.terms.values().all(|c| c % d == 0) {
-            return Dim {
-                constant: self.constant / d,
-                terms: self.terms.iter().map(|(a, c)| (a.clone(), c / d)).collect(),
-            };
+        // Atoms are integers, so ⌊(d·q + c) / d⌋ = q + ⌊c / d⌋ whenever every coefficient is a
+        // multiple of d: a stride-2 convolution of a size padded to 32 stays affine.
+        if self.terms.values().all(|c| c % d == 0) {
+            let constant = if ceil { (self.constant + d - 1).div_euclid(d) } else { self.constant.div_euclid(d) };
+            return Dim { constant, terms: self.terms.iter().map(|(a, c)| (a.clone(), c / d)).collect() };
         }
         let inner = Box::new(self.clone());
         Dim::atom(if ceil { Atom::CeilDiv(inner, d) } else { Atom::FloorDiv(inner, d) })
@@ -145,9 +145,9 @@ impl fmt::Display for Atom {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Atom::Symbol(s) => write!(f, "{s}"),
-            Atom::FloorDiv(d, k) => write!(f, "floor(({d}) / {k})"),
-            Atom::CeilDiv(d, k) => write!(f, "ceil(({d}) / {k})"),
-            Atom::Product(a, b) => write!(f, "({a})*({b})"),
+            Atom::FloorDiv(d, k) => write!(f, "floor({} / {k})", Parenthesized(d)),
+            Atom::CeilDiv(d, k) => write!(f, "ceil({} / {k})", Parenthesized(d)),
+            Atom::Product(a, b) => write!(f, "{}*{}", Parenthesized(a), Parenthesized(b)),
         }
     }
 }
@@ -173,6 +173,22 @@ impl fmt::Display for Dim {
             (false, 0) => Ok(()),
             (false, c) if c < 0 => write!(f, " - {}", -c),
             (false, c) => write!(f, " + {c}"),
+        }
+    }
+}
+
+/// A dimension in parentheses unless it is a single symbol or number.
+struct Parenthesized<'a>(&'a Dim);
+
+impl fmt::Display for Parenthesized<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let d = self.0;
+        let simple = d.terms.is_empty()
+            || (d.constant == 0 && d.terms.len() == 1 && d.terms.values().all(|&c| c == 1));
+        if simple {
+            write!(f, "{d}")
+        } else {
+            write!(f, "({d})")
         }
     }
 }
@@ -232,6 +248,10 @@ mod tests {
         let shortcut = window(&h, 1, 2, 0);
         assert_eq!(main, shortcut);
         assert_eq!(main.to_string(), "floor((H - 1) / 2) + 1");
+        // A size padded to a multiple of 32 halves exactly.
+        let padded = h.ceil_div(32).scale(32);
+        assert_eq!(window(&padded, 7, 2, 3), h.ceil_div(32).scale(16));
+        assert_eq!(window(&padded, 7, 2, 3).to_string(), "16*ceil(H / 32)");
         assert_ne!(main, window(&h, 3, 2, 0));
     }
 

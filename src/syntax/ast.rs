@@ -163,11 +163,16 @@ pub struct Arg {
     pub value: Expr,
 }
 
-/// A piece of a parameter path after `@`: `@layer_blocks.{i}.0`.
+/// One dot-separated segment of a parameter path after `@`: `layer{i + 1}` is the text
+/// `layer` followed by an interpolation.
 #[derive(Clone, Debug)]
-pub enum Segment {
-    Name(Ident),
-    Index(i64, Span),
+pub struct Segment {
+    pub pieces: Vec<Piece>,
+}
+
+#[derive(Clone, Debug)]
+pub enum Piece {
+    Text(String),
     Interpolated(Expr),
 }
 

@@ -294,13 +294,14 @@ impl Cx {
 
     fn path(&self, pair: Pair<Rule>) -> Vec<Segment> {
         pair.into_inner()
-            .map(|seg| {
-                let part = seg.into_inner().next().unwrap();
-                match part.as_rule() {
-                    Rule::ident => Segment::Name(self.ident(part)),
-                    Rule::int => Segment::Index(parse_int(part.as_str()), self.span(&part)),
-                    _ => Segment::Interpolated(self.expr(part)),
-                }
+            .map(|seg| Segment {
+                pieces: seg
+                    .into_inner()
+                    .map(|piece| match piece.as_rule() {
+                        Rule::interpolation => Piece::Interpolated(self.expr(piece.into_inner().next().unwrap())),
+                        _ => Piece::Text(piece.as_str().to_string()),
+                    })
+                    .collect(),
             })
             .collect()
     }

@@ -158,10 +158,14 @@ pub fn expr(e: &Expr) -> String {
         ExprKind::Scoped { expr: inner, path } => {
             let segments: Vec<String> = path
                 .iter()
-                .map(|s| match s {
-                    Segment::Name(n) => n.name.clone(),
-                    Segment::Index(i, _) => i.to_string(),
-                    Segment::Interpolated(e) => format!("{{{}}}", expr(e)),
+                .map(|s| {
+                    s.pieces
+                        .iter()
+                        .map(|p| match p {
+                            Piece::Text(t) => t.clone(),
+                            Piece::Interpolated(e) => format!("{{{}}}", expr(e)),
+                        })
+                        .collect::<String>()
                 })
                 .collect();
             format!("{} @{}", expr(inner), segments.join("."))
