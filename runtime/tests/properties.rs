@@ -23,6 +23,40 @@ fn boxes_and_scores(max: usize) -> impl Strategy<Value = Vec<([f32; 4], f32)>> {
     )
 }
 
+/// torchvision's CPU NMS kernel, transcribed: stable descending sort, suppress later boxes
+/// whose float IoU with a kept box exceeds the (double) threshold.
+fn reference_nms(boxes: &[[f32; 4]], scores: &[f32], thr: f64) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..boxes.len()).collect();
+    order.sort_by(|&a, &b| scores[b].partial_cmp(&scores[a]).unwrap());
+    let mut suppressed = vec![false; boxes.len()];
+    let mut keep = Vec::new();
+    for (oi, &i) in order.iter().enumerate() {
+        if suppressed[i] {
+            continue;
+        }
+        keep.push(i);
+        for &j in &order[oi + 1..] {
+            if !suppressed[j] && (iou(&boxes[i], &boxes[j]) as f64) > thr {
+                suppressed[j] = true;
+            }
+        }
+    }
+    keep
+}
+
+/// Integer-ish boxes in a small area (many overlaps, exact IoU ties), some of zero or negative
+/// size, in numbers on both sides of the size where NMS switches to its grid.
+fn crowded_boxes() -> impl Strategy<Value = Vec<([f32; 4], f32)>> {
+    prop::collection::vec(
+        (0u8..60, 0u8..60, -2i8..30, -2i8..30, 0u8..10)
+            .prop_map(|(x, y, w, h, s)| {
+                let (x, y) = (x as f32, y as f32);
+                ([x, y, x + w as f32, y + h as f32], s as f32 / 10.0)
+            }),
+        0..700,
+    )
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(200))]
 
@@ -43,6 +77,15 @@ proptest! {
         for j in (0..boxes.len()).filter(|j| !keep.contains(j)) {
             prop_assert!(keep.iter().any(|&k| scores[k] >= scores[j] && iou(&boxes[k], &boxes[j]) as f64 > thr));
         }
+    }
+
+    #[test]
+    fn nms_equals_torchvisions_loop(
+        items in crowded_boxes(),
+        thr in prop::sample::select(vec![0.0f64, 0.3, 0.5, 0.7, 0.9, -0.1]),
+    ) {
+        let (boxes, scores): (Vec<_>, Vec<_>) = items.into_iter().unzip();
+        prop_assert_eq!(nms(&boxes, &scores, thr).unwrap(), reference_nms(&boxes, &scores, thr));
     }
 
     #[test]

@@ -63,6 +63,32 @@ pub fn nms(boxes: &[[f32; 4]], scores: &[f32], iou_threshold: f64) -> Result<Vec
 
 fn nms_unchecked(boxes: &[[f32; 4]], scores: &[f32], iou_threshold: f64) -> Vec<usize> {
     let order = order_by_score(scores);
+    // With a threshold ≥ 0 only boxes that overlap with positive area can suppress each other
+    // (a zero intersection gives IoU 0 or NaN, neither above it), so a spatial grid can
+    // restrict each sweep to the neighbours of the kept box without changing the result.
+    if iou_threshold >= 0.0 && order.len() > GRID_MIN_BOXES {
+        nms_grid(boxes, order, iou_threshold)
+    } else {
+        nms_sweep(boxes, order, iou_threshold)
+    }
+}
+
+/// Below this many boxes a plain sweep is as fast as building the grid.
+const GRID_MIN_BOXES: usize = 256;
+
+#[inline(always)]
+fn iou(a: &[f32; 4], area_a: f32, b: &[f32; 4], area_b: f32) -> f32 {
+    let xx1 = a[0].max(b[0]);
+    let yy1 = a[1].max(b[1]);
+    let xx2 = a[2].min(b[2]);
+    let yy2 = a[3].min(b[3]);
+    let inter = (xx2 - xx1).max(0.0) * (yy2 - yy1).max(0.0);
+    inter / (area_a + area_b - inter)
+}
+
+/// torchvision's greedy loop over all later candidates, with survivors compacted to the front
+/// so that each sweep reads plain contiguous arrays.
+fn nms_sweep(boxes: &[[f32; 4]], order: Vec<u32>, iou_threshold: f64) -> Vec<usize> {
     let n = order.len();
     let mut c = Candidates {
         x1: Vec::with_capacity(n),
@@ -85,16 +111,13 @@ fn nms_unchecked(boxes: &[[f32; 4]], scores: &[f32], iou_threshold: f64) -> Vec<
     let mut len = n;
     while len > 0 {
         keep.push(c.index[0] as usize);
-        let (ix1, iy1, ix2, iy2, ia) = (c.x1[0], c.y1[0], c.x2[0], c.y2[0], c.area[0]);
+        let kept = [c.x1[0], c.y1[0], c.x2[0], c.y2[0]];
+        let ia = c.area[0];
         // Compact the survivors to the front, dropping the kept box at position 0.
         let mut w = 0;
         for r in 1..len {
-            let xx1 = ix1.max(c.x1[r]);
-            let yy1 = iy1.max(c.y1[r]);
-            let xx2 = ix2.min(c.x2[r]);
-            let yy2 = iy2.min(c.y2[r]);
-            let inter = (xx2 - xx1).max(0.0) * (yy2 - yy1).max(0.0);
-            let iou = inter / (ia + c.area[r] - inter);
+            let other = [c.x1[r], c.y1[r], c.x2[r], c.y2[r]];
+            let v = iou(&kept, ia, &other, c.area[r]);
             // Written unconditionally and advanced only for survivors: branch-free compaction.
             c.x1[w] = c.x1[r];
             c.y1[w] = c.y1[r];
@@ -102,9 +125,102 @@ fn nms_unchecked(boxes: &[[f32; 4]], scores: &[f32], iou_threshold: f64) -> Vec<
             c.y2[w] = c.y2[r];
             c.area[w] = c.area[r];
             c.index[w] = c.index[r];
-            w += (iou <= thr || iou.is_nan()) as usize;
+            w += (v <= thr || v.is_nan()) as usize;
         }
         len = w;
+    }
+    keep
+}
+
+/// The same greedy NMS, each kept box compared only with the later boxes sharing a grid cell.
+/// Cells are about the mean box side; a box is listed in every cell its closed extent touches,
+/// so two boxes with a common interior point share a cell.
+fn nms_grid(boxes: &[[f32; 4]], order: Vec<u32>, iou_threshold: f64) -> Vec<usize> {
+    let n = order.len();
+    // Boxes in score order, so that positions compare as priorities.
+    let sorted: Vec<[f32; 4]> = order.iter().map(|&i| boxes[i as usize]).collect();
+    let area: Vec<f32> = sorted.iter().map(|b| (b[2] - b[0]) * (b[3] - b[1])).collect();
+    let (mut lo_x, mut lo_y, mut hi_x, mut hi_y) = (f32::INFINITY, f32::INFINITY, f32::NEG_INFINITY, f32::NEG_INFINITY);
+    let mut side_sum = 0.0f64;
+    let mut valid = 0usize;
+    for b in &sorted {
+        if b[2] > b[0] && b[3] > b[1] {
+            lo_x = lo_x.min(b[0]);
+            lo_y = lo_y.min(b[1]);
+            hi_x = hi_x.max(b[2]);
+            hi_y = hi_y.max(b[3]);
+            side_sum += (b[2] - b[0]).max(b[3] - b[1]) as f64;
+            valid += 1;
+        }
+    }
+    if valid == 0 {
+        // No box has a positive area: nothing can be suppressed.
+        return order.into_iter().map(|i| i as usize).collect();
+    }
+    const MAX_CELLS_PER_AXIS: f64 = 256.0;
+    let (ext_x, ext_y) = ((hi_x - lo_x) as f64, (hi_y - lo_y) as f64);
+    let cell = (side_sum / valid as f64).max(ext_x.max(ext_y) / MAX_CELLS_PER_AXIS).max(f64::MIN_POSITIVE) as f32;
+    let nx = ((ext_x / cell as f64) as usize + 1).min(MAX_CELLS_PER_AXIS as usize + 1);
+    let ny = ((ext_y / cell as f64) as usize + 1).min(MAX_CELLS_PER_AXIS as usize + 1);
+    let cell_of = |v: f32, lo: f32, cells: usize| (((v - lo) / cell) as usize).min(cells - 1);
+    let span = |b: &[f32; 4]| {
+        if b[2] > b[0] && b[3] > b[1] {
+            Some((cell_of(b[0], lo_x, nx), cell_of(b[2], lo_x, nx), cell_of(b[1], lo_y, ny), cell_of(b[3], lo_y, ny)))
+        } else {
+            None
+        }
+    };
+    // Cell lists in CSR form, each in increasing position (score) order.
+    let mut start = vec![0u32; nx * ny + 1];
+    for b in &sorted {
+        if let Some((x0, x1, y0, y1)) = span(b) {
+            for y in y0..=y1 {
+                for x in x0..=x1 {
+                    start[y * nx + x + 1] += 1;
+                }
+            }
+        }
+    }
+    for i in 0..nx * ny {
+        start[i + 1] += start[i];
+    }
+    let mut fill = start.clone();
+    let mut members = vec![0u32; start[nx * ny] as usize];
+    for (p, b) in sorted.iter().enumerate() {
+        if let Some((x0, x1, y0, y1)) = span(b) {
+            for y in y0..=y1 {
+                for x in x0..=x1 {
+                    let f = &mut fill[y * nx + x];
+                    members[*f as usize] = p as u32;
+                    *f += 1;
+                }
+            }
+        }
+    }
+    let thr = f32_threshold(iou_threshold);
+    let mut suppressed = vec![false; n];
+    let mut keep = Vec::new();
+    for p in 0..n {
+        if suppressed[p] {
+            continue;
+        }
+        keep.push(order[p] as usize);
+        let Some((x0, x1, y0, y1)) = span(&sorted[p]) else { continue };
+        let (kb, ka) = (&sorted[p], area[p]);
+        for y in y0..=y1 {
+            for x in x0..=x1 {
+                let cell = y * nx + x;
+                let list = &members[start[cell] as usize..start[cell + 1] as usize];
+                // Entries up to p were decided already; the lists are sorted.
+                let from = list.partition_point(|&q| q as usize <= p);
+                for &q in &list[from..] {
+                    let q = q as usize;
+                    if !suppressed[q] && iou(kb, ka, &sorted[q], area[q]) > thr {
+                        suppressed[q] = true;
+                    }
+                }
+            }
+        }
     }
     keep
 }
