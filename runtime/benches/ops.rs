@@ -89,6 +89,9 @@ fn main() {
     let mut rng = Rng(2024);
     let mut data = Data { tensors: Vec::new() };
     let mut mrc: Vec<(String, f64, String)> = Vec::new();
+    // What torchvision must reproduce: NMS keep lists, sums of |RoIAlign| and of pasted masks.
+    let mut keeps: HashMap<String, Vec<usize>> = HashMap::new();
+    let mut sums: HashMap<&str, f64> = HashMap::new();
     println!("mrc on {} rayon threads, median of {runs} runs", rayon::current_num_threads());
 
     for n in [4000usize, 20000] {
@@ -97,8 +100,9 @@ fn main() {
         let t = median_time(runs, || {
             nms(&boxes, &scores, 0.7).unwrap();
         });
-        let kept = nms(&boxes, &scores, 0.7).unwrap().len();
-        mrc.push((format!("nms{n}"), t, format!("NMS of {n} boxes at 0.7 ({kept} kept)")));
+        let keep = nms(&boxes, &scores, 0.7).unwrap();
+        mrc.push((format!("nms{n}"), t, format!("NMS of {n} boxes at 0.7 ({} kept)", keep.len())));
+        keeps.insert(format!("nms{n}.keep"), keep);
         data.add(&format!("nms{n}.boxes"), vec![n, 4], boxes.as_flattened().to_vec());
         data.add(&format!("nms{n}.scores"), vec![n], scores);
     }
@@ -112,6 +116,9 @@ fn main() {
     let t = median_time(runs, || {
         multiscale_roi_align(&maps, &[&boxes], &[image], &p).unwrap();
     });
+    let pooled = multiscale_roi_align(&maps, &[&boxes], &[image], &p).unwrap().values;
+    sums.insert("roi_align.sum", pooled.iter().map(|v| v.abs() as f64).sum());
+    drop(pooled);
     mrc.push(("roi_align".into(), t, "multi-scale RoIAlign, 1000 boxes x 256 ch, 7x7, FPN of 800x1088".into()));
     for (l, (f, [h, w])) in feats.into_iter().zip(&levels).enumerate() {
         data.add(&format!("roi.feat{l}"), vec![1, c, *h, *w], f);
@@ -125,6 +132,9 @@ fn main() {
     let t = median_time(runs, || {
         paste_masks_in_image(&masks, 28, &boxes, paste_size, 1).unwrap();
     });
+    let pasted = paste_masks_in_image(&masks, 28, &boxes, paste_size, 1).unwrap();
+    sums.insert("paste.sum", pasted.iter().map(|&v| v as f64).sum());
+    drop(pasted);
     mrc.push(("paste".into(), t, "paste 100 masks 28x28 into 800x1066".into()));
     data.add("paste.masks", vec![100, 1, 28, 28], masks);
     data.add("paste.boxes", vec![100, 4], boxes.as_flattened().to_vec());
@@ -143,10 +153,15 @@ fn main() {
         }
     }
     if let Some(m) = &tv {
-        for n in ["4000", "20000"] {
-            println!("torchvision kept {} of {n} boxes", m[&format!("nms{n}.kept")]);
-        }
         println!("{}", m["versions"].as_str().unwrap_or(""));
+        for (name, keep) in &keeps {
+            let same = m.get(name).and_then(|v| serde_json::from_value::<Vec<usize>>(v.clone()).ok()).as_ref() == Some(keep);
+            println!("{name}: {}", if same { "identical to torchvision" } else { "DIFFERS from torchvision" });
+        }
+        for (name, sum) in &sums {
+            let theirs = m.get(*name).and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
+            println!("{name}: mrc {sum:.6e}, torchvision {theirs:.6e}, relative difference {:.1e}", (sum - theirs).abs() / theirs.abs());
+        }
     }
 }
 

@@ -2,8 +2,8 @@
 
 Reads the inputs the Rust benchmark wrote (a safetensors file, parsed by hand so that only
 torch and torchvision are needed), times the same calls in torchvision on 2 threads, and prints
-one JSON object: {case: seconds (median)}; the checks that both sides computed the same thing
-are done on the Rust side from the outputs written next to the inputs.
+one JSON object: {case: seconds (median)} plus, to check that both sides computed the same
+thing, the NMS keep lists and the sums of the RoIAlign and pasted outputs.
 """
 import json
 import struct
@@ -50,7 +50,7 @@ def main():
     for n in ("4000", "20000"):
         boxes, scores = t[f"nms{n}.boxes"], t[f"nms{n}.scores"]
         results[f"nms{n}"] = median_time(lambda: nms(boxes, scores, 0.7), runs)
-        results[f"nms{n}.kept"] = int(nms(boxes, scores, 0.7).numel())
+        results[f"nms{n}.keep"] = nms(boxes, scores, 0.7).tolist()
 
     feats = {str(l): t[f"roi.feat{l}"] for l in range(4)}
     boxes = t["roi.boxes"]
@@ -58,10 +58,12 @@ def main():
     pooler = MultiScaleRoIAlign(["0", "1", "2", "3"], output_size=7, sampling_ratio=2)
     with torch.no_grad():
         results["roi_align"] = median_time(lambda: pooler(feats, [boxes], [(h, w)]), runs)
+        results["roi_align.sum"] = pooler(feats, [boxes], [(h, w)]).double().abs().sum().item()
 
     masks, mboxes = t["paste.masks"], t["paste.boxes"]
     ph, pw = (int(v) for v in t["paste.image_size"].tolist())
     results["paste"] = median_time(lambda: paste_masks_in_image(masks, mboxes, (ph, pw), padding=1), runs)
+    results["paste.sum"] = paste_masks_in_image(masks, mboxes, (ph, pw), padding=1).double().sum().item()
     results["versions"] = f"torch {torch.__version__}, torchvision {torchvision.__version__}"
     print(json.dumps(results))
 

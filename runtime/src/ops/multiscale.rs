@@ -2,9 +2,7 @@
 //! `LevelMapper` (FPN paper, eq. 1) and scale inference.
 
 use crate::error::{check_finite, invalid, shape_err, Result};
-use rayon::prelude::*;
-
-use crate::ops::roi_align::{align_one, check_params, PoolMode, RoiAlignParams};
+use crate::ops::roi_align::{check_params, pool_rois, PoolMode, RoiAlignParams};
 use crate::tensor::FeatureMap;
 
 /// Assigns boxes to pyramid levels: `floor(lvl0 + log2(√area / s0) + eps)`, clamped to
@@ -147,12 +145,6 @@ pub fn multiscale_roi_align(
         check_params(OP, f, q)?;
     }
     let mut values = vec![0.0f32; rois.len() * per_roi];
-    if per_roi > 0 {
-        // One parallel pass over all boxes, each reading its own level: no per-level gather.
-        values.par_chunks_mut(per_roi).zip(rois.par_iter().zip(levels.par_iter())).for_each_init(
-            Vec::new,
-            |samples, (o, (r, &l))| align_one(&features[l], r, &params[l], samples, o),
-        );
-    }
+    pool_rois(features, &params, &rois, |k| levels[k], first.c, &mut values);
     Ok(MultiScaleOutput { values, scales, levels })
 }

@@ -67,9 +67,7 @@ pub fn roi_align_into(
     if per_roi == 0 {
         return Ok(());
     }
-    out.par_chunks_mut(per_roi).zip(rois.par_iter()).for_each_init(Vec::new, |samples, (o, r)| {
-        align_one(input, r, p, samples, o)
-    });
+    pool_rois(std::slice::from_ref(input), std::slice::from_ref(p), rois, |_| 0, input.c, out);
     Ok(())
 }
 
@@ -87,8 +85,29 @@ pub(crate) fn check_params(op: &'static str, input: &FeatureMap, p: &RoiAlignPar
     Ok(())
 }
 
-/// Pools one RoI (already validated) into its `[C, oh, ow]` output; `samples` is scratch space.
-pub(crate) fn align_one(input: &FeatureMap, r: &[f32; 5], p: &RoiAlignParams, samples: &mut Vec<Sample>, out: &mut [f32]) {
+/// Appends the sampling points of one RoI, bin by bin (torchvision's `pre_calc`), and returns
+/// how many points each bin has.
+fn push_samples(input: &FeatureMap, r: &[f32; 5], p: &RoiAlignParams, samples: &mut Vec<Sample>) -> usize {
+    let (start_h, start_w, bin_h, bin_w, grid_h, grid_w) = geometry(r, p);
+    let [oh, ow] = p.output_size;
+    let (h, w) = (input.h, input.w);
+    for ph in 0..oh {
+        for pw in 0..ow {
+            for iy in 0..grid_h {
+                let yy = start_h + ph as f32 * bin_h + (iy as f32 + 0.5) * bin_h / grid_h as f32;
+                for ix in 0..grid_w {
+                    let xx = start_w + pw as f32 * bin_w + (ix as f32 + 0.5) * bin_w / grid_w as f32;
+                    samples.push(bilinear_sample(yy, xx, h, w));
+                }
+            }
+        }
+    }
+    grid_h * grid_w
+}
+
+/// Start, bin size and sampling grid of a RoI in feature-map coordinates, evaluated in float32
+/// in torchvision's order.
+fn geometry(r: &[f32; 5], p: &RoiAlignParams) -> (f32, f32, f32, f32, usize, usize) {
     let [oh, ow] = p.output_size;
     let scale = p.spatial_scale;
     let offset = if p.aligned { 0.5f32 } else { 0.0 };
@@ -102,47 +121,110 @@ pub(crate) fn align_one(input: &FeatureMap, r: &[f32; 5], p: &RoiAlignParams, sa
         roi_w = roi_w.max(1.0);
         roi_h = roi_h.max(1.0);
     }
-    let bin_h = roi_h / oh as f32;
-    let bin_w = roi_w / ow as f32;
     // Adaptive grids may be 0 (empty RoI with `aligned`): no samples and an output of 0.
-    let grid_h = if p.sampling_ratio > 0 { p.sampling_ratio as usize } else { (roi_h / oh as f32).ceil().max(0.0) as usize };
-    let grid_w = if p.sampling_ratio > 0 { p.sampling_ratio as usize } else { (roi_w / ow as f32).ceil().max(0.0) as usize };
-    let count = (grid_h * grid_w).max(1) as f32;
-
-    samples.clear();
-    let (h, w) = (input.h, input.w);
-    for ph in 0..oh {
-        for pw in 0..ow {
-            for iy in 0..grid_h {
-                let yy = start_h + ph as f32 * bin_h + (iy as f32 + 0.5) * bin_h / grid_h as f32;
-                for ix in 0..grid_w {
-                    let xx = start_w + pw as f32 * bin_w + (ix as f32 + 0.5) * bin_w / grid_w as f32;
-                    samples.push(bilinear_sample(yy, xx, h, w));
-                }
-            }
+    let grid = |ratio: i32, size: f32, bins: usize| {
+        if ratio > 0 {
+            ratio as usize
+        } else {
+            (size / bins as f32).ceil().max(0.0) as usize
         }
-    }
+    };
+    let (grid_h, grid_w) = (grid(p.sampling_ratio, roi_h, oh), grid(p.sampling_ratio, roi_w, ow));
+    (start_h, start_w, roi_h / oh as f32, roi_w / ow as f32, grid_h, grid_w)
+}
 
-    let per_bin = grid_h * grid_w;
+/// Where the sampling points of one RoI start in the group's list, and how many each bin has.
+struct Plan {
+    level: usize,
+    batch: usize,
+    first: usize,
+    per_bin: usize,
+}
+
+/// Pools every RoI (already validated) into `out` (`[K, C, bins]`); RoI `k` reads
+/// `maps[level(k)]` with `params[level(k)]`.
+///
+/// Channels are the outer loop: all RoIs of a group pool from channel `c` while its planes are
+/// in cache, which matters when many RoIs overlap (as proposals do). Groups bound the memory
+/// of the precomputed sampling points, which adaptive sampling can make large.
+pub(crate) fn pool_rois(
+    maps: &[FeatureMap],
+    params: &[RoiAlignParams],
+    rois: &[[f32; 5]],
+    level: impl Fn(usize) -> usize + Sync,
+    c: usize,
+    out: &mut [f32],
+) {
+    const SAMPLE_BUDGET: usize = 1 << 20;
+    let bins = params[0].output_size[0] * params[0].output_size[1];
+    let per_roi = c * bins;
+    if per_roi == 0 || rois.is_empty() {
+        return;
+    }
+    let mut tmp = Vec::new();
+    let mut k0 = 0;
+    while k0 < rois.len() {
+        // Sampling points of a group of RoIs, computed in parallel, then concatenated.
+        let mut k1 = k0;
+        let mut n_samples = 0;
+        while k1 < rois.len() && (k1 == k0 || n_samples < SAMPLE_BUDGET) {
+            let (.., gh, gw) = geometry(&rois[k1], &params[level(k1)]);
+            n_samples += gh * gw * bins;
+            k1 += 1;
+        }
+        let per_roi_samples: Vec<(Vec<Sample>, usize)> = (k0..k1)
+            .into_par_iter()
+            .map(|k| {
+                let l = level(k);
+                let mut s = Vec::new();
+                let per_bin = push_samples(&maps[l], &rois[k], &params[l], &mut s);
+                (s, per_bin)
+            })
+            .collect();
+        let mut samples = Vec::with_capacity(n_samples);
+        let mut plans = Vec::with_capacity(k1 - k0);
+        for (k, (s, per_bin)) in (k0..k1).zip(per_roi_samples) {
+            plans.push(Plan { level: level(k), batch: rois[k][0] as usize, first: samples.len(), per_bin });
+            samples.extend(s);
+        }
+        // Channel-major results of the group, then transposed into the RoI-major output.
+        let group = k1 - k0;
+        tmp.clear();
+        tmp.resize(c * group * bins, 0.0f32);
+        tmp.par_chunks_mut(group * bins).enumerate().for_each(|(ch, t)| {
+            for (plan, o) in plans.iter().zip(t.chunks_exact_mut(bins)) {
+                let s = &samples[plan.first..plan.first + plan.per_bin * bins];
+                pool_bins(maps[plan.level].plane(plan.batch, ch), s, plan.per_bin, params[plan.level].mode, o);
+            }
+        });
+        out[k0 * per_roi..k1 * per_roi].par_chunks_mut(per_roi).enumerate().for_each(|(k, o)| {
+            for (ch, oc) in o.chunks_exact_mut(bins).enumerate() {
+                let at = (ch * group + k) * bins;
+                oc.copy_from_slice(&tmp[at..at + bins]);
+            }
+        });
+        k0 = k1;
+    }
+}
+
+/// One channel of one RoI: each bin the mean (or max) of its `per_bin` sampled values.
+fn pool_bins(plane: &[f32], samples: &[Sample], per_bin: usize, mode: PoolMode, out: &mut [f32]) {
     if per_bin == 0 {
         out.fill(0.0);
         return;
     }
-    let b = r[0] as usize;
-    for (ch, o) in out.chunks_exact_mut(oh * ow).enumerate() {
-        let plane = input.plane(b, ch);
-        for (bin, s) in o.iter_mut().zip(samples.chunks_exact(per_bin)) {
-            *bin = match p.mode {
-                PoolMode::Avg => {
-                    let mut acc = 0.0f32;
-                    for sm in s {
-                        acc += value(plane, sm);
-                    }
-                    acc / count
+    let count = per_bin as f32;
+    for (bin, s) in out.iter_mut().zip(samples.chunks_exact(per_bin)) {
+        *bin = match mode {
+            PoolMode::Avg => {
+                let mut acc = 0.0f32;
+                for sm in s {
+                    acc += value(plane, sm);
                 }
-                PoolMode::Max => s.iter().map(|sm| value(plane, sm)).fold(f32::NEG_INFINITY, f32::max),
-            };
-        }
+                acc / count
+            }
+            PoolMode::Max => s.iter().map(|sm| value(plane, sm)).fold(f32::NEG_INFINITY, f32::max),
+        };
     }
 }
 
