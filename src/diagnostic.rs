@@ -67,7 +67,8 @@ pub struct Label {
 #[derive(Clone, Debug)]
 pub struct Diagnostic {
     pub message: String,
-    pub span: Span,
+    /// `None` where there is no text to point into (a file that cannot be read).
+    pub span: Option<Span>,
     pub label: String,
     pub notes: Vec<Label>,
     pub hint: Option<String>,
@@ -75,7 +76,11 @@ pub struct Diagnostic {
 
 impl Diagnostic {
     pub fn error(span: Span, message: impl Into<String>) -> Self {
-        Diagnostic { message: message.into(), span, label: String::new(), notes: vec![], hint: None }
+        Diagnostic { message: message.into(), span: Some(span), label: String::new(), notes: vec![], hint: None }
+    }
+
+    pub fn unlocated(message: impl Into<String>) -> Self {
+        Diagnostic { message: message.into(), span: None, label: String::new(), notes: vec![], hint: None }
     }
 
     pub fn with_label(mut self, label: impl Into<String>) -> Self {
@@ -95,19 +100,23 @@ impl Diagnostic {
 
     /// Renders as rustc does; the origin line reads `path:line:col`.
     pub fn render(&self, sources: &SourceMap) -> String {
+        let Some(span) = self.span else {
+            return Renderer::plain().render(Level::Error.title(&self.message)).to_string();
+        };
         let origin = |s: Span| sources.file(s.file).path.display().to_string();
         let origins: Vec<String> =
-            std::iter::once(self.span).chain(self.notes.iter().map(|n| n.span)).map(origin).collect();
-        let primary = &sources.file(self.span.file).text;
+            std::iter::once(span).chain(self.notes.iter().map(|n| n.span)).map(origin).collect();
+        let primary = &sources.file(span.file).text;
         let mut snippet = Snippet::source(primary)
             .origin(&origins[0])
             .fold(true)
-            .annotation(Level::Error.span(caret_range(primary, self.span)).label(&self.label));
+            .annotation(Level::Error.span(caret_range(primary, span)).label(&self.label));
         let mut other_files = vec![];
         for (note, origin) in self.notes.iter().zip(&origins[1..]) {
             let text = &sources.file(note.span.file).text;
-            let annotation = Level::Info.span(caret_range(text, note.span)).label(&note.message);
-            if note.span.file == self.span.file {
+            // `Warning` draws `-` without a level prefix: rustc's look for secondary labels.
+            let annotation = Level::Warning.span(caret_range(text, note.span)).label(&note.message);
+            if note.span.file == span.file {
                 snippet = snippet.annotation(annotation);
             } else {
                 other_files.push(Snippet::source(text).origin(origin).fold(true).annotation(annotation));
@@ -177,17 +186,37 @@ pub fn closest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) ->
         .map(|(_, c)| c)
 }
 
+/// Optimal string alignment distance: a swap of neighbours (`cnov`/`conv`) costs one edit.
 fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut prev = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let cur = row[j + 1];
-            row[j + 1] = if ca == *cb { prev } else { 1 + prev.min(row[j]).min(cur) };
-            prev = cur;
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for j in 0..=b.len() {
+        d[0][j] = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            d[i][j] = (d[i - 1][j] + 1).min(d[i][j - 1] + 1).min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                d[i][j] = d[i][j].min(d[i - 2][j - 2] + 1);
+            }
         }
     }
-    row[b.len()]
+    d[a.len()][b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suggestions_allow_typos_and_swaps() {
+        assert_eq!(closest("cnov", ["conv", "config"]), Some("conv"));
+        assert_eq!(closest("rleu", ["relu", "sigmoid"]), Some("relu"));
+        assert_eq!(closest("kernal", ["kernel", "stride"]), Some("kernel"));
+        assert_eq!(closest("xyz", ["kernel", "stride"]), None);
+    }
 }

@@ -104,9 +104,13 @@ pub fn check_train(train: &Settings, diags: &mut Vec<Diagnostic>) {
             None => {
                 let mut d = Diagnostic::error(s.span, format!("unknown training setting `{}`", s.name))
                     .with_label("not a training setting");
-                if let Some(c) = closest(&s.name, TRAIN_KEYS.iter().map(|(k, _)| *k)) {
-                    d = d.with_hint(format!("did you mean `{c}`?"));
-                }
+                d = d.with_hint(match closest(&s.name, TRAIN_KEYS.iter().map(|(k, _)| *k)) {
+                    Some(c) => format!("did you mean `{c}`?"),
+                    None => {
+                        let keys: Vec<&str> = TRAIN_KEYS.iter().map(|(k, _)| *k).collect();
+                        format!("training settings are: {}", keys.join(", "))
+                    }
+                });
                 diags.push(d);
             }
             Some((_, kind)) if !train_kind_matches(kind, &s.value) && !s.value.is_poison() => diags.push(
@@ -127,7 +131,7 @@ pub fn apply_yaml(
     train: &mut Settings,
 ) -> Result<(), Vec<Diagnostic>> {
     let text = std::fs::read_to_string(path).map_err(|e| {
-        vec![Diagnostic::error(Span::default(), format!("cannot read config override {}: {e}", path.display()))]
+        vec![Diagnostic::unlocated(format!("cannot read config override {}: {e}", path.display()))]
     })?;
     let file = sources.add(path, text.clone());
     let doc: serde_yaml::Value = serde_yaml::from_str(&text).map_err(|e| {

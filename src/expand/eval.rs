@@ -563,7 +563,8 @@ impl<'a> Evaluator<'a> {
                 Some(v) => {
                     attrs.insert(spec.name.to_string(), v);
                 }
-                None if matches!(spec.default, Default::Required) => {
+                // After a misspelt or mistyped attribute, "missing" would only repeat it.
+                None if matches!(spec.default, Default::Required) && !failed => {
                     self.error(Diagnostic::error(call.span, format!("missing attribute `{}` for `{}`", spec.name, op.name())).with_label(format!("`{}: {}` is required", spec.name, spec.ty)).with_hint(attr_list(op)));
                     failed = true;
                 }

@@ -83,7 +83,7 @@ fn read(sources: &mut SourceMap, path: &Path, at: Option<Span>) -> Result<(crate
             let message = format!("cannot read {}: {e}", path.display());
             Err(match at {
                 Some(span) => Diagnostic::error(span, message).with_label("imported here"),
-                None => Diagnostic::error(Span::default(), message),
+                None => Diagnostic::unlocated(message),
             })
         }
     }

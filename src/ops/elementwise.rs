@@ -31,7 +31,14 @@ unary!(Sigmoid, "sigmoid");
 fn same_shape(op: &str, inputs: &[Vec<TensorType>]) -> Result<Inference, OpError> {
     let (a, b) = (&inputs[0][0], &inputs[1][0]);
     if a != b {
-        return Err(OpError { site: Site::Call, message: format!("shape mismatch: `{op}` of {a} and {b}"), hint: None }
+        let problem = if a.rank() != b.rank() {
+            "rank mismatch"
+        } else if a.rank() >= 2 && a.dims[1] != b.dims[1] && a.dims[2..] == b.dims[2..] {
+            "channel mismatch"
+        } else {
+            "shape mismatch"
+        };
+        return Err(OpError { site: Site::Call, message: format!("{problem}: `{op}` of {a} and {b}"), hint: None }
             .hint("both operands of an elementwise operation must have the same type"));
     }
     Ok(Inference::output(a.clone()))

@@ -1,0 +1,31 @@
+//! Helpers shared by the integration tests.
+
+#![allow(dead_code)]
+
+use mrc::diagnostic::SourceMap;
+use mrc::expand::{self, Model};
+use std::path::{Path, PathBuf};
+
+/// The fixture directory: `$MRC_FIXTURES` (torchvision's layout), else the project's copy.
+pub fn fixtures() -> PathBuf {
+    std::env::var_os("MRC_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures"))
+}
+
+pub fn load(file: &str, config: Option<&str>) -> Model {
+    let mut sources = SourceMap::default();
+    match expand::load(&mut sources, Path::new(file), config.map(Path::new)) {
+        Ok(model) => model,
+        Err(d) => panic!("{file} does not expand:\n{}", d.render(&sources)),
+    }
+}
+
+/// The rendered diagnostics of a model that must fail.
+pub fn diagnostics(file: &Path, config: Option<&Path>) -> String {
+    let mut sources = SourceMap::default();
+    match expand::load(&mut sources, file, config) {
+        Ok(_) => panic!("{} expanded without errors", file.display()),
+        Err(d) => d.render(&sources),
+    }
+}
