@@ -307,7 +307,18 @@ fn batched_nms_is_per_class_nms_on_both_paths() {
             expected.extend(nms(&b, &s, 0.5).unwrap().into_iter().map(|k| idx[k]));
         }
         expected.sort_by(|&a, &b| scores[b].partial_cmp(&scores[a]).unwrap().then(a.cmp(&b)));
-        assert_eq!(got, expected, "{n} boxes");
+        if n <= 1000 {
+            // One NMS over all boxes: equal scores stay in index order (a stable sort).
+            assert!(got == expected, "{n} boxes: {got:?}");
+        } else {
+            // Kept boxes are sorted by torch's unstable sort: same boxes, same score sequence.
+            let by_score = |v: &[usize]| v.iter().map(|&i| scores[i]).collect::<Vec<_>>();
+            assert!(by_score(&got) == by_score(&expected), "{n} boxes: not sorted by score");
+            let (mut g, mut e) = (got.clone(), expected.clone());
+            g.sort_unstable();
+            e.sort_unstable();
+            assert!(g == e, "{n} boxes: kept sets differ");
+        }
     }
 }
 

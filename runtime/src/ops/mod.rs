@@ -9,6 +9,7 @@ pub mod paste_masks;
 pub mod preprocess;
 pub mod roi_align;
 pub mod roi_pool;
+mod sort;
 
 use crate::error::{invalid, Result};
 

@@ -3,6 +3,7 @@
 use std::cmp::Ordering;
 
 use crate::error::{check_finite, invalid, shape_err, Result};
+use crate::ops::sort::std_sort;
 
 /// The box coordinates of the surviving candidates, in score order, kept contiguous so that
 /// each suppression sweep is a linear pass over plain arrays.
@@ -228,8 +229,10 @@ fn nms_grid(boxes: &[[f32; 4]], order: Vec<u32>, iou_threshold: f64) -> Vec<usiz
 /// NMS within each label only; kept indices of all labels together by decreasing score.
 ///
 /// Like torchvision, small inputs (≤ 1,000 boxes) run one NMS over boxes shifted apart by
-/// `label · (max coordinate + 1)`, larger ones one NMS per label: the shift changes IoUs by
-/// rounding noise, and this keeps results identical to torchvision's.
+/// `label · (max coordinate + 1)`, larger ones one NMS per label followed by torch's unstable
+/// sort of the kept boxes by score: the shift changes IoUs by rounding noise and the sort
+/// orders equal scores its own way, and following both keeps results identical to
+/// torchvision's.
 pub fn batched_nms(boxes: &[[f32; 4]], scores: &[f32], labels: &[i64], iou_threshold: f64) -> Result<Vec<usize>> {
     const OP: &str = "batched_nms";
     check(OP, boxes, scores, iou_threshold)?;
@@ -260,9 +263,12 @@ pub fn batched_nms(boxes: &[[f32; 4]], scores: &[f32], labels: &[i64], iou_thres
         let s: Vec<f32> = group.iter().map(|&i| scores[i as usize]).collect();
         keep.extend(nms_unchecked(&b, &s, iou_threshold).into_iter().map(|k| group[k] as usize));
     }
+    // torchvision: `keep_indices[scores[keep_indices].sort(descending=True)[1]]` with
+    // `keep_indices` ascending, an unstable sort: equal scores end up in std::sort's order.
     keep.sort_unstable();
-    keep.sort_by(|&a, &b| descending(scores[a], scores[b]));
-    Ok(keep)
+    let mut pairs: Vec<(f32, usize)> = keep.into_iter().map(|i| (scores[i], i)).collect();
+    std_sort(&mut pairs, &|a, b| a.0 > b.0);
+    Ok(pairs.into_iter().map(|p| p.1).collect())
 }
 
 /// For each level (consecutive runs of `level_sizes` in `scores`), the indices of its
