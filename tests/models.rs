@@ -94,3 +94,26 @@ fn shipped_model_graphs() {
         insta::assert_snapshot!(format!("check_{name}"), mrc::summary::check(&model));
     }
 }
+
+#[test]
+fn dot_graph_renders_with_graphviz() {
+    let model = load("models/mini.model", None);
+    let dot = mrc::graph::to_dot(&model.graph);
+    assert!(dot.starts_with("digraph model {") && dot.trim_end().ends_with('}'));
+    let Ok(mut child) = std::process::Command::new("dot")
+        .arg("-Tsvg")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    else {
+        eprintln!("skipped: Graphviz `dot` is not installed (tests/run.sh installs it)");
+        return;
+    };
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(dot.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let svg = String::from_utf8_lossy(&out.stdout);
+    assert!(svg.contains("<svg") && svg.contains("multiscale_roi_align"));
+}

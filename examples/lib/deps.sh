@@ -2,7 +2,7 @@
 # Debian 12: LLVM/MLIR 22 and the C libraries the melior crates link against.
 
 MRC_APT_PACKAGES="llvm-22-dev libmlir-22-dev mlir-22-tools libpolly-22-dev libclang-22-dev \
-libzstd-dev libz3-dev libxml2-dev zlib1g-dev"
+libzstd-dev libz3-dev libxml2-dev zlib1g-dev graphviz"
 
 mrc_install_deps() {
     local missing=()
