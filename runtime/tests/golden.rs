@@ -175,3 +175,40 @@ fn transform_cases() {
     }
     report("transform", failures);
 }
+
+/// The comparison has teeth everywhere: moving any single value of a golden output beyond the
+/// tolerance (either way), or any kept index, is reported.
+#[test]
+fn perturbing_any_golden_value_fails() {
+    let first = |op: &str| name(&cases(op)[0]);
+    let fx = Fixture::open("roi_align.safetensors");
+    let expected = fx.f32(&format!("{}.output", first("roi_align"))).data;
+    compare(&expected, &expected, FLOAT).unwrap();
+    for i in 0..expected.len() {
+        for sign in [-1.0f32, 1.0] {
+            let mut moved = expected.clone();
+            moved[i] += sign * 1.01 * (FLOAT.rtol * moved[i].abs() + FLOAT.atol) + sign * 1e-7;
+            assert!(compare(&expected, &moved, FLOAT).is_err(), "element {i} moved by {sign}");
+        }
+    }
+    let fx = Fixture::open("paste_masks.safetensors");
+    let pasted = fx.f32(&format!("{}.pasted", first("paste_masks"))).data;
+    let mut moved = pasted.clone();
+    let last = moved.len() - 1;
+    moved[last] += 1.01e-4;
+    assert!(compare(&pasted, &moved, PASTED).is_err());
+
+    let fx = Fixture::open("nms.safetensors");
+    for case in cases("nms") {
+        let keep = fx.i64(&format!("{}.keep", name(&case))).data;
+        for i in 0..keep.len() {
+            let mut moved = keep.clone();
+            moved[i] += 1;
+            assert!(compare_exact(&keep, &moved).is_err());
+        }
+        let mut shorter = keep.clone();
+        if shorter.pop().is_some() {
+            assert!(compare_exact(&keep, &shorter).is_err());
+        }
+    }
+}
