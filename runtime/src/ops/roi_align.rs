@@ -11,8 +11,9 @@ use crate::tensor::FeatureMap;
 pub enum PoolMode {
     /// Their mean: torchvision's `roi_align`.
     Avg,
-    /// Their maximum (ONNX RoiAlign `mode="max"`), over the same bilinearly interpolated points.
-    /// Points outside the map count as 0, like in the average.
+    /// Their maximum (the `max` mode of ONNX RoiAlign): the largest of the same bilinearly
+    /// interpolated values the average would sum, points outside the map counting as 0. (ONNX
+    /// Runtime instead takes the largest weighted corner of each point.)
     Max,
 }
 
