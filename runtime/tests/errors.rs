@@ -53,6 +53,11 @@ fn roi_align_rejects_bad_arguments() {
     assert!(is_non_finite(roi_pool(&fm, &[[0.0, 0.0, NAN, 1.0, 1.0]], [2, 2], 1.0)));
     assert!(is_invalid(roi_pool(&fm, &[ok], [2, 0], 1.0)));
     assert!(is_invalid(roi_pool(&fm, &[ok], [2, 2], -1.0)));
+    // Coordinates that would overflow integer cells, and sampling grids that would exhaust memory.
+    assert!(is_invalid(roi_pool(&fm, &[[0.0, -3e30, 0.0, 3e30, 2.0]], [2, 2], 1.0)));
+    let adaptive = RoiAlignParams { sampling_ratio: 0, ..params() };
+    assert!(is_invalid(roi_align(&fm, &[[0.0, 0.0, 0.0, 1e30, 1e30]], &adaptive)));
+    assert!(roi_align(&fm, &[[0.0, 0.0, 0.0, 1e30, 1e30]], &params()).is_ok());
     let empty = roi_pool(&fm, &[], [2, 2], 1.0).unwrap();
     assert!(empty.values.is_empty() && empty.argmax.is_empty());
 }
@@ -73,6 +78,8 @@ fn multiscale_rejects_bad_arguments() {
     let gap = [fms[0], FeatureMap::new(&c, [1, 1, 2, 2]).unwrap()];
     assert!(is_invalid(multiscale_roi_align(&gap, &[&boxes], &[[32, 32]], &p)));
     assert!(is_invalid(LevelMapper::new(2, 5).map_levels(&[[10.0, 10.0, 5.0, 20.0]])));
+    let huge = MultiScaleParams { sampling_ratio: 0, ..p };
+    assert!(is_invalid(multiscale_roi_align(&fms, &[&[[0.0, 0.0, 1e30, 1e30]]], &[[32, 32]], &huge)));
     let out = multiscale_roi_align(&fms, &[&[]], &[[32, 32]], &p).unwrap();
     assert!(out.values.is_empty() && out.levels.is_empty());
 }
@@ -129,6 +136,7 @@ fn masks_reject_bad_arguments() {
     assert!(is_invalid(paste_masks_in_image(&[], 0, &[], [10, 10], 1)));
     assert!(is_non_finite(paste_masks_in_image(&[0.0; 4], 2, &[[0.0, NAN, 1.0, 1.0]], [10, 10], 1)));
     assert!(paste_masks_in_image(&[], 28, &[], [10, 10], 1).unwrap().is_empty());
+    assert!(is_invalid(paste_masks_in_image(&[0.0; 4], 2, &[[-1e30, 0.0, 1e30, 1.0]], [10, 10], 1)));
     assert!(is_shape(project_masks_on_boxes(&[0.0; 16], [4, 4], &b, &[], 28)));
     assert!(is_shape(project_masks_on_boxes(&[0.0; 15], [4, 4], &b, &[0], 28)));
     assert!(is_invalid(project_masks_on_boxes(&[0.0; 16], [4, 4], &b, &[1], 28)));

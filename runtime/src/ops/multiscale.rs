@@ -2,7 +2,7 @@
 //! `LevelMapper` (FPN paper, eq. 1) and scale inference.
 
 use crate::error::{check_finite, invalid, shape_err, Result};
-use crate::ops::roi_align::{check_params, pool_rois, PoolMode, RoiAlignParams};
+use crate::ops::roi_align::{check_params, check_roi, pool_rois, PoolMode, RoiAlignParams};
 use crate::tensor::FeatureMap;
 
 /// Assigns boxes to pyramid levels: `floor(lvl0 + log2(√area / s0) + eps)`, clamped to
@@ -143,6 +143,9 @@ pub fn multiscale_roi_align(
         .collect();
     for (f, q) in features.iter().zip(&params) {
         check_params(OP, f, q)?;
+    }
+    for (r, &l) in rois.iter().zip(&levels) {
+        check_roi(OP, &features[l], r, &params[l])?;
     }
     let mut values = vec![0.0f32; rois.len() * per_roi];
     pool_rois(features, &params, &rois, |k| levels[k], first.c, &mut values);

@@ -3,7 +3,8 @@
 
 use rayon::prelude::*;
 
-use crate::error::{check_finite, invalid, shape_err, Result};
+use crate::error::{invalid, shape_err, Result};
+use crate::ops::check_coordinates;
 use crate::ops::interpolate::{tap, Tap};
 use crate::ops::roi_align::{roi_align, PoolMode, RoiAlignParams};
 use crate::tensor::FeatureMap;
@@ -39,7 +40,7 @@ pub fn paste_masks_in_image(
         return shape_err(OP, format!("{} mask values for {} boxes of {m}x{m}", masks.len(), boxes.len()));
     }
     for b in boxes {
-        check_finite(OP, "box", b)?;
+        check_coordinates(OP, b)?;
     }
     let [ih, iw] = image_size;
     let mut out = vec![0.0f32; boxes.len() * ih * iw];

@@ -62,13 +62,28 @@ pub fn roi_align_into(
         return crate::error::shape_err(OP, format!("output buffer of {} values", out.len()));
     }
     for r in rois {
-        check_finite(OP, "roi", r)?;
-        batch_index(OP, r[0], input.n)?;
+        check_roi(OP, input, r, p)?;
     }
     if per_roi == 0 {
         return Ok(());
     }
     pool_rois(std::slice::from_ref(input), std::slice::from_ref(p), rois, |_| 0, input.c, out);
+    Ok(())
+}
+
+/// The most sampling points one RoI may have: adaptive sampling of an absurdly large box would
+/// otherwise exhaust memory (torchvision just tries).
+const MAX_SAMPLES_PER_ROI: usize = 1 << 24;
+
+/// Checks a RoI's values, batch index and number of sampling points.
+pub(crate) fn check_roi(op: &'static str, input: &FeatureMap, r: &[f32; 5], p: &RoiAlignParams) -> Result<()> {
+    check_finite(op, "roi", r)?;
+    batch_index(op, r[0], input.n)?;
+    let (.., gh, gw) = geometry(r, p);
+    let samples = gh.checked_mul(gw).and_then(|g| g.checked_mul(p.output_size[0] * p.output_size[1]));
+    if samples.is_none_or(|s| s > MAX_SAMPLES_PER_ROI) {
+        return invalid(op, format!("RoI {r:?} needs a {gh}x{gw} sampling grid per bin"));
+    }
     Ok(())
 }
 

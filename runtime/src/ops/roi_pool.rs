@@ -3,8 +3,8 @@
 
 use rayon::prelude::*;
 
-use crate::error::{check_finite, invalid, Result};
-use crate::ops::batch_index;
+use crate::error::{invalid, Result};
+use crate::ops::{batch_index, check_coordinates};
 use crate::tensor::FeatureMap;
 
 /// Values `[K, C, oh, ow]` and, for the backward pass, the flat `h·w` offset of each maximum in
@@ -28,14 +28,14 @@ pub fn roi_pool(
     if oh == 0 || ow == 0 {
         return invalid(OP, format!("output size {oh}x{ow}"));
     }
-    if !spatial_scale.is_finite() || spatial_scale <= 0.0 {
+    if !spatial_scale.is_finite() || spatial_scale <= 0.0 || spatial_scale > 1e3 {
         return invalid(OP, format!("spatial scale {spatial_scale}"));
     }
     if input.h as u64 * input.w as u64 > i32::MAX as u64 {
         return invalid(OP, format!("feature map {}x{} too large", input.h, input.w));
     }
     for r in rois {
-        check_finite(OP, "roi", r)?;
+        check_coordinates(OP, &r[1..])?;
         batch_index(OP, r[0], input.n)?;
     }
     let per_roi = input.c * oh * ow;
