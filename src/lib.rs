@@ -8,5 +8,6 @@ pub mod expand;
 pub mod graph;
 pub mod lowering;
 pub mod ops;
+pub mod passes;
 pub mod summary;
 pub mod syntax;

@@ -25,6 +25,9 @@ enum Command {
         model: ModelArgs,
         #[arg(long, value_enum, default_value = "text")]
         format: GraphFormat,
+        /// Show the graph before and after the optimization passes.
+        #[arg(long)]
+        passes: bool,
     },
     /// Print the syntax tree of a model file back as text, fully parenthesized.
     Parse { file: PathBuf },
@@ -61,9 +64,18 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Check(args) => load(args).map(|m| mrc::summary::check(&m)),
         Command::Params(args) => load(args).map(|m| mrc::summary::params(&m)),
-        Command::Graph { model, format } => load(model).map(|m| match format {
-            GraphFormat::Text => mrc::graph::to_text(&m.graph),
-            GraphFormat::Dot => mrc::graph::to_dot(&m.graph),
+        Command::Graph { model, format, passes } => load(model).map(|mut m| {
+            let render = |g: &mrc::graph::Graph| match format {
+                GraphFormat::Text => mrc::graph::to_text(g),
+                GraphFormat::Dot => mrc::graph::to_dot(g),
+            };
+            if !passes {
+                return render(&m.graph);
+            }
+            let before = render(&m.graph);
+            let changed = mrc::passes::run(&mut m.graph, &mrc::passes::default_passes());
+            let comment = if matches!(format, GraphFormat::Dot) { "//" } else { "#" };
+            format!("{comment} before passes\n{before}\n{comment} after passes: {}\n{}", if changed.is_empty() { "none changed the graph".to_string() } else { changed.join(", ") }, render(&m.graph))
         }),
         Command::Parse { file } => parse(file),
     };

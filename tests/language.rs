@@ -2,24 +2,10 @@
 
 mod common;
 
+use common::{expand, write};
 use mrc::diagnostic::SourceMap;
 use mrc::expand::{self, Model};
 use mrc::graph::{NodeKind, StateKind};
-use std::path::PathBuf;
-
-fn write(name: &str, text: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("mrc-language-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(name);
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-fn expand(name: &str, text: &str) -> Result<Model, String> {
-    let path = write(name, text);
-    let mut sources = SourceMap::default();
-    expand::load(&mut sources, &path, None).map_err(|d| d.render(&sources))
-}
 
 fn op_count(model: &Model, name: &str) -> usize {
     model.graph.op_nodes().filter(|(_, op)| op.name() == name).count()

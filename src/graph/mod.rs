@@ -115,6 +115,51 @@ impl Graph {
         }
     }
 
+    /// Nodes in a topological order; among ready nodes the lowest index first, so that a graph
+    /// fresh from the expander (which creates nodes after their inputs) lists in creation order.
+    pub fn topological_order(&self) -> Vec<NodeIndex> {
+        use std::cmp::Reverse;
+        use std::collections::{BinaryHeap, HashMap};
+        let mut pending: HashMap<NodeIndex, usize> = self
+            .nodes
+            .node_indices()
+            .map(|n| (n, self.nodes.edges_directed(n, Direction::Incoming).count()))
+            .collect();
+        let mut ready: BinaryHeap<Reverse<NodeIndex>> =
+            pending.iter().filter(|(_, &c)| c == 0).map(|(&n, _)| Reverse(n)).collect();
+        let mut order = Vec::with_capacity(pending.len());
+        while let Some(Reverse(n)) = ready.pop() {
+            order.push(n);
+            for e in self.nodes.edges_directed(n, Direction::Outgoing) {
+                let count = pending.get_mut(&e.target()).expect("edges join nodes of the graph");
+                *count -= 1;
+                if *count == 0 {
+                    ready.push(Reverse(e.target()));
+                }
+            }
+        }
+        order
+    }
+
+    /// Redirects every use of `from` (edges and graph outputs) to `to`.
+    pub fn replace_uses(&mut self, from: Port, to: Port) {
+        let uses: Vec<_> = self
+            .nodes
+            .edges_directed(from.node, Direction::Outgoing)
+            .filter(|e| e.weight().from_output == from.output)
+            .map(|e| (e.id(), e.target(), e.weight().to_input))
+            .collect();
+        for (id, target, to_input) in uses {
+            self.nodes.remove_edge(id);
+            self.connect(to, target, to_input);
+        }
+        for (_, port) in self.outputs.iter_mut() {
+            if *port == from {
+                *port = to;
+            }
+        }
+    }
+
     /// Elements in the trainable parameters (torch's `sum(p.numel() for p in parameters())`).
     pub fn parameter_count(&self) -> i64 {
         self.state

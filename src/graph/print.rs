@@ -4,11 +4,10 @@ use super::{Graph, NodeKind, StateKind};
 use petgraph::visit::{EdgeRef, IntoEdgeReferences, IntoNodeReferences};
 use std::fmt::Write;
 
-/// One line per node in creation order, which is topological (a node is created after its
-/// inputs): `%7 = conv2d[kernel=[3], ...](%6, %5) : f32[...]  # scope`.
+/// One line per node in topological order: `%7 = conv2d[kernel=[3], ...](%6, %5) : f32[...]  # scope`.
 pub fn to_text(graph: &Graph) -> String {
     let mut out = String::new();
-    for node in graph.nodes.node_indices() {
+    for node in graph.topological_order() {
         let n = &graph.nodes[node];
         let types: Vec<String> = n.outputs.iter().map(ToString::to_string).collect();
         let types = types.join(", ");

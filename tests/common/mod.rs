@@ -29,3 +29,19 @@ pub fn diagnostics(file: &Path, config: Option<&Path>) -> String {
         Err(d) => d.render(&sources),
     }
 }
+
+/// Writes a model (or YAML) text the test made to a private temporary directory.
+pub fn write(name: &str, text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("mrc-tests-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Expands a model text the test wrote; the error is the rendered diagnostics.
+pub fn expand(name: &str, text: &str) -> Result<Model, String> {
+    let path = write(name, text);
+    let mut sources = SourceMap::default();
+    expand::load(&mut sources, &path, None).map_err(|d| d.render(&sources))
+}

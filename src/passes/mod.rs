@@ -1,0 +1,25 @@
+//! Graph rewrites. Each pass is small, knows nothing of MLIR, and is tested on its own; the
+//! optimizer is the list [`default_passes`] run in order.
+
+mod common_subexpressions;
+mod dead_code;
+
+pub use common_subexpressions::CommonSubexpressions;
+pub use dead_code::DeadCode;
+
+use crate::graph::Graph;
+
+pub trait Pass {
+    fn name(&self) -> &'static str;
+    /// Rewrites `graph` in place; returns whether anything changed.
+    fn run(&self, graph: &mut Graph) -> bool;
+}
+
+pub fn default_passes() -> Vec<Box<dyn Pass>> {
+    vec![Box::new(CommonSubexpressions), Box::new(DeadCode)]
+}
+
+/// Runs `passes` in order; returns the names of those that changed the graph.
+pub fn run(graph: &mut Graph, passes: &[Box<dyn Pass>]) -> Vec<&'static str> {
+    passes.iter().filter_map(|p| p.run(graph).then(|| p.name())).collect()
+}
