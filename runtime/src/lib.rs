@@ -10,6 +10,7 @@
 pub mod error;
 pub mod ops;
 pub mod tensor;
+pub mod weights;
 
 pub use error::{Error, Result};
 pub use tensor::FeatureMap;
