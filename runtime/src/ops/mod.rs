@@ -2,7 +2,7 @@
 
 pub mod anchors;
 pub mod box_coder;
-pub mod interpolate;
+pub(crate) mod interpolate;
 pub mod multiscale;
 pub mod nms;
 pub mod paste_masks;
