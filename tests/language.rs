@@ -188,3 +188,50 @@ network net(x: f32[1, 4, H, W]) -> f32[1, 4, H, W] {
     .unwrap();
     assert_eq!(op_count(&model, "conv2d"), 1);
 }
+
+#[test]
+fn shared_reuses_parameters_of_an_earlier_call() {
+    let source = |second: &str| {
+        format!(
+            r#"
+block head(x: f32[K, 8, 7, 7], width: int) -> f32[K, width, 7, 7] {{
+    let conv = conv2d(x, out: width, kernel: 3, padding: 1)
+    return relu(conv)
+}}
+
+network net(a: f32[P, 8, 7, 7], b: f32[D, 8, 7, 7]) -> (f32[P, 16, 7, 7], f32[D, _, 7, 7]) {{
+    let first = head(a, 16) @head
+    let second = {second}
+    return (first, second)
+}}
+"#
+        )
+    };
+    let model = expand("shared_ok.model", &source("head(b, 16) @head shared")).unwrap();
+    assert_eq!(op_count(&model, "conv2d"), 2);
+    assert_eq!(state(&model).len(), 2, "one weight and one bias for both calls");
+
+    let err = expand("shared_twice.model", &source("head(b, 16) @head")).err().unwrap();
+    assert!(err.contains("parameter `head.conv.weight` defined twice"), "{err}");
+
+    let err = expand("shared_shape.model", &source("head(b, 32) @head shared")).err().unwrap();
+    assert!(err.contains("shared parameter `head.conv.weight` is f32[32, 8, 3, 3] here but f32[16, 8, 3, 3]"), "{err}");
+
+    let err = expand("shared_missing.model", &source("head(b, 16) @other shared")).err().unwrap();
+    assert!(err.contains("`shared` parameter `other.conv.weight` is not defined before"), "{err}");
+}
+
+#[test]
+fn the_c4_variant_shares_res5_between_box_and_mask_branches() {
+    let model = common::load("models/mask_rcnn_c4.model", None);
+    let names: Vec<String> = state(&model).into_iter().map(|(n, _)| n).collect();
+    assert_eq!(names.iter().filter(|n| n.starts_with("roi_heads.res5.0.conv1.")).count(), 1);
+    assert!(!names.iter().any(|n| n.contains("layer4") || n.contains("fpn")));
+    // res5 runs twice (box and mask RoIs): 3 bottlenecks × 4 convolutions (with the projection).
+    let res5_convs = model
+        .graph
+        .op_nodes()
+        .filter(|(n, op)| op.name() == "conv2d" && model.graph.nodes[*n].name.starts_with("roi_heads.res5"))
+        .count();
+    assert_eq!(res5_convs, 2 * (3 * 3 + 1));
+}

@@ -87,6 +87,8 @@ struct Frame {
     scopes: Vec<HashMap<String, (Value, Span)>>,
     /// Parameter path of this instantiation, e.g. `backbone.body.layer1.0`.
     prefix: Vec<String>,
+    /// Inside a call marked `shared`: parameters are reused, not created.
+    shared: bool,
 }
 
 impl Frame {
@@ -131,15 +133,15 @@ struct Evaluator<'a> {
 enum Scope {
     /// The name the call's result is bound to (`let conv1 = conv2d(...)`).
     Bound(String),
-    /// An explicit `@path`.
-    Path(Vec<String>),
+    /// An explicit `@path`, and whether it is marked `shared`.
+    Path(Vec<String>, bool),
 }
 
 impl Scope {
     fn segments(&self) -> Vec<String> {
         match self {
             Scope::Bound(name) => vec![name.clone()],
-            Scope::Path(p) => p.clone(),
+            Scope::Path(p, _) => p.clone(),
         }
     }
 }
@@ -313,7 +315,7 @@ impl<'a> Evaluator<'a> {
                 let r = self.expr_in(frame, rhs, None);
                 self.binary(*op, l, r, e.span)
             }
-            ExprKind::Scoped { expr, path } => {
+            ExprKind::Scoped { expr, path, shared } => {
                 if !matches!(expr.kind, ExprKind::Call { .. }) {
                     return self.fail(Diagnostic::error(e.span, "`@` names the parameters of a call").with_hint("write `op(...) @name`"));
                 }
@@ -336,7 +338,7 @@ impl<'a> Evaluator<'a> {
                     }
                     segments.push(text);
                 }
-                self.expr_in(frame, expr, Some(Scope::Path(segments)))
+                self.expr_in(frame, expr, Some(Scope::Path(segments, *shared)))
             }
             ExprKind::Call { callee, args } => self.call(frame, e, callee, args, scope),
         }
@@ -595,6 +597,7 @@ impl<'a> Evaluator<'a> {
                 Some(n)
             }
         };
+        let shared = frame.shared || matches!(scope, Some(Scope::Path(_, true)));
         let scope_path = scope.map(|s| frame.prefix.iter().cloned().chain(s.segments()).collect::<Vec<_>>());
         let mut results = vec![];
         for element in 0..count.unwrap_or(1) {
@@ -613,7 +616,7 @@ impl<'a> Evaluator<'a> {
                 }
             }
             let spans: Vec<Span> = inputs.iter().map(|(_, s)| *s).collect();
-            match self.add_op(op, &attrs, ports, &spans, &attr_spans, call.span, scope_path.as_deref()) {
+            match self.add_op(op, &attrs, ports, &spans, &attr_spans, call.span, scope_path.as_deref(), shared) {
                 Some(v) => results.push(v),
                 None => return Value::Poison,
             }
@@ -637,7 +640,7 @@ impl<'a> Evaluator<'a> {
 
     /// Runs the shape rule, creates (or shares) the state tensors, adds the node.
     #[allow(clippy::too_many_arguments)]
-    fn add_op(&mut self, op: &'static dyn Operator, attrs: &Attrs, ports: Vec<Vec<Port>>, spans: &[Span], attr_spans: &HashMap<&'static str, Span>, call: Span, scope: Option<&[String]>) -> Option<Value> {
+    fn add_op(&mut self, op: &'static dyn Operator, attrs: &Attrs, ports: Vec<Vec<Port>>, spans: &[Span], attr_spans: &HashMap<&'static str, Span>, call: Span, scope: Option<&[String]>, shared: bool) -> Option<Value> {
         let types: Vec<Vec<TensorType>> = ports.iter().map(|ps| ps.iter().map(|p| self.graph.ty(*p).clone()).collect()).collect();
         let inference = match op.infer(&types, attrs) {
             Ok(i) => i,
@@ -665,9 +668,21 @@ impl<'a> Evaluator<'a> {
                 let full = format!("{}.{}", scope.join("."), decl.name);
                 let node = match self.state.get(&full) {
                     // The same call site reached again through a lifted list shares its weights.
-                    Some(&(node, first)) if first == call => node,
+                    // so does a call marked `shared`, if the shapes agree.
+                    Some(&(node, first)) if first == call || shared => {
+                        let existing = self.graph.nodes[node].outputs[0].clone();
+                        if existing != decl.ty() {
+                            self.error(Diagnostic::error(call, format!("shared parameter `{full}` is {} here but {existing} where it was defined", decl.ty())).with_note(first, "defined here"));
+                            return None;
+                        }
+                        node
+                    }
                     Some(&(_, first)) => {
                         self.error(Diagnostic::error(call, format!("parameter `{full}` defined twice")).with_label("second definition").with_note(first, "first defined here").with_hint("give one of them another name with `@name`"));
+                        return None;
+                    }
+                    None if shared => {
+                        self.error(Diagnostic::error(call, format!("`shared` parameter `{full}` is not defined before")).with_hint("the first call at this path creates the parameters; mark only later calls `shared`"));
                         return None;
                     }
                     None => {
@@ -728,7 +743,8 @@ impl<'a> Evaluator<'a> {
             };
             bound[slot] = Some((value, arg.value.span));
         }
-        let mut frame = Frame { scopes: vec![HashMap::new()], prefix: caller.prefix.clone() };
+        let shared = caller.shared || matches!(scope, Some(Scope::Path(_, true)));
+        let mut frame = Frame { scopes: vec![HashMap::new()], prefix: caller.prefix.clone(), shared };
         if let Some(s) = &scope {
             frame.prefix.extend(s.segments());
         }

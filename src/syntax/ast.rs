@@ -196,6 +196,7 @@ pub enum ExprKind {
     Unary { op: UnOp, operand: Box<Expr> },
     Index { base: Box<Expr>, index: Box<Expr> },
     Field { base: Box<Expr>, field: Ident },
-    /// `call(...) @path`: the call's parameters live under `path` instead of the bound name.
-    Scoped { expr: Box<Expr>, path: Vec<Segment> },
+    /// `call(...) @path`: the call's parameters live under `path` instead of the bound name;
+    /// with `shared`, they are those an earlier call created there.
+    Scoped { expr: Box<Expr>, path: Vec<Segment>, shared: bool },
 }

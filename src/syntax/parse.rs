@@ -280,11 +280,14 @@ impl Cx {
         for post in it {
             let span = e.span.to(self.span(&post));
             let rule = post.as_rule();
-            let inner = post.into_inner().next().unwrap();
+            let mut parts = post.into_inner();
+            let inner = parts.next().unwrap();
             let kind = match rule {
                 Rule::index => ExprKind::Index { base: Box::new(e), index: Box::new(self.expr(inner)) },
                 Rule::field => ExprKind::Field { base: Box::new(e), field: self.ident(inner) },
-                Rule::scope => ExprKind::Scoped { expr: Box::new(e), path: self.path(inner) },
+                Rule::scope => {
+                    ExprKind::Scoped { expr: Box::new(e), path: self.path(inner), shared: parts.next().is_some() }
+                }
                 r => unreachable!("postfix {r:?}"),
             };
             e = Expr { kind, span };

@@ -155,7 +155,7 @@ pub fn expr(e: &Expr) -> String {
         }
         ExprKind::Index { base, index } => format!("{}[{}]", expr(base), expr(index)),
         ExprKind::Field { base, field } => format!("{}.{}", expr(base), field.name),
-        ExprKind::Scoped { expr: inner, path } => {
+        ExprKind::Scoped { expr: inner, path, shared } => {
             let segments: Vec<String> = path
                 .iter()
                 .map(|s| {
@@ -168,7 +168,8 @@ pub fn expr(e: &Expr) -> String {
                         .collect::<String>()
                 })
                 .collect();
-            format!("{} @{}", expr(inner), segments.join("."))
+            let shared = if *shared { " shared" } else { "" };
+            format!("{} @{}{shared}", expr(inner), segments.join("."))
         }
     }
 }
