@@ -616,7 +616,7 @@ impl<'a> Evaluator<'a> {
                 }
             }
             let spans: Vec<Span> = inputs.iter().map(|(_, s)| *s).collect();
-            match self.add_op(op, &attrs, ports, &spans, &attr_spans, call.span, scope_path.as_deref(), shared) {
+            match self.add_op(op, &attrs, ports, &spans, &attr_spans, call.span, scope_path.as_deref(), shared || element > 0) {
                 Some(v) => results.push(v),
                 None => return Value::Poison,
             }
@@ -640,7 +640,7 @@ impl<'a> Evaluator<'a> {
 
     /// Runs the shape rule, creates (or shares) the state tensors, adds the node.
     #[allow(clippy::too_many_arguments)]
-    fn add_op(&mut self, op: &'static dyn Operator, attrs: &Attrs, ports: Vec<Vec<Port>>, spans: &[Span], attr_spans: &HashMap<&'static str, Span>, call: Span, scope: Option<&[String]>, shared: bool) -> Option<Value> {
+    fn add_op(&mut self, op: &'static dyn Operator, attrs: &Attrs, ports: Vec<Vec<Port>>, spans: &[Span], attr_spans: &HashMap<&'static str, Span>, call: Span, scope: Option<&[String]>, reuse: bool) -> Option<Value> {
         let types: Vec<Vec<TensorType>> = ports.iter().map(|ps| ps.iter().map(|p| self.graph.ty(*p).clone()).collect()).collect();
         let inference = match op.infer(&types, attrs) {
             Ok(i) => i,
@@ -667,9 +667,9 @@ impl<'a> Evaluator<'a> {
             for decl in &inference.state {
                 let full = format!("{}.{}", scope.join("."), decl.name);
                 let node = match self.state.get(&full) {
-                    // The same call site reached again through a lifted list shares its weights.
-                    // so does a call marked `shared`, if the shapes agree.
-                    Some(&(node, first)) if first == call || shared => {
+                    // The elements of a lifted list after the first, and calls marked `shared`,
+                    // reuse the weights, if the shapes agree.
+                    Some(&(node, first)) if reuse => {
                         let existing = self.graph.nodes[node].outputs[0].clone();
                         if existing != decl.ty() {
                             self.error(Diagnostic::error(call, format!("shared parameter `{full}` is {} here but {existing} where it was defined", decl.ty())).with_note(first, "defined here"));
@@ -681,7 +681,7 @@ impl<'a> Evaluator<'a> {
                         self.error(Diagnostic::error(call, format!("parameter `{full}` defined twice")).with_label("second definition").with_note(first, "first defined here").with_hint("give one of them another name with `@name`"));
                         return None;
                     }
-                    None if shared => {
+                    None if reuse => {
                         self.error(Diagnostic::error(call, format!("`shared` parameter `{full}` is not defined before")).with_hint("the first call at this path creates the parameters; mark only later calls `shared`"));
                         return None;
                     }
