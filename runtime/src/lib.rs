@@ -9,6 +9,7 @@
 
 pub mod error;
 pub mod ops;
+pub mod program;
 pub mod tensor;
 pub mod weights;
 

@@ -1,0 +1,142 @@
+//! COCO results JSON, its `.meta.json` sidecar, image ids from an annotation file, and atomic
+//! file writing.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::rle::Rle;
+
+/// One entry of a COCO results file, as pycocotools' `COCO.loadRes` reads it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResultEntry {
+    pub image_id: i64,
+    pub category_id: i64,
+    /// `[x, y, width, height]` in pixels.
+    pub bbox: [f32; 4],
+    pub score: f32,
+    /// Absent for models without a mask head.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segmentation: Option<Segmentation>,
+}
+
+/// A mask in COCO's compressed RLE form.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Segmentation {
+    /// `[height, width]`.
+    pub size: [u32; 2],
+    pub counts: String,
+}
+
+impl From<&Rle> for Segmentation {
+    fn from(rle: &Rle) -> Segmentation {
+        Segmentation { size: [rle.height, rle.width], counts: rle.to_coco_string() }
+    }
+}
+
+/// The sidecar written beside the results: what the ids in the results refer to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Meta {
+    pub images: Vec<ImageInfo>,
+    pub categories: Vec<Category>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageInfo {
+    pub id: i64,
+    /// The path as given on the command line or found in a directory.
+    pub file_name: String,
+    pub height: u32,
+    pub width: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Category {
+    pub id: i64,
+    pub name: String,
+}
+
+/// The sidecar's path: `R.json` gives `R.meta.json`, a name without extension gets
+/// `.meta.json` appended.
+pub fn meta_path(results: &Path) -> PathBuf {
+    results.with_extension("meta.json")
+}
+
+/// The images of a COCO annotation file, by file name.
+#[derive(Debug)]
+pub struct Annotations {
+    by_file_name: HashMap<String, AnnotatedImage>,
+}
+
+/// What an annotation file says about one image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AnnotatedImage {
+    pub id: i64,
+    /// The size, when the annotation file gives it (COCO's do).
+    pub size: Option<(u32, u32)>,
+}
+
+#[derive(Deserialize)]
+struct AnnotationFile {
+    images: Vec<AnnotationImage>,
+}
+
+#[derive(Deserialize)]
+struct AnnotationImage {
+    id: i64,
+    file_name: String,
+    height: Option<u32>,
+    width: Option<u32>,
+}
+
+impl Annotations {
+    /// Reads the `images` of an annotation file; the rest (annotations, categories) is skipped.
+    pub fn read(path: &Path) -> Result<Annotations, String> {
+        let text = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let file: AnnotationFile =
+            serde_json::from_slice(&text).map_err(|e| format!("{}: not a COCO annotation file: {e}", path.display()))?;
+        let mut by_file_name = HashMap::new();
+        for image in file.images {
+            let size = image.height.zip(image.width);
+            by_file_name.insert(base_name(&image.file_name).to_owned(), AnnotatedImage { id: image.id, size });
+        }
+        Ok(Annotations { by_file_name })
+    }
+
+    /// The image whose file name (without directories, on both sides) is that of `path`.
+    pub fn find(&self, path: &Path) -> Option<AnnotatedImage> {
+        let name = path.file_name()?.to_str()?;
+        self.by_file_name.get(name).copied()
+    }
+}
+
+fn base_name(file_name: &str) -> &str {
+    file_name.rsplit(['/', '\\']).next().unwrap_or(file_name)
+}
+
+/// Writes `value` as JSON to `path` through a temporary file in the same directory and a
+/// rename, so that readers see the old file or the whole new one, never a partial write.
+pub fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> Result<(), String> {
+    let bytes = serde_json::to_vec(value).map_err(|e| format!("{}: {e}", path.display()))?;
+    write_atomic(path, &bytes)
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename (see [`write_json_atomic`]).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    let file_name = path.file_name().ok_or_else(|| format!("{}: not a file path", path.display()))?;
+    let mut temp_name = std::ffi::OsString::from(".");
+    temp_name.push(file_name);
+    temp_name.push(format!(".{}.tmp", std::process::id()));
+    let temp = path.with_file_name(temp_name);
+    let written = std::fs::File::create(&temp).and_then(|mut file| {
+        file.write_all(bytes)?;
+        file.sync_all()
+    });
+    let result = written.and_then(|()| std::fs::rename(&temp, path));
+    result.map_err(|e| {
+        let _ = std::fs::remove_file(&temp);
+        format!("{}: {e}", path.display())
+    })
+}

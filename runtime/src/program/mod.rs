@@ -1,0 +1,367 @@
+//! The driver of a compiled program: command line, image input, COCO results, overlays and the
+//! run summary, around a [`Detector`] that the generated code provides.
+//!
+//! A compiled program's `main` is one call:
+//! ```no_run
+//! # use mrc_runtime::program::*;
+//! # struct Net;
+//! # impl Detector for Net {
+//! #     fn detect(&mut self, _: &image::RgbImage) -> Result<(Vec<Detection>, StageTimes), DetectError> {
+//! #         Ok((Vec::new(), Vec::new()))
+//! #     }
+//! # }
+//! fn main() -> std::process::ExitCode {
+//!     let info = ProgramInfo { model_name: "mask_rcnn".into(), class_names: vec!["__background__".into(), "person".into()] };
+//!     main_with(&info, |_weights| Ok(Net), std::env::args())
+//! }
+//! ```
+//!
+//! Conventions: boxes are `[x1, y1, x2, y2]` in pixels of the original image, COCO's `bbox` is
+//! `[x, y, width, height]`; a mask pixel is set where its probability is strictly greater than
+//! the mask threshold (torchvision's `mask > 0.5`), and a detection is kept where its score is
+//! strictly greater than the score threshold (torchvision's `box_score_thresh` test).
+
+pub mod coco;
+pub mod rle;
+
+mod cli;
+mod inputs;
+mod overlay;
+mod report;
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{CommandFactory, FromArgMatches};
+use image::RgbImage;
+
+pub use cli::Options;
+pub use inputs::IMAGE_EXTENSIONS;
+
+use coco::{Annotations, Category, ImageInfo, Meta, ResultEntry, Segmentation};
+use report::{Console, StageTotals};
+use rle::Rle;
+
+/// Any error of a detector or of its construction, shown to the user with its message.
+pub type DetectError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Time spent per stage of one detection (e.g. "preprocess", "backbone", "rpn", "heads",
+/// "postprocess"), in the order the stages ran; the summary adds them up by name.
+pub type StageTimes = Vec<(String, Duration)>;
+
+/// A soft mask pasted into the whole image: `probs[y * width + x]` in [0, 1], row-major, of the
+/// image's size.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MaskProbs {
+    pub height: u32,
+    pub width: u32,
+    pub probs: Vec<f32>,
+}
+
+impl MaskProbs {
+    /// The binary mask: set where the probability is greater than `threshold`.
+    pub fn binarize(&self, threshold: f32) -> Vec<bool> {
+        self.probs.iter().map(|&p| p > threshold).collect()
+    }
+}
+
+/// One detected object.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Detection {
+    /// `[x1, y1, x2, y2]` in pixels of the original image.
+    pub bbox: [f32; 4],
+    pub score: f32,
+    /// The model's class index (for torchvision's 91-class COCO model, COCO's category id).
+    pub label: i64,
+    /// `None` for models without a mask head.
+    pub mask: Option<MaskProbs>,
+}
+
+/// The network as the driver sees it: an RGB image in, detections in original-image
+/// coordinates out, with the time each stage took.
+pub trait Detector {
+    fn detect(&mut self, image: &RgbImage) -> Result<(Vec<Detection>, StageTimes), DetectError>;
+}
+
+/// What the compiled program knows about its model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProgramInfo {
+    /// Shown as the program's name in help and messages.
+    pub model_name: String,
+    /// The name of each label, indexed by label. Label 0 is the background, and the name "N/A"
+    /// marks an unused label (torchvision's list for COCO's 91 ids has them); neither is a
+    /// category.
+    pub class_names: Vec<String>,
+}
+
+impl ProgramInfo {
+    /// The label's name, or its number when the model config does not name it.
+    pub fn class_name(&self, label: i64) -> String {
+        usize::try_from(label)
+            .ok()
+            .and_then(|i| self.class_names.get(i))
+            .cloned()
+            .unwrap_or_else(|| label.to_string())
+    }
+
+    /// The categories the results can refer to: every named label but the background and "N/A".
+    pub fn categories(&self) -> Vec<Category> {
+        (1..self.class_names.len())
+            .filter(|&i| self.class_names[i] != "N/A")
+            .map(|i| Category { id: i as i64, name: self.class_names[i].clone() })
+            .collect()
+    }
+}
+
+/// The compiled program's `main`: parses `args` (the program name first, as from
+/// [`std::env::args`]), builds the detector with `make_detector(--weights)`, processes the
+/// images and reports on stderr, with a progress bar when stderr is a terminal.
+///
+/// Exit codes: 0 when every image was processed (zero detections included), 1 when any input
+/// failed (after processing the others) or the run could not start or finish, 2 for usage
+/// errors.
+pub fn main_with<D: Detector>(
+    info: &ProgramInfo,
+    make_detector: impl FnOnce(Option<&Path>) -> Result<D, DetectError>,
+    args: impl IntoIterator<Item = String>,
+) -> ExitCode {
+    let show_progress = std::io::stderr().is_terminal();
+    ExitCode::from(run_command_line(info, make_detector, args, &mut std::io::stderr(), show_progress))
+}
+
+/// [`main_with`] with its messages written to `log` and the exit code returned as a number.
+pub fn run_command_line<D: Detector>(
+    info: &ProgramInfo,
+    make_detector: impl FnOnce(Option<&Path>) -> Result<D, DetectError>,
+    args: impl IntoIterator<Item = String>,
+    log: &mut dyn Write,
+    show_progress: bool,
+) -> u8 {
+    let parsed = Options::command()
+        .name(info.model_name.clone())
+        .try_get_matches_from(args)
+        .and_then(|matches| Options::from_arg_matches(&matches));
+    let options = match parsed {
+        Ok(options) => options,
+        Err(e) => {
+            // Help goes to stdout like any clap program; errors to the log.
+            if e.use_stderr() {
+                let _ = write!(log, "{}", e.render());
+            } else {
+                let _ = e.print();
+            }
+            return e.exit_code() as u8;
+        }
+    };
+    if let Some(threads) = options.threads {
+        set_thread_count(usize::from(threads), log);
+    }
+    match run(&options, info, make_detector, log, show_progress) {
+        Ok(outcome) if outcome.failures == 0 => 0,
+        Ok(_) => 1,
+        Err(message) => {
+            let _ = writeln!(log, "{}: error: {message}", info.model_name);
+            1
+        }
+    }
+}
+
+/// Sizes rayon's global pool, which only the first call in a process can do.
+fn set_thread_count(threads: usize, log: &mut dyn Write) {
+    if rayon::ThreadPoolBuilder::new().num_threads(threads).build_global().is_err() && rayon::current_num_threads() != threads {
+        let _ = writeln!(
+            log,
+            "warning: the thread pool was already started with {} threads, --threads {threads} ignored",
+            rayon::current_num_threads()
+        );
+    }
+}
+
+struct Outcome {
+    failures: usize,
+}
+
+/// An image that was processed: its results and what the sidecar says of it.
+struct Processed {
+    info: ImageInfo,
+    entries: Vec<ResultEntry>,
+}
+
+fn run<D: Detector>(
+    options: &Options,
+    info: &ProgramInfo,
+    make_detector: impl FnOnce(Option<&Path>) -> Result<D, DetectError>,
+    log: &mut dyn Write,
+    show_progress: bool,
+) -> Result<Outcome, String> {
+    let started = Instant::now();
+    let collected = inputs::collect(&options.inputs);
+    let mut console = Console::new(log, collected.images.len(), show_progress);
+    for (path, reason) in &collected.failures {
+        console.line(format_args!("{}: error: {reason}", path.display()));
+    }
+    let ids = image_ids(options, &collected.images)?;
+    if let Some(dir) = &options.overlay {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    let mut detector = make_detector(options.weights.as_deref()).map_err(|e| format!("cannot load the model: {e}"))?;
+
+    let mut stages = StageTotals::default();
+    let mut processed = Vec::new();
+    let mut failures = collected.failures.len();
+    for (path, id) in collected.images.iter().zip(&ids) {
+        console.start(path.display());
+        match process_image(options, info, &mut detector, path, id, &mut stages) {
+            Ok(image) => processed.push(image),
+            Err(reason) => {
+                failures += 1;
+                console.line(format_args!("{}: error: {reason}", path.display()));
+            }
+        }
+        console.advance();
+    }
+    console.finish();
+
+    let detections: usize = processed.iter().map(|p| p.entries.len()).sum();
+    if let Some(json) = &options.json {
+        let clock = Instant::now();
+        let entries: Vec<&ResultEntry> = processed.iter().flat_map(|p| &p.entries).collect();
+        let meta = Meta { images: processed.iter().map(|p| p.info.clone()).collect(), categories: info.categories() };
+        coco::write_json_atomic(json, &entries)?;
+        coco::write_json_atomic(&coco::meta_path(json), &meta)?;
+        stages.add("write results", clock.elapsed());
+    }
+    console.line(format_args!(
+        "{}: {} images processed, {} failed, {} detections in {:.3} s",
+        info.model_name,
+        processed.len(),
+        failures,
+        detections,
+        started.elapsed().as_secs_f64()
+    ));
+    console.line(stages.table(processed.len()).trim_end());
+    Ok(Outcome { failures })
+}
+
+/// The image ids in processing order: each image's 1-based position, or with `--coco` its id in
+/// the annotation file. Every image must be in the annotation file, checked before any work.
+fn image_ids(options: &Options, images: &[PathBuf]) -> Result<Vec<ImageId>, String> {
+    let Some(coco_path) = &options.coco else {
+        return Ok((1..=images.len() as i64).map(|id| ImageId { id, size: None }).collect());
+    };
+    let annotations = Annotations::read(coco_path)?;
+    let mut ids = Vec::with_capacity(images.len());
+    let mut missing = Vec::new();
+    for path in images {
+        match annotations.find(path) {
+            Some(found) => ids.push(ImageId { id: found.id, size: found.size }),
+            None => missing.push(path.display().to_string()),
+        }
+    }
+    if missing.is_empty() {
+        Ok(ids)
+    } else {
+        Err(format!("{}: no image named like {}", coco_path.display(), missing.join(", ")))
+    }
+}
+
+/// An image's id and, from an annotation file, its expected `(height, width)`.
+struct ImageId {
+    id: i64,
+    size: Option<(u32, u32)>,
+}
+
+fn process_image<D: Detector>(
+    options: &Options,
+    info: &ProgramInfo,
+    detector: &mut D,
+    path: &Path,
+    id: &ImageId,
+    stages: &mut StageTotals,
+) -> Result<Processed, String> {
+    let clock = Instant::now();
+    let image = inputs::decode(path)?;
+    stages.add("decode", clock.elapsed());
+    let (height, width) = (image.height(), image.width());
+    if let Some((h, w)) = id.size.filter(|&size| size != (height, width)) {
+        return Err(format!("the image is {width}x{height}, the annotation file says {w}x{h}"));
+    }
+
+    let (detections, times) = detector.detect(&image).map_err(|e| format!("detection failed: {e}"))?;
+    for (stage, time) in &times {
+        stages.add(stage, *time);
+    }
+
+    let clock = Instant::now();
+    let kept: Vec<Detection> = detections
+        .into_iter()
+        .filter(|d| options.score_threshold.is_none_or(|t| d.score > t))
+        .collect();
+    let mut masks = Vec::with_capacity(kept.len());
+    for detection in &kept {
+        check_detection(detection, height, width)?;
+        masks.push(detection.mask.as_ref().map(|m| m.binarize(options.mask_threshold)));
+    }
+    let entries: Vec<ResultEntry> = kept
+        .iter()
+        .zip(&masks)
+        .map(|(d, mask)| ResultEntry {
+            image_id: id.id,
+            category_id: d.label,
+            bbox: [d.bbox[0], d.bbox[1], d.bbox[2] - d.bbox[0], d.bbox[3] - d.bbox[1]],
+            score: d.score,
+            segmentation: mask.as_ref().map(|m| Segmentation::from(&Rle::encode(height, width, m))),
+        })
+        .collect();
+    stages.add("encode masks", clock.elapsed());
+
+    if let Some(dir) = &options.overlay {
+        let clock = Instant::now();
+        let marks: Vec<overlay::Mark<'_>> = kept
+            .iter()
+            .zip(&masks)
+            .map(|(d, mask)| overlay::Mark { bbox: d.bbox, label: d.label, score: d.score, mask: mask.as_deref() })
+            .collect();
+        let picture = overlay::render(&image, &marks, |label| info.class_name(label));
+        write_png(&overlay_path(dir, path), &picture)?;
+        stages.add("overlay", clock.elapsed());
+    }
+
+    let info = ImageInfo { id: id.id, file_name: path.to_string_lossy().into_owned(), height, width };
+    Ok(Processed { info, entries })
+}
+
+/// Refuses what would make invalid JSON (NaN) or a mask that does not fit the image.
+fn check_detection(detection: &Detection, height: u32, width: u32) -> Result<(), String> {
+    if !detection.score.is_finite() || detection.bbox.iter().any(|v| !v.is_finite()) {
+        return Err(format!("the detector returned a non-finite box or score: {:?}", detection.bbox));
+    }
+    if let Some(mask) = &detection.mask {
+        if (mask.height, mask.width) != (height, width) || mask.probs.len() != height as usize * width as usize {
+            return Err(format!(
+                "the detector returned a {}x{} mask with {} values for a {width}x{height} image",
+                mask.width,
+                mask.height,
+                mask.probs.len()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The overlay's file: the image's file stem with `.png`, in `dir`.
+fn overlay_path(dir: &Path, image: &Path) -> PathBuf {
+    let mut name = image.file_stem().unwrap_or(image.as_os_str()).to_os_string();
+    name.push(".png");
+    dir.join(name)
+}
+
+fn write_png(path: &Path, picture: &RgbImage) -> Result<(), String> {
+    let mut bytes = std::io::Cursor::new(Vec::new());
+    picture
+        .write_to(&mut bytes, image::ImageFormat::Png)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    coco::write_atomic(path, bytes.get_ref())
+}
