@@ -43,7 +43,10 @@ fn disk_mask(width: u32, height: u32) -> Vec<bool> {
 impl Detector for DiskDetector {
     fn detect(&mut self, image: &RgbImage) -> Result<(Vec<Detection>, StageTimes), DetectError> {
         self.seen.borrow_mut().push(image.clone());
-        let times = vec![("preprocess".to_owned(), Duration::from_millis(1)), ("backbone".to_owned(), Duration::from_millis(2))];
+        let times = vec![
+            ("preprocess".to_owned(), Duration::from_millis(1)),
+            ("backbone".to_owned(), Duration::from_millis(2)),
+        ];
         if image.get_pixel(0, 0).0.iter().all(|&c| c < 10) {
             return Ok((Vec::new(), times));
         }
@@ -180,8 +183,11 @@ fn directory_is_sorted_and_ids_follow_processing_order() {
     assert_eq!(run.weights, Some(None));
 
     let meta = read_meta(&results);
-    let names: Vec<(i64, String, u32, u32)> =
-        meta.images.iter().map(|i| (i.id, Path::new(&i.file_name).file_name().unwrap().to_str().unwrap().to_owned(), i.width, i.height)).collect();
+    let names: Vec<(i64, String, u32, u32)> = meta
+        .images
+        .iter()
+        .map(|i| (i.id, Path::new(&i.file_name).file_name().unwrap().to_str().unwrap().to_owned(), i.width, i.height))
+        .collect();
     let expected = [(1, "single.tiff", 17, 13), (2, "B.PNG", 24, 24), (3, "a.png", 33, 21), (4, "c.bmp", 40, 30)];
     assert_eq!(names, expected.map(|(id, n, w, h)| (id, n.to_owned(), w, h)).to_vec());
     assert_eq!(
@@ -214,8 +220,10 @@ fn directory_is_sorted_and_ids_follow_processing_order() {
     let ids: Vec<i64> = entries.iter().map(|e| e.image_id).collect();
     assert_eq!(ids, [1, 1, 2, 2, 3, 3, 4, 4]);
     // The atomic writes leave no temporary files behind.
-    let mut left: Vec<String> =
-        std::fs::read_dir(dir.path().join("out")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    let mut left: Vec<String> = std::fs::read_dir(dir.path().join("out"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
     left.sort();
     assert_eq!(left, ["results.json", "results.meta.json"]);
     // The summary adds the detector's stages to the driver's.
@@ -321,7 +329,8 @@ fn overlay_marks_the_mask_box_and_label_only() {
     assert_ne!(picture.get_pixel(x1, 60), decoded.get_pixel(x1, 60));
     assert_ne!(picture.get_pixel(80, y2 - 1), decoded.get_pixel(80, y2 - 1));
     // The label sits just above the box.
-    let label_changed = (y1 - 10..y1).any(|y| (x1..x1 + 40).any(|x| picture.get_pixel(x, y) != decoded.get_pixel(x, y)));
+    let label_changed =
+        (y1 - 10..y1).any(|y| (x1..x1 + 40).any(|x| picture.get_pixel(x, y) != decoded.get_pixel(x, y)));
     assert!(label_changed, "no label above the box");
     // Away from the box and its label nothing changes.
     for (x, y) in [(0, 0), (159, 0), (0, 119), (159, 119), (x2 + 5, 60), (20, y2 + 5)] {
@@ -395,7 +404,8 @@ fn thresholds_filter_detections_and_binarize_masks() {
     let path = dir.path().join("a.png");
     save(&grey(40, 40, 100), &path);
     let results = dir.path().join("r.json");
-    let strict = run(&[path_arg(&path), "--json", path_arg(&results), "--score-threshold", "0.5", "--mask-threshold", "0.75"]);
+    let strict =
+        run(&[path_arg(&path), "--json", path_arg(&results), "--score-threshold", "0.5", "--mask-threshold", "0.75"]);
     assert_eq!(strict.code, 0, "{}", strict.log);
     let (entries, _) = read_results(&results);
     assert_eq!(entries.len(), 1, "the car (0.2) is dropped");
@@ -412,7 +422,13 @@ fn thresholds_filter_detections_and_binarize_masks() {
 
 #[test]
 fn usage_errors_exit_with_2() {
-    for args in [&[][..], &["a.png", "--threads", "0"], &["a.png", "--score-threshold", "1.5"], &["a.png", "--coco", "gt.json"], &["a.png", "--frobnicate"]] {
+    for args in [
+        &[][..],
+        &["a.png", "--threads", "0"],
+        &["a.png", "--score-threshold", "1.5"],
+        &["a.png", "--coco", "gt.json"],
+        &["a.png", "--frobnicate"],
+    ] {
         let run = run(args);
         assert_eq!(run.code, 2, "{args:?}: {}", run.log);
         assert!(run.log.starts_with("error:") && run.log.contains("--help"), "{args:?}: {}", run.log);
@@ -437,7 +453,13 @@ fn detector_that_cannot_be_built_fails_the_run() {
     save(&grey(20, 20, 100), &path);
     let mut log = Vec::new();
     let argv = ["fake_rcnn", path_arg(&path), "--weights", "missing.safetensors"].map(String::from);
-    let code = run_command_line::<DiskDetector>(&program_info(), |_| Err("missing.safetensors: not found".into()), argv, &mut log, false);
+    let code = run_command_line::<DiskDetector>(
+        &program_info(),
+        |_| Err("missing.safetensors: not found".into()),
+        argv,
+        &mut log,
+        false,
+    );
     assert_eq!(code, 1);
     let log = String::from_utf8(log).unwrap();
     assert!(log.contains("cannot load the model: missing.safetensors: not found"), "{log}");

@@ -95,8 +95,8 @@ impl Annotations {
     /// Reads the `images` of an annotation file; the rest (annotations, categories) is skipped.
     pub fn read(path: &Path) -> Result<Annotations, String> {
         let text = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let file: AnnotationFile =
-            serde_json::from_slice(&text).map_err(|e| format!("{}: not a COCO annotation file: {e}", path.display()))?;
+        let file: AnnotationFile = serde_json::from_slice(&text)
+            .map_err(|e| format!("{}: not a COCO annotation file: {e}", path.display()))?;
         let mut by_file_name = HashMap::new();
         for image in file.images {
             let size = image.height.zip(image.width);

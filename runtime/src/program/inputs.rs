@@ -56,10 +56,8 @@ fn has_image_extension(path: &Path) -> bool {
 /// Decodes an image of any supported format, guessing the format from the content, and
 /// converts it to 8-bit RGB (grayscale is replicated, alpha dropped, 16-bit scaled).
 pub fn decode(path: &Path) -> Result<RgbImage, String> {
-    let reader = image::ImageReader::open(path)
-        .map_err(|e| e.to_string())?
-        .with_guessed_format()
-        .map_err(|e| e.to_string())?;
+    let reader =
+        image::ImageReader::open(path).map_err(|e| e.to_string())?.with_guessed_format().map_err(|e| e.to_string())?;
     let image = reader.decode().map_err(|e| e.to_string())?;
     Ok(image.into_rgb8())
 }

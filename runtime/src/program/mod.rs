@@ -99,11 +99,7 @@ pub struct ProgramInfo {
 impl ProgramInfo {
     /// The label's name, or its number when the model config does not name it.
     pub fn class_name(&self, label: i64) -> String {
-        usize::try_from(label)
-            .ok()
-            .and_then(|i| self.class_names.get(i))
-            .cloned()
-            .unwrap_or_else(|| label.to_string())
+        usize::try_from(label).ok().and_then(|i| self.class_names.get(i)).cloned().unwrap_or_else(|| label.to_string())
     }
 
     /// The categories the results can refer to: every named label but the background and "N/A".
@@ -119,9 +115,11 @@ impl ProgramInfo {
 /// [`std::env::args`]), builds the detector with `make_detector(--weights)`, processes the
 /// images and reports on stderr, with a progress bar when stderr is a terminal.
 ///
+/// An input that cannot be read or decoded, or on which the detector fails, is reported by name
+/// and the others are processed; the results of those are written all the same.
+///
 /// Exit codes: 0 when every image was processed (zero detections included), 1 when any input
-/// failed (after processing the others) or the run could not start or finish, 2 for usage
-/// errors.
+/// failed or the run could not start or finish, 2 for usage errors.
 pub fn main_with<D: Detector>(
     info: &ProgramInfo,
     make_detector: impl FnOnce(Option<&Path>) -> Result<D, DetectError>,
@@ -170,7 +168,9 @@ pub fn run_command_line<D: Detector>(
 
 /// Sizes rayon's global pool, which only the first call in a process can do.
 fn set_thread_count(threads: usize, log: &mut dyn Write) {
-    if rayon::ThreadPoolBuilder::new().num_threads(threads).build_global().is_err() && rayon::current_num_threads() != threads {
+    if rayon::ThreadPoolBuilder::new().num_threads(threads).build_global().is_err()
+        && rayon::current_num_threads() != threads
+    {
         let _ = writeln!(
             log,
             "warning: the thread pool was already started with {} threads, --threads {threads} ignored",
@@ -263,7 +263,7 @@ fn image_ids(options: &Options, images: &[PathBuf]) -> Result<Vec<ImageId>, Stri
     if missing.is_empty() {
         Ok(ids)
     } else {
-        Err(format!("{}: no image named like {}", coco_path.display(), missing.join(", ")))
+        Err(format!("{}: no image named {}", coco_path.display(), missing.join(", ")))
     }
 }
 
@@ -295,10 +295,8 @@ fn process_image<D: Detector>(
     }
 
     let clock = Instant::now();
-    let kept: Vec<Detection> = detections
-        .into_iter()
-        .filter(|d| options.score_threshold.is_none_or(|t| d.score > t))
-        .collect();
+    let kept: Vec<Detection> =
+        detections.into_iter().filter(|d| options.score_threshold.is_none_or(|t| d.score > t)).collect();
     let mut masks = Vec::with_capacity(kept.len());
     for detection in &kept {
         check_detection(detection, height, width)?;
@@ -360,8 +358,6 @@ fn overlay_path(dir: &Path, image: &Path) -> PathBuf {
 
 fn write_png(path: &Path, picture: &RgbImage) -> Result<(), String> {
     let mut bytes = std::io::Cursor::new(Vec::new());
-    picture
-        .write_to(&mut bytes, image::ImageFormat::Png)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+    picture.write_to(&mut bytes, image::ImageFormat::Png).map_err(|e| format!("{}: {e}", path.display()))?;
     coco::write_atomic(path, bytes.get_ref())
 }

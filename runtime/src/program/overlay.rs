@@ -17,19 +17,22 @@ pub struct Mark<'a> {
 }
 
 /// Draws the marks on a copy of the image: all masks first, then boxes, then labels, so that no
-/// mask hides a box or a label.
+/// mask hides a box or a label; each in increasing score, so that where labels overlap the
+/// best detection's is read.
 pub fn render(image: &RgbImage, marks: &[Mark<'_>], class_name: impl Fn(i64) -> String) -> RgbImage {
+    let mut marks: Vec<&Mark<'_>> = marks.iter().collect();
+    marks.sort_by(|a, b| a.score.total_cmp(&b.score));
     let mut out = image.clone();
     let scale = 1 + out.width().max(out.height()) / 1000;
-    for mark in marks {
+    for mark in &marks {
         if let Some(mask) = mark.mask {
             blend_mask(&mut out, mask, class_colour(mark.label));
         }
     }
-    for mark in marks {
+    for mark in &marks {
         draw_box(&mut out, mark.bbox, class_colour(mark.label), scale);
     }
-    for mark in marks {
+    for mark in &marks {
         let text = format!("{} {:.2}", class_name(mark.label), mark.score);
         draw_label(&mut out, mark.bbox, &text, class_colour(mark.label), scale);
     }
@@ -74,7 +77,7 @@ fn pixel_rect(image: &RgbImage, bbox: [f32; 4]) -> Option<(u32, u32, u32, u32)> 
     let y1 = bbox[1].round().max(0.0);
     let x2 = (bbox[2].round() - 1.0).min(w - 1.0);
     let y2 = (bbox[3].round() - 1.0).min(h - 1.0);
-    (x1 <= x2 && y1 <= y2).then(|| (x1 as u32, y1 as u32, x2 as u32, y2 as u32))
+    (x1 <= x2 && y1 <= y2).then_some((x1 as u32, y1 as u32, x2 as u32, y2 as u32))
 }
 
 fn draw_box(image: &mut RgbImage, bbox: [f32; 4], colour: Rgb<u8>, thickness: u32) {

@@ -17,8 +17,9 @@ impl<'a> Console<'a> {
     /// is a terminal) and there is more than one image.
     pub fn new(log: &'a mut dyn Write, total: usize, show_progress: bool) -> Console<'a> {
         let bar = if show_progress && total > 1 {
-            let style = ProgressStyle::with_template("{bar:40} {pos}/{len} images, {elapsed} elapsed, {eta} left  {msg}")
-                .expect("the template is valid");
+            let style =
+                ProgressStyle::with_template("{bar:40} {pos}/{len} images, {elapsed} elapsed, {eta} left  {msg}")
+                    .expect("the template is valid");
             ProgressBar::with_draw_target(Some(total as u64), ProgressDrawTarget::stderr()).with_style(style)
         } else {
             ProgressBar::hidden()
