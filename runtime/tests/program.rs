@@ -342,6 +342,22 @@ fn overlay_marks_the_mask_box_and_label_only() {
 }
 
 #[test]
+fn overlays_of_images_sharing_a_stem_get_distinct_names() {
+    let dir = temp_dir();
+    let images = dir.path().join("images");
+    std::fs::create_dir(&images).unwrap();
+    save(&grey(20, 20, 100), &images.join("a.bmp"));
+    save(&grey(30, 20, 100), &images.join("a.png"));
+    save(&grey(40, 20, 100), &images.join("b.png"));
+    let overlays = dir.path().join("overlays");
+    let run = run(&[path_arg(&images), "--overlay", path_arg(&overlays)]);
+    assert_eq!(run.code, 0, "{}", run.log);
+    let width = |name: &str| image::open(overlays.join(name)).unwrap().width();
+    assert_eq!([width("a-1.png"), width("a-2.png"), width("b.png")], [20, 30, 40]);
+    assert_eq!(std::fs::read_dir(&overlays).unwrap().count(), 3);
+}
+
+#[test]
 fn corrupt_image_is_reported_by_name_and_the_rest_processed() {
     let dir = temp_dir();
     save(&grey(20, 20, 100), &dir.path().join("a.png"));

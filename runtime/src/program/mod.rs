@@ -29,6 +29,7 @@ mod inputs;
 mod overlay;
 mod report;
 
+use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -211,9 +212,11 @@ fn run<D: Detector>(
     let mut stages = StageTotals::default();
     let mut processed = Vec::new();
     let mut failures = collected.failures.len();
-    for (path, id) in collected.images.iter().zip(&ids) {
+    let overlay_files = options.overlay.as_deref().map(|dir| overlay_files(dir, &collected.images));
+    for (i, (path, id)) in collected.images.iter().zip(&ids).enumerate() {
         console.start(path.display());
-        match process_image(options, info, &mut detector, path, id, &mut stages) {
+        let overlay_file = overlay_files.as_ref().map(|files| files[i].as_path());
+        match process_image(options, info, &mut detector, path, id, overlay_file, &mut stages) {
             Ok(image) => processed.push(image),
             Err(reason) => {
                 failures += 1;
@@ -279,6 +282,7 @@ fn process_image<D: Detector>(
     detector: &mut D,
     path: &Path,
     id: &ImageId,
+    overlay_file: Option<&Path>,
     stages: &mut StageTotals,
 ) -> Result<Processed, String> {
     let clock = Instant::now();
@@ -315,7 +319,7 @@ fn process_image<D: Detector>(
         .collect();
     stages.add("encode masks", clock.elapsed());
 
-    if let Some(dir) = &options.overlay {
+    if let Some(overlay_file) = overlay_file {
         let clock = Instant::now();
         let marks: Vec<overlay::Mark<'_>> = kept
             .iter()
@@ -323,7 +327,7 @@ fn process_image<D: Detector>(
             .map(|(d, mask)| overlay::Mark { bbox: d.bbox, label: d.label, score: d.score, mask: mask.as_deref() })
             .collect();
         let picture = overlay::render(&image, &marks, |label| info.class_name(label));
-        write_png(&overlay_path(dir, path), &picture)?;
+        write_png(overlay_file, &picture)?;
         stages.add("overlay", clock.elapsed());
     }
 
@@ -349,11 +353,27 @@ fn check_detection(detection: &Detection, height: u32, width: u32) -> Result<(),
     Ok(())
 }
 
-/// The overlay's file: the image's file stem with `.png`, in `dir`.
-fn overlay_path(dir: &Path, image: &Path) -> PathBuf {
-    let mut name = image.file_stem().unwrap_or(image.as_os_str()).to_os_string();
-    name.push(".png");
-    dir.join(name)
+/// Each image's overlay file in `dir`: its file stem with `.png`, or, where images share a stem
+/// (`a.jpg` and `a.png`), the stem, `-`, the image's 1-based position and `.png`, so that no
+/// overlay overwrites another.
+fn overlay_files(dir: &Path, images: &[PathBuf]) -> Vec<PathBuf> {
+    let stems: Vec<&std::ffi::OsStr> = images.iter().map(|p| p.file_stem().unwrap_or(p.as_os_str())).collect();
+    let mut uses: HashMap<&std::ffi::OsStr, usize> = HashMap::new();
+    for stem in &stems {
+        *uses.entry(stem).or_default() += 1;
+    }
+    stems
+        .iter()
+        .enumerate()
+        .map(|(i, stem)| {
+            let mut name = stem.to_os_string();
+            if uses[stem] > 1 {
+                name.push(format!("-{}", i + 1));
+            }
+            name.push(".png");
+            dir.join(name)
+        })
+        .collect()
 }
 
 fn write_png(path: &Path, picture: &RgbImage) -> Result<(), String> {
