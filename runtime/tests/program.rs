@@ -492,3 +492,16 @@ fn unwritable_results_fail_the_run_and_name_the_file() {
     assert!(run.log.contains("no_dir/r.json"), "{}", run.log);
     assert!(!results.exists());
 }
+
+#[test]
+fn directory_without_images_warns_and_writes_empty_results() {
+    let dir = temp_dir();
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    std::fs::write(empty.join("readme.md"), "no images here").unwrap();
+    let results = dir.path().join("r.json");
+    let run = run(&[path_arg(&empty), "--json", path_arg(&results)]);
+    assert_eq!(run.code, 0, "{}", run.log);
+    assert!(run.log.contains("warning: no images found"), "{}", run.log);
+    assert_eq!(std::fs::read_to_string(&results).unwrap(), "[]");
+}

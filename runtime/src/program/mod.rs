@@ -158,7 +158,7 @@ pub fn run_command_line<D: Detector>(
         set_thread_count(usize::from(threads), log);
     }
     match run(&options, info, make_detector, log, show_progress) {
-        Ok(outcome) if outcome.failures == 0 => 0,
+        Ok(0) => 0,
         Ok(_) => 1,
         Err(message) => {
             let _ = writeln!(log, "{}: error: {message}", info.model_name);
@@ -180,28 +180,29 @@ fn set_thread_count(threads: usize, log: &mut dyn Write) {
     }
 }
 
-struct Outcome {
-    failures: usize,
-}
-
 /// An image that was processed: its results and what the sidecar says of it.
 struct Processed {
     info: ImageInfo,
     entries: Vec<ResultEntry>,
 }
 
+/// Processes the images and writes the outputs; returns how many inputs failed, or why the run
+/// as a whole did.
 fn run<D: Detector>(
     options: &Options,
     info: &ProgramInfo,
     make_detector: impl FnOnce(Option<&Path>) -> Result<D, DetectError>,
     log: &mut dyn Write,
     show_progress: bool,
-) -> Result<Outcome, String> {
+) -> Result<usize, String> {
     let started = Instant::now();
     let collected = inputs::collect(&options.inputs);
     let mut console = Console::new(log, collected.images.len(), show_progress);
     for (path, reason) in &collected.failures {
         console.line(format_args!("{}: error: {reason}", path.display()));
+    }
+    if collected.images.is_empty() && collected.failures.is_empty() {
+        console.line("warning: no images found in the inputs");
     }
     let ids = image_ids(options, &collected.images)?;
     if let Some(dir) = &options.overlay {
@@ -245,7 +246,7 @@ fn run<D: Detector>(
         started.elapsed().as_secs_f64()
     ));
     console.line(stages.table(processed.len()).trim_end());
-    Ok(Outcome { failures })
+    Ok(failures)
 }
 
 /// The image ids in processing order: each image's 1-based position, or with `--coco` its id in
