@@ -31,6 +31,15 @@ enum Command {
     },
     /// Print the syntax tree of a model file back as text, fully parenthesized.
     Parse { file: PathBuf },
+    /// Convert weights (safetensors, or a torch `.pth` checkpoint in zip or legacy format, with
+    /// current or pre-0.13 torchvision names) to safetensors with current names.
+    Import {
+        /// The weights to convert.
+        input: PathBuf,
+        /// The safetensors file to write; replaced only once complete.
+        #[arg(short, long)]
+        output: PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -78,6 +87,9 @@ fn main() -> ExitCode {
             format!("{comment} before passes\n{before}\n{comment} after passes: {}\n{}", if changed.is_empty() { "none changed the graph".to_string() } else { changed.join(", ") }, render(&m.graph))
         }),
         Command::Parse { file } => parse(file),
+        Command::Import { input, output } => mrc_runtime::weights::Weights::open(input)
+            .and_then(|w| w.write_safetensors(output).map(|()| format!("{}: {} tensors\n", output.display(), w.len())))
+            .map_err(|e| e.to_string()),
     };
     match result {
         Ok(text) => {

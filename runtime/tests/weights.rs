@@ -225,6 +225,10 @@ fn truncation_messages_say_which_bytes_are_missing() {
     assert!(legacy.contains("truncated: storage") && legacy.contains("needs bytes"), "{legacy}");
     let zip = cut_by(&checkpoint("mini_zip.pth"), 100);
     assert!(zip.contains("zip archive"), "{zip}");
+    let magic_only = dir.path().join("magic.pth");
+    std::fs::write(&magic_only, &std::fs::read(checkpoint("strided_legacy.pth")).unwrap()[..5]).unwrap();
+    let magic = Weights::open(&magic_only).unwrap_err().to_string();
+    assert!(magic.contains("truncated: a torch checkpoint cut off after 5 bytes"), "{magic}");
 }
 
 #[test]

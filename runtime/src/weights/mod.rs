@@ -240,6 +240,12 @@ impl Weights {
             Some(Format::Safetensors) => safetensors_io::read(&origin, &backing)?,
             Some(Format::TorchZip) => torch::read_zip(&origin, &backing)?,
             Some(Format::TorchLegacy) => torch::read_legacy(&origin, &backing)?,
+            None if !backing.bytes().is_empty()
+                && (torch::LEGACY_MAGIC.starts_with(backing.bytes()) || b"PK\x03\x04".starts_with(backing.bytes())) =>
+            {
+                let reason = format!("truncated: a torch checkpoint cut off after {} bytes", backing.bytes().len());
+                return error::format_error(&origin, reason);
+            }
             None => {
                 let reason = format!(
                     "not a safetensors file or a torch checkpoint ({} bytes, starting {:02x?})",

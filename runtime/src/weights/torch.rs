@@ -204,21 +204,22 @@ fn materialize(backing: &Backing, t: &TensorRef, storages: &HashMap<String, Rang
         return Err(format!("storage view {view_start}+{view_len} exceeds storage {key} of {} elements", storage.numel));
     }
     let count = numel(&t.shape).ok_or("element count overflows")?;
-    if count > 0 {
-        let last = t.shape.iter().zip(&t.strides).try_fold(t.offset, |acc, (&size, &stride)| {
-            (size - 1).checked_mul(stride).and_then(|step| acc.checked_add(step))
-        });
-        if last.is_none_or(|last| last >= view_len) {
-            return Err(format!(
-                "shape {:?}, strides {:?} and offset {} read past the {view_len} elements of storage {key}",
-                t.shape, t.strides, t.offset
-            ));
-        }
-    }
-    let first = range.start + (view_start + t.offset) * elem;
     let dtype = kept_dtype(storage.ty);
-    if is_contiguous(&t.shape, &t.strides) && dtype.is_some() {
-        let dtype = dtype.expect("checked");
+    if count == 0 {
+        // An empty tensor reads nothing, whatever its offset says.
+        return Ok(Tensor::owned(dtype.unwrap_or(Dtype::F32), t.shape.clone(), &[]));
+    }
+    let last = t.shape.iter().zip(&t.strides).try_fold(t.offset, |acc, (&size, &stride)| {
+        (size - 1).checked_mul(stride).and_then(|step| acc.checked_add(step))
+    });
+    if last.is_none_or(|last| last >= view_len) {
+        return Err(format!(
+            "shape {:?}, strides {:?} and offset {} read past the {view_len} elements of storage {key}",
+            t.shape, t.strides, t.offset
+        ));
+    }
+    if let (true, Some(dtype)) = (is_contiguous(&t.shape, &t.strides), dtype) {
+        let first = range.start + (view_start + t.offset) * elem;
         return Ok(Tensor::view(dtype, t.shape.clone(), backing, first..first + count * elem));
     }
     let source = &backing.bytes()[range.start + view_start * elem..];
@@ -317,6 +318,39 @@ fn f16_to_f32(half: u16) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn storage(view: Option<(usize, usize)>) -> (Backing, HashMap<String, Range<usize>>, pickle::StorageRef) {
+        static VALUES: [f32; 8] = [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0];
+        let backing = Backing::Static(bytemuck::cast_slice(&VALUES));
+        let storages = HashMap::from([("0".to_string(), 0..32)]);
+        (backing, storages, pickle::StorageRef { ty: StorageType::F32, key: "0".into(), numel: 8, view })
+    }
+
+    #[test]
+    fn strides_that_read_past_the_storage_are_rejected() {
+        let (backing, storages, storage) = storage(None);
+        let t = TensorRef { storage, offset: 1, shape: vec![2, 4], strides: vec![4, 1] };
+        let error = materialize(&backing, &t, &storages).unwrap_err();
+        assert!(error.contains("read past the 8 elements"), "{error}");
+    }
+
+    #[test]
+    fn empty_tensors_ignore_their_offset() {
+        let (backing, storages, storage) = storage(None);
+        let t = TensorRef { storage, offset: usize::MAX, shape: vec![0, 3], strides: vec![3, 1] };
+        let tensor = materialize(&backing, &t, &storages).unwrap();
+        assert_eq!((tensor.shape(), tensor.bytes().len()), (&[0usize, 3][..], 0));
+    }
+
+    #[test]
+    fn legacy_storage_views_shift_the_offset() {
+        let (backing, storages, storage) = storage(Some((4, 4)));
+        let t = TensorRef { storage: storage.clone(), offset: 1, shape: vec![3], strides: vec![1] };
+        let tensor = materialize(&backing, &t, &storages).unwrap();
+        assert_eq!(tensor.as_f32(), Some(&[5.0f32, 6.0, 7.0][..]));
+        let past = TensorRef { storage, offset: 2, shape: vec![3], strides: vec![1] };
+        assert!(materialize(&backing, &past, &storages).is_err());
+    }
 
     #[test]
     fn half_precision() {
