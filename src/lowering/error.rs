@@ -2,7 +2,7 @@
 
 use thiserror::Error;
 
-/// A failure to parse, verify, lower or JIT-compile an MLIR module. `diagnostics` holds MLIR's
+/// A failure to emit, parse, verify, lower or JIT-compile an MLIR module. `diagnostics` holds MLIR's
 /// own messages, one per diagnostic, with their locations.
 #[derive(Debug, Error)]
 pub enum LoweringError {
@@ -20,4 +20,25 @@ pub enum LoweringError {
 
     #[error("module is not fully lowered to the LLVM dialect: found `{operation}`")]
     NotLlvmDialect { operation: String },
+
+    #[error("the JIT needs `{path}`, which is missing")]
+    MissingLibrary { path: String },
+
+    #[error("not lowered yet: `{op}` (at `{node}`) is a runtime built-in, which compiled code will call")]
+    RuntimeBuiltin { op: &'static str, node: String },
+
+    #[error("cannot lower `{op}` (at `{node}`): {reason}")]
+    Unsupported { op: &'static str, node: String, reason: String },
+
+    #[error("the lowering of `{node}` produced {produced}, but the graph says {expected}")]
+    TypeMismatch { node: String, produced: String, expected: String },
+
+    #[error("cannot build MLIR: {0}")]
+    Build(String),
+}
+
+impl From<melior::Error> for LoweringError {
+    fn from(error: melior::Error) -> Self {
+        LoweringError::Build(error.to_string())
+    }
 }

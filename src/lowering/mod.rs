@@ -1,5 +1,8 @@
 //! Lowering of the dataflow graph to MLIR (melior), and the MLIR toolchain.
 //!
+//! [`emit_forward`] turns the dense part of a graph into one `func.func @forward` on tensors;
+//! each operator lowers its own nodes (`src/ops`) through the builders of [`Emitter`].
+//!
 //! [`create_context`] makes an MLIR context that knows every dialect, pass and LLVM translation.
 //! The pass pipelines ([`CPU_PIPELINE`], [`cuda_pipeline`]) take modules of `func`, `arith`,
 //! `math`, `scf`, `tensor` and `linalg` on tensors to the LLVM dialect for the CPU (then [`jit`]
@@ -7,13 +10,17 @@
 //! it back out of the module).
 //! Every failure comes back as a [`LoweringError`] carrying MLIR's own diagnostics.
 
+mod builder;
 mod context;
 mod diagnostics;
+mod emit;
 mod error;
 mod pipeline;
 mod ptx;
 
+pub use builder::{identity_map, loop_dims, Combiner, Emitter, Iterator, Size};
 pub use context::{create_context, parse_module};
+pub use emit::{emit_forward, emit_network, LowerNode, NamedTensor, Signature, FORWARD};
 pub use error::LoweringError;
-pub use pipeline::{cuda_pipeline, jit, lower_gpu_to_ptx, lower_to_llvm, run_pipeline, CPU_PIPELINE};
+pub use pipeline::{cuda_pipeline, jit, lower_gpu_to_ptx, lower_to_llvm, run_pipeline, CPU_PIPELINE, C_RUNNER_UTILS};
 pub use ptx::{extract_ptx, GpuModulePtx};

@@ -20,7 +20,8 @@ use super::{diagnostics::capture_diagnostics, error::LoweringError};
 /// - one-shot bufferization across function boundaries, with identity layouts so that every
 ///   function argument and result is a plain `StridedMemRef` descriptor at the C interface;
 /// - the ownership-based deallocation pipeline, which frees temporaries (returned buffers are
-///   the caller's);
+///   the caller's), then `bufferization.clone` (which it inserts where a function returns a view
+///   of an argument) to an allocation and a copy;
 /// - linalg to loops, then `expand-strided-metadata` before `lower-affine` (the former emits
 ///   `affine.apply`), then `scf` to `cf`;
 /// - every remaining dialect to LLVM; `math` ops without an LLVM intrinsic become libm calls;
@@ -29,6 +30,7 @@ pub const CPU_PIPELINE: &str = "builtin.module(\
     eliminate-empty-tensors,\
     one-shot-bufferize{bufferize-function-boundaries function-boundary-type-conversion=identity-layout-map},\
     buffer-deallocation-pipeline,\
+    convert-bufferization-to-memref,\
     convert-linalg-to-loops,\
     expand-strided-metadata,\
     lower-affine,\
@@ -97,8 +99,12 @@ pub fn lower_gpu_to_ptx(context: &Context, module: &mut Module, chip: &str) -> R
     run_pipeline(context, module, &cuda_pipeline(chip))
 }
 
+/// MLIR's C runner utilities: `memrefCopy`, which `finalize-memref-to-llvm` calls for copies
+/// between strided views (the bufferized `tensor.pad` and `tensor.insert_slice`).
+pub const C_RUNNER_UTILS: &str = concat!(env!("MLIR_SYS_220_PREFIX"), "/lib/libmlir_c_runner_utils.so");
+
 /// JIT-compiles a module already lowered to the LLVM dialect for the host CPU, at LLVM
-/// optimization level `optimization_level` (0 to 3). For a function `f` marked
+/// optimization level `optimization_level` (0 to 3), with [`C_RUNNER_UTILS`] loaded. For a function `f` marked
 /// `llvm.emit_c_interface`, `ExecutionEngine::invoke_packed("f", args)` calls its C interface
 /// `_mlir_ciface_f`, with `args` pointing to each of that function's arguments (memrefs are
 /// passed as pointers to descriptors; a returned memref is a leading pointer to a descriptor),
@@ -109,7 +115,12 @@ pub fn jit(module: &Module, optimization_level: usize) -> Result<ExecutionEngine
     if let Some(operation) = first_operation_outside_llvm(module) {
         return Err(LoweringError::NotLlvmDialect { operation });
     }
-    Ok(ExecutionEngine::new(module, optimization_level, &[], false, false))
+    if !std::path::Path::new(C_RUNNER_UTILS).exists() {
+        return Err(LoweringError::MissingLibrary { path: C_RUNNER_UTILS.to_owned() });
+    }
+    // MLIR reads the paths as C strings although melior passes them with a length only.
+    let library = format!("{C_RUNNER_UTILS}\0");
+    Ok(ExecutionEngine::new(module, optimization_level, &[&library], false, false))
 }
 
 /// The name of the first operation, in pre-order, that is neither the module itself nor in the

@@ -1,4 +1,7 @@
-//! Convolutions.
+//! Convolutions. Both lower to `linalg` convolutions on NCHW tensors: groups == 1 to
+//! `linalg.conv_2d_nchw_fchw`, grouped ones to `linalg.conv_2d_ngchw_gfchw` on views with the
+//! group axis split out (`tensor.expand_shape`). A transposed convolution is a stride-1
+//! convolution of the input spread out with zeros, with the flipped, transposed kernel.
 
 use super::*;
 use AttrType::*;
@@ -45,6 +48,70 @@ fn with_bias(mut state: Vec<StateDecl>, attrs: &Attrs) -> Vec<StateDecl> {
     state
 }
 
+/// The geometry of one 2-d convolution, per spatial axis (height, width).
+struct Window {
+    kernel: [i64; 2],
+    stride: [i64; 2],
+    dilation: [i64; 2],
+    /// Zeros before and after the input.
+    low: [i64; 2],
+    high: [i64; 2],
+    groups: i64,
+}
+
+/// Convolution of `x` [N, C, H, W] with `weight` [O, C / groups, kh, kw] (groups split along
+/// the channel axes in order), plus the broadcast `bias` [O] if any. `tensor.pad` provides the
+/// zero padding; the result accumulates into the bias (or zeros).
+fn convolution<'c, 'b>(
+    cx: &Emitter<'c, 'b>,
+    x: Value<'c, 'b>,
+    weight: Value<'c, 'b>,
+    bias: Option<Value<'c, 'b>>,
+    window: &Window,
+) -> Result<Value<'c, 'b>, LoweringError> {
+    let x = if window.low == [0, 0] && window.high == [0, 0] {
+        x
+    } else {
+        cx.pad(x, &[0, 0, window.low[0], window.low[1]], &[0, 0, window.high[0], window.high[1]], 0.0)?
+    };
+    let [n, c, h, w] = [0, 1, 2, 3].map(|axis| cx.size(x, axis));
+    let (n, c, h, w) = (n?, c?, h?, w?);
+    let out = cx.size(weight, 0)?;
+    let spatial =
+        |size, axis: usize| cx.size_windows(size, -window.dilation[axis] * (window.kernel[axis] - 1) - 1, window.stride[axis]);
+    let sizes = [n, out, spatial(h, 0)?, spatial(w, 1)?];
+    let init = match bias {
+        Some(bias) => cx.broadcast(bias, cx.empty(&sizes, cx.f32_type())?, &[0, 2, 3])?,
+        None => cx.zeros(&sizes)?,
+    };
+    let attributes = [
+        ("strides", format!("dense<{:?}> : tensor<2xi64>", window.stride)),
+        ("dilations", format!("dense<{:?}> : tensor<2xi64>", window.dilation)),
+    ];
+    let g = window.groups;
+    if g == 1 {
+        return cx.structured("linalg.conv_2d_nchw_fchw", &[x, weight], init, &attributes, Combiner::MulAdd);
+    }
+    let split = |size: Size<'c, 'b>| match size {
+        Size::Static(channels) => Ok(Size::Static(channels / g)),
+        Size::Dynamic(_) => cx.size_div(size, g),
+    };
+    let channel_groups: [&[usize]; 4] = [&[0], &[1, 2], &[3], &[4]];
+    let grouped_x = cx.expand_shape(x, &channel_groups, &[n, Size::Static(g), split(c)?, h, w])?;
+    let [kh, kw] = window.kernel.map(Size::Static);
+    let grouped_weight =
+        cx.expand_shape(weight, &[&[0, 1], &[2], &[3], &[4]], &[Size::Static(g), split(out)?, cx.size(weight, 1)?, kh, kw])?;
+    let grouped_init = cx.expand_shape(init, &channel_groups, &[n, Size::Static(g), split(out)?, sizes[2], sizes[3]])?;
+    let grouped = cx.structured(
+        "linalg.conv_2d_ngchw_gfchw",
+        &[grouped_x, grouped_weight],
+        grouped_init,
+        &attributes,
+        Combiner::MulAdd,
+    )?;
+    cx.collapse_shape(grouped, &channel_groups)
+}
+
 impl Operator for Conv2d {
     fn name(&self) -> &'static str {
         "conv2d"
@@ -76,6 +143,23 @@ impl Operator for Conv2d {
             outputs: vec![TensorType::f32(dims)],
             state: with_bias(vec![StateDecl::parameter("weight", vec![out, c / groups, kh, kw])], attrs),
         })
+    }
+    fn kind(&self) -> OpKind {
+        OpKind::Dense
+    }
+    fn lower<'c, 'b>(&self, cx: &Emitter<'c, 'b>, node: &LowerNode<'_, 'c, 'b>) -> Result<Vec<Value<'c, 'b>>, LoweringError> {
+        let attrs = node.attrs;
+        let padding = checked_pair(attrs, "padding");
+        let window = Window {
+            kernel: checked_pair(attrs, "kernel"),
+            stride: checked_pair(attrs, "stride"),
+            dilation: checked_pair(attrs, "dilation"),
+            low: padding,
+            high: padding,
+            groups: attrs.int("groups"),
+        };
+        let bias = attrs.flag("bias").then(|| node.inputs[2]);
+        Ok(vec![convolution(cx, node.inputs[0], node.inputs[1], bias, &window)?])
     }
 }
 
@@ -127,4 +211,61 @@ impl Operator for ConvTranspose2d {
             state: with_bias(vec![StateDecl::parameter("weight", vec![c, out / groups, kh, kw])], attrs),
         })
     }
+    fn kind(&self) -> OpKind {
+        OpKind::Dense
+    }
+    /// Output position `o` along an axis receives input `i` through kernel tap `k` where
+    /// `o = i·stride - padding + k·dilation`. Spreading the input out (`stride - 1` zeros between
+    /// elements, `tensor.insert_slice` with strides into zeros) and padding it by
+    /// `dilation·(kernel - 1) - padding` before (plus `output_padding` after) turns that into a
+    /// stride-1 convolution with the kernel flipped and its channel axes swapped. Negative
+    /// padding (padding larger than the dilated kernel) crops the result instead.
+    fn lower<'c, 'b>(&self, cx: &Emitter<'c, 'b>, node: &LowerNode<'_, 'c, 'b>) -> Result<Vec<Value<'c, 'b>>, LoweringError> {
+        let attrs = node.attrs;
+        let (x, weight) = (node.inputs[0], node.inputs[1]);
+        let [kernel, stride, padding, output_padding, dilation] =
+            ["kernel", "stride", "padding", "output_padding", "dilation"].map(|name| checked_pair(attrs, name));
+        let groups = attrs.int("groups");
+        let reach = [0, 1].map(|axis| dilation[axis] * (kernel[axis] - 1));
+        let low = [0, 1].map(|axis| reach[axis] - padding[axis]);
+        let high = [0, 1].map(|axis| low[axis] + output_padding[axis]);
+        let (pad_low, pad_high) = (low.map(|p| p.max(0)), high.map(|p| p.max(0)));
+
+        let [n, c, h, w] = [0, 1, 2, 3].map(|axis| cx.size(x, axis));
+        let (n, c) = (n?, c?);
+        let spread = |size, axis: usize| {
+            let spread = cx.size_add(cx.size_mul(cx.size_add(size, -1)?, stride[axis])?, 1)?;
+            cx.size_add(spread, pad_low[axis] + pad_high[axis])
+        };
+        let zeros = cx.zeros(&[n, c, spread(h?, 0)?, spread(w?, 1)?])?;
+        let spread_x = cx.insert_slice(x, zeros, &[0, 0, pad_low[0], pad_low[1]], &[1, 1, stride[0], stride[1]])?;
+
+        let window = Window { kernel, stride: [1, 1], dilation, low: [0, 0], high: [0, 0], groups };
+        let bias = attrs.flag("bias").then(|| node.inputs[2]);
+        let y = convolution(cx, spread_x, flipped_kernel(cx, weight, groups)?, bias, &window)?;
+        if low == pad_low && high == pad_high {
+            return Ok(vec![y]);
+        }
+        let [n, o, h, w] = [0, 1, 2, 3].map(|axis| cx.size(y, axis));
+        let cropped = |size, axis: usize| cx.size_add(size, (low[axis] - pad_low[axis]) + (high[axis] - pad_high[axis]));
+        let sizes = [n?, o?, cropped(h?, 0)?, cropped(w?, 1)?];
+        Ok(vec![cx.extract_slice(y, &[0, 0, pad_low[0] - low[0], pad_low[1] - low[1]], &sizes)?])
+    }
+}
+
+/// The kernel of a transposed convolution, [C, O / groups, kh, kw], as the kernel of the
+/// equivalent direct convolution, [O, C / groups, kh, kw], spatially flipped: one
+/// `linalg.generic` on views with the group axis split out.
+fn flipped_kernel<'c, 'b>(cx: &Emitter<'c, 'b>, weight: Value<'c, 'b>, groups: i64) -> Result<Value<'c, 'b>, LoweringError> {
+    let dims = cx.static_dims(weight)?;
+    let [c, f, kh, kw] = [0, 1, 2, 3].map(|axis| dims[axis].expect("state tensors have static shapes"));
+    let sizes = |dims: [i64; 5]| dims.map(Size::Static);
+    let grouped = cx.expand_shape(weight, &[&[0, 1], &[2], &[3], &[4]], &sizes([groups, c / groups, f, kh, kw]))?;
+    let init = cx.empty(&sizes([groups, f, c / groups, kh, kw]), cx.f32_type())?;
+    let flip = format!("(d0, d1, d2, d3, d4) -> (d0, d2, d1, {} - d3, {} - d4)", kh - 1, kw - 1);
+    let identity = identity_map(5);
+    let flipped = cx.generic(&[grouped], &[init], &[&flip, &identity], &[Iterator::Parallel; 5], |body| {
+        body.yield_values(&[body.arg(0)?])
+    })?;
+    cx.collapse_shape(flipped[0], &[&[0, 1], &[2], &[3], &[4]])
 }

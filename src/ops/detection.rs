@@ -52,7 +52,7 @@ fn pooled(features: i64, rois: Dim, [oh, ow]: [i64; 2]) -> Inference {
     Inference::output(TensorType::f32(vec![rois, Dim::known(features), Dim::known(oh), Dim::known(ow)]))
 }
 
-operator!(
+runtime_operator!(
     /// Resize (torchvision's rule), normalize and zero-pad one image into a batch of one.
     /// Outputs the batch and the resized (unpadded) size.
     Preprocess, "preprocess",
@@ -83,7 +83,7 @@ operator!(
     }
 );
 
-operator!(
+runtime_operator!(
     /// Anchors of every pyramid level for the padded batch, levels concatenated; within a level
     /// for each cell row-major, the sizes × aspect ratios.
     Anchors, "anchors",
@@ -101,7 +101,7 @@ operator!(
     }
 );
 
-operator!(
+runtime_operator!(
     /// The RPN's proposal selection: decode deltas, top-k per level, clip, remove small boxes,
     /// drop low scores, NMS per level, keep the best `post_nms_top_n`.
     RpnProposals, "rpn_proposals",
@@ -136,7 +136,7 @@ operator!(
     }
 );
 
-operator!(
+runtime_operator!(
     /// RoIAlign on one feature map (the C4 head); `mode: "max"` is ONNX's max variant.
     RoiAlign, "roi_align",
     inputs: [input("features"), input("boxes")],
@@ -158,7 +158,7 @@ operator!(
     }
 );
 
-operator!(
+runtime_operator!(
     /// RoIPool on one feature map (the paper's ablation).
     RoiPool, "roi_pool",
     inputs: [input("features"), input("boxes")],
@@ -170,7 +170,7 @@ operator!(
     }
 );
 
-operator!(
+runtime_operator!(
     /// RoIAlign over FPN levels: each box goes to level ⌊4 + log2(√area / 224) + 1e-6⌋, clamped;
     /// the scales are inferred from the feature sizes against the padded image.
     MultiscaleRoiAlign, "multiscale_roi_align",
@@ -189,7 +189,7 @@ operator!(
     }
 );
 
-operator!(
+runtime_operator!(
     /// RoIPool over FPN levels, with the same level mapper as `multiscale_roi_align`.
     MultiscaleRoiPool, "multiscale_roi_pool",
     inputs: [list_input("features"), input("boxes"), input("batch")],
@@ -205,7 +205,7 @@ operator!(
     }
 );
 
-operator!(
+runtime_operator!(
     /// torchvision's `postprocess_detections`: softmax, per-class box decoding, clipping,
     /// score threshold, small-box removal, per-class NMS, the best `detections_per_img`.
     /// Outputs boxes, scores and labels.
@@ -243,7 +243,7 @@ operator!(
     }
 );
 
-operator!(
+runtime_operator!(
     /// Mask probabilities: the sigmoid of each detection's logits for its own label
     /// (or of the single channel of a class-agnostic head).
     MaskProbs, "mask_probs",
@@ -261,7 +261,7 @@ operator!(
     }
 );
 
-operator!(
+runtime_operator!(
     /// Boxes from the resized frame (`from`, an image size) back to the original image.
     RescaleBoxes, "rescale_boxes",
     inputs: [input("boxes"), input("from"), input("to")],
@@ -274,7 +274,7 @@ operator!(
     }
 );
 
-operator!(
+runtime_operator!(
     /// Pastes M×M mask probabilities into the image at their boxes (expanded by (M+2)/M,
     /// bilinear), giving soft masks of the image's size.
     PasteMasks, "paste_masks",
@@ -292,7 +292,7 @@ operator!(
     }
 );
 
-operator!(
+runtime_operator!(
     /// Keypoint heatmaps [D, K, S, S] to keypoints [D, K, 3] (x, y, visibility) in image
     /// coordinates, and their scores [D, K] (Mask R-CNN section 5).
     HeatmapsToKeypoints, "heatmaps_to_keypoints",

@@ -1,9 +1,32 @@
 //! Elementwise operators. `+` and `*` between tensors in a model file are `add` and `mul`.
+//! Each lowers to one elementwise `linalg.generic` whose scalar body is given here.
 
 use super::*;
 
-macro_rules! unary {
-    ($ty:ident, $name:literal) => {
+/// `max(x, 0)`; NaN stays NaN, as in torch.
+fn relu<'c>(body: &Emitter<'c, '_>) -> Result<(), LoweringError> {
+    let zero = body.constant_float(0.0, body.f32_type())?;
+    body.yield_values(&[body.maximumf(body.arg(0)?, zero)?])
+}
+
+/// `1 / (1 + exp(-x))`.
+fn sigmoid<'c>(body: &Emitter<'c, '_>) -> Result<(), LoweringError> {
+    let one = body.constant_float(1.0, body.f32_type())?;
+    let exp = body.unary("math.exp", body.unary("arith.negf", body.arg(0)?)?)?;
+    body.yield_values(&[body.divf(one, body.addf(one, exp)?)?])
+}
+
+fn add<'c>(body: &Emitter<'c, '_>) -> Result<(), LoweringError> {
+    body.yield_values(&[body.addf(body.arg(0)?, body.arg(1)?)?])
+}
+
+fn mul<'c>(body: &Emitter<'c, '_>) -> Result<(), LoweringError> {
+    body.yield_values(&[body.mulf(body.arg(0)?, body.arg(1)?)?])
+}
+
+/// Declares an elementwise operator from its name, inputs, shape rule and scalar body.
+macro_rules! elementwise {
+    ($ty:ident, $name:literal, inputs: [$($input:literal),*], infer: $infer:expr, body: $body:ident) => {
         #[derive(Debug)]
         pub struct $ty;
 
@@ -12,20 +35,30 @@ macro_rules! unary {
                 $name
             }
             fn inputs(&self) -> &'static [InputSpec] {
-                const { &[input("x")] }
+                const { &[$(input($input)),*] }
             }
             fn attrs(&self) -> &'static [AttrSpec] {
                 const { &[] }
             }
             fn infer(&self, inputs: &[Vec<TensorType>], _: &Attrs) -> Result<Inference, OpError> {
-                Ok(Inference::output(inputs[0][0].clone()))
+                $infer(inputs)
+            }
+            fn kind(&self) -> OpKind {
+                OpKind::Dense
+            }
+            fn lower<'c, 'b>(&self, cx: &Emitter<'c, 'b>, node: &LowerNode<'_, 'c, 'b>) -> Result<Vec<Value<'c, 'b>>, LoweringError> {
+                Ok(vec![cx.elementwise(node.inputs, $body)?])
             }
         }
     };
 }
 
-unary!(Relu, "relu");
-unary!(Sigmoid, "sigmoid");
+fn same_type(inputs: &[Vec<TensorType>]) -> Result<Inference, OpError> {
+    Ok(Inference::output(inputs[0][0].clone()))
+}
+
+elementwise!(Relu, "relu", inputs: ["x"], infer: same_type, body: relu);
+elementwise!(Sigmoid, "sigmoid", inputs: ["x"], infer: same_type, body: sigmoid);
 
 /// Both operands have the same shape: mrc does not broadcast silently.
 fn same_shape(op: &str, inputs: &[Vec<TensorType>]) -> Result<Inference, OpError> {
@@ -44,27 +77,5 @@ fn same_shape(op: &str, inputs: &[Vec<TensorType>]) -> Result<Inference, OpError
     Ok(Inference::output(a.clone()))
 }
 
-macro_rules! binary {
-    ($ty:ident, $name:literal) => {
-        #[derive(Debug)]
-        pub struct $ty;
-
-        impl Operator for $ty {
-            fn name(&self) -> &'static str {
-                $name
-            }
-            fn inputs(&self) -> &'static [InputSpec] {
-                const { &[input("x"), input("y")] }
-            }
-            fn attrs(&self) -> &'static [AttrSpec] {
-                const { &[] }
-            }
-            fn infer(&self, inputs: &[Vec<TensorType>], _: &Attrs) -> Result<Inference, OpError> {
-                same_shape($name, inputs)
-            }
-        }
-    };
-}
-
-binary!(Add, "add");
-binary!(Mul, "mul");
+elementwise!(Add, "add", inputs: ["x", "y"], infer: |inputs| same_shape("add", inputs), body: add);
+elementwise!(Mul, "mul", inputs: ["x", "y"], infer: |inputs| same_shape("mul", inputs), body: mul);

@@ -35,6 +35,22 @@ impl Operator for Linear {
         }
         Ok(Inference { outputs: vec![TensorType::f32(vec![x.dims[0].clone(), Dim::known(out)])], state })
     }
+    fn kind(&self) -> OpKind {
+        OpKind::Dense
+    }
+    /// `x · weightᵀ + bias`: `linalg.matmul` reading the weight [out, in] transposed through its
+    /// indexing map, accumulating into the bias broadcast over the rows (or zeros).
+    fn lower<'c, 'b>(&self, cx: &Emitter<'c, 'b>, node: &LowerNode<'_, 'c, 'b>) -> Result<Vec<Value<'c, 'b>>, LoweringError> {
+        let (x, weight) = (node.inputs[0], node.inputs[1]);
+        let sizes = [cx.size(x, 0)?, Size::Static(node.attrs.int("out"))];
+        let init = if node.attrs.flag("bias") {
+            cx.broadcast(node.inputs[2], cx.empty(&sizes, cx.f32_type())?, &[0])?
+        } else {
+            cx.zeros(&sizes)?
+        };
+        let maps = "[affine_map<(m, n, k) -> (m, k)>, affine_map<(m, n, k) -> (n, k)>, affine_map<(m, n, k) -> (m, n)>]";
+        Ok(vec![cx.structured("linalg.matmul", &[x, weight], init, &[("indexing_maps", maps.to_string())], Combiner::MulAdd)?])
+    }
 }
 
 #[derive(Debug)]
@@ -60,5 +76,21 @@ impl Operator for Flatten {
         let mut dims = x.dims[..start].to_vec();
         dims.push(x.dims[start..].iter().fold(Dim::known(1), |acc, d| acc.mul(d)));
         Ok(Inference::output(TensorType::new(x.dtype, dims)))
+    }
+    fn kind(&self) -> OpKind {
+        OpKind::Dense
+    }
+    /// `tensor.collapse_shape` of the axes from `start` on; nothing to do when that is one axis.
+    fn lower<'c, 'b>(&self, cx: &Emitter<'c, 'b>, node: &LowerNode<'_, 'c, 'b>) -> Result<Vec<Value<'c, 'b>>, LoweringError> {
+        let x = node.inputs[0];
+        let (start, rank) = (node.attrs.int("start") as usize, cx.static_dims(x)?.len());
+        if start + 1 == rank {
+            return Ok(vec![x]);
+        }
+        let leading: Vec<[usize; 1]> = (0..start).map(|axis| [axis]).collect();
+        let trailing: Vec<usize> = (start..rank).collect();
+        let mut groups: Vec<&[usize]> = leading.iter().map(|g| g.as_slice()).collect();
+        groups.push(&trailing);
+        Ok(vec![cx.collapse_shape(x, &groups)?])
     }
 }

@@ -1,6 +1,7 @@
 //! The operators, one file per family. Each operator is a type implementing [`Operator`]: its
-//! signature (tensor inputs, attributes with types and defaults) and its shape rule live
-//! together, and its MLIR lowering and gradient rule join them there.
+//! signature (tensor inputs, attributes with types and defaults), its shape rule and its MLIR
+//! lowering live together, and its gradient rule will join them there. The lowering side is the
+//! only part of an operator that speaks MLIR, through [`crate::lowering::Emitter`].
 
 mod conv;
 mod detection;
@@ -12,6 +13,8 @@ mod resample;
 
 use crate::graph::types::{DType, Dim, TensorType};
 use crate::graph::{Attrs, StateKind};
+use crate::lowering::{identity_map, loop_dims, Combiner, Emitter, Iterator, LowerNode, LoweringError, Size};
+use melior::ir::Value;
 use std::fmt;
 
 /// Every operator, by name. The model language calls them as functions.
@@ -56,6 +59,20 @@ pub trait Operator: Sync + fmt::Debug {
     /// The shape rule: output types, and the state tensors the operator owns (its weights).
     /// `inputs[slot]` holds one type, or several for a list slot.
     fn infer(&self, inputs: &[Vec<TensorType>], attrs: &Attrs) -> Result<Inference, OpError>;
+    /// How compiled code computes the operator.
+    fn kind(&self) -> OpKind;
+    /// Appends the operator's computation to `cx`'s block: one MLIR value per output, of the
+    /// node's output types (symbolic dimensions as `?`). `node.inputs` are the tensor inputs in
+    /// slot order, then the state tensors in the order `infer` declares them.
+    fn lower<'c, 'b>(&self, cx: &Emitter<'c, 'b>, node: &LowerNode<'_, 'c, 'b>) -> Result<Vec<Value<'c, 'b>>, LoweringError>;
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpKind {
+    /// Dense tensor algebra, lowered to `linalg` on tensors.
+    Dense,
+    /// A detection built-in implemented by the runtime (`runtime/`); compiled code calls it.
+    RuntimeBuiltin,
 }
 
 pub struct InputSpec {
@@ -298,6 +315,11 @@ pub fn pair(attrs: &Attrs, name: &'static str) -> Result<[i64; 2], OpError> {
     }
 }
 
+/// A pair attribute that the shape rule has accepted (lowerings run on checked graphs).
+pub fn checked_pair(attrs: &Attrs, name: &'static str) -> [i64; 2] {
+    pair(attrs, name).unwrap_or_else(|e| panic!("unchecked attribute: {}", e.message))
+}
+
 pub fn positive(attrs: &Attrs, name: &'static str) -> Result<i64, OpError> {
     let v = attrs.int(name);
     if v > 0 {
@@ -307,8 +329,8 @@ pub fn positive(attrs: &Attrs, name: &'static str) -> Result<i64, OpError> {
     }
 }
 
-/// Declares an operator type from its name, inputs, attributes and shape rule.
-macro_rules! operator {
+/// Declares a runtime built-in operator from its name, inputs, attributes and shape rule.
+macro_rules! runtime_operator {
     ($(#[$doc:meta])* $ty:ident, $name:literal, inputs: [$($input:expr),*], attrs: [$($attr:expr),* $(,)?],
      infer: |$inputs:ident, $attrs:ident| $infer:block) => {
         $(#[$doc])*
@@ -329,7 +351,13 @@ macro_rules! operator {
             fn infer(&self, $inputs: &[Vec<TensorType>], $attrs: &Attrs) -> Result<Inference, OpError> {
                 $infer
             }
+            fn kind(&self) -> OpKind {
+                OpKind::RuntimeBuiltin
+            }
+            fn lower<'c, 'b>(&self, _: &Emitter<'c, 'b>, node: &LowerNode<'_, 'c, 'b>) -> Result<Vec<Value<'c, 'b>>, LoweringError> {
+                Err(LoweringError::RuntimeBuiltin { op: $name, node: node.name.to_string() })
+            }
         }
     };
 }
-pub(crate) use operator;
+pub(crate) use runtime_operator;

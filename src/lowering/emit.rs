@@ -1,0 +1,156 @@
+//! Graph → MLIR: the operators that outputs of a graph depend on become one
+//! `func.func @forward` on tensors, each node lowered by its own operator (see
+//! [`crate::ops::Operator::lower`]).
+//!
+//! The function takes the graph inputs (declaration order) and then the state tensors (creation
+//! order, i.e. `state_dict` order) that the requested outputs depend on, and returns those
+//! outputs; symbolic dimensions are `?`. It carries `llvm.emit_c_interface`, so that compiled
+//! code is called through `_mlir_ciface_forward` with memref descriptors, and every argument
+//! and result is named by an `mrc.name` attribute.
+
+use std::collections::{HashMap, HashSet};
+
+use melior::{
+    dialect::func,
+    ir::{
+        attribute::{StringAttribute, TypeAttribute},
+        operation::OperationLike,
+        r#type::FunctionType,
+        Attribute, Block, BlockLike, Identifier, Location, Module, Region, RegionLike, Type, Value, ValueLike,
+    },
+    Context,
+};
+use petgraph::{algo::toposort, stable_graph::NodeIndex, visit::Reversed, visit::Walker};
+
+use super::{builder::Emitter, diagnostics::capture_diagnostics, error::LoweringError};
+use crate::graph::{types::TensorType, Attrs, Graph, NodeKind, Port};
+use crate::ops::OpKind;
+
+/// The name of the emitted function.
+pub const FORWARD: &str = "forward";
+
+/// What an operator's lowering sees of its node.
+pub struct LowerNode<'a, 'c, 'b> {
+    /// The node's scope path (`backbone.body.conv1`), for messages.
+    pub name: &'a str,
+    /// Tensor inputs in slot order, then the state tensors the operator owns.
+    pub inputs: &'a [Value<'c, 'b>],
+    /// Attributes, checked and completed with defaults by the expander.
+    pub attrs: &'a Attrs,
+    pub outputs: &'a [TensorType],
+}
+
+/// A function argument or result.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NamedTensor {
+    /// Input name, state path (`backbone.body.conv1.weight`) or output name.
+    pub name: String,
+    pub ty: TensorType,
+}
+
+/// The arguments and results of `@forward`, in order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Signature {
+    pub arguments: Vec<NamedTensor>,
+    pub results: Vec<NamedTensor>,
+}
+
+/// Emits `@forward` computing all of the graph's outputs.
+pub fn emit_network<'c>(context: &'c Context, graph: &Graph) -> Result<(Module<'c>, Signature), LoweringError> {
+    emit_forward(context, graph, &graph.outputs)
+}
+
+/// Emits `@forward` computing `outputs` (named ports of `graph`); every operator they depend on
+/// must be dense. The module is verified.
+pub fn emit_forward<'c>(
+    context: &'c Context,
+    graph: &Graph,
+    outputs: &[(String, Port)],
+) -> Result<(Module<'c>, Signature), LoweringError> {
+    let needed = ancestors(graph, outputs);
+    let arguments: Vec<NodeIndex> =
+        graph.inputs.iter().chain(&graph.state).copied().filter(|node| needed.contains(node)).collect();
+    let signature = Signature {
+        arguments: arguments
+            .iter()
+            .map(|&node| NamedTensor { name: graph.nodes[node].name.clone(), ty: graph.nodes[node].outputs[0].clone() })
+            .collect(),
+        results: outputs.iter().map(|(name, port)| NamedTensor { name: name.clone(), ty: graph.ty(*port).clone() }).collect(),
+    };
+
+    let location = Location::unknown(context);
+    let entry = Block::new(&[]);
+    let cx = Emitter::new(context, &entry, location);
+    let argument_types: Vec<Type> = signature.arguments.iter().map(|a| cx.tensor_type(&a.ty)).collect();
+    let result_types: Vec<Type> = signature.results.iter().map(|r| cx.tensor_type(&r.ty)).collect();
+
+    let mut values: HashMap<Port, Value> = HashMap::new();
+    for (&node, &ty) in arguments.iter().zip(&argument_types) {
+        values.insert(Port { node, output: 0 }, entry.add_argument(ty, location));
+    }
+    let order = toposort(&graph.nodes, None).map_err(|cycle| {
+        LoweringError::Build(format!("the graph has a cycle through `{}`", graph.nodes[cycle.node_id()].name))
+    })?;
+    for node in order.into_iter().filter(|node| needed.contains(node)) {
+        let NodeKind::Op { op, attrs } = &graph.nodes[node].kind else { continue };
+        let name = &graph.nodes[node].name;
+        if op.kind() == OpKind::RuntimeBuiltin {
+            return Err(LoweringError::RuntimeBuiltin { op: op.name(), node: name.clone() });
+        }
+        let inputs: Vec<Value> = graph.inputs_of(node).iter().map(|port| values[port]).collect();
+        let expected = &graph.nodes[node].outputs;
+        let cx = cx.at(Location::name(context, name, location));
+        let results = op.lower(&cx, &LowerNode { name, inputs: &inputs, attrs, outputs: expected })?;
+        for (output, (value, ty)) in results.into_iter().zip(expected).enumerate() {
+            if value.r#type() != cx.tensor_type(ty) {
+                return Err(LoweringError::TypeMismatch {
+                    node: name.clone(),
+                    produced: value.r#type().to_string(),
+                    expected: cx.tensor_type(ty).to_string(),
+                });
+            }
+            values.insert(Port { node, output }, value);
+        }
+    }
+    let returned: Vec<Value> = outputs.iter().map(|(_, port)| values[port]).collect();
+    entry.append_operation(func::r#return(&returned, location));
+    drop(values);
+
+    let body = Region::new();
+    body.append_block(entry);
+    let names = |tensors: &[NamedTensor]| {
+        let dictionaries: Vec<String> =
+            tensors.iter().map(|t| format!("{{mrc.name = \"{}\"}}", t.name.escape_default())).collect();
+        format!("[{}]", dictionaries.join(", "))
+    };
+    let mut attributes = vec![(Identifier::new(context, "llvm.emit_c_interface"), Attribute::unit(context))];
+    for (key, text) in [("arg_attrs", names(&signature.arguments)), ("res_attrs", names(&signature.results))] {
+        let attribute = Attribute::parse(context, &text).ok_or_else(|| LoweringError::Build(format!("invalid attribute `{text}`")))?;
+        attributes.push((Identifier::new(context, key), attribute));
+    }
+    let module = Module::new(location);
+    module.body().append_operation(func::func(
+        context,
+        StringAttribute::new(context, FORWARD),
+        TypeAttribute::new(FunctionType::new(context, &argument_types, &result_types).into()),
+        body,
+        &attributes,
+        location,
+    ));
+
+    let (valid, diagnostics) = capture_diagnostics(context, || module.as_operation().verify());
+    if !valid {
+        return Err(LoweringError::InvalidModule { diagnostics });
+    }
+    Ok((module, signature))
+}
+
+/// The nodes that `outputs` depend on, themselves included.
+fn ancestors(graph: &Graph, outputs: &[(String, Port)]) -> HashSet<NodeIndex> {
+    let reversed = Reversed(&graph.nodes);
+    let mut needed = HashSet::new();
+    for (_, port) in outputs {
+        needed.extend(petgraph::visit::Dfs::new(reversed, port.node).iter(reversed));
+    }
+    needed
+}
