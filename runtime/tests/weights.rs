@@ -291,7 +291,7 @@ fn embedded_safetensors_bytes_round_trip_without_copies() {
     assert_eq!(embedded.origin(), "embedded weights");
     assert_eq!(embedded.len(), weights.len());
     assert_subset_of(&embedded, &weights);
-    if bytes.as_ptr() as usize % 8 == 0 {
+    if (bytes.as_ptr() as usize).is_multiple_of(8) {
         for (name, tensor) in embedded.iter() {
             assert!(tensor.is_borrowed(), "{name} was copied from aligned embedded bytes");
         }

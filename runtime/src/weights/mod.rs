@@ -118,7 +118,7 @@ impl Tensor {
     /// The caller has checked that `range` lies inside `backing` and fits `shape`.
     fn view(dtype: Dtype, shape: Vec<usize>, backing: &Backing, range: Range<usize>) -> Tensor {
         let bytes = &backing.bytes()[range.clone()];
-        if (bytes.as_ptr() as usize) % dtype.size() == 0 {
+        if (bytes.as_ptr() as usize).is_multiple_of(dtype.size()) {
             Tensor { dtype, shape, backing: backing.clone(), range }
         } else {
             Tensor::owned(dtype, shape, bytes)

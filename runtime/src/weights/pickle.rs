@@ -412,7 +412,7 @@ fn long_from_le(digits: &[u8]) -> Result<i64, String> {
 }
 
 fn pairs(items: Vec<Value>) -> Result<Vec<(Value, Value)>, String> {
-    if items.len() % 2 != 0 {
+    if !items.len().is_multiple_of(2) {
         return Err("pickle builds a dict from an odd number of values".into());
     }
     let mut iter = items.into_iter();
