@@ -131,7 +131,11 @@ fn validation_reports_every_problem_at_once() {
     let dropped = specs.iter().position(|s| s.name == "roi_heads.box_predictor.bbox_pred.bias").unwrap();
     specs.remove(dropped);
     // Missing: the model has a tensor the file lacks.
-    specs.push(TensorSpec { name: "roi_heads.keypoint_head.0.weight".into(), shape: vec![8, 64, 3, 3], dtype: Dtype::F32 });
+    specs.push(TensorSpec {
+        name: "roi_heads.keypoint_head.0.weight".into(),
+        shape: vec![8, 64, 3, 3],
+        dtype: Dtype::F32,
+    });
     // Wrong shape and wrong dtype.
     let shaped = specs.iter_mut().find(|s| s.name == "rpn.head.conv.0.0.weight").unwrap();
     shaped.shape = vec![64, 32, 3, 3];
@@ -146,7 +150,9 @@ fn validation_reports_every_problem_at_once() {
         shape: vec![8, 64, 3, 3],
         dtype: Dtype::F32
     }));
-    assert!(problems.iter().any(|p| matches!(p, Problem::Unexpected { name, .. } if name == "roi_heads.box_predictor.bbox_pred.bias")));
+    assert!(problems
+        .iter()
+        .any(|p| matches!(p, Problem::Unexpected { name, .. } if name == "roi_heads.box_predictor.bbox_pred.bias")));
     assert!(problems.contains(&Problem::Shape {
         name: "rpn.head.conv.0.0.weight".into(),
         expected: vec![64, 32, 3, 3],
@@ -159,7 +165,13 @@ fn validation_reports_every_problem_at_once() {
     }));
     let message = error.to_string();
     assert!(message.starts_with(&weights.origin().to_string()), "{message}");
-    for needle in ["missing roi_heads.keypoint_head.0.weight", "unexpected roi_heads.box_predictor.bbox_pred.bias", "[64, 32, 3, 3]", "[64, 64, 3, 3]", "expects i64, the file has f32"] {
+    for needle in [
+        "missing roi_heads.keypoint_head.0.weight",
+        "unexpected roi_heads.box_predictor.bbox_pred.bias",
+        "[64, 32, 3, 3]",
+        "[64, 64, 3, 3]",
+        "expects i64, the file has f32",
+    ] {
         assert!(message.contains(needle), "{needle:?} not in:\n{message}");
     }
 }
@@ -167,7 +179,8 @@ fn validation_reports_every_problem_at_once() {
 #[test]
 fn num_batches_tracked_is_ignored_on_both_sides() {
     let weights = open(&fixtures().join("model/weights.safetensors"));
-    let mut specs: Vec<TensorSpec> = mini_specs().into_iter().filter(|s| !s.name.ends_with("num_batches_tracked")).collect();
+    let mut specs: Vec<TensorSpec> =
+        mini_specs().into_iter().filter(|s| !s.name.ends_with("num_batches_tracked")).collect();
     weights.validate(&specs).unwrap_or_else(|e| panic!("counters in the file only: {e}"));
     specs.push(TensorSpec { name: "backbone.body.extra.num_batches_tracked".into(), shape: vec![], dtype: Dtype::I64 });
     weights.validate(&specs).unwrap_or_else(|e| panic!("counter in the model only: {e}"));

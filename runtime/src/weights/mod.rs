@@ -227,7 +227,10 @@ impl Weights {
     }
 
     /// Builds weights from tensors already in memory, renaming pre-0.13 names.
-    pub fn from_tensors(origin: impl Into<String>, tensors: impl IntoIterator<Item = (String, Tensor)>) -> Result<Weights> {
+    pub fn from_tensors(
+        origin: impl Into<String>,
+        tensors: impl IntoIterator<Item = (String, Tensor)>,
+    ) -> Result<Weights> {
         let mut weights = Weights { origin: origin.into(), tensors: BTreeMap::new() };
         for (name, tensor) in tensors {
             weights.insert(name, tensor)?;
@@ -300,7 +303,11 @@ impl Weights {
         let mut problems = Vec::new();
         for spec in expected.iter().filter(|s| !is_ignored(&s.name)) {
             let Some(tensor) = self.tensors.get(&spec.name) else {
-                problems.push(Problem::Missing { name: spec.name.clone(), shape: spec.shape.clone(), dtype: spec.dtype });
+                problems.push(Problem::Missing {
+                    name: spec.name.clone(),
+                    shape: spec.shape.clone(),
+                    dtype: spec.dtype,
+                });
                 continue;
             };
             if tensor.shape != spec.shape {
@@ -317,7 +324,11 @@ impl Weights {
         let known: std::collections::HashSet<&str> = expected.iter().map(|s| s.name.as_str()).collect();
         for (name, tensor) in &self.tensors {
             if !is_ignored(name) && !known.contains(name.as_str()) {
-                problems.push(Problem::Unexpected { name: name.clone(), shape: tensor.shape.clone(), dtype: tensor.dtype });
+                problems.push(Problem::Unexpected {
+                    name: name.clone(),
+                    shape: tensor.shape.clone(),
+                    dtype: tensor.dtype,
+                });
             }
         }
         if problems.is_empty() {

@@ -87,11 +87,16 @@ pub(crate) enum Value {
     List(Vec<Value>),
     /// Insertion-ordered, like `OrderedDict`.
     Dict(Vec<(Value, Value)>),
-    Global { module: String, name: String },
+    Global {
+        module: String,
+        name: String,
+    },
     Storage(StorageRef),
     Tensor(TensorRef),
     /// The result of calling a callable this VM does not model.
-    Object { class: String },
+    Object {
+        class: String,
+    },
 }
 
 impl Value {

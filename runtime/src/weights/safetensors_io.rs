@@ -16,10 +16,8 @@ use super::{numel, Backing, Dtype, Tensor, Weights};
 
 pub(super) fn read(origin: &str, backing: &Backing) -> Result<Vec<(String, Tensor)>> {
     let bytes = backing.bytes();
-    let (header_len, metadata) = SafeTensors::read_metadata(bytes).map_err(|e| WeightsError::Format {
-        origin: origin.to_string(),
-        reason: explain(bytes, e),
-    })?;
+    let (header_len, metadata) = SafeTensors::read_metadata(bytes)
+        .map_err(|e| WeightsError::Format { origin: origin.to_string(), reason: explain(bytes, e) })?;
     let data_start = 8 + header_len;
     let mut tensors = Vec::new();
     for (name, info) in metadata.tensors() {
@@ -68,8 +66,7 @@ fn incomplete(bytes: &[u8]) -> String {
     let len = bytes.len();
     let header_len = u64::from_le_bytes(bytes[..8].try_into().expect("header was read")) as usize;
     let data_start = 8 + header_len;
-    let header: HashMap<String, serde_json::Value> =
-        serde_json::from_slice(&bytes[8..data_start]).unwrap_or_default();
+    let header: HashMap<String, serde_json::Value> = serde_json::from_slice(&bytes[8..data_start]).unwrap_or_default();
     let mut tensors: Vec<(String, TensorInfo)> = header
         .into_iter()
         .filter_map(|(name, v)| serde_json::from_value::<TensorInfo>(v).ok().map(|info| (name, info)))
@@ -129,16 +126,18 @@ impl View for &Tensor {
 }
 
 pub(super) fn serialize(weights: &Weights) -> Result<Vec<u8>> {
-    safetensors::serialize(weights.tensors.iter(), &None)
-        .map_err(|e| WeightsError::Format { origin: weights.origin.clone(), reason: format!("cannot serialize: {e:?}") })
+    safetensors::serialize(weights.tensors.iter(), &None).map_err(|e| WeightsError::Format {
+        origin: weights.origin.clone(),
+        reason: format!("cannot serialize: {e:?}"),
+    })
 }
 
 pub(super) fn write_atomically(weights: &Weights, path: &Path) -> Result<()> {
     let io = |source| WeightsError::Io { path: path.to_path_buf(), source };
     let bytes = serialize(weights)?;
-    let file_name = path.file_name().ok_or_else(|| {
-        io(std::io::Error::new(std::io::ErrorKind::InvalidInput, "the output path names no file"))
-    })?;
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| io(std::io::Error::new(std::io::ErrorKind::InvalidInput, "the output path names no file")))?;
     let mut partial_name = std::ffi::OsString::from(".");
     partial_name.push(file_name);
     partial_name.push(format!(".partial-{}", std::process::id()));

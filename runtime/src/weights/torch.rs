@@ -25,9 +25,8 @@ const LEGACY_PROTOCOL_VERSION: i64 = 1001;
 
 pub(super) fn read_zip(origin: &str, backing: &Backing) -> Result<Vec<(String, Tensor)>> {
     let bytes = backing.bytes();
-    let zip_error = |e: zip::result::ZipError| {
-        corrupt(origin, format!("not a readable zip archive, truncated or corrupt? ({e})"))
-    };
+    let zip_error =
+        |e: zip::result::ZipError| corrupt(origin, format!("not a readable zip archive, truncated or corrupt? ({e})"));
     let mut archive = ZipArchive::new(Cursor::new(bytes)).map_err(zip_error)?;
     let mut records = HashMap::new();
     for i in 0..archive.len() {
@@ -71,9 +70,7 @@ pub(super) fn read_zip(origin: &str, backing: &Backing) -> Result<Vec<(String, T
 
 pub(super) fn read_legacy(origin: &str, backing: &Backing) -> Result<Vec<(String, Tensor)>> {
     let bytes = backing.bytes();
-    let load = |pos: usize, what: &str| {
-        pickle::load(bytes, pos).map_err(|e| corrupt(origin, format!("{what}: {e}")))
-    };
+    let load = |pos: usize, what: &str| pickle::load(bytes, pos).map_err(|e| corrupt(origin, format!("{what}: {e}")));
     let (protocol, pos) = load(LEGACY_MAGIC.len(), "protocol version")?;
     if protocol != Value::Int(LEGACY_PROTOCOL_VERSION) {
         return format_error(origin, format!("unsupported legacy protocol version ({})", protocol.kind()));
@@ -100,7 +97,10 @@ pub(super) fn read_legacy(origin: &str, backing: &Backing) -> Result<Vec<(String
             return format_error(origin, format!("storage {key} is listed but no tensor uses it"));
         };
         let Some(count) = bytes.get(pos..pos + 8) else {
-            return format_error(origin, format!("truncated: storage {key} needs bytes {}..{}, file has {}", pos, pos + 8, bytes.len()));
+            return format_error(
+                origin,
+                format!("truncated: storage {key} needs bytes {}..{}, file has {}", pos, pos + 8, bytes.len()),
+            );
         };
         let count = u64::from_le_bytes(count.try_into().expect("8 bytes"));
         let start = pos + 8;
@@ -111,7 +111,10 @@ pub(super) fn read_legacy(origin: &str, backing: &Backing) -> Result<Vec<(String
             .filter(|&end| end <= bytes.len());
         let Some(end) = end else {
             let needed = (count as u128) * ty.size() as u128 + start as u128;
-            return format_error(origin, format!("truncated: storage {key} needs bytes {start}..{needed}, file has {}", bytes.len()));
+            return format_error(
+                origin,
+                format!("truncated: storage {key} needs bytes {start}..{needed}, file has {}", bytes.len()),
+            );
         };
         storages.insert(key, start..end);
         pos = end;
@@ -151,7 +154,10 @@ fn state_dict(origin: &str, root: Value) -> Result<Vec<(String, TensorRef)>> {
             return state_dict(origin, inner);
         }
         let keys: Vec<String> = items.iter().map(|(k, _)| describe_key(k)).collect();
-        return format_error(origin, format!("holds a dict without tensors (keys: {}), not a state dict", keys.join(", ")));
+        return format_error(
+            origin,
+            format!("holds a dict without tensors (keys: {}), not a state dict", keys.join(", ")),
+        );
     }
     let mut entries = Vec::new();
     let mut others = Vec::new();
@@ -191,17 +197,28 @@ fn materialize_all(
 
 /// Reads one tensor from its storage: in place when contiguous f32 (or another kept dtype),
 /// else gathered through its strides and converted to f32 where it is another float type.
-fn materialize(backing: &Backing, t: &TensorRef, storages: &HashMap<String, Range<usize>>) -> std::result::Result<Tensor, String> {
+fn materialize(
+    backing: &Backing,
+    t: &TensorRef,
+    storages: &HashMap<String, Range<usize>>,
+) -> std::result::Result<Tensor, String> {
     let storage = &t.storage;
     let key = &storage.key;
     let range = storages.get(key).ok_or_else(|| format!("its storage {key} is not in the file"))?;
     let elem = storage.ty.size();
     if storage.numel.checked_mul(elem).is_none_or(|n| n > range.len()) {
-        return Err(format!("storage {key} should hold {} elements of {elem} bytes, the file has {} bytes", storage.numel, range.len()));
+        return Err(format!(
+            "storage {key} should hold {} elements of {elem} bytes, the file has {} bytes",
+            storage.numel,
+            range.len()
+        ));
     }
     let (view_start, view_len) = storage.view.unwrap_or((0, storage.numel));
     if view_start.checked_add(view_len).is_none_or(|end| end > storage.numel) {
-        return Err(format!("storage view {view_start}+{view_len} exceeds storage {key} of {} elements", storage.numel));
+        return Err(format!(
+            "storage view {view_start}+{view_len} exceeds storage {key} of {} elements",
+            storage.numel
+        ));
     }
     let count = numel(&t.shape).ok_or("element count overflows")?;
     let dtype = kept_dtype(storage.ty);
