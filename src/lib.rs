@@ -9,5 +9,6 @@ pub mod graph;
 pub mod lowering;
 pub mod ops;
 pub mod passes;
+pub mod run;
 pub mod summary;
 pub mod syntax;
