@@ -1,0 +1,420 @@
+//! The graph's detection operators for one image, at the level of torchvision's modules:
+//! `GeneralizedRCNNTransform`, `AnchorGenerator`, `RegionProposalNetwork.filter_proposals`,
+//! `MultiScaleRoIAlign`, `RoIHeads.postprocess_detections` and `maskrcnn_inference`, and the
+//! transform's `postprocess`. Each composes the operators of [`crate::ops`] and takes and returns
+//! owned row-major float32 tensors, so that the executor can call them with the values of the
+//! graph. Sizes are `[height, width]`; zero boxes give empty results, bad shapes an [`Error`].
+//!
+//! Thresholds are taken as `f64` (the graph's float attributes). Where torch compares a float32
+//! tensor with a Python float, the float is first rounded to float32, and so it is here; the NMS
+//! IoU threshold stays a double, as in torchvision's kernel.
+
+use crate::error::{check_finite, invalid, shape_err, Result};
+use crate::ops::anchors::grid_anchors;
+use crate::ops::box_coder::{clip_boxes_to_image, remove_small_boxes, BoxCoder};
+use crate::ops::multiscale::{infer_scale, LevelMapper};
+use crate::ops::nms::{batched_nms, topk_per_level};
+use crate::ops::paste_masks::paste_masks_in_image;
+use crate::ops::preprocess::{self, resize_boxes, ImageU8, Transform};
+use crate::ops::roi_align::{roi_align, PoolMode, RoiAlignParams};
+use crate::tensor::{rows, FeatureMap};
+
+/// An owned, contiguous, row-major float32 tensor.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TensorF32 {
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+impl TensorF32 {
+    /// Checks that `data` holds exactly the product of `shape` values.
+    pub fn new(shape: Vec<usize>, data: Vec<f32>) -> Result<Self> {
+        let len = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+        if len != Some(data.len()) {
+            return shape_err("tensor", format!("{} values for shape {shape:?}", data.len()));
+        }
+        Ok(TensorF32 { shape, data })
+    }
+
+    /// `[K, 4]` boxes.
+    pub fn from_boxes(boxes: &[[f32; 4]]) -> Self {
+        TensorF32 { shape: vec![boxes.len(), 4], data: boxes.as_flattened().to_vec() }
+    }
+
+    /// The rows of a `[K, 4]` tensor as boxes.
+    pub fn boxes(&self, op: &'static str) -> Result<&[[f32; 4]]> {
+        if self.shape.len() != 2 || self.shape[1] != 4 {
+            return shape_err(op, format!("boxes of shape {:?}, expected [K, 4]", self.shape));
+        }
+        self.check_len(op)?;
+        rows::<4>(op, &self.data)
+    }
+
+    /// The four dimensions of a rank-4 tensor.
+    fn dims4(&self, op: &'static str, what: &str) -> Result<[usize; 4]> {
+        match self.shape[..] {
+            [a, b, c, d] => {
+                self.check_len(op)?;
+                Ok([a, b, c, d])
+            }
+            _ => shape_err(op, format!("{what} of shape {:?}, expected rank 4", self.shape)),
+        }
+    }
+
+    /// Rejects a tensor whose public fields were set inconsistently.
+    fn check_len(&self, op: &'static str) -> Result<()> {
+        let len = self.shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+        if len != Some(self.data.len()) {
+            return shape_err(op, format!("{} values for shape {:?}", self.data.len(), self.shape));
+        }
+        Ok(())
+    }
+}
+
+/// Resizes, normalizes and zero-pads one `[h, w, 3]` RGB image (torchvision's
+/// `GeneralizedRCNNTransform`). Returns the `[1, 3, Hb, Wb]` batch and the resized, unpadded
+/// size.
+pub fn preprocess(image_hwc_u8: &[u8], hw: [usize; 2], p: &Transform) -> Result<(TensorF32, [usize; 2])> {
+    let image = ImageU8 { data: image_hwc_u8, height: hw[0], width: hw[1] };
+    let batch = preprocess::preprocess(&[image], p)?;
+    Ok((TensorF32 { shape: batch.shape.to_vec(), data: batch.data }, batch.image_sizes[0]))
+}
+
+/// Anchors of every pyramid level for a batch of size `batch_hw` (`AnchorGenerator`), `[A, 4]`:
+/// levels concatenated, cells row-major, per cell the aspect ratios × that level's sizes.
+/// `aspect_ratios` apply to every level.
+pub fn anchors(
+    feature_sizes: &[[usize; 2]],
+    batch_hw: [usize; 2],
+    sizes: &[Vec<i64>],
+    aspect_ratios: &[f64],
+) -> Result<TensorF32> {
+    // torch.as_tensor(..., dtype=float32) rounds sizes and ratios to float32.
+    let sizes: Vec<Vec<f32>> = sizes.iter().map(|s| s.iter().map(|&v| v as f32).collect()).collect();
+    let ratios: Vec<f32> = aspect_ratios.iter().map(|&r| r as f32).collect();
+    let anchors = grid_anchors(batch_hw, feature_sizes, &sizes, &vec![ratios; feature_sizes.len()])?;
+    Ok(TensorF32::from_boxes(&anchors))
+}
+
+/// Settings of [`rpn_proposals`] (torchvision's `RegionProposalNetwork`, eval mode).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RpnParams {
+    /// Proposals kept per level before NMS, by objectness.
+    pub pre_nms_top_n: usize,
+    /// Proposals kept after NMS.
+    pub post_nms_top_n: usize,
+    pub nms_thresh: f64,
+    /// Boxes narrower or lower than this are dropped.
+    pub min_size: f64,
+    /// Proposals whose probability is below this are dropped.
+    pub score_thresh: f64,
+    /// Box coder weights `(wx, wy, ww, wh)`: (1, 1, 1, 1) in torchvision.
+    pub weights: [f32; 4],
+}
+
+impl Default for RpnParams {
+    /// torchvision's test-time values.
+    fn default() -> Self {
+        RpnParams {
+            pre_nms_top_n: 1000,
+            post_nms_top_n: 1000,
+            nms_thresh: 0.7,
+            min_size: 1e-3,
+            score_thresh: 0.0,
+            weights: [1.0; 4],
+        }
+    }
+}
+
+/// The RPN's proposals `[P, 4]` for one image of (resized, unpadded) size `image_size`, as
+/// `filter_proposals`: per level the `pre_nms_top_n` highest objectness logits, their deltas
+/// decoded against the anchors, sigmoid, clip, small boxes removed, probabilities
+/// `>= score_thresh` kept, NMS within each level, the first `post_nms_top_n` by score.
+///
+/// `objectness[l]` is `[1, A, H, W]` and `deltas[l]` `[1, 4A, H, W]`; anchors are ordered as
+/// [`anchors`] gives them (cell-major, then anchor), which is the order torchvision's
+/// `concat_box_prediction_layers` flattens the head's outputs in.
+///
+/// Among equal logits top-k takes the lower anchor index first; torch's CPU top-k leaves them
+/// in the order of its `std::partial_sort` / `std::nth_element`, which can differ.
+pub fn rpn_proposals(
+    objectness: &[TensorF32],
+    deltas: &[TensorF32],
+    anchors: &TensorF32,
+    image_size: [usize; 2],
+    p: &RpnParams,
+) -> Result<TensorF32> {
+    const OP: &str = "rpn_proposals";
+    if objectness.len() != deltas.len() || objectness.is_empty() {
+        return shape_err(OP, format!("{} objectness maps and {} delta maps", objectness.len(), deltas.len()));
+    }
+    let anchors = anchors.boxes(OP)?;
+    let mut logits = Vec::with_capacity(anchors.len());
+    let mut level_sizes = Vec::with_capacity(objectness.len());
+    let mut level_deltas = Vec::with_capacity(objectness.len());
+    for (o, d) in objectness.iter().zip(deltas) {
+        let [n, a, h, w] = o.dims4(OP, "objectness")?;
+        let dd = d.dims4(OP, "deltas")?;
+        if n != 1 || dd != [1, 4 * a, h, w] {
+            return shape_err(OP, format!("objectness {:?} with deltas {dd:?}, expected [1, A, H, W] and [1, 4A, H, W]", o.shape));
+        }
+        // (A, H, W) to (H, W, A): each cell's anchors together.
+        let hw = h * w;
+        logits.extend((0..hw).flat_map(|cell| (0..a).map(move |k| o.data[k * hw + cell])));
+        level_sizes.push(hw * a);
+        level_deltas.push((d, hw, a));
+    }
+    if logits.len() != anchors.len() {
+        return shape_err(OP, format!("{} anchors for {} objectness values", anchors.len(), logits.len()));
+    }
+    check_finite(OP, "objectness", &logits)?;
+    let top = topk_per_level(&logits, &level_sizes, p.pre_nms_top_n)?;
+
+    // Decoding is per box, so decoding only the selected anchors gives torchvision's values.
+    let mut top_deltas = Vec::with_capacity(top.len() * 4);
+    let mut top_anchors = Vec::with_capacity(top.len());
+    let mut top_levels = Vec::with_capacity(top.len());
+    let level_starts: Vec<usize> = level_sizes.iter().scan(0, |s, &n| Some(std::mem::replace(s, *s + n))).collect();
+    for &i in &top {
+        let level = level_starts.partition_point(|&s| s <= i) - 1;
+        let (d, hw, a) = level_deltas[level];
+        let local = i - level_starts[level];
+        let (cell, k) = (local / a, local % a);
+        // Deltas [4A, H, W] viewed as (A, 4, H, W).
+        top_deltas.extend((0..4).map(|j| d.data[(k * 4 + j) * hw + cell]));
+        top_anchors.push(anchors[i]);
+        top_levels.push(level as i64);
+    }
+    let decoded = BoxCoder::new(p.weights).decode(&top_deltas, &top_anchors)?;
+    let scores: Vec<f32> = top.iter().map(|&i| sigmoid(logits[i])).collect();
+    let boxes = clip_boxes_to_image(&decoded, image_size)?;
+
+    let keep = remove_small_boxes(&boxes, p.min_size as f32)?;
+    let score_thresh = p.score_thresh as f32;
+    let keep: Vec<usize> = keep.into_iter().filter(|&i| scores[i] >= score_thresh).collect();
+    let boxes: Vec<[f32; 4]> = keep.iter().map(|&i| boxes[i]).collect();
+    let scores: Vec<f32> = keep.iter().map(|&i| scores[i]).collect();
+    let levels: Vec<i64> = keep.iter().map(|&i| top_levels[i]).collect();
+    let mut kept = batched_nms(&boxes, &scores, &levels, p.nms_thresh)?;
+    kept.truncate(p.post_nms_top_n);
+    Ok(TensorF32::from_boxes(&kept.iter().map(|&i| boxes[i]).collect::<Vec<_>>()))
+}
+
+/// torch's float32 sigmoid, `1 / (1 + exp(-x))`.
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// Settings of [`multiscale_roi_align`] (torchvision's `MultiScaleRoIAlign`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MultiscaleParams {
+    pub output_size: [usize; 2],
+    pub sampling_ratio: i32,
+    /// Box size that maps to `canonical_level` (224).
+    pub canonical_scale: f32,
+    pub canonical_level: f32,
+    /// torchvision's module always pools with `aligned=False`; `true` shifts boxes by −0.5
+    /// pixel as `roi_align(..., aligned=True)`.
+    pub aligned: bool,
+}
+
+/// RoIAlign `[K, C, oh, ow]` of each box (image coordinates) from the pyramid level its size
+/// maps to (`floor(canonical_level + log2(√area / canonical_scale) + 1e-6)`, clamped to the
+/// levels present). `features` are `[1, C, H, W]`, finest first; each level's scale is the power
+/// of two nearest to its height over `image_hw[0]`.
+///
+/// torchvision infers the scales from the resized, unpadded image size; the padded batch size
+/// gives the same powers of two unless padding grows the height by √2 or more (images under
+/// about 75 pixels with padding to 32).
+pub fn multiscale_roi_align(
+    features: &[TensorF32],
+    boxes: &TensorF32,
+    image_hw: [usize; 2],
+    p: &MultiscaleParams,
+) -> Result<TensorF32> {
+    const OP: &str = "multiscale_roi_align";
+    let boxes = boxes.boxes(OP)?;
+    let maps = features
+        .iter()
+        .map(|f| {
+            let dims = f.dims4(OP, "feature map")?;
+            FeatureMap::new(&f.data, dims)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let Some(first) = maps.first() else {
+        return invalid(OP, "no feature maps");
+    };
+    if maps.iter().any(|m| m.n != 1 || m.c != first.c) {
+        return shape_err(OP, "feature maps are not [1, C, H, W] with the same C");
+    }
+    let [oh, ow] = p.output_size;
+    let per_box = first.c * oh * ow;
+    let scales = maps.iter().map(|m| infer_scale([m.h, m.w], image_hw)).collect::<Result<Vec<_>>>()?;
+    // torchvision's level range: -log2 of the first and last scales.
+    let (k_min, k_max) = (-scales[0].log2(), -scales[scales.len() - 1].log2());
+    if k_max - k_min + 1.0 != maps.len() as f32 {
+        return invalid(OP, format!("inferred scales {scales:?} are not consecutive powers of two"));
+    }
+    let mapper = LevelMapper {
+        k_min: k_min as i32,
+        k_max: k_max as i32,
+        canonical_scale: p.canonical_scale,
+        canonical_level: p.canonical_level,
+        eps: 1e-6,
+    };
+    let levels = mapper.map_levels(boxes)?;
+    let mut out = vec![0.0f32; boxes.len() * per_box];
+    for (level, (map, &spatial_scale)) in maps.iter().zip(&scales).enumerate() {
+        let members: Vec<usize> = (0..boxes.len()).filter(|&k| levels[k] == level).collect();
+        if members.is_empty() {
+            continue;
+        }
+        let rois: Vec<[f32; 5]> = members.iter().map(|&k| {
+            let b = boxes[k];
+            [0.0, b[0], b[1], b[2], b[3]]
+        }).collect();
+        let params = RoiAlignParams {
+            output_size: p.output_size,
+            spatial_scale,
+            sampling_ratio: p.sampling_ratio,
+            aligned: p.aligned,
+            mode: PoolMode::Avg,
+        };
+        let pooled = roi_align(map, &rois, &params)?;
+        for (&k, values) in members.iter().zip(pooled.chunks_exact(per_box.max(1))) {
+            out[k * per_box..(k + 1) * per_box].copy_from_slice(values);
+        }
+    }
+    TensorF32::new(vec![boxes.len(), first.c, oh, ow], out)
+}
+
+/// Settings of [`postprocess_detections`] (torchvision's `RoIHeads`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DetectionParams {
+    /// Box coder weights `(wx, wy, ww, wh)`: (10, 10, 5, 5) in torchvision.
+    pub weights: [f32; 4],
+    /// Class probabilities must exceed this.
+    pub score_thresh: f64,
+    pub nms_thresh: f64,
+    pub detections_per_img: usize,
+    /// Boxes narrower or lower than this are dropped (torchvision: 1e-2).
+    pub min_size: f64,
+}
+
+impl Default for DetectionParams {
+    /// torchvision's Mask R-CNN values.
+    fn default() -> Self {
+        DetectionParams { weights: [10.0, 10.0, 5.0, 5.0], score_thresh: 0.05, nms_thresh: 0.5, detections_per_img: 100, min_size: 1e-2 }
+    }
+}
+
+/// Detections of one image (`postprocess_detections`): softmax over the `[P, K]` class logits,
+/// each class's box of `[P, 4K]` decoded against its proposal and clipped to `image_size`, the
+/// background class dropped, candidates in (proposal, class) order with probability
+/// `> score_thresh` and sides `>= min_size` kept, NMS within each class, the best
+/// `detections_per_img`. Returns boxes `[D, 4]`, scores `[D]` and labels (class indices ≥ 1),
+/// by decreasing score.
+pub fn postprocess_detections(
+    class_logits: &TensorF32,
+    box_regression: &TensorF32,
+    proposals: &TensorF32,
+    image_size: [usize; 2],
+    p: &DetectionParams,
+) -> Result<(TensorF32, TensorF32, Vec<i64>)> {
+    const OP: &str = "postprocess_detections";
+    let proposals = proposals.boxes(OP)?;
+    let (n, classes) = match class_logits.shape[..] {
+        [n, k] if k > 0 => (n, k),
+        _ => return shape_err(OP, format!("class logits of shape {:?}, expected [P, K]", class_logits.shape)),
+    };
+    class_logits.check_len(OP)?;
+    box_regression.check_len(OP)?;
+    if n != proposals.len() || box_regression.shape != [n, 4 * classes] {
+        return shape_err(
+            OP,
+            format!("class logits {:?}, box regression {:?} for {} proposals", class_logits.shape, box_regression.shape, proposals.len()),
+        );
+    }
+    check_finite(OP, "class logit", &class_logits.data)?;
+    let probs: Vec<f32> = class_logits.data.chunks_exact(classes).flat_map(softmax).collect();
+    let decoded = BoxCoder::new(p.weights).decode(&box_regression.data, proposals)?;
+    let decoded = clip_boxes_to_image(&decoded, image_size)?;
+
+    let score_thresh = p.score_thresh as f32;
+    let (mut boxes, mut scores, mut labels) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..n {
+        for c in 1..classes {
+            let s = probs[i * classes + c];
+            if s > score_thresh {
+                boxes.push(decoded[i * classes + c]);
+                scores.push(s);
+                labels.push(c as i64);
+            }
+        }
+    }
+    let keep = remove_small_boxes(&boxes, p.min_size as f32)?;
+    let boxes: Vec<[f32; 4]> = keep.iter().map(|&i| boxes[i]).collect();
+    let scores: Vec<f32> = keep.iter().map(|&i| scores[i]).collect();
+    let labels: Vec<i64> = keep.iter().map(|&i| labels[i]).collect();
+    let mut kept = batched_nms(&boxes, &scores, &labels, p.nms_thresh)?;
+    kept.truncate(p.detections_per_img);
+    Ok((
+        TensorF32::from_boxes(&kept.iter().map(|&i| boxes[i]).collect::<Vec<_>>()),
+        TensorF32 { shape: vec![kept.len()], data: kept.iter().map(|&i| scores[i]).collect() },
+        kept.iter().map(|&i| labels[i]).collect(),
+    ))
+}
+
+/// torch's softmax of one row: subtract the maximum, exponentiate, divide by the sum.
+fn softmax(row: &[f32]) -> Vec<f32> {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let exps: Vec<f32> = row.iter().map(|&x| (x - max).exp()).collect();
+    let sum: f32 = exps.iter().sum();
+    exps.into_iter().map(|e| e / sum).collect()
+}
+
+/// `maskrcnn_inference`: the sigmoid of each detection's mask logits for its label,
+/// `[D, K, M, M]` to `[D, 1, M, M]`; a class-agnostic head (`K = 1`) uses its only channel.
+pub fn mask_probs(logits: &TensorF32, labels: &[i64]) -> Result<TensorF32> {
+    const OP: &str = "mask_probs";
+    let [d, k, mh, mw] = logits.dims4(OP, "mask logits")?;
+    if d != labels.len() {
+        return shape_err(OP, format!("{} labels for {d} masks", labels.len()));
+    }
+    let plane = mh * mw;
+    let mut out = Vec::with_capacity(d * plane);
+    for (i, &label) in labels.iter().enumerate() {
+        let channel = match (k, usize::try_from(label)) {
+            (1, _) => 0,
+            (_, Ok(c)) if c < k => c,
+            _ => return invalid(OP, format!("label {label} for {k} mask classes")),
+        };
+        let start = (i * k + channel) * plane;
+        out.extend(logits.data[start..start + plane].iter().map(|&x| sigmoid(x)));
+    }
+    TensorF32::new(vec![d, 1, mh, mw], out)
+}
+
+/// Boxes from an image of size `from_hw` to one of size `to_hw` (the transform's
+/// `postprocess`, `resize_boxes`).
+pub fn rescale_boxes(boxes: &TensorF32, from_hw: [usize; 2], to_hw: [usize; 2]) -> Result<TensorF32> {
+    let boxes = boxes.boxes("rescale_boxes")?;
+    Ok(TensorF32::from_boxes(&resize_boxes(boxes, from_hw, to_hw)?))
+}
+
+/// Pastes `[D, 1, M, M]` mask probabilities into `[D, 1, H, W]` images at their boxes
+/// (`paste_masks_in_image`: box expanded by `(M + 2·padding)/M`, bilinear, soft).
+pub fn paste_masks(masks: &TensorF32, boxes: &TensorF32, image_hw: [usize; 2], padding: usize) -> Result<TensorF32> {
+    const OP: &str = "paste_masks";
+    let boxes = boxes.boxes(OP)?;
+    let [d, one, mh, mw] = masks.dims4(OP, "masks")?;
+    if d != boxes.len() || one != 1 || mh != mw {
+        return shape_err(OP, format!("masks {:?} for {} boxes, expected [D, 1, M, M]", masks.shape, boxes.len()));
+    }
+    if d == 0 {
+        return TensorF32::new(vec![0, 1, image_hw[0], image_hw[1]], Vec::new());
+    }
+    let pasted = paste_masks_in_image(&masks.data, mh, boxes, image_hw, padding)?;
+    TensorF32::new(vec![d, 1, image_hw[0], image_hw[1]], pasted)
+}
+
