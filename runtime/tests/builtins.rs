@@ -1,0 +1,461 @@
+//! The module-level builtins against references written here from torchvision's definitions
+//! (`filter_proposals`, `postprocess_detections`, `maskrcnn_inference`, ...) on small random
+//! inputs, plus torchvision's own outputs for a few cases (`tests/fixtures/builtins/`, made by
+//! `tests/tools/make_builtins_fixtures.py`).
+
+use mrc_runtime::builtins::{
+    anchors, mask_probs, multiscale_roi_align, paste_masks, postprocess_detections, preprocess, rescale_boxes,
+    rpn_proposals, DetectionParams, MultiscaleParams, RpnParams, TensorF32,
+};
+use mrc_runtime::ops::multiscale::{self, MultiScaleParams};
+use mrc_runtime::ops::paste_masks::paste_masks_in_image;
+use mrc_runtime::ops::preprocess::{self as pre, ImageU8, Transform};
+use mrc_runtime::ops::roi_align::{roi_align, PoolMode, RoiAlignParams};
+use mrc_runtime::{Error, FeatureMap};
+
+/// A small deterministic generator (64-bit LCG), so the tests need no dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn uniform(&mut self) -> f32 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (self.0 >> 40) as f32 / (1u64 << 24) as f32
+    }
+
+    fn range(&mut self, lo: f32, hi: f32) -> f32 {
+        lo + (hi - lo) * self.uniform()
+    }
+
+    fn tensor(&mut self, shape: Vec<usize>, lo: f32, hi: f32) -> TensorF32 {
+        let n = shape.iter().product();
+        TensorF32::new(shape, (0..n).map(|_| self.range(lo, hi)).collect()).unwrap()
+    }
+}
+
+fn close(a: f32, b: f32) -> bool {
+    (a - b).abs() <= 1e-5 * b.abs() + 1e-6
+}
+
+fn assert_all_close(actual: &[f32], expected: &[f32], what: &str) {
+    assert_eq!(actual.len(), expected.len(), "{what}: lengths");
+    for (i, (a, b)) in actual.iter().zip(expected).enumerate() {
+        assert!(close(*a, *b), "{what}[{i}]: {a} vs {b}");
+    }
+}
+
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// `BoxCoder.decode_single` for one box and one set of deltas, as torchvision writes it.
+fn decode(d: [f32; 4], b: [f32; 4], weights: [f32; 4]) -> [f32; 4] {
+    let clip = (1000.0f64 / 16.0).ln() as f32;
+    let (w, h) = (b[2] - b[0], b[3] - b[1]);
+    let (cx, cy) = (b[0] + 0.5 * w, b[1] + 0.5 * h);
+    let (dx, dy) = (d[0] / weights[0], d[1] / weights[1]);
+    let (dw, dh) = ((d[2] / weights[2]).min(clip), (d[3] / weights[3]).min(clip));
+    let (pcx, pcy) = (dx * w + cx, dy * h + cy);
+    let (pw, ph) = (dw.exp() * w, dh.exp() * h);
+    [pcx - 0.5 * pw, pcy - 0.5 * ph, pcx + 0.5 * pw, pcy + 0.5 * ph]
+}
+
+fn clip(b: [f32; 4], [h, w]: [usize; 2]) -> [f32; 4] {
+    let (h, w) = (h as f32, w as f32);
+    [b[0].clamp(0.0, w), b[1].clamp(0.0, h), b[2].clamp(0.0, w), b[3].clamp(0.0, h)]
+}
+
+fn iou(a: [f32; 4], b: [f32; 4]) -> f32 {
+    let inter = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0) * (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
+    let area = |b: [f32; 4]| (b[2] - b[0]) * (b[3] - b[1]);
+    inter / (area(a) + area(b) - inter)
+}
+
+/// `batched_nms` by its definition: candidates by decreasing score (stable), each kept unless a
+/// kept candidate of the same group overlaps it by more than `thresh`.
+fn batched_nms_reference(boxes: &[[f32; 4]], scores: &[f32], groups: &[i64], thresh: f32) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..boxes.len()).collect();
+    order.sort_by(|&a, &b| scores[b].partial_cmp(&scores[a]).unwrap());
+    let mut keep: Vec<usize> = Vec::new();
+    for i in order {
+        if keep.iter().all(|&k| groups[k] != groups[i] || iou(boxes[k], boxes[i]) <= thresh) {
+            keep.push(i);
+        }
+    }
+    keep
+}
+
+/// One candidate box with its score and group (level or label).
+type Candidate = ([f32; 4], f32, i64);
+
+fn split(c: &[Candidate]) -> (Vec<[f32; 4]>, Vec<f32>, Vec<i64>) {
+    (c.iter().map(|c| c.0).collect(), c.iter().map(|c| c.1).collect(), c.iter().map(|c| c.2).collect())
+}
+
+/// `RegionProposalNetwork` at test time for one image, from the head's raw outputs:
+/// `concat_box_prediction_layers`, `decode`, then `filter_proposals`, with top-k as a stable
+/// sort (the lower index first among equal logits).
+fn rpn_reference(objectness: &[TensorF32], deltas: &[TensorF32], anchors: &[[f32; 4]], size: [usize; 2], p: &RpnParams) -> Vec<[f32; 4]> {
+    let mut flat: Vec<(f32, [f32; 4], i64)> = Vec::new();
+    for (level, (o, d)) in objectness.iter().zip(deltas).enumerate() {
+        let (a, h, w) = (o.shape[1], o.shape[2], o.shape[3]);
+        for y in 0..h {
+            for x in 0..w {
+                for k in 0..a {
+                    let at = |c: usize| y * w + x + c * h * w;
+                    let delta = [0, 1, 2, 3].map(|j| d.data[at(4 * k + j)]);
+                    flat.push((o.data[at(k)], delta, level as i64));
+                }
+            }
+        }
+    }
+    assert_eq!(flat.len(), anchors.len());
+    let mut candidates: Vec<Candidate> = Vec::new();
+    let mut start = 0;
+    for o in objectness {
+        let n = o.data.len();
+        let mut idx: Vec<usize> = (start..start + n).collect();
+        idx.sort_by(|&a, &b| flat[b].0.partial_cmp(&flat[a].0).unwrap());
+        for &i in idx.iter().take(p.pre_nms_top_n) {
+            let b = clip(decode(flat[i].1, anchors[i], p.weights), size);
+            candidates.push((b, sigmoid(flat[i].0), flat[i].2));
+        }
+        start += n;
+    }
+    let min = p.min_size as f32;
+    candidates.retain(|c| c.0[2] - c.0[0] >= min && c.0[3] - c.0[1] >= min);
+    candidates.retain(|c| c.1 >= p.score_thresh as f32);
+    let (boxes, scores, levels) = split(&candidates);
+    let keep = batched_nms_reference(&boxes, &scores, &levels, p.nms_thresh as f32);
+    keep.into_iter().take(p.post_nms_top_n).map(|i| boxes[i]).collect()
+}
+
+/// `RoIHeads.postprocess_detections` for one image.
+fn detections_reference(logits: &TensorF32, regression: &TensorF32, proposals: &[[f32; 4]], size: [usize; 2], p: &DetectionParams) -> Vec<Candidate> {
+    let k = logits.shape[1];
+    let mut candidates: Vec<Candidate> = Vec::new();
+    for (i, proposal) in proposals.iter().enumerate() {
+        let row = &logits.data[i * k..(i + 1) * k];
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let sum: f32 = row.iter().map(|&x| (x - max).exp()).sum();
+        for c in 1..k {
+            let score = (row[c] - max).exp() / sum;
+            let d = [0, 1, 2, 3].map(|j| regression.data[i * 4 * k + 4 * c + j]);
+            candidates.push((clip(decode(d, *proposal, p.weights), size), score, c as i64));
+        }
+    }
+    candidates.retain(|c| c.1 > p.score_thresh as f32);
+    let min = p.min_size as f32;
+    candidates.retain(|c| c.0[2] - c.0[0] >= min && c.0[3] - c.0[1] >= min);
+    let (boxes, scores, labels) = split(&candidates);
+    let keep = batched_nms_reference(&boxes, &scores, &labels, p.nms_thresh as f32);
+    keep.into_iter().take(p.detections_per_img).map(|i| candidates[i]).collect()
+}
+
+/// Two levels (4×5 and 2×2 cells, 3 anchors each) over a 64×80 batch; `pre_nms_top_n` 20 cuts
+/// the first level (60 anchors) but not the second (12). Anchors of 32 and 64 pixels reach
+/// outside the 60×75 image. The first level's logits repeat in pairs, so top-k meets ties.
+fn rpn_case(rng: &mut Rng) -> (Vec<TensorF32>, Vec<TensorF32>, TensorF32) {
+    let maps = [[4, 5], [2, 2]];
+    let anchors = anchors(&maps, [64, 80], &[vec![32], vec![64]], &[0.5, 1.0, 2.0]).unwrap();
+    let mut objectness: Vec<TensorF32> = maps.iter().map(|&[h, w]| rng.tensor(vec![1, 3, h, w], -3.0, 3.0)).collect();
+    let first = &mut objectness[0].data;
+    for i in (0..first.len()).step_by(2) {
+        first[i + 1] = first[i];
+    }
+    let deltas = maps.iter().map(|&[h, w]| rng.tensor(vec![1, 12, h, w], -0.6, 0.6)).collect();
+    (objectness, deltas, anchors)
+}
+
+fn rpn_params() -> RpnParams {
+    RpnParams { pre_nms_top_n: 20, post_nms_top_n: 15, nms_thresh: 0.5, min_size: 1e-3, score_thresh: 0.0, weights: [1.0; 4] }
+}
+
+#[test]
+fn rpn_proposals_match_filter_proposals() {
+    let mut rng = Rng(1);
+    for case in 0..20 {
+        let (objectness, deltas, anchors) = rpn_case(&mut rng);
+        let p = RpnParams { score_thresh: [0.0, 0.3][case % 2], post_nms_top_n: [15, 1000][case % 2], ..rpn_params() };
+        let size = [60, 75];
+        let got = rpn_proposals(&objectness, &deltas, &anchors, size, &p).unwrap();
+        let expected = rpn_reference(&objectness, &deltas, anchors.boxes("test").unwrap(), size, &p);
+        assert!(!expected.is_empty());
+        assert_eq!(got.shape, [expected.len(), 4], "case {case}");
+        assert_all_close(&got.data, expected.as_flattened(), &format!("case {case}"));
+        assert!(got.data.chunks(4).all(|b| b[0] >= 0.0 && b[2] <= 75.0 && b[1] >= 0.0 && b[3] <= 60.0));
+    }
+}
+
+#[test]
+fn rpn_proposals_keep_scores_equal_to_the_threshold() {
+    // One anchor, logit 0: probability exactly 0.5, kept by `scores >= 0.5`.
+    let objectness = vec![TensorF32::new(vec![1, 1, 1, 1], vec![0.0]).unwrap()];
+    let deltas = vec![TensorF32::new(vec![1, 4, 1, 1], vec![0.0; 4]).unwrap()];
+    let anchor = TensorF32::new(vec![1, 4], vec![2.0, 3.0, 10.0, 12.0]).unwrap();
+    let at = |t: f64| rpn_proposals(&objectness, &deltas, &anchor, [20, 20], &RpnParams { score_thresh: t, ..rpn_params() }).unwrap();
+    assert_eq!(at(0.5).data, [2.0, 3.0, 10.0, 12.0]);
+    assert_eq!(at(0.5000001).shape, [0, 4]);
+}
+
+#[test]
+fn rpn_proposals_drop_everything_below_the_threshold() {
+    let mut rng = Rng(2);
+    let (mut objectness, deltas, anchors) = rpn_case(&mut rng);
+    for o in &mut objectness {
+        o.data.iter_mut().for_each(|v| *v = -v.abs() - 0.1);
+    }
+    let got = rpn_proposals(&objectness, &deltas, &anchors, [60, 75], &RpnParams { score_thresh: 0.5, ..rpn_params() }).unwrap();
+    assert_eq!(got.shape, [0, 4]);
+    assert!(got.data.is_empty());
+}
+
+#[test]
+fn rpn_proposals_remove_boxes_clipped_to_nothing() {
+    // An anchor entirely right of the image clips to zero width and is removed.
+    let objectness = vec![TensorF32::new(vec![1, 2, 1, 1], vec![1.0, 2.0]).unwrap()];
+    let deltas = vec![TensorF32::new(vec![1, 8, 1, 1], vec![0.0; 8]).unwrap()];
+    let anchors = TensorF32::new(vec![2, 4], vec![1.0, 1.0, 5.0, 5.0, 30.0, 1.0, 40.0, 5.0]).unwrap();
+    let got = rpn_proposals(&objectness, &deltas, &anchors, [20, 20], &rpn_params()).unwrap();
+    assert_eq!(got.data, [1.0, 1.0, 5.0, 5.0]);
+}
+
+#[test]
+fn rpn_proposals_of_no_anchors_are_empty() {
+    let objectness = vec![TensorF32::new(vec![1, 3, 0, 4], vec![]).unwrap()];
+    let deltas = vec![TensorF32::new(vec![1, 12, 0, 4], vec![]).unwrap()];
+    let anchors = TensorF32::new(vec![0, 4], vec![]).unwrap();
+    assert_eq!(rpn_proposals(&objectness, &deltas, &anchors, [32, 32], &rpn_params()).unwrap().shape, [0, 4]);
+}
+
+#[test]
+fn rpn_proposals_reject_bad_shapes() {
+    let mut rng = Rng(3);
+    let (objectness, deltas, anchors) = rpn_case(&mut rng);
+    let p = rpn_params();
+    assert!(matches!(rpn_proposals(&objectness[..1], &deltas, &anchors, [60, 75], &p), Err(Error::Shape { .. })));
+    let fewer = TensorF32::new(vec![3, 4], anchors.data[..12].to_vec()).unwrap();
+    assert!(matches!(rpn_proposals(&objectness, &deltas, &fewer, [60, 75], &p), Err(Error::Shape { .. })));
+    let wrong = vec![deltas[0].clone(), TensorF32::new(vec![1, 8, 2, 2], vec![0.0; 32]).unwrap()];
+    assert!(matches!(rpn_proposals(&objectness, &wrong, &anchors, [60, 75], &p), Err(Error::Shape { .. })));
+    let inconsistent = TensorF32 { shape: vec![1, 3, 4, 5], data: vec![0.0; 7] };
+    assert!(rpn_proposals(&[inconsistent, objectness[1].clone()], &deltas, &anchors, [60, 75], &p).is_err());
+    assert!(rpn_proposals(&[], &[], &anchors, [60, 75], &p).is_err());
+}
+
+/// Six proposals × four classes; some proposals stick out of the 50×60 image, and proposals 1
+/// and 4 share their logits, so equal scores meet in NMS.
+fn detection_case(rng: &mut Rng) -> (TensorF32, TensorF32, TensorF32) {
+    let mut logits = rng.tensor(vec![6, 4], -2.0, 3.0);
+    let row: Vec<f32> = logits.data[4..8].to_vec();
+    logits.data[16..20].copy_from_slice(&row);
+    let regression = rng.tensor(vec![6, 16], -2.0, 2.0);
+    let proposals: Vec<f32> = (0..6)
+        .flat_map(|_| {
+            let (x, y) = (rng.range(-10.0, 50.0), rng.range(-10.0, 40.0));
+            [x, y, x + rng.range(2.0, 30.0), y + rng.range(2.0, 30.0)]
+        })
+        .collect();
+    (logits, regression, TensorF32::new(vec![6, 4], proposals).unwrap())
+}
+
+#[test]
+fn postprocess_detections_match_roi_heads() {
+    let mut rng = Rng(4);
+    let mut seen = 0;
+    for case in 0..30 {
+        let (logits, regression, proposals) = detection_case(&mut rng);
+        let p = DetectionParams { score_thresh: 0.1, nms_thresh: 0.3, detections_per_img: [100, 4][case % 2], ..Default::default() };
+        let (boxes, scores, labels) = postprocess_detections(&logits, &regression, &proposals, [50, 60], &p).unwrap();
+        let expected = detections_reference(&logits, &regression, proposals.boxes("test").unwrap(), [50, 60], &p);
+        let (eb, es, el) = split(&expected);
+        assert_eq!((boxes.shape.clone(), scores.shape.clone()), (vec![eb.len(), 4], vec![eb.len()]), "case {case}");
+        assert_all_close(&boxes.data, eb.as_flattened(), &format!("case {case} boxes"));
+        assert_all_close(&scores.data, &es, &format!("case {case} scores"));
+        assert_eq!(labels, el, "case {case}");
+        assert!(labels.iter().all(|&l| (1..4).contains(&l)));
+        assert!(scores.data.windows(2).all(|w| w[0] >= w[1]));
+        seen += labels.len();
+    }
+    assert!(seen > 30, "the cases should produce detections");
+}
+
+#[test]
+fn postprocess_detections_need_scores_above_the_threshold() {
+    // Two classes with equal logits: probability exactly 0.5, not kept by `scores > 0.5`.
+    let logits = TensorF32::new(vec![1, 2], vec![1.0, 1.0]).unwrap();
+    let regression = TensorF32::new(vec![1, 8], vec![0.0; 8]).unwrap();
+    let proposal = TensorF32::new(vec![1, 4], vec![1.0, 2.0, 8.0, 9.0]).unwrap();
+    let at = |t: f64| postprocess_detections(&logits, &regression, &proposal, [20, 20], &DetectionParams { score_thresh: t, ..Default::default() }).unwrap();
+    assert_eq!(at(0.5).0.shape, [0, 4]);
+    let (boxes, scores, labels) = at(0.4999);
+    assert_eq!((boxes.data, scores.data, labels), (vec![1.0, 2.0, 8.0, 9.0], vec![0.5], vec![1]));
+}
+
+#[test]
+fn postprocess_detections_of_nothing_are_empty() {
+    let mut rng = Rng(5);
+    let (logits, regression, proposals) = detection_case(&mut rng);
+    let all_below = postprocess_detections(&logits, &regression, &proposals, [50, 60], &DetectionParams { score_thresh: 0.999, ..Default::default() }).unwrap();
+    let none = postprocess_detections(
+        &TensorF32::new(vec![0, 4], vec![]).unwrap(),
+        &TensorF32::new(vec![0, 16], vec![]).unwrap(),
+        &TensorF32::new(vec![0, 4], vec![]).unwrap(),
+        [50, 60],
+        &DetectionParams::default(),
+    )
+    .unwrap();
+    for (boxes, scores, labels) in [all_below, none] {
+        assert_eq!((boxes.shape, scores.shape, labels.len()), (vec![0, 4], vec![0], 0));
+    }
+}
+
+#[test]
+fn postprocess_detections_reject_bad_shapes() {
+    let mut rng = Rng(6);
+    let (logits, regression, proposals) = detection_case(&mut rng);
+    let p = DetectionParams::default();
+    let short = TensorF32::new(vec![6, 12], regression.data[..72].to_vec()).unwrap();
+    assert!(matches!(postprocess_detections(&logits, &short, &proposals, [50, 60], &p), Err(Error::Shape { .. })));
+    let five = TensorF32::new(vec![5, 4], proposals.data[..20].to_vec()).unwrap();
+    assert!(matches!(postprocess_detections(&logits, &regression, &five, [50, 60], &p), Err(Error::Shape { .. })));
+    let flat = TensorF32::new(vec![24], logits.data.clone()).unwrap();
+    assert!(matches!(postprocess_detections(&flat, &regression, &proposals, [50, 60], &p), Err(Error::Shape { .. })));
+}
+
+#[test]
+fn anchors_follow_the_anchor_generator() {
+    let got = anchors(&[[4, 5], [2, 3]], [64, 80], &[vec![32, 48], vec![64]], &[0.5, 1.0, 2.0]).unwrap();
+    let mut expected = Vec::new();
+    for ([h, w], sizes) in [([4usize, 5usize], vec![32.0f32, 48.0]), ([2, 3], vec![64.0])] {
+        let (sy, sx) = (64 / h, 80 / w);
+        let mut cell = Vec::new();
+        for r in [0.5f32, 1.0, 2.0] {
+            for &s in &sizes {
+                let (hs, ws) = (r.sqrt() * s, s / r.sqrt());
+                cell.push([-ws, -hs, ws, hs].map(|v| (v / 2.0).round_ties_even()));
+            }
+        }
+        for y in 0..h {
+            for x in 0..w {
+                let (ox, oy) = ((x * sx) as f32, (y * sy) as f32);
+                expected.extend(cell.iter().map(|c| [c[0] + ox, c[1] + oy, c[2] + ox, c[3] + oy]));
+            }
+        }
+    }
+    assert_eq!(got.shape, [4 * 5 * 6 + 2 * 3 * 3, 4]);
+    assert_eq!(got.data, expected.as_flattened());
+    assert!(anchors(&[[4, 5]], [64, 80], &[vec![32], vec![64]], &[1.0]).is_err());
+}
+
+#[test]
+fn mask_probs_take_the_sigmoid_of_the_label_channel() {
+    let mut rng = Rng(7);
+    let logits = rng.tensor(vec![3, 4, 2, 2], -4.0, 4.0);
+    let got = mask_probs(&logits, &[2, 0, 3]).unwrap();
+    assert_eq!(got.shape, [3, 1, 2, 2]);
+    let expected: Vec<f32> = [(0, 2), (1, 0), (2, 3)].iter().flat_map(|&(d, c)| logits.data[(d * 4 + c) * 4..][..4].iter().map(|&x| sigmoid(x))).collect();
+    assert_all_close(&got.data, &expected, "mask probs");
+
+    let agnostic = rng.tensor(vec![2, 1, 3, 3], -4.0, 4.0);
+    let got = mask_probs(&agnostic, &[3, 1]).unwrap();
+    assert_all_close(&got.data, &agnostic.data.iter().map(|&x| sigmoid(x)).collect::<Vec<_>>(), "class-agnostic");
+
+    assert!(matches!(mask_probs(&logits, &[2, 4, 0]), Err(Error::Invalid { .. })));
+    assert!(matches!(mask_probs(&logits, &[2, -1, 0]), Err(Error::Invalid { .. })));
+    assert!(matches!(mask_probs(&logits, &[2, 0]), Err(Error::Shape { .. })));
+    assert_eq!(mask_probs(&TensorF32::new(vec![0, 4, 28, 28], vec![]).unwrap(), &[]).unwrap().shape, [0, 1, 28, 28]);
+}
+
+#[test]
+fn rescale_boxes_scale_each_axis() {
+    let boxes = TensorF32::new(vec![2, 4], vec![10.0, 20.0, 30.0, 40.0, 0.0, 0.0, 320.0, 240.0]).unwrap();
+    let got = rescale_boxes(&boxes, [240, 320], [480, 960]).unwrap();
+    assert_eq!(got.data, [30.0, 40.0, 90.0, 80.0, 0.0, 0.0, 960.0, 480.0]);
+    assert_eq!(rescale_boxes(&TensorF32::new(vec![0, 4], vec![]).unwrap(), [240, 320], [480, 960]).unwrap().shape, [0, 4]);
+    assert!(rescale_boxes(&TensorF32::new(vec![2, 2], vec![0.0; 4]).unwrap(), [240, 320], [480, 960]).is_err());
+}
+
+#[test]
+fn paste_masks_wraps_paste_masks_in_image() {
+    let mut rng = Rng(8);
+    let masks = rng.tensor(vec![2, 1, 5, 5], 0.0, 1.0);
+    let boxes = TensorF32::new(vec![2, 4], vec![3.0, 4.0, 20.0, 15.0, -5.0, 10.0, 12.0, 40.0]).unwrap();
+    let got = paste_masks(&masks, &boxes, [30, 25], 1).unwrap();
+    assert_eq!(got.shape, [2, 1, 30, 25]);
+    assert_eq!(got.data, paste_masks_in_image(&masks.data, 5, boxes.boxes("test").unwrap(), [30, 25], 1).unwrap());
+
+    // A mask of ones covers its box's interior exactly.
+    let ones = TensorF32::new(vec![1, 1, 4, 4], vec![1.0; 16]).unwrap();
+    let got = paste_masks(&ones, &TensorF32::new(vec![1, 4], vec![8.0, 8.0, 16.0, 16.0]).unwrap(), [24, 24], 1).unwrap();
+    assert_eq!(got.data[12 * 24 + 12], 1.0);
+    assert_eq!(got.data[2 * 24 + 2], 0.0);
+
+    let none = paste_masks(&TensorF32::new(vec![0, 1, 28, 28], vec![]).unwrap(), &TensorF32::new(vec![0, 4], vec![]).unwrap(), [30, 25], 1).unwrap();
+    assert_eq!(none.shape, [0, 1, 30, 25]);
+    assert!(matches!(paste_masks(&masks, &TensorF32::new(vec![1, 4], vec![0.0; 4]).unwrap(), [30, 25], 1), Err(Error::Shape { .. })));
+}
+
+fn pyramid(rng: &mut Rng) -> Vec<TensorF32> {
+    [[16, 20], [8, 10], [4, 5]].iter().map(|&[h, w]| rng.tensor(vec![1, 3, h, w], -1.0, 1.0)).collect()
+}
+
+#[test]
+fn multiscale_roi_align_matches_the_pyramid_operator() {
+    let mut rng = Rng(9);
+    let features = pyramid(&mut rng);
+    // Sides from 10 to 285 pixels reach all three levels (level 2 below 112, level 4 from 224).
+    let boxes: Vec<f32> = (0..12)
+        .flat_map(|i| {
+            let side = 10.0 + 25.0 * i as f32;
+            let (x, y) = (rng.range(-5.0, 40.0), rng.range(-5.0, 30.0));
+            [x, y, x + side, y + side * rng.range(0.5, 1.5)]
+        })
+        .collect();
+    let boxes = TensorF32::new(vec![12, 4], boxes).unwrap();
+    let p = MultiscaleParams { output_size: [3, 2], sampling_ratio: 2, canonical_scale: 224.0, canonical_level: 4.0, aligned: false };
+    let got = multiscale_roi_align(&features, &boxes, [64, 80], &p).unwrap();
+    let maps: Vec<FeatureMap> = features.iter().map(|f| FeatureMap::new(&f.data, [1, 3, f.shape[2], f.shape[3]]).unwrap()).collect();
+    let rows = boxes.boxes("test").unwrap();
+    let expected = multiscale::multiscale_roi_align(&maps, &[rows], &[[64, 80]], &MultiScaleParams::new([3, 2], 2)).unwrap();
+    assert_eq!(got.shape, [12, 3, 3, 2]);
+    assert_eq!(got.data, expected.values);
+    assert_eq!(expected.levels.iter().collect::<std::collections::BTreeSet<_>>().len(), 3, "boxes should use every level");
+
+    // aligned: each box RoIAligned (with the half-pixel shift) at its level's scale.
+    let aligned = multiscale_roi_align(&features, &boxes, [64, 80], &MultiscaleParams { aligned: true, ..p }).unwrap();
+    for (k, (b, &level)) in rows.iter().zip(&expected.levels).enumerate() {
+        let q = RoiAlignParams { output_size: [3, 2], spatial_scale: expected.scales[level], sampling_ratio: 2, aligned: true, mode: PoolMode::Avg };
+        let one = roi_align(&maps[level], &[[0.0, b[0], b[1], b[2], b[3]]], &q).unwrap();
+        assert_eq!(&aligned.data[k * 18..(k + 1) * 18], one.as_slice(), "box {k}");
+    }
+    assert_ne!(aligned.data, got.data);
+}
+
+#[test]
+fn multiscale_roi_align_handles_no_boxes_and_rejects_bad_shapes() {
+    let mut rng = Rng(10);
+    let features = pyramid(&mut rng);
+    let p = MultiscaleParams { output_size: [7, 7], sampling_ratio: 2, canonical_scale: 224.0, canonical_level: 4.0, aligned: false };
+    let none = multiscale_roi_align(&features, &TensorF32::new(vec![0, 4], vec![]).unwrap(), [64, 80], &p).unwrap();
+    assert_eq!(none.shape, [0, 3, 7, 7]);
+    let one_box = TensorF32::new(vec![1, 4], vec![0.0, 0.0, 10.0, 10.0]).unwrap();
+    let mut mixed = features.clone();
+    mixed[1] = rng.tensor(vec![1, 2, 8, 10], -1.0, 1.0);
+    assert!(matches!(multiscale_roi_align(&mixed, &one_box, [64, 80], &p), Err(Error::Shape { .. })));
+    assert!(multiscale_roi_align(&[], &one_box, [64, 80], &p).is_err());
+    // Levels 1/4 and 1/16 are not consecutive.
+    assert!(matches!(multiscale_roi_align(&[features[0].clone(), features[2].clone()], &one_box, [64, 80], &p), Err(Error::Invalid { .. })));
+}
+
+#[test]
+fn preprocess_makes_a_batch_of_one() {
+    let (h, w) = (30, 45);
+    let image: Vec<u8> = (0..h * w * 3).map(|i| (i * 37 % 251) as u8).collect();
+    let t = Transform { min_size: 64, max_size: 100, ..Default::default() };
+    let (batch, size) = preprocess(&image, [h, w], &t).unwrap();
+    let expected = pre::preprocess(&[ImageU8 { data: &image, height: h, width: w }], &t).unwrap();
+    assert_eq!(size, [64, 96]);
+    assert_eq!(batch.shape, [1, 3, 64, 96]);
+    assert_eq!(batch.data, expected.data);
+    assert!(preprocess(&image[1..], [h, w], &t).is_err());
+}
