@@ -31,6 +31,24 @@ enum Command {
     },
     /// Print the syntax tree of a model file back as text, fully parenthesized.
     Parse { file: PathBuf },
+    /// Run a model in process (dense parts JIT-compiled, built-ins in the runtime) on images;
+    /// print the detections, optionally keep intermediate tensors.
+    Run {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Weights: safetensors or a torch checkpoint.
+        #[arg(long)]
+        weights: PathBuf,
+        /// Images to run on.
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+        /// Comma-separated node names (as `mrc graph` shows them) whose values to write.
+        #[arg(long, value_delimiter = ',')]
+        dump_tensors: Vec<String>,
+        /// Where the dumps go: one `<image stem>.safetensors` per image.
+        #[arg(long, default_value = ".")]
+        dump_dir: PathBuf,
+    },
     /// Convert weights (safetensors, or a torch `.pth` checkpoint in zip or legacy format, with
     /// current or pre-0.13 torchvision names) to safetensors with current names.
     Import {
@@ -87,6 +105,9 @@ fn main() -> ExitCode {
             format!("{comment} before passes\n{before}\n{comment} after passes: {}\n{}", if changed.is_empty() { "none changed the graph".to_string() } else { changed.join(", ") }, render(&m.graph))
         }),
         Command::Parse { file } => parse(file),
+        Command::Run { model, weights, images, dump_tensors, dump_dir } => {
+            load(model).and_then(|m| mrc::run::run_images(&m.graph, weights, images, dump_tensors, dump_dir))
+        }
         Command::Import { input, output } => mrc_runtime::weights::Weights::open(input)
             .and_then(|w| w.write_safetensors(output).map(|()| format!("{}: {} tensors\n", output.display(), w.len())))
             .map_err(|e| e.to_string()),

@@ -196,3 +196,51 @@ fn compile_segment(
     let boundary: HashMap<String, Port> = boundary.iter().map(|p| (port_name(*p), *p)).collect();
     Ok(CompiledSegment::new(module, signature, boundary, results)?)
 }
+
+/// `mrc run`: every image through the network; a line per image, dumps written to `dump_dir`.
+pub fn run_images(
+    graph: &Graph,
+    weights: &std::path::Path,
+    images: &[std::path::PathBuf],
+    dumps: &[String],
+    dump_dir: &std::path::Path,
+) -> Result<String, String> {
+    let weights = Weights::open(weights).map_err(|e| e.to_string())?;
+    let executor = Executor::new(graph, weights, dumps).map_err(|e| e.to_string())?;
+    let input = graph.inputs.first().map(|&n| graph.nodes[n].name.clone()).ok_or("the network has no input")?;
+    let mut report = String::new();
+    for path in images {
+        let rgb = image::open(path).map_err(|e| format!("{}: {e}", path.display()))?.to_rgb8();
+        let (w, h) = rgb.dimensions();
+        let tensor = HostTensor::U8 { shape: vec![h as usize, w as usize, 3], data: rgb.into_raw() };
+        let results = executor.run(vec![(input.clone(), tensor)], false).map_err(|e| format!("{}: {e}", path.display()))?;
+        let summary: Vec<String> = results
+            .iter()
+            .take(graph.outputs.len())
+            .map(|(name, t)| format!("{name} {:?}", t.shape()))
+            .collect();
+        report.push_str(&format!("{}: {}\n", path.display(), summary.join(", ")));
+        if !dumps.is_empty() {
+            let stem = path.file_stem().map_or("image".into(), |s| s.to_string_lossy().into_owned());
+            let file = dump_dir.join(format!("{stem}.safetensors"));
+            write_tensors(&file, &results[graph.outputs.len()..]).map_err(|e| format!("{}: {e}", file.display()))?;
+            report.push_str(&format!("  wrote {}\n", file.display()));
+        }
+    }
+    Ok(report)
+}
+
+fn write_tensors(path: &std::path::Path, tensors: &[(String, HostTensor)]) -> Result<(), mrc_runtime::weights::WeightsError> {
+    use mrc_runtime::weights::Tensor;
+    let converted = tensors.iter().map(|(name, t)| {
+        let tensor = match t {
+            HostTensor::F32 { shape, data } => Tensor::from_f32(shape.clone(), data),
+            HostTensor::I64 { shape, data } => {
+                Tensor::from_le_bytes(Dtype::I64, shape.clone(), &data.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<_>>())
+            }
+            HostTensor::U8 { shape, data } => Tensor::from_le_bytes(Dtype::U8, shape.clone(), data),
+        };
+        (name.clone(), tensor.expect("host tensors hold as many values as their shape says"))
+    });
+    Weights::from_tensors(path.display().to_string(), converted)?.write_safetensors(path)
+}
