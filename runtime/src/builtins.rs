@@ -156,7 +156,10 @@ pub fn rpn_proposals(
         let [n, a, h, w] = o.dims4(OP, "objectness")?;
         let dd = d.dims4(OP, "deltas")?;
         if n != 1 || dd != [1, 4 * a, h, w] {
-            return shape_err(OP, format!("objectness {:?} with deltas {dd:?}, expected [1, A, H, W] and [1, 4A, H, W]", o.shape));
+            return shape_err(
+                OP,
+                format!("objectness {:?} with deltas {dd:?}, expected [1, A, H, W] and [1, 4A, H, W]", o.shape),
+            );
         }
         // (A, H, W) to (H, W, A): each cell's anchors together.
         let hw = h * w;
@@ -269,10 +272,13 @@ pub fn multiscale_roi_align(
         if members.is_empty() {
             continue;
         }
-        let rois: Vec<[f32; 5]> = members.iter().map(|&k| {
-            let b = boxes[k];
-            [0.0, b[0], b[1], b[2], b[3]]
-        }).collect();
+        let rois: Vec<[f32; 5]> = members
+            .iter()
+            .map(|&k| {
+                let b = boxes[k];
+                [0.0, b[0], b[1], b[2], b[3]]
+            })
+            .collect();
         let params = RoiAlignParams {
             output_size: p.output_size,
             spatial_scale,
@@ -304,7 +310,13 @@ pub struct DetectionParams {
 impl Default for DetectionParams {
     /// torchvision's Mask R-CNN values.
     fn default() -> Self {
-        DetectionParams { weights: [10.0, 10.0, 5.0, 5.0], score_thresh: 0.05, nms_thresh: 0.5, detections_per_img: 100, min_size: 1e-2 }
+        DetectionParams {
+            weights: [10.0, 10.0, 5.0, 5.0],
+            score_thresh: 0.05,
+            nms_thresh: 0.5,
+            detections_per_img: 100,
+            min_size: 1e-2,
+        }
     }
 }
 
@@ -332,7 +344,12 @@ pub fn postprocess_detections(
     if n != proposals.len() || box_regression.shape != [n, 4 * classes] {
         return shape_err(
             OP,
-            format!("class logits {:?}, box regression {:?} for {} proposals", class_logits.shape, box_regression.shape, proposals.len()),
+            format!(
+                "class logits {:?}, box regression {:?} for {} proposals",
+                class_logits.shape,
+                box_regression.shape,
+                proposals.len()
+            ),
         );
     }
     check_finite(OP, "class logit", &class_logits.data)?;
@@ -417,4 +434,3 @@ pub fn paste_masks(masks: &TensorF32, boxes: &TensorF32, image_hw: [usize; 2], p
     let pasted = paste_masks_in_image(&masks.data, mh, boxes, image_hw, padding)?;
     TensorF32::new(vec![d, 1, image_hw[0], image_hw[1]], pasted)
 }
-

@@ -12,6 +12,8 @@ use mrc_runtime::ops::paste_masks::paste_masks_in_image;
 use mrc_runtime::ops::preprocess::{self as pre, ImageU8, Transform};
 use mrc_runtime::ops::roi_align::{roi_align, PoolMode, RoiAlignParams};
 use mrc_runtime::{Error, FeatureMap};
+use safetensors::{Dtype, SafeTensors};
+use serde_json::Value;
 
 /// A small deterministic generator (64-bit LCG), so the tests need no dependency.
 struct Rng(u64);
@@ -94,7 +96,13 @@ fn split(c: &[Candidate]) -> (Vec<[f32; 4]>, Vec<f32>, Vec<i64>) {
 /// `RegionProposalNetwork` at test time for one image, from the head's raw outputs:
 /// `concat_box_prediction_layers`, `decode`, then `filter_proposals`, with top-k as a stable
 /// sort (the lower index first among equal logits).
-fn rpn_reference(objectness: &[TensorF32], deltas: &[TensorF32], anchors: &[[f32; 4]], size: [usize; 2], p: &RpnParams) -> Vec<[f32; 4]> {
+fn rpn_reference(
+    objectness: &[TensorF32],
+    deltas: &[TensorF32],
+    anchors: &[[f32; 4]],
+    size: [usize; 2],
+    p: &RpnParams,
+) -> Vec<[f32; 4]> {
     let mut flat: Vec<(f32, [f32; 4], i64)> = Vec::new();
     for (level, (o, d)) in objectness.iter().zip(deltas).enumerate() {
         let (a, h, w) = (o.shape[1], o.shape[2], o.shape[3]);
@@ -130,15 +138,21 @@ fn rpn_reference(objectness: &[TensorF32], deltas: &[TensorF32], anchors: &[[f32
 }
 
 /// `RoIHeads.postprocess_detections` for one image.
-fn detections_reference(logits: &TensorF32, regression: &TensorF32, proposals: &[[f32; 4]], size: [usize; 2], p: &DetectionParams) -> Vec<Candidate> {
+fn detections_reference(
+    logits: &TensorF32,
+    regression: &TensorF32,
+    proposals: &[[f32; 4]],
+    size: [usize; 2],
+    p: &DetectionParams,
+) -> Vec<Candidate> {
     let k = logits.shape[1];
     let mut candidates: Vec<Candidate> = Vec::new();
     for (i, proposal) in proposals.iter().enumerate() {
         let row = &logits.data[i * k..(i + 1) * k];
         let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let sum: f32 = row.iter().map(|&x| (x - max).exp()).sum();
-        for c in 1..k {
-            let score = (row[c] - max).exp() / sum;
+        for (c, &logit) in row.iter().enumerate().skip(1) {
+            let score = (logit - max).exp() / sum;
             let d = [0, 1, 2, 3].map(|j| regression.data[i * 4 * k + 4 * c + j]);
             candidates.push((clip(decode(d, *proposal, p.weights), size), score, c as i64));
         }
@@ -167,7 +181,14 @@ fn rpn_case(rng: &mut Rng) -> (Vec<TensorF32>, Vec<TensorF32>, TensorF32) {
 }
 
 fn rpn_params() -> RpnParams {
-    RpnParams { pre_nms_top_n: 20, post_nms_top_n: 15, nms_thresh: 0.5, min_size: 1e-3, score_thresh: 0.0, weights: [1.0; 4] }
+    RpnParams {
+        pre_nms_top_n: 20,
+        post_nms_top_n: 15,
+        nms_thresh: 0.5,
+        min_size: 1e-3,
+        score_thresh: 0.0,
+        weights: [1.0; 4],
+    }
 }
 
 #[test]
@@ -192,7 +213,9 @@ fn rpn_proposals_keep_scores_equal_to_the_threshold() {
     let objectness = vec![TensorF32::new(vec![1, 1, 1, 1], vec![0.0]).unwrap()];
     let deltas = vec![TensorF32::new(vec![1, 4, 1, 1], vec![0.0; 4]).unwrap()];
     let anchor = TensorF32::new(vec![1, 4], vec![2.0, 3.0, 10.0, 12.0]).unwrap();
-    let at = |t: f64| rpn_proposals(&objectness, &deltas, &anchor, [20, 20], &RpnParams { score_thresh: t, ..rpn_params() }).unwrap();
+    let at = |t: f64| {
+        rpn_proposals(&objectness, &deltas, &anchor, [20, 20], &RpnParams { score_thresh: t, ..rpn_params() }).unwrap()
+    };
     assert_eq!(at(0.5).data, [2.0, 3.0, 10.0, 12.0]);
     assert_eq!(at(0.5000001).shape, [0, 4]);
 }
@@ -204,7 +227,8 @@ fn rpn_proposals_drop_everything_below_the_threshold() {
     for o in &mut objectness {
         o.data.iter_mut().for_each(|v| *v = -v.abs() - 0.1);
     }
-    let got = rpn_proposals(&objectness, &deltas, &anchors, [60, 75], &RpnParams { score_thresh: 0.5, ..rpn_params() }).unwrap();
+    let got = rpn_proposals(&objectness, &deltas, &anchors, [60, 75], &RpnParams { score_thresh: 0.5, ..rpn_params() })
+        .unwrap();
     assert_eq!(got.shape, [0, 4]);
     assert!(got.data.is_empty());
 }
@@ -264,7 +288,12 @@ fn postprocess_detections_match_roi_heads() {
     let mut seen = 0;
     for case in 0..30 {
         let (logits, regression, proposals) = detection_case(&mut rng);
-        let p = DetectionParams { score_thresh: 0.1, nms_thresh: 0.3, detections_per_img: [100, 4][case % 2], ..Default::default() };
+        let p = DetectionParams {
+            score_thresh: 0.1,
+            nms_thresh: 0.3,
+            detections_per_img: [100, 4][case % 2],
+            ..Default::default()
+        };
         let (boxes, scores, labels) = postprocess_detections(&logits, &regression, &proposals, [50, 60], &p).unwrap();
         let expected = detections_reference(&logits, &regression, proposals.boxes("test").unwrap(), [50, 60], &p);
         let (eb, es, el) = split(&expected);
@@ -285,7 +314,16 @@ fn postprocess_detections_need_scores_above_the_threshold() {
     let logits = TensorF32::new(vec![1, 2], vec![1.0, 1.0]).unwrap();
     let regression = TensorF32::new(vec![1, 8], vec![0.0; 8]).unwrap();
     let proposal = TensorF32::new(vec![1, 4], vec![1.0, 2.0, 8.0, 9.0]).unwrap();
-    let at = |t: f64| postprocess_detections(&logits, &regression, &proposal, [20, 20], &DetectionParams { score_thresh: t, ..Default::default() }).unwrap();
+    let at = |t: f64| {
+        postprocess_detections(
+            &logits,
+            &regression,
+            &proposal,
+            [20, 20],
+            &DetectionParams { score_thresh: t, ..Default::default() },
+        )
+        .unwrap()
+    };
     assert_eq!(at(0.5).0.shape, [0, 4]);
     let (boxes, scores, labels) = at(0.4999);
     assert_eq!((boxes.data, scores.data, labels), (vec![1.0, 2.0, 8.0, 9.0], vec![0.5], vec![1]));
@@ -295,7 +333,14 @@ fn postprocess_detections_need_scores_above_the_threshold() {
 fn postprocess_detections_of_nothing_are_empty() {
     let mut rng = Rng(5);
     let (logits, regression, proposals) = detection_case(&mut rng);
-    let all_below = postprocess_detections(&logits, &regression, &proposals, [50, 60], &DetectionParams { score_thresh: 0.999, ..Default::default() }).unwrap();
+    let all_below = postprocess_detections(
+        &logits,
+        &regression,
+        &proposals,
+        [50, 60],
+        &DetectionParams { score_thresh: 0.999, ..Default::default() },
+    )
+    .unwrap();
     let none = postprocess_detections(
         &TensorF32::new(vec![0, 4], vec![]).unwrap(),
         &TensorF32::new(vec![0, 16], vec![]).unwrap(),
@@ -353,7 +398,10 @@ fn mask_probs_take_the_sigmoid_of_the_label_channel() {
     let logits = rng.tensor(vec![3, 4, 2, 2], -4.0, 4.0);
     let got = mask_probs(&logits, &[2, 0, 3]).unwrap();
     assert_eq!(got.shape, [3, 1, 2, 2]);
-    let expected: Vec<f32> = [(0, 2), (1, 0), (2, 3)].iter().flat_map(|&(d, c)| logits.data[(d * 4 + c) * 4..][..4].iter().map(|&x| sigmoid(x))).collect();
+    let expected: Vec<f32> = [(0, 2), (1, 0), (2, 3)]
+        .iter()
+        .flat_map(|&(d, c)| logits.data[(d * 4 + c) * 4..][..4].iter().map(|&x| sigmoid(x)))
+        .collect();
     assert_all_close(&got.data, &expected, "mask probs");
 
     let agnostic = rng.tensor(vec![2, 1, 3, 3], -4.0, 4.0);
@@ -371,7 +419,10 @@ fn rescale_boxes_scale_each_axis() {
     let boxes = TensorF32::new(vec![2, 4], vec![10.0, 20.0, 30.0, 40.0, 0.0, 0.0, 320.0, 240.0]).unwrap();
     let got = rescale_boxes(&boxes, [240, 320], [480, 960]).unwrap();
     assert_eq!(got.data, [30.0, 40.0, 90.0, 80.0, 0.0, 0.0, 960.0, 480.0]);
-    assert_eq!(rescale_boxes(&TensorF32::new(vec![0, 4], vec![]).unwrap(), [240, 320], [480, 960]).unwrap().shape, [0, 4]);
+    assert_eq!(
+        rescale_boxes(&TensorF32::new(vec![0, 4], vec![]).unwrap(), [240, 320], [480, 960]).unwrap().shape,
+        [0, 4]
+    );
     assert!(rescale_boxes(&TensorF32::new(vec![2, 2], vec![0.0; 4]).unwrap(), [240, 320], [480, 960]).is_err());
 }
 
@@ -386,13 +437,23 @@ fn paste_masks_wraps_paste_masks_in_image() {
 
     // A mask of ones covers its box's interior exactly.
     let ones = TensorF32::new(vec![1, 1, 4, 4], vec![1.0; 16]).unwrap();
-    let got = paste_masks(&ones, &TensorF32::new(vec![1, 4], vec![8.0, 8.0, 16.0, 16.0]).unwrap(), [24, 24], 1).unwrap();
+    let got =
+        paste_masks(&ones, &TensorF32::new(vec![1, 4], vec![8.0, 8.0, 16.0, 16.0]).unwrap(), [24, 24], 1).unwrap();
     assert_eq!(got.data[12 * 24 + 12], 1.0);
     assert_eq!(got.data[2 * 24 + 2], 0.0);
 
-    let none = paste_masks(&TensorF32::new(vec![0, 1, 28, 28], vec![]).unwrap(), &TensorF32::new(vec![0, 4], vec![]).unwrap(), [30, 25], 1).unwrap();
+    let none = paste_masks(
+        &TensorF32::new(vec![0, 1, 28, 28], vec![]).unwrap(),
+        &TensorF32::new(vec![0, 4], vec![]).unwrap(),
+        [30, 25],
+        1,
+    )
+    .unwrap();
     assert_eq!(none.shape, [0, 1, 30, 25]);
-    assert!(matches!(paste_masks(&masks, &TensorF32::new(vec![1, 4], vec![0.0; 4]).unwrap(), [30, 25], 1), Err(Error::Shape { .. })));
+    assert!(matches!(
+        paste_masks(&masks, &TensorF32::new(vec![1, 4], vec![0.0; 4]).unwrap(), [30, 25], 1),
+        Err(Error::Shape { .. })
+    ));
 }
 
 fn pyramid(rng: &mut Rng) -> Vec<TensorF32> {
@@ -412,19 +473,37 @@ fn multiscale_roi_align_matches_the_pyramid_operator() {
         })
         .collect();
     let boxes = TensorF32::new(vec![12, 4], boxes).unwrap();
-    let p = MultiscaleParams { output_size: [3, 2], sampling_ratio: 2, canonical_scale: 224.0, canonical_level: 4.0, aligned: false };
+    let p = MultiscaleParams {
+        output_size: [3, 2],
+        sampling_ratio: 2,
+        canonical_scale: 224.0,
+        canonical_level: 4.0,
+        aligned: false,
+    };
     let got = multiscale_roi_align(&features, &boxes, [64, 80], &p).unwrap();
-    let maps: Vec<FeatureMap> = features.iter().map(|f| FeatureMap::new(&f.data, [1, 3, f.shape[2], f.shape[3]]).unwrap()).collect();
+    let maps: Vec<FeatureMap> =
+        features.iter().map(|f| FeatureMap::new(&f.data, [1, 3, f.shape[2], f.shape[3]]).unwrap()).collect();
     let rows = boxes.boxes("test").unwrap();
-    let expected = multiscale::multiscale_roi_align(&maps, &[rows], &[[64, 80]], &MultiScaleParams::new([3, 2], 2)).unwrap();
+    let expected =
+        multiscale::multiscale_roi_align(&maps, &[rows], &[[64, 80]], &MultiScaleParams::new([3, 2], 2)).unwrap();
     assert_eq!(got.shape, [12, 3, 3, 2]);
     assert_eq!(got.data, expected.values);
-    assert_eq!(expected.levels.iter().collect::<std::collections::BTreeSet<_>>().len(), 3, "boxes should use every level");
+    assert_eq!(
+        expected.levels.iter().collect::<std::collections::BTreeSet<_>>().len(),
+        3,
+        "boxes should use every level"
+    );
 
     // aligned: each box RoIAligned (with the half-pixel shift) at its level's scale.
     let aligned = multiscale_roi_align(&features, &boxes, [64, 80], &MultiscaleParams { aligned: true, ..p }).unwrap();
     for (k, (b, &level)) in rows.iter().zip(&expected.levels).enumerate() {
-        let q = RoiAlignParams { output_size: [3, 2], spatial_scale: expected.scales[level], sampling_ratio: 2, aligned: true, mode: PoolMode::Avg };
+        let q = RoiAlignParams {
+            output_size: [3, 2],
+            spatial_scale: expected.scales[level],
+            sampling_ratio: 2,
+            aligned: true,
+            mode: PoolMode::Avg,
+        };
         let one = roi_align(&maps[level], &[[0.0, b[0], b[1], b[2], b[3]]], &q).unwrap();
         assert_eq!(&aligned.data[k * 18..(k + 1) * 18], one.as_slice(), "box {k}");
     }
@@ -435,7 +514,13 @@ fn multiscale_roi_align_matches_the_pyramid_operator() {
 fn multiscale_roi_align_handles_no_boxes_and_rejects_bad_shapes() {
     let mut rng = Rng(10);
     let features = pyramid(&mut rng);
-    let p = MultiscaleParams { output_size: [7, 7], sampling_ratio: 2, canonical_scale: 224.0, canonical_level: 4.0, aligned: false };
+    let p = MultiscaleParams {
+        output_size: [7, 7],
+        sampling_ratio: 2,
+        canonical_scale: 224.0,
+        canonical_level: 4.0,
+        aligned: false,
+    };
     let none = multiscale_roi_align(&features, &TensorF32::new(vec![0, 4], vec![]).unwrap(), [64, 80], &p).unwrap();
     assert_eq!(none.shape, [0, 3, 7, 7]);
     let one_box = TensorF32::new(vec![1, 4], vec![0.0, 0.0, 10.0, 10.0]).unwrap();
@@ -444,7 +529,10 @@ fn multiscale_roi_align_handles_no_boxes_and_rejects_bad_shapes() {
     assert!(matches!(multiscale_roi_align(&mixed, &one_box, [64, 80], &p), Err(Error::Shape { .. })));
     assert!(multiscale_roi_align(&[], &one_box, [64, 80], &p).is_err());
     // Levels 1/4 and 1/16 are not consecutive.
-    assert!(matches!(multiscale_roi_align(&[features[0].clone(), features[2].clone()], &one_box, [64, 80], &p), Err(Error::Invalid { .. })));
+    assert!(matches!(
+        multiscale_roi_align(&[features[0].clone(), features[2].clone()], &one_box, [64, 80], &p),
+        Err(Error::Invalid { .. })
+    ));
 }
 
 #[test]
@@ -458,4 +546,123 @@ fn preprocess_makes_a_batch_of_one() {
     assert_eq!(batch.shape, [1, 3, 64, 96]);
     assert_eq!(batch.data, expected.data);
     assert!(preprocess(&image[1..], [h, w], &t).is_err());
+}
+
+/// torchvision's outputs for a few cases: `tests/fixtures/builtins/`, made by
+/// `tests/tools/make_builtins_fixtures.py` (parameters in `cases.json`, tensors in
+/// `builtins.safetensors`).
+struct Golden {
+    cases: Value,
+    bytes: Vec<u8>,
+}
+
+impl Golden {
+    fn open() -> Golden {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/builtins");
+        let read = |f: &str| std::fs::read(dir.join(f)).unwrap_or_else(|e| panic!("{}/{f}: {e}", dir.display()));
+        let cases: Value = serde_json::from_slice(&read("cases.json")).unwrap();
+        Golden { cases: cases["cases"].clone(), bytes: read("builtins.safetensors") }
+    }
+
+    fn raw(&self, name: &str, dtype: Dtype) -> (Vec<usize>, Vec<u8>) {
+        let st = SafeTensors::deserialize(&self.bytes).unwrap();
+        let view = st.tensor(name).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(view.dtype(), dtype, "{name}");
+        (view.shape().to_vec(), view.data().to_vec())
+    }
+
+    fn f32(&self, name: &str) -> TensorF32 {
+        let (shape, data) = self.raw(name, Dtype::F32);
+        TensorF32::new(shape, data.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect())
+            .unwrap()
+    }
+
+    fn i64(&self, name: &str) -> Vec<i64> {
+        self.raw(name, Dtype::I64).1.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap())).collect()
+    }
+
+    fn cases(&self, op: &str) -> Vec<Value> {
+        let list = self.cases[op].as_array().unwrap_or_else(|| panic!("no {op} cases")).clone();
+        assert!(!list.is_empty(), "no {op} cases");
+        list
+    }
+}
+
+fn hw(v: &Value) -> [usize; 2] {
+    [v[0].as_u64().unwrap() as usize, v[1].as_u64().unwrap() as usize]
+}
+
+#[test]
+fn golden_anchors_and_proposals_match_torchvision() {
+    let golden = Golden::open();
+    for case in golden.cases("rpn") {
+        let name = case["name"].as_str().unwrap();
+        let maps: Vec<[usize; 2]> = case["feature_sizes"].as_array().unwrap().iter().map(hw).collect();
+        let sizes: Vec<Vec<i64>> = case["sizes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect())
+            .collect();
+        let ratios: Vec<f64> = case["aspect_ratios"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        let got_anchors = anchors(&maps, hw(&case["batch_hw"]), &sizes, &ratios).unwrap();
+        assert_eq!(got_anchors, golden.f32(&format!("{name}.anchors")), "{name} anchors");
+
+        let objectness: Vec<TensorF32> =
+            (0..maps.len()).map(|l| golden.f32(&format!("{name}.objectness{l}"))).collect();
+        let deltas: Vec<TensorF32> = (0..maps.len()).map(|l| golden.f32(&format!("{name}.deltas{l}"))).collect();
+        let p = RpnParams {
+            pre_nms_top_n: case["pre_nms_top_n"].as_u64().unwrap() as usize,
+            post_nms_top_n: case["post_nms_top_n"].as_u64().unwrap() as usize,
+            nms_thresh: case["nms_thresh"].as_f64().unwrap(),
+            min_size: case["min_size"].as_f64().unwrap(),
+            score_thresh: case["score_thresh"].as_f64().unwrap(),
+            weights: [1.0; 4],
+        };
+        let got = rpn_proposals(&objectness, &deltas, &got_anchors, hw(&case["image_hw"]), &p).unwrap();
+        let expected = golden.f32(&format!("{name}.proposals"));
+        assert_eq!(got.shape, expected.shape, "{name}");
+        assert_all_close(&got.data, &expected.data, name);
+    }
+}
+
+#[test]
+fn golden_detections_match_torchvision() {
+    let golden = Golden::open();
+    for case in golden.cases("detections") {
+        let name = case["name"].as_str().unwrap();
+        let w: Vec<f32> = case["weights"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+        let p = DetectionParams {
+            weights: [w[0], w[1], w[2], w[3]],
+            score_thresh: case["score_thresh"].as_f64().unwrap(),
+            nms_thresh: case["nms_thresh"].as_f64().unwrap(),
+            detections_per_img: case["detections_per_img"].as_u64().unwrap() as usize,
+            min_size: case["min_size"].as_f64().unwrap(),
+        };
+        let t = |what: &str| golden.f32(&format!("{name}.{what}"));
+        let (boxes, scores, labels) = postprocess_detections(
+            &t("class_logits"),
+            &t("box_regression"),
+            &t("proposals"),
+            hw(&case["image_hw"]),
+            &p,
+        )
+        .unwrap();
+        assert_eq!(boxes.shape, t("boxes").shape, "{name}");
+        assert_all_close(&boxes.data, &t("boxes").data, &format!("{name} boxes"));
+        assert_all_close(&scores.data, &t("scores").data, &format!("{name} scores"));
+        assert_eq!(labels, golden.i64(&format!("{name}.labels")), "{name} labels");
+    }
+}
+
+#[test]
+fn golden_mask_probs_match_torchvision() {
+    let golden = Golden::open();
+    for case in golden.cases("mask_probs") {
+        let name = case["name"].as_str().unwrap();
+        let got = mask_probs(&golden.f32(&format!("{name}.logits")), &golden.i64(&format!("{name}.labels"))).unwrap();
+        let expected = golden.f32(&format!("{name}.probs"));
+        assert_eq!(got.shape, expected.shape);
+        assert_all_close(&got.data, &expected.data, name);
+    }
 }
