@@ -116,9 +116,6 @@ impl Operator for Conv2d {
     fn name(&self) -> &'static str {
         "conv2d"
     }
-    fn inputs(&self) -> &'static [InputSpec] {
-        const { &[input("x")] }
-    }
     fn attrs(&self) -> &'static [AttrSpec] {
         CONV_ATTRS
     }
@@ -143,9 +140,6 @@ impl Operator for Conv2d {
             outputs: vec![TensorType::f32(dims)],
             state: with_bias(vec![StateDecl::parameter("weight", vec![out, c / groups, kh, kw])], attrs),
         })
-    }
-    fn kind(&self) -> OpKind {
-        OpKind::Dense
     }
     fn lower<'c, 'b>(&self, cx: &Emitter<'c, 'b>, node: &LowerNode<'_, 'c, 'b>) -> Result<Vec<Value<'c, 'b>>, LoweringError> {
         let attrs = node.attrs;
@@ -182,9 +176,6 @@ impl Operator for ConvTranspose2d {
     fn name(&self) -> &'static str {
         "conv_transpose2d"
     }
-    fn inputs(&self) -> &'static [InputSpec] {
-        const { &[input("x")] }
-    }
     fn attrs(&self) -> &'static [AttrSpec] {
         CONV_TRANSPOSE_ATTRS
     }
@@ -210,9 +201,6 @@ impl Operator for ConvTranspose2d {
             outputs: vec![TensorType::f32(dims)],
             state: with_bias(vec![StateDecl::parameter("weight", vec![c, out / groups, kh, kw])], attrs),
         })
-    }
-    fn kind(&self) -> OpKind {
-        OpKind::Dense
     }
     /// Output position `o` along an axis receives input `i` through kernel tap `k` where
     /// `o = i·stride - padding + k·dilation`. Spreading the input out (`stride - 1` zeros between

@@ -172,9 +172,9 @@ runtime_operator!(
 
 runtime_operator!(
     /// RoIAlign over FPN levels: each box goes to level ⌊4 + log2(√area / 224) + 1e-6⌋, clamped;
-    /// the scales are inferred from the feature sizes against the padded image.
+    /// the scales are inferred from the feature sizes against the resized image, as torchvision's.
     MultiscaleRoiAlign, "multiscale_roi_align",
-    inputs: [list_input("features"), input("boxes"), input("batch")],
+    inputs: [list_input("features"), input("boxes"), input("image_size")],
     attrs: [
         attr("output_size", Ints, Default::Required),
         attr("sampling_ratio", Int, Default::Int(2)),
@@ -185,6 +185,7 @@ runtime_operator!(
     infer: |inputs, attrs| {
         let c = pyramid("multiscale_roi_align", 0, &inputs[0])?;
         let k = boxes("multiscale_roi_align", 1, &inputs[1][0])?;
+        image_size("multiscale_roi_align", 2, &inputs[2][0])?;
         Ok(pooled(c, k, output_size(attrs)?))
     }
 );
@@ -192,7 +193,7 @@ runtime_operator!(
 runtime_operator!(
     /// RoIPool over FPN levels, with the same level mapper as `multiscale_roi_align`.
     MultiscaleRoiPool, "multiscale_roi_pool",
-    inputs: [list_input("features"), input("boxes"), input("batch")],
+    inputs: [list_input("features"), input("boxes"), input("image_size")],
     attrs: [
         attr("output_size", Ints, Default::Required),
         attr("canonical_scale", Int, Default::Int(224)),
@@ -201,6 +202,7 @@ runtime_operator!(
     infer: |inputs, attrs| {
         let c = pyramid("multiscale_roi_pool", 0, &inputs[0])?;
         let k = boxes("multiscale_roi_pool", 1, &inputs[1][0])?;
+        image_size("multiscale_roi_pool", 2, &inputs[2][0])?;
         Ok(pooled(c, k, output_size(attrs)?))
     }
 );

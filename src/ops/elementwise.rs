@@ -43,9 +43,6 @@ macro_rules! elementwise {
             fn infer(&self, inputs: &[Vec<TensorType>], _: &Attrs) -> Result<Inference, OpError> {
                 $infer(inputs)
             }
-            fn kind(&self) -> OpKind {
-                OpKind::Dense
-            }
             fn lower<'c, 'b>(&self, cx: &Emitter<'c, 'b>, node: &LowerNode<'_, 'c, 'b>) -> Result<Vec<Value<'c, 'b>>, LoweringError> {
                 Ok(vec![cx.elementwise(node.inputs, $body)?])
             }

@@ -10,9 +10,6 @@ impl Operator for Linear {
     fn name(&self) -> &'static str {
         "linear"
     }
-    fn inputs(&self) -> &'static [InputSpec] {
-        const { &[input("x")] }
-    }
     fn attrs(&self) -> &'static [AttrSpec] {
         const { &[attr("in", Int, Default::Optional), attr("out", Int, Default::Required), attr("bias", Bool, Default::Bool(true))] }
     }
@@ -34,9 +31,6 @@ impl Operator for Linear {
             state.push(StateDecl::parameter("bias", vec![out]));
         }
         Ok(Inference { outputs: vec![TensorType::f32(vec![x.dims[0].clone(), Dim::known(out)])], state })
-    }
-    fn kind(&self) -> OpKind {
-        OpKind::Dense
     }
     /// `x · weightᵀ + bias`: `linalg.matmul` reading the weight [out, in] transposed through its
     /// indexing map, accumulating into the bias broadcast over the rows (or zeros).
@@ -60,9 +54,6 @@ impl Operator for Flatten {
     fn name(&self) -> &'static str {
         "flatten"
     }
-    fn inputs(&self) -> &'static [InputSpec] {
-        const { &[input("x")] }
-    }
     fn attrs(&self) -> &'static [AttrSpec] {
         const { &[attr("start", Int, Default::Int(1))] }
     }
@@ -76,9 +67,6 @@ impl Operator for Flatten {
         let mut dims = x.dims[..start].to_vec();
         dims.push(x.dims[start..].iter().fold(Dim::known(1), |acc, d| acc.mul(d)));
         Ok(Inference::output(TensorType::new(x.dtype, dims)))
-    }
-    fn kind(&self) -> OpKind {
-        OpKind::Dense
     }
     /// `tensor.collapse_shape` of the axes from `start` on; nothing to do when that is one axis.
     fn lower<'c, 'b>(&self, cx: &Emitter<'c, 'b>, node: &LowerNode<'_, 'c, 'b>) -> Result<Vec<Value<'c, 'b>>, LoweringError> {

@@ -54,13 +54,19 @@ pub fn lookup(name: &str) -> Option<&'static dyn Operator> {
 pub trait Operator: Sync + fmt::Debug {
     fn name(&self) -> &'static str;
     /// Tensor inputs, filled positionally or by keyword.
-    fn inputs(&self) -> &'static [InputSpec];
+    /// Most operators take one tensor, `x`.
+    fn inputs(&self) -> &'static [InputSpec] {
+        const { &[input("x")] }
+    }
     fn attrs(&self) -> &'static [AttrSpec];
     /// The shape rule: output types, and the state tensors the operator owns (its weights).
     /// `inputs[slot]` holds one type, or several for a list slot.
     fn infer(&self, inputs: &[Vec<TensorType>], attrs: &Attrs) -> Result<Inference, OpError>;
     /// How compiled code computes the operator.
-    fn kind(&self) -> OpKind;
+    /// Dense unless declared a runtime built-in.
+    fn kind(&self) -> OpKind {
+        OpKind::Dense
+    }
     /// Appends the operator's computation to `cx`'s block: one MLIR value per output, of the
     /// node's output types (symbolic dimensions as `?`). `node.inputs` are the tensor inputs in
     /// slot order, then the state tensors in the order `infer` declares them.

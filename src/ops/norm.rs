@@ -48,9 +48,6 @@ impl Operator for FrozenBatchNorm {
     fn name(&self) -> &'static str {
         "frozen_batch_norm"
     }
-    fn inputs(&self) -> &'static [InputSpec] {
-        const { &[input("x")] }
-    }
     fn attrs(&self) -> &'static [AttrSpec] {
         const { &[attr("eps", Float, Default::Float(1e-5))] }
     }
@@ -59,9 +56,6 @@ impl Operator for FrozenBatchNorm {
         let c = channels(self.name(), x)?;
         let state = ["weight", "bias", "running_mean", "running_var"].map(|n| StateDecl::buffer(n, vec![c]));
         Ok(Inference { outputs: vec![x.clone()], state: state.to_vec() })
-    }
-    fn kind(&self) -> OpKind {
-        OpKind::Dense
     }
     fn lower<'c, 'b>(&self, cx: &Emitter<'c, 'b>, node: &LowerNode<'_, 'c, 'b>) -> Result<Vec<Value<'c, 'b>>, LoweringError> {
         lower_batch_norm(cx, node)
@@ -75,9 +69,6 @@ pub struct BatchNorm;
 impl Operator for BatchNorm {
     fn name(&self) -> &'static str {
         "batch_norm"
-    }
-    fn inputs(&self) -> &'static [InputSpec] {
-        const { &[input("x")] }
     }
     fn attrs(&self) -> &'static [AttrSpec] {
         const { &[attr("eps", Float, Default::Float(1e-5)), attr("momentum", Float, Default::Float(0.1))] }
@@ -93,9 +84,6 @@ impl Operator for BatchNorm {
             StateDecl { name: "num_batches_tracked", dtype: DType::I64, dims: vec![], kind: StateKind::Buffer },
         ];
         Ok(Inference { outputs: vec![x.clone()], state })
-    }
-    fn kind(&self) -> OpKind {
-        OpKind::Dense
     }
     fn lower<'c, 'b>(&self, cx: &Emitter<'c, 'b>, node: &LowerNode<'_, 'c, 'b>) -> Result<Vec<Value<'c, 'b>>, LoweringError> {
         lower_batch_norm(cx, node)

@@ -72,17 +72,11 @@ impl Operator for MaxPool2d {
     fn name(&self) -> &'static str {
         "max_pool2d"
     }
-    fn inputs(&self) -> &'static [InputSpec] {
-        const { &[input("x")] }
-    }
     fn attrs(&self) -> &'static [AttrSpec] {
         WINDOW_ATTRS
     }
     fn infer(&self, inputs: &[Vec<TensorType>], attrs: &Attrs) -> Result<Inference, OpError> {
         pooled(self.name(), inputs, attrs)
-    }
-    fn kind(&self) -> OpKind {
-        OpKind::Dense
     }
     /// Padding is -inf, so that it never wins (torch pads implicitly the same way).
     fn lower<'c, 'b>(&self, cx: &Emitter<'c, 'b>, node: &LowerNode<'_, 'c, 'b>) -> Result<Vec<Value<'c, 'b>>, LoweringError> {
@@ -98,17 +92,11 @@ impl Operator for AvgPool2d {
     fn name(&self) -> &'static str {
         "avg_pool2d"
     }
-    fn inputs(&self) -> &'static [InputSpec] {
-        const { &[input("x")] }
-    }
     fn attrs(&self) -> &'static [AttrSpec] {
         WINDOW_ATTRS
     }
     fn infer(&self, inputs: &[Vec<TensorType>], attrs: &Attrs) -> Result<Inference, OpError> {
         pooled(self.name(), inputs, attrs)
-    }
-    fn kind(&self) -> OpKind {
-        OpKind::Dense
     }
     /// Sum over zero-padded windows divided by the window size: torch's default
     /// `count_include_pad=True` (without `ceil_mode`, no window leaves the padded input).
@@ -128,9 +116,6 @@ impl Operator for AdaptiveAvgPool2d {
     fn name(&self) -> &'static str {
         "adaptive_avg_pool2d"
     }
-    fn inputs(&self) -> &'static [InputSpec] {
-        const { &[input("x")] }
-    }
     fn attrs(&self) -> &'static [AttrSpec] {
         const { &[attr("output", Ints, Default::Ints(&[1]))] }
     }
@@ -140,9 +125,6 @@ impl Operator for AdaptiveAvgPool2d {
         let [oh, ow] = pair(attrs, "output")?;
         let dims = vec![x.dims[0].clone(), x.dims[1].clone(), Dim::known(oh), Dim::known(ow)];
         Ok(Inference::output(TensorType::new(x.dtype, dims)))
-    }
-    fn kind(&self) -> OpKind {
-        OpKind::Dense
     }
     /// To 1×1: a `linalg.generic` summing over H and W, divided by H·W. To other sizes where
     /// the input size is a known multiple of the output size, torch's windows are uniform: an

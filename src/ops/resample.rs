@@ -23,9 +23,6 @@ impl Operator for UpsampleNearest {
         let dims = vec![x.dims[0].clone(), x.dims[1].clone(), like.dims[2].clone(), like.dims[3].clone()];
         Ok(Inference::output(TensorType::new(x.dtype, dims)))
     }
-    fn kind(&self) -> OpKind {
-        OpKind::Dense
-    }
     /// torch's `nearest` with a target size: output row `i` reads input row
     /// `min(⌊i · scale⌋, H - 1)` with `scale = H / H_out` computed in f32 (`floorf(i * scale)` in
     /// torch's kernel), and likewise for columns. Exact for integer ratios; for others it

@@ -71,7 +71,7 @@ pub fn run(graph: &Graph, node: NodeIndex, inputs: &[&HostTensor]) -> Result<Vec
                 canonical_level: attrs.int("canonical_level") as f32,
                 aligned: attrs.flag("aligned"),
             };
-            let pooled = rt::multiscale_roi_align(&features, &f32_of(slots[1][0])?, hw(slots[2][0], 2), &params);
+            let pooled = rt::multiscale_roi_align(&features, &f32_of(slots[1][0])?, size_of(slots[2][0])?, &params);
             vec![float(pooled.map_err(|e| error(e.to_string()))?)]
         }
         "postprocess_detections" => {
