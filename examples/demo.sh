@@ -6,8 +6,8 @@ cd "$(dirname "$0")/.."
 . examples/lib/deps.sh
 mrc_install_deps
 
-cargo build --release --bin mrc
-mrc=target/release/mrc
+cargo build --bin mrc
+mrc=target/debug/mrc
 out=out/demo
 mkdir -p "$out"
 
