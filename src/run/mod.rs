@@ -94,8 +94,8 @@ impl<'g> Executor<'g> {
         if !segment.is_empty() {
             steps.push(Step::Dense(compile_segment(&context, graph, &segment, &dumps)?));
         }
-        // SAFETY of the lifetime extension: the engines inside `steps` were created from
-        // `context`, which is boxed (its address does not move) and dropped after `steps`.
+        // The segments' modules lived in `context`; it is kept (boxed, so it does not move) and
+        // dropped after the engines, fields dropping in declaration order.
         Ok(Executor { graph, weights, steps, dumps, _context: context })
     }
 
