@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The mrc demo: installs what is missing, builds mrc, checks the shipped models and writes their
-# graphs (text, Graphviz dot, and SVG where Graphviz is installed) under out/demo/.
+# graphs (text, Graphviz dot, and SVG where Graphviz is installed) under out/demo/, then runs the
+# mini model on the shipped images in process and keeps some intermediate tensors.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . examples/lib/deps.sh
@@ -27,6 +28,12 @@ demo_model mask_rcnn_r50_fpn models/mask_rcnn.model
 demo_model mask_rcnn_r101_fpn models/mask_rcnn.model --config models/resnet101.yaml
 demo_model mask_rcnn_x101_fpn models/mask_rcnn.model --config models/resnext101_32x8d.yaml
 demo_model mini models/mini.model
+
+echo
+echo "== mini.model on the shipped images, in process (mrc run), FPN level 0 and proposals kept"
+"$mrc" run models/mini.model --weights tests/fixtures/model/weights.safetensors \
+    tests/fixtures/model/images/*.png \
+    --dump-tensors backbone.fpn.layer_blocks.0.0,rpn.proposals --dump-dir "$out"
 
 echo
 echo "wrote $(ls "$out" | wc -l) files to $out/:"
