@@ -830,7 +830,7 @@ impl<'a> Evaluator<'a> {
                 for (dim, actual_dim) in dims.iter().zip(&actual.dims) {
                     let DimExpr::Expr(e) = dim else { continue };
                     if let ExprKind::Name(n) = &e.kind {
-                        if frame.lookup(n).is_none() && self.program.blocks.get(n).is_none() {
+                        if frame.lookup(n).is_none() && !self.program.blocks.contains_key(n) {
                             frame.define(&ast::Ident { name: n.clone(), span: e.span }, Value::from_dim(actual_dim.clone()));
                             continue;
                         }

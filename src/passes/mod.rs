@@ -21,5 +21,5 @@ pub fn default_passes() -> Vec<Box<dyn Pass>> {
 
 /// Runs `passes` in order; returns the names of those that changed the graph.
 pub fn run(graph: &mut Graph, passes: &[Box<dyn Pass>]) -> Vec<&'static str> {
-    passes.iter().filter_map(|p| p.run(graph).then(|| p.name())).collect()
+    passes.iter().filter(|p| p.run(graph)).map(|p| p.name()).collect()
 }

@@ -115,7 +115,7 @@ pub fn run(graph: &Graph, node: NodeIndex, inputs: &[&HostTensor]) -> Result<Vec
 fn split_slots<'t>(op: &dyn Operator, inputs: &[&'t HostTensor]) -> Vec<Vec<&'t HostTensor>> {
     let specs = op.inputs();
     let lists = specs.iter().filter(|s| s.list).count();
-    let per_list = if lists == 0 { 0 } else { (inputs.len() - (specs.len() - lists)) / lists };
+    let per_list = (inputs.len() - (specs.len() - lists)).checked_div(lists).unwrap_or(0);
     let mut rest = inputs;
     specs
         .iter()
