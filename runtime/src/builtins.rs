@@ -253,18 +253,7 @@ pub fn multiscale_roi_align(
     let [oh, ow] = p.output_size;
     let per_box = first.c * oh * ow;
     let scales = maps.iter().map(|m| infer_scale([m.h, m.w], image_hw)).collect::<Result<Vec<_>>>()?;
-    // torchvision's level range: -log2 of the first and last scales.
-    let (k_min, k_max) = (-scales[0].log2(), -scales[scales.len() - 1].log2());
-    if k_max - k_min + 1.0 != maps.len() as f32 {
-        return invalid(OP, format!("inferred scales {scales:?} are not consecutive powers of two"));
-    }
-    let mapper = LevelMapper {
-        k_min: k_min as i32,
-        k_max: k_max as i32,
-        canonical_scale: p.canonical_scale,
-        canonical_level: p.canonical_level,
-        eps: 1e-6,
-    };
+    let mapper = LevelMapper::from_scales(OP, &scales, p.canonical_scale, p.canonical_level, 1e-6)?;
     let levels = mapper.map_levels(boxes)?;
     let mut out = vec![0.0f32; boxes.len() * per_box];
     for (level, (map, &spatial_scale)) in maps.iter().zip(&scales).enumerate() {

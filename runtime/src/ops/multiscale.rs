@@ -19,6 +19,17 @@ pub struct LevelMapper {
 }
 
 impl LevelMapper {
+    /// torchvision's level range from the pyramid's scales (finest first): `-log2` of the first
+    /// and last; the scales must be consecutive powers of two.
+    pub fn from_scales(op: &'static str, scales: &[f32], canonical_scale: f32, canonical_level: f32, eps: f32) -> Result<Self> {
+        let level = |s: f32| -s.log2();
+        let (k_min, k_max) = (level(scales[0]), level(scales[scales.len() - 1]));
+        if k_max - k_min + 1.0 != scales.len() as f32 {
+            return invalid(op, format!("inferred scales {scales:?} are not consecutive powers of two"));
+        }
+        Ok(LevelMapper { k_min: k_min as i32, k_max: k_max as i32, canonical_scale, canonical_level, eps })
+    }
+
     /// torchvision's defaults for levels `k_min..=k_max`.
     pub fn new(k_min: i32, k_max: i32) -> Self {
         LevelMapper { k_min, k_max, canonical_scale: 224.0, canonical_level: 4.0, eps: 1e-6 }
@@ -109,18 +120,7 @@ pub fn multiscale_roi_align(
         image_sizes.iter().map(|s| s[1]).max().unwrap_or(0),
     ];
     let scales = features.iter().map(|f| infer_scale([f.h, f.w], original)).collect::<Result<Vec<_>>>()?;
-    let lvl = |s: f32| -s.log2();
-    let (k_min, k_max) = (lvl(scales[0]), lvl(scales[scales.len() - 1]));
-    if k_max - k_min + 1.0 != features.len() as f32 {
-        return invalid(OP, format!("inferred scales {scales:?} are not consecutive powers of two"));
-    }
-    let mapper = LevelMapper {
-        k_min: k_min as i32,
-        k_max: k_max as i32,
-        canonical_scale: p.canonical_scale,
-        canonical_level: p.canonical_level,
-        eps: p.eps,
-    };
+    let mapper = LevelMapper::from_scales(OP, &scales, p.canonical_scale, p.canonical_level, p.eps)?;
     let all: Vec<[f32; 4]> = boxes.iter().flat_map(|b| b.iter().copied()).collect();
     let levels = mapper.map_levels(&all)?;
     let rois: Vec<[f32; 5]> = boxes
