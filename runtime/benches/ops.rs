@@ -18,18 +18,10 @@ use mrc_runtime::FeatureMap;
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 
-/// A small deterministic generator (PCG-style LCG), so both sides see identical data.
-struct Rng(u64);
+#[path = "../tests/common/rng.rs"]
+mod rng;
 
-impl Rng {
-    fn uniform(&mut self) -> f32 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        (self.0 >> 40) as f32 / (1u64 << 24) as f32
-    }
-    fn range(&mut self, lo: f32, hi: f32) -> f32 {
-        lo + (hi - lo) * self.uniform()
-    }
-}
+use rng::Rng;
 
 /// Boxes with centres anywhere in an `h×w` image and sides log-uniform in `[lo, hi]`,
 /// clipped to the image: the spread of RPN proposals.

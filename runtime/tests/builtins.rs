@@ -15,23 +15,15 @@ use mrc_runtime::{Error, FeatureMap};
 use safetensors::{Dtype, SafeTensors};
 use serde_json::Value;
 
-/// A small deterministic generator (64-bit LCG), so the tests need no dependency.
-struct Rng(u64);
+#[path = "common/rng.rs"]
+mod rng;
 
-impl Rng {
-    fn uniform(&mut self) -> f32 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        (self.0 >> 40) as f32 / (1u64 << 24) as f32
-    }
+use rng::Rng;
 
-    fn range(&mut self, lo: f32, hi: f32) -> f32 {
-        lo + (hi - lo) * self.uniform()
-    }
-
-    fn tensor(&mut self, shape: Vec<usize>, lo: f32, hi: f32) -> TensorF32 {
-        let n = shape.iter().product();
-        TensorF32::new(shape, (0..n).map(|_| self.range(lo, hi)).collect()).unwrap()
-    }
+/// A tensor of `shape` with values uniform in `[lo, hi)`.
+fn random_tensor(rng: &mut Rng, shape: Vec<usize>, lo: f32, hi: f32) -> TensorF32 {
+    let n = shape.iter().product();
+    TensorF32::new(shape, (0..n).map(|_| rng.range(lo, hi)).collect()).unwrap()
 }
 
 fn close(a: f32, b: f32) -> bool {
@@ -171,12 +163,12 @@ fn detections_reference(
 fn rpn_case(rng: &mut Rng) -> (Vec<TensorF32>, Vec<TensorF32>, TensorF32) {
     let maps = [[4, 5], [2, 2]];
     let anchors = anchors(&maps, [64, 80], &[vec![32], vec![64]], &[0.5, 1.0, 2.0]).unwrap();
-    let mut objectness: Vec<TensorF32> = maps.iter().map(|&[h, w]| rng.tensor(vec![1, 3, h, w], -3.0, 3.0)).collect();
+    let mut objectness: Vec<TensorF32> = maps.iter().map(|&[h, w]| random_tensor(rng, vec![1, 3, h, w], -3.0, 3.0)).collect();
     let first = &mut objectness[0].data;
     for i in (0..first.len()).step_by(2) {
         first[i + 1] = first[i];
     }
-    let deltas = maps.iter().map(|&[h, w]| rng.tensor(vec![1, 12, h, w], -0.6, 0.6)).collect();
+    let deltas = maps.iter().map(|&[h, w]| random_tensor(rng, vec![1, 12, h, w], -0.6, 0.6)).collect();
     (objectness, deltas, anchors)
 }
 
@@ -269,10 +261,10 @@ fn rpn_proposals_reject_bad_shapes() {
 /// Six proposals × four classes; some proposals stick out of the 50×60 image, and proposals 1
 /// and 4 share their logits, so equal scores meet in NMS.
 fn detection_case(rng: &mut Rng) -> (TensorF32, TensorF32, TensorF32) {
-    let mut logits = rng.tensor(vec![6, 4], -2.0, 3.0);
+    let mut logits = random_tensor(rng, vec![6, 4], -2.0, 3.0);
     let row: Vec<f32> = logits.data[4..8].to_vec();
     logits.data[16..20].copy_from_slice(&row);
-    let regression = rng.tensor(vec![6, 16], -2.0, 2.0);
+    let regression = random_tensor(rng, vec![6, 16], -2.0, 2.0);
     let proposals: Vec<f32> = (0..6)
         .flat_map(|_| {
             let (x, y) = (rng.range(-10.0, 50.0), rng.range(-10.0, 40.0));
@@ -395,7 +387,7 @@ fn anchors_follow_the_anchor_generator() {
 #[test]
 fn mask_probs_take_the_sigmoid_of_the_label_channel() {
     let mut rng = Rng(7);
-    let logits = rng.tensor(vec![3, 4, 2, 2], -4.0, 4.0);
+    let logits = random_tensor(&mut rng, vec![3, 4, 2, 2], -4.0, 4.0);
     let got = mask_probs(&logits, &[2, 0, 3]).unwrap();
     assert_eq!(got.shape, [3, 1, 2, 2]);
     let expected: Vec<f32> = [(0, 2), (1, 0), (2, 3)]
@@ -404,7 +396,7 @@ fn mask_probs_take_the_sigmoid_of_the_label_channel() {
         .collect();
     assert_all_close(&got.data, &expected, "mask probs");
 
-    let agnostic = rng.tensor(vec![2, 1, 3, 3], -4.0, 4.0);
+    let agnostic = random_tensor(&mut rng, vec![2, 1, 3, 3], -4.0, 4.0);
     let got = mask_probs(&agnostic, &[3, 1]).unwrap();
     assert_all_close(&got.data, &agnostic.data.iter().map(|&x| sigmoid(x)).collect::<Vec<_>>(), "class-agnostic");
 
@@ -429,7 +421,7 @@ fn rescale_boxes_scale_each_axis() {
 #[test]
 fn paste_masks_wraps_paste_masks_in_image() {
     let mut rng = Rng(8);
-    let masks = rng.tensor(vec![2, 1, 5, 5], 0.0, 1.0);
+    let masks = random_tensor(&mut rng, vec![2, 1, 5, 5], 0.0, 1.0);
     let boxes = TensorF32::new(vec![2, 4], vec![3.0, 4.0, 20.0, 15.0, -5.0, 10.0, 12.0, 40.0]).unwrap();
     let got = paste_masks(&masks, &boxes, [30, 25], 1).unwrap();
     assert_eq!(got.shape, [2, 1, 30, 25]);
@@ -457,7 +449,7 @@ fn paste_masks_wraps_paste_masks_in_image() {
 }
 
 fn pyramid(rng: &mut Rng) -> Vec<TensorF32> {
-    [[16, 20], [8, 10], [4, 5]].iter().map(|&[h, w]| rng.tensor(vec![1, 3, h, w], -1.0, 1.0)).collect()
+    [[16, 20], [8, 10], [4, 5]].iter().map(|&[h, w]| random_tensor(rng, vec![1, 3, h, w], -1.0, 1.0)).collect()
 }
 
 #[test]
@@ -525,7 +517,7 @@ fn multiscale_roi_align_handles_no_boxes_and_rejects_bad_shapes() {
     assert_eq!(none.shape, [0, 3, 7, 7]);
     let one_box = TensorF32::new(vec![1, 4], vec![0.0, 0.0, 10.0, 10.0]).unwrap();
     let mut mixed = features.clone();
-    mixed[1] = rng.tensor(vec![1, 2, 8, 10], -1.0, 1.0);
+    mixed[1] = random_tensor(&mut rng, vec![1, 2, 8, 10], -1.0, 1.0);
     assert!(matches!(multiscale_roi_align(&mixed, &one_box, [64, 80], &p), Err(Error::Shape { .. })));
     assert!(multiscale_roi_align(&[], &one_box, [64, 80], &p).is_err());
     // Levels 1/4 and 1/16 are not consecutive.
