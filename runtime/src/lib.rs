@@ -7,6 +7,7 @@
 //! `[batch_index, x1, y1, x2, y2]`; sizes are `[height, width]`. Bad arguments give an
 //! [`Error`], never a panic, and every operator accepts zero boxes.
 
+pub mod abi;
 pub mod builtins;
 pub mod error;
 pub mod ops;

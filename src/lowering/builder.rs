@@ -17,6 +17,9 @@ use melior::{
     },
     Context,
 };
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
 
 use super::error::LoweringError;
 use crate::graph::types::{DType, TensorType};
@@ -32,7 +35,7 @@ pub enum Size<'c, 'b> {
 }
 
 impl Size<'_, '_> {
-    fn static_value(&self) -> Option<i64> {
+    pub fn static_value(&self) -> Option<i64> {
         match self {
             Size::Static(n) => Some(*n),
             Size::Dynamic(_) => None,
@@ -63,27 +66,29 @@ pub struct Emitter<'c, 'b> {
     pub context: &'c Context,
     block: &'b Block<'c>,
     pub location: Location<'c>,
+    /// The runtime functions called so far, declared on use (see `runtime_calls.rs`).
+    pub(super) runtime: Rc<RefCell<BTreeMap<String, Type<'c>>>>,
 }
 
 impl<'c, 'b> Emitter<'c, 'b> {
     pub fn new(context: &'c Context, block: &'b Block<'c>, location: Location<'c>) -> Self {
-        Emitter { context, block, location }
+        Emitter { context, block, location, runtime: Rc::default() }
     }
 
     /// The same block at another location (each graph node gets its own).
     pub fn at(&self, location: Location<'c>) -> Emitter<'c, 'b> {
-        Emitter { context: self.context, block: self.block, location }
+        Emitter { context: self.context, block: self.block, location, runtime: self.runtime.clone() }
     }
 
     pub fn arg(&self, index: usize) -> Result<Value<'c, 'b>, LoweringError> {
         Ok(BlockLike::<'c, 'b>::argument(self.block, index)?.into())
     }
 
-    fn append(&self, operation: Operation<'c>) -> Result<Value<'c, 'b>, LoweringError> {
+    pub(super) fn append(&self, operation: Operation<'c>) -> Result<Value<'c, 'b>, LoweringError> {
         Ok(BlockLike::<'c, 'b>::append_operation(self.block, operation).result(0)?.into())
     }
 
-    fn append_results(&self, operation: Operation<'c>) -> Result<Vec<Value<'c, 'b>>, LoweringError> {
+    pub(super) fn append_results(&self, operation: Operation<'c>) -> Result<Vec<Value<'c, 'b>>, LoweringError> {
         let operation = BlockLike::<'c, 'b>::append_operation(self.block, operation);
         (0..operation.result_count()).map(|i| Ok(operation.result(i)?.into())).collect()
     }
@@ -92,7 +97,7 @@ impl<'c, 'b> Emitter<'c, 'b> {
         BlockLike::<'c, 'b>::append_operation(self.block, operation);
     }
 
-    fn builder(&self, name: &str) -> OperationBuilder<'c> {
+    pub(super) fn builder(&self, name: &str) -> OperationBuilder<'c> {
         OperationBuilder::new(name, self.location)
     }
 
@@ -100,7 +105,7 @@ impl<'c, 'b> Emitter<'c, 'b> {
         Attribute::parse(self.context, text).ok_or_else(|| LoweringError::Build(format!("invalid attribute `{text}`")))
     }
 
-    fn named(&self, name: &str, text: &str) -> Result<(Identifier<'c>, Attribute<'c>), LoweringError> {
+    pub(super) fn named(&self, name: &str, text: &str) -> Result<(Identifier<'c>, Attribute<'c>), LoweringError> {
         Ok((Identifier::new(self.context, name), self.attribute(text)?))
     }
 
@@ -114,7 +119,7 @@ impl<'c, 'b> Emitter<'c, 'b> {
         Type::index(self.context)
     }
 
-    fn element_type(&self, dtype: DType) -> Type<'c> {
+    pub(super) fn element_type(&self, dtype: DType) -> Type<'c> {
         match dtype {
             DType::F32 => Type::float32(self.context),
             DType::F64 => Type::float64(self.context),

@@ -22,9 +22,8 @@ use melior::{
 };
 use petgraph::{algo::toposort, stable_graph::NodeIndex, visit::Reversed, visit::Walker};
 
-use super::{builder::Emitter, diagnostics::capture_diagnostics, error::LoweringError};
+use super::{builder::Emitter, diagnostics::capture_diagnostics, error::LoweringError, runtime_calls::declare_runtime_functions};
 use crate::graph::{types::TensorType, Attrs, Graph, NodeKind, Port};
-use crate::ops::OpKind;
 
 /// The name of the emitted function.
 pub const FORWARD: &str = "forward";
@@ -60,8 +59,8 @@ pub fn emit_network<'c>(context: &'c Context, graph: &Graph) -> Result<(Module<'
     emit_forward(context, graph, &graph.outputs)
 }
 
-/// Emits `@forward` computing `outputs` (named ports of `graph`); every operator they depend on
-/// must be dense. The module is verified.
+/// Emits `@forward` computing `outputs` (named ports of `graph`): dense operators as MLIR,
+/// detection built-ins as calls into the runtime, declared in the module. The module is verified.
 pub fn emit_forward<'c>(
     context: &'c Context,
     graph: &Graph,
@@ -94,9 +93,6 @@ pub fn emit_forward<'c>(
     for node in order.into_iter().filter(|node| needed.contains(node)) {
         let NodeKind::Op { op, attrs } = &graph.nodes[node].kind else { continue };
         let name = &graph.nodes[node].name;
-        if op.kind() == OpKind::RuntimeBuiltin {
-            return Err(LoweringError::RuntimeBuiltin { op: op.name(), node: name.clone() });
-        }
         let inputs: Vec<Value> = graph.inputs_of(node).iter().map(|port| values[port]).collect();
         let expected = &graph.nodes[node].outputs;
         let cx = cx.at(Location::name(context, name, location));
@@ -115,16 +111,23 @@ pub fn emit_forward<'c>(
     let returned: Vec<Value> = outputs.iter().map(|(_, port)| values[port]).collect();
     entry.append_operation(func::r#return(&returned, location));
     drop(values);
+    let declarations = cx.runtime_declarations();
+    drop(cx);
 
     let body = Region::new();
     body.append_block(entry);
-    let names = |tensors: &[NamedTensor]| {
+    // Arguments are read-only: bufferization copies rather than writes into them, so callers
+    // may pass memory-mapped weights.
+    let names = |tensors: &[NamedTensor], extra: &str| {
         let dictionaries: Vec<String> =
-            tensors.iter().map(|t| format!("{{mrc.name = \"{}\"}}", t.name.escape_default())).collect();
+            tensors.iter().map(|t| format!("{{mrc.name = \"{}\"{extra}}}", t.name.escape_default())).collect();
         format!("[{}]", dictionaries.join(", "))
     };
     let mut attributes = vec![(Identifier::new(context, "llvm.emit_c_interface"), Attribute::unit(context))];
-    for (key, text) in [("arg_attrs", names(&signature.arguments)), ("res_attrs", names(&signature.results))] {
+    for (key, text) in [
+        ("arg_attrs", names(&signature.arguments, ", bufferization.writable = false")),
+        ("res_attrs", names(&signature.results, "")),
+    ] {
         let attribute = Attribute::parse(context, &text).ok_or_else(|| LoweringError::Build(format!("invalid attribute `{text}`")))?;
         attributes.push((Identifier::new(context, key), attribute));
     }
@@ -137,6 +140,7 @@ pub fn emit_forward<'c>(
         &attributes,
         location,
     ));
+    declare_runtime_functions(context, &module, &declarations)?;
 
     let (valid, diagnostics) = capture_diagnostics(context, || module.as_operation().verify());
     if !valid {

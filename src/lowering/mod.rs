@@ -14,13 +14,16 @@ mod builder;
 mod context;
 mod diagnostics;
 mod emit;
+mod entry;
 mod error;
 mod pipeline;
 mod ptx;
+mod runtime_calls;
 
 pub use builder::{identity_map, loop_dims, Combiner, Emitter, Iterator, Size};
 pub use context::{create_context, parse_module};
+pub use entry::{add_entry_points, PROGRAM_MAIN};
 pub use emit::{emit_forward, emit_network, LowerNode, NamedTensor, Signature, FORWARD};
 pub use error::LoweringError;
-pub use pipeline::{cuda_pipeline, jit, lower_gpu_to_ptx, lower_to_llvm, run_pipeline, CPU_PIPELINE, C_RUNNER_UTILS};
+pub use pipeline::{cuda_pipeline, jit, lower_gpu_to_ptx, lower_to_llvm, run_pipeline, CPU_PIPELINE};
 pub use ptx::{extract_ptx, GpuModulePtx};

@@ -15,6 +15,8 @@ use super::{diagnostics::capture_diagnostics, error::LoweringError};
 
 /// Lowers a module of `func`/`arith`/`math`/`scf`/`tensor`/`linalg` on tensors to the LLVM
 /// dialect for the CPU:
+/// - elementwise `linalg.generic`s fused into their producers and consumers (a convolution's
+///   bias, frozen batch norm, ReLU and residual add become one loop nest);
 /// - empty-tensor elimination, so that results computed into a `tensor.empty` are written
 ///   straight into the destination they are materialized in (no temporary and copy);
 /// - one-shot bufferization across function boundaries, with identity layouts so that every
@@ -27,6 +29,7 @@ use super::{diagnostics::capture_diagnostics, error::LoweringError};
 /// - every remaining dialect to LLVM; `math` ops without an LLVM intrinsic become libm calls;
 ///   `convert-ub-to-llvm` is needed for the `ub.poison` that the conversions leave.
 pub const CPU_PIPELINE: &str = "builtin.module(\
+    linalg-fuse-elementwise-ops,\
     eliminate-empty-tensors,\
     one-shot-bufferize{bufferize-function-boundaries function-boundary-type-conversion=identity-layout-map},\
     buffer-deallocation-pipeline,\
@@ -99,12 +102,9 @@ pub fn lower_gpu_to_ptx(context: &Context, module: &mut Module, chip: &str) -> R
     run_pipeline(context, module, &cuda_pipeline(chip))
 }
 
-/// MLIR's C runner utilities: `memrefCopy`, which `finalize-memref-to-llvm` calls for copies
-/// between strided views (the bufferized `tensor.pad` and `tensor.insert_slice`).
-pub const C_RUNNER_UTILS: &str = concat!(env!("MLIR_SYS_220_PREFIX"), "/lib/libmlir_c_runner_utils.so");
-
 /// JIT-compiles a module already lowered to the LLVM dialect for the host CPU, at LLVM
-/// optimization level `optimization_level` (0 to 3), with [`C_RUNNER_UTILS`] loaded. For a function `f` marked
+/// optimization level `optimization_level` (0 to 3), with the runtime's functions
+/// (`mrc_runtime::abi::symbols`, `memrefCopy` among them) resolvable. For a function `f` marked
 /// `llvm.emit_c_interface`, `ExecutionEngine::invoke_packed("f", args)` calls its C interface
 /// `_mlir_ciface_f`, with `args` pointing to each of that function's arguments (memrefs are
 /// passed as pointers to descriptors; a returned memref is a leading pointer to a descriptor),
@@ -115,12 +115,12 @@ pub fn jit(module: &Module, optimization_level: usize) -> Result<ExecutionEngine
     if let Some(operation) = first_operation_outside_llvm(module) {
         return Err(LoweringError::NotLlvmDialect { operation });
     }
-    if !std::path::Path::new(C_RUNNER_UTILS).exists() {
-        return Err(LoweringError::MissingLibrary { path: C_RUNNER_UTILS.to_owned() });
+    let engine = ExecutionEngine::new(module, optimization_level, &[], false, false);
+    for (name, pointer) in mrc_runtime::abi::symbols() {
+        // SAFETY: each pointer is the runtime function of that C symbol.
+        unsafe { engine.register_symbol(name, pointer) };
     }
-    // MLIR reads the paths as C strings although melior passes them with a length only.
-    let library = format!("{C_RUNNER_UTILS}\0");
-    Ok(ExecutionEngine::new(module, optimization_level, &[&library], false, false))
+    Ok(engine)
 }
 
 /// The name of the first operation, in pre-order, that is neither the module itself nor in the

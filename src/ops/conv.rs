@@ -48,6 +48,47 @@ fn with_bias(mut state: Vec<StateDecl>, attrs: &Attrs) -> Vec<StateDecl> {
     state
 }
 
+/// A convolution (groups == 1) as a matrix product: the im2col matrix of each image,
+/// `[C·kh·kw, Ho·Wo]` (for a 1×1 stride-1 convolution, the input itself viewed as `[C, H·W]`),
+/// gathered by a `linalg.generic`, times the weights viewed as `[O, C·kh·kw]` in the runtime's
+/// `mrc_conv_matmul` microkernel; the bias is added by an elementwise `linalg.generic`, which the
+/// fusion pass merges with what follows (batch norm, ReLU, residual add).
+fn im2col_matmul<'c, 'b>(
+    cx: &Emitter<'c, 'b>,
+    x: Value<'c, 'b>,
+    weight: Value<'c, 'b>,
+    bias: Option<Value<'c, 'b>>,
+    window: &Window,
+    sizes: &[Size<'c, 'b>; 4],
+) -> Result<Value<'c, 'b>, LoweringError> {
+    let [n, _, ho, wo] = *sizes;
+    let [kh, kw] = window.kernel;
+    let columns = if window.kernel == [1, 1] && window.stride == [1, 1] {
+        cx.collapse_shape(x, &[&[0], &[1], &[2, 3]])?
+    } else {
+        let c = cx.size(x, 1)?;
+        let gathered = cx.empty(&[n, c, Size::Static(kh), Size::Static(kw), ho, wo], cx.f32_type())?;
+        let [sh, sw] = window.stride;
+        let [dh, dw] = window.dilation;
+        let source = format!("(n, c, i, j, y, x) -> (n, c, y * {sh} + i * {dh}, x * {sw} + j * {dw})");
+        let gathered = cx.generic(&[x], &[gathered], &[&source, &identity_map(6)], &[Iterator::Parallel; 6], |body| {
+            body.yield_values(&[body.arg(0)?])
+        })?[0];
+        cx.collapse_shape(gathered, &[&[0], &[1, 2, 3], &[4, 5]])?
+    };
+    let matrix = cx.collapse_shape(weight, &[&[0], &[1, 2, 3]])?;
+    // The kernel gives the product its image shape: `memref.expand_shape` of one dynamic
+    // axis into two crashes MLIR 22's `expand-strided-metadata`.
+    let output_type = cx.ranked_tensor(&sizes.map(|size| size.static_value()), cx.f32_type());
+    let y = cx.call_runtime("conv_matmul", &[matrix, columns, cx.index_tensor(&[ho, wo])?], &[output_type])?[0];
+    let Some(bias) = bias else { return Ok(y) };
+    let init = cx.empty(sizes, cx.f32_type())?;
+    let identity = identity_map(4);
+    Ok(cx.generic(&[y, bias], &[init], &[&identity, "(n, o, y, x) -> (o)", &identity], &[Iterator::Parallel; 4], |body| {
+        body.yield_values(&[body.addf(body.arg(0)?, body.arg(1)?)?])
+    })?[0])
+}
+
 /// The geometry of one 2-d convolution, per spatial axis (height, width).
 struct Window {
     kernel: [i64; 2],
@@ -80,18 +121,19 @@ fn convolution<'c, 'b>(
     let spatial =
         |size, axis: usize| cx.size_windows(size, -window.dilation[axis] * (window.kernel[axis] - 1) - 1, window.stride[axis]);
     let sizes = [n, out, spatial(h, 0)?, spatial(w, 1)?];
-    let init = match bias {
-        Some(bias) => cx.broadcast(bias, cx.empty(&sizes, cx.f32_type())?, &[0, 2, 3])?,
-        None => cx.zeros(&sizes)?,
-    };
     let attributes = [
         ("strides", format!("dense<{:?}> : tensor<2xi64>", window.stride)),
         ("dilations", format!("dense<{:?}> : tensor<2xi64>", window.dilation)),
     ];
     let g = window.groups;
     if g == 1 {
-        return cx.structured("linalg.conv_2d_nchw_fchw", &[x, weight], init, &attributes, Combiner::MulAdd);
+        return im2col_matmul(cx, x, weight, bias, window, &sizes);
     }
+    let init = match bias {
+        Some(bias) => cx.broadcast(bias, cx.empty(&sizes, cx.f32_type())?, &[0, 2, 3])?,
+        None => cx.zeros(&sizes)?,
+    };
+
     let split = |size: Size<'c, 'b>| match size {
         Size::Static(channels) => Ok(Size::Static(channels / g)),
         Size::Dynamic(_) => cx.size_div(size, g),

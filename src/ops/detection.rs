@@ -3,7 +3,30 @@
 //! numerics. Counts of boxes are symbolic: proposals `P`, detections `D`.
 
 use super::*;
+use mrc_runtime::abi::builtins::{AnchorParams, Params, PasteParams};
+use mrc_runtime::builtins::{DetectionParams, MultiscaleParams, RpnParams};
+use mrc_runtime::ops::preprocess::Transform;
 use AttrType::*;
+
+/// Lowers a built-in to the call `mrc_<op>(params, arguments...)` of the runtime's C interface
+/// (`mrc_runtime::abi::builtins`), its results typed as the node's outputs.
+fn call<'c, 'b>(
+    cx: &Emitter<'c, 'b>,
+    node: &LowerNode<'_, 'c, 'b>,
+    op: &str,
+    params: impl Params,
+    arguments: &[Value<'c, 'b>],
+) -> Result<Vec<Value<'c, 'b>>, LoweringError> {
+    let mut all = vec![cx.f64_words(&params.encode())?];
+    all.extend_from_slice(arguments);
+    let results: Vec<_> = node.outputs.iter().map(|ty| cx.tensor_type(ty)).collect();
+    cx.call_runtime(op, &all, &results)
+}
+
+fn box_weights(attrs: &Attrs) -> [f32; 4] {
+    let w = attrs.floats("weights");
+    [w[0] as f32, w[1] as f32, w[2] as f32, w[3] as f32]
+}
 
 fn boxes(op: &str, slot: usize, ty: &TensorType) -> Result<Dim, OpError> {
     if ty.rank() != 2 || ty.dims[1] != Dim::known(4) {
@@ -80,6 +103,17 @@ runtime_operator!(
             ],
             state: vec![],
         })
+    },
+    lower: |cx, node, slots| {
+        let (mean, std) = (node.attrs.floats("mean"), node.attrs.floats("std"));
+        let transform = Transform {
+            min_size: node.attrs.int("min_size") as usize,
+            max_size: node.attrs.int("max_size") as usize,
+            mean: [mean[0] as f32, mean[1] as f32, mean[2] as f32],
+            std: [std[0] as f32, std[1] as f32, std[2] as f32],
+            size_divisible: node.attrs.int("size_divisible") as usize,
+        };
+        call(cx, node, "preprocess", transform, &slots[0])
     }
 );
 
@@ -98,6 +132,13 @@ runtime_operator!(
                 .hint("give one list of sizes per pyramid level"));
         }
         Ok(Inference::output(TensorType::f32(vec![Dim::symbol("A"), Dim::known(4)])))
+    },
+    lower: |cx, node, slots| {
+        let params = AnchorParams {
+            sizes: node.attrs.int_lists("sizes").to_vec(),
+            aspect_ratios: node.attrs.floats("aspect_ratios").to_vec(),
+        };
+        call(cx, node, "anchors", params, &[cx.sizes_table(&slots[0], &[2, 3])?, slots[1][0]])
     }
 );
 
@@ -133,6 +174,19 @@ runtime_operator!(
             return Err(OpError::at_attr("weights", "box coder `weights` are four numbers (wx, wy, ww, wh)"));
         }
         Ok(Inference::output(TensorType::f32(vec![Dim::symbol("P"), Dim::known(4)])))
+    },
+    lower: |cx, node, slots| {
+        let params = RpnParams {
+            pre_nms_top_n: node.attrs.int("pre_nms_top_n") as usize,
+            post_nms_top_n: node.attrs.int("post_nms_top_n") as usize,
+            nms_thresh: node.attrs.float("nms_thresh"),
+            min_size: node.attrs.float("min_size"),
+            score_thresh: node.attrs.float("score_thresh"),
+            weights: box_weights(node.attrs),
+        };
+        let (objectness, objectness_shapes) = cx.pack(&slots[0])?;
+        let (deltas, deltas_shapes) = cx.pack(&slots[1])?;
+        call(cx, node, "rpn_proposals", params, &[objectness, objectness_shapes, deltas, deltas_shapes, slots[2][0], slots[3][0]])
     }
 );
 
@@ -187,6 +241,18 @@ runtime_operator!(
         let k = boxes("multiscale_roi_align", 1, &inputs[1][0])?;
         image_size("multiscale_roi_align", 2, &inputs[2][0])?;
         Ok(pooled(c, k, output_size(attrs)?))
+    },
+    lower: |cx, node, slots| {
+        let size = node.attrs.ints("output_size");
+        let params = MultiscaleParams {
+            output_size: [size[0] as usize, *size.get(1).unwrap_or(&size[0]) as usize],
+            sampling_ratio: node.attrs.int("sampling_ratio") as i32,
+            canonical_scale: node.attrs.int("canonical_scale") as f32,
+            canonical_level: node.attrs.int("canonical_level") as f32,
+            aligned: node.attrs.flag("aligned"),
+        };
+        let (features, shapes) = cx.pack(&slots[0])?;
+        call(cx, node, "multiscale_roi_align", params, &[features, shapes, slots[1][0], slots[2][0]])
     }
 );
 
@@ -242,6 +308,16 @@ runtime_operator!(
             ],
             state: vec![],
         })
+    },
+    lower: |cx, node, slots| {
+        let params = DetectionParams {
+            weights: box_weights(node.attrs),
+            score_thresh: node.attrs.float("score_thresh"),
+            nms_thresh: node.attrs.float("nms_thresh"),
+            detections_per_img: node.attrs.int("detections_per_img") as usize,
+            min_size: node.attrs.float("min_size"),
+        };
+        call(cx, node, "postprocess_detections", params, &[slots[0][0], slots[1][0], slots[2][0], slots[3][0]])
     }
 );
 
@@ -260,6 +336,9 @@ runtime_operator!(
         let mut dims = logits.dims.clone();
         dims[1] = Dim::known(1);
         Ok(Inference::output(TensorType::f32(dims)))
+    },
+    lower: |cx, node, slots| {
+        call(cx, node, "mask_probs", (), &[slots[0][0], slots[1][0]])
     }
 );
 
@@ -273,6 +352,9 @@ runtime_operator!(
         image_size("rescale_boxes", 1, &inputs[1][0])?;
         image("rescale_boxes", 2, &inputs[2][0])?;
         Ok(Inference::output(TensorType::f32(vec![d, Dim::known(4)])))
+    },
+    lower: |cx, node, slots| {
+        call(cx, node, "rescale_boxes", (), &[slots[0][0], slots[1][0], slots[2][0]])
     }
 );
 
@@ -291,6 +373,10 @@ runtime_operator!(
         }
         let (h, w) = image("paste_masks", 2, &inputs[2][0])?;
         Ok(Inference::output(TensorType::f32(vec![d, Dim::known(1), h, w])))
+    },
+    lower: |cx, node, slots| {
+        let params = PasteParams { padding: node.attrs.int("padding") as usize };
+        call(cx, node, "paste_masks", params, &[slots[0][0], slots[1][0], slots[2][0]])
     }
 );
 

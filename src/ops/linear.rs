@@ -36,14 +36,19 @@ impl Operator for Linear {
     /// indexing map, accumulating into the bias broadcast over the rows (or zeros).
     fn lower<'c, 'b>(&self, cx: &Emitter<'c, 'b>, node: &LowerNode<'_, 'c, 'b>) -> Result<Vec<Value<'c, 'b>>, LoweringError> {
         let (x, weight) = (node.inputs[0], node.inputs[1]);
+        // x·Wᵀ in the runtime's microkernel, then the bias by an elementwise generic (fused
+        // with a following ReLU).
         let sizes = [cx.size(x, 0)?, Size::Static(node.attrs.int("out"))];
-        let init = if node.attrs.flag("bias") {
-            cx.broadcast(node.inputs[2], cx.empty(&sizes, cx.f32_type())?, &[0])?
-        } else {
-            cx.zeros(&sizes)?
-        };
-        let maps = "[affine_map<(m, n, k) -> (m, k)>, affine_map<(m, n, k) -> (n, k)>, affine_map<(m, n, k) -> (m, n)>]";
-        Ok(vec![cx.structured("linalg.matmul", &[x, weight], init, &[("indexing_maps", maps.to_string())], Combiner::MulAdd)?])
+        let product_type = cx.ranked_tensor(&sizes.map(|s| s.static_value()), cx.f32_type());
+        let y = cx.call_runtime("linear", &[x, weight], &[product_type])?[0];
+        if !node.attrs.flag("bias") {
+            return Ok(vec![y]);
+        }
+        let init = cx.empty(&sizes, cx.f32_type())?;
+        let add = cx.generic(&[y, node.inputs[2]], &[init], &["(m, n) -> (m, n)", "(m, n) -> (n)", "(m, n) -> (m, n)"], &[Iterator::Parallel; 2], |body| {
+            body.yield_values(&[body.addf(body.arg(0)?, body.arg(1)?)?])
+        })?;
+        Ok(add)
     }
 }
 

@@ -338,7 +338,8 @@ pub fn positive(attrs: &Attrs, name: &'static str) -> Result<i64, OpError> {
 /// Declares a runtime built-in operator from its name, inputs, attributes and shape rule.
 macro_rules! runtime_operator {
     ($(#[$doc:meta])* $ty:ident, $name:literal, inputs: [$($input:expr),*], attrs: [$($attr:expr),* $(,)?],
-     infer: |$inputs:ident, $attrs:ident| $infer:block) => {
+     infer: |$inputs:ident, $attrs:ident| $infer:block
+     $(, lower: |$cx:ident, $node:ident, $slots:ident| $lower:block)? $(,)?) => {
         $(#[$doc])*
         #[derive(Debug)]
         pub struct $ty;
@@ -360,10 +361,32 @@ macro_rules! runtime_operator {
             fn kind(&self) -> OpKind {
                 OpKind::RuntimeBuiltin
             }
-            fn lower<'c, 'b>(&self, _: &Emitter<'c, 'b>, node: &LowerNode<'_, 'c, 'b>) -> Result<Vec<Value<'c, 'b>>, LoweringError> {
+            #[allow(unreachable_code)]
+            fn lower<'c, 'b>(&self, cx: &Emitter<'c, 'b>, node: &LowerNode<'_, 'c, 'b>) -> Result<Vec<Value<'c, 'b>>, LoweringError> {
+                $(
+                    let ($cx, $node, $slots) = (cx, node, split_slots(self.inputs(), node.inputs));
+                    return $lower;
+                )?
+                let _ = cx;
                 Err(LoweringError::RuntimeBuiltin { op: $name, node: node.name.to_string() })
             }
         }
     };
 }
 pub(crate) use runtime_operator;
+
+/// Groups a node's flat inputs by the operator's slots: a list slot takes as many values as the
+/// node has beyond the single slots (split evenly between list slots, which have equal lengths).
+pub fn split_slots<T: Copy>(specs: &[InputSpec], inputs: &[T]) -> Vec<Vec<T>> {
+    let lists = specs.iter().filter(|s| s.list).count();
+    let per_list = (inputs.len() - (specs.len() - lists)).checked_div(lists).unwrap_or(0);
+    let mut rest = inputs;
+    specs
+        .iter()
+        .map(|s| {
+            let (head, tail) = rest.split_at(if s.list { per_list } else { 1 });
+            rest = tail;
+            head.to_vec()
+        })
+        .collect()
+}

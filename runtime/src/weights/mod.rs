@@ -31,7 +31,7 @@ pub use names::current_name;
 compile_error!("mrc-runtime weights assume a little-endian host");
 
 /// The element types a loaded tensor can have.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Dtype {
     F32,
     I64,
@@ -161,7 +161,7 @@ fn numel(shape: &[usize]) -> Option<usize> {
 }
 
 /// What a model expects of one of its state tensors.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct TensorSpec {
     pub name: String,
     pub shape: Vec<usize>,

@@ -1,0 +1,71 @@
+"""Runs torchvision's R50-FPN Mask R-CNN on images and writes COCO results JSON (RLE masks).
+
+usage: torchvision_detect.py --weights W.safetensors --threads N --json OUT.json
+                             [--repeat K] [--timings T.json] IMAGE...
+image_id is the image's 1-based position on the command line. --timings writes
+{"seconds": [one per model call, image by image, K calls each], "peak_rss_mb": peak RSS}.
+"""
+import argparse
+import json
+import resource
+import time
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+import coco_rle
+import r50
+
+
+def detections(image_id, output):
+    boxes = output["boxes"].tolist()
+    masks = (output["masks"][:, 0] > 0.5).numpy()
+    return [{
+        "image_id": image_id,
+        "category_id": int(label),
+        "bbox": [x1, y1, x2 - x1, y2 - y1],
+        "score": float(score),
+        "segmentation": coco_rle.encode(mask),
+    } for (x1, y1, x2, y2), label, score, mask in
+        zip(boxes, output["labels"].tolist(), output["scores"].tolist(), masks)]
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--weights", required=True)
+    parser.add_argument("--threads", type=int, required=True)
+    parser.add_argument("--json", required=True)
+    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--timings")
+    parser.add_argument("images", nargs="+")
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    model = r50.build()
+    model.load_state_dict(load_file(args.weights))
+    model.eval()
+
+    results, seconds = [], []
+    with torch.inference_mode():
+        for image_id, path in enumerate(args.images, start=1):
+            rgb = np.asarray(Image.open(path).convert("RGB"))
+            tensor = torch.from_numpy(rgb.copy()).permute(2, 0, 1).float() / 255
+            for _ in range(args.repeat):
+                start = time.perf_counter()
+                output = model([tensor])[0]
+                seconds.append(time.perf_counter() - start)
+            results += detections(image_id, output)
+            print(f"{path}: {len(output['scores'])} detections, {seconds[-1]:.3f} s")
+
+    with open(args.json, "w") as f:
+        json.dump(results, f)
+    if args.timings:
+        peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        with open(args.timings, "w") as f:
+            json.dump({"seconds": seconds, "peak_rss_mb": peak_rss_mb}, f)
+
+
+if __name__ == "__main__":
+    main()

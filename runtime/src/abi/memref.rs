@@ -1,0 +1,155 @@
+//! Memref descriptors as MLIR lays them out, and buffers that generated code may free.
+
+use std::ffi::c_void;
+
+extern "C" {
+    fn malloc(size: usize) -> *mut c_void;
+}
+
+/// MLIR's `StridedMemRefType<T, R>`: the buffer's allocation, the aligned base, an offset and
+/// per-axis sizes and strides, in elements.
+#[repr(C)]
+#[derive(Debug)]
+pub struct MemRef<T, const R: usize> {
+    pub allocated: *mut T,
+    pub aligned: *mut T,
+    pub offset: i64,
+    pub sizes: [i64; R],
+    pub strides: [i64; R],
+}
+
+impl<T: Copy, const R: usize> MemRef<T, R> {
+    /// A row-major descriptor of `data` (borrowed: generated code must not free or write it).
+    pub fn borrowed(data: &[T], shape: [usize; R]) -> Self {
+        let pointer = data.as_ptr() as *mut T;
+        MemRef { allocated: pointer, aligned: pointer, offset: 0, sizes: shape.map(|d| d as i64), strides: row_major(shape) }
+    }
+
+    /// A row-major tensor in a fresh `malloc` buffer that the receiver frees.
+    pub fn owned(data: &[T], shape: [usize; R]) -> Self {
+        debug_assert_eq!(data.len(), shape.iter().product::<usize>());
+        // SAFETY: at least one byte is requested (malloc(0) may return null), and `data.len()`
+        // elements are copied into a buffer of that many.
+        unsafe {
+            let pointer = malloc(std::mem::size_of_val(data).max(1)) as *mut T;
+            assert!(!pointer.is_null(), "out of memory");
+            std::ptr::copy_nonoverlapping(data.as_ptr(), pointer, data.len());
+            MemRef { allocated: pointer, aligned: pointer, offset: 0, sizes: shape.map(|d| d as i64), strides: row_major(shape) }
+        }
+    }
+
+    /// An uninitialized row-major tensor in a fresh `malloc` buffer, for a kernel to fill.
+    pub fn allocate(shape: [usize; R]) -> Self {
+        let count: usize = shape.iter().product();
+        // SAFETY: malloc of at least one byte; the caller writes every element before reading.
+        let pointer = unsafe { malloc((count * std::mem::size_of::<T>()).max(1)) } as *mut T;
+        assert!(!pointer.is_null(), "out of memory");
+        MemRef { allocated: pointer, aligned: pointer, offset: 0, sizes: shape.map(|d| d as i64), strides: row_major(shape) }
+    }
+
+    pub fn shape(&self) -> [usize; R] {
+        self.sizes.map(|d| d as usize)
+    }
+
+    /// Whether the elements are row-major and contiguous.
+    pub fn is_contiguous(&self) -> bool {
+        self.strides == row_major(self.shape()) || self.shape().contains(&0)
+    }
+
+    /// The elements in row-major order: a view when contiguous, else a gathered copy.
+    ///
+    /// # Safety
+    /// The descriptor must describe live memory holding its elements.
+    pub unsafe fn elements(&self) -> std::borrow::Cow<'_, [T]> {
+        let count: usize = self.shape().iter().product();
+        if count == 0 {
+            return std::borrow::Cow::Owned(vec![]);
+        }
+        let base = self.aligned.offset(self.offset as isize);
+        if self.is_contiguous() {
+            return std::borrow::Cow::Borrowed(std::slice::from_raw_parts(base, count));
+        }
+        let shape = self.shape();
+        let mut out = Vec::with_capacity(count);
+        for flat in 0..count {
+            let (mut rest, mut position) = (flat, 0_i64);
+            for axis in (0..R).rev() {
+                position += (rest % shape[axis]) as i64 * self.strides[axis];
+                rest /= shape[axis];
+            }
+            out.push(*base.offset(position as isize));
+        }
+        std::borrow::Cow::Owned(out)
+    }
+
+    /// A mutable slice over a buffer from [`MemRef::allocate`].
+    ///
+    /// # Safety
+    /// The descriptor must be contiguous and own its buffer.
+    pub unsafe fn as_mut_slice(&mut self) -> &mut [T] {
+        std::slice::from_raw_parts_mut(self.aligned.offset(self.offset as isize), self.shape().iter().product())
+    }
+}
+
+pub(crate) fn row_major<const R: usize>(shape: [usize; R]) -> [i64; R] {
+    let mut strides = [1_i64; R];
+    for axis in (0..R.saturating_sub(1)).rev() {
+        strides[axis] = strides[axis + 1] * shape[axis + 1] as i64;
+    }
+    strides
+}
+
+/// MLIR's `UnrankedMemRefType`: a rank and a pointer to a ranked descriptor.
+#[repr(C)]
+pub struct UnrankedMemRef {
+    rank: i64,
+    descriptor: *const i64,
+}
+
+/// `memrefCopy`, which `finalize-memref-to-llvm` calls to copy between strided views (as MLIR's
+/// C runner utilities define it): `element_size` bytes per element, any rank and strides.
+///
+/// # Safety
+/// Both descriptors must describe live buffers of the same shape.
+#[export_name = "memrefCopy"]
+pub unsafe extern "C" fn memref_copy(element_size: i64, source: *const UnrankedMemRef, target: *const UnrankedMemRef) {
+    let (source, target) = (&*source, &*target);
+    let rank = source.rank as usize;
+    // Descriptor words: allocated, aligned, offset, sizes[rank], strides[rank].
+    let words = |d: *const i64| std::slice::from_raw_parts(d, 3 + 2 * rank);
+    let (s, t) = (words(source.descriptor), words(target.descriptor));
+    let sizes = &s[3..3 + rank];
+    let count: i64 = sizes.iter().product();
+    if count == 0 {
+        return;
+    }
+    let size = element_size as usize;
+    let (from, to) = ((s[1] as *const u8).add(s[2] as usize * size), (t[1] as *mut u8).add(t[2] as usize * size));
+    let contiguous = |strides: &[i64]| {
+        let mut expected = 1;
+        (0..rank).rev().all(|axis| {
+            let ok = sizes[axis] == 1 || strides[axis] == expected;
+            expected *= sizes[axis];
+            ok
+        })
+    };
+    if contiguous(&s[3 + rank..]) && contiguous(&t[3 + rank..]) {
+        std::ptr::copy_nonoverlapping(from, to, count as usize * size);
+        return;
+    }
+    let (source_strides, target_strides) = (&s[3 + rank..], &t[3 + rank..]);
+    // Innermost runs are copied at once when both sides are unit-strided along the last axis.
+    let inner = if rank > 0 && source_strides[rank - 1] == 1 && target_strides[rank - 1] == 1 { sizes[rank - 1] } else { 1 };
+    let outer_rank = if inner > 1 { rank - 1 } else { rank };
+    let outer: i64 = sizes[..outer_rank].iter().product();
+    for flat in 0..outer {
+        let (mut rest, mut a, mut b) = (flat, 0_i64, 0_i64);
+        for axis in (0..outer_rank).rev() {
+            let i = rest % sizes[axis];
+            rest /= sizes[axis];
+            a += i * source_strides[axis];
+            b += i * target_strides[axis];
+        }
+        std::ptr::copy_nonoverlapping(from.add(a as usize * size), to.add(b as usize * size), inner as usize * size);
+    }
+}

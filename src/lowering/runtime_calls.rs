@@ -1,0 +1,157 @@
+//! Calls from generated code into the runtime (`mrc_runtime::abi`): microkernels and the
+//! detection built-ins. A runtime function is declared in the module the first time it is
+//! called (`func.func private @mrc_<name>` with `llvm.emit_c_interface`, every argument
+//! `bufferization.access = "read"` so that bufferization passes buffers without copies), with
+//! fully dynamic tensor types, so that call sites with different static shapes share one
+//! declaration; values are `tensor.cast` to and from those types.
+
+use melior::{
+    dialect::func,
+    ir::{
+        attribute::{FlatSymbolRefAttribute, StringAttribute, TypeAttribute},
+        r#type::FunctionType,
+        Attribute, Identifier, Module, Region, ShapedTypeLike, Type, Value, ValueLike,
+    },
+};
+
+use super::{builder::Emitter, error::LoweringError};
+
+impl<'c, 'b> Emitter<'c, 'b> {
+    /// `tensor.cast` of `tensor` to `ty`.
+    pub fn cast(&self, tensor: Value<'c, 'b>, ty: Type<'c>) -> Result<Value<'c, 'b>, LoweringError> {
+        if tensor.r#type() == ty {
+            return Ok(tensor);
+        }
+        self.append(self.builder("tensor.cast").add_operands(&[tensor]).add_results(&[ty]).build()?)
+    }
+
+    /// The type of `tensor` with every dimension dynamic.
+    fn dynamic_type(&self, tensor: Value<'c, '_>) -> Result<Type<'c>, LoweringError> {
+        let rank = self.static_dims(tensor)?.len();
+        Ok(self.ranked_tensor(&vec![None; rank], self.element_of(tensor)?))
+    }
+
+    /// Calls the runtime function `mrc_<name>` on `arguments`; its results have `results`'
+    /// element types and ranks, and are cast to those types.
+    pub fn call_runtime(&self, name: &str, arguments: &[Value<'c, 'b>], results: &[Type<'c>]) -> Result<Vec<Value<'c, 'b>>, LoweringError> {
+        let symbol = format!("mrc_{name}");
+        let mut dynamic_arguments = vec![];
+        for &argument in arguments {
+            dynamic_arguments.push(self.cast(argument, self.dynamic_type(argument)?)?);
+        }
+        let argument_types: Vec<Type> = dynamic_arguments.iter().map(|a| a.r#type()).collect();
+        let mut result_types = vec![];
+        for &ty in results {
+            let tensor = melior::ir::r#type::RankedTensorType::try_from(ty)?;
+            result_types.push(self.ranked_tensor(&vec![None; tensor.rank()], tensor.element()));
+        }
+        let function = FunctionType::new(self.context, &argument_types, &result_types).into();
+        let declared = *self.runtime.borrow_mut().entry(symbol.clone()).or_insert(function);
+        if declared != function {
+            return Err(LoweringError::Build(format!("`{symbol}` called as {function} and as {declared}")));
+        }
+        let call = func::call(self.context, FlatSymbolRefAttribute::new(self.context, &symbol), &dynamic_arguments, &result_types, self.location);
+        let values = self.append_results(call)?;
+        values.into_iter().zip(results).map(|(value, &ty)| self.cast(value, ty)).collect()
+    }
+
+    /// A constant `tensor<?xf64>` of `words` (a built-in's parameters).
+    pub fn f64_words(&self, words: &[f64]) -> Result<Value<'c, 'b>, LoweringError> {
+        let f64_type = Type::float64(self.context);
+        let ty = self.ranked_tensor(&[Some(words.len() as i64)], f64_type);
+        let elements: Vec<String> = words.iter().map(|w| format!("{w:.17e}")).collect();
+        let text = format!("dense<[{}]> : {ty}", elements.join(", "));
+        let text = if words.is_empty() { format!("dense<> : {ty}") } else { text };
+        let value_attribute = Attribute::parse(self.context, &text).ok_or_else(|| LoweringError::Build(format!("invalid attribute `{text}`")))?;
+        let constant = self.append(
+            self.builder("arith.constant").add_attributes(&[(Identifier::new(self.context, "value"), value_attribute)]).add_results(&[ty]).build()?,
+        )?;
+        self.cast(constant, self.ranked_tensor(&[None], f64_type))
+    }
+
+    /// `tensor<K x i64>` of `sizes`.
+    pub fn index_tensor(&self, sizes: &[super::Size<'c, 'b>]) -> Result<Value<'c, 'b>, LoweringError> {
+        let i64_type = melior::ir::r#type::IntegerType::new(self.context, 64).into();
+        let mut elements = vec![];
+        for &size in sizes {
+            let size = self.size_value(size)?;
+            elements.push(self.append(self.builder("arith.index_cast").add_operands(&[size]).add_results(&[i64_type]).build()?)?);
+        }
+        let ty = self.ranked_tensor(&[Some(sizes.len() as i64)], i64_type);
+        self.append(self.builder("tensor.from_elements").add_operands(&elements).add_results(&[ty]).build()?)
+    }
+
+    /// `tensor<L x axes.len() x i64>`: for each tensor, its sizes along `axes`.
+    pub fn sizes_table(&self, tensors: &[Value<'c, '_>], axes: &[usize]) -> Result<Value<'c, 'b>, LoweringError> {
+        let i64_type = melior::ir::r#type::IntegerType::new(self.context, 64).into();
+        let mut elements = vec![];
+        for &tensor in tensors {
+            for &axis in axes {
+                let size = self.size(tensor, axis)?;
+                let size = self.size_value(size)?;
+                elements.push(self.append(self.builder("arith.index_cast").add_operands(&[size]).add_results(&[i64_type]).build()?)?);
+            }
+        }
+        let ty = self.ranked_tensor(&[Some(tensors.len() as i64), Some(axes.len() as i64)], i64_type);
+        self.append(self.builder("tensor.from_elements").add_operands(&elements).add_results(&[ty]).build()?)
+    }
+
+    /// A list of f32 tensors of one rank as the runtime takes it: their elements concatenated
+    /// (`tensor<?xf32>`) and their shapes (`tensor<L x rank x i64>`).
+    pub fn pack(&self, tensors: &[Value<'c, 'b>]) -> Result<(Value<'c, 'b>, Value<'c, 'b>), LoweringError> {
+        let rank = self.static_dims(tensors[0])?.len();
+        let axes: Vec<usize> = (0..rank).collect();
+        let shapes = self.sizes_table(tensors, &axes)?;
+        let flat_type = self.ranked_tensor(&[None], self.f32_type());
+        let mut flats = vec![];
+        for &tensor in tensors {
+            let flat = self.collapse_shape(tensor, &[&axes])?;
+            flats.push(self.cast(flat, flat_type)?);
+        }
+        let flat = if flats.len() == 1 {
+            flats[0]
+        } else {
+            self.append(
+                self.builder("tensor.concat")
+                    .add_operands(&flats)
+                    .add_attributes(&[self.named("dim", "0 : i64")?])
+                    .add_results(&[flat_type])
+                    .build()?,
+            )?
+        };
+        Ok((flat, shapes))
+    }
+
+    /// The runtime functions called so far and their types.
+    pub(super) fn runtime_declarations(&self) -> Vec<(String, Type<'c>)> {
+        self.runtime.borrow().iter().map(|(name, ty)| (name.clone(), *ty)).collect()
+    }
+}
+
+/// Appends to `module` a private declaration of each runtime function in `declarations`.
+pub(super) fn declare_runtime_functions<'c>(
+    context: &'c melior::Context,
+    module: &Module<'c>,
+    declarations: &[(String, Type<'c>)],
+) -> Result<(), LoweringError> {
+    use melior::ir::BlockLike;
+    for (name, ty) in declarations {
+        let function = FunctionType::try_from(*ty)?;
+        let read_only = vec!["{bufferization.access = \"read\"}"; function.input_count()];
+        let argument_attributes = format!("[{}]", read_only.join(", "));
+        let parse = |text: &str| Attribute::parse(context, text).ok_or_else(|| LoweringError::Build(format!("invalid attribute `{text}`")));
+        module.body().append_operation(func::func(
+            context,
+            StringAttribute::new(context, name),
+            TypeAttribute::new(*ty),
+            Region::new(),
+            &[
+                (Identifier::new(context, "sym_visibility"), StringAttribute::new(context, "private").into()),
+                (Identifier::new(context, "llvm.emit_c_interface"), Attribute::unit(context)),
+                (Identifier::new(context, "arg_attrs"), parse(&argument_attributes)?),
+            ],
+            melior::ir::Location::unknown(context),
+        ));
+    }
+    Ok(())
+}
