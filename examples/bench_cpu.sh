@@ -31,9 +31,9 @@ for round in $(seq "$ROUNDS"); do
     echo "== round $round of $ROUNDS"
     show "$R50_PROGRAM" --threads "$THREADS" --timings "$BENCH/mrc_t$round.json" \
         --json "$BENCH/mrc.json" "${images[@]}"
-    show env OMP_NUM_THREADS="$THREADS" MKL_NUM_THREADS="$THREADS" "$py" examples/tools/torchvision_detect.py \
-        --weights "$R50_WEIGHTS" --threads "$THREADS" --repeat "$REPEAT" \
-        --timings "$BENCH/torch_t$round.json" --json "$BENCH/torch.json" "$image"
+    show env OMP_NUM_THREADS="$THREADS" MKL_NUM_THREADS="$THREADS" \
+        "$py" examples/tools/torchvision_detect.py --weights "$R50_WEIGHTS" --threads "$THREADS" \
+        --repeat "$REPEAT" --timings "$BENCH/torch_t$round.json" --json "$BENCH/torch.json" "$image"
     mrc_timings+=("$BENCH/mrc_t$round.json")
     torch_timings+=("$BENCH/torch_t$round.json")
 done

@@ -21,5 +21,5 @@ photos=("$BENCH"/photo*.png)
 show "$R50_PROGRAM" --json "$BENCH/parity_mrc.json" "${photos[@]}"
 show "$py" examples/tools/torchvision_detect.py --weights "$R50_WEIGHTS" --threads "$(nproc)" \
     --json "$BENCH/parity_torch.json" "${photos[@]}"
-show "$py" examples/tools/compare_detections.py "$BENCH/parity_torch.json" "$BENCH/parity_mrc.json" \
-    --min-match 0.95
+show "$py" examples/tools/compare_detections.py \
+    "$BENCH/parity_torch.json" "$BENCH/parity_mrc.json" --min-match 0.95

@@ -12,3 +12,4 @@ pub mod passes;
 pub mod run;
 pub mod summary;
 pub mod syntax;
+pub mod targets;

@@ -31,7 +31,28 @@ enum Command {
     },
     /// Print the syntax tree of a model file back as text, fully parenthesized.
     Parse { file: PathBuf },
-    /// Run a model in process (dense parts JIT-compiled, built-ins in the runtime) on images;
+    /// Compile a model to a native executable (or one of its intermediate stages).
+    Compile {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// The target; only `cpu` for now.
+        #[arg(long, default_value = "cpu")]
+        target: Target,
+        /// Weights to embed (safetensors or a torch checkpoint); without them the program needs
+        /// `--weights` when it runs.
+        #[arg(long)]
+        weights: Option<PathBuf>,
+        /// Optimization level: graph passes from 1 on, LLVM's level as given.
+        #[arg(short = 'O', default_value_t = 3, value_parser = clap::value_parser!(u8).range(0..=3))]
+        optimization: u8,
+        /// What to write: the executable, or MLIR, LLVM IR or the object file for inspection.
+        #[arg(long, default_value = "exe")]
+        emit: mrc::targets::cpu::Emit,
+        /// The output file.
+        #[arg(short = 'o')]
+        output: PathBuf,
+    },
+    /// Run a model in process (JIT-compiled, built-ins in the runtime) on images;
     /// print the detections, optionally keep intermediate tensors.
     Run {
         #[command(flatten)]
@@ -70,6 +91,11 @@ struct ModelArgs {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum Target {
+    Cpu,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 enum GraphFormat {
     Text,
     Dot,
@@ -105,6 +131,12 @@ fn main() -> ExitCode {
             format!("{comment} before passes\n{before}\n{comment} after passes: {}\n{}", if changed.is_empty() { "none changed the graph".to_string() } else { changed.join(", ") }, render(&m.graph))
         }),
         Command::Parse { file } => parse(file),
+        Command::Compile { model, target: Target::Cpu, weights, optimization, emit, output } => load(model).and_then(|mut m| {
+            if *optimization > 0 {
+                mrc::passes::run(&mut m.graph, &mrc::passes::default_passes());
+            }
+            mrc::targets::cpu::compile(&m, weights.as_deref(), *optimization, *emit, output).map_err(|e| format!("error: {e}"))
+        }),
         Command::Run { model, weights, images, dump_tensors, dump_dir } => {
             load(model).and_then(|m| mrc::run::run_images(&m.graph, weights, images, dump_tensors, dump_dir))
         }

@@ -17,12 +17,17 @@ show() {
 r50_torch_python() {
     py=${MRC_TORCH_PYTHON:-/work/venv-torch/bin/python}
     if ! [ -x "$py" ] || ! "$py" -c "import torch, torchvision" 2>/dev/null; then
-        echo "error: $py is not a Python with torch and torchvision. Make one outside the repository:" >&2
-        echo "  python3 -m venv DIR && DIR/bin/pip install torch torchvision --index-url https://download.pytorch.org/whl/cpu && DIR/bin/pip install safetensors pillow" >&2
-        echo "and set MRC_TORCH_PYTHON=DIR/bin/python" >&2
+        cat >&2 <<EOF
+error: $py is not a Python with torch and torchvision. Make one outside the repository:
+  python3 -m venv DIR
+  DIR/bin/pip install torch torchvision --index-url https://download.pytorch.org/whl/cpu
+  DIR/bin/pip install safetensors pillow
+and set MRC_TORCH_PYTHON=DIR/bin/python.
+EOF
         exit 2
     fi
-    "$py" -c "import safetensors, PIL" 2>/dev/null || show "$py" -m pip install -q safetensors pillow
+    "$py" -c "import safetensors, PIL" 2>/dev/null ||
+        show "$py" -m pip install -q safetensors pillow
 }
 
 # The random R50-FPN weights and the photos, made once.
@@ -38,5 +43,6 @@ r50_inputs() {
 
 # Compiles models/mask_rcnn.model for the CPU with the R50 weights built in.
 r50_compile() {
-    show target/release/mrc compile "$MODEL" --target cpu --weights "$R50_WEIGHTS" -O3 -o "$R50_PROGRAM"
+    show target/release/mrc compile "$MODEL" --target cpu --weights "$R50_WEIGHTS" -O3 \
+        -o "$R50_PROGRAM"
 }

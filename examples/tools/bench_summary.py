@@ -39,7 +39,8 @@ def main():
     print(f"{'fastest-slowest':24}{spread[0]:>12}{spread[1]:>14}")
     print(f"{'runs (warm-up dropped)':24}{len(mrc):12d}{len(torch):14d}")
     print(f"{'peak RSS MB':24}{mrc_rss:12.0f}{torch_rss:14.0f}")
-    print(f"mrc / torchvision: {ratio:.3f}; bar {args.bar}: {'met' if ratio <= args.bar else 'NOT met'}")
+    verdict = "met" if ratio <= args.bar else "NOT met"
+    print(f"mrc / torchvision: {ratio:.3f}; bar {args.bar}: {verdict}")
     print(f"mrc compile seconds: {args.compile_seconds:.1f}")
 
 

@@ -25,5 +25,5 @@ pub use context::{create_context, parse_module};
 pub use entry::{add_entry_points, PROGRAM_MAIN};
 pub use emit::{emit_forward, emit_network, LowerNode, NamedTensor, Signature, FORWARD};
 pub use error::LoweringError;
-pub use pipeline::{cuda_pipeline, jit, lower_gpu_to_ptx, lower_to_llvm, run_pipeline, CPU_PIPELINE};
+pub use pipeline::{cuda_pipeline, jit, jit_for_object, lower_gpu_to_ptx, lower_to_llvm, run_pipeline, CPU_PIPELINE};
 pub use ptx::{extract_ptx, GpuModulePtx};

@@ -110,12 +110,22 @@ pub fn lower_gpu_to_ptx(context: &Context, module: &mut Module, chip: &str) -> R
 /// passed as pointers to descriptors; a returned memref is a leading pointer to a descriptor),
 /// followed by a pointer to the scalar result if there is one.
 pub fn jit(module: &Module, optimization_level: usize) -> Result<ExecutionEngine, LoweringError> {
+    engine(module, optimization_level, false)
+}
+
+/// [`jit`] with the compiled code kept for `ExecutionEngine::dump_to_object_file` (after the
+/// first lookup, which compiles it).
+pub fn jit_for_object(module: &Module, optimization_level: usize) -> Result<ExecutionEngine, LoweringError> {
+    engine(module, optimization_level, true)
+}
+
+fn engine(module: &Module, optimization_level: usize, keep_object: bool) -> Result<ExecutionEngine, LoweringError> {
     // melior does not report a failed engine creation (it keeps a null engine that crashes on
     // first use), and the usual cause is an operation left outside the LLVM dialect: reject it.
     if let Some(operation) = first_operation_outside_llvm(module) {
         return Err(LoweringError::NotLlvmDialect { operation });
     }
-    let engine = ExecutionEngine::new(module, optimization_level, &[], false, false);
+    let engine = ExecutionEngine::new(module, optimization_level, &[], keep_object, false);
     for (name, pointer) in mrc_runtime::abi::symbols() {
         // SAFETY: each pointer is the runtime function of that C symbol.
         unsafe { engine.register_symbol(name, pointer) };

@@ -37,9 +37,13 @@ pub fn take_error() -> Option<String> {
     ERROR.with(|e| e.borrow_mut().take())
 }
 
-/// The runtime functions generated code may call, by symbol, for a JIT to resolve.
+/// The runtime functions generated code may call, by symbol, for a JIT to resolve (with the
+/// program driver, which a compiled program's `main` calls).
 pub fn symbols() -> Vec<(&'static str, *mut ())> {
-    let mut symbols = vec![("memrefCopy", memref_copy as *mut ())];
+    let mut symbols = vec![
+        ("memrefCopy", memref_copy as *mut ()),
+        ("mrc_program_main", crate::program::compiled::mrc_program_main as *mut ()),
+    ];
     symbols.extend(kernels::symbols());
     symbols.extend(builtins::symbols());
     symbols

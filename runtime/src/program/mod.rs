@@ -22,7 +22,9 @@
 //! strictly greater than the score threshold (torchvision's `box_score_thresh` test).
 
 pub mod coco;
+pub mod compiled;
 pub mod rle;
+pub mod trailer;
 
 mod cli;
 mod inputs;

@@ -1,0 +1,180 @@
+//! `mrc compile --target cpu`: the network's `@forward` lowered to the LLVM dialect, compiled to
+//! an object file in process (MLIR's execution engine, LLVM `-O<level>`), linked by the system
+//! linker (`cc`) with the runtime's static library, whose program driver the generated `main`
+//! calls. The model's interface and (by default) its weights follow the executable's code as a
+//! trailer, so that one file deploys; the program reads them from its own file.
+//!
+//! Trailer layout, at the very end of the file: weights (safetensors, possibly empty), the
+//! [`ProgramManifest`] as JSON, then the two lengths as little-endian u64 and the magic
+//! [`TRAILER_MAGIC`].
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::expand::{value::Value, Model};
+use crate::lowering::{add_entry_points, create_context, emit_network, lower_to_llvm, LoweringError};
+use crate::run::{expected_state, interface};
+use mrc_runtime::abi::forward::FORWARD_PACKED;
+use mrc_runtime::program::trailer::{ProgramManifest, TRAILER_MAGIC};
+use mrc_runtime::weights::Weights;
+
+/// What `mrc compile` writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Emit {
+    /// The executable.
+    Exe,
+    /// MLIR on tensors, as emitted from the graph.
+    Mlir,
+    /// LLVM IR, after the CPU pipeline.
+    Llvm,
+    /// The object file, before linking.
+    Obj,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CompileError {
+    #[error(transparent)]
+    Lowering(#[from] LoweringError),
+    #[error(transparent)]
+    Weights(#[from] mrc_runtime::weights::WeightsError),
+    #[error("{path}: {message}")]
+    Io { path: PathBuf, message: String },
+    #[error("the runtime library `libmrc_runtime.a` is not beside `{0}`; build it with `cargo build --workspace` (or set MRC_RUNTIME_LIB)")]
+    NoRuntime(PathBuf),
+    #[error("linking failed ({command}):\n{stderr}")]
+    Link { command: String, stderr: String },
+}
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> CompileError + '_ {
+    move |e| CompileError::Io { path: path.to_owned(), message: e.to_string() }
+}
+
+/// Compiles `model` to `output` as `emit` says, at LLVM optimization level `level`, with
+/// `weights` embedded in an executable.
+pub fn compile(model: &Model, weights: Option<&Path>, level: u8, emit: Emit, output: &Path) -> Result<String, CompileError> {
+    // Weights first: a mismatch is reported before minutes of compilation.
+    let weights = weights.map(Weights::open).transpose()?;
+    if let Some(weights) = &weights {
+        weights.validate(&expected_state(&model.graph))?;
+    }
+    let context = create_context();
+    let (mut module, signature) = emit_network(&context, &model.graph)?;
+    if emit == Emit::Mlir {
+        write_atomic(output, module.as_operation().to_string().as_bytes())?;
+        return Ok(format!("wrote {}\n", output.display()));
+    }
+    lower_to_llvm(&context, &mut module)?;
+    add_entry_points(&context, &module, signature.arguments.len(), true)?;
+    if emit == Emit::Llvm {
+        write_atomic(output, llvm_ir(&module).as_bytes())?;
+        return Ok(format!("wrote {}\n", output.display()));
+    }
+
+    let scratch = tempfile::tempdir().map_err(io(output))?;
+    let object = scratch.path().join("forward.o");
+    let engine = crate::lowering::jit_for_object(&module, level as usize)?;
+    // The engine compiles on first lookup; the object is what it compiled.
+    if engine.lookup(FORWARD_PACKED).is_null() {
+        return Err(LoweringError::Build(format!("`{FORWARD_PACKED}` did not compile")).into());
+    }
+    engine.dump_to_object_file(object.to_str().expect("temporary paths are UTF-8"));
+    if !object.exists() {
+        return Err(LoweringError::Build("the execution engine wrote no object file".into()).into());
+    }
+    if emit == Emit::Obj {
+        let bytes = std::fs::read(&object).map_err(io(&object))?;
+        write_atomic(output, &bytes)?;
+        return Ok(format!("wrote {}\n", output.display()));
+    }
+
+    let linked = scratch.path().join("program");
+    link(&object, &linked)?;
+    let manifest = ProgramManifest {
+        model_name: output.file_name().map_or("program".into(), |n| n.to_string_lossy().into_owned()),
+        class_names: class_names(model),
+        interface: interface(&model.graph, &signature),
+    };
+    let weight_bytes = match &weights {
+        Some(weights) => weights.to_safetensors_bytes()?,
+        None => vec![],
+    };
+    let mut program = std::fs::read(&linked).map_err(io(&linked))?;
+    let manifest_json = serde_json::to_vec(&manifest).expect("the manifest serializes");
+    program.extend_from_slice(&weight_bytes);
+    program.extend_from_slice(&manifest_json);
+    program.extend_from_slice(&(weight_bytes.len() as u64).to_le_bytes());
+    program.extend_from_slice(&(manifest_json.len() as u64).to_le_bytes());
+    program.extend_from_slice(TRAILER_MAGIC);
+    write_atomic(output, &program)?;
+    set_executable(output)?;
+    let embedded = if weights.is_some() { "weights embedded" } else { "no weights embedded: pass --weights when running it" };
+    Ok(format!("wrote {} ({:.1} MB, {embedded})\n", output.display(), program.len() as f64 / 1e6))
+}
+
+/// The label names from the config's `class_names`, if any.
+fn class_names(model: &Model) -> Vec<String> {
+    match model.config.get("class_names").map(|s| &s.value) {
+        Some(Value::List(names)) => names.iter().map(|n| if let Value::Str(s) = n { s.clone() } else { String::new() }).collect(),
+        _ => vec![],
+    }
+}
+
+/// LLVM IR of a module in the LLVM dialect.
+fn llvm_ir(module: &melior::ir::Module) -> String {
+    // SAFETY: the module is in the LLVM dialect; the returned C string is the caller's to free.
+    unsafe {
+        let text = mlir_sys::mlirTranslateModuleToLLVMIRToString(module.as_operation().to_raw());
+        let owned = std::ffi::CStr::from_ptr(text).to_string_lossy().into_owned();
+        libc_free(text as *mut std::ffi::c_void);
+        owned
+    }
+}
+
+extern "C" {
+    #[link_name = "free"]
+    fn libc_free(pointer: *mut std::ffi::c_void);
+}
+
+/// The runtime's static library: `MRC_RUNTIME_LIB`, or beside the running `mrc`.
+fn runtime_library() -> Result<PathBuf, CompileError> {
+    if let Some(path) = std::env::var_os("MRC_RUNTIME_LIB") {
+        return Ok(PathBuf::from(path));
+    }
+    let exe = std::env::current_exe().map_err(io(Path::new("mrc")))?;
+    let directory = exe.parent().unwrap_or(Path::new("."));
+    let library = directory.join("libmrc_runtime.a");
+    if library.exists() {
+        Ok(library)
+    } else {
+        Err(CompileError::NoRuntime(exe))
+    }
+}
+
+/// Links `object` with the runtime into the executable `output` (no debug information).
+fn link(object: &Path, output: &Path) -> Result<(), CompileError> {
+    let runtime = runtime_library()?;
+    let mut command = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()));
+    command
+        .arg("-no-pie")
+        .arg("-o")
+        .arg(output)
+        .arg(object)
+        .arg(&runtime)
+        .args(["-Wl,--gc-sections", "-s", "-lm", "-lpthread", "-ldl", "-lgcc_s", "-lc"]);
+    let rendered = format!("{command:?}");
+    let result = command.output().map_err(|e| CompileError::Link { command: rendered.clone(), stderr: e.to_string() })?;
+    if !result.status.success() {
+        return Err(CompileError::Link { command: rendered, stderr: String::from_utf8_lossy(&result.stderr).into_owned() });
+    }
+    Ok(())
+}
+
+/// Writes through a temporary file renamed into place: never a half-written output.
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CompileError> {
+    mrc_runtime::program::coco::write_atomic(path, bytes).map_err(|message| CompileError::Io { path: path.to_owned(), message })
+}
+
+fn set_executable(path: &Path) -> Result<(), CompileError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).map_err(io(path))
+}

@@ -1,0 +1,3 @@
+//! Targets: from a lowered module to something that runs. [`cpu`] writes native executables.
+
+pub mod cpu;
