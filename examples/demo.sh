@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # The mrc demo: installs what is missing, builds mrc, checks the shipped models and writes their
-# graphs (text, Graphviz dot, and SVG where Graphviz is installed) under out/demo/, then runs the
-# mini model on the shipped images in process and keeps some intermediate tensors.
+# graphs (text, Graphviz dot, and SVG where Graphviz is installed) under out/demo/, compiles the
+# mini model (trained on synthetic shapes) to a native program and runs it on the shipped images,
+# writing COCO results and overlays, then runs it in process and keeps intermediate tensors.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . examples/lib/deps.sh
 mrc_install_deps
 
-cargo build --bin mrc
+# The workspace: mrc and the runtime library that compiled programs link.
+cargo build --workspace
 mrc=target/debug/mrc
 out=out/demo
 mkdir -p "$out"
@@ -28,6 +30,14 @@ demo_model mask_rcnn_r50_fpn models/mask_rcnn.model
 demo_model mask_rcnn_r101_fpn models/mask_rcnn.model --config models/resnet101.yaml
 demo_model mask_rcnn_x101_fpn models/mask_rcnn.model --config models/resnext101_32x8d.yaml
 demo_model mini models/mini.model
+
+echo
+echo "== mrc compile models/mini.model (weights embedded) -> $out/mini"
+time "$mrc" compile models/mini.model --target cpu --weights tests/fixtures/model/weights.safetensors -o "$out/mini"
+
+echo
+echo "== $out/mini on the shipped images: results JSON and overlays"
+"$out/mini" tests/fixtures/model/images/ --json "$out/mini_results.json" --overlay "$out/overlays"
 
 echo
 echo "== mini.model on the shipped images, in process (mrc run), FPN level 0 and proposals kept"

@@ -56,16 +56,39 @@ fn arguments_are_inputs_then_state_in_state_dict_order() {
 }
 
 #[test]
-fn detection_operators_are_reported_as_runtime_built_ins() {
+fn detection_operators_become_calls_into_the_runtime() {
     let model = load(Path::new("models/mini.model"));
     let context = create_context();
-    let result = emit_network(&context, &model.graph).map(|_| ());
-    match result {
-        Err(error @ LoweringError::RuntimeBuiltin { op: "preprocess", .. }) => {
-            assert!(error.to_string().starts_with("not lowered yet: `preprocess`"), "{error}");
+    let (module, _) = emit_network(&context, &model.graph).unwrap();
+    let text = module.as_operation().to_string();
+    for op in ["preprocess", "anchors", "rpn_proposals", "multiscale_roi_align", "postprocess_detections", "mask_probs", "rescale_boxes", "paste_masks", "conv_matmul", "linear"] {
+        assert!(text.contains(&format!("func.func private @mrc_{op}(")), "no declaration of `mrc_{op}`");
+        assert!(text.contains(&format!("call @mrc_{op}(")), "no call of `mrc_{op}`");
+    }
+    // Declared once, with read-only arguments and the C interface.
+    assert_eq!(text.matches("func.func private @mrc_multiscale_roi_align(").count(), 1);
+    assert!(text.contains("bufferization.access = \"read\""));
+}
+
+#[test]
+fn operators_without_a_runtime_entry_are_reported() {
+    let directory = std::env::temp_dir().join(format!("mrc-lowering-models-roi-{}", std::process::id()));
+    std::fs::create_dir_all(&directory).unwrap();
+    let path = directory.join("roi_pool.model");
+    std::fs::write(
+        &path,
+        "network t(x: f32[1, 2, H, W], boxes: f32[K, 4]) -> (y: f32[K, 2, 7, 7]) {\n    return roi_pool(x, boxes, output_size: 7, spatial_scale: 0.25)\n}\n",
+    )
+    .unwrap();
+    let model = load(&path);
+    std::fs::remove_file(&path).unwrap();
+    let context = create_context();
+    match emit_network(&context, &model.graph).map(|_| ()) {
+        Err(error @ LoweringError::RuntimeBuiltin { op: "roi_pool", .. }) => {
+            assert!(error.to_string().starts_with("not lowered yet: `roi_pool`"), "{error}");
         }
-        Err(other) => panic!("expected the runtime built-in `preprocess`, got: {other}"),
-        Ok(_) => panic!("mini.model lowered although it starts with `preprocess`"),
+        Err(other) => panic!("expected `roi_pool` to be reported, got: {other}"),
+        Ok(_) => panic!("roi_pool lowered although the runtime has no entry for it"),
     }
 }
 

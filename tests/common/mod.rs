@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod detections;
+
 use mrc::diagnostic::SourceMap;
 use mrc::expand::{self, Model};
 use std::path::{Path, PathBuf};

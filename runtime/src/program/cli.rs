@@ -37,6 +37,11 @@ pub struct Options {
     #[arg(long, value_name = "T", default_value_t = 0.5, value_parser = unit_interval)]
     pub mask_threshold: f32,
 
+    /// Write each image's detection time and the peak memory use as JSON
+    /// (`{"seconds": [...], "peak_rss_mb": x}`), for benchmarks.
+    #[arg(long, value_name = "T.json")]
+    pub timings: Option<PathBuf>,
+
     /// Number of worker threads (default: one per core).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub threads: Option<u16>,

@@ -186,6 +186,8 @@ fn set_thread_count(threads: usize, log: &mut dyn Write) {
 struct Processed {
     info: ImageInfo,
     entries: Vec<ResultEntry>,
+    /// The detector's time on the image.
+    seconds: f64,
 }
 
 /// Processes the images and writes the outputs; returns how many inputs failed, or why the run
@@ -239,6 +241,11 @@ fn run<D: Detector>(
         coco::write_json_atomic(&coco::meta_path(json), &meta)?;
         stages.add("write results", clock.elapsed());
     }
+    if let Some(path) = &options.timings {
+        let seconds: Vec<f64> = processed.iter().map(|p| p.seconds).collect();
+        let timings = serde_json::json!({ "seconds": seconds, "peak_rss_mb": peak_rss_mb() });
+        coco::write_json_atomic(path, &timings)?;
+    }
     console.line(format_args!(
         "{}: {} images processed, {} failed, {} detections in {:.3} s",
         info.model_name,
@@ -249,6 +256,14 @@ fn run<D: Detector>(
     ));
     console.line(stages.table(processed.len()).trim_end());
     Ok(failures)
+}
+
+/// The process's peak resident set (`VmHWM`), in MiB; `None` where `/proc` does not say.
+fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
 }
 
 /// The image ids in processing order: each image's 1-based position, or with `--coco` its id in
@@ -296,7 +311,9 @@ fn process_image<D: Detector>(
         return Err(format!("the image is {width}x{height}, the annotation file says {w}x{h}"));
     }
 
+    let detect_clock = Instant::now();
     let (detections, times) = detector.detect(&image).map_err(|e| format!("detection failed: {e}"))?;
+    let seconds = detect_clock.elapsed().as_secs_f64();
     for (stage, time) in &times {
         stages.add(stage, *time);
     }
@@ -335,7 +352,7 @@ fn process_image<D: Detector>(
     }
 
     let info = ImageInfo { id: id.id, file_name: path.to_string_lossy().into_owned(), height, width };
-    Ok(Processed { info, entries })
+    Ok(Processed { info, entries, seconds })
 }
 
 /// Refuses what would make invalid JSON (NaN) or a mask that does not fit the image.
