@@ -43,6 +43,6 @@ r50_inputs() {
 
 # Compiles models/mask_rcnn.model for the CPU with the R50 weights built in.
 r50_compile() {
-    show target/release/mrc compile "$MODEL" --target cpu --weights "$R50_WEIGHTS" -O3 \
+    show target/debug/mrc compile "$MODEL" --target cpu --weights "$R50_WEIGHTS" -O3 \
         -o "$R50_PROGRAM"
 }
