@@ -454,6 +454,8 @@ fn check_conv_transpose(case: &str, c: usize, out: usize, kernel: [usize; 2], p:
 fn conv_transpose2d_mask_head_kernel_2_stride_2() {
     check_conv_transpose("deconv 2x2 stride 2", 4, 3, [2, 2], Conv { stride: [2, 2], ..PLAIN }, [0, 0], true);
     check_conv_transpose("deconv 2x2 stride 2 no bias", 3, 2, [2, 2], Conv { stride: [2, 2], ..PLAIN }, [0, 0], false);
+    // Kernel equal to the stride, not square: the pixel-shuffle path with a 3×2 tap grid.
+    check_conv_transpose("deconv 3x2 stride 3x2", 2, 3, [3, 2], Conv { stride: [3, 2], ..PLAIN }, [0, 0], true);
 }
 
 #[test]

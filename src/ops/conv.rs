@@ -1,7 +1,8 @@
 //! Convolutions. Both lower to `linalg` convolutions on NCHW tensors: groups == 1 to
 //! `linalg.conv_2d_nchw_fchw`, grouped ones to `linalg.conv_2d_ngchw_gfchw` on views with the
 //! group axis split out (`tensor.expand_shape`). A transposed convolution is a stride-1
-//! convolution of the input spread out with zeros, with the flipped, transposed kernel.
+//! convolution of the input spread out with zeros, with the flipped, transposed kernel, except
+//! where the kernel equals the stride: then it is a matrix product and a pixel shuffle.
 
 use super::*;
 use AttrType::*;
@@ -256,6 +257,10 @@ impl Operator for ConvTranspose2d {
         let [kernel, stride, padding, output_padding, dilation] =
             ["kernel", "stride", "padding", "output_padding", "dilation"].map(|name| checked_pair(attrs, name));
         let groups = attrs.int("groups");
+        let bias = attrs.flag("bias").then(|| node.inputs[2]);
+        if groups == 1 && kernel == stride && padding == [0, 0] && output_padding == [0, 0] && dilation == [1, 1] {
+            return Ok(vec![non_overlapping_transpose(cx, x, weight, bias, kernel)?]);
+        }
         let reach = [0, 1].map(|axis| dilation[axis] * (kernel[axis] - 1));
         let low = [0, 1].map(|axis| reach[axis] - padding[axis]);
         let high = [0, 1].map(|axis| low[axis] + output_padding[axis]);
@@ -271,7 +276,6 @@ impl Operator for ConvTranspose2d {
         let spread_x = cx.insert_slice(x, zeros, &[0, 0, pad_low[0], pad_low[1]], &[1, 1, stride[0], stride[1]])?;
 
         let window = Window { kernel, stride: [1, 1], dilation, low: [0, 0], high: [0, 0], groups };
-        let bias = attrs.flag("bias").then(|| node.inputs[2]);
         let y = convolution(cx, spread_x, flipped_kernel(cx, weight, groups)?, bias, &window)?;
         if low == pad_low && high == pad_high {
             return Ok(vec![y]);
@@ -281,6 +285,48 @@ impl Operator for ConvTranspose2d {
         let sizes = [n?, o?, cropped(h?, 0)?, cropped(w?, 1)?];
         Ok(vec![cx.extract_slice(y, &[0, 0, pad_low[0] - low[0], pad_low[1] - low[1]], &sizes)?])
     }
+}
+
+/// A transposed convolution whose kernel equals its stride (the mask head's 2×2 upsampling):
+/// every output pixel receives exactly one input pixel, through tap `(y mod kh, x mod kw)`. So it
+/// is one matrix product, the kernel viewed as `[O·kh·kw, C]` times each image's `[C, H·W]`,
+/// followed by a `linalg.generic` that moves each tap's plane to its place in the output
+/// (a pixel shuffle) and adds the bias; no multiplication by the zeros of the spread input.
+fn non_overlapping_transpose<'c, 'b>(
+    cx: &Emitter<'c, 'b>,
+    x: Value<'c, 'b>,
+    weight: Value<'c, 'b>,
+    bias: Option<Value<'c, 'b>>,
+    [kh, kw]: [i64; 2],
+) -> Result<Value<'c, 'b>, LoweringError> {
+    let dims = cx.static_dims(weight)?;
+    let [c, o] = [0, 1].map(|axis| dims[axis].expect("state tensors have static shapes"));
+    let taps = o * kh * kw;
+    // [C, O·kh·kw] → [O·kh·kw, C]: the kernel's rows, one per (output channel, tap).
+    let matrix = cx.collapse_shape(weight, &[&[0], &[1, 2, 3]])?;
+    let transposed = cx.empty(&[Size::Static(taps), Size::Static(c)], cx.f32_type())?;
+    let matrix = cx.generic(&[matrix], &[transposed], &["(m, k) -> (k, m)", &identity_map(2)], &[Iterator::Parallel; 2], |body| {
+        body.yield_values(&[body.arg(0)?])
+    })?[0];
+    let [n, _, h, w] = [0, 1, 2, 3].map(|axis| cx.size(x, axis));
+    let (n, h, w) = (n?, h?, w?);
+    let columns = cx.collapse_shape(x, &[&[0], &[1], &[2, 3]])?;
+    let product_type = cx.ranked_tensor(&[n.static_value(), Some(taps), h.static_value(), w.static_value()], cx.f32_type());
+    let planes = cx.call_runtime("conv_matmul", &[matrix, columns, cx.index_tensor(&[h, w])?], &[product_type])?[0];
+
+    let sizes = [n, Size::Static(o), cx.size_mul(h, kh)?, cx.size_mul(w, kw)?];
+    let init = cx.empty(&sizes, cx.f32_type())?;
+    let shuffle =
+        format!("(n, o, y, x) -> (n, o * {} + (y mod {kh}) * {kw} + x mod {kw}, y floordiv {kh}, x floordiv {kw})", kh * kw);
+    let identity = identity_map(4);
+    let Some(bias) = bias else {
+        return Ok(cx.generic(&[planes], &[init], &[&shuffle, &identity], &[Iterator::Parallel; 4], |body| {
+            body.yield_values(&[body.arg(0)?])
+        })?[0]);
+    };
+    Ok(cx.generic(&[planes, bias], &[init], &[&shuffle, "(n, o, y, x) -> (o)", &identity], &[Iterator::Parallel; 4], |body| {
+        body.yield_values(&[body.addf(body.arg(0)?, body.arg(1)?)?])
+    })?[0])
 }
 
 /// The kernel of a transposed convolution, [C, O / groups, kh, kw], as the kernel of the
