@@ -80,6 +80,34 @@ impl<'c, 'b> Emitter<'c, 'b> {
         Emitter { context: self.context, block: self.block, location, runtime: self.runtime.clone() }
     }
 
+    /// An emitter appending to `block`, which will become the body of a region op built by
+    /// this emitter (see [`Emitter::execute_region`]).
+    pub fn nested<'n>(&self, block: &'n Block<'c>) -> Emitter<'c, 'n> {
+        Emitter { context: self.context, block, location: self.location, runtime: self.runtime.clone() }
+    }
+
+    /// `scf.yield`: the terminator of a block built through [`Emitter::nested`].
+    pub fn yield_region(&self, values: &[Value<'c, '_>]) -> Result<(), LoweringError> {
+        self.append_terminator(self.builder("scf.yield").add_operands(values).build()?);
+        Ok(())
+    }
+
+    /// `scf.execute_region` of `body` (ending in [`Emitter::yield_region`]) with `results`,
+    /// marked `no_inline` so that it stays a region: the ownership-based deallocation frees a
+    /// buffer at the end of the block that allocates it, so a temporary allocated in here (an
+    /// im2col matrix) is freed as the region ends instead of when the whole network returns.
+    pub fn execute_region(&self, body: Block<'c>, results: &[Type<'c>]) -> Result<Vec<Value<'c, 'b>>, LoweringError> {
+        let region = Region::new();
+        region.append_block(body);
+        self.append_results(
+            self.builder("scf.execute_region")
+                .add_attributes(&[self.named("no_inline", "unit")?])
+                .add_regions([region])
+                .add_results(results)
+                .build()?,
+        )
+    }
+
     pub fn arg(&self, index: usize) -> Result<Value<'c, 'b>, LoweringError> {
         Ok(BlockLike::<'c, 'b>::argument(self.block, index)?.into())
     }

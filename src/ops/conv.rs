@@ -63,25 +63,33 @@ fn im2col_matmul<'c, 'b>(
     sizes: &[Size<'c, 'b>; 4],
 ) -> Result<Value<'c, 'b>, LoweringError> {
     let [n, _, ho, wo] = *sizes;
-    let [kh, kw] = window.kernel;
-    let columns = if window.kernel == [1, 1] && window.stride == [1, 1] {
-        cx.collapse_shape(x, &[&[0], &[1], &[2, 3]])?
-    } else {
-        let c = cx.size(x, 1)?;
-        let gathered = cx.empty(&[n, c, Size::Static(kh), Size::Static(kw), ho, wo], cx.f32_type())?;
-        let [sh, sw] = window.stride;
-        let [dh, dw] = window.dilation;
-        let source = format!("(n, c, i, j, y, x) -> (n, c, y * {sh} + i * {dh}, x * {sw} + j * {dw})");
-        let gathered = cx.generic(&[x], &[gathered], &[&source, &identity_map(6)], &[Iterator::Parallel; 6], |body| {
-            body.yield_values(&[body.arg(0)?])
-        })?[0];
-        cx.collapse_shape(gathered, &[&[0], &[1, 2, 3], &[4, 5]])?
-    };
     let matrix = cx.collapse_shape(weight, &[&[0], &[1, 2, 3]])?;
     // The kernel gives the product its image shape: `memref.expand_shape` of one dynamic
     // axis into two crashes MLIR 22's `expand-strided-metadata`.
     let output_type = cx.ranked_tensor(&sizes.map(|size| size.static_value()), cx.f32_type());
-    let y = cx.call_runtime("conv_matmul", &[matrix, columns, cx.index_tensor(&[ho, wo])?], &[output_type])?[0];
+    let y = if window.kernel == [1, 1] && window.stride == [1, 1] {
+        let columns = cx.collapse_shape(x, &[&[0], &[1], &[2, 3]])?;
+        cx.call_runtime("conv_matmul", &[matrix, columns, cx.index_tensor(&[ho, wo])?], &[output_type])?[0]
+    } else {
+        // The im2col matrix (9× the input for a 3×3 kernel) lives only inside this region.
+        let body = Block::new(&[]);
+        {
+            let cx = cx.nested(&body);
+            let c = cx.size(x, 1)?;
+            let [kh, kw] = window.kernel.map(Size::Static);
+            let gathered = cx.empty(&[n, c, kh, kw, ho, wo], cx.f32_type())?;
+            let [sh, sw] = window.stride;
+            let [dh, dw] = window.dilation;
+            let source = format!("(n, c, i, j, y, x) -> (n, c, y * {sh} + i * {dh}, x * {sw} + j * {dw})");
+            let gathered = cx.generic(&[x], &[gathered], &[&source, &identity_map(6)], &[Iterator::Parallel; 6], |body| {
+                body.yield_values(&[body.arg(0)?])
+            })?[0];
+            let columns = cx.collapse_shape(gathered, &[&[0], &[1, 2, 3], &[4, 5]])?;
+            let y = cx.call_runtime("conv_matmul", &[matrix, columns, cx.index_tensor(&[ho, wo])?], &[output_type])?[0];
+            cx.yield_region(&[y])?;
+        }
+        cx.execute_region(body, &[output_type])?[0]
+    };
     let Some(bias) = bias else { return Ok(y) };
     let init = cx.empty(sizes, cx.f32_type())?;
     let identity = identity_map(4);

@@ -14,7 +14,7 @@ mod resample;
 use crate::graph::types::{DType, Dim, TensorType};
 use crate::graph::{Attrs, StateKind};
 use crate::lowering::{identity_map, loop_dims, Combiner, Emitter, Iterator, LowerNode, LoweringError, Size};
-use melior::ir::Value;
+use melior::ir::{Block, Value};
 use std::fmt;
 
 /// Every operator, by name. The model language calls them as functions.
