@@ -87,27 +87,18 @@ pub fn emit_forward<'c>(
     for (&node, &ty) in arguments.iter().zip(&argument_types) {
         values.insert(Port { node, output: 0 }, entry.add_argument(ty, location));
     }
-    let order = toposort(&graph.nodes, None).map_err(|cycle| {
+    toposort(&graph.nodes, None).map_err(|cycle| {
         LoweringError::Build(format!("the graph has a cycle through `{}`", graph.nodes[cycle.node_id()].name))
     })?;
-    for node in order.into_iter().filter(|node| needed.contains(node)) {
-        let NodeKind::Op { op, attrs } = &graph.nodes[node].kind else { continue };
-        let name = &graph.nodes[node].name;
-        let inputs: Vec<Value> = graph.inputs_of(node).iter().map(|port| values[port]).collect();
-        let expected = &graph.nodes[node].outputs;
-        let cx = cx.at(Location::name(context, name, location));
-        let results = op.lower(&cx, &LowerNode { name, inputs: &inputs, attrs, outputs: expected })?;
-        for (output, (value, ty)) in results.into_iter().zip(expected).enumerate() {
-            if value.r#type() != cx.tensor_type(ty) {
-                return Err(LoweringError::TypeMismatch {
-                    node: name.clone(),
-                    produced: value.r#type().to_string(),
-                    expected: cx.tensor_type(ty).to_string(),
-                });
-            }
-            values.insert(Port { node, output }, value);
+    let steps = scoped_steps(graph, &needed);
+    let mut consumers: HashMap<Port, Vec<NodeIndex>> = HashMap::new();
+    for step in &steps {
+        for port in graph.inputs_of(step.node) {
+            consumers.entry(port).or_default().push(step.node);
         }
     }
+    let run = Run { graph, steps: &steps, consumers: &consumers, outputs };
+    run.emit(&cx, 0, steps.len(), 0, &mut values)?;
     let returned: Vec<Value> = outputs.iter().map(|(_, port)| values[port]).collect();
     entry.append_operation(func::r#return(&returned, location));
     drop(values);
@@ -147,6 +138,129 @@ pub fn emit_forward<'c>(
         return Err(LoweringError::InvalidModule { diagnostics });
     }
     Ok((module, signature))
+}
+
+/// An operator node to lower, with its scope: the components of its name but the last
+/// (`backbone.body.layer1.0` for `backbone.body.layer1.0.conv1`); an unnamed node (a `relu`)
+/// takes the scope of the node before it.
+struct Step<'g> {
+    node: NodeIndex,
+    scope: Vec<&'g str>,
+}
+
+/// The operator nodes among `needed` in the graph's creation-respecting topological order, so
+/// that the nodes of one block instance are consecutive.
+fn scoped_steps<'g>(graph: &'g Graph, needed: &HashSet<NodeIndex>) -> Vec<Step<'g>> {
+    let mut steps: Vec<Step<'g>> = vec![];
+    for node in graph.topological_order() {
+        if !needed.contains(&node) || !matches!(graph.nodes[node].kind, NodeKind::Op { .. }) {
+            continue;
+        }
+        let name = graph.nodes[node].name.as_str();
+        let scope = match name.rsplit_once('.') {
+            Some((scope, _)) => scope.split('.').collect(),
+            None if name.is_empty() => steps.last().map(|s| s.scope.clone()).unwrap_or_default(),
+            None => vec![],
+        };
+        steps.push(Step { node, scope });
+    }
+    steps
+}
+
+/// Lowers runs of [`Step`]s. Consecutive steps that share a scope prefix are emitted into one
+/// `scf.execute_region` per level of the scope tree (a bottleneck block inside its ResNet
+/// stage inside the backbone), which yields only the values used after it: MLIR's ownership-
+/// based deallocation frees a buffer at the end of the block that allocated it, so this is what
+/// frees a block's intermediate activations when the block is done rather than when the whole
+/// network returns.
+struct Run<'a, 'g> {
+    graph: &'g Graph,
+    steps: &'a [Step<'g>],
+    /// The nodes reading each port.
+    consumers: &'a HashMap<Port, Vec<NodeIndex>>,
+    outputs: &'a [(String, Port)],
+}
+
+impl Run<'_, '_> {
+    /// Lowers `steps[start..end]`, all sharing their first `depth` scope components.
+    fn emit<'c, 'b>(
+        &self,
+        cx: &Emitter<'c, 'b>,
+        start: usize,
+        end: usize,
+        depth: usize,
+        values: &mut HashMap<Port, Value<'c, 'b>>,
+    ) -> Result<(), LoweringError> {
+        let mut k = start;
+        while k < end {
+            let Some(key) = self.steps[k].scope.get(..=depth) else {
+                self.lower(cx, self.steps[k].node, values)?;
+                k += 1;
+                continue;
+            };
+            let mut m = k + 1;
+            while m < end && self.steps[m].scope.get(..=depth) == Some(key) {
+                m += 1;
+            }
+            if m - k == 1 {
+                self.lower(cx, self.steps[k].node, values)?;
+                k += 1;
+                continue;
+            }
+            let escaping = self.escaping(k, m);
+            let body = Block::new(&[]);
+            let types = {
+                let inner = cx.nested(&body);
+                let mut inner_values: HashMap<Port, Value<'c, '_>> = values.iter().map(|(&p, &v)| (p, v)).collect();
+                self.emit(&inner, k, m, depth + 1, &mut inner_values)?;
+                let yielded: Vec<Value> = escaping.iter().map(|port| inner_values[port]).collect();
+                inner.yield_region(&yielded)?;
+                yielded.iter().map(|v| v.r#type()).collect::<Vec<Type>>()
+            };
+            for (port, value) in escaping.into_iter().zip(cx.execute_region(body, &types)?) {
+                values.insert(port, value);
+            }
+            k = m;
+        }
+        Ok(())
+    }
+
+    /// The ports defined by `steps[start..end]` that a later step or a result reads, in order.
+    fn escaping(&self, start: usize, end: usize) -> Vec<Port> {
+        let inside: HashSet<NodeIndex> = self.steps[start..end].iter().map(|s| s.node).collect();
+        let mut ports = vec![];
+        for step in &self.steps[start..end] {
+            for output in 0..self.graph.nodes[step.node].outputs.len() {
+                let port = Port { node: step.node, output };
+                let read_after = self.consumers.get(&port).is_some_and(|c| c.iter().any(|n| !inside.contains(n)));
+                if read_after || self.outputs.iter().any(|(_, p)| *p == port) {
+                    ports.push(port);
+                }
+            }
+        }
+        ports
+    }
+
+    /// Lowers one operator node, checking that its results have the types its shape rule gave.
+    fn lower<'c, 'b>(&self, cx: &Emitter<'c, 'b>, node: NodeIndex, values: &mut HashMap<Port, Value<'c, 'b>>) -> Result<(), LoweringError> {
+        let NodeKind::Op { op, attrs } = &self.graph.nodes[node].kind else { return Ok(()) };
+        let name = &self.graph.nodes[node].name;
+        let inputs: Vec<Value> = self.graph.inputs_of(node).iter().map(|port| values[port]).collect();
+        let expected = &self.graph.nodes[node].outputs;
+        let cx = cx.at(Location::name(cx.context, name, cx.location));
+        let results = op.lower(&cx, &LowerNode { name, inputs: &inputs, attrs, outputs: expected })?;
+        for (output, (value, ty)) in results.into_iter().zip(expected).enumerate() {
+            if value.r#type() != cx.tensor_type(ty) {
+                return Err(LoweringError::TypeMismatch {
+                    node: name.clone(),
+                    produced: value.r#type().to_string(),
+                    expected: cx.tensor_type(ty).to_string(),
+                });
+            }
+            values.insert(Port { node, output }, value);
+        }
+        Ok(())
+    }
 }
 
 /// The nodes that `outputs` depend on, themselves included.
