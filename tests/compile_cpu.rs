@@ -14,12 +14,6 @@ fn mrc(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_mrc")).args(args).output().unwrap()
 }
 
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("mrc-compile-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 /// The detections of image `id` in a COCO results file.
 fn detections_in(results: &[serde_json::Value], id: i64, height: u32, width: u32) -> Vec<Detection> {
     results
@@ -41,7 +35,8 @@ fn detections_in(results: &[serde_json::Value], id: i64, height: u32, width: u32
 #[test]
 fn compiled_mini_model_matches_torchvision_on_every_fixture_image() {
     let fixtures = common::fixtures().join("model");
-    let dir = scratch("mini");
+    let scratch = common::scratch();
+    let dir = scratch.path();
     let program = dir.join("mini");
     let weights = fixtures.join("weights.safetensors");
     let out = mrc(&["compile", "models/mini.model", "--target", "cpu", "--weights", weights.to_str().unwrap(), "-o", program.to_str().unwrap()]);
@@ -76,7 +71,8 @@ fn compiled_mini_model_matches_torchvision_on_every_fixture_image() {
 
 #[test]
 fn intermediate_stages_are_written() {
-    let dir = scratch("emit");
+    let scratch = common::scratch();
+    let dir = scratch.path();
     let model = "tests/lowering/fpn_top_down.model";
     for (emit, marker) in [("mlir", "func.func @forward"), ("llvm", "define "), ("obj", "\u{7f}ELF")] {
         let output = dir.join(format!("out.{emit}"));
@@ -89,7 +85,8 @@ fn intermediate_stages_are_written() {
 
 #[test]
 fn mismatched_weights_are_refused_before_compiling() {
-    let dir = scratch("mismatch");
+    let scratch = common::scratch();
+    let dir = scratch.path();
     let output = dir.join("program");
     // The mini model's weights do not fit R50-FPN: one error lists the problems, nothing is written.
     let weights = common::fixtures().join("model/weights.safetensors");

@@ -72,16 +72,14 @@ fn detection_operators_become_calls_into_the_runtime() {
 
 #[test]
 fn operators_without_a_runtime_entry_are_reported() {
-    let directory = std::env::temp_dir().join(format!("mrc-lowering-models-roi-{}", std::process::id()));
-    std::fs::create_dir_all(&directory).unwrap();
-    let path = directory.join("roi_pool.model");
+    let directory = tempfile::tempdir().unwrap();
+    let path = directory.path().join("roi_pool.model");
     std::fs::write(
         &path,
         "network t(x: f32[1, 2, H, W], boxes: f32[K, 4]) -> (y: f32[K, 2, 7, 7]) {\n    return roi_pool(x, boxes, output_size: 7, spatial_scale: 0.25)\n}\n",
     )
     .unwrap();
     let model = load(&path);
-    std::fs::remove_file(&path).unwrap();
     let context = create_context();
     match emit_network(&context, &model.graph).map(|_| ()) {
         Err(error @ LoweringError::RuntimeBuiltin { op: "roi_pool", .. }) => {
@@ -94,16 +92,14 @@ fn operators_without_a_runtime_entry_are_reported() {
 
 #[test]
 fn ceil_mode_pooling_is_an_error_not_a_wrong_result() {
-    let directory = std::env::temp_dir().join(format!("mrc-lowering-models-{}", std::process::id()));
-    std::fs::create_dir_all(&directory).unwrap();
-    let path = directory.join("ceil_mode.model");
+    let directory = tempfile::tempdir().unwrap();
+    let path = directory.path().join("ceil_mode.model");
     std::fs::write(
         &path,
         "network t(x: f32[1, 2, H, W]) -> (y: f32[1, 2, _, _]) {\n    return max_pool2d(x, kernel: 3, stride: 2, ceil_mode: true) @pool\n}\n",
     )
     .unwrap();
     let model = load(&path);
-    std::fs::remove_file(&path).unwrap();
     let context = create_context();
     let result = emit_network(&context, &model.graph).map(|_| ());
     match result {

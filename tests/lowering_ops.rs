@@ -159,14 +159,12 @@ fn descriptor(pointer: i64, dims: &[usize]) -> Vec<i64> {
 /// Expands `source` (a model file's text), emits and lowers its network, and hands the
 /// compiled function to `body`.
 fn with_compiled(source: &str, body: impl FnOnce(&Compiled)) {
-    let directory = std::env::temp_dir().join(format!("mrc-lowering-ops-{}", std::process::id()));
-    std::fs::create_dir_all(&directory).unwrap();
-    let path: PathBuf = directory.join(format!("{:016x}.model", fingerprint(source)));
+    let directory = tempfile::tempdir().unwrap();
+    let path: PathBuf = directory.path().join(format!("{:016x}.model", fingerprint(source)));
     std::fs::write(&path, source).unwrap();
     let mut sources = SourceMap::default();
     let model = mrc::expand::load(&mut sources, &path, None)
         .unwrap_or_else(|d| panic!("model does not expand:\n{}\n{source}", d.render(&sources)));
-    std::fs::remove_file(&path).unwrap();
 
     let context = create_context();
     let (mut module, signature) = emit_network(&context, &model.graph).unwrap_or_else(|e| panic!("{e}\n{source}"));

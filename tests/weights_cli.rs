@@ -10,29 +10,24 @@ fn checkpoint(name: &str) -> PathBuf {
 }
 
 /// An empty directory of this test's own, removed when dropped.
-struct ScratchDir(PathBuf);
+struct ScratchDir(tempfile::TempDir);
 
 impl ScratchDir {
     fn new(test: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("mrc-weights-cli-{}-{test}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        ScratchDir(dir)
+        ScratchDir(tempfile::Builder::new().prefix(&format!("mrc-weights-cli-{test}-")).tempdir().unwrap())
+    }
+
+    fn join(&self, name: impl AsRef<Path>) -> PathBuf {
+        self.0.path().join(name)
     }
 
     fn files(&self) -> Vec<String> {
-        let mut names: Vec<String> = std::fs::read_dir(&self.0)
+        let mut names: Vec<String> = std::fs::read_dir(self.0.path())
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         names.sort();
         names
-    }
-}
-
-impl Drop for ScratchDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -54,7 +49,7 @@ fn import_writes_current_names_and_round_trips() {
     let scratch = ScratchDir::new("round-trip");
     let reference = Weights::open(checkpoint("mini_legacy.pth")).unwrap();
     for input in ["mini_old_names_legacy.pth", "mini_zip.pth", "mini_legacy.pth"] {
-        let out = scratch.0.join(format!("{input}.safetensors"));
+        let out = scratch.join(format!("{input}.safetensors"));
         let result = import(&checkpoint(input), &out);
         assert!(result.status.success(), "{input}: {}", String::from_utf8_lossy(&result.stderr));
         assert!(String::from_utf8_lossy(&result.stdout).contains("tensors"));
@@ -63,7 +58,7 @@ fn import_writes_current_names_and_round_trips() {
         assert_same(&imported, &reference);
 
         // Importing the safetensors output again changes nothing.
-        let again = scratch.0.join(format!("{input}.again.safetensors"));
+        let again = scratch.join(format!("{input}.again.safetensors"));
         assert!(import(&out, &again).status.success());
         assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&again).unwrap(), "{input}");
     }
@@ -73,10 +68,10 @@ fn import_writes_current_names_and_round_trips() {
 fn failed_import_leaves_no_output() {
     let scratch = ScratchDir::new("corrupt");
     let bytes = std::fs::read(checkpoint("mini_legacy.pth")).unwrap();
-    let input = scratch.0.join("cut.pth");
+    let input = scratch.join("cut.pth");
     std::fs::write(&input, &bytes[..bytes.len() / 2]).unwrap();
 
-    let out = scratch.0.join("out.safetensors");
+    let out = scratch.join("out.safetensors");
     let result = import(&input, &out);
     assert_eq!(result.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&result.stderr);
@@ -93,8 +88,8 @@ fn failed_import_leaves_no_output() {
 #[test]
 fn import_of_a_missing_file_names_it() {
     let scratch = ScratchDir::new("missing");
-    let input = scratch.0.join("no_such_checkpoint.pth");
-    let result = import(&input, &scratch.0.join("out.safetensors"));
+    let input = scratch.join("no_such_checkpoint.pth");
+    let result = import(&input, &scratch.join("out.safetensors"));
     assert_eq!(result.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&result.stderr);
     assert!(stderr.contains("no_such_checkpoint.pth"), "{stderr}");

@@ -32,9 +32,15 @@ pub fn diagnostics(file: &Path, config: Option<&Path>) -> String {
     }
 }
 
-/// Writes a model (or YAML) text the test made to a private temporary directory.
+/// A new private directory, removed with everything in it when dropped (programs, dumps).
+pub fn scratch() -> tempfile::TempDir {
+    tempfile::Builder::new().prefix("mrc-tests-").tempdir().unwrap()
+}
+
+/// Writes a model (or YAML) text the test made to this test binary's directory under cargo's
+/// `target/tmp`, where it stays readable for the rest of the test (diagnostics name the file).
 pub fn write(name: &str, text: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("mrc-tests-{}", std::process::id()));
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{}-{}", env!("CARGO_CRATE_NAME"), std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap();
