@@ -8,19 +8,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . examples/lib/deps.sh
 . examples/lib/r50.sh
-mrc_install_deps
-r50_torch_python
+r50_setup
 
 ROUNDS=${ROUNDS:-3}
 REPEAT=${REPEAT:-3}
 THREADS=${THREADS:-2}
 BAR=1.5
 
-# The dev build: generated code is optimized by mrc (-O3) and the runtime and GEMM kernel are
-# optimized even in dev builds (Cargo.toml), so a release build of the compiler changes nothing
-# the benchmark measures.
-cargo build --workspace
-r50_inputs
 image=$BENCH/bench_800x1066.png
 images=()
 for _ in $(seq "$REPEAT"); do images+=("$image"); done

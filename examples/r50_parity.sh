@@ -7,14 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . examples/lib/deps.sh
 . examples/lib/r50.sh
-mrc_install_deps
-r50_torch_python
-
-# The dev build: generated code is optimized by mrc (-O3) and the runtime and GEMM kernel are
-# optimized even in dev builds (Cargo.toml), so a release build of the compiler changes nothing
-# the benchmark measures.
-cargo build --workspace
-r50_inputs
+r50_setup
 if ! [ "$R50_PROGRAM" -nt target/debug/mrc ] || ! [ "$R50_PROGRAM" -nt "$MODEL" ] ||
     ! [ "$R50_PROGRAM" -nt "$R50_WEIGHTS" ]; then
     r50_compile

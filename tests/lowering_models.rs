@@ -12,6 +12,14 @@ fn load(path: &Path) -> Model {
     expand::load(&mut sources, path, None).unwrap_or_else(|d| panic!("{} does not expand:\n{}", path.display(), d.render(&sources)))
 }
 
+/// Expands a model text written to a temporary file named `name`.
+fn load_text(name: &str, text: &str) -> Model {
+    let directory = tempfile::tempdir().unwrap();
+    let path = directory.path().join(name);
+    std::fs::write(&path, text).unwrap();
+    load(&path)
+}
+
 #[test]
 fn emitted_mlir_of_small_models() {
     insta::glob!("lowering/*.model", |path| {
@@ -72,14 +80,7 @@ fn detection_operators_become_calls_into_the_runtime() {
 
 #[test]
 fn operators_without_a_runtime_entry_are_reported() {
-    let directory = tempfile::tempdir().unwrap();
-    let path = directory.path().join("roi_pool.model");
-    std::fs::write(
-        &path,
-        "network t(x: f32[1, 2, H, W], boxes: f32[K, 4]) -> (y: f32[K, 2, 7, 7]) {\n    return roi_pool(x, boxes, output_size: 7, spatial_scale: 0.25)\n}\n",
-    )
-    .unwrap();
-    let model = load(&path);
+    let model = load_text("roi_pool.model", "network t(x: f32[1, 2, H, W], boxes: f32[K, 4]) -> (y: f32[K, 2, 7, 7]) {\n    return roi_pool(x, boxes, output_size: 7, spatial_scale: 0.25)\n}\n");
     let context = create_context();
     match emit_network(&context, &model.graph).map(|_| ()) {
         Err(error @ LoweringError::RuntimeBuiltin { op: "roi_pool", .. }) => {
@@ -92,14 +93,7 @@ fn operators_without_a_runtime_entry_are_reported() {
 
 #[test]
 fn ceil_mode_pooling_is_an_error_not_a_wrong_result() {
-    let directory = tempfile::tempdir().unwrap();
-    let path = directory.path().join("ceil_mode.model");
-    std::fs::write(
-        &path,
-        "network t(x: f32[1, 2, H, W]) -> (y: f32[1, 2, _, _]) {\n    return max_pool2d(x, kernel: 3, stride: 2, ceil_mode: true) @pool\n}\n",
-    )
-    .unwrap();
-    let model = load(&path);
+    let model = load_text("ceil_mode.model", "network t(x: f32[1, 2, H, W]) -> (y: f32[1, 2, _, _]) {\n    return max_pool2d(x, kernel: 3, stride: 2, ceil_mode: true) @pool\n}\n");
     let context = create_context();
     let result = emit_network(&context, &model.graph).map(|_| ());
     match result {

@@ -41,6 +41,17 @@ r50_inputs() {
     [ -f "$BENCH/bench_800x1066.png" ] || show "$py" examples/tools/photos.py "$BENCH"
 }
 
+# What both scripts need first: the system packages, the Python with torch, mrc and the runtime
+# library, the weights and the photos. The dev build: generated code is optimized by mrc (-O3)
+# and the runtime and GEMM kernel are optimized even in dev builds (Cargo.toml), so a release
+# build of the compiler changes nothing the benchmark measures.
+r50_setup() {
+    mrc_install_deps
+    r50_torch_python
+    cargo build --workspace
+    r50_inputs
+}
+
 # Compiles models/mask_rcnn.model for the CPU with the R50 weights built in.
 r50_compile() {
     show target/debug/mrc compile "$MODEL" --target cpu --weights "$R50_WEIGHTS" -O3 \
