@@ -1,5 +1,5 @@
-//! Convolutions. Both lower to `linalg` convolutions on NCHW tensors: groups == 1 to
-//! `linalg.conv_2d_nchw_fchw`, grouped ones to `linalg.conv_2d_ngchw_gfchw` on views with the
+//! Convolutions on NCHW tensors. groups == 1 is an im2col `linalg.generic` and a call to the
+//! runtime's GEMM microkernel; grouped ones are `linalg.conv_2d_ngchw_gfchw` on views with the
 //! group axis split out (`tensor.expand_shape`). A transposed convolution is a stride-1
 //! convolution of the input spread out with zeros, with the flipped, transposed kernel, except
 //! where the kernel equals the stride: then it is a matrix product and a pixel shuffle.
@@ -68,8 +68,7 @@ fn im2col_matmul<'c, 'b>(
     // axis into two crashes MLIR 22's `expand-strided-metadata`.
     let output_type = cx.ranked_tensor(&sizes.map(|size| size.static_value()), cx.f32_type());
     let y = if window.kernel == [1, 1] && window.stride == [1, 1] {
-        let columns = cx.collapse_shape(x, &[&[0], &[1], &[2, 3]])?;
-        cx.call_runtime("conv_matmul", &[matrix, columns, cx.index_tensor(&[ho, wo])?], &[output_type])?[0]
+        conv_matmul(cx, matrix, cx.collapse_shape(x, &[&[0], &[1], &[2, 3]])?, [ho, wo], output_type)?
     } else {
         // The im2col matrix (9× the input for a 3×3 kernel) lives only inside this region.
         let body = Block::new(&[]);
@@ -85,8 +84,7 @@ fn im2col_matmul<'c, 'b>(
                 body.yield_values(&[body.arg(0)?])
             })?[0];
             let columns = cx.collapse_shape(gathered, &[&[0], &[1, 2, 3], &[4, 5]])?;
-            let y = cx.call_runtime("conv_matmul", &[matrix, columns, cx.index_tensor(&[ho, wo])?], &[output_type])?[0];
-            cx.yield_region(&[y])?;
+            cx.yield_region(&[conv_matmul(&cx, matrix, columns, [ho, wo], output_type)?])?;
         }
         cx.execute_region(body, &[output_type])?[0]
     };
@@ -96,6 +94,18 @@ fn im2col_matmul<'c, 'b>(
     Ok(cx.generic(&[y, bias], &[init], &[&identity, "(n, o, y, x) -> (o)", &identity], &[Iterator::Parallel; 4], |body| {
         body.yield_values(&[body.addf(body.arg(0)?, body.arg(1)?)?])
     })?[0])
+}
+
+/// The runtime's `mrc_conv_matmul`: `matrix` [M, K] times each image's `columns` [K, H·W],
+/// giving `ty` [N, M, H, W].
+fn conv_matmul<'c, 'b>(
+    cx: &Emitter<'c, 'b>,
+    matrix: Value<'c, 'b>,
+    columns: Value<'c, 'b>,
+    [h, w]: [Size<'c, 'b>; 2],
+    ty: melior::ir::Type<'c>,
+) -> Result<Value<'c, 'b>, LoweringError> {
+    Ok(cx.call_runtime("conv_matmul", &[matrix, columns, cx.index_tensor(&[h, w])?], &[ty])?[0])
 }
 
 /// The geometry of one 2-d convolution, per spatial axis (height, width).
@@ -320,7 +330,7 @@ fn non_overlapping_transpose<'c, 'b>(
     let (n, h, w) = (n?, h?, w?);
     let columns = cx.collapse_shape(x, &[&[0], &[1], &[2, 3]])?;
     let product_type = cx.ranked_tensor(&[n.static_value(), Some(taps), h.static_value(), w.static_value()], cx.f32_type());
-    let planes = cx.call_runtime("conv_matmul", &[matrix, columns, cx.index_tensor(&[h, w])?], &[product_type])?[0];
+    let planes = conv_matmul(cx, matrix, columns, [h, w], product_type)?;
 
     let sizes = [n, Size::Static(o), cx.size_mul(h, kh)?, cx.size_mul(w, kw)?];
     let init = cx.empty(&sizes, cx.f32_type())?;
