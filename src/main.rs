@@ -42,9 +42,8 @@ enum Command {
         /// `--weights` when it runs.
         #[arg(long)]
         weights: Option<PathBuf>,
-        /// Optimization level: graph passes from 1 on, LLVM's level as given.
-        #[arg(short = 'O', default_value_t = 3, value_parser = clap::value_parser!(u8).range(0..=3))]
-        optimization: u8,
+        #[command(flatten)]
+        optimization: Optimization,
         /// What to write: the executable, or MLIR, LLVM IR or the object file for inspection.
         #[arg(long, default_value = "exe")]
         emit: mrc::targets::cpu::Emit,
@@ -60,6 +59,8 @@ enum Command {
         /// Weights: safetensors or a torch checkpoint.
         #[arg(long)]
         weights: PathBuf,
+        #[command(flatten)]
+        optimization: Optimization,
         /// Images to run on.
         #[arg(required = true)]
         images: Vec<PathBuf>,
@@ -88,6 +89,13 @@ struct ModelArgs {
     /// YAML file overriding settings of the model's `config` section.
     #[arg(long)]
     config: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct Optimization {
+    /// Optimization level: the graph passes from 1 on (none at 0), LLVM's level as given.
+    #[arg(short = 'O', default_value_t = 3, value_parser = clap::value_parser!(u8).range(0..=3))]
+    level: u8,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -125,20 +133,25 @@ fn main() -> ExitCode {
             if !passes {
                 return render(&m.graph);
             }
-            let before = render(&m.graph);
-            let changed = mrc::passes::run(&mut m.graph, &mrc::passes::default_passes());
             let comment = if matches!(format, GraphFormat::Dot) { "//" } else { "#" };
-            format!("{comment} before passes\n{before}\n{comment} after passes: {}\n{}", if changed.is_empty() { "none changed the graph".to_string() } else { changed.join(", ") }, render(&m.graph))
+            let mut text = format!("{comment} before passes\n{}", render(&m.graph));
+            for pass in mrc::passes::default_passes() {
+                let before = render(&m.graph);
+                let changed = pass.run(&mut m.graph);
+                text.push_str(&format!("\n{comment} {}: {}\n", pass.name(), if changed { "changed" } else { "no change" }));
+                if changed {
+                    text.push_str(&mrc::passes::diff(&before, &render(&m.graph)));
+                }
+            }
+            text.push_str(&format!("\n{comment} after passes\n{}", render(&m.graph)));
+            text
         }),
         Command::Parse { file } => parse(file),
-        Command::Compile { model, target: Target::Cpu, weights, optimization, emit, output } => load(model).and_then(|mut m| {
-            if *optimization > 0 {
-                mrc::passes::run(&mut m.graph, &mrc::passes::default_passes());
-            }
-            mrc::targets::cpu::compile(&m, weights.as_deref(), *optimization, *emit, output).map_err(|e| format!("error: {e}"))
+        Command::Compile { model, target: Target::Cpu, weights, optimization, emit, output } => load(model).and_then(|m| {
+            mrc::targets::cpu::compile(&m, weights.as_deref(), optimization.level, *emit, output).map_err(|e| format!("error: {e}"))
         }),
-        Command::Run { model, weights, images, dump_tensors, dump_dir } => {
-            load(model).and_then(|m| mrc::run::run_images(&m.graph, weights, images, dump_tensors, dump_dir))
+        Command::Run { model, weights, optimization, images, dump_tensors, dump_dir } => {
+            load(model).and_then(|m| mrc::run::run_images(&m.graph, optimization.level, weights, images, dump_tensors, dump_dir))
         }
         Command::Import { input, output } => mrc_runtime::weights::Weights::open(input)
             .and_then(|w| w.write_safetensors(output).map(|()| format!("{}: {} tensors\n", output.display(), w.len())))

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use mrc::diagnostic::SourceMap;
 use mrc::expand::{self, Model};
-use mrc::lowering::{create_context, emit_network, lower_to_llvm, LoweringError};
+use mrc::lowering::{create_context, emit_forward, Products, lower_to_llvm, LoweringError};
 
 fn load(path: &Path) -> Model {
     let mut sources = SourceMap::default();
@@ -25,7 +25,7 @@ fn emitted_mlir_of_small_models() {
     insta::glob!("lowering/*.model", |path| {
         let model = load(path);
         let context = create_context();
-        let (mut module, signature) = emit_network(&context, &model.graph).unwrap();
+        let (mut module, signature) = emit_forward(&context, &model.graph, Products::RuntimeGemm).unwrap();
         let arguments: Vec<String> = signature.arguments.iter().map(|a| format!("{}: {}", a.name, a.ty)).collect();
         let results: Vec<String> = signature.results.iter().map(|r| format!("{}: {}", r.name, r.ty)).collect();
         insta::assert_snapshot!(format!(
@@ -42,7 +42,7 @@ fn emitted_mlir_of_small_models() {
 fn arguments_are_inputs_then_state_in_state_dict_order() {
     let model = load(Path::new("tests/lowering/fpn_top_down.model"));
     let context = create_context();
-    let (_, signature) = emit_network(&context, &model.graph).unwrap();
+    let (_, signature) = emit_forward(&context, &model.graph, Products::RuntimeGemm).unwrap();
     let names: Vec<&str> = signature.arguments.iter().map(|a| a.name.as_str()).collect();
     assert_eq!(
         names,
@@ -67,7 +67,7 @@ fn arguments_are_inputs_then_state_in_state_dict_order() {
 fn detection_operators_become_calls_into_the_runtime() {
     let model = load(Path::new("models/mini.model"));
     let context = create_context();
-    let (module, _) = emit_network(&context, &model.graph).unwrap();
+    let (module, _) = emit_forward(&context, &model.graph, Products::RuntimeGemm).unwrap();
     let text = module.as_operation().to_string();
     for op in ["preprocess", "anchors", "rpn_proposals", "multiscale_roi_align", "postprocess_detections", "mask_probs", "rescale_boxes", "paste_masks", "conv_matmul", "linear"] {
         assert!(text.contains(&format!("func.func private @mrc_{op}(")), "no declaration of `mrc_{op}`");
@@ -82,7 +82,7 @@ fn detection_operators_become_calls_into_the_runtime() {
 fn operators_without_a_runtime_entry_are_reported() {
     let model = load_text("roi_pool.model", "network t(x: f32[1, 2, H, W], boxes: f32[K, 4]) -> (y: f32[K, 2, 7, 7]) {\n    return roi_pool(x, boxes, output_size: 7, spatial_scale: 0.25)\n}\n");
     let context = create_context();
-    match emit_network(&context, &model.graph).map(|_| ()) {
+    match emit_forward(&context, &model.graph, Products::RuntimeGemm).map(|_| ()) {
         Err(error @ LoweringError::RuntimeBuiltin { op: "roi_pool", .. }) => {
             assert!(error.to_string().starts_with("not lowered yet: `roi_pool`"), "{error}");
         }
@@ -95,7 +95,7 @@ fn operators_without_a_runtime_entry_are_reported() {
 fn ceil_mode_pooling_is_an_error_not_a_wrong_result() {
     let model = load_text("ceil_mode.model", "network t(x: f32[1, 2, H, W]) -> (y: f32[1, 2, _, _]) {\n    return max_pool2d(x, kernel: 3, stride: 2, ceil_mode: true) @pool\n}\n");
     let context = create_context();
-    let result = emit_network(&context, &model.graph).map(|_| ());
+    let result = emit_forward(&context, &model.graph, Products::RuntimeGemm).map(|_| ());
     match result {
         Err(LoweringError::Unsupported { op: "max_pool2d", node, reason }) => {
             assert_eq!(node, "pool");

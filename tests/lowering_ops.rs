@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use mrc::diagnostic::SourceMap;
 use mrc::graph::types::DType;
-use mrc::lowering::{create_context, emit_network, jit, lower_to_llvm, Signature, FORWARD};
+use mrc::lowering::{create_context, emit_forward, Products, jit, lower_to_llvm, Signature, FORWARD};
 
 extern "C" {
     /// Frees the result buffers that JIT-compiled code allocated with `malloc`.
@@ -157,8 +157,8 @@ fn descriptor(pointer: i64, dims: &[usize]) -> Vec<i64> {
 }
 
 /// Expands `source` (a model file's text), emits and lowers its network, and hands the
-/// compiled function to `body`.
-fn with_compiled(source: &str, body: impl FnOnce(&Compiled)) {
+/// compiled function to `body`, once per distinct way of computing products.
+fn with_compiled(source: &str, body: impl Fn(&Compiled)) {
     let directory = tempfile::tempdir().unwrap();
     let path: PathBuf = directory.path().join(format!("{:016x}.model", fingerprint(source)));
     std::fs::write(&path, source).unwrap();
@@ -166,12 +166,21 @@ fn with_compiled(source: &str, body: impl FnOnce(&Compiled)) {
     let model = mrc::expand::load(&mut sources, &path, None)
         .unwrap_or_else(|d| panic!("model does not expand:\n{}\n{source}", d.render(&sources)));
 
+    // Every target's way of computing products, where it changes the code (convolutions,
+    // linear layers).
     let context = create_context();
-    let (mut module, signature) = emit_network(&context, &model.graph).unwrap_or_else(|e| panic!("{e}\n{source}"));
-    let emitted = module.as_operation().to_string();
-    lower_to_llvm(&context, &mut module).unwrap_or_else(|e| panic!("{e}\n{emitted}"));
-    let engine = jit(&module, 2).unwrap();
-    body(&Compiled { engine: &engine, signature: &signature });
+    let mut seen = vec![];
+    for products in [Products::RuntimeGemm, Products::Linalg] {
+        let (mut module, signature) = emit_forward(&context, &model.graph, products).unwrap_or_else(|e| panic!("{e}\n{source}"));
+        let emitted = module.as_operation().to_string();
+        if seen.contains(&emitted) {
+            continue;
+        }
+        lower_to_llvm(&context, &mut module).unwrap_or_else(|e| panic!("{e}\n{emitted}"));
+        let engine = jit(&module, 2).unwrap();
+        body(&Compiled { engine: &engine, signature: &signature });
+        seen.push(emitted);
+    }
 }
 
 fn fingerprint(text: &str) -> u64 {

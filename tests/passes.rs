@@ -3,7 +3,7 @@
 
 mod common;
 
-use mrc::passes::{self, CommonSubexpressions, DeadCode, Pass};
+use mrc::passes::{self, CommonSubexpressions, DeadCode, FoldBatchNorm, Pass};
 
 const DUPLICATES: &str = r#"
 network net(x: f32[1, 8, H, W]) -> (f32[1, 8, H, W], f32[1, 8, H, W]) {
@@ -42,13 +42,41 @@ fn common_subexpressions_merge_chains() {
     insta::assert_snapshot!(format!("{before}\n=== after common-subexpressions ===\n\n{after}"));
 }
 
+const BATCH_NORMS: &str = r#"
+network net(x: f32[1, 3, H, W]) -> (f32[1, 8, _, _], f32[1, 8, _, _], f32[1, 8, _, _]) {
+    let conv1 = conv2d(x, out: 8, kernel: 3, padding: 1, bias: false)
+    let bn1 = frozen_batch_norm(conv1, eps: 0.0)
+    let conv2 = conv2d(bn1, out: 8, kernel: 1)
+    let bn2 = batch_norm(conv2)
+    let conv3 = conv2d(x, out: 8, kernel: 1, bias: false)
+    let bn3 = frozen_batch_norm(conv3)
+    return (relu(bn2), bn3, conv3)
+}
+"#;
+
+#[test]
+fn batch_norms_fold_into_the_convolution_before_them() {
+    let (before, after, changed) = before_after(&FoldBatchNorm, BATCH_NORMS);
+    assert!(changed);
+    // bn1 and bn2 fold (with and without a convolution bias); bn3 does not: conv3's own result
+    // is an output too.
+    assert_eq!(before.matches("batch_norm[").count(), 3);
+    assert_eq!(after.matches("batch_norm[").count(), 1);
+    assert_eq!(after.matches("FoldBatchNormWeight").count(), 2);
+    assert!(after.contains("FoldBatchNormBias { eps: 0.0, conv_bias: false }"));
+    assert!(after.contains("FoldBatchNormBias { eps: 1e-5, conv_bias: true }"));
+    insta::assert_snapshot!(format!("{before}\n=== after fold-batch-norm ===\n\n{after}"));
+}
+
 #[test]
 fn passes_keep_the_shipped_model_state_and_outputs() {
     let mut model = common::load("models/mask_rcnn.model", None);
     let state = mrc::summary::params(&model);
     let outputs: Vec<String> = model.graph.outputs.iter().map(|(n, p)| format!("{n}: {}", model.graph.ty(*p))).collect();
     let changed = passes::run(&mut model.graph, &passes::default_passes());
-    assert!(changed.is_empty(), "the shipped model has nothing dead or duplicated: {changed:?}");
+    // Every frozen batch norm of ResNet-50 follows a convolution; nothing is dead or duplicated.
+    assert_eq!(changed, ["fold-batch-norm"]);
+    assert_eq!(model.graph.op_nodes().filter(|(_, op)| op.name() == "frozen_batch_norm").count(), 0);
     assert_eq!(mrc::summary::params(&model), state);
     let after: Vec<String> = model.graph.outputs.iter().map(|(n, p)| format!("{n}: {}", model.graph.ty(*p))).collect();
     assert_eq!(after, outputs);

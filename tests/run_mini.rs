@@ -26,7 +26,7 @@ fn fpn_maps_of_img0_match_torchvision() {
         ("fpn.pool", "backbone.fpn.pool"),
     ];
     let dumps: Vec<String> = levels.iter().map(|(_, node)| node.to_string()).collect();
-    let executor = Executor::new(&model.graph, weights, &dumps).unwrap();
+    let executor = Executor::new(&model.graph, weights, &dumps, 3).unwrap();
     let outputs = executor.run(&[("image", &image(&fixtures.join("images/img0.png")))]).unwrap();
     for ((fixture, node), (name, tensor)) in levels.iter().zip(&outputs[model.graph.outputs.len()..]) {
         assert_eq!(node, name);
@@ -61,13 +61,24 @@ fn our_detections(outputs: &[(String, HostTensor)]) -> Vec<Detection> {
 
 #[test]
 fn detections_and_proposals_match_torchvision_on_every_fixture_image() {
+    detections_and_proposals_match_torchvision_at(3);
+}
+
+/// `-O0`: no graph passes (batch norms computed per image, not folded into the convolutions).
+#[test]
+fn without_graph_passes_detections_and_proposals_match_torchvision_too() {
+    detections_and_proposals_match_torchvision_at(0);
+}
+
+fn detections_and_proposals_match_torchvision_at(level: u8) {
     let model = common::load("models/mini.model", None);
     let fixtures = common::fixtures().join("model");
     let weights = Weights::open(fixtures.join("weights.safetensors")).unwrap();
     let reference = Weights::open(fixtures.join("outputs.safetensors")).unwrap();
     let description: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(fixtures.join("model.json")).unwrap()).unwrap();
-    let executor = Executor::new(&model.graph, weights, &["rpn.proposals".to_string()]).unwrap();
+    let executor = Executor::new(&model.graph, weights, &["rpn.proposals".to_string()], level).unwrap();
+    assert_eq!(executor.passes().contains(&"fold-batch-norm"), level > 0, "passes run: {:?}", executor.passes());
     let mut problems = vec![];
     let images = description["images"].as_array().unwrap();
     assert!(!images.is_empty());

@@ -12,11 +12,10 @@
 use crate::error::{check_finite, invalid, shape_err, Result};
 use crate::ops::anchors::grid_anchors;
 use crate::ops::box_coder::{clip_boxes_to_image, remove_small_boxes, BoxCoder};
-use crate::ops::multiscale::{infer_scale, LevelMapper};
+use crate::ops::multiscale::{self, MultiScaleParams};
 use crate::ops::nms::{batched_nms, topk_per_level};
 use crate::ops::paste_masks::paste_masks_in_image;
 use crate::ops::preprocess::{self, resize_boxes, ImageU8, Transform};
-use crate::ops::roi_align::{roi_align, PoolMode, RoiAlignParams};
 use crate::tensor::{rows, FeatureMap};
 
 /// An owned, contiguous, row-major float32 tensor.
@@ -208,19 +207,6 @@ fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + (-x).exp())
 }
 
-/// Settings of [`multiscale_roi_align`] (torchvision's `MultiScaleRoIAlign`).
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct MultiscaleParams {
-    pub output_size: [usize; 2],
-    pub sampling_ratio: i32,
-    /// Box size that maps to `canonical_level` (224).
-    pub canonical_scale: f32,
-    pub canonical_level: f32,
-    /// torchvision's module always pools with `aligned=False`; `true` shifts boxes by −0.5
-    /// pixel as `roi_align(..., aligned=True)`.
-    pub aligned: bool,
-}
-
 /// RoIAlign `[K, C, oh, ow]` of each box (image coordinates) from the pyramid level its size
 /// maps to (`floor(canonical_level + log2(√area / canonical_scale) + 1e-6)`, clamped to the
 /// levels present). `features` are `[1, C, H, W]`, finest first; each level's scale is the power
@@ -233,7 +219,7 @@ pub fn multiscale_roi_align(
     features: &[TensorF32],
     boxes: &TensorF32,
     image_hw: [usize; 2],
-    p: &MultiscaleParams,
+    p: &MultiScaleParams,
 ) -> Result<TensorF32> {
     const OP: &str = "multiscale_roi_align";
     let boxes = boxes.boxes(OP)?;
@@ -244,43 +230,13 @@ pub fn multiscale_roi_align(
             FeatureMap::new(&f.data, dims)
         })
         .collect::<Result<Vec<_>>>()?;
-    let Some(first) = maps.first() else {
-        return invalid(OP, "no feature maps");
-    };
-    if maps.iter().any(|m| m.n != 1 || m.c != first.c) {
-        return shape_err(OP, "feature maps are not [1, C, H, W] with the same C");
+    if maps.iter().any(|m| m.n != 1) {
+        return shape_err(OP, "feature maps are not [1, C, H, W]");
     }
     let [oh, ow] = p.output_size;
-    let per_box = first.c * oh * ow;
-    let scales = maps.iter().map(|m| infer_scale([m.h, m.w], image_hw)).collect::<Result<Vec<_>>>()?;
-    let mapper = LevelMapper::from_scales(OP, &scales, p.canonical_scale, p.canonical_level, 1e-6)?;
-    let levels = mapper.map_levels(boxes)?;
-    let mut out = vec![0.0f32; boxes.len() * per_box];
-    for (level, (map, &spatial_scale)) in maps.iter().zip(&scales).enumerate() {
-        let members: Vec<usize> = (0..boxes.len()).filter(|&k| levels[k] == level).collect();
-        if members.is_empty() {
-            continue;
-        }
-        let rois: Vec<[f32; 5]> = members
-            .iter()
-            .map(|&k| {
-                let b = boxes[k];
-                [0.0, b[0], b[1], b[2], b[3]]
-            })
-            .collect();
-        let params = RoiAlignParams {
-            output_size: p.output_size,
-            spatial_scale,
-            sampling_ratio: p.sampling_ratio,
-            aligned: p.aligned,
-            mode: PoolMode::Avg,
-        };
-        let pooled = roi_align(map, &rois, &params)?;
-        for (&k, values) in members.iter().zip(pooled.chunks_exact(per_box.max(1))) {
-            out[k * per_box..(k + 1) * per_box].copy_from_slice(values);
-        }
-    }
-    TensorF32::new(vec![boxes.len(), first.c, oh, ow], out)
+    let channels = maps.first().map_or(0, |m| m.c);
+    let pooled = multiscale::multiscale_roi_align(&maps, &[boxes], &[image_hw], p)?;
+    TensorF32::new(vec![boxes.len(), channels, oh, ow], pooled.values)
 }
 
 /// Settings of [`postprocess_detections`] (torchvision's `RoIHeads`).

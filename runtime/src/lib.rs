@@ -13,6 +13,7 @@ pub mod error;
 pub mod ops;
 pub mod program;
 pub mod tensor;
+pub mod transforms;
 pub mod weights;
 
 pub use error::{Error, Result};

@@ -5,9 +5,9 @@
 
 use mrc_runtime::builtins::{
     anchors, mask_probs, multiscale_roi_align, paste_masks, postprocess_detections, preprocess, rescale_boxes,
-    rpn_proposals, DetectionParams, MultiscaleParams, RpnParams, TensorF32,
+    rpn_proposals, DetectionParams, RpnParams, TensorF32,
 };
-use mrc_runtime::ops::multiscale::{self, MultiScaleParams};
+use mrc_runtime::ops::multiscale::{LevelMapper, MultiScaleParams};
 use mrc_runtime::ops::paste_masks::paste_masks_in_image;
 use mrc_runtime::ops::preprocess::{self as pre, ImageU8, Transform};
 use mrc_runtime::ops::roi_align::{roi_align, PoolMode, RoiAlignParams};
@@ -453,7 +453,7 @@ fn pyramid(rng: &mut Rng) -> Vec<TensorF32> {
 }
 
 #[test]
-fn multiscale_roi_align_matches_the_pyramid_operator() {
+fn multiscale_roi_align_pools_each_box_at_its_level() {
     let mut rng = Rng(9);
     let features = pyramid(&mut rng);
     // Sides from 10 to 285 pixels reach all three levels (level 2 below 112, level 4 from 224).
@@ -465,54 +465,35 @@ fn multiscale_roi_align_matches_the_pyramid_operator() {
         })
         .collect();
     let boxes = TensorF32::new(vec![12, 4], boxes).unwrap();
-    let p = MultiscaleParams {
-        output_size: [3, 2],
-        sampling_ratio: 2,
-        canonical_scale: 224.0,
-        canonical_level: 4.0,
-        aligned: false,
-    };
-    let got = multiscale_roi_align(&features, &boxes, [64, 80], &p).unwrap();
     let maps: Vec<FeatureMap> =
         features.iter().map(|f| FeatureMap::new(&f.data, [1, 3, f.shape[2], f.shape[3]]).unwrap()).collect();
     let rows = boxes.boxes("test").unwrap();
-    let expected =
-        multiscale::multiscale_roi_align(&maps, &[rows], &[[64, 80]], &MultiScaleParams::new([3, 2], 2)).unwrap();
-    assert_eq!(got.shape, [12, 3, 3, 2]);
-    assert_eq!(got.data, expected.values);
-    assert_eq!(
-        expected.levels.iter().collect::<std::collections::BTreeSet<_>>().len(),
-        3,
-        "boxes should use every level"
-    );
-
-    // aligned: each box RoIAligned (with the half-pixel shift) at its level's scale.
-    let aligned = multiscale_roi_align(&features, &boxes, [64, 80], &MultiscaleParams { aligned: true, ..p }).unwrap();
-    for (k, (b, &level)) in rows.iter().zip(&expected.levels).enumerate() {
-        let q = RoiAlignParams {
-            output_size: [3, 2],
-            spatial_scale: expected.scales[level],
-            sampling_ratio: 2,
-            aligned: true,
-            mode: PoolMode::Avg,
-        };
-        let one = roi_align(&maps[level], &[[0.0, b[0], b[1], b[2], b[3]]], &q).unwrap();
-        assert_eq!(&aligned.data[k * 18..(k + 1) * 18], one.as_slice(), "box {k}");
+    let mapper = LevelMapper::new(2, 4);
+    let levels = mapper.map_levels(rows).unwrap();
+    assert_eq!(levels.iter().collect::<std::collections::BTreeSet<_>>().len(), 3, "boxes should use every level");
+    let p = MultiScaleParams::new([3, 2], 2);
+    for aligned in [false, true] {
+        let got = multiscale_roi_align(&features, &boxes, [64, 80], &MultiScaleParams { aligned, ..p }).unwrap();
+        assert_eq!(got.shape, [12, 3, 3, 2]);
+        for (k, (b, &level)) in rows.iter().zip(&levels).enumerate() {
+            let q = RoiAlignParams {
+                output_size: [3, 2],
+                spatial_scale: 0.25 / (1 << level) as f32,
+                sampling_ratio: 2,
+                aligned,
+                mode: PoolMode::Avg,
+            };
+            let one = roi_align(&maps[level], &[[0.0, b[0], b[1], b[2], b[3]]], &q).unwrap();
+            assert_eq!(&got.data[k * 18..(k + 1) * 18], one.as_slice(), "box {k}, aligned {aligned}");
+        }
     }
-    assert_ne!(aligned.data, got.data);
 }
 
 #[test]
 fn multiscale_roi_align_handles_no_boxes_and_rejects_bad_shapes() {
     let mut rng = Rng(10);
     let features = pyramid(&mut rng);
-    let p = MultiscaleParams {
-        output_size: [7, 7],
-        sampling_ratio: 2,
-        canonical_scale: 224.0,
-        canonical_level: 4.0,
-        aligned: false,
-    };
+    let p = MultiScaleParams::new([7, 7], 2);
     let none = multiscale_roi_align(&features, &TensorF32::new(vec![0, 4], vec![]).unwrap(), [64, 80], &p).unwrap();
     assert_eq!(none.shape, [0, 3, 7, 7]);
     let one_box = TensorF32::new(vec![1, 4], vec![0.0, 0.0, 10.0, 10.0]).unwrap();

@@ -6,10 +6,9 @@ use super::value::Value;
 use super::Program;
 use crate::diagnostic::{closest, Diagnostic, Span};
 use crate::graph::types::{DType, Dim, TensorType};
-use crate::graph::{Attrs, Graph, Node, NodeKind, Port};
+use crate::graph::{AddOpError, Attrs, Graph, Port, StateUse};
 use crate::ops::{self, AttrType, AttrValue, Default, Operator, Site};
 use crate::syntax::ast::{self, BinOp, DimExpr, Expr, ExprKind, Stmt, UnOp};
-use petgraph::stable_graph::NodeIndex;
 use std::collections::HashMap;
 
 /// Compile-time functions callable in a model file besides operators and blocks.
@@ -122,8 +121,6 @@ struct Evaluator<'a> {
     config: &'a Settings,
     diags: &'a mut Vec<Diagnostic>,
     graph: Graph,
-    /// State tensors by full name, to reject duplicates and share across list elements.
-    state: HashMap<String, (NodeIndex, Span)>,
     /// Blocks being instantiated, to reject recursion.
     stack: Vec<String>,
 }
@@ -148,7 +145,7 @@ impl Scope {
 
 impl<'a> Evaluator<'a> {
     fn new(program: &'a Program, config: &'a Settings, diags: &'a mut Vec<Diagnostic>) -> Self {
-        Evaluator { program, config, diags, graph: Graph::default(), state: HashMap::new(), stack: vec![] }
+        Evaluator { program, config, diags, graph: Graph::default(), stack: vec![] }
     }
 
     fn error(&mut self, d: Diagnostic) {
@@ -450,15 +447,10 @@ impl<'a> Evaluator<'a> {
 
     fn elementwise(&mut self, name: &str, a: Port, b: Port, span: Span) -> Value {
         let op = ops::lookup(name).expect("elementwise operators are registered");
-        let types = vec![vec![self.graph.ty(a).clone()], vec![self.graph.ty(b).clone()]];
-        match op.infer(&types, &Attrs::new()) {
-            Ok(inference) => {
-                let node = self.graph.add_node(Node { kind: NodeKind::Op { op, attrs: Attrs::new() }, name: String::new(), outputs: inference.outputs, span });
-                self.graph.connect(a, node, 0);
-                self.graph.connect(b, node, 1);
-                Value::Tensor(Port { node, output: 0 })
-            }
-            Err(e) => self.fail(Diagnostic::error(span, e.message).with_label("in this operation").with_hint(e.hint.unwrap_or_default())),
+        match self.graph.add_op(op, Attrs::new(), &[vec![a], vec![b]], "", Some(span), StateUse::Create) {
+            Ok(node) => Value::Tensor(Port { node, output: 0 }),
+            Err(AddOpError::Shape(e)) => self.fail(Diagnostic::error(span, e.message).with_label("in this operation").with_hint(e.hint.unwrap_or_default())),
+            Err(e) => unreachable!("elementwise operators own no state: {e:?}"),
         }
     }
 
@@ -641,71 +633,34 @@ impl<'a> Evaluator<'a> {
     /// Runs the shape rule, creates (or shares) the state tensors, adds the node.
     #[allow(clippy::too_many_arguments)]
     fn add_op(&mut self, op: &'static dyn Operator, attrs: &Attrs, ports: Vec<Vec<Port>>, spans: &[Span], attr_spans: &HashMap<&'static str, Span>, call: Span, scope: Option<&[String]>, reuse: bool) -> Option<Value> {
-        let types: Vec<Vec<TensorType>> = ports.iter().map(|ps| ps.iter().map(|p| self.graph.ty(*p).clone()).collect()).collect();
-        let inference = match op.infer(&types, attrs) {
-            Ok(i) => i,
+        let name = scope.map(|s| s.join(".")).unwrap_or_default();
+        let state = if reuse { StateUse::Share } else { StateUse::Create };
+        let node = match self.graph.add_op(op, attrs.clone(), &ports, &name, Some(call), state) {
+            Ok(node) => node,
             Err(e) => {
-                let (span, label) = match e.site {
-                    Site::Input(slot) => (spans[slot], format!("input `{}`", op.inputs()[slot].name)),
-                    Site::Attr(name) => (attr_spans.get(name).copied().unwrap_or(call), format!("attribute `{name}`")),
-                    Site::Call => (call, "in this call".to_string()),
+                let d = match e {
+                    AddOpError::Shape(e) => {
+                        let (span, label) = match e.site {
+                            Site::Input(slot) => (spans[slot], format!("input `{}`", op.inputs()[slot].name)),
+                            Site::Attr(name) => (attr_spans.get(name).copied().unwrap_or(call), format!("attribute `{name}`")),
+                            Site::Call => (call, "in this call".to_string()),
+                        };
+                        let d = Diagnostic::error(span, e.message).with_label(label);
+                        match e.hint {
+                            Some(h) => d.with_hint(h),
+                            None => d,
+                        }
+                    }
+                    AddOpError::Unnamed => Diagnostic::error(call, format!("`{}` owns parameters and needs a name", op.name())).with_label("unnamed").with_hint("bind it with `let name = ...` or name it with `@name`"),
+                    AddOpError::DefinedTwice { name, first } => with_note(Diagnostic::error(call, format!("parameter `{name}` defined twice")).with_label("second definition"), first, "first defined here").with_hint("give one of them another name with `@name`"),
+                    AddOpError::NotDefined { name } => Diagnostic::error(call, format!("`shared` parameter `{name}` is not defined before")).with_hint("the first call at this path creates the parameters; mark only later calls `shared`"),
+                    AddOpError::SharedMismatch { name, here, there, first } => with_note(Diagnostic::error(call, format!("shared parameter `{name}` is {here} here but {there} where it was defined")), first, "defined here"),
                 };
-                let mut d = Diagnostic::error(span, e.message).with_label(label);
-                if let Some(h) = e.hint {
-                    d = d.with_hint(h);
-                }
                 self.error(d);
                 return None;
             }
         };
-        let mut state_nodes = vec![];
-        if !inference.state.is_empty() {
-            let Some(scope) = scope.filter(|s| !s.is_empty()) else {
-                self.error(Diagnostic::error(call, format!("`{}` owns parameters and needs a name", op.name())).with_label("unnamed").with_hint("bind it with `let name = ...` or name it with `@name`"));
-                return None;
-            };
-            for decl in &inference.state {
-                let full = format!("{}.{}", scope.join("."), decl.name);
-                let node = match self.state.get(&full) {
-                    // The elements of a lifted list after the first, and calls marked `shared`,
-                    // reuse the weights, if the shapes agree.
-                    Some(&(node, first)) if reuse => {
-                        let existing = self.graph.nodes[node].outputs[0].clone();
-                        if existing != decl.ty() {
-                            self.error(Diagnostic::error(call, format!("shared parameter `{full}` is {} here but {existing} where it was defined", decl.ty())).with_note(first, "defined here"));
-                            return None;
-                        }
-                        node
-                    }
-                    Some(&(_, first)) => {
-                        self.error(Diagnostic::error(call, format!("parameter `{full}` defined twice")).with_label("second definition").with_note(first, "first defined here").with_hint("give one of them another name with `@name`"));
-                        return None;
-                    }
-                    None if reuse => {
-                        self.error(Diagnostic::error(call, format!("`shared` parameter `{full}` is not defined before")).with_hint("the first call at this path creates the parameters; mark only later calls `shared`"));
-                        return None;
-                    }
-                    None => {
-                        let node = self.graph.add_node(Node { kind: NodeKind::State(decl.kind), name: full.clone(), outputs: vec![decl.ty()], span: call });
-                        self.state.insert(full, (node, call));
-                        node
-                    }
-                };
-                state_nodes.push(node);
-            }
-        }
-        let outputs = inference.outputs.len();
-        let name = scope.map(|s| s.join(".")).unwrap_or_default();
-        let node = self.graph.add_node(Node { kind: NodeKind::Op { op, attrs: attrs.clone() }, name, outputs: inference.outputs, span: call });
-        let mut slot = 0;
-        for port in ports.into_iter().flatten() {
-            self.graph.connect(port, node, slot);
-            slot += 1;
-        }
-        for s in state_nodes {
-            self.graph.connect(Port { node: s, output: 0 }, node, slot);
-            slot += 1;
-        }
+        let outputs = self.graph.nodes[node].outputs.len();
         let mut values: Vec<Value> = (0..outputs).map(|output| Value::Tensor(Port { node, output })).collect();
         Some(if outputs == 1 { values.pop().unwrap() } else { Value::Tuple(values) })
     }
@@ -871,7 +826,7 @@ impl<'a> Evaluator<'a> {
                     DimExpr::Expr(e) => match &e.kind {
                         ExprKind::Name(n) if frame.lookup(n).is_none() => n.clone(),
                         _ => {
-                            let mut silent = Evaluator { program: self.program, config: self.config, diags: &mut vec![], graph: Graph::default(), state: HashMap::new(), stack: vec![] };
+                            let mut silent = Evaluator { program: self.program, config: self.config, diags: &mut vec![], graph: Graph::default(), stack: vec![] };
                             let v = silent.expr_in(frame, e, None);
                             if v.is_poison() { crate::syntax::print::expr(e) } else { v.to_string() }
                         }
@@ -898,7 +853,7 @@ impl<'a> Evaluator<'a> {
                 DimExpr::Any(s) => return self.fail(Diagnostic::error(*s, "a network input dimension is a number or a name").with_hint("name it, e.g. `H`")),
             }
         }
-        let node = self.graph.add_node(Node { kind: NodeKind::Input, name: param.name.name.clone(), outputs: vec![TensorType::new(dtype, out)], span: *span });
+        let node = self.graph.add_input(&param.name.name, TensorType::new(dtype, out), Some(*span));
         Value::Tensor(Port { node, output: 0 })
     }
 }
@@ -964,4 +919,12 @@ fn attr_value(ty: AttrType, v: &Value) -> Option<AttrValue> {
         ),
         _ => return None,
     })
+}
+
+/// `d` with a note at `span`, where there is one.
+fn with_note(d: Diagnostic, span: Option<Span>, note: &str) -> Diagnostic {
+    match span {
+        Some(span) => d.with_note(span, note),
+        None => d,
+    }
 }

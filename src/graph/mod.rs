@@ -3,17 +3,20 @@
 //! Invariant: this layer knows nothing of MLIR. Every op node's inputs are its tensor inputs in
 //! slot order followed by the state tensors it owns; each edge carries one typed value.
 
+mod build;
 mod print;
 pub mod types;
 
+pub use build::{AddOpError, StateUse};
 pub use print::{to_dot, to_text};
 
 use crate::diagnostic::Span;
 use crate::ops::{AttrValue, Operator};
+use mrc_runtime::transforms::WeightTransform;
 use petgraph::stable_graph::{NodeIndex, StableDiGraph};
 use petgraph::visit::EdgeRef;
 use petgraph::Direction;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use types::TensorType;
 
 pub type Attrs = BTreeMap<String, AttrValue>;
@@ -32,6 +35,9 @@ pub enum NodeKind {
     /// A tensor of the model's state (`state_dict` entry), named by its full path.
     State(StateKind),
     Op { op: &'static dyn Operator, attrs: Attrs },
+    /// A tensor computed from state tensors (its inputs) when a program loads its weights, not
+    /// per image: what a pass folds into an operator's weights.
+    Derived(WeightTransform),
 }
 
 #[derive(Clone, Debug)]
@@ -40,8 +46,8 @@ pub struct Node {
     /// Input name, state path, or the scope path of an operator.
     pub name: String,
     pub outputs: Vec<TensorType>,
-    /// Where the model file created this node.
-    pub span: Span,
+    /// Where the model file created this node; none for nodes that passes add.
+    pub span: Option<Span>,
 }
 
 /// A tensor flowing from output `from_output` of one node into input `to_input` of another.
@@ -68,20 +74,11 @@ pub struct Graph {
     pub state: Vec<NodeIndex>,
     /// Network outputs, by name.
     pub outputs: Vec<(String, Port)>,
+    /// `state` by name.
+    state_index: HashMap<String, NodeIndex>,
 }
 
 impl Graph {
-    pub fn add_node(&mut self, node: Node) -> NodeIndex {
-        let kind = node.kind.clone();
-        let index = self.nodes.add_node(node);
-        match kind {
-            NodeKind::Input => self.inputs.push(index),
-            NodeKind::State(_) => self.state.push(index),
-            NodeKind::Op { .. } => {}
-        }
-        index
-    }
-
     pub fn connect(&mut self, from: Port, to: NodeIndex, to_input: usize) {
         self.nodes.add_edge(from.node, to, Edge { from_output: from.output, to_input });
     }
@@ -108,6 +105,20 @@ impl Graph {
         })
     }
 
+    /// Adds a tensor derived from the state tensors `from` by `transform`.
+    pub fn add_derived(&mut self, name: &str, transform: WeightTransform, from: &[NodeIndex], ty: TensorType) -> NodeIndex {
+        let node = self.nodes.add_node(Node { kind: NodeKind::Derived(transform), name: name.to_owned(), outputs: vec![ty], span: None });
+        for (slot, &source) in from.iter().enumerate() {
+            self.connect(Port { node: source, output: 0 }, node, slot);
+        }
+        node
+    }
+
+    /// Whether `node` holds weights: a state tensor or a tensor derived from them.
+    pub fn is_weight(&self, node: NodeIndex) -> bool {
+        matches!(self.nodes[node].kind, NodeKind::State(_) | NodeKind::Derived(_))
+    }
+
     pub fn state_kind(&self, node: NodeIndex) -> Option<StateKind> {
         match self.nodes[node].kind {
             NodeKind::State(kind) => Some(kind),
@@ -115,26 +126,28 @@ impl Graph {
         }
     }
 
-    /// Nodes in a topological order; among ready nodes the lowest index first, so that a graph
-    /// fresh from the expander (which creates nodes after their inputs) lists in creation order.
+    /// Nodes in a topological order; among ready nodes derived tensors first, then the lowest
+    /// index, so that a graph fresh from the expander (which creates nodes after their inputs)
+    /// lists in creation order, and an operator whose weights a pass replaced by derived
+    /// tensors keeps its place among the operators.
     pub fn topological_order(&self) -> Vec<NodeIndex> {
         use std::cmp::Reverse;
-        use std::collections::{BinaryHeap, HashMap};
+        use std::collections::BinaryHeap;
+        let priority = |n: NodeIndex| Reverse((!matches!(self.nodes[n].kind, NodeKind::Derived(_)), n));
         let mut pending: HashMap<NodeIndex, usize> = self
             .nodes
             .node_indices()
             .map(|n| (n, self.nodes.edges_directed(n, Direction::Incoming).count()))
             .collect();
-        let mut ready: BinaryHeap<Reverse<NodeIndex>> =
-            pending.iter().filter(|(_, &c)| c == 0).map(|(&n, _)| Reverse(n)).collect();
+        let mut ready: BinaryHeap<_> = pending.iter().filter(|(_, &c)| c == 0).map(|(&n, _)| priority(n)).collect();
         let mut order = Vec::with_capacity(pending.len());
-        while let Some(Reverse(n)) = ready.pop() {
+        while let Some(Reverse((_, n))) = ready.pop() {
             order.push(n);
             for e in self.nodes.edges_directed(n, Direction::Outgoing) {
                 let count = pending.get_mut(&e.target()).expect("edges join nodes of the graph");
                 *count -= 1;
                 if *count == 0 {
-                    ready.push(Reverse(e.target()));
+                    ready.push(priority(e.target()));
                 }
             }
         }

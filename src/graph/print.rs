@@ -17,6 +17,10 @@ pub fn to_text(graph: &Graph) -> String {
                 let kind = if *kind == StateKind::Parameter { "param" } else { "buffer" };
                 writeln!(out, "%{} = {kind} {} : {types}", node.index(), n.name)
             }
+            NodeKind::Derived(transform) => {
+                let sources: Vec<String> = graph.inputs_of(node).iter().map(|p| format!("%{}", p.node.index())).collect();
+                writeln!(out, "%{} = derived {} = {transform:?}({}) : {types}", node.index(), n.name, sources.join(", "))
+            }
             NodeKind::Op { op, attrs } => {
                 let attrs: Vec<String> = attrs.iter().map(|(k, v)| format!("{k}={v}")).collect();
                 let inputs: Vec<String> = graph
@@ -41,7 +45,7 @@ pub fn to_dot(graph: &Graph) -> String {
     let mut out = String::from("digraph model {\n  rankdir=TB;\n  node [fontname=\"monospace\", fontsize=10];\n");
     for (i, n) in graph.nodes.node_references() {
         let label = match &n.kind {
-            NodeKind::State(_) => continue,
+            NodeKind::State(_) | NodeKind::Derived(_) => continue,
             NodeKind::Input => format!("{}\\n{}", n.name, n.outputs[0]),
             NodeKind::Op { op, .. } => {
                 let types: Vec<String> = n.outputs.iter().map(ToString::to_string).collect();
@@ -52,7 +56,7 @@ pub fn to_dot(graph: &Graph) -> String {
         let _ = writeln!(out, "  n{} [shape={shape}, label=\"{}\"];", i.index(), label.replace('"', "'"));
     }
     for e in (&graph.nodes).edge_references() {
-        if graph.state_kind(e.source()).is_none() {
+        if !graph.is_weight(e.source()) {
             let _ = writeln!(out, "  n{} -> n{};", e.source().index(), e.target().index());
         }
     }

@@ -22,6 +22,7 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use super::error::LoweringError;
+use super::products::Products;
 use crate::graph::types::{DType, TensorType};
 
 /// MLIR's marker for a dynamic size in static shape lists (`ShapedType::kDynamic`).
@@ -68,22 +69,30 @@ pub struct Emitter<'c, 'b> {
     pub location: Location<'c>,
     /// The runtime functions called so far, declared on use (see `runtime_calls.rs`).
     pub(super) runtime: Rc<RefCell<BTreeMap<String, Type<'c>>>>,
+    /// How dense products are computed: the target's choice.
+    pub(super) products: Products,
 }
 
 impl<'c, 'b> Emitter<'c, 'b> {
+    /// An emitter whose products are target-neutral `linalg` (see [`Emitter::with_products`]).
     pub fn new(context: &'c Context, block: &'b Block<'c>, location: Location<'c>) -> Self {
-        Emitter { context, block, location, runtime: Rc::default() }
+        Emitter { context, block, location, runtime: Rc::default(), products: Products::Linalg }
+    }
+
+    /// The same emitter computing dense products as `products` says.
+    pub fn with_products(self, products: Products) -> Self {
+        Emitter { products, ..self }
     }
 
     /// The same block at another location (each graph node gets its own).
     pub fn at(&self, location: Location<'c>) -> Emitter<'c, 'b> {
-        Emitter { context: self.context, block: self.block, location, runtime: self.runtime.clone() }
+        Emitter { context: self.context, block: self.block, location, runtime: self.runtime.clone(), products: self.products }
     }
 
     /// An emitter appending to `block`, which will become the body of a region op built by
     /// this emitter (see [`Emitter::execute_region`]).
     pub fn nested<'n>(&self, block: &'n Block<'c>) -> Emitter<'c, 'n> {
-        Emitter { context: self.context, block, location: self.location, runtime: self.runtime.clone() }
+        Emitter { context: self.context, block, location: self.location, runtime: self.runtime.clone(), products: self.products }
     }
 
     /// `scf.yield`: the terminator of a block built through [`Emitter::nested`].

@@ -2,8 +2,9 @@
 //! `func.func @forward` on tensors, each node lowered by its own operator (see
 //! [`crate::ops::Operator::lower`]).
 //!
-//! The function takes the graph inputs (declaration order) and then the state tensors (creation
-//! order, i.e. `state_dict` order) that the requested outputs depend on, and returns those
+//! The function takes the graph inputs (declaration order), the state tensors (creation order,
+//! i.e. `state_dict` order) and then the derived tensors that the requested outputs depend on,
+//! and returns those
 //! outputs; symbolic dimensions are `?`. It carries `llvm.emit_c_interface`, so that compiled
 //! code is called through `_mlir_ciface_forward` with memref descriptors, and every argument
 //! and result is named by an `mrc.name` attribute.
@@ -20,9 +21,9 @@ use melior::{
     },
     Context,
 };
-use petgraph::{algo::toposort, stable_graph::NodeIndex, visit::Reversed, visit::Walker};
+use petgraph::{algo::toposort, stable_graph::NodeIndex};
 
-use super::{builder::Emitter, diagnostics::capture_diagnostics, error::LoweringError, runtime_calls::declare_runtime_functions};
+use super::{builder::Emitter, products::Products, diagnostics::capture_diagnostics, error::LoweringError, runtime_calls::declare_runtime_functions};
 use crate::graph::{types::TensorType, Attrs, Graph, NodeKind, Port};
 
 /// The name of the emitted function.
@@ -54,21 +55,15 @@ pub struct Signature {
     pub results: Vec<NamedTensor>,
 }
 
-/// Emits `@forward` computing all of the graph's outputs.
-pub fn emit_network<'c>(context: &'c Context, graph: &Graph) -> Result<(Module<'c>, Signature), LoweringError> {
-    emit_forward(context, graph, &graph.outputs)
-}
-
-/// Emits `@forward` computing `outputs` (named ports of `graph`): dense operators as MLIR,
-/// detection built-ins as calls into the runtime, declared in the module. The module is verified.
-pub fn emit_forward<'c>(
-    context: &'c Context,
-    graph: &Graph,
-    outputs: &[(String, Port)],
-) -> Result<(Module<'c>, Signature), LoweringError> {
+/// Emits `@forward` computing the graph's outputs: dense operators as MLIR (products as
+/// `products` says), detection built-ins as calls into the runtime, declared in the module. The
+/// module is verified.
+pub fn emit_forward<'c>(context: &'c Context, graph: &Graph, products: Products) -> Result<(Module<'c>, Signature), LoweringError> {
+    let outputs = &graph.outputs;
     let needed = ancestors(graph, outputs);
+    let derived = graph.nodes.node_indices().filter(|&n| matches!(graph.nodes[n].kind, NodeKind::Derived(_)));
     let arguments: Vec<NodeIndex> =
-        graph.inputs.iter().chain(&graph.state).copied().filter(|node| needed.contains(node)).collect();
+        graph.inputs.iter().chain(&graph.state).copied().chain(derived).filter(|node| needed.contains(node)).collect();
     let signature = Signature {
         arguments: arguments
             .iter()
@@ -79,7 +74,7 @@ pub fn emit_forward<'c>(
 
     let location = Location::unknown(context);
     let entry = Block::new(&[]);
-    let cx = Emitter::new(context, &entry, location);
+    let cx = Emitter::new(context, &entry, location).with_products(products);
     let argument_types: Vec<Type> = signature.arguments.iter().map(|a| cx.tensor_type(&a.ty)).collect();
     let result_types: Vec<Type> = signature.results.iter().map(|r| cx.tensor_type(&r.ty)).collect();
 
@@ -263,12 +258,15 @@ impl Run<'_, '_> {
     }
 }
 
-/// The nodes that `outputs` depend on, themselves included.
+/// The nodes that `outputs` depend on, themselves included, down to the arguments: the state
+/// tensors a derived tensor is computed from are not needed by the function.
 fn ancestors(graph: &Graph, outputs: &[(String, Port)]) -> HashSet<NodeIndex> {
-    let reversed = Reversed(&graph.nodes);
     let mut needed = HashSet::new();
-    for (_, port) in outputs {
-        needed.extend(petgraph::visit::Dfs::new(reversed, port.node).iter(reversed));
+    let mut stack: Vec<NodeIndex> = outputs.iter().map(|(_, port)| port.node).collect();
+    while let Some(node) = stack.pop() {
+        if needed.insert(node) && !matches!(graph.nodes[node].kind, NodeKind::Derived(_)) {
+            stack.extend(graph.nodes.neighbors_directed(node, petgraph::Direction::Incoming));
+        }
     }
     needed
 }

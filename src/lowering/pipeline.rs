@@ -128,7 +128,7 @@ fn engine(module: &Module, optimization_level: usize, keep_object: bool) -> Resu
     let engine = ExecutionEngine::new(module, optimization_level, &[], keep_object, false);
     for (name, pointer) in mrc_runtime::abi::symbols() {
         // SAFETY: each pointer is the runtime function of that C symbol.
-        unsafe { engine.register_symbol(name, pointer) };
+        unsafe { engine.register_symbol(&name, pointer) };
     }
     Ok(engine)
 }

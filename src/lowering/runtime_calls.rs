@@ -1,6 +1,7 @@
 //! Calls from generated code into the runtime (`mrc_runtime::abi`): microkernels and the
-//! detection built-ins. A runtime function is declared in the module the first time it is
-//! called (`func.func private @mrc_<name>` with `llvm.emit_c_interface`, every argument
+//! detection built-ins, each named by its typed definition
+//! ([`mrc_runtime::abi::functions::RuntimeFunction`]), which the call is checked against. A
+//! runtime function is declared in the module the first time it is called (`func.func private @mrc_<name>` with `llvm.emit_c_interface`, every argument
 //! `bufferization.access = "read"` so that bufferization passes buffers without copies), with
 //! fully dynamic tensor types, so that call sites with different static shapes share one
 //! declaration; values are `tensor.cast` to and from those types.
@@ -9,10 +10,11 @@ use melior::{
     dialect::func,
     ir::{
         attribute::{FlatSymbolRefAttribute, StringAttribute, TypeAttribute},
-        r#type::FunctionType,
+        r#type::{FunctionType, IntegerType, RankedTensorType},
         Attribute, Identifier, Module, Region, ShapedTypeLike, Type, Value, ValueLike,
     },
 };
+use mrc_runtime::abi::functions::{Arg, RuntimeFunction};
 
 use super::{builder::Emitter, error::LoweringError};
 
@@ -31,10 +33,19 @@ impl<'c, 'b> Emitter<'c, 'b> {
         Ok(self.ranked_tensor(&vec![None; rank], self.element_of(tensor)?))
     }
 
-    /// Calls the runtime function `mrc_<name>` on `arguments`; its results have `results`'
-    /// element types and ranks, and are cast to those types.
-    pub fn call_runtime(&self, name: &str, arguments: &[Value<'c, 'b>], results: &[Type<'c>]) -> Result<Vec<Value<'c, 'b>>, LoweringError> {
-        let symbol = format!("mrc_{name}");
+    /// Calls the runtime function `function` on `arguments`; its results have `results`' element
+    /// types and ranks, and are cast to those types. The arguments and results must be of the
+    /// kinds the function's definition lists.
+    pub fn call_runtime(&self, function: RuntimeFunction, arguments: &[Value<'c, 'b>], results: &[Type<'c>]) -> Result<Vec<Value<'c, 'b>>, LoweringError> {
+        let symbol = function.symbol();
+        let argument_types: Vec<Type> = arguments.iter().map(|a| a.r#type()).collect();
+        let mismatch = |what: &str| LoweringError::Build(format!("`{symbol}` called with {what} of the wrong kinds: {argument_types:?} -> {results:?}"));
+        if !self.kinds_match(&function.arguments(), &argument_types)? {
+            return Err(mismatch("arguments"));
+        }
+        if !self.kinds_match(function.results(), results)? {
+            return Err(mismatch("results"));
+        }
         let mut dynamic_arguments = vec![];
         for &argument in arguments {
             dynamic_arguments.push(self.cast(argument, self.dynamic_type(argument)?)?);
@@ -42,17 +53,37 @@ impl<'c, 'b> Emitter<'c, 'b> {
         let argument_types: Vec<Type> = dynamic_arguments.iter().map(|a| a.r#type()).collect();
         let mut result_types = vec![];
         for &ty in results {
-            let tensor = melior::ir::r#type::RankedTensorType::try_from(ty)?;
+            let tensor = RankedTensorType::try_from(ty)?;
             result_types.push(self.ranked_tensor(&vec![None; tensor.rank()], tensor.element()));
         }
-        let function = FunctionType::new(self.context, &argument_types, &result_types).into();
-        let declared = *self.runtime.borrow_mut().entry(symbol.clone()).or_insert(function);
-        if declared != function {
-            return Err(LoweringError::Build(format!("`{symbol}` called as {function} and as {declared}")));
+        let function_type = FunctionType::new(self.context, &argument_types, &result_types).into();
+        let declared = *self.runtime.borrow_mut().entry(symbol.to_owned()).or_insert(function_type);
+        if declared != function_type {
+            return Err(LoweringError::Build(format!("`{symbol}` called as {function_type} and as {declared}")));
         }
-        let call = func::call(self.context, FlatSymbolRefAttribute::new(self.context, &symbol), &dynamic_arguments, &result_types, self.location);
+        let call = func::call(self.context, FlatSymbolRefAttribute::new(self.context, symbol), &dynamic_arguments, &result_types, self.location);
         let values = self.append_results(call)?;
         values.into_iter().zip(results).map(|(value, &ty)| self.cast(value, ty)).collect()
+    }
+
+    /// Whether tensors of `types` are of the kinds `kinds`, one each.
+    fn kinds_match(&self, kinds: &[Arg], types: &[Type<'c>]) -> Result<bool, LoweringError> {
+        if kinds.len() != types.len() {
+            return Ok(false);
+        }
+        for (&kind, &ty) in kinds.iter().zip(types) {
+            let tensor = RankedTensorType::try_from(ty)?;
+            let (element, rank) = match kind {
+                Arg::F32(rank) => (self.f32_type(), rank),
+                Arg::I64(rank) => (IntegerType::new(self.context, 64).into(), rank),
+                Arg::U8(rank) => (IntegerType::new(self.context, 8).into(), rank),
+                Arg::Params => (Type::float64(self.context), 1),
+            };
+            if tensor.element() != element || tensor.rank() != rank {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// A constant `tensor<?xf64>` of `words` (a built-in's parameters).

@@ -1,5 +1,5 @@
-//! Convolutions on NCHW tensors. groups == 1 is an im2col `linalg.generic` and a call to the
-//! runtime's GEMM microkernel; grouped ones are `linalg.conv_2d_ngchw_gfchw` on views with the
+//! Convolutions on NCHW tensors. groups == 1 is an im2col `linalg.generic` and a matrix product
+//! computed as the target chooses ([`Emitter::conv_product`]); grouped ones are `linalg.conv_2d_ngchw_gfchw` on views with the
 //! group axis split out (`tensor.expand_shape`). A transposed convolution is a stride-1
 //! convolution of the input spread out with zeros, with the flipped, transposed kernel, except
 //! where the kernel equals the stride: then it is a matrix product and a pixel shuffle.
@@ -50,9 +50,9 @@ fn with_bias(mut state: Vec<StateDecl>, attrs: &Attrs) -> Vec<StateDecl> {
 }
 
 /// A convolution (groups == 1) as a matrix product: the im2col matrix of each image,
-/// `[C·kh·kw, Ho·Wo]` (for a 1×1 stride-1 convolution, the input itself viewed as `[C, H·W]`),
-/// gathered by a `linalg.generic`, times the weights viewed as `[O, C·kh·kw]` in the runtime's
-/// `mrc_conv_matmul` microkernel; the bias is added by an elementwise `linalg.generic`, which the
+/// `[C·kh·kw, Ho, Wo]` (for a 1×1 stride-1 convolution, the input itself),
+/// gathered by a `linalg.generic`, times the weights viewed as `[O, C·kh·kw]`
+/// ([`Emitter::conv_product`]); the bias is added by an elementwise `linalg.generic`, which the
 /// fusion pass merges with what follows (batch norm, ReLU, residual add).
 fn im2col_matmul<'c, 'b>(
     cx: &Emitter<'c, 'b>,
@@ -64,11 +64,9 @@ fn im2col_matmul<'c, 'b>(
 ) -> Result<Value<'c, 'b>, LoweringError> {
     let [n, _, ho, wo] = *sizes;
     let matrix = cx.collapse_shape(weight, &[&[0], &[1, 2, 3]])?;
-    // The kernel gives the product its image shape: `memref.expand_shape` of one dynamic
-    // axis into two crashes MLIR 22's `expand-strided-metadata`.
     let output_type = cx.ranked_tensor(&sizes.map(|size| size.static_value()), cx.f32_type());
     let y = if window.kernel == [1, 1] && window.stride == [1, 1] {
-        conv_matmul(cx, matrix, cx.collapse_shape(x, &[&[0], &[1], &[2, 3]])?, [ho, wo], output_type)?
+        cx.conv_product(matrix, x, output_type)?
     } else {
         // The im2col matrix (9× the input for a 3×3 kernel) lives only inside this region.
         let body = Block::new(&[]);
@@ -83,8 +81,8 @@ fn im2col_matmul<'c, 'b>(
             let gathered = cx.generic(&[x], &[gathered], &[&source, &identity_map(6)], &[Iterator::Parallel; 6], |body| {
                 body.yield_values(&[body.arg(0)?])
             })?[0];
-            let columns = cx.collapse_shape(gathered, &[&[0], &[1, 2, 3], &[4, 5]])?;
-            cx.yield_region(&[conv_matmul(&cx, matrix, columns, [ho, wo], output_type)?])?;
+            let columns = cx.collapse_shape(gathered, &[&[0], &[1, 2, 3], &[4], &[5]])?;
+            cx.yield_region(&[cx.conv_product(matrix, columns, output_type)?])?;
         }
         cx.execute_region(body, &[output_type])?[0]
     };
@@ -94,18 +92,6 @@ fn im2col_matmul<'c, 'b>(
     Ok(cx.generic(&[y, bias], &[init], &[&identity, "(n, o, y, x) -> (o)", &identity], &[Iterator::Parallel; 4], |body| {
         body.yield_values(&[body.addf(body.arg(0)?, body.arg(1)?)?])
     })?[0])
-}
-
-/// The runtime's `mrc_conv_matmul`: `matrix` [M, K] times each image's `columns` [K, H·W],
-/// giving `ty` [N, M, H, W].
-fn conv_matmul<'c, 'b>(
-    cx: &Emitter<'c, 'b>,
-    matrix: Value<'c, 'b>,
-    columns: Value<'c, 'b>,
-    [h, w]: [Size<'c, 'b>; 2],
-    ty: melior::ir::Type<'c>,
-) -> Result<Value<'c, 'b>, LoweringError> {
-    Ok(cx.call_runtime("conv_matmul", &[matrix, columns, cx.index_tensor(&[h, w])?], &[ty])?[0])
 }
 
 /// The geometry of one 2-d convolution, per spatial axis (height, width).
@@ -328,9 +314,8 @@ fn non_overlapping_transpose<'c, 'b>(
     })?[0];
     let [n, _, h, w] = [0, 1, 2, 3].map(|axis| cx.size(x, axis));
     let (n, h, w) = (n?, h?, w?);
-    let columns = cx.collapse_shape(x, &[&[0], &[1], &[2, 3]])?;
     let product_type = cx.ranked_tensor(&[n.static_value(), Some(taps), h.static_value(), w.static_value()], cx.f32_type());
-    let planes = conv_matmul(cx, matrix, columns, [h, w], product_type)?;
+    let planes = cx.conv_product(matrix, x, product_type)?;
 
     let sizes = [n, Size::Static(o), cx.size_mul(h, kh)?, cx.size_mul(w, kw)?];
     let init = cx.empty(&sizes, cx.f32_type())?;

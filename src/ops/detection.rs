@@ -4,7 +4,9 @@
 
 use super::*;
 use mrc_runtime::abi::builtins::{AnchorParams, Params, PasteParams};
-use mrc_runtime::builtins::{DetectionParams, MultiscaleParams, RpnParams};
+use mrc_runtime::abi::functions::RuntimeFunction;
+use mrc_runtime::builtins::{DetectionParams, RpnParams};
+use mrc_runtime::ops::multiscale::MultiScaleParams;
 use mrc_runtime::ops::preprocess::Transform;
 use AttrType::*;
 
@@ -13,14 +15,14 @@ use AttrType::*;
 fn call<'c, 'b>(
     cx: &Emitter<'c, 'b>,
     node: &LowerNode<'_, 'c, 'b>,
-    op: &str,
+    function: RuntimeFunction,
     params: impl Params,
     arguments: &[Value<'c, 'b>],
 ) -> Result<Vec<Value<'c, 'b>>, LoweringError> {
     let mut all = vec![cx.f64_words(&params.encode())?];
     all.extend_from_slice(arguments);
     let results: Vec<_> = node.outputs.iter().map(|ty| cx.tensor_type(ty)).collect();
-    cx.call_runtime(op, &all, &results)
+    cx.call_runtime(function, &all, &results)
 }
 
 fn box_weights(attrs: &Attrs) -> [f32; 4] {
@@ -113,7 +115,7 @@ runtime_operator!(
             std: [std[0] as f32, std[1] as f32, std[2] as f32],
             size_divisible: node.attrs.int("size_divisible") as usize,
         };
-        call(cx, node, "preprocess", transform, &slots[0])
+        call(cx, node, RuntimeFunction::Preprocess, transform, &slots[0])
     }
 );
 
@@ -138,7 +140,7 @@ runtime_operator!(
             sizes: node.attrs.int_lists("sizes").to_vec(),
             aspect_ratios: node.attrs.floats("aspect_ratios").to_vec(),
         };
-        call(cx, node, "anchors", params, &[cx.sizes_table(&slots[0], &[2, 3])?, slots[1][0]])
+        call(cx, node, RuntimeFunction::Anchors, params, &[cx.sizes_table(&slots[0], &[2, 3])?, slots[1][0]])
     }
 );
 
@@ -186,7 +188,7 @@ runtime_operator!(
         };
         let (objectness, objectness_shapes) = cx.pack(&slots[0])?;
         let (deltas, deltas_shapes) = cx.pack(&slots[1])?;
-        call(cx, node, "rpn_proposals", params, &[objectness, objectness_shapes, deltas, deltas_shapes, slots[2][0], slots[3][0]])
+        call(cx, node, RuntimeFunction::RpnProposals, params, &[objectness, objectness_shapes, deltas, deltas_shapes, slots[2][0], slots[3][0]])
     }
 );
 
@@ -244,15 +246,15 @@ runtime_operator!(
     },
     lower: |cx, node, slots| {
         let size = node.attrs.ints("output_size");
-        let params = MultiscaleParams {
-            output_size: [size[0] as usize, *size.get(1).unwrap_or(&size[0]) as usize],
-            sampling_ratio: node.attrs.int("sampling_ratio") as i32,
+        let output_size = [size[0] as usize, *size.get(1).unwrap_or(&size[0]) as usize];
+        let params = MultiScaleParams {
             canonical_scale: node.attrs.int("canonical_scale") as f32,
             canonical_level: node.attrs.int("canonical_level") as f32,
             aligned: node.attrs.flag("aligned"),
+            ..MultiScaleParams::new(output_size, node.attrs.int("sampling_ratio") as i32)
         };
         let (features, shapes) = cx.pack(&slots[0])?;
-        call(cx, node, "multiscale_roi_align", params, &[features, shapes, slots[1][0], slots[2][0]])
+        call(cx, node, RuntimeFunction::MultiscaleRoiAlign, params, &[features, shapes, slots[1][0], slots[2][0]])
     }
 );
 
@@ -317,7 +319,7 @@ runtime_operator!(
             detections_per_img: node.attrs.int("detections_per_img") as usize,
             min_size: node.attrs.float("min_size"),
         };
-        call(cx, node, "postprocess_detections", params, &[slots[0][0], slots[1][0], slots[2][0], slots[3][0]])
+        call(cx, node, RuntimeFunction::PostprocessDetections, params, &[slots[0][0], slots[1][0], slots[2][0], slots[3][0]])
     }
 );
 
@@ -338,7 +340,7 @@ runtime_operator!(
         Ok(Inference::output(TensorType::f32(dims)))
     },
     lower: |cx, node, slots| {
-        call(cx, node, "mask_probs", (), &[slots[0][0], slots[1][0]])
+        call(cx, node, RuntimeFunction::MaskProbs, (), &[slots[0][0], slots[1][0]])
     }
 );
 
@@ -354,7 +356,7 @@ runtime_operator!(
         Ok(Inference::output(TensorType::f32(vec![d, Dim::known(4)])))
     },
     lower: |cx, node, slots| {
-        call(cx, node, "rescale_boxes", (), &[slots[0][0], slots[1][0], slots[2][0]])
+        call(cx, node, RuntimeFunction::RescaleBoxes, (), &[slots[0][0], slots[1][0], slots[2][0]])
     }
 );
 
@@ -376,7 +378,7 @@ runtime_operator!(
     },
     lower: |cx, node, slots| {
         let params = PasteParams { padding: node.attrs.int("padding") as usize };
-        call(cx, node, "paste_masks", params, &[slots[0][0], slots[1][0], slots[2][0]])
+        call(cx, node, RuntimeFunction::PasteMasks, params, &[slots[0][0], slots[1][0], slots[2][0]])
     }
 );
 

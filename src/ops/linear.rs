@@ -36,11 +36,11 @@ impl Operator for Linear {
     /// indexing map, accumulating into the bias broadcast over the rows (or zeros).
     fn lower<'c, 'b>(&self, cx: &Emitter<'c, 'b>, node: &LowerNode<'_, 'c, 'b>) -> Result<Vec<Value<'c, 'b>>, LoweringError> {
         let (x, weight) = (node.inputs[0], node.inputs[1]);
-        // x·Wᵀ in the runtime's microkernel, then the bias by an elementwise generic (fused
+        // x·Wᵀ as the target computes products, then the bias by an elementwise generic (fused
         // with a following ReLU).
         let sizes = [cx.size(x, 0)?, Size::Static(node.attrs.int("out"))];
         let product_type = cx.ranked_tensor(&sizes.map(|s| s.static_value()), cx.f32_type());
-        let y = cx.call_runtime("linear", &[x, weight], &[product_type])?[0];
+        let y = cx.linear_product(x, weight, product_type)?;
         if !node.attrs.flag("bias") {
             return Ok(vec![y]);
         }

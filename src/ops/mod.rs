@@ -17,7 +17,9 @@ use crate::lowering::{identity_map, loop_dims, Combiner, Emitter, Iterator, Lowe
 use melior::ir::{Block, Value};
 use std::fmt;
 
-/// Every operator, by name. The model language calls them as functions.
+/// The operators of the model language, by name: model files call them as functions. Operators
+/// that only passes and the autodiff create (fused and backward operators) are registered in
+/// [`INTERNAL_OPERATORS`] instead, out of model files' reach.
 pub static OPERATORS: &[&dyn Operator] = &[
     &conv::Conv2d,
     &conv::ConvTranspose2d,
@@ -47,6 +49,10 @@ pub static OPERATORS: &[&dyn Operator] = &[
     &detection::HeatmapsToKeypoints,
 ];
 
+/// Operators that the compiler creates and model files cannot call.
+pub static INTERNAL_OPERATORS: &[&dyn Operator] = &[];
+
+/// The operator a model file calls `name`.
 pub fn lookup(name: &str) -> Option<&'static dyn Operator> {
     OPERATORS.iter().copied().find(|op| op.name() == name)
 }
@@ -62,23 +68,10 @@ pub trait Operator: Sync + fmt::Debug {
     /// The shape rule: output types, and the state tensors the operator owns (its weights).
     /// `inputs[slot]` holds one type, or several for a list slot.
     fn infer(&self, inputs: &[Vec<TensorType>], attrs: &Attrs) -> Result<Inference, OpError>;
-    /// How compiled code computes the operator.
-    /// Dense unless declared a runtime built-in.
-    fn kind(&self) -> OpKind {
-        OpKind::Dense
-    }
     /// Appends the operator's computation to `cx`'s block: one MLIR value per output, of the
     /// node's output types (symbolic dimensions as `?`). `node.inputs` are the tensor inputs in
     /// slot order, then the state tensors in the order `infer` declares them.
     fn lower<'c, 'b>(&self, cx: &Emitter<'c, 'b>, node: &LowerNode<'_, 'c, 'b>) -> Result<Vec<Value<'c, 'b>>, LoweringError>;
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum OpKind {
-    /// Dense tensor algebra, lowered to `linalg` on tensors.
-    Dense,
-    /// A detection built-in implemented by the runtime (`runtime/`); compiled code calls it.
-    RuntimeBuiltin,
 }
 
 pub struct InputSpec {
@@ -335,7 +328,8 @@ pub fn positive(attrs: &Attrs, name: &'static str) -> Result<i64, OpError> {
     }
 }
 
-/// Declares a runtime built-in operator from its name, inputs, attributes and shape rule.
+/// Declares a runtime built-in operator (one computed by a call into the runtime) from its name,
+/// inputs, attributes, shape rule and lowering.
 macro_rules! runtime_operator {
     ($(#[$doc:meta])* $ty:ident, $name:literal, inputs: [$($input:expr),*], attrs: [$($attr:expr),* $(,)?],
      infer: |$inputs:ident, $attrs:ident| $infer:block
@@ -357,9 +351,6 @@ macro_rules! runtime_operator {
             #[allow(unused_variables)]
             fn infer(&self, $inputs: &[Vec<TensorType>], $attrs: &Attrs) -> Result<Inference, OpError> {
                 $infer
-            }
-            fn kind(&self) -> OpKind {
-                OpKind::RuntimeBuiltin
             }
             #[allow(unreachable_code)]
             fn lower<'c, 'b>(&self, cx: &Emitter<'c, 'b>, node: &LowerNode<'_, 'c, 'b>) -> Result<Vec<Value<'c, 'b>>, LoweringError> {

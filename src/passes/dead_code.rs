@@ -1,4 +1,4 @@
-//! Removes operators whose results reach no network output.
+//! Removes operators and derived tensors whose results reach no network output.
 //!
 //! Inputs and state tensors stay: they are the model's interface (a checkpoint must still
 //! provide every `state_dict` entry, used or not).
@@ -28,7 +28,7 @@ impl Pass for DeadCode {
         let dead: Vec<_> = graph
             .nodes
             .node_indices()
-            .filter(|n| !live.contains(n) && matches!(graph.nodes[*n].kind, NodeKind::Op { .. }))
+            .filter(|n| !live.contains(n) && matches!(graph.nodes[*n].kind, NodeKind::Op { .. } | NodeKind::Derived(_)))
             .collect();
         for &n in &dead {
             graph.nodes.remove_node(n);

@@ -3,9 +3,11 @@
 
 mod common_subexpressions;
 mod dead_code;
+mod fold_batch_norm;
 
 pub use common_subexpressions::CommonSubexpressions;
 pub use dead_code::DeadCode;
+pub use fold_batch_norm::FoldBatchNorm;
 
 use crate::graph::Graph;
 
@@ -16,10 +18,15 @@ pub trait Pass {
 }
 
 pub fn default_passes() -> Vec<Box<dyn Pass>> {
-    vec![Box::new(CommonSubexpressions), Box::new(DeadCode)]
+    vec![Box::new(FoldBatchNorm), Box::new(CommonSubexpressions), Box::new(DeadCode)]
 }
 
 /// Runs `passes` in order; returns the names of those that changed the graph.
 pub fn run(graph: &mut Graph, passes: &[Box<dyn Pass>]) -> Vec<&'static str> {
     passes.iter().filter(|p| p.run(graph)).map(|p| p.name()).collect()
+}
+
+/// The lines of `after` that differ from `before`, as a unified diff (`mrc graph --passes`).
+pub fn diff(before: &str, after: &str) -> String {
+    similar::TextDiff::from_lines(before, after).unified_diff().context_radius(1).to_string()
 }

@@ -3,13 +3,13 @@
 //! JIT-compiled once (sizes stay symbolic, so one compiled function serves every image). Every
 //! value can be dumped by the name of the node that computes it: dumps are extra results.
 
-use crate::graph::types::DType;
 use crate::graph::{Graph, NodeKind, Port};
-use crate::lowering::{add_entry_points, create_context, emit_forward, jit, lower_to_llvm, LoweringError, Signature};
+use crate::lowering::{add_entry_points, create_context, expected_state, jit, LoweringError};
+use crate::targets::{self, cpu::Cpu, Target};
 use melior::{Context, ExecutionEngine};
-use mrc_runtime::abi::forward::{Element, Forward, ForwardFn, Interface, ResultSpec, Source, FORWARD_PACKED};
+use mrc_runtime::abi::forward::{Forward, ForwardFn, FORWARD_PACKED};
 pub use mrc_runtime::abi::forward::HostTensor;
-use mrc_runtime::weights::{Dtype, TensorSpec, Weights};
+use mrc_runtime::weights::{Dtype, Weights};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -26,26 +26,12 @@ pub enum RunError {
 /// A model ready to run: compiled, weights checked.
 pub struct Executor {
     forward: Forward,
+    /// The graph passes that changed the graph.
+    passes: Vec<&'static str>,
     /// Owns the compiled code `forward` points into.
     _engine: ExecutionEngine,
     /// Keeps the MLIR context alive as long as the engine (fields drop in declaration order).
     _context: Box<Context>,
-}
-
-/// The state tensors a checkpoint must hold for `graph`.
-pub fn expected_state(graph: &Graph) -> Vec<TensorSpec> {
-    graph
-        .state
-        .iter()
-        .map(|&s| {
-            let ty = &graph.nodes[s].outputs[0];
-            TensorSpec {
-                name: graph.nodes[s].name.clone(),
-                shape: ty.dims.iter().map(|d| d.value().unwrap_or(0) as usize).collect(),
-                dtype: if ty.dtype == DType::I64 { Dtype::I64 } else { Dtype::F32 },
-            }
-        })
-        .collect()
 }
 
 /// The outputs of the forward function: the network's, then the first output of each node
@@ -63,39 +49,17 @@ pub fn forward_outputs(graph: &Graph, dumps: &[String]) -> Result<Vec<(String, P
     Ok(outputs)
 }
 
-/// The runtime's view of an emitted forward function.
-pub fn interface(graph: &Graph, signature: &Signature) -> Interface {
-    let is_input = |name: &str| graph.inputs.iter().any(|&n| graph.nodes[n].name == name);
-    let element = |dtype| match dtype {
-        DType::I64 => Element::I64,
-        DType::U8 => Element::U8,
-        _ => Element::F32,
-    };
-    Interface {
-        arguments: signature
-            .arguments
-            .iter()
-            .map(|a| if is_input(&a.name) { Source::Input(a.name.clone()) } else { Source::State(a.name.clone()) })
-            .collect(),
-        results: signature
-            .results
-            .iter()
-            .map(|r| (r.name.clone(), ResultSpec { element: element(r.ty.dtype), rank: r.ty.rank() }))
-            .collect(),
-        state: expected_state(graph),
-    }
-}
-
 impl Executor {
-    /// Compiles `graph` with the extra results `dumps` (node names) and checks `weights`.
-    pub fn new(graph: &Graph, weights: Weights, dumps: &[String]) -> Result<Self, RunError> {
+    /// Compiles `graph` with the extra results `dumps` (node names) at optimization level
+    /// `level` (graph passes from 1 on, LLVM's level), and checks `weights`.
+    pub fn new(graph: &Graph, weights: Weights, dumps: &[String], level: u8) -> Result<Self, RunError> {
         weights.validate(&expected_state(graph))?;
         let outputs = forward_outputs(graph, dumps)?;
         let context = Box::new(create_context());
-        let (mut module, signature) = emit_forward(&context, graph, &outputs)?;
-        lower_to_llvm(&context, &mut module)?;
+        let targets::Emitted { mut module, signature, interface, passes } = targets::emit(&context, graph, &outputs, &Cpu, level)?;
+        Cpu.lower(&context, &mut module)?;
         add_entry_points(&context, &module, signature.arguments.len(), false)?;
-        let engine = jit(&module, 3)?;
+        let engine = jit(&module, level as usize)?;
         let address = engine.lookup(FORWARD_PACKED);
         if address.is_null() {
             return Err(LoweringError::Build(format!("the JIT has no `{FORWARD_PACKED}`")).into());
@@ -104,9 +68,14 @@ impl Executor {
         // as the engine, which the executor keeps.
         let function: ForwardFn = unsafe { std::mem::transmute::<*mut (), ForwardFn>(address) };
         // SAFETY: the function was emitted for `signature`, which `interface` describes.
-        let forward = unsafe { Forward::new(function, interface(graph, &signature), weights)? };
+        let forward = unsafe { Forward::new(function, interface, weights)? };
         drop(module);
-        Ok(Executor { forward, _engine: engine, _context: context })
+        Ok(Executor { forward, passes, _engine: engine, _context: context })
+    }
+
+    /// The graph passes that changed the graph before it was compiled.
+    pub fn passes(&self) -> &[&'static str] {
+        &self.passes
     }
 
     /// Runs the network on `inputs` (by input name); returns the network outputs, then the
@@ -119,13 +88,14 @@ impl Executor {
 /// `mrc run`: every image through the network; a line per image, dumps written to `dump_dir`.
 pub fn run_images(
     graph: &Graph,
+    level: u8,
     weights: &std::path::Path,
     images: &[std::path::PathBuf],
     dumps: &[String],
     dump_dir: &std::path::Path,
 ) -> Result<String, String> {
     let weights = Weights::open(weights).map_err(|e| e.to_string())?;
-    let executor = Executor::new(graph, weights, dumps).map_err(|e| e.to_string())?;
+    let executor = Executor::new(graph, weights, dumps, level).map_err(|e| e.to_string())?;
     let input = graph.inputs.first().map(|&n| graph.nodes[n].name.clone()).ok_or("the network has no input")?;
     let mut report = String::new();
     for path in images {

@@ -11,9 +11,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use super::Target;
 use crate::expand::{value::Value, Model};
-use crate::lowering::{add_entry_points, create_context, emit_network, lower_to_llvm, LoweringError};
-use crate::run::{expected_state, interface};
+use crate::lowering::{add_entry_points, create_context, expected_state, lower_to_llvm, LoweringError, Products};
 use mrc_runtime::abi::forward::FORWARD_PACKED;
 use mrc_runtime::program::trailer::{ProgramManifest, TRAILER_MAGIC};
 use mrc_runtime::weights::Weights;
@@ -45,25 +45,48 @@ pub enum CompileError {
     Link { command: String, stderr: String },
 }
 
+/// The host CPU: products in the runtime's GEMM microkernels, the LLVM dialect, code compiled by
+/// LLVM in process and linked with the runtime's static library.
+pub struct Cpu;
+
+impl Target for Cpu {
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+    fn products(&self) -> Products {
+        Products::RuntimeGemm
+    }
+    fn lower(&self, context: &melior::Context, module: &mut melior::ir::Module) -> Result<(), LoweringError> {
+        lower_to_llvm(context, module)
+    }
+}
+
 fn io(path: &Path) -> impl Fn(std::io::Error) -> CompileError + '_ {
     move |e| CompileError::Io { path: path.to_owned(), message: e.to_string() }
 }
 
-/// Compiles `model` to `output` as `emit` says, at LLVM optimization level `level`, with
-/// `weights` embedded in an executable.
-pub fn compile(model: &Model, weights: Option<&Path>, level: u8, emit: Emit, output: &Path) -> Result<String, CompileError> {
+/// Compiles `model` to `output` as `emit` says, at optimization level `level` (graph passes from
+/// 1 on, LLVM's level), with `weights` embedded in an executable.
+pub fn compile(
+    model: &Model,
+    weights: Option<&Path>,
+    level: u8,
+    emit: Emit,
+    output: &Path,
+) -> Result<String, CompileError> {
     // Weights first: a mismatch is reported before minutes of compilation.
     let weights = weights.map(Weights::open).transpose()?;
     if let Some(weights) = &weights {
         weights.validate(&expected_state(&model.graph))?;
     }
     let context = create_context();
-    let (mut module, signature) = emit_network(&context, &model.graph)?;
+    let super::Emitted { mut module, signature, interface, .. } =
+        super::emit(&context, &model.graph, &model.graph.outputs, &Cpu, level)?;
     if emit == Emit::Mlir {
         write_atomic(output, module.as_operation().to_string().as_bytes())?;
         return Ok(format!("wrote {}\n", output.display()));
     }
-    lower_to_llvm(&context, &mut module)?;
+    Cpu.lower(&context, &mut module)?;
     add_entry_points(&context, &module, signature.arguments.len(), true)?;
     if emit == Emit::Llvm {
         write_atomic(output, llvm_ir(&module).as_bytes())?;
@@ -92,7 +115,7 @@ pub fn compile(model: &Model, weights: Option<&Path>, level: u8, emit: Emit, out
     let manifest = ProgramManifest {
         model_name: output.file_name().map_or("program".into(), |n| n.to_string_lossy().into_owned()),
         class_names: class_names(model),
-        interface: interface(&model.graph, &signature),
+        interface,
     };
     let weight_bytes = match &weights {
         Some(weights) => weights.to_safetensors_bytes()?,
@@ -107,14 +130,17 @@ pub fn compile(model: &Model, weights: Option<&Path>, level: u8, emit: Emit, out
     program.extend_from_slice(TRAILER_MAGIC);
     write_atomic(output, &program)?;
     set_executable(output)?;
-    let embedded = if weights.is_some() { "weights embedded" } else { "no weights embedded: pass --weights when running it" };
+    let embedded =
+        if weights.is_some() { "weights embedded" } else { "no weights embedded: pass --weights when running it" };
     Ok(format!("wrote {} ({:.1} MB, {embedded})\n", output.display(), program.len() as f64 / 1e6))
 }
 
 /// The label names from the config's `class_names`, if any.
 fn class_names(model: &Model) -> Vec<String> {
     match model.config.get("class_names").map(|s| &s.value) {
-        Some(Value::List(names)) => names.iter().map(|n| if let Value::Str(s) = n { s.clone() } else { String::new() }).collect(),
+        Some(Value::List(names)) => {
+            names.iter().map(|n| if let Value::Str(s) = n { s.clone() } else { String::new() }).collect()
+        }
         _ => vec![],
     }
 }
@@ -154,24 +180,31 @@ fn runtime_library() -> Result<PathBuf, CompileError> {
 fn link(object: &Path, output: &Path) -> Result<(), CompileError> {
     let runtime = runtime_library()?;
     let mut command = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()));
-    command
-        .arg("-no-pie")
-        .arg("-o")
-        .arg(output)
-        .arg(object)
-        .arg(&runtime)
-        .args(["-Wl,--gc-sections", "-s", "-lm", "-lpthread", "-ldl", "-lgcc_s", "-lc"]);
+    command.arg("-no-pie").arg("-o").arg(output).arg(object).arg(&runtime).args([
+        "-Wl,--gc-sections",
+        "-s",
+        "-lm",
+        "-lpthread",
+        "-ldl",
+        "-lgcc_s",
+        "-lc",
+    ]);
     let rendered = format!("{command:?}");
-    let result = command.output().map_err(|e| CompileError::Link { command: rendered.clone(), stderr: e.to_string() })?;
+    let result =
+        command.output().map_err(|e| CompileError::Link { command: rendered.clone(), stderr: e.to_string() })?;
     if !result.status.success() {
-        return Err(CompileError::Link { command: rendered, stderr: String::from_utf8_lossy(&result.stderr).into_owned() });
+        return Err(CompileError::Link {
+            command: rendered,
+            stderr: String::from_utf8_lossy(&result.stderr).into_owned(),
+        });
     }
     Ok(())
 }
 
 /// Writes through a temporary file renamed into place: never a half-written output.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CompileError> {
-    mrc_runtime::program::coco::write_atomic(path, bytes).map_err(|message| CompileError::Io { path: path.to_owned(), message })
+    mrc_runtime::program::coco::write_atomic(path, bytes)
+        .map_err(|message| CompileError::Io { path: path.to_owned(), message })
 }
 
 fn set_executable(path: &Path) -> Result<(), CompileError> {

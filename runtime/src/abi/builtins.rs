@@ -6,7 +6,8 @@
 //! the operator's name ([`super::stages`]).
 
 use super::{set_error, stages, MemRef};
-use crate::builtins::{self as rt, DetectionParams, MultiscaleParams, RpnParams, TensorF32};
+use crate::builtins::{self as rt, DetectionParams, RpnParams, TensorF32};
+use crate::ops::multiscale::MultiScaleParams;
 use crate::ops::preprocess::Transform;
 
 /// Attributes of a built-in as the `f64` words generated code passes.
@@ -100,7 +101,7 @@ impl Params for RpnParams {
     }
 }
 
-impl Params for MultiscaleParams {
+impl Params for MultiScaleParams {
     fn encode(&self) -> Vec<f64> {
         vec![
             self.output_size[0] as f64,
@@ -114,12 +115,11 @@ impl Params for MultiscaleParams {
     fn decode(words: &[f64]) -> Option<Self> {
         let mut w = Words(words);
         let [oh, ow, sampling_ratio, canonical_scale, canonical_level, aligned] = w.take()?;
-        w.end(MultiscaleParams {
-            output_size: [oh as usize, ow as usize],
-            sampling_ratio: sampling_ratio as i32,
+        w.end(MultiScaleParams {
             canonical_scale: canonical_scale as f32,
             canonical_level: canonical_level as f32,
             aligned: aligned != 0.0,
+            ..MultiScaleParams::new([oh as usize, ow as usize], sampling_ratio as i32)
         })
     }
 }
@@ -303,7 +303,7 @@ pub unsafe extern "C" fn _mlir_ciface_mrc_multiscale_roi_align(
     boxes: *const MemRef<f32, 2>,
     size: *const MemRef<i64, 1>,
 ) {
-    *out = call("multiscale_roi_align", params, || MemRef::allocate([0, 0, 0, 0]), |p: MultiscaleParams| {
+    *out = call("multiscale_roi_align", params, || MemRef::allocate([0, 0, 0, 0]), |p: MultiScaleParams| {
         let features = unpack(features, feature_shapes)?;
         Ok(owned(&rt::multiscale_roi_align(&features, &tensor(boxes), image_size(size)?, &p).map_err(text)?))
     });
@@ -381,17 +381,4 @@ pub unsafe extern "C" fn _mlir_ciface_mrc_paste_masks(
         let [h, w, _] = (*image).shape();
         Ok(owned(&rt::paste_masks(&tensor(masks), &tensor(boxes), [h, w], p.padding).map_err(text)?))
     });
-}
-
-pub(super) fn symbols() -> [(&'static str, *mut ()); 8] {
-    [
-        ("_mlir_ciface_mrc_preprocess", _mlir_ciface_mrc_preprocess as *mut ()),
-        ("_mlir_ciface_mrc_anchors", _mlir_ciface_mrc_anchors as *mut ()),
-        ("_mlir_ciface_mrc_rpn_proposals", _mlir_ciface_mrc_rpn_proposals as *mut ()),
-        ("_mlir_ciface_mrc_multiscale_roi_align", _mlir_ciface_mrc_multiscale_roi_align as *mut ()),
-        ("_mlir_ciface_mrc_postprocess_detections", _mlir_ciface_mrc_postprocess_detections as *mut ()),
-        ("_mlir_ciface_mrc_mask_probs", _mlir_ciface_mrc_mask_probs as *mut ()),
-        ("_mlir_ciface_mrc_rescale_boxes", _mlir_ciface_mrc_rescale_boxes as *mut ()),
-        ("_mlir_ciface_mrc_paste_masks", _mlir_ciface_mrc_paste_masks as *mut ()),
-    ]
 }

@@ -161,6 +161,8 @@ pub enum Source {
     Input(String),
     /// A state tensor of the weights, by name.
     State(String),
+    /// A tensor computed from state tensors (`from`, by name) when the weights are loaded.
+    Derived { name: String, transform: crate::transforms::WeightTransform, from: Vec<String> },
 }
 
 /// The interface of a compiled forward function: what it takes and returns, and the state
@@ -181,6 +183,8 @@ pub struct Forward {
     weights: crate::weights::Weights,
     /// Copies of weights whose bytes are not aligned for their element type.
     aligned: std::collections::HashMap<String, Vec<u64>>,
+    /// The [`Source::Derived`] arguments, computed once: (elements, shape).
+    derived: std::collections::HashMap<String, (Vec<f32>, Vec<usize>)>,
 }
 
 /// Rank-0 step counters (`num_batches_tracked`) are passed but never read.
@@ -194,17 +198,24 @@ impl Forward {
     pub unsafe fn new(function: ForwardFn, interface: Interface, weights: crate::weights::Weights) -> Result<Self, crate::weights::WeightsError> {
         weights.validate(&interface.state)?;
         let mut aligned = std::collections::HashMap::new();
+        let mut derived = std::collections::HashMap::new();
         for source in &interface.arguments {
-            if let Source::State(name) = source {
-                let bytes = weights.get(name).map(|t| t.bytes()).unwrap_or_default();
-                if bytes.as_ptr() as usize % 8 != 0 {
-                    let mut words = vec![0_u64; bytes.len().div_ceil(8)];
-                    bytemuck::cast_slice_mut::<u64, u8>(&mut words)[..bytes.len()].copy_from_slice(bytes);
-                    aligned.insert(name.clone(), words);
+            match source {
+                Source::State(name) => {
+                    let bytes = weights.get(name).map(|t| t.bytes()).unwrap_or_default();
+                    if bytes.as_ptr() as usize % 8 != 0 {
+                        let mut words = vec![0_u64; bytes.len().div_ceil(8)];
+                        bytemuck::cast_slice_mut::<u64, u8>(&mut words)[..bytes.len()].copy_from_slice(bytes);
+                        aligned.insert(name.clone(), words);
+                    }
                 }
+                Source::Derived { name, transform, from } => {
+                    derived.insert(name.clone(), derive(&weights, name, transform, from)?);
+                }
+                Source::Input(_) => {}
             }
         }
-        Ok(Forward { function, interface, weights, aligned })
+        Ok(Forward { function, interface, weights, aligned, derived })
     }
 
     pub fn interface(&self) -> &Interface {
@@ -238,6 +249,10 @@ impl Forward {
                         Argument { bytes, shape: tensor.shape() }
                     }
                 }
+                Source::Derived { name, .. } => {
+                    let (data, shape) = &self.derived[name];
+                    Argument { bytes: bytemuck::cast_slice(data), shape }
+                }
             });
         }
         let specs: Vec<ResultSpec> = self.interface.results.iter().map(|(_, spec)| *spec).collect();
@@ -252,4 +267,21 @@ impl Forward {
         let names = self.interface.results.iter().map(|(name, _)| name.clone());
         Ok((names.zip(results).collect(), stages))
     }
+}
+
+/// The tensor `name` computed by `transform` from the f32 state tensors `from`.
+fn derive(
+    weights: &crate::weights::Weights,
+    name: &str,
+    transform: &crate::transforms::WeightTransform,
+    from: &[String],
+) -> Result<(Vec<f32>, Vec<usize>), crate::weights::WeightsError> {
+    let invalid = |message: String| crate::weights::WeightsError::Derived { name: name.to_owned(), origin: weights.origin().to_owned(), message };
+    let mut sources = vec![];
+    for source in from {
+        let tensor = weights.get(source).ok_or_else(|| invalid(format!("no state tensor `{source}`")))?;
+        let values = tensor.as_f32().ok_or_else(|| invalid(format!("`{source}` is {}, not f32", tensor.dtype())))?;
+        sources.push((values, tensor.shape()));
+    }
+    transform.apply(&sources).map_err(invalid)
 }

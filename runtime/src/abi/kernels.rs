@@ -122,10 +122,3 @@ pub unsafe extern "C" fn _mlir_ciface_mrc_linear(out: *mut MemRef<f32, 2>, x: *c
     );
     *out = y;
 }
-
-pub(super) fn symbols() -> [(&'static str, *mut ()); 2] {
-    [
-        ("_mlir_ciface_mrc_conv_matmul", _mlir_ciface_mrc_conv_matmul as *mut ()),
-        ("_mlir_ciface_mrc_linear", _mlir_ciface_mrc_linear as *mut ()),
-    ]
-}

@@ -13,6 +13,7 @@
 
 pub mod builtins;
 pub mod forward;
+pub mod functions;
 pub mod kernels;
 mod memref;
 pub mod stages;
@@ -39,12 +40,11 @@ pub fn take_error() -> Option<String> {
 
 /// The runtime functions generated code may call, by symbol, for a JIT to resolve (with the
 /// program driver, which a compiled program's `main` calls).
-pub fn symbols() -> Vec<(&'static str, *mut ())> {
+pub fn symbols() -> Vec<(String, *mut ())> {
     let mut symbols = vec![
-        ("memrefCopy", memref_copy as *mut ()),
-        ("mrc_program_main", crate::program::compiled::mrc_program_main as *mut ()),
+        ("memrefCopy".to_owned(), memref_copy as *mut ()),
+        ("mrc_program_main".to_owned(), crate::program::compiled::mrc_program_main as *mut ()),
     ];
-    symbols.extend(kernels::symbols());
-    symbols.extend(builtins::symbols());
+    symbols.extend(functions::RuntimeFunction::ALL.iter().map(|f| (f.c_symbol(), f.address())));
     symbols
 }

@@ -66,20 +66,24 @@ pub fn infer_scale(feature_hw: [usize; 2], image_hw: [usize; 2]) -> Result<f32> 
     Ok(2f64.powf(approx.log2().round_ties_even() as f64) as f32)
 }
 
-/// Parameters of [`multiscale_roi_align`].
-#[derive(Clone, Copy, Debug)]
+/// Parameters of [`multiscale_roi_align`] (torchvision's `MultiScaleRoIAlign`).
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct MultiScaleParams {
     pub output_size: [usize; 2],
     pub sampling_ratio: i32,
+    /// Box size that maps to `canonical_level` (224).
     pub canonical_scale: f32,
     pub canonical_level: f32,
     pub eps: f32,
+    /// torchvision's module always pools with `aligned=False`; `true` shifts boxes by −0.5
+    /// pixel as `roi_align(..., aligned=True)`.
+    pub aligned: bool,
 }
 
 impl MultiScaleParams {
     /// torchvision's `MultiScaleRoIAlign(output_size, sampling_ratio)` defaults.
     pub fn new(output_size: [usize; 2], sampling_ratio: i32) -> Self {
-        MultiScaleParams { output_size, sampling_ratio, canonical_scale: 224.0, canonical_level: 4.0, eps: 1e-6 }
+        MultiScaleParams { output_size, sampling_ratio, canonical_scale: 224.0, canonical_level: 4.0, eps: 1e-6, aligned: false }
     }
 }
 
@@ -94,7 +98,7 @@ pub struct MultiScaleOutput {
     pub levels: Vec<usize>,
 }
 
-/// RoIAlign (`aligned=False`) of each box from the pyramid level its size maps to.
+/// RoIAlign of each box from the pyramid level its size maps to.
 ///
 /// `features` are the levels finest first, all with the same batch and channels;
 /// `boxes[i]` are image `i`'s boxes; `image_sizes[i]` its (resized, unpadded) size. Scales are
@@ -137,7 +141,7 @@ pub fn multiscale_roi_align(
             output_size: p.output_size,
             spatial_scale,
             sampling_ratio: p.sampling_ratio,
-            aligned: false,
+            aligned: p.aligned,
             mode: PoolMode::Avg,
         })
         .collect();

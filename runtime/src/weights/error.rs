@@ -17,6 +17,10 @@ pub enum WeightsError {
     /// The tensors do not fit the model; lists every problem at once.
     #[error("{origin}: the weights do not match the model ({} problems):\n{}", problems.len(), ProblemList(problems))]
     Mismatch { origin: String, problems: Vec<Problem> },
+    /// A tensor derived from the weights when they are loaded (a folded batch norm) could not be
+    /// computed from them.
+    #[error("{origin}: cannot derive `{name}`: {message}")]
+    Derived { name: String, origin: String, message: String },
 }
 
 pub type Result<T> = std::result::Result<T, WeightsError>;

@@ -1,0 +1,107 @@
+//! Every runtime function that generated code may call, defined once: its symbol, the kinds of
+//! its arguments and results (what the compiler must pass, checked when it emits the call), and
+//! its address (what a JIT binds). The compiler names a function by its [`RuntimeFunction`]
+//! variant, never by a string, and the runtime's symbol table is [`RuntimeFunction::ALL`].
+
+use super::{builtins as b, kernels as k};
+
+/// A tensor crossing the C interface: its element type and rank, or a built-in's parameter
+/// words (`f64[?]`, the layout of its [`super::builtins::Params`] implementation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arg {
+    F32(usize),
+    I64(usize),
+    U8(usize),
+    Params,
+}
+
+use Arg::*;
+
+/// A list of feature maps of one rank, packed: their elements concatenated (`f32[?]`) and
+/// their shapes, one row each (`i64[L, rank]`).
+const PACKED: [Arg; 2] = [F32(1), I64(2)];
+
+macro_rules! runtime_functions {
+    ($($(#[$doc:meta])* $variant:ident = $name:literal, $function:path, ($($argument:expr),*) -> ($($result:expr),*);)*) => {
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum RuntimeFunction {
+            $($(#[$doc])* $variant,)*
+        }
+
+        impl RuntimeFunction {
+            pub const ALL: &'static [RuntimeFunction] = &[$(RuntimeFunction::$variant),*];
+
+            /// The function's name in MLIR (`mrc_<op>`); the C symbol is `_mlir_ciface_` + it.
+            pub fn symbol(self) -> &'static str {
+                match self {
+                    $(RuntimeFunction::$variant => concat!("mrc_", $name),)*
+                }
+            }
+
+            /// The arguments, in order, a packed list counting as its two tensors.
+            pub fn arguments(self) -> Vec<Arg> {
+                match self {
+                    $(RuntimeFunction::$variant => [$(&$argument as &[Arg]),*].concat(),)*
+                }
+            }
+
+            pub fn results(self) -> &'static [Arg] {
+                match self {
+                    $(RuntimeFunction::$variant => &[$($result),*],)*
+                }
+            }
+
+            /// The C interface's entry point.
+            pub fn address(self) -> *mut () {
+                match self {
+                    $(RuntimeFunction::$variant => $function as *mut (),)*
+                }
+            }
+        }
+    };
+}
+
+runtime_functions! {
+    /// The weights [M, K] times each image's im2col columns [N, K, H·W], given [H, W].
+    ConvMatmul = "conv_matmul", k::_mlir_ciface_mrc_conv_matmul, ([F32(2)], [F32(3)], [I64(1)]) -> (F32(4));
+    /// `x` [N, F] times the weight [O, F] transposed.
+    Linear = "linear", k::_mlir_ciface_mrc_linear, ([F32(2)], [F32(2)]) -> (F32(2));
+    /// The image u8 [H, W, 3] to the batch [1, 3, Hb, Wb] and the resized size i64[2].
+    Preprocess = "preprocess", b::_mlir_ciface_mrc_preprocess, ([Params], [U8(3)]) -> (F32(4), I64(1));
+    /// Anchors for the feature-map sizes [L, 2] on the batch.
+    Anchors = "anchors", b::_mlir_ciface_mrc_anchors, ([Params], [I64(2)], [F32(4)]) -> (F32(2));
+    /// Proposals from packed objectness and deltas, the anchors and the resized size.
+    RpnProposals = "rpn_proposals", b::_mlir_ciface_mrc_rpn_proposals, ([Params], PACKED, PACKED, [F32(2)], [I64(1)]) -> (F32(2));
+    /// RoIAlign over packed pyramid levels, for boxes on an image of the resized size.
+    MultiscaleRoiAlign = "multiscale_roi_align", b::_mlir_ciface_mrc_multiscale_roi_align, ([Params], PACKED, [F32(2)], [I64(1)]) -> (F32(4));
+    /// Boxes, scores and labels from class logits, box regression and proposals.
+    PostprocessDetections = "postprocess_detections", b::_mlir_ciface_mrc_postprocess_detections, ([Params], [F32(2)], [F32(2)], [F32(2)], [I64(1)]) -> (F32(2), F32(1), I64(1));
+    /// Mask logits [D, K, M, M] to the probabilities [D, 1, M, M] of each detection's label.
+    MaskProbs = "mask_probs", b::_mlir_ciface_mrc_mask_probs, ([Params], [F32(4)], [I64(1)]) -> (F32(4));
+    /// Boxes from the resized size to the size of the image.
+    RescaleBoxes = "rescale_boxes", b::_mlir_ciface_mrc_rescale_boxes, ([Params], [F32(2)], [I64(1)], [U8(3)]) -> (F32(2));
+    /// Mask probabilities pasted into the image at the boxes.
+    PasteMasks = "paste_masks", b::_mlir_ciface_mrc_paste_masks, ([Params], [F32(4)], [F32(2)], [U8(3)]) -> (F32(4));
+}
+
+impl RuntimeFunction {
+    /// The C symbol a JIT resolves.
+    pub fn c_symbol(self) -> String {
+        format!("_mlir_ciface_{}", self.symbol())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn symbols_are_distinct_and_named_after_their_functions() {
+        let mut symbols: Vec<&str> = RuntimeFunction::ALL.iter().map(|f| f.symbol()).collect();
+        symbols.sort();
+        symbols.dedup();
+        assert_eq!(symbols.len(), RuntimeFunction::ALL.len());
+        assert!(symbols.iter().all(|s| s.starts_with("mrc_")));
+        assert_eq!(RuntimeFunction::RpnProposals.arguments(), [Params, F32(1), I64(2), F32(1), I64(2), F32(2), I64(1)]);
+    }
+}

@@ -1,0 +1,123 @@
+//! Weight transforms: tensors derived from the model's state once, when a program loads its
+//! weights (embedded or `--weights`), never per image. The compiler's passes put them in the
+//! graph (a frozen batch norm folded into the convolution before it); the program computes
+//! them in [`crate::abi::forward::Forward::new`] and passes them to the forward function in
+//! place of what they derive from. One definition serves both sides: the compiler writes a
+//! [`WeightTransform`] into the program's interface, the runtime applies it.
+
+/// How a derived tensor is computed from its sources (state tensors, in the order each variant
+/// lists).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub enum WeightTransform {
+    /// A convolution's weight `[O, ...]` times the per-channel scale of the batch norm after
+    /// it, `bn.weight / sqrt(bn.running_var + eps)`. Sources: the weight, `bn.weight`,
+    /// `bn.running_var`.
+    FoldBatchNormWeight { eps: f64 },
+    /// The bias `[O]` that makes the scaled convolution equal to the batch norm of the original:
+    /// `bn.bias + (bias - bn.running_mean) · scale`. Sources: the convolution's bias if
+    /// `conv_bias`, then `bn.weight`, `bn.bias`, `bn.running_mean`, `bn.running_var`.
+    FoldBatchNormBias { eps: f64, conv_bias: bool },
+}
+
+/// A source tensor: row-major f32 elements and shape.
+pub type Source<'a> = (&'a [f32], &'a [usize]);
+
+impl WeightTransform {
+    /// Computes the derived tensor, or says why the sources do not fit.
+    pub fn apply(&self, sources: &[Source]) -> Result<(Vec<f32>, Vec<usize>), String> {
+        match *self {
+            WeightTransform::FoldBatchNormWeight { eps } => {
+                let [(weight, shape), gamma, var] = sources else { return Err(arity(3, sources)) };
+                let scale = bn_scale(gamma.0, var.0, eps)?;
+                let channels = shape.first().copied().unwrap_or(0);
+                if channels != scale.len() || weight.len() % channels.max(1) != 0 {
+                    return Err(format!("a weight of shape {shape:?} for {} batch-norm channels", scale.len()));
+                }
+                let per_channel = weight.len() / channels.max(1);
+                let folded = weight
+                    .chunks(per_channel.max(1))
+                    .zip(&scale)
+                    .flat_map(|(row, &s)| row.iter().map(move |&w| w * s))
+                    .collect();
+                Ok((folded, shape.to_vec()))
+            }
+            WeightTransform::FoldBatchNormBias { eps, conv_bias } => {
+                let (bias, rest) = if conv_bias {
+                    let Some(((bias, _), rest)) = sources.split_first() else { return Err(arity(5, sources)) };
+                    (Some(*bias), rest)
+                } else {
+                    (None, sources)
+                };
+                let [gamma, beta, mean, var] = rest else { return Err(arity(4 + conv_bias as usize, sources)) };
+                let scale = bn_scale(gamma.0, var.0, eps)?;
+                let n = scale.len();
+                if beta.0.len() != n || mean.0.len() != n || bias.is_some_and(|b| b.len() != n) {
+                    return Err(format!("batch-norm tensors of different lengths for {n} channels"));
+                }
+                // torchvision's FrozenBatchNorm2d adds `bias - mean · scale` after the scaling.
+                let folded =
+                    (0..n).map(|c| beta.0[c] - mean.0[c] * scale[c] + bias.map_or(0.0, |b| b[c] * scale[c])).collect();
+                Ok((folded, vec![n]))
+            }
+        }
+    }
+}
+
+/// `gamma / sqrt(var + eps)` per channel, in f32 as torchvision's `FrozenBatchNorm2d`
+/// computes it (`weight * (running_var + eps).rsqrt()`).
+fn bn_scale(gamma: &[f32], var: &[f32], eps: f64) -> Result<Vec<f32>, String> {
+    if gamma.len() != var.len() {
+        return Err(format!("batch-norm weight of {} and running_var of {} channels", gamma.len(), var.len()));
+    }
+    Ok(gamma.iter().zip(var).map(|(&g, &v)| g * (1.0 / (v + eps as f32).sqrt())).collect())
+}
+
+fn arity(expected: usize, sources: &[Source]) -> String {
+    format!("takes {expected} source tensors, found {}", sources.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Batch norm of `x` as torchvision's FrozenBatchNorm2d computes it, per channel `c`.
+    fn frozen_bn(x: f32, c: usize, [gamma, beta, mean, var]: [&[f32]; 4], eps: f32) -> f32 {
+        let scale = gamma[c] * (1.0 / (var[c] + eps).sqrt());
+        x * scale + (beta[c] - mean[c] * scale)
+    }
+
+    #[test]
+    fn folding_commutes_with_a_dot_product() {
+        // Two output channels, three weights each; `x` is one input patch.
+        let weight = [0.5_f32, -1.0, 2.0, 1.5, 0.25, -0.75];
+        let bias = [0.1_f32, -0.2];
+        let (gamma, beta, mean, var) = ([1.2_f32, 0.8], [0.3_f32, -0.1], [0.05_f32, 0.4], [0.9_f32, 1.7]);
+        let bn = [&gamma[..], &beta, &mean, &var];
+        let x = [1.0_f32, 2.0, -0.5];
+        let eps = 1e-5;
+        let (w, shape) = WeightTransform::FoldBatchNormWeight { eps }
+            .apply(&[(&weight, &[2, 3]), (&gamma, &[2]), (&var, &[2])])
+            .unwrap();
+        assert_eq!(shape, [2, 3]);
+        let sources = [(&bias[..], &[2][..]), (&gamma, &[2]), (&beta, &[2]), (&mean, &[2]), (&var, &[2])];
+        let (b, _) = WeightTransform::FoldBatchNormBias { eps, conv_bias: true }.apply(&sources).unwrap();
+        for c in 0..2 {
+            let conv: f32 = (0..3).map(|k| weight[c * 3 + k] * x[k]).sum::<f32>() + bias[c];
+            let folded: f32 = (0..3).map(|k| w[c * 3 + k] * x[k]).sum::<f32>() + b[c];
+            let expected = frozen_bn(conv, c, bn, eps as f32);
+            assert!((folded - expected).abs() < 1e-5, "channel {c}: {folded} vs {expected}");
+        }
+        let (unbiased, _) = WeightTransform::FoldBatchNormBias { eps, conv_bias: false }.apply(&sources[1..]).unwrap();
+        assert!((unbiased[1] - frozen_bn(0.0, 1, bn, eps as f32)).abs() < 1e-6);
+    }
+
+    #[test]
+    fn sources_that_do_not_fit_are_errors() {
+        let eps = 0.0;
+        let fold = WeightTransform::FoldBatchNormWeight { eps };
+        assert!(fold.apply(&[(&[1.0; 6], &[3, 2]), (&[1.0; 2], &[2]), (&[1.0; 2], &[2])]).is_err());
+        assert!(fold.apply(&[(&[1.0; 6], &[2, 3])]).is_err());
+        let bias = WeightTransform::FoldBatchNormBias { eps, conv_bias: false };
+        assert!(bias.apply(&[(&[1.0; 2], &[2]), (&[1.0; 3], &[3]), (&[1.0; 2], &[2]), (&[1.0; 2], &[2])]).is_err());
+    }
+}
