@@ -336,9 +336,37 @@ fn overlay_marks_the_mask_box_and_label_only() {
     for (x, y) in [(0, 0), (159, 0), (0, 119), (159, 119), (x2 + 5, 60), (20, y2 + 5)] {
         assert_eq!(picture.get_pixel(x, y), decoded.get_pixel(x, y), "pixel ({x}, {y})");
     }
-    // Inside the box but outside the disk only the car's box outline may pass.
+    // Inside the box but outside the disk nothing changes: the car (0.2) is below the default
+    // overlay threshold.
     assert_eq!(picture.get_pixel(x1 + 1, y1 + 1), decoded.get_pixel(x1 + 1, y1 + 1));
     assert!(run.log.contains("overlay"), "{}", run.log);
+}
+
+#[test]
+fn overlay_draws_only_detections_scoring_at_least_the_overlay_threshold() {
+    let dir = temp_dir();
+    let input = grey(160, 120, 90);
+    let path = dir.path().join("street.png");
+    save(&input, &path);
+    let [x1, _, x2, _] = middle_box(160, 120).map(|v| v as u32);
+    // On the car's box outline, outside the person's disk and box outline.
+    let (car_x, car_y) = (x1 + 2, 60);
+    for (threshold, car_drawn) in [(None, false), (Some("0.25"), false), (Some("0.2"), true), (Some("0.0"), true)] {
+        let overlays = dir.path().join(format!("overlays-{}", threshold.unwrap_or("default")));
+        let results = dir.path().join("r.json");
+        let mut args = vec![path_arg(&path), "--overlay", path_arg(&overlays), "--json", path_arg(&results)];
+        args.extend(threshold.iter().flat_map(|t| ["--overlay-threshold", t]));
+        let run = run(&args);
+        assert_eq!(run.code, 0, "{threshold:?}: {}", run.log);
+        let picture = image::open(overlays.join("street.png")).unwrap().into_rgb8();
+        let changed = |x, y| picture.get_pixel(x, y) != input.get_pixel(x, y);
+        assert_eq!(changed(car_x, car_y), car_drawn, "{threshold:?}: the car's box");
+        assert_eq!(changed(x2 - 3, car_y), car_drawn, "{threshold:?}: the car's box, right edge");
+        assert!(changed(x1, car_y) && changed(80, 60), "{threshold:?}: the person (0.9) is always drawn");
+        let (entries, _) = read_results(&results);
+        let labels: Vec<i64> = entries.iter().map(|e| e.category_id).collect();
+        assert_eq!(labels, [1, 3], "{threshold:?}: the results keep every detection");
+    }
 }
 
 #[test]
@@ -442,6 +470,9 @@ fn usage_errors_exit_with_2() {
         &[][..],
         &["a.png", "--threads", "0"],
         &["a.png", "--score-threshold", "1.5"],
+        &["a.png", "--overlay-threshold", "1.5"],
+        &["a.png", "--overlay-threshold=-0.5"],
+        &["a.png", "--overlay-threshold", "high"],
         &["a.png", "--coco", "gt.json"],
         &["a.png", "--frobnicate"],
     ] {
@@ -450,6 +481,8 @@ fn usage_errors_exit_with_2() {
         assert!(run.log.starts_with("error:") && run.log.contains("--help"), "{args:?}: {}", run.log);
         assert_eq!(run.weights, None, "{args:?}: the detector is not built");
     }
+    let run = run(&["a.png", "--overlay-threshold=-0.5"]);
+    assert!(run.log.contains("'--overlay-threshold <T>': -0.5 is outside [0, 1]"), "{}", run.log);
 }
 
 #[test]

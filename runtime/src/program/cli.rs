@@ -29,6 +29,12 @@ pub struct Options {
     #[arg(long, value_name = "DIR")]
     pub overlay: Option<PathBuf>,
 
+    // The default is Detectron2's demo's: lower scores clutter the picture.
+    /// Draw on the overlays only detections whose score is at least T; the JSON results keep
+    /// all detections.
+    #[arg(long, value_name = "T", default_value_t = 0.5, value_parser = unit_interval)]
+    pub overlay_threshold: f32,
+
     /// Keep only detections whose score is greater than T (default: keep all).
     #[arg(long, value_name = "T", value_parser = unit_interval)]
     pub score_threshold: Option<f32>,

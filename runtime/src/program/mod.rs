@@ -19,7 +19,8 @@
 //! Conventions: boxes are `[x1, y1, x2, y2]` in pixels of the original image, COCO's `bbox` is
 //! `[x, y, width, height]`; a mask pixel is set where its probability is strictly greater than
 //! the mask threshold (torchvision's `mask > 0.5`), and a detection is kept where its score is
-//! strictly greater than the score threshold (torchvision's `box_score_thresh` test).
+//! strictly greater than the score threshold (torchvision's `box_score_thresh` test) and drawn on
+//! the overlay where its score is at least the overlay threshold.
 
 pub mod coco;
 pub mod compiled;
@@ -344,6 +345,7 @@ fn process_image<D: Detector>(
         let marks: Vec<overlay::Mark<'_>> = kept
             .iter()
             .zip(&masks)
+            .filter(|(d, _)| d.score >= options.overlay_threshold)
             .map(|(d, mask)| overlay::Mark { bbox: d.bbox, label: d.label, score: d.score, mask: mask.as_deref() })
             .collect();
         let picture = overlay::render(&image, &marks, |label| info.class_name(label));
