@@ -402,6 +402,65 @@ fn corrupt_image_is_reported_by_name_and_the_rest_processed() {
     assert!(run.log.contains("2 images processed, 1 failed"), "{}", run.log);
 }
 
+/// A colourful picture (not nearly black, so the fake detector finds objects) saved as `name`,
+/// and a copy cut at half its length as `cut_name`.
+fn save_whole_and_cut(dir: &Path, name: &str, cut_name: &str) -> (PathBuf, PathBuf) {
+    let picture = RgbImage::from_fn(160, 120, |x, y| Rgb([100 + (x / 2) as u8, 2 * y as u8, ((x * y) % 200) as u8]));
+    let (whole, cut) = (dir.join(name), dir.join(cut_name));
+    save(&picture, &whole);
+    let bytes = std::fs::read(&whole).unwrap();
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    (whole, cut)
+}
+
+#[test]
+fn truncated_jpeg_fails_by_name_unless_allowed() {
+    let dir = temp_dir();
+    let (good, cut) = save_whole_and_cut(dir.path(), "good.jpg", "cut.jpg");
+    let cut_bytes = std::fs::read(&cut).unwrap();
+    assert!(image::load_from_memory(&cut_bytes).is_ok(), "the decoder alone makes the missing half up");
+    let results = dir.path().join("r.json");
+
+    let strict = run(&[path_arg(&good), path_arg(&cut), "--json", path_arg(&results)]);
+    assert_eq!(strict.code, 1, "{}", strict.log);
+    let error = strict.log.lines().find(|l| l.contains("error")).unwrap_or_default();
+    assert!(error.contains("cut.jpg: error: image file is truncated"), "{}", strict.log);
+    assert!(error.contains("--allow-truncated"), "the error says how to accept it: {error}");
+    assert_eq!(strict.seen.len(), 1);
+    let names: Vec<String> = read_meta(&results).images.into_iter().map(|i| i.file_name).collect();
+    assert_eq!(names, [path_arg(&good)]);
+    let (entries, _) = read_results(&results);
+    assert_eq!(entries.iter().map(|e| e.image_id).collect::<Vec<_>>(), [1, 1], "good.jpg's detections");
+    assert!(strict.log.contains("1 images processed, 1 failed"), "{}", strict.log);
+
+    let allowed = run(&[path_arg(&good), path_arg(&cut), "--json", path_arg(&results), "--allow-truncated"]);
+    assert_eq!(allowed.code, 0, "{}", allowed.log);
+    assert!(allowed.log.contains("cut.jpg: warning: image file is truncated"), "{}", allowed.log);
+    assert_eq!(read_meta(&results).images.len(), 2);
+    let (entries, _) = read_results(&results);
+    assert_eq!(entries.iter().map(|e| e.image_id).collect::<Vec<_>>(), [1, 1, 2, 2]);
+    let [whole, partial] = &allowed.seen[..] else { panic!("{} images seen", allowed.seen.len()) };
+    assert_eq!(partial.dimensions(), whole.dimensions());
+    assert_eq!(partial.get_pixel(5, 0), whole.get_pixel(5, 0), "the data there is decoded");
+    assert_ne!(partial.get_pixel(155, 119), whole.get_pixel(155, 119), "the rest is made up");
+}
+
+#[test]
+fn truncated_png_fails_by_name_unless_allowed() {
+    let dir = temp_dir();
+    let (good, cut) = save_whole_and_cut(dir.path(), "good.png", "cut.png");
+    let strict = run(&[path_arg(&good), path_arg(&cut)]);
+    assert_eq!(strict.code, 1, "{}", strict.log);
+    assert!(strict.log.contains("cut.png: error: image file is truncated"), "{}", strict.log);
+    assert_eq!(strict.seen.len(), 1);
+
+    let allowed = run(&[path_arg(&good), path_arg(&cut), "--allow-truncated"]);
+    assert_eq!(allowed.code, 0, "{}", allowed.log);
+    let [whole, partial] = &allowed.seen[..] else { panic!("{} images seen", allowed.seen.len()) };
+    assert_eq!(partial.get_pixel(5, 0), whole.get_pixel(5, 0), "the rows the data holds are decoded");
+    assert_eq!(partial.get_pixel(155, 119).0, [0, 0, 0], "the missing rows are black");
+}
+
 #[test]
 fn zero_detections_give_an_empty_list_and_success() {
     let dir = temp_dir();

@@ -43,6 +43,11 @@ pub struct Options {
     #[arg(long, value_name = "T", default_value_t = 0.5, value_parser = unit_interval)]
     pub mask_threshold: f32,
 
+    /// Process truncated JPEG and PNG files, decoded as far as their data goes (the rest of the
+    /// image made up by the decoder), instead of failing them.
+    #[arg(long)]
+    pub allow_truncated: bool,
+
     /// Write each image's detection time and the peak memory use as JSON
     /// (`{"seconds": [...], "peak_rss_mb": x}`), for benchmarks.
     #[arg(long, value_name = "T.json")]

@@ -119,8 +119,9 @@ impl ProgramInfo {
 /// [`std::env::args`]), builds the detector with `make_detector(--weights)`, processes the
 /// images and reports on stderr, with a progress bar when stderr is a terminal.
 ///
-/// An input that cannot be read or decoded, or on which the detector fails, is reported by name
-/// and the others are processed; the results of those are written all the same.
+/// An input that cannot be read or decoded (a truncated JPEG or PNG included, unless
+/// `--allow-truncated`), or on which the detector fails, is reported by name and the others are
+/// processed; the results of those are written all the same.
 ///
 /// Exit codes: 0 when every image was processed (zero detections included), 1 when any input
 /// failed or the run could not start or finish, 2 for usage errors.
@@ -189,6 +190,8 @@ struct Processed {
     entries: Vec<ResultEntry>,
     /// The detector's time on the image.
     seconds: f64,
+    /// Why the file is truncated, when `--allow-truncated` let it through.
+    truncated: Option<String>,
 }
 
 /// Processes the images and writes the outputs; returns how many inputs failed, or why the run
@@ -223,7 +226,15 @@ fn run<D: Detector>(
         console.start(path.display());
         let overlay_file = overlay_files.as_ref().map(|files| files[i].as_path());
         match process_image(options, info, &mut detector, path, id, overlay_file, &mut stages) {
-            Ok(image) => processed.push(image),
+            Ok(image) => {
+                if let Some(reason) = &image.truncated {
+                    console.line(format_args!(
+                        "{}: warning: image file is truncated: {reason}; decoded as far as the data goes",
+                        path.display()
+                    ));
+                }
+                processed.push(image);
+            }
             Err(reason) => {
                 failures += 1;
                 console.line(format_args!("{}: error: {reason}", path.display()));
@@ -305,7 +316,7 @@ fn process_image<D: Detector>(
     stages: &mut StageTotals,
 ) -> Result<Processed, String> {
     let clock = Instant::now();
-    let image = inputs::decode(path)?;
+    let inputs::Decoded { image, truncated } = inputs::decode(path, options.allow_truncated)?;
     stages.add("decode", clock.elapsed());
     let (height, width) = (image.height(), image.width());
     if let Some((h, w)) = id.size.filter(|&size| size != (height, width)) {
@@ -354,7 +365,7 @@ fn process_image<D: Detector>(
     }
 
     let info = ImageInfo { id: id.id, file_name: path.to_string_lossy().into_owned(), height, width };
-    Ok(Processed { info, entries, seconds })
+    Ok(Processed { info, entries, seconds, truncated })
 }
 
 /// Refuses what would make invalid JSON (NaN) or a mask that does not fit the image.
