@@ -10,17 +10,16 @@ mrc_install_deps
 
 # The workspace: mrc and the runtime library that compiled programs link.
 cargo build --workspace
-mrc=target/debug/mrc
 out=out/demo
 mkdir -p "$out"
 
 demo_model() {
     local name=$1; shift
     echo "== $name: mrc check $*"
-    "$mrc" check "$@"
-    "$mrc" params "$@" > "$out/$name.params.txt"
-    "$mrc" graph "$@" > "$out/$name.graph.txt"
-    "$mrc" graph "$@" --format dot > "$out/$name.dot"
+    "$MRC_BIN" check "$@"
+    "$MRC_BIN" params "$@" > "$out/$name.params.txt"
+    "$MRC_BIN" graph "$@" > "$out/$name.graph.txt"
+    "$MRC_BIN" graph "$@" --format dot > "$out/$name.dot"
     if command -v dot >/dev/null; then
         dot -Tsvg "$out/$name.dot" -o "$out/$name.svg"
     fi
@@ -33,7 +32,7 @@ demo_model mini models/mini.model
 
 echo
 echo "== mrc compile models/mini.model (weights embedded) -> $out/mini"
-time "$mrc" compile models/mini.model --target cpu --weights tests/fixtures/model/weights.safetensors -o "$out/mini"
+time "$MRC_BIN" compile models/mini.model --target cpu --weights tests/fixtures/model/weights.safetensors -o "$out/mini"
 
 echo
 echo "== $out/mini on the shipped images: results JSON and overlays"
@@ -41,7 +40,7 @@ echo "== $out/mini on the shipped images: results JSON and overlays"
 
 echo
 echo "== mini.model on the shipped images, in process (mrc run), FPN level 0 and proposals kept"
-"$mrc" run models/mini.model --weights tests/fixtures/model/weights.safetensors \
+"$MRC_BIN" run models/mini.model --weights tests/fixtures/model/weights.safetensors \
     tests/fixtures/model/images/*.png \
     --dump-tensors backbone.fpn.layer_blocks.0.0,rpn.proposals --dump-dir "$out"
 

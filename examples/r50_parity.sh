@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 . examples/lib/deps.sh
 . examples/lib/r50.sh
 r50_setup
-if ! [ "$R50_PROGRAM" -nt target/debug/mrc ] || ! [ "$R50_PROGRAM" -nt "$MODEL" ] ||
+if ! [ "$R50_PROGRAM" -nt "$MRC_BIN" ] || ! [ "$R50_PROGRAM" -nt "$MODEL" ] ||
     ! [ "$R50_PROGRAM" -nt "$R50_WEIGHTS" ]; then
     r50_compile
 fi

@@ -1,5 +1,11 @@
-# Shared by examples/demo.sh and tests/run.sh: installs what mrc needs and is missing.
+# shellcheck shell=bash
+# Shared by the examples and tests/run.sh: installs what mrc needs and is missing.
 # Debian 12: LLVM/MLIR 22 and the C libraries the melior crates link against.
+
+# The mrc that `cargo build` makes, wherever $CARGO_TARGET_DIR puts the build; used by the
+# scripts that source this file.
+# shellcheck disable=SC2034
+MRC_BIN=${CARGO_TARGET_DIR:-target}/debug/mrc
 
 MRC_APT_PACKAGES="llvm-22-dev libmlir-22-dev mlir-22-tools libpolly-22-dev libclang-22-dev \
 libzstd-dev libz3-dev libxml2-dev zlib1g-dev graphviz"

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared by examples/bench_cpu.sh and examples/r50_parity.sh: the Python with torch, the R50-FPN
 # random weights and photos cached in target/bench/, and the compiled R50-FPN program.
 
@@ -54,6 +55,6 @@ r50_setup() {
 
 # Compiles models/mask_rcnn.model for the CPU with the R50 weights built in.
 r50_compile() {
-    show target/debug/mrc compile "$MODEL" --target cpu --weights "$R50_WEIGHTS" -O3 \
+    show "$MRC_BIN" compile "$MODEL" --target cpu --weights "$R50_WEIGHTS" -O3 \
         -o "$R50_PROGRAM"
 }

@@ -336,9 +336,37 @@ fn overlay_marks_the_mask_box_and_label_only() {
     for (x, y) in [(0, 0), (159, 0), (0, 119), (159, 119), (x2 + 5, 60), (20, y2 + 5)] {
         assert_eq!(picture.get_pixel(x, y), decoded.get_pixel(x, y), "pixel ({x}, {y})");
     }
-    // Inside the box but outside the disk only the car's box outline may pass.
+    // Inside the box but outside the disk nothing changes: the car (0.2) is below the default
+    // overlay threshold.
     assert_eq!(picture.get_pixel(x1 + 1, y1 + 1), decoded.get_pixel(x1 + 1, y1 + 1));
     assert!(run.log.contains("overlay"), "{}", run.log);
+}
+
+#[test]
+fn overlay_draws_only_detections_scoring_at_least_the_overlay_threshold() {
+    let dir = temp_dir();
+    let input = grey(160, 120, 90);
+    let path = dir.path().join("street.png");
+    save(&input, &path);
+    let [x1, _, x2, _] = middle_box(160, 120).map(|v| v as u32);
+    // On the car's box outline, outside the person's disk and box outline.
+    let (car_x, car_y) = (x1 + 2, 60);
+    for (threshold, car_drawn) in [(None, false), (Some("0.25"), false), (Some("0.2"), true), (Some("0.0"), true)] {
+        let overlays = dir.path().join(format!("overlays-{}", threshold.unwrap_or("default")));
+        let results = dir.path().join("r.json");
+        let mut args = vec![path_arg(&path), "--overlay", path_arg(&overlays), "--json", path_arg(&results)];
+        args.extend(threshold.iter().flat_map(|t| ["--overlay-threshold", t]));
+        let run = run(&args);
+        assert_eq!(run.code, 0, "{threshold:?}: {}", run.log);
+        let picture = image::open(overlays.join("street.png")).unwrap().into_rgb8();
+        let changed = |x, y| picture.get_pixel(x, y) != input.get_pixel(x, y);
+        assert_eq!(changed(car_x, car_y), car_drawn, "{threshold:?}: the car's box");
+        assert_eq!(changed(x2 - 3, car_y), car_drawn, "{threshold:?}: the car's box, right edge");
+        assert!(changed(x1, car_y) && changed(80, 60), "{threshold:?}: the person (0.9) is always drawn");
+        let (entries, _) = read_results(&results);
+        let labels: Vec<i64> = entries.iter().map(|e| e.category_id).collect();
+        assert_eq!(labels, [1, 3], "{threshold:?}: the results keep every detection");
+    }
 }
 
 #[test]
@@ -372,6 +400,65 @@ fn corrupt_image_is_reported_by_name_and_the_rest_processed() {
     let ids: Vec<(i64, bool)> = meta.images.iter().map(|i| (i.id, i.file_name.ends_with("c.png"))).collect();
     assert_eq!(ids, [(1, false), (3, true)], "ids are positions, the failed image's included");
     assert!(run.log.contains("2 images processed, 1 failed"), "{}", run.log);
+}
+
+/// A colourful picture (not nearly black, so the fake detector finds objects) saved as `name`,
+/// and a copy cut at half its length as `cut_name`.
+fn save_whole_and_cut(dir: &Path, name: &str, cut_name: &str) -> (PathBuf, PathBuf) {
+    let picture = RgbImage::from_fn(160, 120, |x, y| Rgb([100 + (x / 2) as u8, 2 * y as u8, ((x * y) % 200) as u8]));
+    let (whole, cut) = (dir.join(name), dir.join(cut_name));
+    save(&picture, &whole);
+    let bytes = std::fs::read(&whole).unwrap();
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    (whole, cut)
+}
+
+#[test]
+fn truncated_jpeg_fails_by_name_unless_allowed() {
+    let dir = temp_dir();
+    let (good, cut) = save_whole_and_cut(dir.path(), "good.jpg", "cut.jpg");
+    let cut_bytes = std::fs::read(&cut).unwrap();
+    assert!(image::load_from_memory(&cut_bytes).is_ok(), "the decoder alone makes the missing half up");
+    let results = dir.path().join("r.json");
+
+    let strict = run(&[path_arg(&good), path_arg(&cut), "--json", path_arg(&results)]);
+    assert_eq!(strict.code, 1, "{}", strict.log);
+    let error = strict.log.lines().find(|l| l.contains("error")).unwrap_or_default();
+    assert!(error.contains("cut.jpg: error: image file is truncated"), "{}", strict.log);
+    assert!(error.contains("--allow-truncated"), "the error says how to accept it: {error}");
+    assert_eq!(strict.seen.len(), 1);
+    let names: Vec<String> = read_meta(&results).images.into_iter().map(|i| i.file_name).collect();
+    assert_eq!(names, [path_arg(&good)]);
+    let (entries, _) = read_results(&results);
+    assert_eq!(entries.iter().map(|e| e.image_id).collect::<Vec<_>>(), [1, 1], "good.jpg's detections");
+    assert!(strict.log.contains("1 images processed, 1 failed"), "{}", strict.log);
+
+    let allowed = run(&[path_arg(&good), path_arg(&cut), "--json", path_arg(&results), "--allow-truncated"]);
+    assert_eq!(allowed.code, 0, "{}", allowed.log);
+    assert!(allowed.log.contains("cut.jpg: warning: image file is truncated"), "{}", allowed.log);
+    assert_eq!(read_meta(&results).images.len(), 2);
+    let (entries, _) = read_results(&results);
+    assert_eq!(entries.iter().map(|e| e.image_id).collect::<Vec<_>>(), [1, 1, 2, 2]);
+    let [whole, partial] = &allowed.seen[..] else { panic!("{} images seen", allowed.seen.len()) };
+    assert_eq!(partial.dimensions(), whole.dimensions());
+    assert_eq!(partial.get_pixel(5, 0), whole.get_pixel(5, 0), "the data there is decoded");
+    assert_ne!(partial.get_pixel(155, 119), whole.get_pixel(155, 119), "the rest is made up");
+}
+
+#[test]
+fn truncated_png_fails_by_name_unless_allowed() {
+    let dir = temp_dir();
+    let (good, cut) = save_whole_and_cut(dir.path(), "good.png", "cut.png");
+    let strict = run(&[path_arg(&good), path_arg(&cut)]);
+    assert_eq!(strict.code, 1, "{}", strict.log);
+    assert!(strict.log.contains("cut.png: error: image file is truncated"), "{}", strict.log);
+    assert_eq!(strict.seen.len(), 1);
+
+    let allowed = run(&[path_arg(&good), path_arg(&cut), "--allow-truncated"]);
+    assert_eq!(allowed.code, 0, "{}", allowed.log);
+    let [whole, partial] = &allowed.seen[..] else { panic!("{} images seen", allowed.seen.len()) };
+    assert_eq!(partial.get_pixel(5, 0), whole.get_pixel(5, 0), "the rows the data holds are decoded");
+    assert_eq!(partial.get_pixel(155, 119).0, [0, 0, 0], "the missing rows are black");
 }
 
 #[test]
@@ -442,6 +529,9 @@ fn usage_errors_exit_with_2() {
         &[][..],
         &["a.png", "--threads", "0"],
         &["a.png", "--score-threshold", "1.5"],
+        &["a.png", "--overlay-threshold", "1.5"],
+        &["a.png", "--overlay-threshold=-0.5"],
+        &["a.png", "--overlay-threshold", "high"],
         &["a.png", "--coco", "gt.json"],
         &["a.png", "--frobnicate"],
     ] {
@@ -450,6 +540,8 @@ fn usage_errors_exit_with_2() {
         assert!(run.log.starts_with("error:") && run.log.contains("--help"), "{args:?}: {}", run.log);
         assert_eq!(run.weights, None, "{args:?}: the detector is not built");
     }
+    let run = run(&["a.png", "--overlay-threshold=-0.5"]);
+    assert!(run.log.contains("'--overlay-threshold <T>': -0.5 is outside [0, 1]"), "{}", run.log);
 }
 
 #[test]

@@ -29,6 +29,12 @@ pub struct Options {
     #[arg(long, value_name = "DIR")]
     pub overlay: Option<PathBuf>,
 
+    // The default is Detectron2's demo's: lower scores clutter the picture.
+    /// Draw on the overlays only detections whose score is at least T; the JSON results keep
+    /// all detections.
+    #[arg(long, value_name = "T", default_value_t = 0.5, value_parser = unit_interval)]
+    pub overlay_threshold: f32,
+
     /// Keep only detections whose score is greater than T (default: keep all).
     #[arg(long, value_name = "T", value_parser = unit_interval)]
     pub score_threshold: Option<f32>,
@@ -36,6 +42,11 @@ pub struct Options {
     /// A mask pixel is set where the mask probability is greater than T.
     #[arg(long, value_name = "T", default_value_t = 0.5, value_parser = unit_interval)]
     pub mask_threshold: f32,
+
+    /// Process truncated JPEG and PNG files, decoded as far as their data goes (the rest of the
+    /// image made up by the decoder), instead of failing them.
+    #[arg(long)]
+    pub allow_truncated: bool,
 
     /// Write each image's detection time and the peak memory use as JSON
     /// (`{"seconds": [...], "peak_rss_mb": x}`), for benchmarks.

@@ -19,7 +19,8 @@
 //! Conventions: boxes are `[x1, y1, x2, y2]` in pixels of the original image, COCO's `bbox` is
 //! `[x, y, width, height]`; a mask pixel is set where its probability is strictly greater than
 //! the mask threshold (torchvision's `mask > 0.5`), and a detection is kept where its score is
-//! strictly greater than the score threshold (torchvision's `box_score_thresh` test).
+//! strictly greater than the score threshold (torchvision's `box_score_thresh` test) and drawn on
+//! the overlay where its score is at least the overlay threshold.
 
 pub mod coco;
 pub mod compiled;
@@ -118,8 +119,9 @@ impl ProgramInfo {
 /// [`std::env::args`]), builds the detector with `make_detector(--weights)`, processes the
 /// images and reports on stderr, with a progress bar when stderr is a terminal.
 ///
-/// An input that cannot be read or decoded, or on which the detector fails, is reported by name
-/// and the others are processed; the results of those are written all the same.
+/// An input that cannot be read or decoded (a truncated JPEG or PNG included, unless
+/// `--allow-truncated`), or on which the detector fails, is reported by name and the others are
+/// processed; the results of those are written all the same.
 ///
 /// Exit codes: 0 when every image was processed (zero detections included), 1 when any input
 /// failed or the run could not start or finish, 2 for usage errors.
@@ -188,6 +190,8 @@ struct Processed {
     entries: Vec<ResultEntry>,
     /// The detector's time on the image.
     seconds: f64,
+    /// Why the file is truncated, when `--allow-truncated` let it through.
+    truncated: Option<String>,
 }
 
 /// Processes the images and writes the outputs; returns how many inputs failed, or why the run
@@ -222,7 +226,15 @@ fn run<D: Detector>(
         console.start(path.display());
         let overlay_file = overlay_files.as_ref().map(|files| files[i].as_path());
         match process_image(options, info, &mut detector, path, id, overlay_file, &mut stages) {
-            Ok(image) => processed.push(image),
+            Ok(image) => {
+                if let Some(reason) = &image.truncated {
+                    console.line(format_args!(
+                        "{}: warning: image file is truncated: {reason}; decoded as far as the data goes",
+                        path.display()
+                    ));
+                }
+                processed.push(image);
+            }
             Err(reason) => {
                 failures += 1;
                 console.line(format_args!("{}: error: {reason}", path.display()));
@@ -304,7 +316,7 @@ fn process_image<D: Detector>(
     stages: &mut StageTotals,
 ) -> Result<Processed, String> {
     let clock = Instant::now();
-    let image = inputs::decode(path)?;
+    let inputs::Decoded { image, truncated } = inputs::decode(path, options.allow_truncated)?;
     stages.add("decode", clock.elapsed());
     let (height, width) = (image.height(), image.width());
     if let Some((h, w)) = id.size.filter(|&size| size != (height, width)) {
@@ -344,6 +356,7 @@ fn process_image<D: Detector>(
         let marks: Vec<overlay::Mark<'_>> = kept
             .iter()
             .zip(&masks)
+            .filter(|(d, _)| d.score >= options.overlay_threshold)
             .map(|(d, mask)| overlay::Mark { bbox: d.bbox, label: d.label, score: d.score, mask: mask.as_deref() })
             .collect();
         let picture = overlay::render(&image, &marks, |label| info.class_name(label));
@@ -352,7 +365,7 @@ fn process_image<D: Detector>(
     }
 
     let info = ImageInfo { id: id.id, file_name: path.to_string_lossy().into_owned(), height, width };
-    Ok(Processed { info, entries, seconds })
+    Ok(Processed { info, entries, seconds, truncated })
 }
 
 /// Refuses what would make invalid JSON (NaN) or a mask that does not fit the image.
