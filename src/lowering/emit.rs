@@ -9,15 +9,16 @@
 //! code is called through `_mlir_ciface_forward` with memref descriptors, and every argument
 //! and result is named by an `mrc.name` attribute.
 
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 
 use melior::{
     dialect::func,
     ir::{
-        attribute::{StringAttribute, TypeAttribute},
+        attribute::{FlatSymbolRefAttribute, StringAttribute, TypeAttribute},
         operation::OperationLike,
         r#type::FunctionType,
-        Attribute, Block, BlockLike, Identifier, Location, Module, Region, RegionLike, Type, Value, ValueLike,
+        Attribute, Block, BlockLike, Identifier, Location, Module, Operation, Region, RegionLike, Type, Value, ValueLike,
     },
     Context,
 };
@@ -92,7 +93,8 @@ pub fn emit_forward<'c>(context: &'c Context, graph: &Graph, products: Products)
             consumers.entry(port).or_default().push(step.node);
         }
     }
-    let run = Run { graph, steps: &steps, consumers: &consumers, outputs };
+    let functions = Functions { operations: RefCell::default(), by_body: RefCell::default() };
+    let run = Run { graph, steps: &steps, consumers: &consumers, outputs, functions: &functions };
     run.emit(&cx, 0, steps.len(), 0, &mut values)?;
     let returned: Vec<Value> = outputs.iter().map(|(_, port)| values[port]).collect();
     entry.append_operation(func::r#return(&returned, location));
@@ -126,6 +128,9 @@ pub fn emit_forward<'c>(context: &'c Context, graph: &Graph, products: Products)
         &attributes,
         location,
     ));
+    for function in functions.operations.into_inner() {
+        module.body().append_operation(function);
+    }
     declare_runtime_functions(context, &module, &declarations)?;
 
     let (valid, diagnostics) = capture_diagnostics(context, || module.as_operation().verify());
@@ -168,17 +173,18 @@ fn scoped_steps<'g>(graph: &'g Graph, needed: &HashSet<NodeIndex>) -> Vec<Step<'
 /// based deallocation frees a buffer at the end of the block that allocated it, so this is what
 /// frees a block's intermediate activations when the block is done rather than when the whole
 /// network returns.
-struct Run<'a, 'g> {
+struct Run<'a, 'g, 'c> {
     graph: &'g Graph,
     steps: &'a [Step<'g>],
     /// The nodes reading each port.
     consumers: &'a HashMap<Port, Vec<NodeIndex>>,
     outputs: &'a [(String, Port)],
+    functions: &'a Functions<'c>,
 }
 
-impl Run<'_, '_> {
+impl<'c> Run<'_, '_, 'c> {
     /// Lowers `steps[start..end]`, all sharing their first `depth` scope components.
-    fn emit<'c, 'b>(
+    fn emit<'b>(
         &self,
         cx: &Emitter<'c, 'b>,
         start: usize,
@@ -203,21 +209,45 @@ impl Run<'_, '_> {
                 continue;
             }
             let escaping = self.escaping(k, m);
-            let body = Block::new(&[]);
-            let types = {
+            let reads = self.reads(k, m);
+            let arguments: Vec<Value> = reads.iter().map(|port| values[port]).collect();
+            let argument_types: Vec<Type> = arguments.iter().map(|v| v.r#type()).collect();
+            let body = Block::new(&argument_types.iter().map(|&ty| (ty, cx.location)).collect::<Vec<_>>());
+            let result_types = {
                 let inner = cx.nested(&body);
-                let mut inner_values: HashMap<Port, Value<'c, '_>> = values.iter().map(|(&p, &v)| (p, v)).collect();
+                let mut inner_values: HashMap<Port, Value<'c, '_>> = HashMap::new();
+                for (i, &port) in reads.iter().enumerate() {
+                    inner_values.insert(port, inner.arg(i)?);
+                }
                 self.emit(&inner, k, m, depth + 1, &mut inner_values)?;
-                let yielded: Vec<Value> = escaping.iter().map(|port| inner_values[port]).collect();
-                inner.yield_region(&yielded)?;
-                yielded.iter().map(|v| v.r#type()).collect::<Vec<Type>>()
+                let returned: Vec<Value> = escaping.iter().map(|port| inner_values[port]).collect();
+                body.append_operation(func::r#return(&returned, cx.location));
+                returned.iter().map(|v| v.r#type()).collect::<Vec<Type>>()
             };
-            for (port, value) in escaping.into_iter().zip(cx.execute_region(body, &types)?) {
+            let symbol = self.functions.define(cx.context, &key.join("_"), body, &argument_types, &result_types)?;
+            let call = func::call(cx.context, FlatSymbolRefAttribute::new(cx.context, &symbol), &arguments, &result_types, cx.location);
+            let results = cx.append_results(call)?;
+            for (port, value) in escaping.into_iter().zip(results) {
                 values.insert(port, value);
             }
             k = m;
         }
         Ok(())
+    }
+
+    /// The ports that `steps[start..end]` read but do not define, in order of first use: the
+    /// arguments of their function.
+    fn reads(&self, start: usize, end: usize) -> Vec<Port> {
+        let inside: HashSet<NodeIndex> = self.steps[start..end].iter().map(|s| s.node).collect();
+        let mut ports: Vec<Port> = vec![];
+        for step in &self.steps[start..end] {
+            for port in self.graph.inputs_of(step.node) {
+                if !inside.contains(&port.node) && !ports.contains(&port) {
+                    ports.push(port);
+                }
+            }
+        }
+        ports
     }
 
     /// The ports defined by `steps[start..end]` that a later step or a result reads, in order.
@@ -237,7 +267,7 @@ impl Run<'_, '_> {
     }
 
     /// Lowers one operator node, checking that its results have the types its shape rule gave.
-    fn lower<'c, 'b>(&self, cx: &Emitter<'c, 'b>, node: NodeIndex, values: &mut HashMap<Port, Value<'c, 'b>>) -> Result<(), LoweringError> {
+    fn lower<'b>(&self, cx: &Emitter<'c, 'b>, node: NodeIndex, values: &mut HashMap<Port, Value<'c, 'b>>) -> Result<(), LoweringError> {
         let NodeKind::Op { op, attrs } = &self.graph.nodes[node].kind else { return Ok(()) };
         let name = &self.graph.nodes[node].name;
         let inputs: Vec<Value> = self.graph.inputs_of(node).iter().map(|port| values[port]).collect();
@@ -255,6 +285,45 @@ impl Run<'_, '_> {
             values.insert(Port { node, output }, value);
         }
         Ok(())
+    }
+}
+
+/// The functions that scopes are outlined into, one per distinct body: the repeated blocks of a
+/// ResNet stage (their weights are arguments, their sizes symbolic) share one.
+struct Functions<'c> {
+    operations: RefCell<Vec<Operation<'c>>>,
+    /// Each function's text with its name left out, and its name.
+    by_body: RefCell<HashMap<String, String>>,
+}
+
+impl<'c> Functions<'c> {
+    /// The name of a private function with `body`: an existing one with the same body, or a new
+    /// one named after `scope`. It is never inlined, so that LLVM optimizes and compiles
+    /// many small functions rather than one huge one.
+    fn define(&self, context: &'c Context, scope: &str, body: Block<'c>, arguments: &[Type<'c>], results: &[Type<'c>]) -> Result<String, LoweringError> {
+        let taken = self.by_body.borrow().len();
+        let name = format!("{FORWARD}.{scope}.{taken}");
+        let region = Region::new();
+        region.append_block(body);
+        let parse = |text: &str| Attribute::parse(context, text).ok_or_else(|| LoweringError::Build(format!("invalid attribute `{text}`")));
+        let function = func::func(
+            context,
+            StringAttribute::new(context, &name),
+            TypeAttribute::new(FunctionType::new(context, arguments, results).into()),
+            region,
+            &[
+                (Identifier::new(context, "sym_visibility"), StringAttribute::new(context, "private").into()),
+                (Identifier::new(context, "passthrough"), parse("[\"noinline\"]")?),
+            ],
+            Location::unknown(context),
+        );
+        let key = function.to_string().replacen(&format!("@{name}("), "@(", 1);
+        if let Some(existing) = self.by_body.borrow().get(&key) {
+            return Ok(existing.clone());
+        }
+        self.by_body.borrow_mut().insert(key, name.clone());
+        self.operations.borrow_mut().push(function);
+        Ok(name)
     }
 }
 
