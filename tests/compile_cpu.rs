@@ -1,5 +1,6 @@
-//! `mrc compile --target cpu`: the mini model compiled to an executable with the fixture weights
-//! embedded detects on every fixture image what torchvision does; the intermediate stages are
+//! `mrc compile --target cpu`: the mini model compiled (by an `mrc` alone in a directory of its
+//! own) to an executable with the fixture weights embedded detects on every fixture image what
+//! torchvision does; the intermediate stages are
 //! written; bad inputs give one clear error.
 
 mod common;
@@ -32,6 +33,14 @@ fn detections_in(results: &[serde_json::Value], id: i64, height: u32, width: u32
         .collect()
 }
 
+/// The compiler copied alone into `dir`: `mrc` carries the runtime library it links with.
+fn lone_mrc(dir: &Path) -> PathBuf {
+    let lone = dir.join("bin").join("mrc");
+    std::fs::create_dir_all(lone.parent().unwrap()).unwrap();
+    std::fs::copy(env!("CARGO_BIN_EXE_mrc"), &lone).unwrap();
+    lone
+}
+
 #[test]
 fn compiled_mini_model_matches_torchvision_on_every_fixture_image() {
     let fixtures = common::fixtures().join("model");
@@ -39,7 +48,13 @@ fn compiled_mini_model_matches_torchvision_on_every_fixture_image() {
     let dir = scratch.path();
     let program = dir.join("mini");
     let weights = fixtures.join("weights.safetensors");
-    let out = mrc(&["compile", "models/mini.model", "--target", "cpu", "--weights", weights.to_str().unwrap(), "-o", program.to_str().unwrap()]);
+    let model = std::fs::canonicalize("models/mini.model").unwrap();
+    let out = Command::new(lone_mrc(dir))
+        .args(["compile", model.to_str().unwrap(), "--target", "cpu", "--weights", weights.to_str().unwrap(), "-o", "mini"])
+        .current_dir(dir)
+        .env_remove("MRC_RUNTIME_LIB")
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
     let description: serde_json::Value =

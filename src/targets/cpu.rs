@@ -39,8 +39,6 @@ pub enum CompileError {
     Weights(#[from] mrc_runtime::weights::WeightsError),
     #[error("{path}: {message}")]
     Io { path: PathBuf, message: String },
-    #[error("the runtime library `libmrc_runtime.a` is not beside `{0}`; build it with `cargo build --workspace` (or set MRC_RUNTIME_LIB)")]
-    NoRuntime(PathBuf),
     #[error("linking failed ({command}):\n{stderr}")]
     Link { command: String, stderr: String },
 }
@@ -161,24 +159,23 @@ extern "C" {
     fn libc_free(pointer: *mut std::ffi::c_void);
 }
 
-/// The runtime's static library: `MRC_RUNTIME_LIB`, or beside the running `mrc`.
-fn runtime_library() -> Result<PathBuf, CompileError> {
+/// The runtime's static library, built with `mrc` (see `src/build.rs`) and embedded in it.
+static RUNTIME_LIBRARY: &[u8] = include_bytes!(env!("MRC_RUNTIME_LIBRARY"));
+
+/// The runtime's static library as a file in `scratch`: `MRC_RUNTIME_LIB` if set (a runtime
+/// being worked on), else the embedded one.
+fn runtime_library(scratch: &Path) -> Result<PathBuf, CompileError> {
     if let Some(path) = std::env::var_os("MRC_RUNTIME_LIB") {
         return Ok(PathBuf::from(path));
     }
-    let exe = std::env::current_exe().map_err(io(Path::new("mrc")))?;
-    let directory = exe.parent().unwrap_or(Path::new("."));
-    let library = directory.join("libmrc_runtime.a");
-    if library.exists() {
-        Ok(library)
-    } else {
-        Err(CompileError::NoRuntime(exe))
-    }
+    let library = scratch.join("libmrc_runtime.a");
+    std::fs::write(&library, RUNTIME_LIBRARY).map_err(io(&library))?;
+    Ok(library)
 }
 
 /// Links `object` with the runtime into the executable `output` (no debug information).
 fn link(object: &Path, output: &Path) -> Result<(), CompileError> {
-    let runtime = runtime_library()?;
+    let runtime = runtime_library(object.parent().unwrap_or(Path::new(".")))?;
     let mut command = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()));
     command.arg("-no-pie").arg("-o").arg(output).arg(object).arg(&runtime).args([
         "-Wl,--gc-sections",
