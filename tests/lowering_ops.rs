@@ -1,7 +1,8 @@
 //! Every dense operator, lowered by its own `lower`, JIT-compiled and run on random inputs and
 //! weights, against a straightforward Rust implementation of torch's definition. Each case is a
 //! one-operator network with symbolic sizes (`?` in MLIR), compiled once and run at two input
-//! sizes.
+//! sizes, once per way of computing products and once after the graph passes (batch norms
+//! folded into derived weights, epilogues fused into convolutions).
 
 use std::collections::HashMap;
 use std::ffi::c_void;
@@ -9,7 +10,8 @@ use std::path::PathBuf;
 
 use mrc::diagnostic::SourceMap;
 use mrc::graph::types::DType;
-use mrc::lowering::{create_context, emit_forward, Products, jit, lower_to_llvm, Signature, FORWARD};
+use mrc::lowering::{create_context, emit_forward, interface, jit, lower_to_llvm, Products, Signature, FORWARD};
+use mrc_runtime::abi::forward::{Interface, Source};
 
 extern "C" {
     /// Frees the result buffers that JIT-compiled code allocated with `malloc`.
@@ -70,28 +72,42 @@ impl Rng {
 struct Compiled<'a> {
     engine: &'a melior::ExecutionEngine,
     signature: &'a Signature,
+    /// The state (the model's) and the derived arguments (computed from it here, as programs do
+    /// when they load weights).
+    interface: &'a Interface,
 }
 
 impl Compiled<'_> {
     /// Random state (positive running variances), named by their state paths.
     fn random_state(&self, rng: &mut Rng) -> HashMap<String, Tensor> {
         let mut state = HashMap::new();
-        for argument in &self.signature.arguments {
-            let Some(dims) = argument.ty.dims.iter().map(|d| d.value().map(|v| v as usize)).collect::<Option<Vec<_>>>() else {
-                continue;
-            };
-            let mut tensor = rng.tensor(&dims);
-            if argument.name.ends_with("running_var") {
+        for spec in &self.interface.state {
+            let mut tensor = rng.tensor(&spec.shape);
+            if spec.name.ends_with("running_var") {
                 tensor.data.iter_mut().for_each(|v| *v = 0.5 + v.abs());
             }
-            state.insert(argument.name.clone(), tensor);
+            state.insert(spec.name.clone(), tensor);
         }
         state
+    }
+
+    /// `tensors` with the derived arguments added, computed from the state tensors.
+    fn with_derived(&self, tensors: &HashMap<String, Tensor>) -> HashMap<String, Tensor> {
+        let mut all = tensors.clone();
+        for source in &self.interface.arguments {
+            if let Source::Derived { name, transform, from } = source {
+                let sources: Vec<(&[f32], &[usize])> = from.iter().map(|f| (tensors[f].data.as_slice(), tensors[f].dims.as_slice())).collect();
+                let (data, dims) = transform.apply(&sources).unwrap();
+                all.insert(name.clone(), Tensor { dims, data });
+            }
+        }
+        all
     }
 
     /// Calls `_mlir_ciface_forward` with a memref descriptor per argument (looked up by name in
     /// `tensors`), and returns the results.
     fn run(&self, tensors: &HashMap<String, Tensor>) -> Vec<Tensor> {
+        let tensors = &self.with_derived(tensors);
         // Descriptors as words: allocated, aligned, offset, sizes, strides.
         let mut buffers: Vec<Vec<f32>> = vec![];
         let mut counters = vec![0_i64; self.signature.arguments.len()];
@@ -166,20 +182,25 @@ fn with_compiled(source: &str, body: impl Fn(&Compiled)) {
     let model = mrc::expand::load(&mut sources, &path, None)
         .unwrap_or_else(|d| panic!("model does not expand:\n{}\n{source}", d.render(&sources)));
 
-    // Every target's way of computing products, where it changes the code (convolutions,
-    // linear layers).
+    // Every target's way of computing products, and the graph passes, where they change the
+    // code (convolutions, linear layers, batch norms, residual blocks).
     let context = create_context();
+    let mut optimized = model.graph.clone();
+    mrc::passes::run(&mut optimized, &mrc::passes::default_passes());
     let mut seen = vec![];
-    for products in [Products::RuntimeGemm, Products::Linalg] {
-        let (mut module, signature) = emit_forward(&context, &model.graph, products).unwrap_or_else(|e| panic!("{e}\n{source}"));
-        let emitted = module.as_operation().to_string();
-        if seen.contains(&emitted) {
-            continue;
+    for graph in [&model.graph, &optimized] {
+        for products in [Products::RuntimeGemm, Products::Linalg] {
+            let (mut module, signature) = emit_forward(&context, graph, products).unwrap_or_else(|e| panic!("{e}\n{source}"));
+            let emitted = module.as_operation().to_string();
+            if seen.contains(&emitted) {
+                continue;
+            }
+            lower_to_llvm(&context, &mut module).unwrap_or_else(|e| panic!("{e}\n{emitted}"));
+            let engine = jit(&module, 2).unwrap();
+            let interface = interface(graph, &signature);
+            body(&Compiled { engine: &engine, signature: &signature, interface: &interface });
+            seen.push(emitted);
         }
-        lower_to_llvm(&context, &mut module).unwrap_or_else(|e| panic!("{e}\n{emitted}"));
-        let engine = jit(&module, 2).unwrap();
-        body(&Compiled { engine: &engine, signature: &signature });
-        seen.push(emitted);
     }
 }
 

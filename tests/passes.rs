@@ -3,7 +3,7 @@
 
 mod common;
 
-use mrc::passes::{self, CommonSubexpressions, DeadCode, FoldBatchNorm, Pass};
+use mrc::passes::{self, CommonSubexpressions, DeadCode, FoldBatchNorm, FuseConvEpilogues, Pass};
 
 const DUPLICATES: &str = r#"
 network net(x: f32[1, 8, H, W]) -> (f32[1, 8, H, W], f32[1, 8, H, W]) {
@@ -68,15 +68,53 @@ fn batch_norms_fold_into_the_convolution_before_them() {
     insta::assert_snapshot!(format!("{before}\n=== after fold-batch-norm ===\n\n{after}"));
 }
 
+const EPILOGUES: &str = r#"
+network net(x: f32[1, 8, H, W]) -> (f32[1, 8, H, W], f32[1, 8, H, W], f32[1, 8, H, W]) {
+    let conv1 = conv2d(x, out: 8, kernel: 3, padding: 1)
+    let a = relu(conv1)
+    let conv2 = conv2d(a, out: 8, kernel: 1, bias: false)
+    let b = relu(conv2 + x)
+    let conv3 = conv2d(b, out: 8, kernel: 1)
+    let c = relu(conv3)
+    return (b, c, conv3 + c)
+}
+"#;
+
+#[test]
+fn convolutions_take_in_the_residual_add_and_relu_after_them() {
+    let (before, after, changed) = before_after(&FuseConvEpilogues, EPILOGUES);
+    assert!(changed);
+    // conv1 takes its relu, conv2 the add of `x` and the relu; conv3 is read twice (by the
+    // relu and the last add) and stays.
+    assert_eq!(after.matches("conv2d_fused[").count(), 2);
+    assert_eq!(before.matches("relu[").count() - 2, after.matches("relu[").count());
+    assert_eq!(before.matches("= add[").count() - 1, after.matches("= add[").count());
+    assert!(after.contains("conv2d_fused[bias=false, dilation=[1], groups=1, kernel=[1], out=8, padding=[0], relu=true, stride=[1]](%3, %0, %5)"));
+    insta::assert_snapshot!(format!("{before}\n=== after fuse-conv-epilogues ===\n\n{after}"));
+}
+
+#[test]
+fn internal_operators_cannot_be_called_from_model_files() {
+    let text = "network net(x: f32[1, 8, H, W]) -> (f32[1, 8, H, W]) {\n    return conv2d_fused(x, out: 8, kernel: 1) @c\n}\n";
+    let error = common::expand("internal.model", text).err().expect("an unknown operator");
+    assert!(error.contains("unknown operator `conv2d_fused`"), "{error}");
+}
+
 #[test]
 fn passes_keep_the_shipped_model_state_and_outputs() {
     let mut model = common::load("models/mask_rcnn.model", None);
     let state = mrc::summary::params(&model);
     let outputs: Vec<String> = model.graph.outputs.iter().map(|(n, p)| format!("{n}: {}", model.graph.ty(*p))).collect();
     let changed = passes::run(&mut model.graph, &passes::default_passes());
-    // Every frozen batch norm of ResNet-50 follows a convolution; nothing is dead or duplicated.
-    assert_eq!(changed, ["fold-batch-norm"]);
-    assert_eq!(model.graph.op_nodes().filter(|(_, op)| op.name() == "frozen_batch_norm").count(), 0);
+    // Every frozen batch norm of ResNet-50 follows a convolution, and every ReLU and residual
+    // add of the backbone follows one then; nothing is dead or duplicated.
+    assert_eq!(changed, ["fold-batch-norm", "fuse-conv-epilogues"]);
+    let count = |name: &str| model.graph.op_nodes().filter(|(_, op)| op.name() == name).count();
+    assert_eq!(count("frozen_batch_norm"), 0);
+    // The FPN's top-down adds stay: the upsampling reads the lateral convolution's size.
+    assert_eq!(count("add"), 3);
+    // The stem, three per bottleneck, the RPN head on five levels, the mask head's four.
+    assert_eq!(count("conv2d_fused"), 1 + 16 * 3 + 5 + 4);
     assert_eq!(mrc::summary::params(&model), state);
     let after: Vec<String> = model.graph.outputs.iter().map(|(n, p)| format!("{n}: {}", model.graph.ty(*p))).collect();
     assert_eq!(after, outputs);

@@ -123,4 +123,32 @@ impl Graph {
         }
         Ok(node)
     }
+
+    /// Turns the operator node `node` into one of `op` with `attrs`, reading `inputs` (one list
+    /// of ports per slot) and the weights it reads now (its last inputs, as many as `op`'s
+    /// shape rule declares): a pass rewriting an operator in place. The shape rule must accept
+    /// the inputs and weights and give the node's present output types.
+    pub fn replace_op(&mut self, node: NodeIndex, op: &'static dyn Operator, attrs: Attrs, inputs: &[Vec<Port>]) -> Result<(), AddOpError> {
+        let types: Vec<Vec<TensorType>> = inputs.iter().map(|slot| slot.iter().map(|&p| self.ty(p).clone()).collect()).collect();
+        let inference = op.infer(&types, &attrs).map_err(AddOpError::Shape)?;
+        let present = self.inputs_of(node);
+        let weights = &present[present.len().saturating_sub(inference.state.len())..];
+        let fits = weights.len() == inference.state.len()
+            && weights.iter().zip(&inference.state).all(|(&w, decl)| self.is_weight(w.node) && *self.ty(w) == decl.ty())
+            && inference.outputs == self.nodes[node].outputs;
+        if !fits {
+            let message = format!("`{}` does not fit in place of `{}`", op.name(), self.nodes[node].name);
+            return Err(AddOpError::Shape(crate::ops::OpError { site: crate::ops::Site::Call, message, hint: None }));
+        }
+        let weights = weights.to_vec();
+        let edges: Vec<_> = self.nodes.edges_directed(node, petgraph::Direction::Incoming).map(|e| petgraph::visit::EdgeRef::id(&e)).collect();
+        for edge in edges {
+            self.nodes.remove_edge(edge);
+        }
+        for (slot, port) in inputs.iter().flatten().copied().chain(weights).enumerate() {
+            self.connect(port, node, slot);
+        }
+        self.nodes[node].kind = NodeKind::Op { op, attrs };
+        Ok(())
+    }
 }

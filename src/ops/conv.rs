@@ -10,16 +10,24 @@ use AttrType::*;
 #[derive(Debug)]
 pub struct Conv2d;
 
-static CONV_ATTRS: &[AttrSpec] = &[
-    attr("in", Int, Default::Optional),
-    attr("out", Int, Default::Required),
-    attr("kernel", Ints, Default::Required),
-    attr("stride", Ints, Default::Ints(&[1])),
-    attr("padding", Ints, Default::Ints(&[0])),
-    attr("dilation", Ints, Default::Ints(&[1])),
-    attr("groups", Int, Default::Int(1)),
-    attr("bias", Bool, Default::Bool(true)),
-];
+/// The attributes of `conv2d`, and `extra` ones after them.
+macro_rules! conv_attrs {
+    ($($extra:expr),*) => {
+        &[
+            attr("in", Int, Default::Optional),
+            attr("out", Int, Default::Required),
+            attr("kernel", Ints, Default::Required),
+            attr("stride", Ints, Default::Ints(&[1])),
+            attr("padding", Ints, Default::Ints(&[0])),
+            attr("dilation", Ints, Default::Ints(&[1])),
+            attr("groups", Int, Default::Int(1)),
+            attr("bias", Bool, Default::Bool(true)),
+            $($extra),*
+        ]
+    };
+}
+
+static CONV_ATTRS: &[AttrSpec] = conv_attrs!();
 
 /// Input channels, checked against `in:` where the model states it, and divisible by groups.
 fn in_channels(op: &str, x: &TensorType, attrs: &Attrs) -> Result<(i64, i64), OpError> {
@@ -49,16 +57,63 @@ fn with_bias(mut state: Vec<StateDecl>, attrs: &Attrs) -> Vec<StateDecl> {
     state
 }
 
+/// What a convolution adds to its product before anyone reads it: its bias, and, where a pass
+/// fused them into it (`conv2d_fused`), a residual tensor of its output's shape and a ReLU.
+#[derive(Clone, Copy)]
+struct Epilogue<'c, 'b> {
+    bias: Option<Value<'c, 'b>>,
+    residual: Option<Value<'c, 'b>>,
+    relu: bool,
+}
+
+impl<'c, 'b> Epilogue<'c, 'b> {
+    fn bias(bias: Option<Value<'c, 'b>>) -> Self {
+        Epilogue { bias, residual: None, relu: false }
+    }
+
+    /// `y + bias + residual`, then ReLU, in one elementwise `linalg.generic` over `y` [N, O, H, W]
+    /// (`y` itself when there is nothing to add).
+    fn apply(&self, cx: &Emitter<'c, 'b>, y: Value<'c, 'b>, sizes: &[Size<'c, 'b>; 4]) -> Result<Value<'c, 'b>, LoweringError> {
+        if self.bias.is_none() && self.residual.is_none() && !self.relu {
+            return Ok(y);
+        }
+        let identity = identity_map(4);
+        let mut inputs = vec![y];
+        let mut maps = vec![identity.as_str()];
+        if let Some(bias) = self.bias {
+            inputs.push(bias);
+            maps.push("(n, o, y, x) -> (o)");
+        }
+        if let Some(residual) = self.residual {
+            inputs.push(residual);
+            maps.push(&identity);
+        }
+        maps.push(&identity);
+        let init = cx.empty(sizes, cx.f32_type())?;
+        let (terms, relu) = (inputs.len(), self.relu);
+        Ok(cx.generic(&inputs, &[init], &maps, &[Iterator::Parallel; 4], |body| {
+            let mut sum = body.arg(0)?;
+            for term in 1..terms {
+                sum = body.addf(sum, body.arg(term)?)?;
+            }
+            if relu {
+                sum = body.maximumf(sum, body.constant_float(0.0, body.f32_type())?)?;
+            }
+            body.yield_values(&[sum])
+        })?[0])
+    }
+}
+
 /// A convolution (groups == 1) as a matrix product: the im2col matrix of each image,
 /// `[C·kh·kw, Ho, Wo]` (for a 1×1 stride-1 convolution, the input itself),
 /// gathered by a `linalg.generic`, times the weights viewed as `[O, C·kh·kw]`
-/// ([`Emitter::conv_product`]); the bias is added by an elementwise `linalg.generic`, which the
-/// fusion pass merges with what follows (batch norm, ReLU, residual add).
+/// ([`Emitter::conv_product`]); the epilogue is one elementwise `linalg.generic`, which MLIR's
+/// fusion merges with what follows where the graph passes left anything (batch norm at `-O0`).
 fn im2col_matmul<'c, 'b>(
     cx: &Emitter<'c, 'b>,
     x: Value<'c, 'b>,
     weight: Value<'c, 'b>,
-    bias: Option<Value<'c, 'b>>,
+    epilogue: Epilogue<'c, 'b>,
     window: &Window,
     sizes: &[Size<'c, 'b>; 4],
 ) -> Result<Value<'c, 'b>, LoweringError> {
@@ -86,12 +141,7 @@ fn im2col_matmul<'c, 'b>(
         }
         cx.execute_region(body, &[output_type])?[0]
     };
-    let Some(bias) = bias else { return Ok(y) };
-    let init = cx.empty(sizes, cx.f32_type())?;
-    let identity = identity_map(4);
-    Ok(cx.generic(&[y, bias], &[init], &[&identity, "(n, o, y, x) -> (o)", &identity], &[Iterator::Parallel; 4], |body| {
-        body.yield_values(&[body.addf(body.arg(0)?, body.arg(1)?)?])
-    })?[0])
+    epilogue.apply(cx, y, sizes)
 }
 
 /// The geometry of one 2-d convolution, per spatial axis (height, width).
@@ -106,13 +156,13 @@ struct Window {
 }
 
 /// Convolution of `x` [N, C, H, W] with `weight` [O, C / groups, kh, kw] (groups split along
-/// the channel axes in order), plus the broadcast `bias` [O] if any. `tensor.pad` provides the
-/// zero padding; the result accumulates into the bias (or zeros).
+/// the channel axes in order), then the `epilogue`. `tensor.pad` provides the zero padding; a
+/// grouped convolution accumulates into the bias (or zeros).
 fn convolution<'c, 'b>(
     cx: &Emitter<'c, 'b>,
     x: Value<'c, 'b>,
     weight: Value<'c, 'b>,
-    bias: Option<Value<'c, 'b>>,
+    epilogue: Epilogue<'c, 'b>,
     window: &Window,
 ) -> Result<Value<'c, 'b>, LoweringError> {
     let x = if window.low == [0, 0] && window.high == [0, 0] {
@@ -132,9 +182,9 @@ fn convolution<'c, 'b>(
     ];
     let g = window.groups;
     if g == 1 {
-        return im2col_matmul(cx, x, weight, bias, window, &sizes);
+        return im2col_matmul(cx, x, weight, epilogue, window, &sizes);
     }
-    let init = match bias {
+    let init = match epilogue.bias {
         Some(bias) => cx.broadcast(bias, cx.empty(&sizes, cx.f32_type())?, &[0, 2, 3])?,
         None => cx.zeros(&sizes)?,
     };
@@ -156,7 +206,8 @@ fn convolution<'c, 'b>(
         &attributes,
         Combiner::MulAdd,
     )?;
-    cx.collapse_shape(grouped, &channel_groups)
+    let y = cx.collapse_shape(grouped, &channel_groups)?;
+    Epilogue { bias: None, ..epilogue }.apply(cx, y, &sizes)
 }
 
 impl Operator for Conv2d {
@@ -189,18 +240,67 @@ impl Operator for Conv2d {
         })
     }
     fn lower<'c, 'b>(&self, cx: &Emitter<'c, 'b>, node: &LowerNode<'_, 'c, 'b>) -> Result<Vec<Value<'c, 'b>>, LoweringError> {
-        let attrs = node.attrs;
+        let bias = node.attrs.flag("bias").then(|| node.inputs[2]);
+        Ok(vec![convolution(cx, node.inputs[0], node.inputs[1], Epilogue::bias(bias), &Window::of(node.attrs))?])
+    }
+}
+
+impl Window {
+    /// The window of a `conv2d` (padding on both sides).
+    fn of(attrs: &Attrs) -> Window {
         let padding = checked_pair(attrs, "padding");
-        let window = Window {
+        Window {
             kernel: checked_pair(attrs, "kernel"),
             stride: checked_pair(attrs, "stride"),
             dilation: checked_pair(attrs, "dilation"),
             low: padding,
             high: padding,
             groups: attrs.int("groups"),
+        }
+    }
+}
+
+/// A `conv2d` with what follows it fused in by the `fuse-conv-epilogues` pass: an optional
+/// residual tensor added to its result, then an optional ReLU, all in the convolution's
+/// epilogue. Internal: model files cannot call it. Inputs: `x`, the residual (none or one), then
+/// the convolution's weights.
+#[derive(Debug)]
+pub struct FusedConv2d;
+
+static FUSED_CONV_ATTRS: &[AttrSpec] = conv_attrs!(attr("relu", Bool, Default::Bool(false)));
+
+impl Operator for FusedConv2d {
+    fn name(&self) -> &'static str {
+        "conv2d_fused"
+    }
+    fn inputs(&self) -> &'static [InputSpec] {
+        const { &[input("x"), list_input("residual")] }
+    }
+    fn attrs(&self) -> &'static [AttrSpec] {
+        FUSED_CONV_ATTRS
+    }
+    fn infer(&self, inputs: &[Vec<TensorType>], attrs: &Attrs) -> Result<Inference, OpError> {
+        let inference = Conv2d.infer(&inputs[..1], attrs)?;
+        match inputs[1].as_slice() {
+            [] => {}
+            [residual] if *residual == inference.outputs[0] => {}
+            [residual] => {
+                return Err(OpError::at_input(1, format!("residual {residual} for a convolution giving {}", inference.outputs[0])))
+            }
+            more => return Err(OpError::at_input(1, format!("one residual at most, found {}", more.len()))),
+        }
+        Ok(inference)
+    }
+    fn lower<'c, 'b>(&self, cx: &Emitter<'c, 'b>, node: &LowerNode<'_, 'c, 'b>) -> Result<Vec<Value<'c, 'b>>, LoweringError> {
+        let with_bias = node.attrs.flag("bias");
+        let (x, rest) = (node.inputs[0], &node.inputs[1..]);
+        let (residual, weights) = rest.split_at(rest.len() - 1 - with_bias as usize);
+        let epilogue = Epilogue {
+            bias: with_bias.then(|| weights[1]),
+            residual: residual.first().copied(),
+            relu: node.attrs.flag("relu"),
         };
-        let bias = attrs.flag("bias").then(|| node.inputs[2]);
-        Ok(vec![convolution(cx, node.inputs[0], node.inputs[1], bias, &window)?])
+        Ok(vec![convolution(cx, x, weights[0], epilogue, &Window::of(node.attrs))?])
     }
 }
 
@@ -280,7 +380,7 @@ impl Operator for ConvTranspose2d {
         let spread_x = cx.insert_slice(x, zeros, &[0, 0, pad_low[0], pad_low[1]], &[1, 1, stride[0], stride[1]])?;
 
         let window = Window { kernel, stride: [1, 1], dilation, low: [0, 0], high: [0, 0], groups };
-        let y = convolution(cx, spread_x, flipped_kernel(cx, weight, groups)?, bias, &window)?;
+        let y = convolution(cx, spread_x, flipped_kernel(cx, weight, groups)?, Epilogue::bias(bias), &window)?;
         if low == pad_low && high == pad_high {
             return Ok(vec![y]);
         }

@@ -49,8 +49,10 @@ pub static OPERATORS: &[&dyn Operator] = &[
     &detection::HeatmapsToKeypoints,
 ];
 
+pub use conv::FusedConv2d;
+
 /// Operators that the compiler creates and model files cannot call.
-pub static INTERNAL_OPERATORS: &[&dyn Operator] = &[];
+pub static INTERNAL_OPERATORS: &[&dyn Operator] = &[&conv::FusedConv2d];
 
 /// The operator a model file calls `name`.
 pub fn lookup(name: &str) -> Option<&'static dyn Operator> {
