@@ -54,7 +54,7 @@ pub enum Iterator {
 /// The scalar body of a named structured op (MLIR's generic form carries it explicitly).
 #[derive(Clone, Copy, Debug)]
 pub enum Combiner {
-    /// `out + in0 * in1`: convolutions, matmul.
+    /// `out + in0 * in1`: grouped convolutions.
     MulAdd,
     /// `max(out, in0)`: max pooling (NaN-propagating, like torch).
     Max,
@@ -429,8 +429,8 @@ impl<'c, 'b> Emitter<'c, 'b> {
         )
     }
 
-    /// A named structured op (`linalg.conv_2d_nchw_fchw`, `linalg.pooling_nchw_max`,
-    /// `linalg.matmul`, …) accumulating into `init`, with extra attributes as MLIR text.
+    /// A named structured op (`linalg.conv_2d_ngchw_gfchw`, `linalg.pooling_nchw_max`, …)
+    /// accumulating into `init`, with extra attributes as MLIR text.
     pub fn structured(
         &self,
         name: &str,

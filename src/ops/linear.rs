@@ -32,12 +32,10 @@ impl Operator for Linear {
         }
         Ok(Inference { outputs: vec![TensorType::f32(vec![x.dims[0].clone(), Dim::known(out)])], state })
     }
-    /// `x · weightᵀ + bias`: `linalg.matmul` reading the weight [out, in] transposed through its
-    /// indexing map, accumulating into the bias broadcast over the rows (or zeros).
+    /// `x · weightᵀ + bias`: the product as the target computes it ([`Emitter::linear_product`]),
+    /// then the bias by an elementwise generic (which MLIR fuses with a following ReLU).
     fn lower<'c, 'b>(&self, cx: &Emitter<'c, 'b>, node: &LowerNode<'_, 'c, 'b>) -> Result<Vec<Value<'c, 'b>>, LoweringError> {
         let (x, weight) = (node.inputs[0], node.inputs[1]);
-        // x·Wᵀ as the target computes products, then the bias by an elementwise generic (fused
-        // with a following ReLU).
         let sizes = [cx.size(x, 0)?, Size::Static(node.attrs.int("out"))];
         let product_type = cx.ranked_tensor(&sizes.map(|s| s.static_value()), cx.f32_type());
         let y = cx.linear_product(x, weight, product_type)?;
