@@ -3,7 +3,7 @@
 
 mod common;
 
-use mrc::passes::{self, CommonSubexpressions, DeadCode, FoldBatchNorm, FuseConvEpilogues, Pass};
+use mrc::passes::{self, CommonSubexpressions, DeadCode, FoldBatchNorm, FoldConstantWeights, FuseConvEpilogues, Pass};
 
 const DUPLICATES: &str = r#"
 network net(x: f32[1, 8, H, W]) -> (f32[1, 8, H, W], f32[1, 8, H, W]) {
@@ -93,6 +93,24 @@ fn convolutions_take_in_the_residual_add_and_relu_after_them() {
     insta::assert_snapshot!(format!("{before}\n=== after fuse-conv-epilogues ===\n\n{after}"));
 }
 
+const TRANSPOSED: &str = r#"
+network net(x: f32[1, 8, H, W]) -> (f32[1, 4, _, _], f32[1, 4, _, _]) {
+    let up = conv_transpose2d(x, out: 4, kernel: 2, stride: 2)
+    let wide = conv_transpose2d(x, out: 4, kernel: 3, stride: 2, padding: 1, groups: 2, bias: false)
+    return (up, wide)
+}
+"#;
+
+#[test]
+fn transposed_kernels_are_laid_out_when_the_weights_load() {
+    let (before, after, changed) = before_after(&FoldConstantWeights, TRANSPOSED);
+    assert!(changed);
+    assert_eq!(after.matches("conv_transpose2d_prepared[").count(), 2);
+    assert!(after.contains("derived up.weight.kernel = TransposedKernelTaps(%1) : f32[16, 8]"));
+    assert!(after.contains("derived wide.weight.kernel = FlipTransposedKernel { groups: 2 }(%4) : f32[4, 4, 3, 3]"));
+    insta::assert_snapshot!(format!("{before}\n=== after fold-constant-weights ===\n\n{after}"));
+}
+
 #[test]
 fn internal_operators_cannot_be_called_from_model_files() {
     let text = "network net(x: f32[1, 8, H, W]) -> (f32[1, 8, H, W]) {\n    return conv2d_fused(x, out: 8, kernel: 1) @c\n}\n";
@@ -107,8 +125,9 @@ fn passes_keep_the_shipped_model_state_and_outputs() {
     let outputs: Vec<String> = model.graph.outputs.iter().map(|(n, p)| format!("{n}: {}", model.graph.ty(*p))).collect();
     let changed = passes::run(&mut model.graph, &passes::default_passes());
     // Every frozen batch norm of ResNet-50 follows a convolution, and every ReLU and residual
-    // add of the backbone follows one then; nothing is dead or duplicated.
-    assert_eq!(changed, ["fold-batch-norm", "fuse-conv-epilogues"]);
+    // add of the backbone follows one then; the mask head's transposed convolution reads a
+    // kernel laid out at load time; nothing is dead or duplicated.
+    assert_eq!(changed, ["fold-batch-norm", "fold-constant-weights", "fuse-conv-epilogues"]);
     let count = |name: &str| model.graph.op_nodes().filter(|(_, op)| op.name() == name).count();
     assert_eq!(count("frozen_batch_norm"), 0);
     // The FPN's top-down adds stay: the upsampling reads the lateral convolution's size.

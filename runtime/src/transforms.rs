@@ -17,6 +17,13 @@ pub enum WeightTransform {
     /// `bn.bias + (bias - bn.running_mean) · scale`. Sources: the convolution's bias if
     /// `conv_bias`, then `bn.weight`, `bn.bias`, `bn.running_mean`, `bn.running_var`.
     FoldBatchNormBias { eps: f64, conv_bias: bool },
+    /// A transposed convolution's weight `[C, O / groups, kh, kw]` as the kernel of the
+    /// equivalent direct convolution, `[O, C / groups, kh, kw]`: flipped spatially, channel axes
+    /// swapped within each group. Source: the weight.
+    FlipTransposedKernel { groups: usize },
+    /// A transposed convolution's weight `[C, O, kh, kw]` as the matrix of its taps,
+    /// `[O·kh·kw, C]` (kernel = stride: a matrix product and a pixel shuffle). Source: the weight.
+    TransposedKernelTaps,
 }
 
 /// A source tensor: row-major f32 elements and shape.
@@ -59,8 +66,48 @@ impl WeightTransform {
                     (0..n).map(|c| beta.0[c] - mean.0[c] * scale[c] + bias.map_or(0.0, |b| b[c] * scale[c])).collect();
                 Ok((folded, vec![n]))
             }
+            WeightTransform::FlipTransposedKernel { groups } => {
+                let [(weight, &[c, f, kh, kw])] = sources else { return Err(kernel_of(sources)) };
+                if groups == 0 || c % groups != 0 {
+                    return Err(format!("{c} channels in {groups} groups"));
+                }
+                let per_group = c / groups;
+                let mut flipped = vec![0.0; weight.len()];
+                for (index, value) in flipped.iter_mut().enumerate() {
+                    let [o, ci, i, j] = unravel(index, [groups * f, per_group, kh, kw]);
+                    let (group, fi) = (o / f, o % f);
+                    *value = weight[ravel([group * per_group + ci, fi, kh - 1 - i, kw - 1 - j], [c, f, kh, kw])];
+                }
+                Ok((flipped, vec![groups * f, per_group, kh, kw]))
+            }
+            WeightTransform::TransposedKernelTaps => {
+                let [(weight, &[c, o, kh, kw])] = sources else { return Err(kernel_of(sources)) };
+                let taps = o * kh * kw;
+                let matrix = (0..taps * c).map(|index| weight[(index % c) * taps + index / c]).collect();
+                Ok((matrix, vec![taps, c]))
+            }
         }
     }
+}
+
+/// Row-major position of `index` in `dims`.
+fn ravel(index: [usize; 4], dims: [usize; 4]) -> usize {
+    index.iter().zip(dims).fold(0, |flat, (&i, d)| flat * d + i)
+}
+
+/// The index of row-major position `flat` in `dims`.
+fn unravel(mut flat: usize, dims: [usize; 4]) -> [usize; 4] {
+    let mut index = [0; 4];
+    for axis in (0..4).rev() {
+        index[axis] = flat % dims[axis];
+        flat /= dims[axis];
+    }
+    index
+}
+
+fn kernel_of(sources: &[Source]) -> String {
+    let shapes: Vec<&[usize]> = sources.iter().map(|s| s.1).collect();
+    format!("takes one 4-d kernel, found {shapes:?}")
 }
 
 /// `gamma / sqrt(var + eps)` per channel, in f32 as torchvision's `FrozenBatchNorm2d`
@@ -109,6 +156,23 @@ mod tests {
         }
         let (unbiased, _) = WeightTransform::FoldBatchNormBias { eps, conv_bias: false }.apply(&sources[1..]).unwrap();
         assert!((unbiased[1] - frozen_bn(0.0, 1, bn, eps as f32)).abs() < 1e-6);
+    }
+
+    #[test]
+    fn transposed_kernels_are_laid_out_for_a_direct_convolution() {
+        // [C = 4, O/g = 3, 2, 2] in 2 groups: each value its own index, so positions show.
+        let weight: Vec<f32> = (0..48).map(|v| v as f32).collect();
+        let (flipped, dims) = WeightTransform::FlipTransposedKernel { groups: 2 }.apply(&[(&weight, &[4, 3, 2, 2])]).unwrap();
+        assert_eq!(dims, [6, 2, 2, 2]);
+        // Output channel 4 is group 1's second filter; its input channel 1 is channel 3 overall,
+        // tap (0, 1) is tap (1, 0) of the original: weight[3, 1, 1, 0] = 3·12 + 1·4 + 2 = 42.
+        assert_eq!(flipped[ravel([4, 1, 0, 1], [6, 2, 2, 2])], 42.0);
+        let (taps, dims) = WeightTransform::TransposedKernelTaps.apply(&[(&weight[..24], &[2, 3, 2, 2])]).unwrap();
+        assert_eq!(dims, [12, 2]);
+        // Row (o = 2, tap (1, 0)) = 2·4 + 2 = 10, column c = 1: weight[1, 2, 1, 0] = 12 + 10.
+        assert_eq!(taps[10 * 2 + 1], 22.0);
+        assert!(WeightTransform::TransposedKernelTaps.apply(&[(&weight, &[48])]).is_err());
+        assert!(WeightTransform::FlipTransposedKernel { groups: 3 }.apply(&[(&weight, &[4, 3, 2, 2])]).is_err());
     }
 
     #[test]

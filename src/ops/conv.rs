@@ -349,45 +349,95 @@ impl Operator for ConvTranspose2d {
             state: with_bias(vec![StateDecl::parameter("weight", vec![c, out / groups, kh, kw])], attrs),
         })
     }
-    /// Output position `o` along an axis receives input `i` through kernel tap `k` where
-    /// `o = i·stride - padding + k·dilation`. Spreading the input out (`stride - 1` zeros between
-    /// elements, `tensor.insert_slice` with strides into zeros) and padding it by
-    /// `dilation·(kernel - 1) - padding` before (plus `output_padding` after) turns that into a
-    /// stride-1 convolution with the kernel flipped and its channel axes swapped. Negative
-    /// padding (padding larger than the dilated kernel) crops the result instead.
     fn lower<'c, 'b>(&self, cx: &Emitter<'c, 'b>, node: &LowerNode<'_, 'c, 'b>) -> Result<Vec<Value<'c, 'b>>, LoweringError> {
-        let attrs = node.attrs;
-        let (x, weight) = (node.inputs[0], node.inputs[1]);
-        let [kernel, stride, padding, output_padding, dilation] =
-            ["kernel", "stride", "padding", "output_padding", "dilation"].map(|name| checked_pair(attrs, name));
-        let groups = attrs.int("groups");
-        let bias = attrs.flag("bias").then(|| node.inputs[2]);
-        if groups == 1 && kernel == stride && padding == [0, 0] && output_padding == [0, 0] && dilation == [1, 1] {
-            return Ok(vec![non_overlapping_transpose(cx, x, weight, bias, kernel)?]);
-        }
-        let reach = [0, 1].map(|axis| dilation[axis] * (kernel[axis] - 1));
-        let low = [0, 1].map(|axis| reach[axis] - padding[axis]);
-        let high = [0, 1].map(|axis| low[axis] + output_padding[axis]);
-        let (pad_low, pad_high) = (low.map(|p| p.max(0)), high.map(|p| p.max(0)));
+        lower_transposed(cx, node, Kernel::State(node.inputs[1]))
+    }
+}
 
-        let [n, c, h, w] = [0, 1, 2, 3].map(|axis| cx.size(x, axis));
-        let (n, c) = (n?, c?);
-        let spread = |size, axis: usize| {
-            let spread = cx.size_add(cx.size_mul(cx.size_add(size, -1)?, stride[axis])?, 1)?;
-            cx.size_add(spread, pad_low[axis] + pad_high[axis])
-        };
-        let zeros = cx.zeros(&[n, c, spread(h?, 0)?, spread(w?, 1)?])?;
-        let spread_x = cx.insert_slice(x, zeros, &[0, 0, pad_low[0], pad_low[1]], &[1, 1, stride[0], stride[1]])?;
+/// Output position `o` along an axis receives input `i` through kernel tap `k` where
+/// `o = i·stride - padding + k·dilation`. Spreading the input out (`stride - 1` zeros between
+/// elements, `tensor.insert_slice` with strides into zeros) and padding it by
+/// `dilation·(kernel - 1) - padding` before (plus `output_padding` after) turns that into a
+/// stride-1 convolution with the kernel flipped and its channel axes swapped. Negative
+/// padding (padding larger than the dilated kernel) crops the result instead.
+fn lower_transposed<'c, 'b>(cx: &Emitter<'c, 'b>, node: &LowerNode<'_, 'c, 'b>, kernel: Kernel<'c, 'b>) -> Result<Vec<Value<'c, 'b>>, LoweringError> {
+    let attrs = node.attrs;
+    let x = node.inputs[0];
+    let [kernel_size, stride, padding, output_padding, dilation] =
+        ["kernel", "stride", "padding", "output_padding", "dilation"].map(|name| checked_pair(attrs, name));
+    let groups = attrs.int("groups");
+    let bias = attrs.flag("bias").then(|| node.inputs[2]);
+    if non_overlapping(attrs) {
+        return Ok(vec![non_overlapping_transpose(cx, x, kernel, bias, kernel_size)?]);
+    }
+    let reach = [0, 1].map(|axis| dilation[axis] * (kernel_size[axis] - 1));
+    let low = [0, 1].map(|axis| reach[axis] - padding[axis]);
+    let high = [0, 1].map(|axis| low[axis] + output_padding[axis]);
+    let (pad_low, pad_high) = (low.map(|p| p.max(0)), high.map(|p| p.max(0)));
 
-        let window = Window { kernel, stride: [1, 1], dilation, low: [0, 0], high: [0, 0], groups };
-        let y = convolution(cx, spread_x, flipped_kernel(cx, weight, groups)?, Epilogue::bias(bias), &window)?;
-        if low == pad_low && high == pad_high {
-            return Ok(vec![y]);
-        }
-        let [n, o, h, w] = [0, 1, 2, 3].map(|axis| cx.size(y, axis));
-        let cropped = |size, axis: usize| cx.size_add(size, (low[axis] - pad_low[axis]) + (high[axis] - pad_high[axis]));
-        let sizes = [n?, o?, cropped(h?, 0)?, cropped(w?, 1)?];
-        Ok(vec![cx.extract_slice(y, &[0, 0, pad_low[0] - low[0], pad_low[1] - low[1]], &sizes)?])
+    let [n, c, h, w] = [0, 1, 2, 3].map(|axis| cx.size(x, axis));
+    let (n, c) = (n?, c?);
+    let spread = |size, axis: usize| {
+        let spread = cx.size_add(cx.size_mul(cx.size_add(size, -1)?, stride[axis])?, 1)?;
+        cx.size_add(spread, pad_low[axis] + pad_high[axis])
+    };
+    let zeros = cx.zeros(&[n, c, spread(h?, 0)?, spread(w?, 1)?])?;
+    let spread_x = cx.insert_slice(x, zeros, &[0, 0, pad_low[0], pad_low[1]], &[1, 1, stride[0], stride[1]])?;
+
+    let window = Window { kernel: kernel_size, stride: [1, 1], dilation, low: [0, 0], high: [0, 0], groups };
+    let flipped = match kernel {
+        Kernel::Prepared(flipped) => flipped,
+        Kernel::State(weight) => flipped_kernel(cx, weight, groups)?,
+    };
+    let y = convolution(cx, spread_x, flipped, Epilogue::bias(bias), &window)?;
+    if low == pad_low && high == pad_high {
+        return Ok(vec![y]);
+    }
+    let [n, o, h, w] = [0, 1, 2, 3].map(|axis| cx.size(y, axis));
+    let cropped = |size, axis: usize| cx.size_add(size, (low[axis] - pad_low[axis]) + (high[axis] - pad_high[axis]));
+    let sizes = [n?, o?, cropped(h?, 0)?, cropped(w?, 1)?];
+    Ok(vec![cx.extract_slice(y, &[0, 0, pad_low[0] - low[0], pad_low[1] - low[1]], &sizes)?])
+}
+
+/// The kernel of a transposed convolution: its weight as the checkpoint holds it, or already laid
+/// out for the lowering by the `fold-constant-weights` pass (the flipped kernel of the
+/// equivalent direct convolution, or, where the kernel equals the stride, the matrix of taps).
+#[derive(Clone, Copy)]
+enum Kernel<'c, 'b> {
+    State(Value<'c, 'b>),
+    Prepared(Value<'c, 'b>),
+}
+
+/// Whether a transposed convolution's taps do not overlap (kernel == stride, no padding or
+/// dilation, one group): then it is a matrix product and a pixel shuffle.
+pub fn non_overlapping(attrs: &Attrs) -> bool {
+    let [kernel, stride, padding, output_padding, dilation] =
+        ["kernel", "stride", "padding", "output_padding", "dilation"].map(|name| checked_pair(attrs, name));
+    attrs.int("groups") == 1 && kernel == stride && padding == [0, 0] && output_padding == [0, 0] && dilation == [1, 1]
+}
+
+/// A `conv_transpose2d` whose kernel the `fold-constant-weights` pass laid out at load time:
+/// [O·kh·kw, C] where the taps do not overlap ([`non_overlapping`]), else the flipped kernel
+/// [O, C / groups, kh, kw]. Internal: model files cannot call it.
+#[derive(Debug)]
+pub struct PreparedConvTranspose2d;
+
+impl Operator for PreparedConvTranspose2d {
+    fn name(&self) -> &'static str {
+        "conv_transpose2d_prepared"
+    }
+    fn attrs(&self) -> &'static [AttrSpec] {
+        CONV_TRANSPOSE_ATTRS
+    }
+    fn infer(&self, inputs: &[Vec<TensorType>], attrs: &Attrs) -> Result<Inference, OpError> {
+        let mut inference = ConvTranspose2d.infer(inputs, attrs)?;
+        let [c, _, kh, kw] = inference.state[0].dims[..] else { unreachable!("a 4-d kernel") };
+        let out = attrs.int("out");
+        inference.state[0].dims = if non_overlapping(attrs) { vec![out * kh * kw, c] } else { vec![out, c / attrs.int("groups"), kh, kw] };
+        Ok(inference)
+    }
+    fn lower<'c, 'b>(&self, cx: &Emitter<'c, 'b>, node: &LowerNode<'_, 'c, 'b>) -> Result<Vec<Value<'c, 'b>>, LoweringError> {
+        lower_transposed(cx, node, Kernel::Prepared(node.inputs[1]))
     }
 }
 
@@ -399,19 +449,24 @@ impl Operator for ConvTranspose2d {
 fn non_overlapping_transpose<'c, 'b>(
     cx: &Emitter<'c, 'b>,
     x: Value<'c, 'b>,
-    weight: Value<'c, 'b>,
+    kernel: Kernel<'c, 'b>,
     bias: Option<Value<'c, 'b>>,
     [kh, kw]: [i64; 2],
 ) -> Result<Value<'c, 'b>, LoweringError> {
-    let dims = cx.static_dims(weight)?;
-    let [c, o] = [0, 1].map(|axis| dims[axis].expect("state tensors have static shapes"));
-    let taps = o * kh * kw;
-    // [C, O·kh·kw] → [O·kh·kw, C]: the kernel's rows, one per (output channel, tap).
-    let matrix = cx.collapse_shape(weight, &[&[0], &[1, 2, 3]])?;
-    let transposed = cx.empty(&[Size::Static(taps), Size::Static(c)], cx.f32_type())?;
-    let matrix = cx.generic(&[matrix], &[transposed], &["(m, k) -> (k, m)", &identity_map(2)], &[Iterator::Parallel; 2], |body| {
-        body.yield_values(&[body.arg(0)?])
-    })?[0];
+    let matrix = match kernel {
+        Kernel::Prepared(matrix) => matrix,
+        Kernel::State(weight) => {
+            let dims = cx.static_dims(weight)?;
+            let [c, o] = [0, 1].map(|axis| dims[axis].expect("state tensors have static shapes"));
+            // [C, O·kh·kw] → [O·kh·kw, C]: the kernel's rows, one per (output channel, tap).
+            let matrix = cx.collapse_shape(weight, &[&[0], &[1, 2, 3]])?;
+            let transposed = cx.empty(&[Size::Static(o * kh * kw), Size::Static(c)], cx.f32_type())?;
+            let maps = ["(m, k) -> (k, m)", &identity_map(2)];
+            cx.generic(&[matrix], &[transposed], &maps, &[Iterator::Parallel; 2], |body| body.yield_values(&[body.arg(0)?]))?[0]
+        }
+    };
+    let taps = cx.static_dims(matrix)?[0].expect("weights have static shapes");
+    let o = taps / (kh * kw);
     let [n, _, h, w] = [0, 1, 2, 3].map(|axis| cx.size(x, axis));
     let (n, h, w) = (n?, h?, w?);
     let product_type = cx.ranked_tensor(&[n.static_value(), Some(taps), h.static_value(), w.static_value()], cx.f32_type());

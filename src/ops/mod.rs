@@ -49,10 +49,10 @@ pub static OPERATORS: &[&dyn Operator] = &[
     &detection::HeatmapsToKeypoints,
 ];
 
-pub use conv::FusedConv2d;
+pub use conv::{non_overlapping, FusedConv2d, PreparedConvTranspose2d};
 
 /// Operators that the compiler creates and model files cannot call.
-pub static INTERNAL_OPERATORS: &[&dyn Operator] = &[&conv::FusedConv2d];
+pub static INTERNAL_OPERATORS: &[&dyn Operator] = &[&conv::FusedConv2d, &conv::PreparedConvTranspose2d];
 
 /// The operator a model file calls `name`.
 pub fn lookup(name: &str) -> Option<&'static dyn Operator> {

@@ -4,11 +4,13 @@
 mod common_subexpressions;
 mod dead_code;
 mod fold_batch_norm;
+mod fold_constant_weights;
 mod fuse_conv_epilogues;
 
 pub use common_subexpressions::CommonSubexpressions;
 pub use dead_code::DeadCode;
 pub use fold_batch_norm::FoldBatchNorm;
+pub use fold_constant_weights::FoldConstantWeights;
 pub use fuse_conv_epilogues::FuseConvEpilogues;
 
 use crate::graph::Graph;
@@ -20,7 +22,13 @@ pub trait Pass {
 }
 
 pub fn default_passes() -> Vec<Box<dyn Pass>> {
-    vec![Box::new(FoldBatchNorm), Box::new(CommonSubexpressions), Box::new(DeadCode), Box::new(FuseConvEpilogues)]
+    vec![
+        Box::new(FoldBatchNorm),
+        Box::new(FoldConstantWeights),
+        Box::new(CommonSubexpressions),
+        Box::new(DeadCode),
+        Box::new(FuseConvEpilogues),
+    ]
 }
 
 /// Runs `passes` in order; returns the names of those that changed the graph.
