@@ -5,7 +5,7 @@ use super::config::{Setting, Settings};
 use super::value::Value;
 use super::Program;
 use crate::diagnostic::{closest, Diagnostic, Span};
-use crate::graph::types::{DType, Dim, TensorType};
+use crate::graph::types::{DType, Dim, SizeError, TensorType};
 use crate::graph::{Attrs, Graph, Node, NodeKind, Port};
 use crate::ops::{self, AttrType, AttrValue, Default, Operator, Site};
 use crate::syntax::ast::{self, BinOp, DimExpr, Expr, ExprKind, Stmt, UnOp};
@@ -160,6 +160,24 @@ impl<'a> Evaluator<'a> {
         Value::Poison
     }
 
+    /// The value of size arithmetic, or its error at `span`.
+    fn size(&mut self, result: Result<Dim, SizeError>, span: Span) -> Value {
+        match result {
+            Ok(d) => Value::from_dim(d),
+            Err(e) => self.fail(Diagnostic::error(span, e.to_string())),
+        }
+    }
+
+    /// The value of integer arithmetic, or an overflow error at `span` naming the `operation`.
+    fn int(&mut self, result: Option<i64>, operation: impl FnOnce() -> String, span: Span) -> Value {
+        match result {
+            Some(v) => Value::Int(v),
+            None => {
+                self.fail(Diagnostic::error(span, format!("integer overflow: {} does not fit in 64 bits", operation())))
+            }
+        }
+    }
+
     // ---- statements -------------------------------------------------------------------
 
     /// Runs statements in a fresh scope; `Some` once a `return` ran.
@@ -303,9 +321,9 @@ impl<'a> Evaluator<'a> {
                 let v = self.expr_in(frame, operand, None);
                 match (op, v) {
                     (_, Value::Poison) => Value::Poison,
-                    (UnOp::Neg, Value::Int(v)) => Value::Int(-v),
+                    (UnOp::Neg, Value::Int(v)) => self.int(v.checked_neg(), || format!("-({v})"), e.span),
                     (UnOp::Neg, Value::Float(v)) => Value::Float(-v),
-                    (UnOp::Neg, Value::Dim(d)) => Value::Dim(d.scale(-1)),
+                    (UnOp::Neg, Value::Dim(d)) => self.size(d.scale(-1), e.span),
                     (UnOp::Not, Value::Bool(b)) => Value::Bool(!b),
                     (_, v) => self.fail(Diagnostic::error(e.span, format!("cannot apply `{}` to {}", if *op == UnOp::Neg { "-" } else { "!" }, v.kind()))),
                 }
@@ -397,13 +415,14 @@ impl<'a> Evaluator<'a> {
                 if matches!(op, BinOp::Div | BinOp::Rem) && b == 0 {
                     return self.fail(Diagnostic::error(span, "division by zero"));
                 }
-                Int(match op {
-                    BinOp::Add => a + b,
-                    BinOp::Sub => a - b,
-                    BinOp::Mul => a * b,
-                    BinOp::Div => a.div_euclid(b),
-                    _ => a.rem_euclid(b),
-                })
+                let result = match op {
+                    BinOp::Add => a.checked_add(b),
+                    BinOp::Sub => a.checked_sub(b),
+                    BinOp::Mul => a.checked_mul(b),
+                    BinOp::Div => a.checked_div_euclid(b),
+                    _ => a.checked_rem_euclid(b),
+                };
+                self.int(result, || format!("{a} {} {b}", op.symbol()), span)
             }
             (BinOp::Add | BinOp::Sub | BinOp::Mul | BinOp::Div, a @ (Int(_) | Float(_)), b @ (Int(_) | Float(_))) => {
                 let (a, b) = (number(&a), number(&b));
@@ -417,10 +436,10 @@ impl<'a> Evaluator<'a> {
             (BinOp::Add | BinOp::Sub | BinOp::Mul | BinOp::Div, a @ (Int(_) | Dim(_)), b @ (Int(_) | Dim(_))) => {
                 let (da, db) = (a.as_dim().unwrap(), b.as_dim().unwrap());
                 match (op, &b) {
-                    (BinOp::Add, _) => Value::from_dim(da.add(&db)),
-                    (BinOp::Sub, _) => Value::from_dim(da.sub(&db)),
-                    (BinOp::Mul, _) => Value::from_dim(da.mul(&db)),
-                    (_, Int(k)) if *k > 0 => Value::from_dim(da.floor_div(*k)),
+                    (BinOp::Add, _) => self.size(da.add(&db), span),
+                    (BinOp::Sub, _) => self.size(da.sub(&db), span),
+                    (BinOp::Mul, _) => self.size(da.mul(&db), span),
+                    (_, Int(k)) if *k > 0 => self.size(da.floor_div(*k), span),
                     _ => self.fail(Diagnostic::error(span, "a symbolic size can only be divided by a positive int")),
                 }
             }

@@ -188,15 +188,8 @@ impl Operator for Conv2d {
         let [sh, sw] = pair(attrs, "stride")?;
         let [ph, pw] = pair(attrs, "padding")?;
         let [dh, dw] = pair(attrs, "dilation")?;
-        let spatial = |d: &Dim, k: i64, s: i64, p: i64, dil: i64| {
-            d.add(&Dim::known(2 * p - dil * (k - 1) - 1)).floor_div(s).add(&Dim::known(1))
-        };
-        let dims = vec![
-            x.dims[0].clone(),
-            Dim::known(out),
-            spatial(&x.dims[2], kh, sh, ph, dh),
-            spatial(&x.dims[3], kw, sw, pw, dw),
-        ];
+        let [h, w] = window_sizes(x, [kh, kw], [sh, sw], [ph, pw], [dh, dw], false)?;
+        let dims = vec![x.dims[0].clone(), Dim::known(out), h, w];
         Ok(Inference {
             outputs: vec![TensorType::f32(dims)],
             state: with_bias(vec![StateDecl::parameter("weight", vec![out, c / groups, kh, kw])], attrs),
@@ -249,14 +242,17 @@ impl Operator for ConvTranspose2d {
         let [ph, pw] = pair(attrs, "padding")?;
         let [oph, opw] = pair(attrs, "output_padding")?;
         let [dh, dw] = pair(attrs, "dilation")?;
-        let spatial = |d: &Dim, k: i64, s: i64, p: i64, op: i64, dil: i64| {
-            d.add(&Dim::known(-1)).scale(s).add(&Dim::known(-2 * p + dil * (k - 1) + op + 1))
+        // (size - 1)·stride - 2·padding + dilation·(kernel - 1) + output_padding + 1
+        let spatial = |d: &Dim, k: i64, s: i64, p: i64, op: i64, dil: i64| -> Result<Dim, SizeError> {
+            let reach = Dim::known(k).sub(&Dim::known(1))?.scale(dil)?;
+            let one = Dim::known(1);
+            d.sub(&one)?.scale(s)?.sub(&Dim::known(p).scale(2)?)?.add(&reach)?.add(&Dim::known(op))?.add(&one)
         };
         let dims = vec![
             x.dims[0].clone(),
             Dim::known(out),
-            spatial(&x.dims[2], kh, sh, ph, oph, dh),
-            spatial(&x.dims[3], kw, sw, pw, opw, dw),
+            spatial(&x.dims[2], kh, sh, ph, oph, dh)?,
+            spatial(&x.dims[3], kw, sw, pw, opw, dw)?,
         ];
         Ok(Inference {
             outputs: vec![TensorType::f32(dims)],

@@ -95,10 +95,10 @@ runtime_operator!(
             }
         }
         let divisible = positive(attrs, "size_divisible")?;
-        let padded = |s: &str| Dim::symbol(s).ceil_div(divisible).scale(divisible);
+        let padded = |s: &str| Dim::symbol(s).ceil_div(divisible)?.scale(divisible);
         Ok(Inference {
             outputs: vec![
-                TensorType::f32(vec![Dim::known(1), Dim::known(3), padded("Hr"), padded("Wr")]),
+                TensorType::f32(vec![Dim::known(1), Dim::known(3), padded("Hr")?, padded("Wr")?]),
                 TensorType::new(DType::I64, vec![Dim::known(2)]),
             ],
             state: vec![],
@@ -163,7 +163,7 @@ runtime_operator!(
         for (o, d) in objectness.iter().zip(deltas) {
             expect_rank("rpn_proposals", 0, o, "1, A, H, W")?;
             expect_rank("rpn_proposals", 1, d, "1, 4*A, H, W")?;
-            if o.dims[1].scale(4) != d.dims[1] || o.dims[2..] != d.dims[2..] {
+            if o.dims[1].scale(4)? != d.dims[1] || o.dims[2..] != d.dims[2..] {
                 return Err(OpError::at_input(1, format!("deltas {d} do not match objectness {o}"))
                     .hint("the box branch has 4 channels per anchor of the objectness branch"));
             }
@@ -292,7 +292,7 @@ runtime_operator!(
         expect_rank("postprocess_detections", 1, regression, "P, 4*classes")?;
         let p = boxes("postprocess_detections", 2, &inputs[2][0])?;
         image_size("postprocess_detections", 3, &inputs[3][0])?;
-        if logits.dims[1].scale(4) != regression.dims[1] {
+        if logits.dims[1].scale(4)? != regression.dims[1] {
             return Err(OpError::at_input(1, format!("box regression {regression} does not match class logits {logits}"))
                 .hint("the box predictor has 4 outputs per class"));
         }

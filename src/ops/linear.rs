@@ -70,7 +70,7 @@ impl Operator for Flatten {
         }
         let start = start as usize;
         let mut dims = x.dims[..start].to_vec();
-        dims.push(x.dims[start..].iter().fold(Dim::known(1), |acc, d| acc.mul(d)));
+        dims.push(x.dims[start..].iter().try_fold(Dim::known(1), |acc, d| acc.mul(d))?);
         Ok(Inference::output(TensorType::new(x.dtype, dims)))
     }
     /// `tensor.collapse_shape` of the axes from `start` on; nothing to do when that is one axis.

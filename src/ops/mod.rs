@@ -11,7 +11,7 @@ mod norm;
 mod pool;
 mod resample;
 
-use crate::graph::types::{DType, Dim, TensorType};
+use crate::graph::types::{DType, Dim, SizeError, TensorType};
 use crate::graph::{Attrs, StateKind};
 use crate::lowering::{identity_map, loop_dims, Combiner, Emitter, Iterator, LowerNode, LoweringError, Size};
 use melior::ir::{Block, Value};
@@ -290,9 +290,21 @@ impl OpError {
     pub fn at_attr(name: &'static str, message: impl Into<String>) -> Self {
         OpError { site: Site::Attr(name), message: message.into(), hint: None }
     }
+    /// Sizes that the call's attributes and inputs give, which are out of bounds.
+    pub fn sizes_at_call(message: impl Into<String>) -> Self {
+        OpError { site: Site::Call, message: message.into(), hint: None }
+            .hint("check the attributes of this call and the sizes of its inputs")
+    }
     pub fn hint(mut self, hint: impl Into<String>) -> Self {
         self.hint = Some(hint.into());
         self
+    }
+}
+
+/// Sizes beyond 64 bits (or too complex) are the call's error.
+impl From<SizeError> for OpError {
+    fn from(e: SizeError) -> Self {
+        OpError::sizes_at_call(e.to_string())
     }
 }
 
@@ -333,6 +345,26 @@ pub fn positive(attrs: &Attrs, name: &'static str) -> Result<i64, OpError> {
     } else {
         Err(OpError::at_attr(name, format!("`{name}` must be positive, found {v}")))
     }
+}
+
+/// The spatial output sizes (height, width) of a window sliding over `x` [N, C, H, W]
+/// (convolution, pooling): ⌊(size + 2·padding − dilation·(kernel − 1) − 1) / stride⌋ + 1,
+/// rounded up instead in `ceil` mode.
+pub fn window_sizes(
+    x: &TensorType,
+    kernel: [i64; 2],
+    stride: [i64; 2],
+    padding: [i64; 2],
+    dilation: [i64; 2],
+    ceil: bool,
+) -> Result<[Dim; 2], SizeError> {
+    let size = |axis: usize| -> Result<Dim, SizeError> {
+        let reach = Dim::known(kernel[axis]).sub(&Dim::known(1))?.scale(dilation[axis])?;
+        let span = x.dims[axis + 2].add(&Dim::known(padding[axis]).scale(2)?)?.sub(&reach)?.sub(&Dim::known(1))?;
+        let steps = if ceil { span.ceil_div(stride[axis])? } else { span.floor_div(stride[axis])? };
+        steps.add(&Dim::known(1))
+    };
+    Ok([size(0)?, size(1)?])
 }
 
 /// Declares a runtime built-in operator from its name, inputs, attributes and shape rule.

@@ -18,13 +18,8 @@ fn pooled(op: &str, inputs: &[Vec<TensorType>], attrs: &Attrs) -> Result<Inferen
     let kernel = pair(attrs, "kernel")?;
     let stride = if attrs.contains_key("stride") { pair(attrs, "stride")? } else { kernel };
     let padding = pair(attrs, "padding")?;
-    let ceil = attrs.flag("ceil_mode");
-    let mut dims = x.dims.clone();
-    for axis in 0..2 {
-        let span = x.dims[axis + 2].add(&Dim::known(2 * padding[axis] - kernel[axis]));
-        let steps = if ceil { span.ceil_div(stride[axis]) } else { span.floor_div(stride[axis]) };
-        dims[axis + 2] = steps.add(&Dim::known(1));
-    }
+    let [h, w] = window_sizes(x, kernel, stride, padding, [1, 1], attrs.flag("ceil_mode"))?;
+    let dims = vec![x.dims[0].clone(), x.dims[1].clone(), h, w];
     Ok(Inference::output(TensorType::new(x.dtype, dims)))
 }
 
