@@ -7,7 +7,7 @@ use super::Program;
 use crate::diagnostic::{closest, Diagnostic, Span};
 use crate::graph::types::{DType, Dim, SizeError, TensorType};
 use crate::graph::{Attrs, Graph, Node, NodeKind, Port};
-use crate::ops::{self, AttrType, AttrValue, Default, Operator, Site};
+use crate::ops::{self, AttrType, AttrValue, Default, OpError, Operator, Site};
 use crate::syntax::ast::{self, BinOp, DimExpr, Expr, ExprKind, Stmt, UnOp};
 use petgraph::stable_graph::NodeIndex;
 use std::collections::HashMap;
@@ -555,8 +555,16 @@ impl<'a> Evaluator<'a> {
                     } else if let Some(spec) = op.attrs().iter().find(|a| a.name == k.name) {
                         match attr_value(spec.ty, &value) {
                             Some(v) => {
-                                attrs.insert(spec.name.to_string(), v);
                                 attr_spans.insert(spec.name, arg.value.span);
+                                match spec.check(op.name(), &v) {
+                                    Ok(()) => {
+                                        attrs.insert(spec.name.to_string(), v);
+                                    }
+                                    Err(e) => {
+                                        self.error(op_diagnostic(op, e, &[], &attr_spans, call.span));
+                                        failed = true;
+                                    }
+                                }
                             }
                             None if value.is_poison() => {}
                             None => {
@@ -661,19 +669,10 @@ impl<'a> Evaluator<'a> {
     #[allow(clippy::too_many_arguments)]
     fn add_op(&mut self, op: &'static dyn Operator, attrs: &Attrs, ports: Vec<Vec<Port>>, spans: &[Span], attr_spans: &HashMap<&'static str, Span>, call: Span, scope: Option<&[String]>, reuse: bool) -> Option<Value> {
         let types: Vec<Vec<TensorType>> = ports.iter().map(|ps| ps.iter().map(|p| self.graph.ty(*p).clone()).collect()).collect();
-        let inference = match op.infer(&types, attrs) {
+        let inference = match op.infer(&types, attrs).and_then(|i| i.check_state().map(|()| i)) {
             Ok(i) => i,
             Err(e) => {
-                let (span, label) = match e.site {
-                    Site::Input(slot) => (spans[slot], format!("input `{}`", op.inputs()[slot].name)),
-                    Site::Attr(name) => (attr_spans.get(name).copied().unwrap_or(call), format!("attribute `{name}`")),
-                    Site::Call => (call, "in this call".to_string()),
-                };
-                let mut d = Diagnostic::error(span, e.message).with_label(label);
-                if let Some(h) = e.hint {
-                    d = d.with_hint(h);
-                }
-                self.error(d);
+                self.error(op_diagnostic(op, e, spans, attr_spans, call));
                 return None;
             }
         };
@@ -943,6 +942,26 @@ fn type_name(ty: &ast::ScalarType) -> &'static str {
         ast::ScalarType::Float => "a float",
         ast::ScalarType::Bool => "a bool",
         ast::ScalarType::Str => "a str",
+    }
+}
+
+/// A shape rule's or an attribute check's objection, at the input, attribute or call it names.
+fn op_diagnostic(
+    op: &dyn Operator,
+    e: OpError,
+    input_spans: &[Span],
+    attr_spans: &HashMap<&'static str, Span>,
+    call: Span,
+) -> Diagnostic {
+    let (span, label) = match e.site {
+        Site::Input(slot) => (input_spans[slot], format!("input `{}`", op.inputs()[slot].name)),
+        Site::Attr(name) => (attr_spans.get(name).copied().unwrap_or(call), format!("attribute `{name}`")),
+        Site::Call => (call, "in this call".to_string()),
+    };
+    let d = Diagnostic::error(span, e.message).with_label(label);
+    match e.hint {
+        Some(h) => d.with_hint(h),
+        None => d,
     }
 }
 

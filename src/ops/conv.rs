@@ -11,13 +11,13 @@ use AttrType::*;
 pub struct Conv2d;
 
 static CONV_ATTRS: &[AttrSpec] = &[
-    attr("in", Int, Default::Optional),
-    attr("out", Int, Default::Required),
-    attr("kernel", Ints, Default::Required),
-    attr("stride", Ints, Default::Ints(&[1])),
-    attr("padding", Ints, Default::Ints(&[0])),
-    attr("dilation", Ints, Default::Ints(&[1])),
-    attr("groups", Int, Default::Int(1)),
+    attr("in", Int, Default::Optional).at_least(1),
+    attr("out", Int, Default::Required).at_least(1),
+    attr("kernel", Ints, Default::Required).at_least(1),
+    attr("stride", Ints, Default::Ints(&[1])).at_least(1),
+    attr("padding", Ints, Default::Ints(&[0])).at_least(0),
+    attr("dilation", Ints, Default::Ints(&[1])).at_least(1),
+    attr("groups", Int, Default::Int(1)).at_least(1),
     attr("bias", Bool, Default::Bool(true)),
 ];
 
@@ -34,8 +34,7 @@ fn in_channels(op: &str, x: &TensorType, attrs: &Attrs) -> Result<(i64, i64), Op
             .hint(format!("the previous layer produces {c} channels; change `in:` or the producer")));
         }
     }
-    let groups = positive(attrs, "groups")?;
-    let out = positive(attrs, "out")?;
+    let (groups, out) = (attrs.int("groups"), attrs.int("out"));
     if c % groups != 0 || out % groups != 0 {
         return Err(OpError::at_attr("groups", format!("{groups} groups do not divide {c} input and {out} output channels")));
     }
@@ -215,14 +214,14 @@ impl Operator for Conv2d {
 pub struct ConvTranspose2d;
 
 static CONV_TRANSPOSE_ATTRS: &[AttrSpec] = &[
-    attr("in", Int, Default::Optional),
-    attr("out", Int, Default::Required),
-    attr("kernel", Ints, Default::Required),
-    attr("stride", Ints, Default::Ints(&[1])),
-    attr("padding", Ints, Default::Ints(&[0])),
-    attr("output_padding", Ints, Default::Ints(&[0])),
-    attr("dilation", Ints, Default::Ints(&[1])),
-    attr("groups", Int, Default::Int(1)),
+    attr("in", Int, Default::Optional).at_least(1),
+    attr("out", Int, Default::Required).at_least(1),
+    attr("kernel", Ints, Default::Required).at_least(1),
+    attr("stride", Ints, Default::Ints(&[1])).at_least(1),
+    attr("padding", Ints, Default::Ints(&[0])).at_least(0),
+    attr("output_padding", Ints, Default::Ints(&[0])).at_least(0),
+    attr("dilation", Ints, Default::Ints(&[1])).at_least(1),
+    attr("groups", Int, Default::Int(1)).at_least(1),
     attr("bias", Bool, Default::Bool(true)),
 ];
 

@@ -138,13 +138,119 @@ pub struct AttrSpec {
     pub name: &'static str,
     pub ty: AttrType,
     pub default: Default,
+    /// The values a number, or each number of a list, may take.
+    pub range: Range,
 }
 
 pub const fn attr(name: &'static str, ty: AttrType, default: Default) -> AttrSpec {
-    AttrSpec { name, ty, default }
+    AttrSpec { name, ty, default, range: Range::ANY }
+}
+
+/// The largest number an integer attribute may hold, and the most elements a state tensor may
+/// have (2^31 - 1): far beyond any real network, small enough that sizes computed from them
+/// stay exact.
+pub const MAX_SIZE: i64 = i32::MAX as i64;
+
+/// Bounds on the numbers of an attribute, inclusive except a `positive` one's zero.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Range {
+    min: f64,
+    exclusive_min: bool,
+    max: f64,
+}
+
+impl Range {
+    const ANY: Range = Range { min: f64::NEG_INFINITY, exclusive_min: false, max: f64::INFINITY };
+
+    fn contains(&self, v: f64) -> bool {
+        (if self.exclusive_min { v > self.min } else { v >= self.min }) && v <= self.max
+    }
+}
+
+impl fmt::Display for Range {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (bounded_below, bounded_above) = (self.min > f64::NEG_INFINITY, self.max < f64::INFINITY);
+        match (self.exclusive_min, bounded_below, bounded_above) {
+            (true, _, false) => f.write_str("positive"),
+            (true, _, true) => write!(f, "positive and at most {}", self.max),
+            (false, true, false) => write!(f, "at least {}", self.min),
+            (false, true, true) => write!(f, "between {} and {}", self.min, self.max),
+            (false, false, true) => write!(f, "at most {}", self.max),
+            (false, false, false) => f.write_str("any number"),
+        }
+    }
 }
 
 impl AttrSpec {
+    /// Numbers at least `min`.
+    pub const fn at_least(mut self, min: i64) -> Self {
+        self.range.min = min as f64;
+        self
+    }
+
+    /// Numbers above zero.
+    pub const fn positive(mut self) -> Self {
+        self.range.min = 0.0;
+        self.range.exclusive_min = true;
+        self
+    }
+
+    /// Numbers at most `max`.
+    pub const fn at_most(mut self, max: f64) -> Self {
+        self.range.max = max;
+        self
+    }
+
+    /// Numbers from `min` to `max`.
+    pub const fn between(mut self, min: f64, max: f64) -> Self {
+        self.range.min = min;
+        self.range.max = max;
+        self
+    }
+
+    /// Checks a value given to operator `op` against this attribute's range, and every number
+    /// against the bounds of all attributes: integers at most [`MAX_SIZE`] in magnitude, floats
+    /// finite in 32 bits (the precision of weights and of the runtime's box arithmetic).
+    pub fn check(&self, op: &str, value: &AttrValue) -> Result<(), OpError> {
+        let name = self.name;
+        let out_of_range = |found: &dyn fmt::Display| {
+            let message = format!("attribute out of range: `{name}` of `{op}` must be {}, found {found}", self.range);
+            let e = OpError::at_attr(name, message);
+            match self.default_value() {
+                Some(default) => e.hint(format!("leave `{name}` out for its default, {default}")),
+                None => e,
+            }
+        };
+        let check_int = |v: i64| {
+            if !self.range.contains(v as f64) {
+                return Err(out_of_range(&v));
+            }
+            if v.unsigned_abs() > MAX_SIZE as u64 {
+                return Err(OpError::at_attr(name, format!("size too large: `{name}` of `{op}` is {v}"))
+                    .hint(format!("integer attributes are at most {MAX_SIZE} (2^31 - 1)")));
+            }
+            Ok(())
+        };
+        let check_float = |v: f64| {
+            if !(v as f32).is_finite() {
+                let message = format!("attribute out of range: `{name}` of `{op}` is not a finite 32-bit float, found {v:?}");
+                return Err(OpError::at_attr(name, message).hint("32-bit floats reach about 3.4e38"));
+            }
+            if !self.range.contains(v) {
+                return Err(out_of_range(&format_args!("{v:?}")));
+            }
+            Ok(())
+        };
+        match value {
+            AttrValue::Int(v) => check_int(*v),
+            AttrValue::Ints(v) => v.iter().try_for_each(|v| check_int(*v)),
+            AttrValue::IntLists(v) => v.iter().flatten().try_for_each(|v| check_int(*v)),
+            AttrValue::Float(v) => check_float(*v),
+            AttrValue::Floats(v) => v.iter().try_for_each(|v| check_float(*v)),
+            AttrValue::Bool(_) | AttrValue::Str(_) => Ok(()),
+        }
+    }
+
     pub fn default_value(&self) -> Option<AttrValue> {
         Some(match &self.default {
             Default::Required | Default::Optional => return None,
@@ -266,6 +372,18 @@ impl Inference {
     pub fn output(ty: TensorType) -> Self {
         Inference { outputs: vec![ty], state: vec![] }
     }
+
+    /// Checks that no state tensor has more than [`MAX_SIZE`] elements.
+    pub fn check_state(&self) -> Result<(), OpError> {
+        match self.state.iter().find(|s| s.ty().elements().is_none_or(|n| n > MAX_SIZE)) {
+            None => Ok(()),
+            Some(s) => Err(OpError::sizes_at_call(format!(
+                "size too large: `{}` would be {}, more than {MAX_SIZE} elements",
+                s.name,
+                s.ty()
+            ))),
+        }
+    }
 }
 
 /// What a shape rule objects to, and where the expander should point.
@@ -336,15 +454,6 @@ pub fn pair(attrs: &Attrs, name: &'static str) -> Result<[i64; 2], OpError> {
 /// A pair attribute that the shape rule has accepted (lowerings run on checked graphs).
 pub fn checked_pair(attrs: &Attrs, name: &'static str) -> [i64; 2] {
     pair(attrs, name).unwrap_or_else(|e| panic!("unchecked attribute: {}", e.message))
-}
-
-pub fn positive(attrs: &Attrs, name: &'static str) -> Result<i64, OpError> {
-    let v = attrs.int(name);
-    if v > 0 {
-        Ok(v)
-    } else {
-        Err(OpError::at_attr(name, format!("`{name}` must be positive, found {v}")))
-    }
 }
 
 /// The spatial output sizes (height, width) of a window sliding over `x` [N, C, H, W]
@@ -421,4 +530,29 @@ pub fn split_slots<T: Copy>(specs: &[InputSpec], inputs: &[T]) -> Vec<Vec<T>> {
             head.to_vec()
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_default_is_in_its_range() {
+        for op in OPERATORS {
+            for spec in op.attrs() {
+                if let Some(default) = spec.default_value() {
+                    assert!(spec.check(op.name(), &default).is_ok(), "{}: {} = {default}", op.name(), spec.name);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn ranges_read_as_bounds() {
+        let bounds = |spec: AttrSpec| spec.range.to_string();
+        assert_eq!(bounds(attr("a", AttrType::Int, Default::Required).at_least(-1)), "at least -1");
+        assert_eq!(bounds(attr("a", AttrType::Float, Default::Required).positive()), "positive");
+        assert_eq!(bounds(attr("a", AttrType::Float, Default::Required).positive().at_most(1e3)), "positive and at most 1000");
+        assert_eq!(bounds(attr("a", AttrType::Float, Default::Required).between(0.0, 1.0)), "between 0 and 1");
+    }
 }

@@ -5,9 +5,9 @@ use super::*;
 use AttrType::*;
 
 static WINDOW_ATTRS: &[AttrSpec] = &[
-    attr("kernel", Ints, Default::Required),
-    attr("stride", Ints, Default::Optional),
-    attr("padding", Ints, Default::Ints(&[0])),
+    attr("kernel", Ints, Default::Required).at_least(1),
+    attr("stride", Ints, Default::Optional).at_least(1),
+    attr("padding", Ints, Default::Ints(&[0])).at_least(0),
     attr("ceil_mode", Bool, Default::Bool(false)),
 ];
 
@@ -112,7 +112,7 @@ impl Operator for AdaptiveAvgPool2d {
         "adaptive_avg_pool2d"
     }
     fn attrs(&self) -> &'static [AttrSpec] {
-        const { &[attr("output", Ints, Default::Ints(&[1]))] }
+        const { &[attr("output", Ints, Default::Ints(&[1])).at_least(1)] }
     }
     fn infer(&self, inputs: &[Vec<TensorType>], attrs: &Attrs) -> Result<Inference, OpError> {
         let x = &inputs[0][0];
