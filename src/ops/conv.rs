@@ -187,7 +187,7 @@ impl Operator for Conv2d {
         let [sh, sw] = pair(attrs, "stride")?;
         let [ph, pw] = pair(attrs, "padding")?;
         let [dh, dw] = pair(attrs, "dilation")?;
-        let [h, w] = window_sizes(x, [kh, kw], [sh, sw], [ph, pw], [dh, dw], false)?;
+        let [h, w] = window_sizes(self.name(), x, [kh, kw], [sh, sw], [ph, pw], [dh, dw], false)?;
         let dims = vec![x.dims[0].clone(), Dim::known(out), h, w];
         Ok(Inference {
             outputs: vec![TensorType::f32(dims)],
@@ -241,11 +241,18 @@ impl Operator for ConvTranspose2d {
         let [ph, pw] = pair(attrs, "padding")?;
         let [oph, opw] = pair(attrs, "output_padding")?;
         let [dh, dw] = pair(attrs, "dilation")?;
+        if oph >= sh.max(dh) || opw >= sw.max(dw) {
+            let message = format!("`output_padding` {:?} is not smaller than the stride or the dilation", [oph, opw]);
+            return Err(OpError::at_attr("output_padding", message)
+                .hint("torch requires output_padding < max(stride, dilation)"));
+        }
         // (size - 1)·stride - 2·padding + dilation·(kernel - 1) + output_padding + 1
-        let spatial = |d: &Dim, k: i64, s: i64, p: i64, op: i64, dil: i64| -> Result<Dim, SizeError> {
+        let spatial = |d: &Dim, k: i64, s: i64, p: i64, op: i64, dil: i64| -> Result<Dim, OpError> {
             let reach = Dim::known(k).sub(&Dim::known(1))?.scale(dil)?;
             let one = Dim::known(1);
-            d.sub(&one)?.scale(s)?.sub(&Dim::known(p).scale(2)?)?.add(&reach)?.add(&Dim::known(op))?.add(&one)
+            let size =
+                d.sub(&one)?.scale(s)?.sub(&Dim::known(p).scale(2)?)?.add(&reach)?.add(&Dim::known(op))?.add(&one)?;
+            positive_size(self.name(), x, size, "the padding crops more than the transposed convolution produces")
         };
         let dims = vec![
             x.dims[0].clone(),

@@ -460,20 +460,29 @@ pub fn checked_pair(attrs: &Attrs, name: &'static str) -> [i64; 2] {
 /// (convolution, pooling): ⌊(size + 2·padding − dilation·(kernel − 1) − 1) / stride⌋ + 1,
 /// rounded up instead in `ceil` mode.
 pub fn window_sizes(
+    op: &str,
     x: &TensorType,
     kernel: [i64; 2],
     stride: [i64; 2],
     padding: [i64; 2],
     dilation: [i64; 2],
     ceil: bool,
-) -> Result<[Dim; 2], SizeError> {
-    let size = |axis: usize| -> Result<Dim, SizeError> {
+) -> Result<[Dim; 2], OpError> {
+    let size = |axis: usize| -> Result<Dim, OpError> {
         let reach = Dim::known(kernel[axis]).sub(&Dim::known(1))?.scale(dilation[axis])?;
         let span = x.dims[axis + 2].add(&Dim::known(padding[axis]).scale(2)?)?.sub(&reach)?.sub(&Dim::known(1))?;
         let steps = if ceil { span.ceil_div(stride[axis])? } else { span.floor_div(stride[axis])? };
-        steps.add(&Dim::known(1))
+        positive_size(op, x, steps.add(&Dim::known(1))?, "the window (kernel and dilation) is larger than the padded input")
     };
     Ok([size(0)?, size(1)?])
+}
+
+/// A computed output size, which must be positive where it is known; `why` says what to change.
+pub fn positive_size(op: &str, x: &TensorType, size: Dim, why: &str) -> Result<Dim, OpError> {
+    match size.value() {
+        Some(v) if v < 1 => Err(OpError::at_input(0, format!("`{op}` gives an output size of {v} for its input {x}")).hint(why)),
+        _ => Ok(size),
+    }
 }
 
 /// Declares a runtime built-in operator from its name, inputs, attributes and shape rule.

@@ -18,7 +18,11 @@ fn pooled(op: &str, inputs: &[Vec<TensorType>], attrs: &Attrs) -> Result<Inferen
     let kernel = pair(attrs, "kernel")?;
     let stride = if attrs.contains_key("stride") { pair(attrs, "stride")? } else { kernel };
     let padding = pair(attrs, "padding")?;
-    let [h, w] = window_sizes(x, kernel, stride, padding, [1, 1], attrs.flag("ceil_mode"))?;
+    if (0..2).any(|axis| 2 * padding[axis] > kernel[axis]) {
+        let message = format!("`{op}` pads by {padding:?}, more than half of its {kernel:?} window");
+        return Err(OpError::at_attr("padding", message).hint("torch pads a pooling window by at most half its size"));
+    }
+    let [h, w] = window_sizes(op, x, kernel, stride, padding, [1, 1], attrs.flag("ceil_mode"))?;
     let dims = vec![x.dims[0].clone(), x.dims[1].clone(), h, w];
     Ok(Inference::output(TensorType::new(x.dtype, dims)))
 }
