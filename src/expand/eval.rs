@@ -8,6 +8,7 @@ use crate::diagnostic::{closest, Diagnostic, Span};
 use crate::graph::types::{DType, Dim, SizeError, TensorType};
 use crate::graph::{Attrs, Graph, Node, NodeKind, Port};
 use crate::ops::{self, AttrType, AttrValue, Default, OpError, Operator, Site};
+use crate::summary::grouped;
 use crate::syntax::ast::{self, BinOp, DimExpr, Expr, ExprKind, Stmt, UnOp};
 use petgraph::stable_graph::NodeIndex;
 use std::collections::HashMap;
@@ -15,8 +16,16 @@ use std::collections::HashMap;
 /// Compile-time functions callable in a model file besides operators and blocks.
 const BUILTINS: &[&str] = &["len", "reversed", "min", "max"];
 
-/// Longest list a range may produce: guards against a typo unrolling forever.
-const MAX_RANGE: i64 = 100_000;
+/// Longest list a range or a concatenation may produce: guards against a typo unrolling forever.
+const MAX_LIST: usize = 100_000;
+
+/// Most graph nodes an expansion may create: about 200 times the nodes of the largest shipped
+/// model, and a second's work for a release build.
+const MAX_NODES: usize = 100_000;
+
+/// Most loop iterations and block instantiations, together, that an expansion may run: about
+/// 1,000 times the shipped models' and, for blocks of a dozen statements, a second's work.
+const MAX_REPETITIONS: usize = 100_000;
 
 /// Evaluates `config` sections (`config: None`; a setting may use earlier ones as
 /// `config.name`) or `train` sections (which see the finished `config`).
@@ -126,6 +135,13 @@ struct Evaluator<'a> {
     state: HashMap<String, (NodeIndex, Span)>,
     /// Blocks being instantiated, to reject recursion.
     stack: Vec<String>,
+    /// The iterables of the loops being run, innermost last: where an expansion too large is
+    /// most likely repeated.
+    loops: Vec<Span>,
+    /// Loop iterations and block instantiations so far.
+    repetitions: usize,
+    /// Set once the expansion is too large: evaluation stops, errors that follow are not reported.
+    exhausted: bool,
 }
 
 /// How the call being evaluated names its parameters.
@@ -148,16 +164,71 @@ impl Scope {
 
 impl<'a> Evaluator<'a> {
     fn new(program: &'a Program, config: &'a Settings, diags: &'a mut Vec<Diagnostic>) -> Self {
-        Evaluator { program, config, diags, graph: Graph::default(), state: HashMap::new(), stack: vec![] }
+        Evaluator {
+            program,
+            config,
+            diags,
+            graph: Graph::default(),
+            state: HashMap::new(),
+            stack: vec![],
+            loops: vec![],
+            repetitions: 0,
+            exhausted: false,
+        }
     }
 
     fn error(&mut self, d: Diagnostic) {
-        self.diags.push(d);
+        if !self.exhausted {
+            self.diags.push(d);
+        }
     }
 
     fn fail(&mut self, d: Diagnostic) -> Value {
-        self.diags.push(d);
+        self.error(d);
         Value::Poison
+    }
+
+    /// Counts one loop iteration or block instantiation at `at`; false once there are too many.
+    fn repeat(&mut self, at: Span) -> bool {
+        self.repetitions += 1;
+        if self.repetitions > MAX_REPETITIONS {
+            self.too_large(
+                format!("more than {} loop iterations and block calls", grouped(MAX_REPETITIONS as i64)),
+                at,
+            );
+        }
+        !self.exhausted
+    }
+
+    /// Whether the graph may grow by `nodes` more nodes for the call at `at`.
+    fn room_for(&mut self, nodes: usize, at: Span) -> bool {
+        if self.graph.nodes.node_count() + nodes > MAX_NODES {
+            self.too_large(format!("the graph exceeds {} nodes", grouped(MAX_NODES as i64)), at);
+        }
+        !self.exhausted
+    }
+
+    /// Reports an expansion too large at the innermost loop being run (or at `at` outside loops)
+    /// and stops the evaluation.
+    fn too_large(&mut self, what: String, at: Span) {
+        let message = format!("expansion too large: {what}");
+        let d = match self.loops.last() {
+            Some(&repeated) if repeated != at => Diagnostic::error(repeated, message)
+                .with_label("repeated by this loop")
+                .with_note(at, "the limit is reached here"),
+            _ => Diagnostic::error(at, message).with_label("the limit is reached here"),
+        };
+        self.error(d.with_hint("a loop bound or a config value (such as a block count) is far larger than intended"));
+        self.exhausted = true;
+    }
+
+    /// Lists longer than [`MAX_LIST`] are errors.
+    fn too_long(&mut self, len: i128, span: Span) -> Value {
+        let message = format!("list of {len} elements is too long");
+        self.fail(
+            Diagnostic::error(span, message)
+                .with_hint(format!("ranges and lists hold at most {} elements", grouped(MAX_LIST as i64))),
+        )
     }
 
     /// The value of size arithmetic, or its error at `span`.
@@ -185,6 +256,10 @@ impl<'a> Evaluator<'a> {
         frame.scopes.push(HashMap::new());
         let mut result = None;
         for stmt in body {
+            if self.exhausted {
+                result = Some(Value::Poison);
+                break;
+            }
             if let Some(v) = self.stmt(frame, stmt) {
                 result = Some(v);
                 break;
@@ -250,15 +325,22 @@ impl<'a> Evaluator<'a> {
                         return None;
                     }
                 };
+                self.loops.push(iter.span);
+                let mut result = None;
                 for item in items {
+                    if !self.repeat(iter.span) {
+                        result = Some(Value::Poison);
+                        break;
+                    }
                     frame.scopes.push(HashMap::from([(var.name.clone(), (item, var.span))]));
-                    let result = self.run_body(frame, body);
+                    result = self.run_body(frame, body);
                     frame.scopes.pop();
                     if result.is_some() {
-                        return result;
+                        break;
                     }
                 }
-                None
+                self.loops.pop();
+                result
             }
             Stmt::If { cond, then, otherwise, .. } => match self.expr_in(frame, cond, None) {
                 Value::Bool(true) => self.run_body(frame, then),
@@ -400,14 +482,18 @@ impl<'a> Evaluator<'a> {
         let mismatch = |l: &Value, r: &Value| format!("cannot apply `{}` to {} and {}", op.symbol(), l.kind(), r.kind());
         match (op, l, r) {
             (BinOp::Range, Int(a), Int(b)) => {
-                if b - a > MAX_RANGE {
-                    return self.fail(Diagnostic::error(span, format!("range of {} elements is too long", b - a)));
+                let len = i128::from(b) - i128::from(a);
+                if len > MAX_LIST as i128 {
+                    return self.too_long(len, span);
                 }
                 List((a..b).map(Int).collect())
             }
             (BinOp::Add, Tensor(a), Tensor(b)) => self.elementwise("add", a, b, span),
             (BinOp::Mul, Tensor(a), Tensor(b)) => self.elementwise("mul", a, b, span),
             (BinOp::Add, List(mut a), List(b)) => {
+                if a.len() + b.len() > MAX_LIST {
+                    return self.too_long((a.len() + b.len()) as i128, span);
+                }
                 a.extend(b);
                 List(a)
             }
@@ -469,6 +555,9 @@ impl<'a> Evaluator<'a> {
 
     fn elementwise(&mut self, name: &str, a: Port, b: Port, span: Span) -> Value {
         let op = ops::lookup(name).expect("elementwise operators are registered");
+        if !self.room_for(1, span) {
+            return Value::Poison;
+        }
         let types = vec![vec![self.graph.ty(a).clone()], vec![self.graph.ty(b).clone()]];
         match op.infer(&types, &Attrs::new()) {
             Ok(inference) => {
@@ -676,6 +765,9 @@ impl<'a> Evaluator<'a> {
                 return None;
             }
         };
+        if !self.room_for(1 + inference.state.len(), call) {
+            return None;
+        }
         let mut state_nodes = vec![];
         if !inference.state.is_empty() {
             let Some(scope) = scope.filter(|s| !s.is_empty()) else {
@@ -732,6 +824,9 @@ impl<'a> Evaluator<'a> {
 
     fn instantiate(&mut self, caller: &Frame, block: &'a ast::BlockDef, call: &Expr, args: &[ast::Arg], values: Vec<Value>, scope: Option<Scope>) -> Value {
         let name = &block.name.name;
+        if !self.repeat(call.span) {
+            return Value::Poison;
+        }
         if self.stack.contains(name) {
             return self.fail(Diagnostic::error(call.span, format!("recursive block `{name}`")).with_label("calls itself through this call").with_note(block.name.span, "block defined here").with_hint(format!("blocks are expanded at compile time; use a `for` loop instead (chain: {} -> {name})", self.stack.join(" -> "))));
         }
@@ -889,8 +984,8 @@ impl<'a> Evaluator<'a> {
                     DimExpr::Expr(e) => match &e.kind {
                         ExprKind::Name(n) if frame.lookup(n).is_none() => n.clone(),
                         _ => {
-                            let mut silent = Evaluator { program: self.program, config: self.config, diags: &mut vec![], graph: Graph::default(), state: HashMap::new(), stack: vec![] };
-                            let v = silent.expr_in(frame, e, None);
+                            let mut ignored = vec![];
+                            let v = Evaluator::new(self.program, self.config, &mut ignored).expr_in(frame, e, None);
                             if v.is_poison() { crate::syntax::print::expr(e) } else { v.to_string() }
                         }
                     },
