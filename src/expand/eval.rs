@@ -11,7 +11,7 @@ use crate::ops::{self, AttrType, AttrValue, Default, OpError, Operator, Site};
 use crate::summary::grouped;
 use crate::syntax::ast::{self, BinOp, DimExpr, Expr, ExprKind, Stmt, UnOp};
 use petgraph::stable_graph::NodeIndex;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// Compile-time functions callable in a model file besides operators and blocks.
 const BUILTINS: &[&str] = &["len", "reversed", "min", "max"];
@@ -63,6 +63,7 @@ pub fn expand_network(program: &Program, network: &ast::BlockDef, config: &Setti
     }
     let result = ev.run_body(&mut frame, &network.body);
     match (result, &network.returns) {
+        (Some(Value::Poison), _) => {}
         (Some(value), Some(returns)) => {
             let values = match (returns.tuple, value) {
                 (true, Value::Tuple(items)) => items,
@@ -142,6 +143,9 @@ struct Evaluator<'a> {
     repetitions: usize,
     /// Set once the expansion is too large: evaluation stops, errors that follow are not reported.
     exhausted: bool,
+    /// The errors reported, by place and message: an error in a block is met again at each of
+    /// its instantiations.
+    reported: HashSet<(Option<Span>, String)>,
 }
 
 /// How the call being evaluated names its parameters.
@@ -174,11 +178,12 @@ impl<'a> Evaluator<'a> {
             loops: vec![],
             repetitions: 0,
             exhausted: false,
+            reported: HashSet::new(),
         }
     }
 
     fn error(&mut self, d: Diagnostic) {
-        if !self.exhausted {
+        if !self.exhausted && self.reported.insert((d.span, d.message.clone())) {
             self.diags.push(d);
         }
     }
@@ -881,6 +886,9 @@ impl<'a> Evaluator<'a> {
                 },
             };
             let value = self.check_type(&mut frame, &param.ty, &value, span, &format!("argument `{}` of `{name}`", param.name.name));
+            if value.is_poison() {
+                self.poison_dim_names(&mut frame, &param.ty);
+            }
             frame.define(&param.name, value);
         }
         if failed {
@@ -942,11 +950,9 @@ impl<'a> Evaluator<'a> {
                 }
                 for (dim, actual_dim) in dims.iter().zip(&actual.dims) {
                     let DimExpr::Expr(e) = dim else { continue };
-                    if let ExprKind::Name(n) = &e.kind {
-                        if frame.lookup(n).is_none() && !self.program.blocks.contains_key(n) {
-                            frame.define(&ast::Ident { name: n.clone(), span: e.span }, Value::from_dim(actual_dim.clone()));
-                            continue;
-                        }
+                    if let Some(name) = self.dim_name(frame, e) {
+                        frame.define(&name, Value::from_dim(actual_dim.clone()));
+                        continue;
                     }
                     let expected = self.expr_in(frame, e, None);
                     match expected.as_dim() {
@@ -972,6 +978,35 @@ impl<'a> Evaluator<'a> {
                 _ => "a tensor",
             };
             self.fail(Diagnostic::error(span, format!("type mismatch: {what} expects {expected}, found {}", value.kind())).with_note(ty.span(), "declared here"))
+        }
+    }
+
+    /// A dimension of a declared type that names the size it is checked against (`C` of
+    /// `f32[N, C, H, W]`): a name not yet defined.
+    fn dim_name(&self, frame: &Frame, e: &Expr) -> Option<ast::Ident> {
+        match &e.kind {
+            ExprKind::Name(n) if frame.lookup(n).is_none() && !self.program.blocks.contains_key(n) => {
+                Some(ast::Ident { name: n.clone(), span: e.span })
+            }
+            _ => None,
+        }
+    }
+
+    /// Defines the dimension names of a type whose value failed as poison, which silences the
+    /// errors their absence would cause.
+    fn poison_dim_names(&self, frame: &mut Frame, ty: &ast::Type) {
+        match ty {
+            ast::Type::Tensor { dims, .. } => {
+                let named = dims.iter().filter_map(|d| match d {
+                    DimExpr::Expr(e) => self.dim_name(frame, e),
+                    DimExpr::Any(_) => None,
+                });
+                for name in named.collect::<Vec<_>>() {
+                    frame.define(&name, Value::Poison);
+                }
+            }
+            ast::Type::List { elem, .. } => self.poison_dim_names(frame, elem),
+            ast::Type::Scalar { .. } => {}
         }
     }
 
