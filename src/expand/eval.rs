@@ -5,17 +5,26 @@ use super::config::{Setting, Settings};
 use super::value::Value;
 use super::Program;
 use crate::diagnostic::{closest, Diagnostic, Span};
-use crate::graph::types::{DType, Dim, TensorType};
+use crate::graph::types::{DType, Dim, SizeError, TensorType};
 use crate::graph::{AddOpError, Attrs, Graph, Port, StateUse};
-use crate::ops::{self, AttrType, AttrValue, Default, Operator, Site};
+use crate::ops::{self, AttrType, AttrValue, Default, OpError, Operator, Site};
+use crate::summary::grouped;
 use crate::syntax::ast::{self, BinOp, DimExpr, Expr, ExprKind, Stmt, UnOp};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// Compile-time functions callable in a model file besides operators and blocks.
 const BUILTINS: &[&str] = &["len", "reversed", "min", "max"];
 
-/// Longest list a range may produce: guards against a typo unrolling forever.
-const MAX_RANGE: i64 = 100_000;
+/// Longest list a range or a concatenation may produce: guards against a typo unrolling forever.
+const MAX_LIST: usize = 100_000;
+
+/// Most graph nodes an expansion may create: about 200 times the nodes of the largest shipped
+/// model, and a second's work for a release build.
+const MAX_NODES: usize = 100_000;
+
+/// Most loop iterations and block instantiations, together, that an expansion may run: about
+/// 1,000 times the shipped models' and, for blocks of a dozen statements, a second's work.
+const MAX_REPETITIONS: usize = 100_000;
 
 /// Evaluates `config` sections (`config: None`; a setting may use earlier ones as
 /// `config.name`) or `train` sections (which see the finished `config`).
@@ -53,6 +62,7 @@ pub fn expand_network(program: &Program, network: &ast::BlockDef, config: &Setti
     }
     let result = ev.run_body(&mut frame, &network.body);
     match (result, &network.returns) {
+        (Some(Value::Poison), _) => {}
         (Some(value), Some(returns)) => {
             let values = match (returns.tuple, value) {
                 (true, Value::Tuple(items)) => items,
@@ -123,6 +133,16 @@ struct Evaluator<'a> {
     graph: Graph,
     /// Blocks being instantiated, to reject recursion.
     stack: Vec<String>,
+    /// The iterables of the loops being run, innermost last: where an expansion too large is
+    /// most likely repeated.
+    loops: Vec<Span>,
+    /// Loop iterations and block instantiations so far.
+    repetitions: usize,
+    /// Set once the expansion is too large: evaluation stops, errors that follow are not reported.
+    exhausted: bool,
+    /// The errors reported, by place and message: an error in a block is met again at each of
+    /// its instantiations.
+    reported: HashSet<(Option<Span>, String)>,
 }
 
 /// How the call being evaluated names its parameters.
@@ -145,16 +165,89 @@ impl Scope {
 
 impl<'a> Evaluator<'a> {
     fn new(program: &'a Program, config: &'a Settings, diags: &'a mut Vec<Diagnostic>) -> Self {
-        Evaluator { program, config, diags, graph: Graph::default(), stack: vec![] }
+        Evaluator {
+            program,
+            config,
+            diags,
+            graph: Graph::default(),
+            stack: vec![],
+            loops: vec![],
+            repetitions: 0,
+            exhausted: false,
+            reported: HashSet::new(),
+        }
     }
 
     fn error(&mut self, d: Diagnostic) {
-        self.diags.push(d);
+        if !self.exhausted && self.reported.insert((d.span, d.message.clone())) {
+            self.diags.push(d);
+        }
     }
 
     fn fail(&mut self, d: Diagnostic) -> Value {
-        self.diags.push(d);
+        self.error(d);
         Value::Poison
+    }
+
+    /// Counts one loop iteration or block instantiation at `at`; false once there are too many.
+    fn repeat(&mut self, at: Span) -> bool {
+        self.repetitions += 1;
+        if self.repetitions > MAX_REPETITIONS {
+            self.too_large(
+                format!("more than {} loop iterations and block calls", grouped(MAX_REPETITIONS as i64)),
+                at,
+            );
+        }
+        !self.exhausted
+    }
+
+    /// Whether the graph may grow by `nodes` more nodes for the call at `at`.
+    fn room_for(&mut self, nodes: usize, at: Span) -> bool {
+        if self.graph.nodes.node_count() + nodes > MAX_NODES {
+            self.too_large(format!("the graph exceeds {} nodes", grouped(MAX_NODES as i64)), at);
+        }
+        !self.exhausted
+    }
+
+    /// Reports an expansion too large at the innermost loop being run (or at `at` outside loops)
+    /// and stops the evaluation.
+    fn too_large(&mut self, what: String, at: Span) {
+        let message = format!("expansion too large: {what}");
+        let d = match self.loops.last() {
+            Some(&repeated) if repeated != at => Diagnostic::error(repeated, message)
+                .with_label("repeated by this loop")
+                .with_note(at, "the limit is reached here"),
+            _ => Diagnostic::error(at, message).with_label("the limit is reached here"),
+        };
+        self.error(d.with_hint("a loop bound or a config value (such as a block count) is far larger than intended"));
+        self.exhausted = true;
+    }
+
+    /// Lists longer than [`MAX_LIST`] are errors.
+    fn too_long(&mut self, len: i128, span: Span) -> Value {
+        let message = format!("list of {len} elements is too long");
+        self.fail(
+            Diagnostic::error(span, message)
+                .with_hint(format!("ranges and lists hold at most {} elements", grouped(MAX_LIST as i64))),
+        )
+    }
+
+    /// The value of size arithmetic, or its error at `span`.
+    fn size(&mut self, result: Result<Dim, SizeError>, span: Span) -> Value {
+        match result {
+            Ok(d) => Value::from_dim(d),
+            Err(e) => self.fail(Diagnostic::error(span, e.to_string())),
+        }
+    }
+
+    /// The value of integer arithmetic, or an overflow error at `span` naming the `operation`.
+    fn int(&mut self, result: Option<i64>, operation: impl FnOnce() -> String, span: Span) -> Value {
+        match result {
+            Some(v) => Value::Int(v),
+            None => {
+                self.fail(Diagnostic::error(span, format!("integer overflow: {} does not fit in 64 bits", operation())))
+            }
+        }
     }
 
     // ---- statements -------------------------------------------------------------------
@@ -164,6 +257,10 @@ impl<'a> Evaluator<'a> {
         frame.scopes.push(HashMap::new());
         let mut result = None;
         for stmt in body {
+            if self.exhausted {
+                result = Some(Value::Poison);
+                break;
+            }
             if let Some(v) = self.stmt(frame, stmt) {
                 result = Some(v);
                 break;
@@ -229,15 +326,22 @@ impl<'a> Evaluator<'a> {
                         return None;
                     }
                 };
+                self.loops.push(iter.span);
+                let mut result = None;
                 for item in items {
+                    if !self.repeat(iter.span) {
+                        result = Some(Value::Poison);
+                        break;
+                    }
                     frame.scopes.push(HashMap::from([(var.name.clone(), (item, var.span))]));
-                    let result = self.run_body(frame, body);
+                    result = self.run_body(frame, body);
                     frame.scopes.pop();
                     if result.is_some() {
-                        return result;
+                        break;
                     }
                 }
-                None
+                self.loops.pop();
+                result
             }
             Stmt::If { cond, then, otherwise, .. } => match self.expr_in(frame, cond, None) {
                 Value::Bool(true) => self.run_body(frame, then),
@@ -300,9 +404,9 @@ impl<'a> Evaluator<'a> {
                 let v = self.expr_in(frame, operand, None);
                 match (op, v) {
                     (_, Value::Poison) => Value::Poison,
-                    (UnOp::Neg, Value::Int(v)) => Value::Int(-v),
+                    (UnOp::Neg, Value::Int(v)) => self.int(v.checked_neg(), || format!("-({v})"), e.span),
                     (UnOp::Neg, Value::Float(v)) => Value::Float(-v),
-                    (UnOp::Neg, Value::Dim(d)) => Value::Dim(d.scale(-1)),
+                    (UnOp::Neg, Value::Dim(d)) => self.size(d.scale(-1), e.span),
                     (UnOp::Not, Value::Bool(b)) => Value::Bool(!b),
                     (_, v) => self.fail(Diagnostic::error(e.span, format!("cannot apply `{}` to {}", if *op == UnOp::Neg { "-" } else { "!" }, v.kind()))),
                 }
@@ -379,14 +483,18 @@ impl<'a> Evaluator<'a> {
         let mismatch = |l: &Value, r: &Value| format!("cannot apply `{}` to {} and {}", op.symbol(), l.kind(), r.kind());
         match (op, l, r) {
             (BinOp::Range, Int(a), Int(b)) => {
-                if b - a > MAX_RANGE {
-                    return self.fail(Diagnostic::error(span, format!("range of {} elements is too long", b - a)));
+                let len = i128::from(b) - i128::from(a);
+                if len > MAX_LIST as i128 {
+                    return self.too_long(len, span);
                 }
                 List((a..b).map(Int).collect())
             }
             (BinOp::Add, Tensor(a), Tensor(b)) => self.elementwise("add", a, b, span),
             (BinOp::Mul, Tensor(a), Tensor(b)) => self.elementwise("mul", a, b, span),
             (BinOp::Add, List(mut a), List(b)) => {
+                if a.len() + b.len() > MAX_LIST {
+                    return self.too_long((a.len() + b.len()) as i128, span);
+                }
                 a.extend(b);
                 List(a)
             }
@@ -394,13 +502,14 @@ impl<'a> Evaluator<'a> {
                 if matches!(op, BinOp::Div | BinOp::Rem) && b == 0 {
                     return self.fail(Diagnostic::error(span, "division by zero"));
                 }
-                Int(match op {
-                    BinOp::Add => a + b,
-                    BinOp::Sub => a - b,
-                    BinOp::Mul => a * b,
-                    BinOp::Div => a.div_euclid(b),
-                    _ => a.rem_euclid(b),
-                })
+                let result = match op {
+                    BinOp::Add => a.checked_add(b),
+                    BinOp::Sub => a.checked_sub(b),
+                    BinOp::Mul => a.checked_mul(b),
+                    BinOp::Div => a.checked_div_euclid(b),
+                    _ => a.checked_rem_euclid(b),
+                };
+                self.int(result, || format!("{a} {} {b}", op.symbol()), span)
             }
             (BinOp::Add | BinOp::Sub | BinOp::Mul | BinOp::Div, a @ (Int(_) | Float(_)), b @ (Int(_) | Float(_))) => {
                 let (a, b) = (number(&a), number(&b));
@@ -414,10 +523,10 @@ impl<'a> Evaluator<'a> {
             (BinOp::Add | BinOp::Sub | BinOp::Mul | BinOp::Div, a @ (Int(_) | Dim(_)), b @ (Int(_) | Dim(_))) => {
                 let (da, db) = (a.as_dim().unwrap(), b.as_dim().unwrap());
                 match (op, &b) {
-                    (BinOp::Add, _) => Value::from_dim(da.add(&db)),
-                    (BinOp::Sub, _) => Value::from_dim(da.sub(&db)),
-                    (BinOp::Mul, _) => Value::from_dim(da.mul(&db)),
-                    (_, Int(k)) if *k > 0 => Value::from_dim(da.floor_div(*k)),
+                    (BinOp::Add, _) => self.size(da.add(&db), span),
+                    (BinOp::Sub, _) => self.size(da.sub(&db), span),
+                    (BinOp::Mul, _) => self.size(da.mul(&db), span),
+                    (_, Int(k)) if *k > 0 => self.size(da.floor_div(*k), span),
                     _ => self.fail(Diagnostic::error(span, "a symbolic size can only be divided by a positive int")),
                 }
             }
@@ -447,6 +556,9 @@ impl<'a> Evaluator<'a> {
 
     fn elementwise(&mut self, name: &str, a: Port, b: Port, span: Span) -> Value {
         let op = ops::lookup(name).expect("elementwise operators are registered");
+        if !self.room_for(1, span) {
+            return Value::Poison;
+        }
         match self.graph.add_op(op, Attrs::new(), &[vec![a], vec![b]], "", Some(span), StateUse::Create) {
             Ok(node) => Value::Tensor(Port { node, output: 0 }),
             Err(AddOpError::Shape(e)) => self.fail(Diagnostic::error(span, e.message).with_label("in this operation").with_hint(e.hint.unwrap_or_default())),
@@ -528,8 +640,16 @@ impl<'a> Evaluator<'a> {
                     } else if let Some(spec) = op.attrs().iter().find(|a| a.name == k.name) {
                         match attr_value(spec.ty, &value) {
                             Some(v) => {
-                                attrs.insert(spec.name.to_string(), v);
                                 attr_spans.insert(spec.name, arg.value.span);
+                                match spec.check(op.name(), &v) {
+                                    Ok(()) => {
+                                        attrs.insert(spec.name.to_string(), v);
+                                    }
+                                    Err(e) => {
+                                        self.error(op_diagnostic(op, e, &[], &attr_spans, call.span));
+                                        failed = true;
+                                    }
+                                }
                             }
                             None if value.is_poison() => {}
                             None => {
@@ -633,24 +753,18 @@ impl<'a> Evaluator<'a> {
     /// Runs the shape rule, creates (or shares) the state tensors, adds the node.
     #[allow(clippy::too_many_arguments)]
     fn add_op(&mut self, op: &'static dyn Operator, attrs: &Attrs, ports: Vec<Vec<Port>>, spans: &[Span], attr_spans: &HashMap<&'static str, Span>, call: Span, scope: Option<&[String]>, reuse: bool) -> Option<Value> {
+        // Operators own at most a handful of state tensors: one node more is the check that
+        // matters against runaway expansion.
+        if !self.room_for(1, call) {
+            return None;
+        }
         let name = scope.map(|s| s.join(".")).unwrap_or_default();
         let state = if reuse { StateUse::Share } else { StateUse::Create };
         let node = match self.graph.add_op(op, attrs.clone(), &ports, &name, Some(call), state) {
             Ok(node) => node,
             Err(e) => {
                 let d = match e {
-                    AddOpError::Shape(e) => {
-                        let (span, label) = match e.site {
-                            Site::Input(slot) => (spans[slot], format!("input `{}`", op.inputs()[slot].name)),
-                            Site::Attr(name) => (attr_spans.get(name).copied().unwrap_or(call), format!("attribute `{name}`")),
-                            Site::Call => (call, "in this call".to_string()),
-                        };
-                        let d = Diagnostic::error(span, e.message).with_label(label);
-                        match e.hint {
-                            Some(h) => d.with_hint(h),
-                            None => d,
-                        }
-                    }
+                    AddOpError::Shape(e) => op_diagnostic(op, e, spans, attr_spans, call),
                     AddOpError::Unnamed => Diagnostic::error(call, format!("`{}` owns parameters and needs a name", op.name())).with_label("unnamed").with_hint("bind it with `let name = ...` or name it with `@name`"),
                     AddOpError::DefinedTwice { name, first } => with_note(Diagnostic::error(call, format!("parameter `{name}` defined twice")).with_label("second definition"), first, "first defined here").with_hint("give one of them another name with `@name`"),
                     AddOpError::NotDefined { name } => Diagnostic::error(call, format!("`shared` parameter `{name}` is not defined before")).with_hint("the first call at this path creates the parameters; mark only later calls `shared`"),
@@ -669,6 +783,9 @@ impl<'a> Evaluator<'a> {
 
     fn instantiate(&mut self, caller: &Frame, block: &'a ast::BlockDef, call: &Expr, args: &[ast::Arg], values: Vec<Value>, scope: Option<Scope>) -> Value {
         let name = &block.name.name;
+        if !self.repeat(call.span) {
+            return Value::Poison;
+        }
         if self.stack.contains(name) {
             return self.fail(Diagnostic::error(call.span, format!("recursive block `{name}`")).with_label("calls itself through this call").with_note(block.name.span, "block defined here").with_hint(format!("blocks are expanded at compile time; use a `for` loop instead (chain: {} -> {name})", self.stack.join(" -> "))));
         }
@@ -723,6 +840,9 @@ impl<'a> Evaluator<'a> {
                 },
             };
             let value = self.check_type(&mut frame, &param.ty, &value, span, &format!("argument `{}` of `{name}`", param.name.name));
+            if value.is_poison() {
+                self.poison_dim_names(&mut frame, &param.ty);
+            }
             frame.define(&param.name, value);
         }
         if failed {
@@ -784,11 +904,9 @@ impl<'a> Evaluator<'a> {
                 }
                 for (dim, actual_dim) in dims.iter().zip(&actual.dims) {
                     let DimExpr::Expr(e) = dim else { continue };
-                    if let ExprKind::Name(n) = &e.kind {
-                        if frame.lookup(n).is_none() && !self.program.blocks.contains_key(n) {
-                            frame.define(&ast::Ident { name: n.clone(), span: e.span }, Value::from_dim(actual_dim.clone()));
-                            continue;
-                        }
+                    if let Some(name) = self.dim_name(frame, e) {
+                        frame.define(&name, Value::from_dim(actual_dim.clone()));
+                        continue;
                     }
                     let expected = self.expr_in(frame, e, None);
                     match expected.as_dim() {
@@ -817,6 +935,35 @@ impl<'a> Evaluator<'a> {
         }
     }
 
+    /// A dimension of a declared type that names the size it is checked against (`C` of
+    /// `f32[N, C, H, W]`): a name not yet defined.
+    fn dim_name(&self, frame: &Frame, e: &Expr) -> Option<ast::Ident> {
+        match &e.kind {
+            ExprKind::Name(n) if frame.lookup(n).is_none() && !self.program.blocks.contains_key(n) => {
+                Some(ast::Ident { name: n.clone(), span: e.span })
+            }
+            _ => None,
+        }
+    }
+
+    /// Defines the dimension names of a type whose value failed as poison, which silences the
+    /// errors their absence would cause.
+    fn poison_dim_names(&self, frame: &mut Frame, ty: &ast::Type) {
+        match ty {
+            ast::Type::Tensor { dims, .. } => {
+                let named = dims.iter().filter_map(|d| match d {
+                    DimExpr::Expr(e) => self.dim_name(frame, e),
+                    DimExpr::Any(_) => None,
+                });
+                for name in named.collect::<Vec<_>>() {
+                    frame.define(&name, Value::Poison);
+                }
+            }
+            ast::Type::List { elem, .. } => self.poison_dim_names(frame, elem),
+            ast::Type::Scalar { .. } => {}
+        }
+    }
+
     /// A declared type with its dimensions evaluated where they can be.
     fn type_text(&mut self, frame: &mut Frame, ty: &ast::Type) -> String {
         match ty {
@@ -826,8 +973,8 @@ impl<'a> Evaluator<'a> {
                     DimExpr::Expr(e) => match &e.kind {
                         ExprKind::Name(n) if frame.lookup(n).is_none() => n.clone(),
                         _ => {
-                            let mut silent = Evaluator { program: self.program, config: self.config, diags: &mut vec![], graph: Graph::default(), stack: vec![] };
-                            let v = silent.expr_in(frame, e, None);
+                            let mut ignored = vec![];
+                            let v = Evaluator::new(self.program, self.config, &mut ignored).expr_in(frame, e, None);
                             if v.is_poison() { crate::syntax::print::expr(e) } else { v.to_string() }
                         }
                     },
@@ -879,6 +1026,26 @@ fn type_name(ty: &ast::ScalarType) -> &'static str {
         ast::ScalarType::Float => "a float",
         ast::ScalarType::Bool => "a bool",
         ast::ScalarType::Str => "a str",
+    }
+}
+
+/// A shape rule's or an attribute check's objection, at the input, attribute or call it names.
+fn op_diagnostic(
+    op: &dyn Operator,
+    e: OpError,
+    input_spans: &[Span],
+    attr_spans: &HashMap<&'static str, Span>,
+    call: Span,
+) -> Diagnostic {
+    let (span, label) = match e.site {
+        Site::Input(slot) => (input_spans[slot], format!("input `{}`", op.inputs()[slot].name)),
+        Site::Attr(name) => (attr_spans.get(name).copied().unwrap_or(call), format!("attribute `{name}`")),
+        Site::Call => (call, "in this call".to_string()),
+    };
+    let d = Diagnostic::error(span, e.message).with_label(label);
+    match e.hint {
+        Some(h) => d.with_hint(h),
+        None => d,
     }
 }
 

@@ -79,7 +79,7 @@ impl Graph {
     ) -> Result<NodeIndex, AddOpError> {
         let types: Vec<Vec<TensorType>> =
             inputs.iter().map(|slot| slot.iter().map(|&p| self.ty(p).clone()).collect()).collect();
-        let inference = op.infer(&types, &attrs).map_err(AddOpError::Shape)?;
+        let inference = op.infer(&types, &attrs).and_then(|i| i.check_state().map(|()| i)).map_err(AddOpError::Shape)?;
         if !inference.state.is_empty() && name.is_empty() {
             return Err(AddOpError::Unnamed);
         }

@@ -14,13 +14,13 @@ pub struct Conv2d;
 macro_rules! conv_attrs {
     ($($extra:expr),*) => {
         &[
-            attr("in", Int, Default::Optional),
-            attr("out", Int, Default::Required),
-            attr("kernel", Ints, Default::Required),
-            attr("stride", Ints, Default::Ints(&[1])),
-            attr("padding", Ints, Default::Ints(&[0])),
-            attr("dilation", Ints, Default::Ints(&[1])),
-            attr("groups", Int, Default::Int(1)),
+            attr("in", Int, Default::Optional).at_least(1),
+            attr("out", Int, Default::Required).at_least(1),
+            attr("kernel", Ints, Default::Required).at_least(1),
+            attr("stride", Ints, Default::Ints(&[1])).at_least(1),
+            attr("padding", Ints, Default::Ints(&[0])).at_least(0),
+            attr("dilation", Ints, Default::Ints(&[1])).at_least(1),
+            attr("groups", Int, Default::Int(1)).at_least(1),
             attr("bias", Bool, Default::Bool(true)),
             $($extra),*
         ]
@@ -42,8 +42,7 @@ fn in_channels(op: &str, x: &TensorType, attrs: &Attrs) -> Result<(i64, i64), Op
             .hint(format!("the previous layer produces {c} channels; change `in:` or the producer")));
         }
     }
-    let groups = positive(attrs, "groups")?;
-    let out = positive(attrs, "out")?;
+    let (groups, out) = (attrs.int("groups"), attrs.int("out"));
     if c % groups != 0 || out % groups != 0 {
         return Err(OpError::at_attr("groups", format!("{groups} groups do not divide {c} input and {out} output channels")));
     }
@@ -225,15 +224,8 @@ impl Operator for Conv2d {
         let [sh, sw] = pair(attrs, "stride")?;
         let [ph, pw] = pair(attrs, "padding")?;
         let [dh, dw] = pair(attrs, "dilation")?;
-        let spatial = |d: &Dim, k: i64, s: i64, p: i64, dil: i64| {
-            d.add(&Dim::known(2 * p - dil * (k - 1) - 1)).floor_div(s).add(&Dim::known(1))
-        };
-        let dims = vec![
-            x.dims[0].clone(),
-            Dim::known(out),
-            spatial(&x.dims[2], kh, sh, ph, dh),
-            spatial(&x.dims[3], kw, sw, pw, dw),
-        ];
+        let [h, w] = window_sizes(self.name(), x, [kh, kw], [sh, sw], [ph, pw], [dh, dw], false)?;
+        let dims = vec![x.dims[0].clone(), Dim::known(out), h, w];
         Ok(Inference {
             outputs: vec![TensorType::f32(dims)],
             state: with_bias(vec![StateDecl::parameter("weight", vec![out, c / groups, kh, kw])], attrs),
@@ -308,14 +300,14 @@ impl Operator for FusedConv2d {
 pub struct ConvTranspose2d;
 
 static CONV_TRANSPOSE_ATTRS: &[AttrSpec] = &[
-    attr("in", Int, Default::Optional),
-    attr("out", Int, Default::Required),
-    attr("kernel", Ints, Default::Required),
-    attr("stride", Ints, Default::Ints(&[1])),
-    attr("padding", Ints, Default::Ints(&[0])),
-    attr("output_padding", Ints, Default::Ints(&[0])),
-    attr("dilation", Ints, Default::Ints(&[1])),
-    attr("groups", Int, Default::Int(1)),
+    attr("in", Int, Default::Optional).at_least(1),
+    attr("out", Int, Default::Required).at_least(1),
+    attr("kernel", Ints, Default::Required).at_least(1),
+    attr("stride", Ints, Default::Ints(&[1])).at_least(1),
+    attr("padding", Ints, Default::Ints(&[0])).at_least(0),
+    attr("output_padding", Ints, Default::Ints(&[0])).at_least(0),
+    attr("dilation", Ints, Default::Ints(&[1])).at_least(1),
+    attr("groups", Int, Default::Int(1)).at_least(1),
     attr("bias", Bool, Default::Bool(true)),
 ];
 
@@ -335,14 +327,24 @@ impl Operator for ConvTranspose2d {
         let [ph, pw] = pair(attrs, "padding")?;
         let [oph, opw] = pair(attrs, "output_padding")?;
         let [dh, dw] = pair(attrs, "dilation")?;
-        let spatial = |d: &Dim, k: i64, s: i64, p: i64, op: i64, dil: i64| {
-            d.add(&Dim::known(-1)).scale(s).add(&Dim::known(-2 * p + dil * (k - 1) + op + 1))
+        if oph >= sh.max(dh) || opw >= sw.max(dw) {
+            let message = format!("`output_padding` {:?} is not smaller than the stride or the dilation", [oph, opw]);
+            return Err(OpError::at_attr("output_padding", message)
+                .hint("torch requires output_padding < max(stride, dilation)"));
+        }
+        // (size - 1)·stride - 2·padding + dilation·(kernel - 1) + output_padding + 1
+        let spatial = |d: &Dim, k: i64, s: i64, p: i64, op: i64, dil: i64| -> Result<Dim, OpError> {
+            let reach = Dim::known(k).sub(&Dim::known(1))?.scale(dil)?;
+            let one = Dim::known(1);
+            let size =
+                d.sub(&one)?.scale(s)?.sub(&Dim::known(p).scale(2)?)?.add(&reach)?.add(&Dim::known(op))?.add(&one)?;
+            positive_size(self.name(), x, size, "the padding crops more than the transposed convolution produces")
         };
         let dims = vec![
             x.dims[0].clone(),
             Dim::known(out),
-            spatial(&x.dims[2], kh, sh, ph, oph, dh),
-            spatial(&x.dims[3], kw, sw, pw, opw, dw),
+            spatial(&x.dims[2], kh, sh, ph, oph, dh)?,
+            spatial(&x.dims[3], kw, sw, pw, opw, dw)?,
         ];
         Ok(Inference {
             outputs: vec![TensorType::f32(dims)],

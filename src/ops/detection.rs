@@ -65,14 +65,6 @@ fn pyramid(op: &str, slot: usize, levels: &[TensorType]) -> Result<i64, OpError>
     channels.ok_or_else(|| OpError::at_input(slot, format!("`{op}` needs at least one feature map")))
 }
 
-fn output_size(attrs: &Attrs) -> Result<[i64; 2], OpError> {
-    let size = pair(attrs, "output_size")?;
-    if size.iter().any(|&s| s <= 0) {
-        return Err(OpError::at_attr("output_size", format!("`output_size` must be positive, found {size:?}")));
-    }
-    Ok(size)
-}
-
 fn pooled(features: i64, rois: Dim, [oh, ow]: [i64; 2]) -> Inference {
     Inference::output(TensorType::f32(vec![rois, Dim::known(features), Dim::known(oh), Dim::known(ow)]))
 }
@@ -83,11 +75,11 @@ runtime_operator!(
     Preprocess, "preprocess",
     inputs: [input("image")],
     attrs: [
-        attr("min_size", Int, Default::Int(800)),
-        attr("max_size", Int, Default::Int(1333)),
+        attr("min_size", Int, Default::Int(800)).at_least(1),
+        attr("max_size", Int, Default::Int(1333)).at_least(1),
         attr("mean", Floats, Default::Floats(&[0.485, 0.456, 0.406])),
-        attr("std", Floats, Default::Floats(&[0.229, 0.224, 0.225])),
-        attr("size_divisible", Int, Default::Int(32)),
+        attr("std", Floats, Default::Floats(&[0.229, 0.224, 0.225])).positive(),
+        attr("size_divisible", Int, Default::Int(32)).at_least(1),
     ],
     infer: |inputs, attrs| {
         image("preprocess", 0, &inputs[0][0])?;
@@ -96,11 +88,11 @@ runtime_operator!(
                 return Err(OpError::at_attr(name, format!("`{name}` needs one value per RGB channel")));
             }
         }
-        let divisible = positive(attrs, "size_divisible")?;
-        let padded = |s: &str| Dim::symbol(s).ceil_div(divisible).scale(divisible);
+        let divisible = attrs.int("size_divisible");
+        let padded = |s: &str| Dim::symbol(s).ceil_div(divisible)?.scale(divisible);
         Ok(Inference {
             outputs: vec![
-                TensorType::f32(vec![Dim::known(1), Dim::known(3), padded("Hr"), padded("Wr")]),
+                TensorType::f32(vec![Dim::known(1), Dim::known(3), padded("Hr")?, padded("Wr")?]),
                 TensorType::new(DType::I64, vec![Dim::known(2)]),
             ],
             state: vec![],
@@ -124,7 +116,7 @@ runtime_operator!(
     /// for each cell row-major, the sizes × aspect ratios.
     Anchors, "anchors",
     inputs: [list_input("features"), input("batch")],
-    attrs: [attr("sizes", IntLists, Default::Required), attr("aspect_ratios", Floats, Default::Required)],
+    attrs: [attr("sizes", IntLists, Default::Required).at_least(1), attr("aspect_ratios", Floats, Default::Required).positive()],
     infer: |inputs, attrs| {
         let levels = &inputs[0];
         pyramid("anchors", 0, levels)?;
@@ -150,12 +142,12 @@ runtime_operator!(
     RpnProposals, "rpn_proposals",
     inputs: [list_input("objectness"), list_input("deltas"), input("anchors"), input("image_size")],
     attrs: [
-        attr("pre_nms_top_n", Int, Default::Int(1000)),
-        attr("post_nms_top_n", Int, Default::Int(1000)),
-        attr("nms_thresh", Float, Default::Float(0.7)),
-        attr("min_size", Float, Default::Float(1e-3)),
-        attr("score_thresh", Float, Default::Float(0.0)),
-        attr("weights", Floats, Default::Floats(&[1.0, 1.0, 1.0, 1.0])),
+        attr("pre_nms_top_n", Int, Default::Int(1000)).at_least(0),
+        attr("post_nms_top_n", Int, Default::Int(1000)).at_least(0),
+        attr("nms_thresh", Float, Default::Float(0.7)).between(0.0, 1.0),
+        attr("min_size", Float, Default::Float(1e-3)).at_least(0),
+        attr("score_thresh", Float, Default::Float(0.0)).between(0.0, 1.0),
+        attr("weights", Floats, Default::Floats(&[1.0, 1.0, 1.0, 1.0])).positive(),
     ],
     infer: |inputs, attrs| {
         let (objectness, deltas) = (&inputs[0], &inputs[1]);
@@ -165,7 +157,7 @@ runtime_operator!(
         for (o, d) in objectness.iter().zip(deltas) {
             expect_rank("rpn_proposals", 0, o, "1, A, H, W")?;
             expect_rank("rpn_proposals", 1, d, "1, 4*A, H, W")?;
-            if o.dims[1].scale(4) != d.dims[1] || o.dims[2..] != d.dims[2..] {
+            if o.dims[1].scale(4)? != d.dims[1] || o.dims[2..] != d.dims[2..] {
                 return Err(OpError::at_input(1, format!("deltas {d} do not match objectness {o}"))
                     .hint("the box branch has 4 channels per anchor of the objectness branch"));
             }
@@ -197,9 +189,9 @@ runtime_operator!(
     RoiAlign, "roi_align",
     inputs: [input("features"), input("boxes")],
     attrs: [
-        attr("output_size", Ints, Default::Required),
-        attr("spatial_scale", Float, Default::Required),
-        attr("sampling_ratio", Int, Default::Int(-1)),
+        attr("output_size", Ints, Default::Required).at_least(1),
+        attr("spatial_scale", Float, Default::Required).positive(),
+        attr("sampling_ratio", Int, Default::Int(-1)).at_least(-1),
         attr("aligned", Bool, Default::Bool(false)),
         attr("mode", Str, Default::Str("avg")),
     ],
@@ -210,7 +202,7 @@ runtime_operator!(
             AttrValue::Str(m) if m == "avg" || m == "max" => {}
             m => return Err(OpError::at_attr("mode", format!("`mode` is \"avg\" or \"max\", found {m}"))),
         }
-        Ok(pooled(c, k, output_size(attrs)?))
+        Ok(pooled(c, k, pair(attrs, "output_size")?))
     }
 );
 
@@ -218,11 +210,12 @@ runtime_operator!(
     /// RoIPool on one feature map (the paper's ablation).
     RoiPool, "roi_pool",
     inputs: [input("features"), input("boxes")],
-    attrs: [attr("output_size", Ints, Default::Required), attr("spatial_scale", Float, Default::Required)],
+    // The runtime's RoIPool takes scales up to 1000.
+    attrs: [attr("output_size", Ints, Default::Required).at_least(1), attr("spatial_scale", Float, Default::Required).positive().at_most(1e3)],
     infer: |inputs, attrs| {
         let c = pyramid("roi_pool", 0, &inputs[0])?;
         let k = boxes("roi_pool", 1, &inputs[1][0])?;
-        Ok(pooled(c, k, output_size(attrs)?))
+        Ok(pooled(c, k, pair(attrs, "output_size")?))
     }
 );
 
@@ -232,17 +225,17 @@ runtime_operator!(
     MultiscaleRoiAlign, "multiscale_roi_align",
     inputs: [list_input("features"), input("boxes"), input("image_size")],
     attrs: [
-        attr("output_size", Ints, Default::Required),
-        attr("sampling_ratio", Int, Default::Int(2)),
-        attr("canonical_scale", Int, Default::Int(224)),
-        attr("canonical_level", Int, Default::Int(4)),
+        attr("output_size", Ints, Default::Required).at_least(1),
+        attr("sampling_ratio", Int, Default::Int(2)).at_least(-1),
+        attr("canonical_scale", Int, Default::Int(224)).at_least(1),
+        attr("canonical_level", Int, Default::Int(4)).at_least(0),
         attr("aligned", Bool, Default::Bool(false)),
     ],
     infer: |inputs, attrs| {
         let c = pyramid("multiscale_roi_align", 0, &inputs[0])?;
         let k = boxes("multiscale_roi_align", 1, &inputs[1][0])?;
         image_size("multiscale_roi_align", 2, &inputs[2][0])?;
-        Ok(pooled(c, k, output_size(attrs)?))
+        Ok(pooled(c, k, pair(attrs, "output_size")?))
     },
     lower: |cx, node, slots| {
         let size = node.attrs.ints("output_size");
@@ -263,15 +256,15 @@ runtime_operator!(
     MultiscaleRoiPool, "multiscale_roi_pool",
     inputs: [list_input("features"), input("boxes"), input("image_size")],
     attrs: [
-        attr("output_size", Ints, Default::Required),
-        attr("canonical_scale", Int, Default::Int(224)),
-        attr("canonical_level", Int, Default::Int(4)),
+        attr("output_size", Ints, Default::Required).at_least(1),
+        attr("canonical_scale", Int, Default::Int(224)).at_least(1),
+        attr("canonical_level", Int, Default::Int(4)).at_least(0),
     ],
     infer: |inputs, attrs| {
         let c = pyramid("multiscale_roi_pool", 0, &inputs[0])?;
         let k = boxes("multiscale_roi_pool", 1, &inputs[1][0])?;
         image_size("multiscale_roi_pool", 2, &inputs[2][0])?;
-        Ok(pooled(c, k, output_size(attrs)?))
+        Ok(pooled(c, k, pair(attrs, "output_size")?))
     }
 );
 
@@ -282,11 +275,11 @@ runtime_operator!(
     PostprocessDetections, "postprocess_detections",
     inputs: [input("class_logits"), input("box_regression"), input("proposals"), input("image_size")],
     attrs: [
-        attr("weights", Floats, Default::Floats(&[10.0, 10.0, 5.0, 5.0])),
-        attr("score_thresh", Float, Default::Float(0.05)),
-        attr("nms_thresh", Float, Default::Float(0.5)),
-        attr("detections_per_img", Int, Default::Int(100)),
-        attr("min_size", Float, Default::Float(1e-2)),
+        attr("weights", Floats, Default::Floats(&[10.0, 10.0, 5.0, 5.0])).positive(),
+        attr("score_thresh", Float, Default::Float(0.05)).between(0.0, 1.0),
+        attr("nms_thresh", Float, Default::Float(0.5)).between(0.0, 1.0),
+        attr("detections_per_img", Int, Default::Int(100)).at_least(0),
+        attr("min_size", Float, Default::Float(1e-2)).at_least(0),
     ],
     infer: |inputs, attrs| {
         let (logits, regression) = (&inputs[0][0], &inputs[1][0]);
@@ -294,7 +287,7 @@ runtime_operator!(
         expect_rank("postprocess_detections", 1, regression, "P, 4*classes")?;
         let p = boxes("postprocess_detections", 2, &inputs[2][0])?;
         image_size("postprocess_detections", 3, &inputs[3][0])?;
-        if logits.dims[1].scale(4) != regression.dims[1] {
+        if logits.dims[1].scale(4)? != regression.dims[1] {
             return Err(OpError::at_input(1, format!("box regression {regression} does not match class logits {logits}"))
                 .hint("the box predictor has 4 outputs per class"));
         }
@@ -365,7 +358,7 @@ runtime_operator!(
     /// bilinear), giving soft masks of the image's size.
     PasteMasks, "paste_masks",
     inputs: [input("masks"), input("boxes"), input("image")],
-    attrs: [attr("padding", Int, Default::Int(1))],
+    attrs: [attr("padding", Int, Default::Int(1)).at_least(0)],
     infer: |inputs, attrs| {
         let masks = &inputs[0][0];
         expect_rank("paste_masks", 0, masks, "D, 1, M, M")?;

@@ -11,7 +11,13 @@ impl Operator for Linear {
         "linear"
     }
     fn attrs(&self) -> &'static [AttrSpec] {
-        const { &[attr("in", Int, Default::Optional), attr("out", Int, Default::Required), attr("bias", Bool, Default::Bool(true))] }
+        const {
+            &[
+                attr("in", Int, Default::Optional).at_least(1),
+                attr("out", Int, Default::Required).at_least(1),
+                attr("bias", Bool, Default::Bool(true)),
+            ]
+        }
     }
     fn infer(&self, inputs: &[Vec<TensorType>], attrs: &Attrs) -> Result<Inference, OpError> {
         let x = &inputs[0][0];
@@ -25,7 +31,7 @@ impl Operator for Linear {
                 ));
             }
         }
-        let out = positive(attrs, "out")?;
+        let out = attrs.int("out");
         let mut state = vec![StateDecl::parameter("weight", vec![out, features])];
         if attrs.flag("bias") {
             state.push(StateDecl::parameter("bias", vec![out]));
@@ -58,17 +64,17 @@ impl Operator for Flatten {
         "flatten"
     }
     fn attrs(&self) -> &'static [AttrSpec] {
-        const { &[attr("start", Int, Default::Int(1))] }
+        const { &[attr("start", Int, Default::Int(1)).at_least(0)] }
     }
     fn infer(&self, inputs: &[Vec<TensorType>], attrs: &Attrs) -> Result<Inference, OpError> {
         let x = &inputs[0][0];
         let start = attrs.int("start");
-        if start < 0 || start as usize >= x.rank() {
+        if start as usize >= x.rank() {
             return Err(OpError::at_attr("start", format!("`start` must be in 0..{}, found {start}", x.rank())));
         }
         let start = start as usize;
         let mut dims = x.dims[..start].to_vec();
-        dims.push(x.dims[start..].iter().fold(Dim::known(1), |acc, d| acc.mul(d)));
+        dims.push(x.dims[start..].iter().try_fold(Dim::known(1), |acc, d| acc.mul(d))?);
         Ok(Inference::output(TensorType::new(x.dtype, dims)))
     }
     /// `tensor.collapse_shape` of the axes from `start` on; nothing to do when that is one axis.

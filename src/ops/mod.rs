@@ -11,7 +11,7 @@ mod norm;
 mod pool;
 mod resample;
 
-use crate::graph::types::{DType, Dim, TensorType};
+use crate::graph::types::{DType, Dim, SizeError, TensorType};
 use crate::graph::{Attrs, StateKind};
 use crate::lowering::{identity_map, loop_dims, Combiner, Emitter, Iterator, LowerNode, LoweringError, Size};
 use melior::ir::{Block, Value};
@@ -133,13 +133,119 @@ pub struct AttrSpec {
     pub name: &'static str,
     pub ty: AttrType,
     pub default: Default,
+    /// The values a number, or each number of a list, may take.
+    pub range: Range,
 }
 
 pub const fn attr(name: &'static str, ty: AttrType, default: Default) -> AttrSpec {
-    AttrSpec { name, ty, default }
+    AttrSpec { name, ty, default, range: Range::ANY }
+}
+
+/// The largest number an integer attribute may hold, and the most elements a state tensor may
+/// have (2^31 - 1): far beyond any real network, small enough that sizes computed from them
+/// stay exact.
+pub const MAX_SIZE: i64 = i32::MAX as i64;
+
+/// Bounds on the numbers of an attribute, inclusive except a `positive` one's zero.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Range {
+    min: f64,
+    exclusive_min: bool,
+    max: f64,
+}
+
+impl Range {
+    const ANY: Range = Range { min: f64::NEG_INFINITY, exclusive_min: false, max: f64::INFINITY };
+
+    fn contains(&self, v: f64) -> bool {
+        (if self.exclusive_min { v > self.min } else { v >= self.min }) && v <= self.max
+    }
+}
+
+impl fmt::Display for Range {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (bounded_below, bounded_above) = (self.min > f64::NEG_INFINITY, self.max < f64::INFINITY);
+        match (self.exclusive_min, bounded_below, bounded_above) {
+            (true, _, false) => f.write_str("positive"),
+            (true, _, true) => write!(f, "positive and at most {}", self.max),
+            (false, true, false) => write!(f, "at least {}", self.min),
+            (false, true, true) => write!(f, "between {} and {}", self.min, self.max),
+            (false, false, true) => write!(f, "at most {}", self.max),
+            (false, false, false) => f.write_str("any number"),
+        }
+    }
 }
 
 impl AttrSpec {
+    /// Numbers at least `min`.
+    pub const fn at_least(mut self, min: i64) -> Self {
+        self.range.min = min as f64;
+        self
+    }
+
+    /// Numbers above zero.
+    pub const fn positive(mut self) -> Self {
+        self.range.min = 0.0;
+        self.range.exclusive_min = true;
+        self
+    }
+
+    /// Numbers at most `max`.
+    pub const fn at_most(mut self, max: f64) -> Self {
+        self.range.max = max;
+        self
+    }
+
+    /// Numbers from `min` to `max`.
+    pub const fn between(mut self, min: f64, max: f64) -> Self {
+        self.range.min = min;
+        self.range.max = max;
+        self
+    }
+
+    /// Checks a value given to operator `op` against this attribute's range, and every number
+    /// against the bounds of all attributes: integers at most [`MAX_SIZE`] in magnitude, floats
+    /// finite in 32 bits (the precision of weights and of the runtime's box arithmetic).
+    pub fn check(&self, op: &str, value: &AttrValue) -> Result<(), OpError> {
+        let name = self.name;
+        let out_of_range = |found: &dyn fmt::Display| {
+            let message = format!("attribute out of range: `{name}` of `{op}` must be {}, found {found}", self.range);
+            let e = OpError::at_attr(name, message);
+            match self.default_value() {
+                Some(default) => e.hint(format!("leave `{name}` out for its default, {default}")),
+                None => e,
+            }
+        };
+        let check_int = |v: i64| {
+            if !self.range.contains(v as f64) {
+                return Err(out_of_range(&v));
+            }
+            if v.unsigned_abs() > MAX_SIZE as u64 {
+                return Err(OpError::at_attr(name, format!("size too large: `{name}` of `{op}` is {v}"))
+                    .hint(format!("integer attributes are at most {MAX_SIZE} (2^31 - 1)")));
+            }
+            Ok(())
+        };
+        let check_float = |v: f64| {
+            if !(v as f32).is_finite() {
+                let message = format!("attribute out of range: `{name}` of `{op}` is not a finite 32-bit float, found {v:?}");
+                return Err(OpError::at_attr(name, message).hint("32-bit floats reach about 3.4e38"));
+            }
+            if !self.range.contains(v) {
+                return Err(out_of_range(&format_args!("{v:?}")));
+            }
+            Ok(())
+        };
+        match value {
+            AttrValue::Int(v) => check_int(*v),
+            AttrValue::Ints(v) => v.iter().try_for_each(|v| check_int(*v)),
+            AttrValue::IntLists(v) => v.iter().flatten().try_for_each(|v| check_int(*v)),
+            AttrValue::Float(v) => check_float(*v),
+            AttrValue::Floats(v) => v.iter().try_for_each(|v| check_float(*v)),
+            AttrValue::Bool(_) | AttrValue::Str(_) => Ok(()),
+        }
+    }
+
     pub fn default_value(&self) -> Option<AttrValue> {
         Some(match &self.default {
             Default::Required | Default::Optional => return None,
@@ -261,6 +367,18 @@ impl Inference {
     pub fn output(ty: TensorType) -> Self {
         Inference { outputs: vec![ty], state: vec![] }
     }
+
+    /// Checks that no state tensor has more than [`MAX_SIZE`] elements.
+    pub fn check_state(&self) -> Result<(), OpError> {
+        match self.state.iter().find(|s| s.ty().elements().is_none_or(|n| n > MAX_SIZE)) {
+            None => Ok(()),
+            Some(s) => Err(OpError::sizes_at_call(format!(
+                "size too large: `{}` would be {}, more than {MAX_SIZE} elements",
+                s.name,
+                s.ty()
+            ))),
+        }
+    }
 }
 
 /// What a shape rule objects to, and where the expander should point.
@@ -285,9 +403,21 @@ impl OpError {
     pub fn at_attr(name: &'static str, message: impl Into<String>) -> Self {
         OpError { site: Site::Attr(name), message: message.into(), hint: None }
     }
+    /// Sizes that the call's attributes and inputs give, which are out of bounds.
+    pub fn sizes_at_call(message: impl Into<String>) -> Self {
+        OpError { site: Site::Call, message: message.into(), hint: None }
+            .hint("check the attributes of this call and the sizes of its inputs")
+    }
     pub fn hint(mut self, hint: impl Into<String>) -> Self {
         self.hint = Some(hint.into());
         self
+    }
+}
+
+/// Sizes beyond 64 bits (or too complex) are the call's error.
+impl From<SizeError> for OpError {
+    fn from(e: SizeError) -> Self {
+        OpError::sizes_at_call(e.to_string())
     }
 }
 
@@ -321,12 +451,32 @@ pub fn checked_pair(attrs: &Attrs, name: &'static str) -> [i64; 2] {
     pair(attrs, name).unwrap_or_else(|e| panic!("unchecked attribute: {}", e.message))
 }
 
-pub fn positive(attrs: &Attrs, name: &'static str) -> Result<i64, OpError> {
-    let v = attrs.int(name);
-    if v > 0 {
-        Ok(v)
-    } else {
-        Err(OpError::at_attr(name, format!("`{name}` must be positive, found {v}")))
+/// The spatial output sizes (height, width) of a window sliding over `x` [N, C, H, W]
+/// (convolution, pooling): ⌊(size + 2·padding − dilation·(kernel − 1) − 1) / stride⌋ + 1,
+/// rounded up instead in `ceil` mode.
+pub fn window_sizes(
+    op: &str,
+    x: &TensorType,
+    kernel: [i64; 2],
+    stride: [i64; 2],
+    padding: [i64; 2],
+    dilation: [i64; 2],
+    ceil: bool,
+) -> Result<[Dim; 2], OpError> {
+    let size = |axis: usize| -> Result<Dim, OpError> {
+        let reach = Dim::known(kernel[axis]).sub(&Dim::known(1))?.scale(dilation[axis])?;
+        let span = x.dims[axis + 2].add(&Dim::known(padding[axis]).scale(2)?)?.sub(&reach)?.sub(&Dim::known(1))?;
+        let steps = if ceil { span.ceil_div(stride[axis])? } else { span.floor_div(stride[axis])? };
+        positive_size(op, x, steps.add(&Dim::known(1))?, "the window (kernel and dilation) is larger than the padded input")
+    };
+    Ok([size(0)?, size(1)?])
+}
+
+/// A computed output size, which must be positive where it is known; `why` says what to change.
+pub fn positive_size(op: &str, x: &TensorType, size: Dim, why: &str) -> Result<Dim, OpError> {
+    match size.value() {
+        Some(v) if v < 1 => Err(OpError::at_input(0, format!("`{op}` gives an output size of {v} for its input {x}")).hint(why)),
+        _ => Ok(size),
     }
 }
 
@@ -382,4 +532,29 @@ pub fn split_slots<T: Copy>(specs: &[InputSpec], inputs: &[T]) -> Vec<Vec<T>> {
             head.to_vec()
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_default_is_in_its_range() {
+        for op in OPERATORS {
+            for spec in op.attrs() {
+                if let Some(default) = spec.default_value() {
+                    assert!(spec.check(op.name(), &default).is_ok(), "{}: {} = {default}", op.name(), spec.name);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn ranges_read_as_bounds() {
+        let bounds = |spec: AttrSpec| spec.range.to_string();
+        assert_eq!(bounds(attr("a", AttrType::Int, Default::Required).at_least(-1)), "at least -1");
+        assert_eq!(bounds(attr("a", AttrType::Float, Default::Required).positive()), "positive");
+        assert_eq!(bounds(attr("a", AttrType::Float, Default::Required).positive().at_most(1e3)), "positive and at most 1000");
+        assert_eq!(bounds(attr("a", AttrType::Float, Default::Required).between(0.0, 1.0)), "between 0 and 1");
+    }
 }

@@ -49,7 +49,7 @@ impl Operator for FrozenBatchNorm {
         "frozen_batch_norm"
     }
     fn attrs(&self) -> &'static [AttrSpec] {
-        const { &[attr("eps", Float, Default::Float(1e-5))] }
+        const { &[attr("eps", Float, Default::Float(1e-5)).at_least(0)] }
     }
     fn infer(&self, inputs: &[Vec<TensorType>], _: &Attrs) -> Result<Inference, OpError> {
         let x = &inputs[0][0];
@@ -71,7 +71,12 @@ impl Operator for BatchNorm {
         "batch_norm"
     }
     fn attrs(&self) -> &'static [AttrSpec] {
-        const { &[attr("eps", Float, Default::Float(1e-5)), attr("momentum", Float, Default::Float(0.1))] }
+        const {
+            &[
+                attr("eps", Float, Default::Float(1e-5)).at_least(0),
+                attr("momentum", Float, Default::Float(0.1)).between(0.0, 1.0),
+            ]
+        }
     }
     fn infer(&self, inputs: &[Vec<TensorType>], _: &Attrs) -> Result<Inference, OpError> {
         let x = &inputs[0][0];

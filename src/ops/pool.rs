@@ -5,9 +5,9 @@ use super::*;
 use AttrType::*;
 
 static WINDOW_ATTRS: &[AttrSpec] = &[
-    attr("kernel", Ints, Default::Required),
-    attr("stride", Ints, Default::Optional),
-    attr("padding", Ints, Default::Ints(&[0])),
+    attr("kernel", Ints, Default::Required).at_least(1),
+    attr("stride", Ints, Default::Optional).at_least(1),
+    attr("padding", Ints, Default::Ints(&[0])).at_least(0),
     attr("ceil_mode", Bool, Default::Bool(false)),
 ];
 
@@ -18,13 +18,12 @@ fn pooled(op: &str, inputs: &[Vec<TensorType>], attrs: &Attrs) -> Result<Inferen
     let kernel = pair(attrs, "kernel")?;
     let stride = if attrs.contains_key("stride") { pair(attrs, "stride")? } else { kernel };
     let padding = pair(attrs, "padding")?;
-    let ceil = attrs.flag("ceil_mode");
-    let mut dims = x.dims.clone();
-    for axis in 0..2 {
-        let span = x.dims[axis + 2].add(&Dim::known(2 * padding[axis] - kernel[axis]));
-        let steps = if ceil { span.ceil_div(stride[axis]) } else { span.floor_div(stride[axis]) };
-        dims[axis + 2] = steps.add(&Dim::known(1));
+    if (0..2).any(|axis| 2 * padding[axis] > kernel[axis]) {
+        let message = format!("`{op}` pads by {padding:?}, more than half of its {kernel:?} window");
+        return Err(OpError::at_attr("padding", message).hint("torch pads a pooling window by at most half its size"));
     }
+    let [h, w] = window_sizes(op, x, kernel, stride, padding, [1, 1], attrs.flag("ceil_mode"))?;
+    let dims = vec![x.dims[0].clone(), x.dims[1].clone(), h, w];
     Ok(Inference::output(TensorType::new(x.dtype, dims)))
 }
 
@@ -117,7 +116,7 @@ impl Operator for AdaptiveAvgPool2d {
         "adaptive_avg_pool2d"
     }
     fn attrs(&self) -> &'static [AttrSpec] {
-        const { &[attr("output", Ints, Default::Ints(&[1]))] }
+        const { &[attr("output", Ints, Default::Ints(&[1])).at_least(1)] }
     }
     fn infer(&self, inputs: &[Vec<TensorType>], attrs: &Attrs) -> Result<Inference, OpError> {
         let x = &inputs[0][0];
