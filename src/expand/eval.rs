@@ -13,7 +13,7 @@ use crate::syntax::ast::{self, BinOp, DimExpr, Expr, ExprKind, Stmt, UnOp};
 use std::collections::{HashMap, HashSet};
 
 /// Compile-time functions callable in a model file besides operators and blocks.
-const BUILTINS: &[&str] = &["len", "reversed", "min", "max"];
+const COMPILE_TIME_FUNCTIONS: &[&str] = &["len", "reversed", "min", "max"];
 
 /// Longest list a range or a concatenation may produce: guards against a typo unrolling forever.
 const MAX_LIST: usize = 100_000;
@@ -578,15 +578,15 @@ impl<'a> Evaluator<'a> {
             let values: Vec<Value> = args.iter().map(|a| self.expr_in(frame, &a.value, None)).collect();
             return self.instantiate(frame, block, call, args, values, scope);
         }
-        if BUILTINS.contains(&name) {
+        if COMPILE_TIME_FUNCTIONS.contains(&name) {
             let values: Vec<Value> = args.iter().map(|a| self.expr_in(frame, &a.value, None)).collect();
-            return self.builtin(name, call.span, values);
+            return self.compile_time_function(name, call.span, values);
         }
         let known = ops::OPERATORS
             .iter()
             .map(|o| o.name())
             .chain(self.program.blocks.keys().map(String::as_str))
-            .chain(BUILTINS.iter().copied());
+            .chain(COMPILE_TIME_FUNCTIONS.iter().copied());
         let mut d = Diagnostic::error(callee.span, format!("unknown operator `{name}`")).with_label("not an operator, block or function");
         if let Some(c) = closest(name, known) {
             d = d.with_hint(format!("did you mean `{c}`?"));
@@ -594,7 +594,7 @@ impl<'a> Evaluator<'a> {
         self.fail(d)
     }
 
-    fn builtin(&mut self, name: &str, span: Span, args: Vec<Value>) -> Value {
+    fn compile_time_function(&mut self, name: &str, span: Span, args: Vec<Value>) -> Value {
         if args.iter().any(Value::is_poison) {
             return Value::Poison;
         }
