@@ -45,7 +45,7 @@ pub fn heatmaps_to_keypoints(maps: &[f32], shape: [usize; 4], boxes: &[[f32; 4]]
             Ok(([width, height], [map_h, map_w]))
         })
         .collect::<Result<_>>()?;
-    let per_roi: Vec<(Vec<f32>, Vec<f32>)> = boxes
+    let (xyv, scores): (Vec<Vec<f32>>, Vec<Vec<f32>>) = boxes
         .par_iter()
         .zip(&sides)
         .enumerate()
@@ -69,11 +69,6 @@ pub fn heatmaps_to_keypoints(maps: &[f32], shape: [usize; 4], boxes: &[[f32; 4]]
             }
             (xyv, scores)
         })
-        .collect();
-    let (xyv, scores) = per_roi.into_iter().fold((vec![], vec![]), |(mut xyv, mut scores), (x, s)| {
-        xyv.extend(x);
-        scores.extend(s);
-        (xyv, scores)
-    });
-    Ok(Keypoints { xyv, scores })
+        .unzip();
+    Ok(Keypoints { xyv: xyv.concat(), scores: scores.concat() })
 }
