@@ -71,6 +71,18 @@ enum Command {
         #[arg(long, default_value = ".")]
         dump_dir: PathBuf,
     },
+    /// Write weights for every state tensor of a model, drawn as torchvision initializes the
+    /// layers of an untrained Mask R-CNN.
+    Init {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Seed of the draws: the same seed gives the same weights.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// The safetensors file to write; replaced only once complete.
+        #[arg(short, long)]
+        output: PathBuf,
+    },
     /// Convert weights (safetensors, or a torch `.pth` checkpoint in zip or legacy format, with
     /// current or pre-0.13 torchvision names) to safetensors with current names.
     Import {
@@ -153,6 +165,11 @@ fn main() -> ExitCode {
         Command::Run { model, weights, optimization, images, dump_tensors, dump_dir } => {
             load(model).and_then(|m| mrc::run::run_images(&m.graph, optimization.level, weights, images, dump_tensors, dump_dir))
         }
+        Command::Init { model, seed, output } => load(model).and_then(|m| {
+            let weights = mrc::init::init(&m.graph, *seed).map_err(|e| format!("error: {e}"))?;
+            weights.write_safetensors(output).map_err(|e| format!("error: {e}"))?;
+            Ok(format!("{}: {} tensors, seed {seed}\n", output.display(), weights.len()))
+        }),
         Command::Import { input, output } => mrc_runtime::weights::Weights::open(input)
             .and_then(|w| w.write_safetensors(output).map(|()| format!("{}: {} tensors\n", output.display(), w.len())))
             .map_err(|e| e.to_string()),

@@ -1,36 +1,44 @@
 //! `mrc compile --target cpu`: the mini model compiled (by an `mrc` alone in a directory of its
 //! own) to an executable with the fixture weights embedded detects on every fixture image what
-//! torchvision does; the intermediate stages are
+//! torchvision does; the C4 model with `mrc init` weights detects what `mrc run` does; every
+//! shipped model compiles; the intermediate stages are
 //! written; bad inputs give one clear error.
 
 mod common;
 
-use common::detections::{compare, reference_detections, Detection};
-use mrc_runtime::program::rle::Rle;
+use common::detections::{compare, detections_in, our_detections, reference_detections};
+use mrc::run::Executor;
 use mrc_runtime::weights::Weights;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Instant;
 
 fn mrc(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_mrc")).args(args).output().unwrap()
 }
 
-/// The detections of image `id` in a COCO results file.
-fn detections_in(results: &[serde_json::Value], id: i64, height: u32, width: u32) -> Vec<Detection> {
-    results
-        .iter()
-        .filter(|r| r["image_id"] == id)
-        .map(|r| {
-            let b: Vec<f32> = r["bbox"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
-            let counts = r["segmentation"]["counts"].as_str().unwrap();
-            Detection {
-                bbox: [b[0], b[1], b[0] + b[2], b[1] + b[3]],
-                score: r["score"].as_f64().unwrap() as f32,
-                label: r["category_id"].as_i64().unwrap(),
-                mask: Rle::from_coco_string(height, width, counts).unwrap().decode(),
-            }
-        })
-        .collect()
+/// The images of the fixture model, in `model.json`'s order.
+fn fixture_images() -> Vec<PathBuf> {
+    let fixtures = common::fixtures().join("model");
+    let description: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures.join("model.json")).unwrap()).unwrap();
+    let images: Vec<PathBuf> =
+        description["images"].as_array().unwrap().iter().map(|e| fixtures.join(e["image"].as_str().unwrap())).collect();
+    assert!(!images.is_empty());
+    images
+}
+
+/// Runs a compiled program on `images` with `--json` (and `extra` arguments); its COCO results.
+fn run_program(program: &Path, images: &[PathBuf], extra: &[&str]) -> Vec<serde_json::Value> {
+    let results_path = program.with_extension("json");
+    let run = Command::new(program)
+        .args(images)
+        .args(["--json", results_path.to_str().unwrap(), "--threads", "2"])
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    serde_json::from_str(&std::fs::read_to_string(&results_path).unwrap()).unwrap()
 }
 
 /// The compiler copied alone into `dir`: `mrc` carries the runtime library it links with.
@@ -57,18 +65,8 @@ fn compiled_mini_model_matches_torchvision_on_every_fixture_image() {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
-    let description: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fixtures.join("model.json")).unwrap()).unwrap();
-    let images: Vec<PathBuf> = description["images"].as_array().unwrap().iter().map(|e| fixtures.join(e["image"].as_str().unwrap())).collect();
-    assert!(!images.is_empty());
-    let results_path = dir.join("results.json");
-    let run = Command::new(&program)
-        .args(&images)
-        .args(["--json", results_path.to_str().unwrap(), "--overlay", dir.join("overlays").to_str().unwrap(), "--threads", "2"])
-        .output()
-        .unwrap();
-    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
-    let results: Vec<serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(&results_path).unwrap()).unwrap();
+    let images = fixture_images();
+    let results = run_program(&program, &images, &["--overlay", dir.join("overlays").to_str().unwrap()]);
 
     let reference = Weights::open(fixtures.join("outputs.safetensors")).unwrap();
     let mut problems = vec![];
@@ -82,6 +80,71 @@ fn compiled_mini_model_matches_torchvision_on_every_fixture_image() {
         assert!(dir.join("overlays").join(format!("{name}.png")).exists(), "{name}: no overlay");
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// The C4 model at a size a test affords (res5 runs per RoI: 50 proposals instead of 1,000,
+/// images of 256 to 320 pixels), with a score threshold that random weights pass now and then.
+const C4_SMALL: &str =
+    "min_size: 256\nmax_size: 320\nrpn_pre_nms_top_n: 300\nrpn_post_nms_top_n: 50\nbox_score_thresh: 0.02\n";
+
+#[test]
+fn c4_model_with_initialized_weights_compiles_and_detects_what_mrc_run_detects() {
+    let scratch = common::scratch();
+    let dir = scratch.path();
+    let path = |name: &str| dir.join(name).to_str().unwrap().to_owned();
+    std::fs::write(path("c4_small.yaml"), C4_SMALL).unwrap();
+    let (config, weights, program) = (path("c4_small.yaml"), path("c4.safetensors"), path("c4"));
+    let c4 = "models/mask_rcnn_c4.model";
+    let out = mrc(&["init", c4, "--config", &config, "-o", &weights]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let start = Instant::now();
+    let out = mrc(&["compile", c4, "--config", &config, "--weights", &weights, "-O1", "-o", &program]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    eprintln!("compiled in {:.1} s", start.elapsed().as_secs_f64());
+    let images = fixture_images();
+    let results = run_program(Path::new(&program), &images, &[]);
+
+    let model = common::load(c4, Some(&config));
+    let executor = Executor::new(&model.graph, Weights::open(&weights).unwrap(), &[], 1).unwrap();
+    let (mut problems, mut count) = (vec![], 0);
+    for (position, path) in images.iter().enumerate() {
+        let (width, height) = image::image_dimensions(path).unwrap();
+        let name = path.file_stem().unwrap().to_str().unwrap();
+        let program_detections = detections_in(&results, position as i64 + 1, height, width);
+        let run_detections = our_detections(&executor.run(&[("image", &common::image(path))]).unwrap());
+        eprintln!("{name}: {} detections (mrc run {})", program_detections.len(), run_detections.len());
+        count += run_detections.len();
+        problems.extend(compare(name, &run_detections, &program_detections));
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    assert!(count >= 10, "{count} detections in all: too few to compare");
+}
+
+/// `mrc compile --emit obj` of R50-FPN, its ResNet-101 and ResNeXt-101 variants, C4 and mini.
+#[test]
+fn every_shipped_model_and_variant_compiles_to_an_object() {
+    let scratch = common::scratch();
+    let output = scratch.path().join("model.o");
+    for (model, config) in [
+        ("models/mask_rcnn.model", None),
+        ("models/mask_rcnn.model", Some("models/resnet101.yaml")),
+        ("models/mask_rcnn.model", Some("models/resnext101_32x8d.yaml")),
+        ("models/mask_rcnn_c4.model", None),
+        ("models/mini.model", None),
+    ] {
+        let mut args = vec!["compile", model, "--emit", "obj", "-O1", "-o", output.to_str().unwrap()];
+        args.extend(config.iter().flat_map(|c| ["--config", c]));
+        let start = Instant::now();
+        let out = mrc(&args);
+        assert!(out.status.success(), "{model} {config:?}: {}", String::from_utf8_lossy(&out.stderr));
+        let bytes = std::fs::read(&output).unwrap();
+        assert!(bytes.starts_with(b"\x7fELF"), "{model} {config:?}: not an object file");
+        eprintln!(
+            "{model} {config:?}: {:.1} MB object in {:.1} s",
+            bytes.len() as f64 / 1e6,
+            start.elapsed().as_secs_f64()
+        );
+    }
 }
 
 #[test]

@@ -3,15 +3,10 @@
 
 mod common;
 
-use common::detections::{compare, iou, reference_detections, Detection};
+use common::detections::{compare, iou, our_detections, reference_detections};
+use common::image;
 use mrc::run::{Executor, HostTensor};
 use mrc_runtime::weights::Weights;
-
-fn image(path: &std::path::Path) -> HostTensor {
-    let rgb = image::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).to_rgb8();
-    let (w, h) = rgb.dimensions();
-    HostTensor::U8 { shape: vec![h as usize, w as usize, 3], data: rgb.into_raw() }
-}
 
 #[test]
 fn fpn_maps_of_img0_match_torchvision() {
@@ -39,24 +34,6 @@ fn fpn_maps_of_img0_match_torchvision() {
         assert!(error <= 1e-4 * (1.0 + scale), "{fixture}: max |a - b| = {error}, max |b| = {scale}");
         eprintln!("{fixture}: max |a - b| = {error:.3e} (max |b| = {scale:.3})");
     }
-}
-
-fn our_detections(outputs: &[(String, HostTensor)]) -> Vec<Detection> {
-    let get = |name: &str| &outputs.iter().find(|(n, _)| n == name).unwrap().1;
-    let boxes = get("boxes").f32().unwrap();
-    let scores = get("scores").f32().unwrap();
-    let labels = get("labels").i64().unwrap();
-    let masks = get("masks");
-    let pixels = masks.shape()[2] * masks.shape()[3];
-    let masks = masks.f32().unwrap();
-    (0..scores.len())
-        .map(|i| Detection {
-            bbox: boxes[4 * i..4 * i + 4].try_into().unwrap(),
-            score: scores[i],
-            label: labels[i],
-            mask: masks[i * pixels..(i + 1) * pixels].iter().map(|&p| p > 0.5).collect(),
-        })
-        .collect()
 }
 
 #[test]

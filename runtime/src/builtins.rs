@@ -1,6 +1,7 @@
 //! The graph's detection operators for one image, at the level of torchvision's modules:
 //! `GeneralizedRCNNTransform`, `AnchorGenerator`, `RegionProposalNetwork.filter_proposals`,
-//! `MultiScaleRoIAlign`, `RoIHeads.postprocess_detections` and `maskrcnn_inference`, and the
+//! `roi_align` and `roi_pool` on one feature map, `MultiScaleRoIAlign` (and its RoIPool twin),
+//! `RoIHeads.postprocess_detections`, `maskrcnn_inference` and `heatmaps_to_keypoints`, and the
 //! transform's `postprocess`. Each composes the operators of [`crate::ops`] and takes and returns
 //! owned row-major float32 tensors, so that the executor can call them with the values of the
 //! graph. Sizes are `[height, width]`; zero boxes give empty results, bad shapes an [`Error`].
@@ -12,10 +13,13 @@
 use crate::error::{check_finite, invalid, shape_err, Result};
 use crate::ops::anchors::grid_anchors;
 use crate::ops::box_coder::{clip_boxes_to_image, remove_small_boxes, BoxCoder};
-use crate::ops::multiscale::{self, MultiScaleParams};
+use crate::ops::keypoints;
+use crate::ops::multiscale::{self, MultiScaleParams, MultiScalePoolParams};
 use crate::ops::nms::{batched_nms, topk_per_level};
 use crate::ops::paste_masks::paste_masks_in_image;
 use crate::ops::preprocess::{self, resize_boxes, ImageU8, Transform};
+use crate::ops::roi_align::{self, RoiAlignParams};
+use crate::ops::roi_pool;
 use crate::tensor::{rows, FeatureMap};
 
 /// An owned, contiguous, row-major float32 tensor.
@@ -207,6 +211,51 @@ fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + (-x).exp())
 }
 
+/// `[1, C, H, W]` feature maps of one image.
+fn image_maps<'a>(op: &'static str, features: &'a [TensorF32]) -> Result<Vec<FeatureMap<'a>>> {
+    features
+        .iter()
+        .map(|f| match f.dims4(op, "feature map")? {
+            dims @ [1, ..] => FeatureMap::new(&f.data, dims),
+            _ => shape_err(op, format!("feature map of shape {:?}, expected [1, C, H, W]", f.shape)),
+        })
+        .collect()
+}
+
+/// Boxes of the one image as RoIs `[0, x1, y1, x2, y2]`.
+fn rois(boxes: &[[f32; 4]]) -> Vec<[f32; 5]> {
+    boxes.iter().map(|b| [0.0, b[0], b[1], b[2], b[3]]).collect()
+}
+
+/// RoIAlign `[K, C, oh, ow]` of each box (image coordinates) from one `[1, C, H, W]` feature
+/// map (torchvision's `roi_align`).
+pub fn roi_align(features: &TensorF32, boxes: &TensorF32, p: &RoiAlignParams) -> Result<TensorF32> {
+    const OP: &str = "roi_align";
+    let boxes = boxes.boxes(OP)?;
+    let map = &image_maps(OP, std::slice::from_ref(features))?[0];
+    let [oh, ow] = p.output_size;
+    TensorF32::new(vec![boxes.len(), map.c, oh, ow], roi_align::roi_align(map, &rois(boxes), p)?)
+}
+
+/// Settings of [`roi_pool`], named as in `torchvision.ops.roi_pool`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RoiPoolParams {
+    pub output_size: [usize; 2],
+    /// Multiplies box coordinates to get feature-map coordinates.
+    pub spatial_scale: f32,
+}
+
+/// RoIPool `[K, C, oh, ow]` of each box (image coordinates) from one `[1, C, H, W]` feature map
+/// (torchvision's `roi_pool`).
+pub fn roi_pool(features: &TensorF32, boxes: &TensorF32, p: &RoiPoolParams) -> Result<TensorF32> {
+    const OP: &str = "roi_pool";
+    let boxes = boxes.boxes(OP)?;
+    let map = &image_maps(OP, std::slice::from_ref(features))?[0];
+    let [oh, ow] = p.output_size;
+    let pooled = roi_pool::roi_pool(map, &rois(boxes), p.output_size, p.spatial_scale)?;
+    TensorF32::new(vec![boxes.len(), map.c, oh, ow], pooled.values)
+}
+
 /// RoIAlign `[K, C, oh, ow]` of each box (image coordinates) from the pyramid level its size
 /// maps to (`floor(canonical_level + log2(√area / canonical_scale) + 1e-6)`, clamped to the
 /// levels present). `features` are `[1, C, H, W]`, finest first; each level's scale is the power
@@ -223,19 +272,27 @@ pub fn multiscale_roi_align(
 ) -> Result<TensorF32> {
     const OP: &str = "multiscale_roi_align";
     let boxes = boxes.boxes(OP)?;
-    let maps = features
-        .iter()
-        .map(|f| {
-            let dims = f.dims4(OP, "feature map")?;
-            FeatureMap::new(&f.data, dims)
-        })
-        .collect::<Result<Vec<_>>>()?;
-    if maps.iter().any(|m| m.n != 1) {
-        return shape_err(OP, "feature maps are not [1, C, H, W]");
-    }
+    let maps = image_maps(OP, features)?;
     let [oh, ow] = p.output_size;
     let channels = maps.first().map_or(0, |m| m.c);
     let pooled = multiscale::multiscale_roi_align(&maps, &[boxes], &[image_hw], p)?;
+    TensorF32::new(vec![boxes.len(), channels, oh, ow], pooled.values)
+}
+
+/// RoIPool `[K, C, oh, ow]` of each box from the pyramid level [`multiscale_roi_align`] would
+/// take it from.
+pub fn multiscale_roi_pool(
+    features: &[TensorF32],
+    boxes: &TensorF32,
+    image_hw: [usize; 2],
+    p: &MultiScalePoolParams,
+) -> Result<TensorF32> {
+    const OP: &str = "multiscale_roi_pool";
+    let boxes = boxes.boxes(OP)?;
+    let maps = image_maps(OP, features)?;
+    let [oh, ow] = p.output_size;
+    let channels = maps.first().map_or(0, |m| m.c);
+    let pooled = multiscale::multiscale_roi_pool(&maps, &[boxes], &[image_hw], p)?;
     TensorF32::new(vec![boxes.len(), channels, oh, ow], pooled.values)
 }
 
@@ -378,4 +435,14 @@ pub fn paste_masks(masks: &TensorF32, boxes: &TensorF32, image_hw: [usize; 2], p
     }
     let pasted = paste_masks_in_image(&masks.data, mh, boxes, image_hw, padding)?;
     TensorF32::new(vec![d, 1, image_hw[0], image_hw[1]], pasted)
+}
+
+/// Keypoints `[D, K, 3]` (x, y, visibility 1) and their scores `[D, K]` from `[D, K, S, S]`
+/// heatmaps and the `[D, 4]` boxes they were pooled from (torchvision's `heatmaps_to_keypoints`).
+pub fn heatmaps_to_keypoints(heatmaps: &TensorF32, boxes: &TensorF32) -> Result<(TensorF32, TensorF32)> {
+    const OP: &str = "heatmaps_to_keypoints";
+    let boxes = boxes.boxes(OP)?;
+    let shape @ [d, k, ..] = heatmaps.dims4(OP, "heatmaps")?;
+    let keypoints = keypoints::heatmaps_to_keypoints(&heatmaps.data, shape, boxes)?;
+    Ok((TensorF32::new(vec![d, k, 3], keypoints.xyv)?, TensorF32::new(vec![d, k], keypoints.scores)?))
 }

@@ -4,13 +4,15 @@
 //! `tests/tools/make_builtins_fixtures.py`).
 
 use mrc_runtime::builtins::{
-    anchors, mask_probs, multiscale_roi_align, paste_masks, postprocess_detections, preprocess, rescale_boxes,
-    rpn_proposals, DetectionParams, RpnParams, TensorF32,
+    anchors, heatmaps_to_keypoints, mask_probs, multiscale_roi_align, multiscale_roi_pool, paste_masks,
+    postprocess_detections, preprocess, rescale_boxes, roi_pool, rpn_proposals, DetectionParams, RoiPoolParams,
+    RpnParams, TensorF32,
 };
-use mrc_runtime::ops::multiscale::{LevelMapper, MultiScaleParams};
+use mrc_runtime::ops::multiscale::{LevelMapper, MultiScaleParams, MultiScalePoolParams};
 use mrc_runtime::ops::paste_masks::paste_masks_in_image;
 use mrc_runtime::ops::preprocess::{self as pre, ImageU8, Transform};
 use mrc_runtime::ops::roi_align::{roi_align, PoolMode, RoiAlignParams};
+use mrc_runtime::ops::roi_pool;
 use mrc_runtime::{Error, FeatureMap};
 use safetensors::{Dtype, SafeTensors};
 use serde_json::Value;
@@ -506,6 +508,71 @@ fn multiscale_roi_align_handles_no_boxes_and_rejects_bad_shapes() {
         multiscale_roi_align(&[features[0].clone(), features[2].clone()], &one_box, [64, 80], &p),
         Err(Error::Invalid { .. })
     ));
+}
+
+#[test]
+fn multiscale_roi_pool_pools_each_box_at_its_level_with_roi_pool() {
+    let mut rng = Rng(11);
+    let features = pyramid(&mut rng);
+    let boxes: Vec<f32> = (0..12)
+        .flat_map(|i| {
+            let side = 10.0 + 25.0 * i as f32;
+            let (x, y) = (rng.range(-5.0, 40.0), rng.range(-5.0, 30.0));
+            [x, y, x + side, y + side * rng.range(0.5, 1.5)]
+        })
+        .collect();
+    let boxes = TensorF32::new(vec![12, 4], boxes).unwrap();
+    let rows = boxes.boxes("test").unwrap();
+    let levels = LevelMapper::new(2, 4).map_levels(rows).unwrap();
+    assert_eq!(levels.iter().collect::<std::collections::BTreeSet<_>>().len(), 3, "boxes should use every level");
+    let got = multiscale_roi_pool(&features, &boxes, [64, 80], &MultiScalePoolParams::new([3, 2])).unwrap();
+    assert_eq!(got.shape, [12, 3, 3, 2]);
+    for (k, (b, &level)) in rows.iter().zip(&levels).enumerate() {
+        let f = &features[level];
+        let map = FeatureMap::new(&f.data, [1, 3, f.shape[2], f.shape[3]]).unwrap();
+        let one =
+            roi_pool::roi_pool(&map, &[[0.0, b[0], b[1], b[2], b[3]]], [3, 2], 0.25 / (1 << level) as f32).unwrap();
+        assert_eq!(&got.data[k * 18..(k + 1) * 18], one.values.as_slice(), "box {k}");
+    }
+}
+
+#[test]
+fn one_map_pooling_and_keypoints_handle_no_boxes_and_reject_bad_shapes() {
+    let mut rng = Rng(12);
+    let map = random_tensor(&mut rng, vec![1, 3, 16, 20], -1.0, 1.0);
+    let batch_of_two = random_tensor(&mut rng, vec![2, 3, 16, 20], -1.0, 1.0);
+    let none = TensorF32::new(vec![0, 4], vec![]).unwrap();
+    let one_box = TensorF32::new(vec![1, 4], vec![1.0, 2.0, 30.0, 40.0]).unwrap();
+    let align = RoiAlignParams {
+        output_size: [7, 7],
+        spatial_scale: 0.25,
+        sampling_ratio: 2,
+        aligned: false,
+        mode: PoolMode::Avg,
+    };
+    let pool = RoiPoolParams { output_size: [7, 7], spatial_scale: 0.25 };
+    assert_eq!(mrc_runtime::builtins::roi_align(&map, &none, &align).unwrap().shape, [0, 3, 7, 7]);
+    assert_eq!(roi_pool(&map, &none, &pool).unwrap().shape, [0, 3, 7, 7]);
+    let pyramid = pyramid(&mut rng);
+    let levels = multiscale_roi_pool(&pyramid, &none, [64, 80], &MultiScalePoolParams::new([7, 7])).unwrap();
+    assert_eq!(levels.shape, [0, 3, 7, 7]);
+    assert!(matches!(mrc_runtime::builtins::roi_align(&batch_of_two, &one_box, &align), Err(Error::Shape { .. })));
+    assert!(matches!(roi_pool(&batch_of_two, &one_box, &pool), Err(Error::Shape { .. })));
+    assert!(matches!(roi_pool(&map, &map, &pool), Err(Error::Shape { .. })));
+
+    let (keypoints, scores) =
+        heatmaps_to_keypoints(&random_tensor(&mut rng, vec![0, 17, 56, 56], 0.0, 1.0), &none).unwrap();
+    assert_eq!((keypoints.shape, scores.shape), (vec![0, 17, 3], vec![0, 17]));
+    let heatmaps = random_tensor(&mut rng, vec![1, 2, 8, 8], -1.0, 1.0);
+    let two_boxes = TensorF32::new(vec![2, 4], [one_box.data.clone(), one_box.data.clone()].concat()).unwrap();
+    assert!(matches!(heatmaps_to_keypoints(&heatmaps, &two_boxes), Err(Error::Shape { .. })));
+    let huge = TensorF32::new(vec![1, 4], vec![0.0, 0.0, 1e6, 1e6]).unwrap();
+    assert!(matches!(heatmaps_to_keypoints(&heatmaps, &huge), Err(Error::Invalid { .. })));
+    let mut nan = heatmaps.clone();
+    nan.data[5] = f32::NAN;
+    assert!(matches!(heatmaps_to_keypoints(&nan, &one_box), Err(Error::NonFinite { .. })));
+    let empty_maps = TensorF32::new(vec![1, 2, 0, 8], vec![]).unwrap();
+    assert!(matches!(heatmaps_to_keypoints(&empty_maps, &one_box), Err(Error::Invalid { .. })));
 }
 
 #[test]

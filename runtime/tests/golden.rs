@@ -7,11 +7,13 @@ mod common;
 use common::*;
 use mrc_runtime::ops::anchors::grid_anchors;
 use mrc_runtime::ops::box_coder::BoxCoder;
-use mrc_runtime::ops::multiscale::{multiscale_roi_align, MultiScaleParams};
+use mrc_runtime::ops::keypoints::heatmaps_to_keypoints;
+use mrc_runtime::ops::multiscale::{multiscale_roi_align, multiscale_roi_pool, MultiScaleParams, MultiScalePoolParams};
 use mrc_runtime::ops::nms::{batched_nms, nms};
 use mrc_runtime::ops::paste_masks::paste_masks_in_image;
 use mrc_runtime::ops::preprocess::{preprocess, resized_size, ImageU8, Transform};
 use mrc_runtime::ops::roi_align::{roi_align, PoolMode, RoiAlignParams};
+use mrc_runtime::ops::roi_pool::roi_pool;
 use mrc_runtime::FeatureMap;
 
 fn feature_map(t: &Tensor<f32>) -> FeatureMap<'_> {
@@ -26,7 +28,7 @@ fn roi_align_cases() {
     for case in cases("roi_align") {
         let n = name(&case);
         let input = fx.f32(&format!("{n}.input"));
-        let rois = fx.f32(&format!("{n}.rois"));
+        let rois_tensor = fx.f32(&format!("{n}.rois"));
         let expected = fx.f32(&format!("{n}.output"));
         let p = RoiAlignParams {
             output_size: pair(&case["output_size"]),
@@ -35,11 +37,31 @@ fn roi_align_cases() {
             aligned: case["aligned"].as_bool().unwrap(),
             mode: PoolMode::Avg,
         };
-        let rois: Vec<[f32; 5]> = rois.data.chunks_exact(5).map(|c| c.try_into().unwrap()).collect();
-        let out = roi_align(&feature_map(&input), &rois, &p).unwrap();
+        let out = roi_align(&feature_map(&input), &rois(&rois_tensor), &p).unwrap();
         check_golden(&format!("roi_align {n}"), &out, &expected.data, FLOAT, &mut failures);
     }
     report("roi_align", failures);
+}
+
+/// `[K, 5]` RoIs (batch index, box).
+fn rois(t: &Tensor<f32>) -> Vec<[f32; 5]> {
+    t.data.chunks_exact(5).map(|c| c.try_into().unwrap()).collect()
+}
+
+#[test]
+fn roi_pool_cases() {
+    let fx = Fixture::open("roi_pool.safetensors");
+    let mut failures = Vec::new();
+    for case in cases("roi_pool") {
+        let n = name(&case);
+        let input = fx.f32(&format!("{n}.input"));
+        let rois = rois(&fx.f32(&format!("{n}.rois")));
+        let expected = fx.f32(&format!("{n}.output"));
+        let scale = case["spatial_scale"].as_f64().unwrap() as f32;
+        let out = roi_pool(&feature_map(&input), &rois, pair(&case["output_size"]), scale).unwrap();
+        check_golden(&format!("roi_pool {n}"), &out.values, &expected.data, FLOAT, &mut failures);
+    }
+    report("roi_pool", failures);
 }
 
 #[test]
@@ -65,6 +87,48 @@ fn multiscale_roi_align_cases() {
         check_golden(&format!("multiscale_roi_align {n}"), &out.values, &expected.data, FLOAT, &mut failures);
     }
     report("multiscale_roi_align", failures);
+}
+
+#[test]
+fn multiscale_roi_pool_cases() {
+    let fx = Fixture::open("multiscale_roi_pool.safetensors");
+    let mut failures = Vec::new();
+    for case in cases("multiscale_roi_pool") {
+        let n = name(&case);
+        let expected_scales = f32_list(&case["scales"]);
+        let feats: Vec<Tensor<f32>> = (0..expected_scales.len()).map(|l| fx.f32(&format!("{n}.feat{l}"))).collect();
+        let maps: Vec<FeatureMap> = feats.iter().map(feature_map).collect();
+        let boxes = boxes(&fx.f32(&format!("{n}.boxes")));
+        let expected = fx.f32(&format!("{n}.output"));
+        let o = case["output_size"].as_u64().unwrap() as usize;
+        let p = MultiScalePoolParams {
+            canonical_scale: case["canonical_scale"].as_f64().unwrap() as f32,
+            canonical_level: case["canonical_level"].as_f64().unwrap() as f32,
+            ..MultiScalePoolParams::new([o, o])
+        };
+        let out = multiscale_roi_pool(&maps, &[&boxes], &[pair(&case["image_size"])], &p).unwrap();
+        if out.scales != expected_scales {
+            failures.push(format!("{n}: inferred scales {:?}, torchvision {:?}", out.scales, expected_scales));
+        }
+        check_golden(&format!("multiscale_roi_pool {n}"), &out.values, &expected.data, FLOAT, &mut failures);
+    }
+    report("multiscale_roi_pool", failures);
+}
+
+#[test]
+fn heatmaps_to_keypoints_cases() {
+    let fx = Fixture::open("heatmaps_to_keypoints.safetensors");
+    let mut failures = Vec::new();
+    for case in cases("heatmaps_to_keypoints") {
+        let n = name(&case);
+        let maps = fx.f32(&format!("{n}.heatmaps"));
+        let shape: [usize; 4] = maps.shape.as_slice().try_into().expect("heatmaps [K, N, S, S]");
+        let out = heatmaps_to_keypoints(&maps.data, shape, &boxes(&fx.f32(&format!("{n}.boxes")))).unwrap();
+        let (keypoints, scores) = (fx.f32(&format!("{n}.keypoints")), fx.f32(&format!("{n}.scores")));
+        check_golden(&format!("keypoints {n}"), &out.xyv, &keypoints.data, FLOAT, &mut failures);
+        check_golden(&format!("keypoint scores {n}"), &out.scores, &scores.data, FLOAT, &mut failures);
+    }
+    report("heatmaps_to_keypoints", failures);
 }
 
 #[test]

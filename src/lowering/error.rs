@@ -24,9 +24,6 @@ pub enum LoweringError {
     #[error("the JIT needs `{path}`, which is missing")]
     MissingLibrary { path: String },
 
-    #[error("not lowered yet: `{op}` (at `{node}`) is a runtime built-in, which compiled code will call")]
-    RuntimeBuiltin { op: &'static str, node: String },
-
     #[error("cannot lower `{op}` (at `{node}`): {reason}")]
     Unsupported { op: &'static str, node: String, reason: String },
 

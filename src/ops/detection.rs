@@ -5,9 +5,10 @@
 use super::*;
 use mrc_runtime::abi::builtins::{AnchorParams, Params, PasteParams};
 use mrc_runtime::abi::functions::RuntimeFunction;
-use mrc_runtime::builtins::{DetectionParams, RpnParams};
-use mrc_runtime::ops::multiscale::MultiScaleParams;
+use mrc_runtime::builtins::{DetectionParams, RoiPoolParams, RpnParams};
+use mrc_runtime::ops::multiscale::{MultiScaleParams, MultiScalePoolParams};
 use mrc_runtime::ops::preprocess::Transform;
+use mrc_runtime::ops::roi_align::{PoolMode, RoiAlignParams};
 use AttrType::*;
 
 /// Lowers a built-in to the call `mrc_<op>(params, arguments...)` of the runtime's C interface
@@ -63,6 +64,11 @@ fn pyramid(op: &str, slot: usize, levels: &[TensorType]) -> Result<i64, OpError>
         }
     }
     channels.ok_or_else(|| OpError::at_input(slot, format!("`{op}` needs at least one feature map")))
+}
+
+/// `output_size` of a node whose shape rule accepted it.
+fn checked_output_size(attrs: &Attrs) -> [usize; 2] {
+    checked_pair(attrs, "output_size").map(|s| s as usize)
 }
 
 fn pooled(features: i64, rois: Dim, [oh, ow]: [i64; 2]) -> Inference {
@@ -203,6 +209,16 @@ runtime_operator!(
             m => return Err(OpError::at_attr("mode", format!("`mode` is \"avg\" or \"max\", found {m}"))),
         }
         Ok(pooled(c, k, pair(attrs, "output_size")?))
+    },
+    lower: |cx, node, slots| {
+        let params = RoiAlignParams {
+            output_size: checked_output_size(node.attrs),
+            spatial_scale: node.attrs.float("spatial_scale") as f32,
+            sampling_ratio: node.attrs.int("sampling_ratio") as i32,
+            aligned: node.attrs.flag("aligned"),
+            mode: if matches!(&node.attrs["mode"], AttrValue::Str(m) if m == "max") { PoolMode::Max } else { PoolMode::Avg },
+        };
+        call(cx, node, RuntimeFunction::RoiAlign, params, &[slots[0][0], slots[1][0]])
     }
 );
 
@@ -216,6 +232,13 @@ runtime_operator!(
         let c = pyramid("roi_pool", 0, &inputs[0])?;
         let k = boxes("roi_pool", 1, &inputs[1][0])?;
         Ok(pooled(c, k, pair(attrs, "output_size")?))
+    },
+    lower: |cx, node, slots| {
+        let params = RoiPoolParams {
+            output_size: checked_output_size(node.attrs),
+            spatial_scale: node.attrs.float("spatial_scale") as f32,
+        };
+        call(cx, node, RuntimeFunction::RoiPool, params, &[slots[0][0], slots[1][0]])
     }
 );
 
@@ -238,13 +261,11 @@ runtime_operator!(
         Ok(pooled(c, k, pair(attrs, "output_size")?))
     },
     lower: |cx, node, slots| {
-        let size = node.attrs.ints("output_size");
-        let output_size = [size[0] as usize, *size.get(1).unwrap_or(&size[0]) as usize];
         let params = MultiScaleParams {
             canonical_scale: node.attrs.int("canonical_scale") as f32,
             canonical_level: node.attrs.int("canonical_level") as f32,
             aligned: node.attrs.flag("aligned"),
-            ..MultiScaleParams::new(output_size, node.attrs.int("sampling_ratio") as i32)
+            ..MultiScaleParams::new(checked_output_size(node.attrs), node.attrs.int("sampling_ratio") as i32)
         };
         let (features, shapes) = cx.pack(&slots[0])?;
         call(cx, node, RuntimeFunction::MultiscaleRoiAlign, params, &[features, shapes, slots[1][0], slots[2][0]])
@@ -265,6 +286,15 @@ runtime_operator!(
         let k = boxes("multiscale_roi_pool", 1, &inputs[1][0])?;
         image_size("multiscale_roi_pool", 2, &inputs[2][0])?;
         Ok(pooled(c, k, pair(attrs, "output_size")?))
+    },
+    lower: |cx, node, slots| {
+        let params = MultiScalePoolParams {
+            canonical_scale: node.attrs.int("canonical_scale") as f32,
+            canonical_level: node.attrs.int("canonical_level") as f32,
+            ..MultiScalePoolParams::new(checked_output_size(node.attrs))
+        };
+        let (features, shapes) = cx.pack(&slots[0])?;
+        call(cx, node, RuntimeFunction::MultiscaleRoiPool, params, &[features, shapes, slots[1][0], slots[2][0]])
     }
 );
 
@@ -390,5 +420,8 @@ runtime_operator!(
             outputs: vec![TensorType::f32(vec![d.clone(), k.clone(), Dim::known(3)]), TensorType::f32(vec![d, k])],
             state: vec![],
         })
+    },
+    lower: |cx, node, slots| {
+        call(cx, node, RuntimeFunction::HeatmapsToKeypoints, (), &[slots[0][0], slots[1][0]])
     }
 );

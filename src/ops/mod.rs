@@ -484,8 +484,8 @@ pub fn positive_size(op: &str, x: &TensorType, size: Dim, why: &str) -> Result<D
 /// inputs, attributes, shape rule and lowering.
 macro_rules! runtime_operator {
     ($(#[$doc:meta])* $ty:ident, $name:literal, inputs: [$($input:expr),*], attrs: [$($attr:expr),* $(,)?],
-     infer: |$inputs:ident, $attrs:ident| $infer:block
-     $(, lower: |$cx:ident, $node:ident, $slots:ident| $lower:block)? $(,)?) => {
+     infer: |$inputs:ident, $attrs:ident| $infer:block,
+     lower: |$cx:ident, $node:ident, $slots:ident| $lower:block $(,)?) => {
         $(#[$doc])*
         #[derive(Debug)]
         pub struct $ty;
@@ -504,14 +504,9 @@ macro_rules! runtime_operator {
             fn infer(&self, $inputs: &[Vec<TensorType>], $attrs: &Attrs) -> Result<Inference, OpError> {
                 $infer
             }
-            #[allow(unreachable_code)]
             fn lower<'c, 'b>(&self, cx: &Emitter<'c, 'b>, node: &LowerNode<'_, 'c, 'b>) -> Result<Vec<Value<'c, 'b>>, LoweringError> {
-                $(
-                    let ($cx, $node, $slots) = (cx, node, split_slots(self.inputs(), node.inputs));
-                    return $lower;
-                )?
-                let _ = cx;
-                Err(LoweringError::RuntimeBuiltin { op: $name, node: node.name.to_string() })
+                let ($cx, $node, $slots) = (cx, node, split_slots(self.inputs(), node.inputs));
+                $lower
             }
         }
     };

@@ -1,6 +1,9 @@
 //! The fixture README's match criteria for detections, shared by the tests that compare a
-//! model's detections with torchvision's (`mrc run` and compiled programs).
+//! model's detections with torchvision's or with another run's (`mrc run` and compiled
+//! programs), and the detections read from a forward function's outputs or a COCO results file.
 
+use mrc::run::HostTensor;
+use mrc_runtime::program::rle::Rle;
 use mrc_runtime::weights::Weights;
 
 /// One detection: box, score, label, and the mask thresholded at 0.5 (row-major bits).
@@ -39,6 +42,44 @@ pub fn reference_detections(reference: &Weights, image: &str, pixels: usize) -> 
             score: scores[i],
             label: labels[i],
             mask: (0..pixels).map(|p| bits.bytes()[i * row + p / 8] & (0x80 >> (p % 8)) != 0).collect(),
+        })
+        .collect()
+}
+
+/// The detections among the outputs of a forward function (`boxes`, `scores`, `labels`, `masks`),
+/// masks thresholded at 0.5.
+pub fn our_detections(outputs: &[(String, HostTensor)]) -> Vec<Detection> {
+    let get = |name: &str| &outputs.iter().find(|(n, _)| n == name).unwrap().1;
+    let boxes = get("boxes").f32().unwrap();
+    let scores = get("scores").f32().unwrap();
+    let labels = get("labels").i64().unwrap();
+    let masks = get("masks");
+    let pixels = masks.shape()[2] * masks.shape()[3];
+    let masks = masks.f32().unwrap();
+    (0..scores.len())
+        .map(|i| Detection {
+            bbox: boxes[4 * i..4 * i + 4].try_into().unwrap(),
+            score: scores[i],
+            label: labels[i],
+            mask: masks[i * pixels..(i + 1) * pixels].iter().map(|&p| p > 0.5).collect(),
+        })
+        .collect()
+}
+
+/// The detections of image `id` in a COCO results file.
+pub fn detections_in(results: &[serde_json::Value], id: i64, height: u32, width: u32) -> Vec<Detection> {
+    results
+        .iter()
+        .filter(|r| r["image_id"] == id)
+        .map(|r| {
+            let b: Vec<f32> = r["bbox"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+            let counts = r["segmentation"]["counts"].as_str().unwrap();
+            Detection {
+                bbox: [b[0], b[1], b[0] + b[2], b[1] + b[3]],
+                score: r["score"].as_f64().unwrap() as f32,
+                label: r["category_id"].as_i64().unwrap(),
+                mask: Rle::from_coco_string(height, width, counts).unwrap().decode(),
+            }
         })
         .collect()
 }

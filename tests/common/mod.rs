@@ -6,6 +6,7 @@ pub mod detections;
 
 use mrc::diagnostic::SourceMap;
 use mrc::expand::{self, Model};
+use mrc::run::HostTensor;
 use std::path::{Path, PathBuf};
 
 /// The fixture directory: `$MRC_FIXTURES` (torchvision's layout), else the project's copy.
@@ -30,6 +31,13 @@ pub fn diagnostics(file: &Path, config: Option<&Path>) -> String {
         Ok(_) => panic!("{} expanded without errors", file.display()),
         Err(d) => d.render(&sources),
     }
+}
+
+/// An image file as the `u8[H, W, 3]` input of a network.
+pub fn image(path: &Path) -> HostTensor {
+    let rgb = ::image::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).to_rgb8();
+    let (w, h) = rgb.dimensions();
+    HostTensor::U8 { shape: vec![h as usize, w as usize, 3], data: rgb.into_raw() }
 }
 
 /// A new private directory, removed with everything in it when dropped (programs, dumps).

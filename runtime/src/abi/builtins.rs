@@ -6,9 +6,10 @@
 //! the operator's name ([`super::stages`]).
 
 use super::{set_error, stages, MemRef};
-use crate::builtins::{self as rt, DetectionParams, RpnParams, TensorF32};
-use crate::ops::multiscale::MultiScaleParams;
+use crate::builtins::{self as rt, DetectionParams, RoiPoolParams, RpnParams, TensorF32};
+use crate::ops::multiscale::{MultiScaleParams, MultiScalePoolParams};
 use crate::ops::preprocess::Transform;
+use crate::ops::roi_align::{PoolMode, RoiAlignParams};
 
 /// Attributes of a built-in as the `f64` words generated code passes.
 pub trait Params: Sized {
@@ -101,6 +102,45 @@ impl Params for RpnParams {
     }
 }
 
+impl Params for RoiAlignParams {
+    fn encode(&self) -> Vec<f64> {
+        let max = match self.mode {
+            PoolMode::Avg => 0.0,
+            PoolMode::Max => 1.0,
+        };
+        vec![
+            self.output_size[0] as f64,
+            self.output_size[1] as f64,
+            self.spatial_scale as f64,
+            self.sampling_ratio as f64,
+            self.aligned as u8 as f64,
+            max,
+        ]
+    }
+    fn decode(words: &[f64]) -> Option<Self> {
+        let mut w = Words(words);
+        let [oh, ow, spatial_scale, sampling_ratio, aligned, max] = w.take()?;
+        w.end(RoiAlignParams {
+            output_size: [oh as usize, ow as usize],
+            spatial_scale: spatial_scale as f32,
+            sampling_ratio: sampling_ratio as i32,
+            aligned: aligned != 0.0,
+            mode: if max != 0.0 { PoolMode::Max } else { PoolMode::Avg },
+        })
+    }
+}
+
+impl Params for RoiPoolParams {
+    fn encode(&self) -> Vec<f64> {
+        vec![self.output_size[0] as f64, self.output_size[1] as f64, self.spatial_scale as f64]
+    }
+    fn decode(words: &[f64]) -> Option<Self> {
+        let mut w = Words(words);
+        let [oh, ow, spatial_scale] = w.take()?;
+        w.end(RoiPoolParams { output_size: [oh as usize, ow as usize], spatial_scale: spatial_scale as f32 })
+    }
+}
+
 impl Params for MultiScaleParams {
     fn encode(&self) -> Vec<f64> {
         vec![
@@ -120,6 +160,26 @@ impl Params for MultiScaleParams {
             canonical_level: canonical_level as f32,
             aligned: aligned != 0.0,
             ..MultiScaleParams::new([oh as usize, ow as usize], sampling_ratio as i32)
+        })
+    }
+}
+
+impl Params for MultiScalePoolParams {
+    fn encode(&self) -> Vec<f64> {
+        vec![
+            self.output_size[0] as f64,
+            self.output_size[1] as f64,
+            self.canonical_scale as f64,
+            self.canonical_level as f64,
+        ]
+    }
+    fn decode(words: &[f64]) -> Option<Self> {
+        let mut w = Words(words);
+        let [oh, ow, canonical_scale, canonical_level] = w.take()?;
+        w.end(MultiScalePoolParams {
+            canonical_scale: canonical_scale as f32,
+            canonical_level: canonical_level as f32,
+            ..MultiScalePoolParams::new([oh as usize, ow as usize])
         })
     }
 }
@@ -309,6 +369,68 @@ pub unsafe extern "C" fn _mlir_ciface_mrc_multiscale_roi_align(
     });
 }
 
+/// `roi_align` of `boxes` [K, 4] from one feature map [1, C, H, W].
+///
+/// # Safety
+/// Descriptors of live buffers, as generated code passes them.
+#[no_mangle]
+pub unsafe extern "C" fn _mlir_ciface_mrc_roi_align(
+    out: *mut MemRef<f32, 4>,
+    params: *const MemRef<f64, 1>,
+    features: *const MemRef<f32, 4>,
+    boxes: *const MemRef<f32, 2>,
+) {
+    *out = call(
+        "roi_align",
+        params,
+        || MemRef::allocate([0, 0, 0, 0]),
+        |p: RoiAlignParams| Ok(owned(&rt::roi_align(&tensor(features), &tensor(boxes), &p).map_err(text)?)),
+    );
+}
+
+/// `roi_pool` of `boxes` [K, 4] from one feature map [1, C, H, W].
+///
+/// # Safety
+/// Descriptors of live buffers, as generated code passes them.
+#[no_mangle]
+pub unsafe extern "C" fn _mlir_ciface_mrc_roi_pool(
+    out: *mut MemRef<f32, 4>,
+    params: *const MemRef<f64, 1>,
+    features: *const MemRef<f32, 4>,
+    boxes: *const MemRef<f32, 2>,
+) {
+    *out = call(
+        "roi_pool",
+        params,
+        || MemRef::allocate([0, 0, 0, 0]),
+        |p: RoiPoolParams| Ok(owned(&rt::roi_pool(&tensor(features), &tensor(boxes), &p).map_err(text)?)),
+    );
+}
+
+/// `multiscale_roi_pool` over the packed pyramid levels.
+///
+/// # Safety
+/// Descriptors of live buffers, as generated code passes them.
+#[no_mangle]
+pub unsafe extern "C" fn _mlir_ciface_mrc_multiscale_roi_pool(
+    out: *mut MemRef<f32, 4>,
+    params: *const MemRef<f64, 1>,
+    features: *const MemRef<f32, 1>,
+    feature_shapes: *const MemRef<i64, 2>,
+    boxes: *const MemRef<f32, 2>,
+    size: *const MemRef<i64, 1>,
+) {
+    *out = call(
+        "multiscale_roi_pool",
+        params,
+        || MemRef::allocate([0, 0, 0, 0]),
+        |p: MultiScalePoolParams| {
+            let features = unpack(features, feature_shapes)?;
+            Ok(owned(&rt::multiscale_roi_pool(&features, &tensor(boxes), image_size(size)?, &p).map_err(text)?))
+        },
+    );
+}
+
 /// `postprocess_detections`: boxes [D, 4], scores [D], labels [D].
 ///
 /// # Safety
@@ -381,4 +503,60 @@ pub unsafe extern "C" fn _mlir_ciface_mrc_paste_masks(
         let [h, w, _] = (*image).shape();
         Ok(owned(&rt::paste_masks(&tensor(masks), &tensor(boxes), [h, w], p.padding).map_err(text)?))
     });
+}
+
+/// `heatmaps_to_keypoints`: [D, K, S, S] heatmaps of the boxes [D, 4] to keypoints [D, K, 3]
+/// and their scores [D, K].
+///
+/// # Safety
+/// Descriptors of live buffers, as generated code passes them.
+#[no_mangle]
+pub unsafe extern "C" fn _mlir_ciface_mrc_heatmaps_to_keypoints(
+    out: *mut Two<MemRef<f32, 3>, MemRef<f32, 2>>,
+    params: *const MemRef<f64, 1>,
+    heatmaps: *const MemRef<f32, 4>,
+    boxes: *const MemRef<f32, 2>,
+) {
+    let empty = || Two(MemRef::allocate([0, 0, 3]), MemRef::allocate([0, 0]));
+    *out = call("heatmaps_to_keypoints", params, empty, |()| {
+        let (keypoints, scores) = rt::heatmaps_to_keypoints(&tensor(heatmaps), &tensor(boxes)).map_err(text)?;
+        Ok(Two(owned(&keypoints), owned(&scores)))
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the compiler encodes, the runtime decodes; a word more or less is refused.
+    fn round_trip<P: Params + PartialEq + std::fmt::Debug>(params: P) {
+        let words = params.encode();
+        assert_eq!(P::decode(&words), Some(params));
+        assert_eq!(P::decode(&words[..words.len() - 1]), None);
+        assert_eq!(P::decode(&[&words[..], &[0.0]].concat()), None);
+    }
+
+    #[test]
+    fn pooling_parameters_round_trip() {
+        round_trip(RoiAlignParams {
+            output_size: [14, 7],
+            spatial_scale: 0.0625,
+            sampling_ratio: -1,
+            aligned: true,
+            mode: PoolMode::Max,
+        });
+        round_trip(RoiAlignParams {
+            output_size: [7, 7],
+            spatial_scale: 0.3,
+            sampling_ratio: 2,
+            aligned: false,
+            mode: PoolMode::Avg,
+        });
+        round_trip(RoiPoolParams { output_size: [7, 5], spatial_scale: 0.3 });
+        round_trip(MultiScalePoolParams {
+            canonical_scale: 112.0,
+            canonical_level: 3.0,
+            ..MultiScalePoolParams::new([7, 7])
+        });
+    }
 }

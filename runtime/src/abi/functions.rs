@@ -72,8 +72,14 @@ runtime_functions! {
     Anchors = "anchors", b::_mlir_ciface_mrc_anchors, ([Params], [I64(2)], [F32(4)]) -> (F32(2));
     /// Proposals from packed objectness and deltas, the anchors and the resized size.
     RpnProposals = "rpn_proposals", b::_mlir_ciface_mrc_rpn_proposals, ([Params], PACKED, PACKED, [F32(2)], [I64(1)]) -> (F32(2));
+    /// RoIAlign of boxes [K, 4] from one feature map [1, C, H, W].
+    RoiAlign = "roi_align", b::_mlir_ciface_mrc_roi_align, ([Params], [F32(4)], [F32(2)]) -> (F32(4));
+    /// RoIPool of boxes [K, 4] from one feature map [1, C, H, W].
+    RoiPool = "roi_pool", b::_mlir_ciface_mrc_roi_pool, ([Params], [F32(4)], [F32(2)]) -> (F32(4));
     /// RoIAlign over packed pyramid levels, for boxes on an image of the resized size.
     MultiscaleRoiAlign = "multiscale_roi_align", b::_mlir_ciface_mrc_multiscale_roi_align, ([Params], PACKED, [F32(2)], [I64(1)]) -> (F32(4));
+    /// RoIPool over packed pyramid levels, for boxes on an image of the resized size.
+    MultiscaleRoiPool = "multiscale_roi_pool", b::_mlir_ciface_mrc_multiscale_roi_pool, ([Params], PACKED, [F32(2)], [I64(1)]) -> (F32(4));
     /// Boxes, scores and labels from class logits, box regression and proposals.
     PostprocessDetections = "postprocess_detections", b::_mlir_ciface_mrc_postprocess_detections, ([Params], [F32(2)], [F32(2)], [F32(2)], [I64(1)]) -> (F32(2), F32(1), I64(1));
     /// Mask logits [D, K, M, M] to the probabilities [D, 1, M, M] of each detection's label.
@@ -82,6 +88,8 @@ runtime_functions! {
     RescaleBoxes = "rescale_boxes", b::_mlir_ciface_mrc_rescale_boxes, ([Params], [F32(2)], [I64(1)], [U8(3)]) -> (F32(2));
     /// Mask probabilities pasted into the image at the boxes.
     PasteMasks = "paste_masks", b::_mlir_ciface_mrc_paste_masks, ([Params], [F32(4)], [F32(2)], [U8(3)]) -> (F32(4));
+    /// Keypoints [D, K, 3] and their scores [D, K] from heatmaps [D, K, S, S] of the boxes.
+    HeatmapsToKeypoints = "heatmaps_to_keypoints", b::_mlir_ciface_mrc_heatmaps_to_keypoints, ([Params], [F32(4)], [F32(2)]) -> (F32(3), F32(2));
 }
 
 impl RuntimeFunction {

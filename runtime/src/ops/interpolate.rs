@@ -1,6 +1,6 @@
-//! Bilinear resampling as `torch.nn.functional.interpolate(mode="bilinear",
-//! align_corners=False)` does it when given an output size: source position
-//! `(i + 0.5)·in/out − 0.5`, clamped at 0, in float32.
+//! Resampling as `torch.nn.functional.interpolate(..., align_corners=False)` does it when given
+//! an output size, in float32: bilinear (source position `(i + 0.5)·in/out − 0.5`, clamped at 0)
+//! and bicubic (the same position, unclamped; four taps clamped to the border).
 
 /// For one output index: the two source indices and their weights.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -59,4 +59,68 @@ pub fn resize_planes(planes: &[f32], c: usize, [h, w]: [usize; 2], [oh, ow]: [us
         }
     });
     out
+}
+
+/// For one output index of a bicubic resize: four source indices (clamped to the input) and
+/// their weights.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct CubicTap {
+    i: [usize; 4],
+    w: [f32; 4],
+}
+
+/// The taps of a 1-D bicubic resize from `input` to `output` samples (both > 0), as torch's CPU
+/// kernel computes them (`HelperInterpCubic`): cubic convolution with A = −0.75 around
+/// `floor(src)`, in float32.
+fn cubic_taps(input: usize, output: usize) -> Vec<CubicTap> {
+    let scale = input as f32 / output as f32;
+    let last = input as i64 - 1;
+    (0..output)
+        .map(|i| {
+            let src = scale * (i as f32 + 0.5) - 0.5;
+            let index = (src.floor() as i64).min(last);
+            let t = (src - index as f32).clamp(0.0, 1.0);
+            let i = [-1, 0, 1, 2].map(|j| (index + j).clamp(0, last) as usize);
+            CubicTap { i, w: cubic_weights(t) }
+        })
+        .collect()
+}
+
+/// torch's `get_cubic_upsample_coefficients` for the fraction `t`.
+fn cubic_weights(t: f32) -> [f32; 4] {
+    const A: f32 = -0.75;
+    // |x| ≤ 1 and 1 < |x| < 2, in torch's evaluation order.
+    let near = |x: f32| ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0;
+    let far = |x: f32| ((A * x - 5.0 * A) * x + 8.0 * A) * x - 4.0 * A;
+    let u = 1.0 - t;
+    [far(t + 1.0), near(t), near(u), far(u + 1.0)]
+}
+
+/// Resizes a row-major `h×w` plane to `oh×ow` bicubically (all sizes > 0), handing each output
+/// row in order to `visit`. Each source row is interpolated along the width, then the rows
+/// are combined, accumulating in tap order as torch's kernel does.
+pub fn cubic_rows(plane: &[f32], [h, w]: [usize; 2], [oh, ow]: [usize; 2], mut visit: impl FnMut(usize, &[f32])) {
+    let tx = cubic_taps(w, ow);
+    let across: Vec<f32> = plane
+        .chunks_exact(w)
+        .take(h)
+        .flat_map(|row| tx.iter().map(|t| weighted(t, |x| row[x])).collect::<Vec<_>>())
+        .collect();
+    let mut out = vec![0.0f32; ow];
+    for (y, ty) in cubic_taps(h, oh).iter().enumerate() {
+        for (x, o) in out.iter_mut().enumerate() {
+            *o = weighted(ty, |row| across[row * ow + x]);
+        }
+        visit(y, &out);
+    }
+}
+
+/// `Σ value(i)·w` over the four taps, in tap order.
+#[inline(always)]
+fn weighted(taps: &CubicTap, value: impl Fn(usize) -> f32) -> f32 {
+    let mut acc = value(taps.i[0]) * taps.w[0];
+    for k in 1..4 {
+        acc += value(taps.i[k]) * taps.w[k];
+    }
+    acc
 }

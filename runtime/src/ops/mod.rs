@@ -3,6 +3,7 @@
 pub mod anchors;
 pub mod box_coder;
 pub(crate) mod interpolate;
+pub mod keypoints;
 pub mod multiscale;
 pub mod nms;
 pub mod paste_masks;

@@ -1,8 +1,9 @@
 //! Multi-scale RoIAlign over a feature pyramid: torchvision's `MultiScaleRoIAlign` with its
-//! `LevelMapper` (FPN paper, eq. 1) and scale inference.
+//! `LevelMapper` (FPN paper, eq. 1) and scale inference; and the same with RoIPool.
 
 use crate::error::{check_finite, invalid, shape_err, Result};
 use crate::ops::roi_align::{check_params, check_roi, pool_rois, PoolMode, RoiAlignParams};
+use crate::ops::roi_pool::roi_pool;
 use crate::tensor::FeatureMap;
 
 /// Assigns boxes to pyramid levels: `floor(lvl0 + log2(√area / s0) + eps)`, clamped to
@@ -98,6 +99,49 @@ pub struct MultiScaleOutput {
     pub levels: Vec<usize>,
 }
 
+/// Where a multi-scale pooler takes each box from: the scale inferred for each level, each box's
+/// level, and the boxes as RoIs `[image, x1, y1, x2, y2]`, images in order.
+struct Assignment {
+    scales: Vec<f32>,
+    levels: Vec<usize>,
+    rois: Vec<[f32; 5]>,
+}
+
+/// torchvision's `_setup_scales` and `LevelMapper` for `features` (finest first, equal batch and
+/// channels) and the boxes of each image of the batch, of (resized, unpadded) sizes
+/// `image_sizes`: scales inferred from the largest image height against each level's height.
+fn assign_levels(
+    op: &'static str,
+    features: &[FeatureMap],
+    boxes: &[&[[f32; 4]]],
+    image_sizes: &[[usize; 2]],
+    [canonical_scale, canonical_level, eps]: [f32; 3],
+) -> Result<Assignment> {
+    let Some(first) = features.first() else {
+        return invalid(op, "no feature maps");
+    };
+    if boxes.len() != image_sizes.len() || boxes.len() != first.n {
+        return shape_err(
+            op,
+            format!("{} box lists, {} image sizes, batch of {}", boxes.len(), image_sizes.len(), first.n),
+        );
+    }
+    if features.iter().any(|f| f.n != first.n || f.c != first.c) {
+        return shape_err(op, "feature maps differ in batch size or channels");
+    }
+    let original = [
+        image_sizes.iter().map(|s| s[0]).max().unwrap_or(0),
+        image_sizes.iter().map(|s| s[1]).max().unwrap_or(0),
+    ];
+    let scales = features.iter().map(|f| infer_scale([f.h, f.w], original)).collect::<Result<Vec<_>>>()?;
+    let mapper = LevelMapper::from_scales(op, &scales, canonical_scale, canonical_level, eps)?;
+    let all: Vec<[f32; 4]> = boxes.iter().flat_map(|b| b.iter().copied()).collect();
+    let levels = mapper.map_levels(&all)?;
+    let rois =
+        boxes.iter().enumerate().flat_map(|(i, b)| b.iter().map(move |b| [i as f32, b[0], b[1], b[2], b[3]])).collect();
+    Ok(Assignment { scales, levels, rois })
+}
+
 /// RoIAlign of each box from the pyramid level its size maps to.
 ///
 /// `features` are the levels finest first, all with the same batch and channels;
@@ -110,31 +154,10 @@ pub fn multiscale_roi_align(
     p: &MultiScaleParams,
 ) -> Result<MultiScaleOutput> {
     const OP: &str = "multiscale_roi_align";
-    let Some(first) = features.first() else {
-        return invalid(OP, "no feature maps");
-    };
-    if boxes.len() != image_sizes.len() || boxes.len() != first.n {
-        return shape_err(OP, format!("{} box lists, {} image sizes, batch of {}", boxes.len(), image_sizes.len(), first.n));
-    }
-    if features.iter().any(|f| f.n != first.n || f.c != first.c) {
-        return shape_err(OP, "feature maps differ in batch size or channels");
-    }
-    let original = [
-        image_sizes.iter().map(|s| s[0]).max().unwrap_or(0),
-        image_sizes.iter().map(|s| s[1]).max().unwrap_or(0),
-    ];
-    let scales = features.iter().map(|f| infer_scale([f.h, f.w], original)).collect::<Result<Vec<_>>>()?;
-    let mapper = LevelMapper::from_scales(OP, &scales, p.canonical_scale, p.canonical_level, p.eps)?;
-    let all: Vec<[f32; 4]> = boxes.iter().flat_map(|b| b.iter().copied()).collect();
-    let levels = mapper.map_levels(&all)?;
-    let rois: Vec<[f32; 5]> = boxes
-        .iter()
-        .enumerate()
-        .flat_map(|(i, b)| b.iter().map(move |b| [i as f32, b[0], b[1], b[2], b[3]]))
-        .collect();
-
+    let Assignment { scales, levels, rois } =
+        assign_levels(OP, features, boxes, image_sizes, [p.canonical_scale, p.canonical_level, p.eps])?;
     let [oh, ow] = p.output_size;
-    let per_roi = first.c * oh * ow;
+    let channels = features[0].c;
     let params: Vec<RoiAlignParams> = scales
         .iter()
         .map(|&spatial_scale| RoiAlignParams {
@@ -151,7 +174,51 @@ pub fn multiscale_roi_align(
     for (r, &l) in rois.iter().zip(&levels) {
         check_roi(OP, &features[l], r, &params[l])?;
     }
+    let mut values = vec![0.0f32; rois.len() * channels * oh * ow];
+    pool_rois(features, &params, &rois, |k| levels[k], channels, &mut values);
+    Ok(MultiScaleOutput { values, scales, levels })
+}
+
+/// Parameters of [`multiscale_roi_pool`]: the level mapper of [`MultiScaleParams`], RoIPool's
+/// output size.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MultiScalePoolParams {
+    pub output_size: [usize; 2],
+    pub canonical_scale: f32,
+    pub canonical_level: f32,
+    pub eps: f32,
+}
+
+impl MultiScalePoolParams {
+    /// torchvision's level mapper defaults.
+    pub fn new(output_size: [usize; 2]) -> Self {
+        MultiScalePoolParams { output_size, canonical_scale: 224.0, canonical_level: 4.0, eps: 1e-6 }
+    }
+}
+
+/// RoIPool (the Mask R-CNN paper's ablation, on FPN) of each box from the pyramid level its
+/// size maps to: [`multiscale_roi_align`]'s levels and scales, pooled with
+/// [`roi_pool`](crate::ops::roi_pool::roi_pool) level by level, as torchvision's
+/// `MultiScaleRoIAlign` calls `roi_align`.
+pub fn multiscale_roi_pool(
+    features: &[FeatureMap],
+    boxes: &[&[[f32; 4]]],
+    image_sizes: &[[usize; 2]],
+    p: &MultiScalePoolParams,
+) -> Result<MultiScaleOutput> {
+    const OP: &str = "multiscale_roi_pool";
+    let Assignment { scales, levels, rois } =
+        assign_levels(OP, features, boxes, image_sizes, [p.canonical_scale, p.canonical_level, p.eps])?;
+    let [oh, ow] = p.output_size;
+    let per_roi = features[0].c * oh * ow;
     let mut values = vec![0.0f32; rois.len() * per_roi];
-    pool_rois(features, &params, &rois, |k| levels[k], first.c, &mut values);
+    for (level, (map, &scale)) in features.iter().zip(&scales).enumerate() {
+        let members: Vec<usize> = (0..rois.len()).filter(|&k| levels[k] == level).collect();
+        let level_rois: Vec<[f32; 5]> = members.iter().map(|&k| rois[k]).collect();
+        let pooled = roi_pool(map, &level_rois, p.output_size, scale)?;
+        for (i, &k) in members.iter().enumerate() {
+            values[k * per_roi..(k + 1) * per_roi].copy_from_slice(&pooled.values[i * per_roi..(i + 1) * per_roi]);
+        }
+    }
     Ok(MultiScaleOutput { values, scales, levels })
 }

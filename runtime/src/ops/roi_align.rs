@@ -18,7 +18,7 @@ pub enum PoolMode {
 }
 
 /// Parameters of [`roi_align`], named as in `torchvision.ops.roi_align`.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct RoiAlignParams {
     /// `[height, width]` of each output bin grid.
     pub output_size: [usize; 2],
