@@ -8,7 +8,7 @@ use mrc::diagnostic::SourceMap;
 use mrc::expand::{self, Model};
 use mrc::lowering::{create_context, emit_forward, Products, lower_to_llvm, LoweringError};
 use mrc::run::{Executor, HostTensor};
-use mrc_runtime::builtins::{self, RoiPoolParams, TensorF32};
+use mrc_runtime::detection::{self, RoiPoolParams, TensorF32};
 use mrc_runtime::ops::multiscale::MultiScalePoolParams;
 use mrc_runtime::ops::roi_align::{PoolMode, RoiAlignParams};
 use mrc_runtime::weights::Weights;
@@ -90,7 +90,7 @@ fn detection_operators_become_calls_into_the_runtime() {
 #[test]
 fn every_pooling_and_keypoint_builtin_runs_through_its_runtime_entry() {
     let model = load_text(
-        "builtins.model",
+        "detection_operators.model",
         "network t(x: f32[1, 4, H, W], y: f32[1, 4, H2, W2], size: i64[2], boxes: f32[K, 4], heatmaps: f32[K, 3, 8, 8])
     -> (aligned: f32[K, 4, 5, 5], maxed: f32[K, 4, 2, 3], pooled: f32[K, 4, 3, 3], levels: f32[K, 4, 3, 3], keypoints: f32[K, 3, 3], scores: f32[K, 3]) {
     let aligned = roi_align(x, boxes, output_size: 5, spatial_scale: 0.25, sampling_ratio: 2, aligned: true)
@@ -124,12 +124,12 @@ fn every_pooling_and_keypoint_builtin_runs_through_its_runtime_entry() {
             aligned,
             mode,
         };
-        let (keypoints, scores) = builtins::heatmaps_to_keypoints(&heatmaps, &boxes).unwrap();
+        let (keypoints, scores) = detection::heatmaps_to_keypoints(&heatmaps, &boxes).unwrap();
         let expected = [
-            builtins::roi_align(&x, &boxes, &align([5, 5], 2, true, PoolMode::Avg)).unwrap(),
-            builtins::roi_align(&x, &boxes, &align([2, 3], -1, false, PoolMode::Max)).unwrap(),
-            builtins::roi_pool(&x, &boxes, &RoiPoolParams { output_size: [3, 3], spatial_scale: 0.25 }).unwrap(),
-            builtins::multiscale_roi_pool(
+            detection::roi_align(&x, &boxes, &align([5, 5], 2, true, PoolMode::Avg)).unwrap(),
+            detection::roi_align(&x, &boxes, &align([2, 3], -1, false, PoolMode::Max)).unwrap(),
+            detection::roi_pool(&x, &boxes, &RoiPoolParams { output_size: [3, 3], spatial_scale: 0.25 }).unwrap(),
+            detection::multiscale_roi_pool(
                 &[x.clone(), y.clone()],
                 &boxes,
                 [64, 64],

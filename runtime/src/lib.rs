@@ -9,7 +9,7 @@
 //! [`Error`], never a panic, and every operator accepts zero boxes.
 
 pub mod abi;
-pub mod builtins;
+pub mod detection;
 pub mod error;
 pub mod ops;
 pub mod program;

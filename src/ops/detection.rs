@@ -3,16 +3,16 @@
 //! numerics. Counts of boxes are symbolic: proposals `P`, detections `D`.
 
 use super::*;
-use mrc_runtime::abi::builtins::{AnchorParams, Params, PasteParams};
+use mrc_runtime::abi::detection::{AnchorParams, Params, PasteParams};
 use mrc_runtime::abi::functions::RuntimeFunction;
-use mrc_runtime::builtins::{DetectionParams, RoiPoolParams, RpnParams};
+use mrc_runtime::detection::{DetectionParams, RoiPoolParams, RpnParams};
 use mrc_runtime::ops::multiscale::{MultiScaleParams, MultiScalePoolParams};
 use mrc_runtime::ops::preprocess::Transform;
 use mrc_runtime::ops::roi_align::{PoolMode, RoiAlignParams};
 use AttrType::*;
 
 /// Lowers a built-in to the call `mrc_<op>(params, arguments...)` of the runtime's C interface
-/// (`mrc_runtime::abi::builtins`), its results typed as the node's outputs.
+/// (`mrc_runtime::abi::detection`), its results typed as the node's outputs.
 fn call<'c, 'b>(
     cx: &Emitter<'c, 'b>,
     node: &LowerNode<'_, 'c, 'b>,

@@ -3,10 +3,10 @@
 //! its address (what a JIT binds). The compiler names a function by its [`RuntimeFunction`]
 //! variant, never by a string, and the runtime's symbol table is [`RuntimeFunction::ALL`].
 
-use super::{builtins as b, kernels as k};
+use super::{detection as d, kernels as k};
 
 /// A tensor crossing the C interface: its element type and rank, or a built-in's parameter
-/// words (`f64[?]`, the layout of its [`super::builtins::Params`] implementation).
+/// words (`f64[?]`, the layout of its [`super::detection::Params`] implementation).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Arg {
     F32(usize),
@@ -67,29 +67,29 @@ runtime_functions! {
     /// `x` [N, F] times the weight [O, F] transposed.
     Linear = "linear", k::_mlir_ciface_mrc_linear, ([F32(2)], [F32(2)]) -> (F32(2));
     /// The image u8 [H, W, 3] to the batch [1, 3, Hb, Wb] and the resized size i64[2].
-    Preprocess = "preprocess", b::_mlir_ciface_mrc_preprocess, ([Params], [U8(3)]) -> (F32(4), I64(1));
+    Preprocess = "preprocess", d::_mlir_ciface_mrc_preprocess, ([Params], [U8(3)]) -> (F32(4), I64(1));
     /// Anchors for the feature-map sizes [L, 2] on the batch.
-    Anchors = "anchors", b::_mlir_ciface_mrc_anchors, ([Params], [I64(2)], [F32(4)]) -> (F32(2));
+    Anchors = "anchors", d::_mlir_ciface_mrc_anchors, ([Params], [I64(2)], [F32(4)]) -> (F32(2));
     /// Proposals from packed objectness and deltas, the anchors and the resized size.
-    RpnProposals = "rpn_proposals", b::_mlir_ciface_mrc_rpn_proposals, ([Params], PACKED, PACKED, [F32(2)], [I64(1)]) -> (F32(2));
+    RpnProposals = "rpn_proposals", d::_mlir_ciface_mrc_rpn_proposals, ([Params], PACKED, PACKED, [F32(2)], [I64(1)]) -> (F32(2));
     /// RoIAlign of boxes [K, 4] from one feature map [1, C, H, W].
-    RoiAlign = "roi_align", b::_mlir_ciface_mrc_roi_align, ([Params], [F32(4)], [F32(2)]) -> (F32(4));
+    RoiAlign = "roi_align", d::_mlir_ciface_mrc_roi_align, ([Params], [F32(4)], [F32(2)]) -> (F32(4));
     /// RoIPool of boxes [K, 4] from one feature map [1, C, H, W].
-    RoiPool = "roi_pool", b::_mlir_ciface_mrc_roi_pool, ([Params], [F32(4)], [F32(2)]) -> (F32(4));
+    RoiPool = "roi_pool", d::_mlir_ciface_mrc_roi_pool, ([Params], [F32(4)], [F32(2)]) -> (F32(4));
     /// RoIAlign over packed pyramid levels, for boxes on an image of the resized size.
-    MultiscaleRoiAlign = "multiscale_roi_align", b::_mlir_ciface_mrc_multiscale_roi_align, ([Params], PACKED, [F32(2)], [I64(1)]) -> (F32(4));
+    MultiscaleRoiAlign = "multiscale_roi_align", d::_mlir_ciface_mrc_multiscale_roi_align, ([Params], PACKED, [F32(2)], [I64(1)]) -> (F32(4));
     /// RoIPool over packed pyramid levels, for boxes on an image of the resized size.
-    MultiscaleRoiPool = "multiscale_roi_pool", b::_mlir_ciface_mrc_multiscale_roi_pool, ([Params], PACKED, [F32(2)], [I64(1)]) -> (F32(4));
+    MultiscaleRoiPool = "multiscale_roi_pool", d::_mlir_ciface_mrc_multiscale_roi_pool, ([Params], PACKED, [F32(2)], [I64(1)]) -> (F32(4));
     /// Boxes, scores and labels from class logits, box regression and proposals.
-    PostprocessDetections = "postprocess_detections", b::_mlir_ciface_mrc_postprocess_detections, ([Params], [F32(2)], [F32(2)], [F32(2)], [I64(1)]) -> (F32(2), F32(1), I64(1));
+    PostprocessDetections = "postprocess_detections", d::_mlir_ciface_mrc_postprocess_detections, ([Params], [F32(2)], [F32(2)], [F32(2)], [I64(1)]) -> (F32(2), F32(1), I64(1));
     /// Mask logits [D, K, M, M] to the probabilities [D, 1, M, M] of each detection's label.
-    MaskProbs = "mask_probs", b::_mlir_ciface_mrc_mask_probs, ([Params], [F32(4)], [I64(1)]) -> (F32(4));
+    MaskProbs = "mask_probs", d::_mlir_ciface_mrc_mask_probs, ([Params], [F32(4)], [I64(1)]) -> (F32(4));
     /// Boxes from the resized size to the size of the image.
-    RescaleBoxes = "rescale_boxes", b::_mlir_ciface_mrc_rescale_boxes, ([Params], [F32(2)], [I64(1)], [U8(3)]) -> (F32(2));
+    RescaleBoxes = "rescale_boxes", d::_mlir_ciface_mrc_rescale_boxes, ([Params], [F32(2)], [I64(1)], [U8(3)]) -> (F32(2));
     /// Mask probabilities pasted into the image at the boxes.
-    PasteMasks = "paste_masks", b::_mlir_ciface_mrc_paste_masks, ([Params], [F32(4)], [F32(2)], [U8(3)]) -> (F32(4));
+    PasteMasks = "paste_masks", d::_mlir_ciface_mrc_paste_masks, ([Params], [F32(4)], [F32(2)], [U8(3)]) -> (F32(4));
     /// Keypoints [D, K, 3] and their scores [D, K] from heatmaps [D, K, S, S] of the boxes.
-    HeatmapsToKeypoints = "heatmaps_to_keypoints", b::_mlir_ciface_mrc_heatmaps_to_keypoints, ([Params], [F32(4)], [F32(2)]) -> (F32(3), F32(2));
+    HeatmapsToKeypoints = "heatmaps_to_keypoints", d::_mlir_ciface_mrc_heatmaps_to_keypoints, ([Params], [F32(4)], [F32(2)]) -> (F32(3), F32(2));
 }
 
 impl RuntimeFunction {

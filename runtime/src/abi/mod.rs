@@ -11,7 +11,7 @@
 //! A runtime function cannot return an error to generated code: it records the message
 //! ([`take_error`]), returns empty tensors, and the caller of the forward function reports it.
 
-pub mod builtins;
+pub mod detection;
 pub mod forward;
 pub mod functions;
 pub mod kernels;

@@ -1,9 +1,9 @@
-//! The module-level builtins against references written here from torchvision's definitions
+//! The module-level detection steps against references written here from torchvision's definitions
 //! (`filter_proposals`, `postprocess_detections`, `maskrcnn_inference`, ...) on small random
-//! inputs, plus torchvision's own outputs for a few cases (`tests/fixtures/builtins/`, made by
-//! `tests/tools/make_builtins_fixtures.py`).
+//! inputs, plus torchvision's own outputs for a few cases (`tests/fixtures/detection/`, made by
+//! `tests/tools/make_detection_fixtures.py`).
 
-use mrc_runtime::builtins::{
+use mrc_runtime::detection::{
     anchors, heatmaps_to_keypoints, mask_probs, multiscale_roi_align, multiscale_roi_pool, paste_masks,
     postprocess_detections, preprocess, rescale_boxes, roi_pool, rpn_proposals, DetectionParams, RoiPoolParams,
     RpnParams, TensorF32,
@@ -551,12 +551,12 @@ fn one_map_pooling_and_keypoints_handle_no_boxes_and_reject_bad_shapes() {
         mode: PoolMode::Avg,
     };
     let pool = RoiPoolParams { output_size: [7, 7], spatial_scale: 0.25 };
-    assert_eq!(mrc_runtime::builtins::roi_align(&map, &none, &align).unwrap().shape, [0, 3, 7, 7]);
+    assert_eq!(mrc_runtime::detection::roi_align(&map, &none, &align).unwrap().shape, [0, 3, 7, 7]);
     assert_eq!(roi_pool(&map, &none, &pool).unwrap().shape, [0, 3, 7, 7]);
     let pyramid = pyramid(&mut rng);
     let levels = multiscale_roi_pool(&pyramid, &none, [64, 80], &MultiScalePoolParams::new([7, 7])).unwrap();
     assert_eq!(levels.shape, [0, 3, 7, 7]);
-    assert!(matches!(mrc_runtime::builtins::roi_align(&batch_of_two, &one_box, &align), Err(Error::Shape { .. })));
+    assert!(matches!(mrc_runtime::detection::roi_align(&batch_of_two, &one_box, &align), Err(Error::Shape { .. })));
     assert!(matches!(roi_pool(&batch_of_two, &one_box, &pool), Err(Error::Shape { .. })));
     assert!(matches!(roi_pool(&map, &map, &pool), Err(Error::Shape { .. })));
 
@@ -588,9 +588,9 @@ fn preprocess_makes_a_batch_of_one() {
     assert!(preprocess(&image[1..], [h, w], &t).is_err());
 }
 
-/// torchvision's outputs for a few cases: `tests/fixtures/builtins/`, made by
-/// `tests/tools/make_builtins_fixtures.py` (parameters in `cases.json`, tensors in
-/// `builtins.safetensors`).
+/// torchvision's outputs for a few cases: `tests/fixtures/detection/`, made by
+/// `tests/tools/make_detection_fixtures.py` (parameters in `cases.json`, tensors in
+/// `detection.safetensors`).
 struct Golden {
     cases: Value,
     bytes: Vec<u8>,
@@ -598,10 +598,10 @@ struct Golden {
 
 impl Golden {
     fn open() -> Golden {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/builtins");
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/detection");
         let read = |f: &str| std::fs::read(dir.join(f)).unwrap_or_else(|e| panic!("{}/{f}: {e}", dir.display()));
         let cases: Value = serde_json::from_slice(&read("cases.json")).unwrap();
-        Golden { cases: cases["cases"].clone(), bytes: read("builtins.safetensors") }
+        Golden { cases: cases["cases"].clone(), bytes: read("detection.safetensors") }
     }
 
     fn raw(&self, name: &str, dtype: Dtype) -> (Vec<usize>, Vec<u8>) {

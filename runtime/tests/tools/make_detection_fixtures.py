@@ -1,9 +1,9 @@
-"""Writes torchvision's outputs for the module-level builtins (runtime/src/builtins.rs):
+"""Writes torchvision's outputs for the module-level detection steps (runtime/src/detection.rs):
 
-    python make_builtins_fixtures.py OUT_DIR   # writes OUT_DIR/builtins/{cases.json,builtins.safetensors}
+    python make_detection_fixtures.py OUT_DIR   # writes OUT_DIR/detection/{cases.json,detection.safetensors}
 
-The project's copy is tests/fixtures/builtins (made with OUT_DIR = tests/fixtures), read by
-runtime/tests/builtins.rs. Each case runs torchvision's own module in eval mode on random head
+The project's copy is tests/fixtures/detection (made with OUT_DIR = tests/fixtures), read by
+runtime/tests/detection.rs. Each case runs torchvision's own module in eval mode on random head
 outputs: RegionProposalNetwork (with its AnchorGenerator), RoIHeads.postprocess_detections,
 maskrcnn_inference. Logits are continuous random values, so top-k meets no ties. Needs torch and
 torchvision; the tests do not.
@@ -16,7 +16,7 @@ from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.rpn import RegionProposalNetwork
 from torchvision.models.detection.roi_heads import RoIHeads, maskrcnn_inference
 
-out = os.path.join(sys.argv[1], "builtins")
+out = os.path.join(sys.argv[1], "detection")
 os.makedirs(out, exist_ok=True)
 torch.manual_seed(0)
 DT = {torch.float32: "F32", torch.int64: "I64"}
@@ -110,6 +110,6 @@ labels = torch.tensor([1, 3, 2, 1, 3])
 tensors.update({"mask.logits": logits, "mask.labels": labels, "mask.probs": maskrcnn_inference(logits, [labels])[0]})
 cases["mask_probs"].append({"name": "mask"})
 
-save(os.path.join(out, "builtins.safetensors"))
+save(os.path.join(out, "detection.safetensors"))
 with open(os.path.join(out, "cases.json"), "w") as f:
     json.dump({"torch": torch.__version__, "cases": cases}, f)

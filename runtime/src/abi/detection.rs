@@ -1,4 +1,4 @@
-//! The detection built-ins ([`crate::builtins`]) behind the C interface. Each is
+//! The detection built-ins ([`crate::detection`]) behind the C interface. Each is
 //! `_mlir_ciface_mrc_<op>(results*, params*, inputs...)`: `params` a `memref<?xf64>` holding the
 //! operator's attributes in the layout of its [`Params`] implementation (the compiler encodes
 //! with the same code), and a list of feature maps passed packed: their elements concatenated
@@ -6,7 +6,7 @@
 //! the operator's name ([`super::stages`]).
 
 use super::{set_error, stages, MemRef};
-use crate::builtins::{self as rt, DetectionParams, RoiPoolParams, RpnParams, TensorF32};
+use crate::detection::{self as rt, DetectionParams, RoiPoolParams, RpnParams, TensorF32};
 use crate::ops::multiscale::{MultiScaleParams, MultiScalePoolParams};
 use crate::ops::preprocess::Transform;
 use crate::ops::roi_align::{PoolMode, RoiAlignParams};
