@@ -454,11 +454,9 @@ fn pyramid(rng: &mut Rng) -> Vec<TensorF32> {
     [[16, 20], [8, 10], [4, 5]].iter().map(|&[h, w]| random_tensor(rng, vec![1, 3, h, w], -1.0, 1.0)).collect()
 }
 
-#[test]
-fn multiscale_roi_align_pools_each_box_at_its_level() {
-    let mut rng = Rng(9);
-    let features = pyramid(&mut rng);
-    // Sides from 10 to 285 pixels reach all three levels (level 2 below 112, level 4 from 224).
+/// Twelve boxes with sides from 10 to 285 pixels: they reach all three levels of [`pyramid`]
+/// (level 2 below 112, level 4 from 224).
+fn boxes_over_levels(rng: &mut Rng) -> TensorF32 {
     let boxes: Vec<f32> = (0..12)
         .flat_map(|i| {
             let side = 10.0 + 25.0 * i as f32;
@@ -466,7 +464,14 @@ fn multiscale_roi_align_pools_each_box_at_its_level() {
             [x, y, x + side, y + side * rng.range(0.5, 1.5)]
         })
         .collect();
-    let boxes = TensorF32::new(vec![12, 4], boxes).unwrap();
+    TensorF32::new(vec![12, 4], boxes).unwrap()
+}
+
+#[test]
+fn multiscale_roi_align_pools_each_box_at_its_level() {
+    let mut rng = Rng(9);
+    let features = pyramid(&mut rng);
+    let boxes = boxes_over_levels(&mut rng);
     let maps: Vec<FeatureMap> =
         features.iter().map(|f| FeatureMap::new(&f.data, [1, 3, f.shape[2], f.shape[3]]).unwrap()).collect();
     let rows = boxes.boxes("test").unwrap();
@@ -514,14 +519,7 @@ fn multiscale_roi_align_handles_no_boxes_and_rejects_bad_shapes() {
 fn multiscale_roi_pool_pools_each_box_at_its_level_with_roi_pool() {
     let mut rng = Rng(11);
     let features = pyramid(&mut rng);
-    let boxes: Vec<f32> = (0..12)
-        .flat_map(|i| {
-            let side = 10.0 + 25.0 * i as f32;
-            let (x, y) = (rng.range(-5.0, 40.0), rng.range(-5.0, 30.0));
-            [x, y, x + side, y + side * rng.range(0.5, 1.5)]
-        })
-        .collect();
-    let boxes = TensorF32::new(vec![12, 4], boxes).unwrap();
+    let boxes = boxes_over_levels(&mut rng);
     let rows = boxes.boxes("test").unwrap();
     let levels = LevelMapper::new(2, 4).map_levels(rows).unwrap();
     assert_eq!(levels.iter().collect::<std::collections::BTreeSet<_>>().len(), 3, "boxes should use every level");
