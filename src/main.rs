@@ -46,7 +46,7 @@ enum Command {
         optimization: Optimization,
         /// What to write: the executable, or MLIR, LLVM IR or the object file for inspection.
         #[arg(long, default_value = "exe")]
-        emit: mrc::targets::cpu::Emit,
+        emit: mrc::targets::Emit,
         /// The output file.
         #[arg(short = 'o')]
         output: PathBuf,
@@ -160,7 +160,7 @@ fn main() -> ExitCode {
         }),
         Command::Parse { file } => parse(file),
         Command::Compile { model, target: Target::Cpu, weights, optimization, emit, output } => load(model).and_then(|m| {
-            mrc::targets::cpu::compile(&m, weights.as_deref(), optimization.level, *emit, output).map_err(|e| format!("error: {e}"))
+            mrc::targets::compile(&m, &mrc::targets::cpu::Cpu, weights.as_deref(), optimization.level, *emit, output).map_err(|e| format!("error: {e}"))
         }),
         Command::Run { model, weights, optimization, images, dump_tensors, dump_dir } => {
             load(model).and_then(|m| mrc::run::run_images(&m.graph, optimization.level, weights, images, dump_tensors, dump_dir))

@@ -4,7 +4,7 @@
 //! value can be dumped by the name of the node that computes it: dumps are extra results.
 
 use crate::graph::{Graph, NodeKind, Port};
-use crate::lowering::{add_entry_points, create_context, expected_state, jit, LoweringError};
+use crate::lowering::{create_context, expected_state, LoweringError};
 use crate::targets::{self, cpu::Cpu, Target};
 use melior::{Context, ExecutionEngine};
 use mrc_runtime::abi::forward::{Forward, ForwardFn, FORWARD_PACKED};
@@ -56,20 +56,18 @@ impl Executor {
         weights.validate(&expected_state(graph))?;
         let outputs = forward_outputs(graph, dumps)?;
         let context = Box::new(create_context());
-        let targets::Emitted { mut module, signature, interface, passes } = targets::emit(&context, graph, &outputs, &Cpu, level)?;
-        Cpu.lower(&context, &mut module)?;
-        add_entry_points(&context, &module, signature.arguments.len(), false)?;
-        let engine = jit(&module, level as usize)?;
+        let emitted = targets::emit(&context, graph, &outputs, &Cpu, level)?;
+        let (interface, passes) = (emitted.interface.clone(), emitted.passes.clone());
+        let engine = Cpu.jit(&context, emitted, level)?;
         let address = engine.lookup(FORWARD_PACKED);
         if address.is_null() {
             return Err(LoweringError::Build(format!("the JIT has no `{FORWARD_PACKED}`")).into());
         }
-        // SAFETY: `mrc_forward_packed` has this type (see `add_entry_points`) and lives as long
-        // as the engine, which the executor keeps.
+        // SAFETY: `mrc_forward_packed` has this type (see `lowering::add_entry_points`) and
+        // lives as long as the engine, which the executor keeps.
         let function: ForwardFn = unsafe { std::mem::transmute::<*mut (), ForwardFn>(address) };
         // SAFETY: the function was emitted for `signature`, which `interface` describes.
         let forward = unsafe { Forward::new(function, interface, weights)? };
-        drop(module);
         Ok(Executor { forward, passes, _engine: engine, _context: context })
     }
 

@@ -1,5 +1,5 @@
-//! `mrc compile --target cpu`: the network's `@forward` lowered to the LLVM dialect, compiled to
-//! an object file in process (MLIR's execution engine, LLVM `-O<level>`), linked by the system
+//! The CPU target (`mrc compile --target cpu`, and `mrc run`'s JIT): the network's `@forward`
+//! lowered to the LLVM dialect, compiled to an object file in process (MLIR's execution engine, LLVM `-O<level>`), linked by the system
 //! linker (`cc`) with the runtime's static library, whose program driver the generated `main`
 //! calls. The model's interface and (by default) its weights follow the executable's code as a
 //! trailer, so that one file deploys; the program reads them from its own file.
@@ -11,37 +11,11 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::Target;
-use crate::expand::{value::Value, Model};
-use crate::lowering::{add_entry_points, create_context, expected_state, lower_to_llvm, LoweringError, Products};
+use super::{io, write_atomic, CompileError, Emit, Emitted, Program, Target};
+use crate::lowering::{add_entry_points, jit, lower_to_llvm, LoweringError, Products};
+use melior::{ir::Module, Context, ExecutionEngine};
 use mrc_runtime::abi::forward::FORWARD_PACKED;
 use mrc_runtime::program::trailer::{ProgramManifest, TRAILER_MAGIC};
-use mrc_runtime::weights::Weights;
-
-/// What `mrc compile` writes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Emit {
-    /// The executable.
-    Exe,
-    /// MLIR on tensors, as emitted from the graph.
-    Mlir,
-    /// LLVM IR, after the CPU pipeline.
-    Llvm,
-    /// The object file, before linking.
-    Obj,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum CompileError {
-    #[error(transparent)]
-    Lowering(#[from] LoweringError),
-    #[error(transparent)]
-    Weights(#[from] mrc_runtime::weights::WeightsError),
-    #[error("{path}: {message}")]
-    Io { path: PathBuf, message: String },
-    #[error("linking failed ({command}):\n{stderr}")]
-    Link { command: String, stderr: String },
-}
 
 /// The host CPU: products in the runtime's GEMM microkernels, the LLVM dialect, code compiled by
 /// LLVM in process and linked with the runtime's static library.
@@ -54,92 +28,75 @@ impl Target for Cpu {
     fn products(&self) -> Products {
         Products::RuntimeGemm
     }
-    fn lower(&self, context: &melior::Context, module: &mut melior::ir::Module) -> Result<(), LoweringError> {
+    fn lower(&self, context: &Context, module: &mut Module) -> Result<(), LoweringError> {
         lower_to_llvm(context, module)
     }
-}
-
-fn io(path: &Path) -> impl Fn(std::io::Error) -> CompileError + '_ {
-    move |e| CompileError::Io { path: path.to_owned(), message: e.to_string() }
-}
-
-/// Compiles `model` to `output` as `emit` says, at optimization level `level` (graph passes from
-/// 1 on, LLVM's level), with `weights` embedded in an executable.
-pub fn compile(
-    model: &Model,
-    weights: Option<&Path>,
-    level: u8,
-    emit: Emit,
-    output: &Path,
-) -> Result<String, CompileError> {
-    // Weights first: a mismatch is reported before minutes of compilation.
-    let weights = weights.map(Weights::open).transpose()?;
-    if let Some(weights) = &weights {
-        weights.validate(&expected_state(&model.graph))?;
+    /// The runtime's functions (`mrc_runtime::abi::symbols`, one per `RuntimeFunction`) bound
+    /// to this process's copies.
+    fn jit<'c>(&self, context: &'c Context, emitted: Emitted<'c>, level: u8) -> Result<ExecutionEngine, LoweringError> {
+        let Emitted { mut module, signature, .. } = emitted;
+        self.lower(context, &mut module)?;
+        add_entry_points(context, &module, signature.arguments.len(), false)?;
+        jit(&module, level as usize)
     }
-    let context = create_context();
-    let super::Emitted { mut module, signature, interface, .. } =
-        super::emit(&context, &model.graph, &model.graph.outputs, &Cpu, level)?;
-    if emit == Emit::Mlir {
-        write_atomic(output, module.as_operation().to_string().as_bytes())?;
-        return Ok(format!("wrote {}\n", output.display()));
-    }
-    Cpu.lower(&context, &mut module)?;
-    add_entry_points(&context, &module, signature.arguments.len(), true)?;
-    if emit == Emit::Llvm {
-        write_atomic(output, llvm_ir(&module).as_bytes())?;
-        return Ok(format!("wrote {}\n", output.display()));
-    }
-
-    let scratch = tempfile::tempdir().map_err(io(output))?;
-    let object = scratch.path().join("forward.o");
-    let engine = crate::lowering::jit_for_object(&module, level as usize)?;
-    // The engine compiles on first lookup; the object is what it compiled.
-    if engine.lookup(FORWARD_PACKED).is_null() {
-        return Err(LoweringError::Build(format!("`{FORWARD_PACKED}` did not compile")).into());
-    }
-    engine.dump_to_object_file(object.to_str().expect("temporary paths are UTF-8"));
-    if !object.exists() {
-        return Err(LoweringError::Build("the execution engine wrote no object file".into()).into());
-    }
-    if emit == Emit::Obj {
-        let bytes = std::fs::read(&object).map_err(io(&object))?;
-        write_atomic(output, &bytes)?;
-        return Ok(format!("wrote {}\n", output.display()));
-    }
-
-    let linked = scratch.path().join("program");
-    link(&object, &linked)?;
-    let manifest = ProgramManifest {
-        model_name: output.file_name().map_or("program".into(), |n| n.to_string_lossy().into_owned()),
-        class_names: class_names(model),
-        interface,
-    };
-    let weight_bytes = match &weights {
-        Some(weights) => weights.to_safetensors_bytes()?,
-        None => vec![],
-    };
-    let mut program = std::fs::read(&linked).map_err(io(&linked))?;
-    let manifest_json = serde_json::to_vec(&manifest).expect("the manifest serializes");
-    program.extend_from_slice(&weight_bytes);
-    program.extend_from_slice(&manifest_json);
-    program.extend_from_slice(&(weight_bytes.len() as u64).to_le_bytes());
-    program.extend_from_slice(&(manifest_json.len() as u64).to_le_bytes());
-    program.extend_from_slice(TRAILER_MAGIC);
-    write_atomic(output, &program)?;
-    set_executable(output)?;
-    let embedded =
-        if weights.is_some() { "weights embedded" } else { "no weights embedded: pass --weights when running it" };
-    Ok(format!("wrote {} ({:.1} MB, {embedded})\n", output.display(), program.len() as f64 / 1e6))
-}
-
-/// The label names from the config's `class_names`, if any.
-fn class_names(model: &Model) -> Vec<String> {
-    match model.config.get("class_names").map(|s| &s.value) {
-        Some(Value::List(names)) => {
-            names.iter().map(|n| if let Value::Str(s) = n { s.clone() } else { String::new() }).collect()
+    /// An executable: LLVM IR, then an object from the execution engine, linked by `cc` with
+    /// the runtime library `mrc` carries, and the trailer.
+    fn write<'c>(
+        &self,
+        context: &'c Context,
+        emitted: Emitted<'c>,
+        program: Program,
+        level: u8,
+        emit: Emit,
+        output: &Path,
+    ) -> Result<String, CompileError> {
+        let Emitted { mut module, signature, interface, .. } = emitted;
+        self.lower(context, &mut module)?;
+        add_entry_points(context, &module, signature.arguments.len(), true)?;
+        if emit == Emit::Llvm {
+            write_atomic(output, llvm_ir(&module).as_bytes())?;
+            return Ok(format!("wrote {}\n", output.display()));
         }
-        _ => vec![],
+
+        let scratch = tempfile::tempdir().map_err(io(output))?;
+        let object = scratch.path().join("forward.o");
+        let engine = crate::lowering::jit_for_object(&module, level as usize)?;
+        // The engine compiles on first lookup; the object is what it compiled.
+        if engine.lookup(FORWARD_PACKED).is_null() {
+            return Err(LoweringError::Build(format!("`{FORWARD_PACKED}` did not compile")).into());
+        }
+        engine.dump_to_object_file(object.to_str().expect("temporary paths are UTF-8"));
+        if !object.exists() {
+            return Err(LoweringError::Build("the execution engine wrote no object file".into()).into());
+        }
+        if emit == Emit::Obj {
+            let bytes = std::fs::read(&object).map_err(io(&object))?;
+            write_atomic(output, &bytes)?;
+            return Ok(format!("wrote {}\n", output.display()));
+        }
+
+        let linked = scratch.path().join("program");
+        link(&object, &linked)?;
+        let manifest = ProgramManifest { model_name: program.name, class_names: program.class_names, interface };
+        let weight_bytes = match &program.weights {
+            Some(weights) => weights.to_safetensors_bytes()?,
+            None => vec![],
+        };
+        let mut executable = std::fs::read(&linked).map_err(io(&linked))?;
+        let manifest_json = serde_json::to_vec(&manifest).expect("the manifest serializes");
+        executable.extend_from_slice(&weight_bytes);
+        executable.extend_from_slice(&manifest_json);
+        executable.extend_from_slice(&(weight_bytes.len() as u64).to_le_bytes());
+        executable.extend_from_slice(&(manifest_json.len() as u64).to_le_bytes());
+        executable.extend_from_slice(TRAILER_MAGIC);
+        write_atomic(output, &executable)?;
+        set_executable(output)?;
+        let embedded = if program.weights.is_some() {
+            "weights embedded"
+        } else {
+            "no weights embedded: pass --weights when running it"
+        };
+        Ok(format!("wrote {} ({:.1} MB, {embedded})\n", output.display(), executable.len() as f64 / 1e6))
     }
 }
 
@@ -196,12 +153,6 @@ fn link(object: &Path, output: &Path) -> Result<(), CompileError> {
         });
     }
     Ok(())
-}
-
-/// Writes through a temporary file renamed into place: never a half-written output.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CompileError> {
-    mrc_runtime::program::coco::write_atomic(path, bytes)
-        .map_err(|message| CompileError::Io { path: path.to_owned(), message })
 }
 
 fn set_executable(path: &Path) -> Result<(), CompileError> {

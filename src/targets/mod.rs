@@ -1,18 +1,22 @@
 //! Targets: from the graph to something that runs. Everything up to the emitted `@forward` is
 //! shared ([`emit`]: the graph passes, the emission, the interface); a [`Target`] decides the
 //! rest: how dense products are computed, its MLIR pass pipeline, how runtime functions are
-//! bound, and how its output is written. `mrc run` (JIT, in process) and `mrc compile` both go
-//! through [`emit`] and a target's [`Target::lower`].
+//! bound for in-process execution ([`Target::jit`], `mrc run`), and how its output is written
+//! ([`Target::write`], `mrc compile` through [`compile`]).
 //!
 //! [`cpu`] writes native executables; it is the only target so far.
 
 pub mod cpu;
 
-use melior::{ir::Module, Context};
-use mrc_runtime::abi::forward::Interface;
+use std::path::{Path, PathBuf};
 
+use melior::{ir::Module, Context, ExecutionEngine};
+use mrc_runtime::abi::forward::Interface;
+use mrc_runtime::weights::Weights;
+
+use crate::expand::{value::Value, Model};
 use crate::graph::{Graph, Port};
-use crate::lowering::{emit_forward, interface, LoweringError, Products, Signature};
+use crate::lowering::{create_context, emit_forward, expected_state, interface, LoweringError, Products, Signature};
 use crate::passes;
 
 /// What a target decides.
@@ -23,6 +27,102 @@ pub trait Target {
     /// Lowers an emitted module in place with the target's pass pipeline, to what its back end
     /// takes (the CPU: the LLVM dialect).
     fn lower(&self, context: &Context, module: &mut Module) -> Result<(), LoweringError>;
+    /// Compiles `emitted` for execution in this process, the runtime's functions bound, at
+    /// optimization level `level`.
+    fn jit<'c>(&self, context: &'c Context, emitted: Emitted<'c>, level: u8) -> Result<ExecutionEngine, LoweringError>;
+    /// Writes `program` compiled from `emitted` to `output`, or the stage `emit` asks for.
+    fn write<'c>(
+        &self,
+        context: &'c Context,
+        emitted: Emitted<'c>,
+        program: Program,
+        level: u8,
+        emit: Emit,
+        output: &Path,
+    ) -> Result<String, CompileError>;
+}
+
+/// What `mrc compile` writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Emit {
+    /// The executable.
+    Exe,
+    /// MLIR on tensors, as emitted from the graph.
+    Mlir,
+    /// LLVM IR, after the CPU pipeline.
+    Llvm,
+    /// The object file, before linking.
+    Obj,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CompileError {
+    #[error(transparent)]
+    Lowering(#[from] LoweringError),
+    #[error(transparent)]
+    Weights(#[from] mrc_runtime::weights::WeightsError),
+    #[error("{path}: {message}")]
+    Io { path: PathBuf, message: String },
+    #[error("linking failed ({command}):\n{stderr}")]
+    Link { command: String, stderr: String },
+}
+
+/// What a program carries besides its code.
+pub struct Program {
+    pub name: String,
+    /// Label names, from the config's `class_names`.
+    pub class_names: Vec<String>,
+    /// Weights to embed, checked against the model.
+    pub weights: Option<Weights>,
+}
+
+/// `mrc compile`: `model` for `target` at optimization level `level` (graph passes from 1 on,
+/// LLVM's level), with `weights` embedded, written to `output` as `emit` says.
+pub fn compile(
+    model: &Model,
+    target: &dyn Target,
+    weights: Option<&Path>,
+    level: u8,
+    emit_stage: Emit,
+    output: &Path,
+) -> Result<String, CompileError> {
+    // Weights first: a mismatch is reported before the compilation.
+    let weights = weights.map(Weights::open).transpose()?;
+    if let Some(weights) = &weights {
+        weights.validate(&expected_state(&model.graph))?;
+    }
+    let context = create_context();
+    let emitted = emit(&context, &model.graph, &model.graph.outputs, target, level)?;
+    if emit_stage == Emit::Mlir {
+        write_atomic(output, emitted.module.as_operation().to_string().as_bytes())?;
+        return Ok(format!("wrote {}\n", output.display()));
+    }
+    let program = Program {
+        name: output.file_name().map_or("program".into(), |n| n.to_string_lossy().into_owned()),
+        class_names: class_names(model),
+        weights,
+    };
+    target.write(&context, emitted, program, level, emit_stage, output)
+}
+
+/// The label names from the config's `class_names`, if any.
+fn class_names(model: &Model) -> Vec<String> {
+    match model.config.get("class_names").map(|s| &s.value) {
+        Some(Value::List(names)) => {
+            names.iter().map(|n| if let Value::Str(s) = n { s.clone() } else { String::new() }).collect()
+        }
+        _ => vec![],
+    }
+}
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> CompileError + '_ {
+    move |e| CompileError::Io { path: path.to_owned(), message: e.to_string() }
+}
+
+/// Writes through a temporary file renamed into place: never a half-written output.
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CompileError> {
+    mrc_runtime::program::coco::write_atomic(path, bytes)
+        .map_err(|message| CompileError::Io { path: path.to_owned(), message })
 }
 
 /// A graph optimized and emitted for a target, not yet lowered.
