@@ -147,7 +147,7 @@ fn main() -> ExitCode {
             }
             let comment = if matches!(format, GraphFormat::Dot) { "//" } else { "#" };
             let mut text = format!("{comment} before passes\n{}", render(&m.graph));
-            for pass in mrc::passes::default_passes() {
+            for pass in mrc::targets::Target::graph_passes(&mrc::targets::cpu::Cpu) {
                 let before = render(&m.graph);
                 let changed = pass.run(&mut m.graph);
                 text.push_str(&format!("\n{comment} {}: {}\n", pass.name(), if changed { "changed" } else { "no change" }));

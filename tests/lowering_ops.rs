@@ -1,8 +1,9 @@
 //! Every dense operator, lowered by its own `lower`, JIT-compiled and run on random inputs and
 //! weights, against a straightforward Rust implementation of torch's definition. Each case is a
 //! one-operator network with symbolic sizes (`?` in MLIR), compiled once and run at two input
-//! sizes, once per way of computing products and once after the graph passes (batch norms
-//! folded into derived weights, epilogues fused into convolutions).
+//! sizes, once per way of computing products and once after the CPU target's graph passes
+//! (batch norms folded into derived weights, epilogues fused into convolutions, weights packed
+//! for the GEMM).
 
 use std::collections::HashMap;
 use std::ffi::c_void;
@@ -186,7 +187,7 @@ fn with_compiled(source: &str, body: impl Fn(&Compiled)) {
     // code (convolutions, linear layers, batch norms, residual blocks).
     let context = create_context();
     let mut optimized = model.graph.clone();
-    mrc::passes::run(&mut optimized, &mrc::passes::default_passes());
+    mrc::passes::run(&mut optimized, &mrc::targets::Target::graph_passes(&mrc::targets::cpu::Cpu));
     let mut seen = vec![];
     for graph in [&model.graph, &optimized] {
         for products in [Products::RuntimeGemm, Products::Linalg] {

@@ -24,6 +24,10 @@ pub enum WeightTransform {
     /// A transposed convolution's weight `[C, O, kh, kw]` as the matrix of its taps,
     /// `[O·kh·kw, C]` (kernel = stride: a matrix product and a pixel shuffle). Source: the weight.
     TransposedKernelTaps,
+    /// A convolution's weight `[O, ...]` (the result of `of` on the sources, or the one source
+    /// itself) packed for the GEMM: the column-major matrix `[K, O]`, K the product of the other
+    /// axes, which the `gemm` crate's kernels read in place instead of packing it on every call.
+    GemmColumns { of: Option<Box<WeightTransform>> },
 }
 
 /// A source tensor: row-major f32 elements and shape.
@@ -79,6 +83,19 @@ impl WeightTransform {
                     *value = weight[ravel([group * per_group + ci, fi, kh - 1 - i, kw - 1 - j], [c, f, kh, kw])];
                 }
                 Ok((flipped, vec![groups * f, per_group, kh, kw]))
+            }
+            WeightTransform::GemmColumns { ref of } => {
+                let (weight, shape) = match of {
+                    Some(inner) => inner.apply(sources)?,
+                    None => match sources {
+                        [(weight, shape)] => (weight.to_vec(), shape.to_vec()),
+                        _ => return Err(arity(1, sources)),
+                    },
+                };
+                let rows = shape.first().copied().unwrap_or(0);
+                let k = shape[1..].iter().product::<usize>();
+                let columns = (0..rows * k).map(|index| weight[(index % rows) * k + index / rows]).collect();
+                Ok((columns, vec![k, rows]))
             }
             WeightTransform::TransposedKernelTaps => {
                 let [(weight, &[c, o, kh, kw])] = sources else { return Err(kernel_of(sources)) };
@@ -173,6 +190,20 @@ mod tests {
         assert_eq!(taps[10 * 2 + 1], 22.0);
         assert!(WeightTransform::TransposedKernelTaps.apply(&[(&weight, &[48])]).is_err());
         assert!(WeightTransform::FlipTransposedKernel { groups: 3 }.apply(&[(&weight, &[4, 3, 2, 2])]).is_err());
+    }
+
+    #[test]
+    fn gemm_columns_transpose_the_weight_or_what_another_transform_derives() {
+        let weight: Vec<f32> = (0..12).map(|v| v as f32).collect();
+        let (columns, dims) = WeightTransform::GemmColumns { of: None }.apply(&[(&weight, &[2, 3, 2])]).unwrap();
+        assert_eq!(dims, [6, 2]);
+        // Column o of the [K, O] matrix is row o of the weight: element (k = 4, o = 1) is 6 + 4.
+        assert_eq!(columns[4 * 2 + 1], 10.0);
+        let fold = WeightTransform::FoldBatchNormWeight { eps: 0.0 };
+        let (gamma, var) = ([2.0_f32, 3.0], [1.0_f32, 1.0]);
+        let sources = [(&weight[..], &[2_usize, 6][..]), (&gamma, &[2]), (&var, &[2])];
+        let (packed, _) = WeightTransform::GemmColumns { of: Some(Box::new(fold)) }.apply(&sources).unwrap();
+        assert_eq!(packed[4 * 2 + 1], 3.0 * 10.0);
     }
 
     #[test]

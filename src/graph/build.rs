@@ -77,6 +77,8 @@ impl Graph {
         span: Option<Span>,
         state: StateUse,
     ) -> Result<NodeIndex, AddOpError> {
+        let mut attrs = attrs;
+        with_defaults(op, &mut attrs);
         let types: Vec<Vec<TensorType>> =
             inputs.iter().map(|slot| slot.iter().map(|&p| self.ty(p).clone()).collect()).collect();
         let inference = op.infer(&types, &attrs).and_then(|i| i.check_state().map(|()| i)).map_err(AddOpError::Shape)?;
@@ -128,7 +130,8 @@ impl Graph {
     /// of ports per slot) and the weights it reads now (its last inputs, as many as `op`'s
     /// shape rule declares): a pass rewriting an operator in place. The shape rule must accept
     /// the inputs and weights and give the node's present output types.
-    pub fn replace_op(&mut self, node: NodeIndex, op: &'static dyn Operator, attrs: Attrs, inputs: &[Vec<Port>]) -> Result<(), AddOpError> {
+    pub fn replace_op(&mut self, node: NodeIndex, op: &'static dyn Operator, mut attrs: Attrs, inputs: &[Vec<Port>]) -> Result<(), AddOpError> {
+        with_defaults(op, &mut attrs);
         let types: Vec<Vec<TensorType>> = inputs.iter().map(|slot| slot.iter().map(|&p| self.ty(p).clone()).collect()).collect();
         let inference = op.infer(&types, &attrs).map_err(AddOpError::Shape)?;
         let present = self.inputs_of(node);
@@ -150,5 +153,15 @@ impl Graph {
         }
         self.nodes[node].kind = NodeKind::Op { op, attrs };
         Ok(())
+    }
+}
+
+/// Completes `attrs` with `op`'s defaults, as the expander does for model files, so that a pass
+/// names only the attributes it sets.
+fn with_defaults(op: &dyn Operator, attrs: &mut Attrs) {
+    for spec in op.attrs() {
+        if let Some(value) = spec.default_value() {
+            attrs.entry(spec.name.to_owned()).or_insert(value);
+        }
     }
 }

@@ -22,14 +22,9 @@ pub enum Products {
 }
 
 impl<'c, 'b> Emitter<'c, 'b> {
-    /// `matrix` [M, K] times each image's `columns` [N, K, H, W] (one column per pixel), as
-    /// `ty` [N, M, H, W].
-    pub fn conv_product(
-        &self,
-        matrix: Value<'c, 'b>,
-        columns: Value<'c, 'b>,
-        ty: Type<'c>,
-    ) -> Result<Value<'c, 'b>, LoweringError> {
+    /// `matrix` [M, K] (or, `packed` for the GEMM at load time, its column-major form [K, M])
+    /// times each image's `columns` [N, K, H, W] (one column per pixel), as `ty` [N, M, H, W].
+    pub fn conv_product(&self, matrix: Value<'c, 'b>, packed: bool, columns: Value<'c, 'b>, ty: Type<'c>) -> Result<Value<'c, 'b>, LoweringError> {
         match self.products {
             Products::RuntimeGemm => {
                 // Flattening the pixels is free; splitting them again after the product would
@@ -37,13 +32,14 @@ impl<'c, 'b> Emitter<'c, 'b> {
                 // `expand-strided-metadata`: the kernel takes [H, W] and writes [N, M, H, W].
                 let size = self.index_tensor(&[self.size(columns, 2)?, self.size(columns, 3)?])?;
                 let flat = self.collapse_shape(columns, &[&[0], &[1], &[2, 3]])?;
-                Ok(self.call_runtime(RuntimeFunction::ConvMatmul, &[matrix, flat, size], &[ty])?[0])
+                let function = if packed { RuntimeFunction::ConvMatmulPacked } else { RuntimeFunction::ConvMatmul };
+                Ok(self.call_runtime(function, &[matrix, flat, size], &[ty])?[0])
             }
             Products::Linalg => {
-                let sizes =
-                    [self.size(columns, 0)?, self.size(matrix, 0)?, self.size(columns, 2)?, self.size(columns, 3)?];
-                let maps =
-                    ["(n, m, y, x, k) -> (m, k)", "(n, m, y, x, k) -> (n, k, y, x)", "(n, m, y, x, k) -> (n, m, y, x)"];
+                let m = self.size(matrix, if packed { 1 } else { 0 })?;
+                let sizes = [self.size(columns, 0)?, m, self.size(columns, 2)?, self.size(columns, 3)?];
+                let weights = if packed { "(n, m, y, x, k) -> (k, m)" } else { "(n, m, y, x, k) -> (m, k)" };
+                let maps = [weights, "(n, m, y, x, k) -> (n, k, y, x)", "(n, m, y, x, k) -> (n, m, y, x)"];
                 self.contraction(matrix, columns, &sizes, maps)
             }
         }

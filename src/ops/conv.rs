@@ -111,16 +111,19 @@ impl<'c, 'b> Epilogue<'c, 'b> {
 fn im2col_matmul<'c, 'b>(
     cx: &Emitter<'c, 'b>,
     x: Value<'c, 'b>,
-    weight: Value<'c, 'b>,
+    weight: Weight<'c, 'b>,
     epilogue: Epilogue<'c, 'b>,
     window: &Window,
     sizes: &[Size<'c, 'b>; 4],
 ) -> Result<Value<'c, 'b>, LoweringError> {
     let [n, _, ho, wo] = *sizes;
-    let matrix = cx.collapse_shape(weight, &[&[0], &[1, 2, 3]])?;
+    let (matrix, packed) = match weight {
+        Weight::Kernel(kernel) => (cx.collapse_shape(kernel, &[&[0], &[1, 2, 3]])?, false),
+        Weight::Packed(matrix) => (matrix, true),
+    };
     let output_type = cx.ranked_tensor(&sizes.map(|size| size.static_value()), cx.f32_type());
     let y = if window.kernel == [1, 1] && window.stride == [1, 1] {
-        cx.conv_product(matrix, x, output_type)?
+        cx.conv_product(matrix, packed, x, output_type)?
     } else {
         // The im2col matrix (9× the input for a 3×3 kernel) lives only inside this region.
         let body = Block::new(&[]);
@@ -136,11 +139,19 @@ fn im2col_matmul<'c, 'b>(
                 body.yield_values(&[body.arg(0)?])
             })?[0];
             let columns = cx.collapse_shape(gathered, &[&[0], &[1, 2, 3], &[4], &[5]])?;
-            cx.yield_region(&[cx.conv_product(matrix, columns, output_type)?])?;
+            cx.yield_region(&[cx.conv_product(matrix, packed, columns, output_type)?])?;
         }
         cx.execute_region(body, &[output_type])?[0]
     };
     epilogue.apply(cx, y, sizes)
+}
+
+/// A convolution's weights: the kernel [O, C / groups, kh, kw], or the matrix the
+/// `pack-gemm-weights` pass derived from it when the weights load (column-major [C·kh·kw, O]).
+#[derive(Clone, Copy)]
+enum Weight<'c, 'b> {
+    Kernel(Value<'c, 'b>),
+    Packed(Value<'c, 'b>),
 }
 
 /// The geometry of one 2-d convolution, per spatial axis (height, width).
@@ -160,7 +171,7 @@ struct Window {
 fn convolution<'c, 'b>(
     cx: &Emitter<'c, 'b>,
     x: Value<'c, 'b>,
-    weight: Value<'c, 'b>,
+    weight: Weight<'c, 'b>,
     epilogue: Epilogue<'c, 'b>,
     window: &Window,
 ) -> Result<Value<'c, 'b>, LoweringError> {
@@ -171,7 +182,10 @@ fn convolution<'c, 'b>(
     };
     let [n, c, h, w] = [0, 1, 2, 3].map(|axis| cx.size(x, axis));
     let (n, c, h, w) = (n?, c?, h?, w?);
-    let out = cx.size(weight, 0)?;
+    let out = match weight {
+        Weight::Kernel(kernel) => cx.size(kernel, 0)?,
+        Weight::Packed(matrix) => cx.size(matrix, 1)?,
+    };
     let spatial =
         |size, axis: usize| cx.size_windows(size, -window.dilation[axis] * (window.kernel[axis] - 1) - 1, window.stride[axis]);
     let sizes = [n, out, spatial(h, 0)?, spatial(w, 1)?];
@@ -180,9 +194,11 @@ fn convolution<'c, 'b>(
         ("dilations", format!("dense<{:?}> : tensor<2xi64>", window.dilation)),
     ];
     let g = window.groups;
-    if g == 1 {
-        return im2col_matmul(cx, x, weight, epilogue, window, &sizes);
-    }
+    let weight = match weight {
+        _ if g == 1 => return im2col_matmul(cx, x, weight, epilogue, window, &sizes),
+        Weight::Kernel(kernel) => kernel,
+        Weight::Packed(_) => return Err(LoweringError::Build("a grouped convolution's weights are not packed".into())),
+    };
     let init = match epilogue.bias {
         Some(bias) => cx.broadcast(bias, cx.empty(&sizes, cx.f32_type())?, &[0, 2, 3])?,
         None => cx.zeros(&sizes)?,
@@ -233,7 +249,7 @@ impl Operator for Conv2d {
     }
     fn lower<'c, 'b>(&self, cx: &Emitter<'c, 'b>, node: &LowerNode<'_, 'c, 'b>) -> Result<Vec<Value<'c, 'b>>, LoweringError> {
         let bias = node.attrs.flag("bias").then(|| node.inputs[2]);
-        Ok(vec![convolution(cx, node.inputs[0], node.inputs[1], Epilogue::bias(bias), &Window::of(node.attrs))?])
+        Ok(vec![convolution(cx, node.inputs[0], Weight::Kernel(node.inputs[1]), Epilogue::bias(bias), &Window::of(node.attrs))?])
     }
 }
 
@@ -254,12 +270,14 @@ impl Window {
 
 /// A `conv2d` with what follows it fused in by the `fuse-conv-epilogues` pass: an optional
 /// residual tensor added to its result, then an optional ReLU, all in the convolution's
-/// epilogue. Internal: model files cannot call it. Inputs: `x`, the residual (none or one), then
-/// the convolution's weights.
+/// epilogue; with `packed` (the `pack-gemm-weights` pass), its weight is the column-major
+/// matrix [C·kh·kw, O]. Internal: model files cannot call it. Inputs: `x`, the residual (none or
+/// one), then the convolution's weights.
 #[derive(Debug)]
 pub struct FusedConv2d;
 
-static FUSED_CONV_ATTRS: &[AttrSpec] = conv_attrs!(attr("relu", Bool, Default::Bool(false)));
+static FUSED_CONV_ATTRS: &[AttrSpec] =
+    conv_attrs!(attr("relu", Bool, Default::Bool(false)), attr("packed", Bool, Default::Bool(false)));
 
 impl Operator for FusedConv2d {
     fn name(&self) -> &'static str {
@@ -272,7 +290,14 @@ impl Operator for FusedConv2d {
         FUSED_CONV_ATTRS
     }
     fn infer(&self, inputs: &[Vec<TensorType>], attrs: &Attrs) -> Result<Inference, OpError> {
-        let inference = Conv2d.infer(&inputs[..1], attrs)?;
+        let mut inference = Conv2d.infer(&inputs[..1], attrs)?;
+        if attrs.flag("packed") {
+            if attrs.int("groups") != 1 {
+                return Err(OpError::at_attr("packed", "only a convolution of one group has packed weights"));
+            }
+            let kernel = &inference.state[0].dims;
+            inference.state[0].dims = vec![kernel[1..].iter().product(), kernel[0]];
+        }
         match inputs[1].as_slice() {
             [] => {}
             [residual] if *residual == inference.outputs[0] => {}
@@ -292,7 +317,8 @@ impl Operator for FusedConv2d {
             residual: residual.first().copied(),
             relu: node.attrs.flag("relu"),
         };
-        Ok(vec![convolution(cx, x, weights[0], epilogue, &Window::of(node.attrs))?])
+        let weight = if node.attrs.flag("packed") { Weight::Packed(weights[0]) } else { Weight::Kernel(weights[0]) };
+        Ok(vec![convolution(cx, x, weight, epilogue, &Window::of(node.attrs))?])
     }
 }
 
@@ -391,7 +417,7 @@ fn lower_transposed<'c, 'b>(cx: &Emitter<'c, 'b>, node: &LowerNode<'_, 'c, 'b>, 
         Kernel::Prepared(flipped) => flipped,
         Kernel::State(weight) => flipped_kernel(cx, weight, groups)?,
     };
-    let y = convolution(cx, spread_x, flipped, Epilogue::bias(bias), &window)?;
+    let y = convolution(cx, spread_x, Weight::Kernel(flipped), Epilogue::bias(bias), &window)?;
     if low == pad_low && high == pad_high {
         return Ok(vec![y]);
     }
@@ -472,7 +498,7 @@ fn non_overlapping_transpose<'c, 'b>(
     let [n, _, h, w] = [0, 1, 2, 3].map(|axis| cx.size(x, axis));
     let (n, h, w) = (n?, h?, w?);
     let product_type = cx.ranked_tensor(&[n.static_value(), Some(taps), h.static_value(), w.static_value()], cx.f32_type());
-    let planes = cx.conv_product(matrix, x, product_type)?;
+    let planes = cx.conv_product(matrix, false, x, product_type)?;
 
     let sizes = [n, Size::Static(o), cx.size_mul(h, kh)?, cx.size_mul(w, kw)?];
     let init = cx.empty(&sizes, cx.f32_type())?;

@@ -6,12 +6,14 @@ mod dead_code;
 mod fold_batch_norm;
 mod fold_constant_weights;
 mod fuse_conv_epilogues;
+mod pack_gemm_weights;
 
 pub use common_subexpressions::CommonSubexpressions;
 pub use dead_code::DeadCode;
 pub use fold_batch_norm::FoldBatchNorm;
 pub use fold_constant_weights::FoldConstantWeights;
 pub use fuse_conv_epilogues::FuseConvEpilogues;
+pub use pack_gemm_weights::PackGemmWeights;
 
 use crate::graph::Graph;
 
@@ -21,6 +23,8 @@ pub trait Pass {
     fn run(&self, graph: &mut Graph) -> bool;
 }
 
+/// The target-neutral passes, in order; a target may add its own after them
+/// (`Target::graph_passes`).
 pub fn default_passes() -> Vec<Box<dyn Pass>> {
     vec![
         Box::new(FoldBatchNorm),

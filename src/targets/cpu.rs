@@ -28,6 +28,12 @@ impl Target for Cpu {
     fn products(&self) -> Products {
         Products::RuntimeGemm
     }
+    /// The runtime's GEMM reads convolution weights packed at load time.
+    fn graph_passes(&self) -> Vec<Box<dyn crate::passes::Pass>> {
+        let mut passes = crate::passes::default_passes();
+        passes.push(Box::new(crate::passes::PackGemmWeights));
+        passes
+    }
     fn lower(&self, context: &Context, module: &mut Module) -> Result<(), LoweringError> {
         lower_to_llvm(context, module)
     }

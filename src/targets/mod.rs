@@ -24,6 +24,10 @@ pub trait Target {
     fn name(&self) -> &'static str;
     /// How dense products (convolutions, linear layers) are computed.
     fn products(&self) -> Products;
+    /// The graph passes from `-O1` on: the target-neutral ones, and the target's own after them.
+    fn graph_passes(&self) -> Vec<Box<dyn passes::Pass>> {
+        passes::default_passes()
+    }
     /// Lowers an emitted module in place with the target's pass pipeline, to what its back end
     /// takes (the CPU: the LLVM dialect).
     fn lower(&self, context: &Context, module: &mut Module) -> Result<(), LoweringError>;
@@ -146,7 +150,7 @@ pub fn emit<'c>(
 ) -> Result<Emitted<'c>, LoweringError> {
     let mut graph = graph.clone();
     graph.outputs = outputs.to_vec();
-    let passes = if level > 0 { passes::run(&mut graph, &passes::default_passes()) } else { vec![] };
+    let passes = if level > 0 { passes::run(&mut graph, &target.graph_passes()) } else { vec![] };
     let (module, signature) = emit_forward(context, &graph, target.products())?;
     let interface = interface(&graph, &signature);
     Ok(Emitted { module, signature, interface, passes })

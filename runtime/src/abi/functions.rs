@@ -64,6 +64,8 @@ macro_rules! runtime_functions {
 runtime_functions! {
     /// The weights [M, K] times each image's im2col columns [N, K, H·W], given [H, W].
     ConvMatmul = "conv_matmul", k::_mlir_ciface_mrc_conv_matmul, ([F32(2)], [F32(3)], [I64(1)]) -> (F32(4));
+    /// The weights packed at load time, column-major [K, M], times each image's columns.
+    ConvMatmulPacked = "conv_matmul_packed", k::_mlir_ciface_mrc_conv_matmul_packed, ([F32(2)], [F32(3)], [I64(1)]) -> (F32(4));
     /// `x` [N, F] times the weight [O, F] transposed.
     Linear = "linear", k::_mlir_ciface_mrc_linear, ([F32(2)], [F32(2)]) -> (F32(2));
     /// The image u8 [H, W, 3] to the batch [1, 3, Hb, Wb] and the resized size i64[2].

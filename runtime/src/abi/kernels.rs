@@ -29,23 +29,55 @@ pub unsafe extern "C" fn _mlir_ciface_mrc_conv_matmul(
     b: *const MemRef<f32, 3>,
     hw: *const MemRef<i64, 1>,
 ) {
-    let (a, b) = (&*a, &*b);
+    let a = &*a;
     let [m, k] = a.shape();
+    let lhs = Lhs { base: a.aligned.offset(a.offset as isize) as usize, m, k, rs: a.strides[0] as isize, cs: a.strides[1] as isize };
+    *out = conv_matmul("mrc_conv_matmul", lhs, &*b, &*hw);
+}
+
+/// [`_mlir_ciface_mrc_conv_matmul`] with the weights packed for the GEMM at load time: `a_t` is
+/// A's column-major form [K, M], which the kernel reads in place without packing it.
+///
+/// # Safety
+/// The descriptors must describe live buffers; `out` receives a new one.
+#[no_mangle]
+pub unsafe extern "C" fn _mlir_ciface_mrc_conv_matmul_packed(
+    out: *mut MemRef<f32, 4>,
+    a_t: *const MemRef<f32, 2>,
+    b: *const MemRef<f32, 3>,
+    hw: *const MemRef<i64, 1>,
+) {
+    let a_t = &*a_t;
+    let [k, m] = a_t.shape();
+    let lhs = Lhs { base: a_t.aligned.offset(a_t.offset as isize) as usize, m, k, rs: a_t.strides[1] as isize, cs: a_t.strides[0] as isize };
+    *out = conv_matmul("mrc_conv_matmul_packed", lhs, &*b, &*hw);
+}
+
+/// The left operand A [M, K] of a product: its address and strides (row `rs`, column `cs`).
+#[derive(Clone, Copy)]
+struct Lhs {
+    base: usize,
+    m: usize,
+    k: usize,
+    rs: isize,
+    cs: isize,
+}
+
+unsafe fn conv_matmul(name: &str, a: Lhs, b: &MemRef<f32, 3>, hw: &MemRef<i64, 1>) -> MemRef<f32, 4> {
+    let Lhs { m, k, .. } = a;
     let [n, k2, p] = b.shape();
-    let (h, w) = match (*hw).elements()[..] {
+    let (h, w) = match hw.elements()[..] {
         [h, w] => (h as usize, w as usize),
         _ => (0, 0),
     };
     if k != k2 || h * w != p {
-        super::set_error(format!("mrc_conv_matmul: [{m}, {k}] × [{n}, {k2}, {p}] as {h}×{w} images"));
-        *out = MemRef::allocate([0, m, h, w]);
-        return;
+        super::set_error(format!("{name}: [{m}, {k}] × [{n}, {k2}, {p}] as {h}×{w} images"));
+        return MemRef::allocate([0, m, h, w]);
     }
     let c = MemRef::<f32, 4>::allocate([n, m, h, w]);
     // Addresses, so that the tasks below can share them; each task writes its own [M, P] block.
-    let (a_base, b_base, c_base) =
-        (a.aligned.offset(a.offset as isize) as usize, b.aligned.offset(b.offset as isize) as usize, c.aligned as usize);
-    let (a_strides, b_strides) = (a.strides.map(|s| s as isize), b.strides.map(|s| s as isize));
+    let (b_base, c_base) = (b.aligned.offset(b.offset as isize) as usize, c.aligned as usize);
+    let b_strides = b.strides.map(|s| s as isize);
     let product = move |item: usize, parallelism| {
         gemm::gemm(
             m,
@@ -55,9 +87,9 @@ pub unsafe extern "C" fn _mlir_ciface_mrc_conv_matmul(
             1,
             p as isize,
             false,
-            a_base as *const f32,
-            a_strides[1],
-            a_strides[0],
+            a.base as *const f32,
+            a.cs,
+            a.rs,
             (b_base as *const f32).offset(item as isize * b_strides[0]),
             b_strides[2],
             b_strides[1],
@@ -80,7 +112,7 @@ pub unsafe extern "C" fn _mlir_ciface_mrc_conv_matmul(
             product(item, parallelism(per_item));
         }
     }
-    *out = c;
+    c
 }
 
 /// `Y = X × Wᵀ`: `x` [M, K], `w` [N, K] (torch's `linear` weight layout), `y` [M, N].
