@@ -115,17 +115,21 @@ pub struct RpnParams {
     pub weights: [f32; 4],
 }
 
+impl RpnParams {
+    /// torchvision's test-time values: the defaults of the `rpn_proposals` operator too.
+    pub const TORCHVISION: RpnParams = RpnParams {
+        pre_nms_top_n: 1000,
+        post_nms_top_n: 1000,
+        nms_thresh: 0.7,
+        min_size: 1e-3,
+        score_thresh: 0.0,
+        weights: [1.0; 4],
+    };
+}
+
 impl Default for RpnParams {
-    /// torchvision's test-time values.
     fn default() -> Self {
-        RpnParams {
-            pre_nms_top_n: 1000,
-            post_nms_top_n: 1000,
-            nms_thresh: 0.7,
-            min_size: 1e-3,
-            score_thresh: 0.0,
-            weights: [1.0; 4],
-        }
+        RpnParams::TORCHVISION
     }
 }
 
@@ -309,16 +313,20 @@ pub struct DetectionParams {
     pub min_size: f64,
 }
 
+impl DetectionParams {
+    /// torchvision's Mask R-CNN values: the defaults of the `postprocess_detections` operator too.
+    pub const TORCHVISION: DetectionParams = DetectionParams {
+        weights: [10.0, 10.0, 5.0, 5.0],
+        score_thresh: 0.05,
+        nms_thresh: 0.5,
+        detections_per_img: 100,
+        min_size: 1e-2,
+    };
+}
+
 impl Default for DetectionParams {
-    /// torchvision's Mask R-CNN values.
     fn default() -> Self {
-        DetectionParams {
-            weights: [10.0, 10.0, 5.0, 5.0],
-            score_thresh: 0.05,
-            nms_thresh: 0.5,
-            detections_per_img: 100,
-            min_size: 1e-2,
-        }
+        DetectionParams::TORCHVISION
     }
 }
 

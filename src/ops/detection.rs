@@ -26,6 +26,18 @@ fn call<'c, 'b>(
     cx.call_runtime(function, &all, &results)
 }
 
+/// The runtime's torchvision values are the operators' defaults: one definition.
+const RPN: RpnParams = RpnParams::TORCHVISION;
+const DETECTION: DetectionParams = DetectionParams::TORCHVISION;
+
+const RPN_WEIGHTS: [f64; 4] = widened(RPN.weights);
+const DETECTION_WEIGHTS: [f64; 4] = widened(DETECTION.weights);
+
+/// Box-coder weights as a float attribute.
+const fn widened(weights: [f32; 4]) -> [f64; 4] {
+    [weights[0] as f64, weights[1] as f64, weights[2] as f64, weights[3] as f64]
+}
+
 fn box_weights(attrs: &Attrs) -> [f32; 4] {
     let w = attrs.floats("weights");
     [w[0] as f32, w[1] as f32, w[2] as f32, w[3] as f32]
@@ -148,12 +160,12 @@ runtime_operator!(
     RpnProposals, "rpn_proposals",
     inputs: [list_input("objectness"), list_input("deltas"), input("anchors"), input("image_size")],
     attrs: [
-        attr("pre_nms_top_n", Int, Default::Int(1000)).at_least(0),
-        attr("post_nms_top_n", Int, Default::Int(1000)).at_least(0),
-        attr("nms_thresh", Float, Default::Float(0.7)).between(0.0, 1.0),
-        attr("min_size", Float, Default::Float(1e-3)).at_least(0),
-        attr("score_thresh", Float, Default::Float(0.0)).between(0.0, 1.0),
-        attr("weights", Floats, Default::Floats(&[1.0, 1.0, 1.0, 1.0])).positive(),
+        attr("pre_nms_top_n", Int, Default::Int(RPN.pre_nms_top_n as i64)).at_least(0),
+        attr("post_nms_top_n", Int, Default::Int(RPN.post_nms_top_n as i64)).at_least(0),
+        attr("nms_thresh", Float, Default::Float(RPN.nms_thresh)).between(0.0, 1.0),
+        attr("min_size", Float, Default::Float(RPN.min_size)).at_least(0),
+        attr("score_thresh", Float, Default::Float(RPN.score_thresh)).between(0.0, 1.0),
+        attr("weights", Floats, Default::Floats(&RPN_WEIGHTS)).positive(),
     ],
     infer: |inputs, attrs| {
         let (objectness, deltas) = (&inputs[0], &inputs[1]);
@@ -305,11 +317,11 @@ runtime_operator!(
     PostprocessDetections, "postprocess_detections",
     inputs: [input("class_logits"), input("box_regression"), input("proposals"), input("image_size")],
     attrs: [
-        attr("weights", Floats, Default::Floats(&[10.0, 10.0, 5.0, 5.0])).positive(),
-        attr("score_thresh", Float, Default::Float(0.05)).between(0.0, 1.0),
-        attr("nms_thresh", Float, Default::Float(0.5)).between(0.0, 1.0),
-        attr("detections_per_img", Int, Default::Int(100)).at_least(0),
-        attr("min_size", Float, Default::Float(1e-2)).at_least(0),
+        attr("weights", Floats, Default::Floats(&DETECTION_WEIGHTS)).positive(),
+        attr("score_thresh", Float, Default::Float(DETECTION.score_thresh)).between(0.0, 1.0),
+        attr("nms_thresh", Float, Default::Float(DETECTION.nms_thresh)).between(0.0, 1.0),
+        attr("detections_per_img", Int, Default::Int(DETECTION.detections_per_img as i64)).at_least(0),
+        attr("min_size", Float, Default::Float(DETECTION.min_size)).at_least(0),
     ],
     infer: |inputs, attrs| {
         let (logits, regression) = (&inputs[0][0], &inputs[1][0]);
