@@ -274,13 +274,9 @@ pub fn multiscale_roi_align(
     image_hw: [usize; 2],
     p: &MultiScaleParams,
 ) -> Result<TensorF32> {
-    const OP: &str = "multiscale_roi_align";
-    let boxes = boxes.boxes(OP)?;
-    let maps = image_maps(OP, features)?;
-    let [oh, ow] = p.output_size;
-    let channels = maps.first().map_or(0, |m| m.c);
-    let pooled = multiscale::multiscale_roi_align(&maps, &[boxes], &[image_hw], p)?;
-    TensorF32::new(vec![boxes.len(), channels, oh, ow], pooled.values)
+    pooled_over_levels("multiscale_roi_align", features, boxes, p.output_size, |maps, boxes| {
+        multiscale::multiscale_roi_align(maps, &[boxes], &[image_hw], p)
+    })
 }
 
 /// RoIPool `[K, C, oh, ow]` of each box from the pyramid level [`multiscale_roi_align`] would
@@ -291,13 +287,24 @@ pub fn multiscale_roi_pool(
     image_hw: [usize; 2],
     p: &MultiScalePoolParams,
 ) -> Result<TensorF32> {
-    const OP: &str = "multiscale_roi_pool";
-    let boxes = boxes.boxes(OP)?;
-    let maps = image_maps(OP, features)?;
-    let [oh, ow] = p.output_size;
+    pooled_over_levels("multiscale_roi_pool", features, boxes, p.output_size, |maps, boxes| {
+        multiscale::multiscale_roi_pool(maps, &[boxes], &[image_hw], p)
+    })
+}
+
+/// The `[K, C, oh, ow]` result of `pool` (a multi-scale operator of `ops::multiscale`) on the
+/// one image's pyramid and boxes.
+fn pooled_over_levels(
+    op: &'static str,
+    features: &[TensorF32],
+    boxes: &TensorF32,
+    [oh, ow]: [usize; 2],
+    pool: impl FnOnce(&[FeatureMap], &[[f32; 4]]) -> Result<multiscale::MultiScaleOutput>,
+) -> Result<TensorF32> {
+    let boxes = boxes.boxes(op)?;
+    let maps = image_maps(op, features)?;
     let channels = maps.first().map_or(0, |m| m.c);
-    let pooled = multiscale::multiscale_roi_pool(&maps, &[boxes], &[image_hw], p)?;
-    TensorF32::new(vec![boxes.len(), channels, oh, ow], pooled.values)
+    TensorF32::new(vec![boxes.len(), channels, oh, ow], pool(&maps, boxes)?.values)
 }
 
 /// Settings of [`postprocess_detections`] (torchvision's `RoIHeads`).

@@ -154,6 +154,16 @@ impl Graph {
         order
     }
 
+    /// Makes `port` input `slot` of `node`, in place of what fed that slot, if anything.
+    pub fn set_input(&mut self, node: NodeIndex, slot: usize, port: Port) {
+        let present: Vec<_> =
+            self.nodes.edges_directed(node, Direction::Incoming).filter(|e| e.weight().to_input == slot).map(|e| e.id()).collect();
+        for edge in present {
+            self.nodes.remove_edge(edge);
+        }
+        self.connect(port, node, slot);
+    }
+
     /// Redirects every use of `from` (edges and graph outputs) to `to`.
     pub fn replace_uses(&mut self, from: Port, to: Port) {
         let uses: Vec<_> = self

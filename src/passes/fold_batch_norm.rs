@@ -13,7 +13,6 @@ use crate::graph::{Graph, NodeKind, Port};
 use crate::ops::{AttrValue, AttrsExt};
 use mrc_runtime::transforms::WeightTransform;
 use petgraph::stable_graph::NodeIndex;
-use petgraph::visit::EdgeRef;
 use petgraph::Direction;
 
 pub struct FoldBatchNorm;
@@ -76,20 +75,12 @@ fn fold(graph: &mut Graph, conv: NodeIndex, bn: NodeIndex) {
         TensorType::f32(vec![channels]),
     );
 
-    let weight_edges: Vec<_> = graph
-        .nodes
-        .edges_directed(conv, Direction::Incoming)
-        .filter(|e| e.weight().to_input >= 1)
-        .map(|e| e.id())
-        .collect();
-    for edge in weight_edges {
-        graph.nodes.remove_edge(edge);
-    }
-    graph.connect(Port { node: folded_weight, output: 0 }, conv, 1);
-    graph.connect(Port { node: folded_bias, output: 0 }, conv, 2);
-    if let NodeKind::Op { attrs, .. } = &mut graph.nodes[conv].kind {
-        attrs.insert("bias".into(), AttrValue::Bool(true));
-    }
+    graph.set_input(conv, 1, Port { node: folded_weight, output: 0 });
+    graph.set_input(conv, 2, Port { node: folded_bias, output: 0 });
+    let NodeKind::Op { op, attrs } = &graph.nodes[conv].kind else { unreachable!("checked by `foldable`") };
+    let (op, mut attrs) = (*op, attrs.clone());
+    attrs.insert("bias".into(), AttrValue::Bool(true));
+    graph.replace_op(conv, op, attrs, &[vec![conv_inputs[0]]]).expect("the folded weights fit the convolution");
     graph.replace_uses(Port { node: bn, output: 0 }, Port { node: conv, output: 0 });
     graph.nodes.remove_node(bn);
 }

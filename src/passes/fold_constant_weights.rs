@@ -11,8 +11,6 @@ use crate::graph::{Graph, NodeKind, Port};
 use crate::ops::{self, AttrsExt, Operator};
 use mrc_runtime::transforms::WeightTransform;
 use petgraph::stable_graph::NodeIndex;
-use petgraph::visit::EdgeRef;
-use petgraph::Direction;
 
 pub struct FoldConstantWeights;
 
@@ -50,9 +48,7 @@ fn prepare_kernel(graph: &mut Graph, node: NodeIndex) -> bool {
     let laid_out: TensorType = inference.state[0].ty();
     let name = format!("{}.kernel", graph.nodes[weight].name);
     let kernel = graph.add_derived(&name, transform, &[weight], laid_out);
-    let edge = graph.nodes.edges_directed(node, Direction::Incoming).find(|e| e.weight().to_input == 1).map(|e| e.id());
-    graph.nodes.remove_edge(edge.expect("a transposed convolution reads its weight in slot 1"));
-    graph.connect(Port { node: kernel, output: 0 }, node, 1);
+    graph.set_input(node, 1, Port { node: kernel, output: 0 });
     graph.replace_op(node, &ops::PreparedConvTranspose2d, attrs, &[vec![x]]).expect("the prepared kernel fits");
     true
 }

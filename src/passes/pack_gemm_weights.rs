@@ -10,7 +10,6 @@ use crate::graph::{Graph, NodeKind, Port};
 use crate::ops::{self, AttrValue, AttrsExt};
 use mrc_runtime::transforms::WeightTransform;
 use petgraph::stable_graph::NodeIndex;
-use petgraph::visit::EdgeRef;
 use petgraph::Direction;
 
 pub struct PackGemmWeights;
@@ -59,9 +58,7 @@ fn pack(graph: &mut Graph, node: NodeIndex) -> bool {
     let name = format!("{}.packed", graph.nodes[weight].name);
     let packed = graph.add_derived(&name, transform, &sources, packed_type);
 
-    let edge = graph.nodes.edges_directed(node, Direction::Incoming).find(|e| e.weight().to_input == slot).map(|e| e.id());
-    graph.nodes.remove_edge(edge.expect("the weight's edge"));
-    graph.connect(Port { node: packed, output: 0 }, node, slot);
+    graph.set_input(node, slot, Port { node: packed, output: 0 });
     attrs.insert("packed".into(), AttrValue::Bool(true));
     attrs.entry("relu".into()).or_insert(AttrValue::Bool(false));
     let tensor_inputs = vec![vec![inputs[0]], inputs[1..slot].to_vec()];

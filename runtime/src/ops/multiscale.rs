@@ -6,6 +6,10 @@ use crate::ops::roi_align::{check_params, check_roi, pool_rois, PoolMode, RoiAli
 use crate::ops::roi_pool::roi_pool;
 use crate::tensor::FeatureMap;
 
+/// torchvision's `LevelMapper`: canonical box size 224 (ImageNet pre-training), its level 4,
+/// and the epsilon added before flooring.
+const TORCHVISION_MAPPER: [f32; 3] = [224.0, 4.0, 1e-6];
+
 /// Assigns boxes to pyramid levels: `floor(lvl0 + log2(√area / s0) + eps)`, clamped to
 /// `[k_min, k_max]`, returned relative to `k_min`.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -33,7 +37,8 @@ impl LevelMapper {
 
     /// torchvision's defaults for levels `k_min..=k_max`.
     pub fn new(k_min: i32, k_max: i32) -> Self {
-        LevelMapper { k_min, k_max, canonical_scale: 224.0, canonical_level: 4.0, eps: 1e-6 }
+        let [canonical_scale, canonical_level, eps] = TORCHVISION_MAPPER;
+        LevelMapper { k_min, k_max, canonical_scale, canonical_level, eps }
     }
 
     /// Index (from 0 = `k_min`) of each box's level.
@@ -84,7 +89,8 @@ pub struct MultiScaleParams {
 impl MultiScaleParams {
     /// torchvision's `MultiScaleRoIAlign(output_size, sampling_ratio)` defaults.
     pub fn new(output_size: [usize; 2], sampling_ratio: i32) -> Self {
-        MultiScaleParams { output_size, sampling_ratio, canonical_scale: 224.0, canonical_level: 4.0, eps: 1e-6, aligned: false }
+        let [canonical_scale, canonical_level, eps] = TORCHVISION_MAPPER;
+        MultiScaleParams { output_size, sampling_ratio, canonical_scale, canonical_level, eps, aligned: false }
     }
 }
 
@@ -192,7 +198,8 @@ pub struct MultiScalePoolParams {
 impl MultiScalePoolParams {
     /// torchvision's level mapper defaults.
     pub fn new(output_size: [usize; 2]) -> Self {
-        MultiScalePoolParams { output_size, canonical_scale: 224.0, canonical_level: 4.0, eps: 1e-6 }
+        let [canonical_scale, canonical_level, eps] = TORCHVISION_MAPPER;
+        MultiScalePoolParams { output_size, canonical_scale, canonical_level, eps }
     }
 }
 
