@@ -113,6 +113,7 @@ struct Optimization {
 #[derive(Clone, Copy, ValueEnum)]
 enum Target {
     Cpu,
+    Cuda,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -159,8 +160,10 @@ fn main() -> ExitCode {
             text
         }),
         Command::Parse { file } => parse(file),
-        Command::Compile { model, target: Target::Cpu, weights, optimization, emit, output } => load(model).and_then(|m| {
-            mrc::targets::compile(&m, &mrc::targets::cpu::Cpu, weights.as_deref(), optimization.level, *emit, output).map_err(|e| format!("error: {e}"))
+        Command::Compile { model, target, weights, optimization, emit, output } => load(model).and_then(|m| {
+            let cuda = mrc::targets::cuda::Cuda { chip: "sm_80".into() };
+            let target: &dyn mrc::targets::Target = match target { Target::Cpu => &mrc::targets::cpu::Cpu, Target::Cuda => &cuda };
+            mrc::targets::compile(&m, target, weights.as_deref(), optimization.level, *emit, output).map_err(|e| format!("error: {e}"))
         }),
         Command::Run { model, weights, optimization, images, dump_tensors, dump_dir } => {
             load(model).and_then(|m| mrc::run::run_images(&m.graph, optimization.level, weights, images, dump_tensors, dump_dir))

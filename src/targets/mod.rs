@@ -7,6 +7,7 @@
 //! [`cpu`] writes native executables; it is the only target so far.
 
 pub mod cpu;
+pub mod cuda;
 
 use std::path::{Path, PathBuf};
 
