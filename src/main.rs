@@ -35,8 +35,9 @@ enum Command {
     Compile {
         #[command(flatten)]
         model: ModelArgs,
-        /// The target; only `cpu` for now.
-        #[arg(long, default_value = "cpu")]
+        /// The target: `cpu`, or `cuda[:sm_80|sm_86|sm_89|sm_90]` (PTX for `sm_80` by default,
+        /// which the driver compiles for newer GPUs).
+        #[arg(long, default_value = "cpu", value_parser = parse_target)]
         target: Target,
         /// Weights to embed (safetensors or a torch checkpoint); without them the program needs
         /// `--weights` when it runs.
@@ -44,7 +45,8 @@ enum Command {
         weights: Option<PathBuf>,
         #[command(flatten)]
         optimization: Optimization,
-        /// What to write: the executable, or MLIR, LLVM IR or the object file for inspection.
+        /// What to write: the executable, or for inspection MLIR, LLVM IR (the host code), the
+        /// object file, or the PTX of every kernel (`cuda`).
         #[arg(long, default_value = "exe")]
         emit: mrc::targets::Emit,
         /// The output file.
@@ -110,10 +112,22 @@ struct Optimization {
     level: u8,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+/// `--target`: `cpu`, or `cuda` with an optional `:sm_XX` (default `sm_80`).
+#[derive(Clone, Debug)]
 enum Target {
     Cpu,
-    Cuda,
+    Cuda { chip: String },
+}
+
+fn parse_target(text: &str) -> Result<Target, String> {
+    use mrc::targets::cuda::CHIPS;
+    match text.split_once(':') {
+        None if text == "cpu" => Ok(Target::Cpu),
+        None if text == "cuda" => Ok(Target::Cuda { chip: CHIPS[0].to_owned() }),
+        Some(("cuda", chip)) if CHIPS.contains(&chip) => Ok(Target::Cuda { chip: chip.to_owned() }),
+        Some(("cuda", chip)) => Err(format!("unknown GPU architecture `{chip}` (expected one of {})", CHIPS.join(", "))),
+        _ => Err(format!("unknown target `{text}` (expected `cpu` or `cuda[:{}]`)", CHIPS.join("|"))),
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -161,9 +175,11 @@ fn main() -> ExitCode {
         }),
         Command::Parse { file } => parse(file),
         Command::Compile { model, target, weights, optimization, emit, output } => load(model).and_then(|m| {
-            let cuda = mrc::targets::cuda::Cuda { chip: "sm_80".into() };
-            let target: &dyn mrc::targets::Target = match target { Target::Cpu => &mrc::targets::cpu::Cpu, Target::Cuda => &cuda };
-            mrc::targets::compile(&m, target, weights.as_deref(), optimization.level, *emit, output).map_err(|e| format!("error: {e}"))
+            let target: Box<dyn mrc::targets::Target> = match target {
+                Target::Cpu => Box::new(mrc::targets::cpu::Cpu),
+                Target::Cuda { chip } => Box::new(mrc::targets::cuda::Cuda { chip: chip.clone() }),
+            };
+            mrc::targets::compile(&m, target.as_ref(), weights.as_deref(), optimization.level, *emit, output).map_err(|e| format!("error: {e}"))
         }),
         Command::Run { model, weights, optimization, images, dump_tensors, dump_dir } => {
             load(model).and_then(|m| mrc::run::run_images(&m.graph, optimization.level, weights, images, dump_tensors, dump_dir))

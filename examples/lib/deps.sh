@@ -27,3 +27,30 @@ mrc_install_deps() {
         return 1
     fi
 }
+
+# ptxas, which assembles the CUDA target's PTX: NVIDIA's PyPI package `nvidia-cuda-nvcc-cu12`
+# in a virtual environment outside the repository (Debian 12's pip refuses system-wide
+# installs). Sets MRC_PTXAS to its path.
+MRC_TOOLS_VENV=${MRC_TOOLS_VENV:-$HOME/.cache/mrc/venv}
+
+mrc_install_ptxas() {
+    local ptxas
+    ptxas=$(ls "$MRC_TOOLS_VENV"/lib/python3*/site-packages/nvidia/cuda_nvcc/bin/ptxas 2>/dev/null | head -1)
+    if [ -z "$ptxas" ]; then
+        if ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
+            local sudo=""
+            [ "$(id -u)" -ne 0 ] && sudo="sudo"
+            $sudo apt-get update -q
+            DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q python3-venv
+        fi
+        echo "installing ptxas (nvidia-cuda-nvcc-cu12) into $MRC_TOOLS_VENV"
+        python3 -m venv "$MRC_TOOLS_VENV"
+        "$MRC_TOOLS_VENV/bin/pip" install -q nvidia-cuda-nvcc-cu12
+        ptxas=$(ls "$MRC_TOOLS_VENV"/lib/python3*/site-packages/nvidia/cuda_nvcc/bin/ptxas 2>/dev/null | head -1)
+    fi
+    if [ -z "$ptxas" ]; then
+        echo "error: ptxas not found after installing nvidia-cuda-nvcc-cu12 into $MRC_TOOLS_VENV" >&2
+        return 1
+    fi
+    export MRC_PTXAS="$ptxas"
+}

@@ -302,7 +302,9 @@ impl<'c> Functions<'c> {
     /// many small functions rather than one huge one.
     fn define(&self, context: &'c Context, scope: &str, body: Block<'c>, arguments: &[Type<'c>], results: &[Type<'c>]) -> Result<String, LoweringError> {
         let taken = self.by_body.borrow().len();
-        let name = format!("{FORWARD}.{scope}.{taken}");
+        // Symbols become PTX identifiers on the CUDA target, which admit no dots.
+        let scope: String = scope.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+        let name = format!("{FORWARD}__{scope}_{taken}");
         let region = Region::new();
         region.append_block(body);
         let parse = |text: &str| Attribute::parse(context, text).ok_or_else(|| LoweringError::Build(format!("invalid attribute `{text}`")));

@@ -4,20 +4,31 @@
 //! runtime's program driver.
 
 use melior::{
-    ir::{operation::OperationLike, BlockLike, Module},
+    ir::{operation::OperationLike, BlockLike, Module, RegionLike},
     Context,
 };
 
 use super::{diagnostics::capture_diagnostics, error::LoweringError, FORWARD};
 use mrc_runtime::abi::forward::FORWARD_PACKED;
 
-/// The runtime's program driver: `mrc_program_main(argc, argv, forward)`.
-pub const PROGRAM_MAIN: &str = "mrc_program_main";
+/// A program's C `main`: it calls the runtime's program driver
+/// `driver(argc, argv, forward, functions...)`, `forward` being `mrc_forward_packed` and each of
+/// `functions` the address of a function of the module.
+#[derive(Clone, Copy, Debug)]
+pub struct ProgramMain {
+    pub driver: &'static str,
+    pub functions: &'static [&'static str],
+}
+
+impl ProgramMain {
+    /// The CPU program driver: `mrc_program_main(argc, argv, forward)`.
+    pub const CPU: ProgramMain = ProgramMain { driver: "mrc_program_main", functions: &[] };
+}
 
 /// Adds `mrc_forward_packed(void **args)` for a forward function of `arguments` arguments and at
 /// least one result: `args[0]` is the results' pointer, `args[1 + i]` argument i's descriptor.
 /// With `program_main`, also adds `main`.
-pub fn add_entry_points(context: &Context, module: &Module, arguments: usize, program_main: bool) -> Result<(), LoweringError> {
+pub fn add_entry_points(context: &Context, module: &Module, arguments: usize, program_main: Option<ProgramMain>) -> Result<(), LoweringError> {
     let ciface = format!("_mlir_ciface_{FORWARD}");
     let pointers = vec!["!llvm.ptr"; arguments + 1].join(", ");
     let mut text = format!("module {{\n  llvm.func @{ciface}({pointers})\n  llvm.func @{FORWARD_PACKED}(%args: !llvm.ptr) {{\n");
@@ -29,22 +40,47 @@ pub fn add_entry_points(context: &Context, module: &Module, arguments: usize, pr
         values.push(format!("%p{i}"));
     }
     text.push_str(&format!("    llvm.call @{ciface}({}) : ({pointers}) -> ()\n    llvm.return\n  }}\n", values.join(", ")));
-    if program_main {
+    if let Some(ProgramMain { driver, functions }) = program_main {
+        let pointers = vec!["!llvm.ptr"; 1 + functions.len()].join(", ");
+        let addresses: String = functions
+            .iter()
+            .enumerate()
+            .map(|(i, function)| format!("    %function{i} = llvm.mlir.addressof @{function} : !llvm.ptr\n"))
+            .collect();
+        // Declared for the parser only: the module defines them, so they are not appended.
+        for function in functions {
+            text.push_str(&format!("  llvm.func @{function}()\n"));
+        }
+        let values: String = (0..functions.len()).map(|i| format!(", %function{i}")).collect();
         text.push_str(&format!(
-            "  llvm.func @{PROGRAM_MAIN}(i32, !llvm.ptr, !llvm.ptr) -> i32\n  \
+            "  llvm.func @{driver}(i32, !llvm.ptr, {pointers}) -> i32\n  \
              llvm.func @main(%argc: i32, %argv: !llvm.ptr) -> i32 {{\n    \
-             %forward = llvm.mlir.addressof @{FORWARD_PACKED} : !llvm.ptr\n    \
-             %code = llvm.call @{PROGRAM_MAIN}(%argc, %argv, %forward) : (i32, !llvm.ptr, !llvm.ptr) -> i32\n    \
+             %forward = llvm.mlir.addressof @{FORWARD_PACKED} : !llvm.ptr\n{addresses}    \
+             %code = llvm.call @{driver}(%argc, %argv, %forward{values}) : (i32, !llvm.ptr, {pointers}) -> i32\n    \
              llvm.return %code : i32\n  }}\n"
         ));
     }
     text.push_str("}\n");
-    let (parsed, diagnostics) = capture_diagnostics(context, || Module::parse(context, &text));
-    let parsed = parsed.ok_or_else(|| LoweringError::Build(format!("entry points do not parse: {}", diagnostics.join("; "))))?;
+    append_operations(context, module, &text)
+}
+
+/// Parses `text`, a module, and appends its operations to `module`, except declarations of
+/// functions that `module` defines (which `text` needs in order to call them).
+pub fn append_operations(context: &Context, module: &Module, text: &str) -> Result<(), LoweringError> {
+    let (parsed, diagnostics) = capture_diagnostics(context, || Module::parse(context, text));
+    let parsed = parsed.ok_or_else(|| LoweringError::Build(format!("generated MLIR does not parse: {}", diagnostics.join("; "))))?;
+    let defined: Vec<String> = module
+        .body()
+        .first_operation()
+        .into_iter()
+        .flat_map(|first| std::iter::successors(Some(first), |op| op.next_in_block()))
+        .filter_map(|op| super::rewrite::symbol_name(&op))
+        .collect();
     let mut operation = parsed.body().first_operation();
     while let Some(op) = operation {
-        let is_ciface = op.attribute("sym_name").map(|a| a.to_string() == format!("\"{ciface}\"")).unwrap_or(false);
-        if !is_ciface {
+        let is_declaration = op.region(0).map(|r| r.first_block().is_none()).unwrap_or(false);
+        let defined_here = super::rewrite::symbol_name(&op).is_some_and(|name| defined.contains(&name));
+        if !(is_declaration && defined_here) {
             module.body().append_operation((*op).clone());
         }
         operation = op.next_in_block();

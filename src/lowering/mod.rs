@@ -20,14 +20,15 @@ mod interface;
 mod pipeline;
 mod products;
 mod ptx;
+pub mod rewrite;
 mod runtime_calls;
 
 pub use builder::{identity_map, loop_dims, Combiner, Emitter, Iterator, Size};
 pub use context::{create_context, parse_module};
-pub use entry::{add_entry_points, PROGRAM_MAIN};
+pub use entry::{add_entry_points, append_operations, ProgramMain};
 pub use emit::{emit_forward, LowerNode, NamedTensor, Signature, FORWARD};
 pub use error::LoweringError;
 pub use interface::{expected_state, interface};
-pub use pipeline::{cuda_pipeline, jit, jit_for_object, lower_gpu_to_ptx, lower_to_llvm, run_pipeline, CPU_PIPELINE};
+pub use pipeline::{cuda_pipeline, gpu_outlining, jit, jit_for_object, lower_gpu_to_ptx, lower_to_llvm, run_pipeline, CPU_PIPELINE, GPU_BUFFERIZE};
 pub use products::Products;
 pub use ptx::{extract_ptx, GpuModulePtx};

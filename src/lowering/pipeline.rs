@@ -13,8 +13,7 @@ use melior::{
 
 use super::{diagnostics::capture_diagnostics, error::LoweringError};
 
-/// Lowers a module of `func`/`arith`/`math`/`scf`/`tensor`/`linalg` on tensors to the LLVM
-/// dialect for the CPU:
+/// Bufferization, the first half of every target's pipeline:
 /// - elementwise `linalg.generic`s fused into their producers and consumers (a convolution's
 ///   bias, frozen batch norm, ReLU and residual add become one loop nest);
 /// - empty-tensor elimination, so that results computed into a `tensor.empty` are written
@@ -23,42 +22,91 @@ use super::{diagnostics::capture_diagnostics, error::LoweringError};
 ///   function argument and result is a plain `StridedMemRef` descriptor at the C interface;
 /// - the ownership-based deallocation pipeline, which frees temporaries (returned buffers are
 ///   the caller's), then `bufferization.clone` (which it inserts where a function returns a view
-///   of an argument) to an allocation and a copy;
-/// - linalg to loops, then `expand-strided-metadata` before `lower-affine` (the former emits
-///   `affine.apply`), then `scf` to `cf`;
-/// - every remaining dialect to LLVM; `math` ops without an LLVM intrinsic become libm calls;
-///   `convert-ub-to-llvm` is needed for the `ub.poison` that the conversions leave.
-pub const CPU_PIPELINE: &str = "builtin.module(\
-    linalg-fuse-elementwise-ops,\
-    eliminate-empty-tensors,\
-    one-shot-bufferize{bufferize-function-boundaries function-boundary-type-conversion=identity-layout-map},\
-    buffer-deallocation-pipeline,\
-    convert-bufferization-to-memref,\
-    convert-linalg-to-loops,\
-    expand-strided-metadata,\
-    lower-affine,\
-    convert-scf-to-cf,\
-    finalize-memref-to-llvm,\
-    convert-math-to-llvm,\
-    convert-math-to-libm,\
-    convert-arith-to-llvm,\
-    convert-index-to-llvm,\
-    convert-cf-to-llvm,\
-    convert-func-to-llvm,\
-    convert-ub-to-llvm,\
-    reconcile-unrealized-casts)";
+///   of an argument) to an allocation and a copy.
+macro_rules! bufferize_passes {
+    () => {
+        "linalg-fuse-elementwise-ops,\
+         eliminate-empty-tensors,\
+         one-shot-bufferize{bufferize-function-boundaries function-boundary-type-conversion=identity-layout-map},\
+         buffer-deallocation-pipeline,\
+         convert-bufferization-to-memref"
+    };
+}
 
-/// The CUDA pipeline for a module whose kernels are already outlined into `gpu.module`s and
+/// The host side's conversions to the LLVM dialect, after structured control flow is gone; `math`
+/// ops without an LLVM intrinsic become libm calls; `convert-ub-to-llvm` is needed for the
+/// `ub.poison` that the conversions leave.
+macro_rules! host_to_llvm_passes {
+    ($memref:literal) => {
+        concat!(
+            $memref,
+            ",convert-math-to-llvm,\
+             convert-math-to-libm,\
+             convert-arith-to-llvm,\
+             convert-index-to-llvm,\
+             convert-cf-to-llvm,\
+             convert-func-to-llvm,\
+             convert-ub-to-llvm"
+        )
+    };
+}
+
+/// Lowers a module of `func`/`arith`/`math`/`scf`/`tensor`/`linalg` on tensors to the LLVM
+/// dialect for the CPU: bufferization ([`bufferize_passes`]); linalg to loops, then
+/// `expand-strided-metadata` before `lower-affine` (the former emits `affine.apply`), then `scf`
+/// to `cf`; every remaining dialect to LLVM.
+pub const CPU_PIPELINE: &str = concat!(
+    "builtin.module(",
+    bufferize_passes!(),
+    ",convert-linalg-to-loops,\
+     expand-strided-metadata,\
+     lower-affine,\
+     convert-scf-to-cf,",
+    host_to_llvm_passes!("finalize-memref-to-llvm"),
+    ",reconcile-unrealized-casts)"
+);
+
+/// The CUDA target's first stage: bufferization, as for the CPU.
+pub const GPU_BUFFERIZE: &str = concat!("builtin.module(", bufferize_passes!(), ")");
+
+/// The CUDA target's second stage: every `linalg` op (copies included, once rewritten as
+/// `linalg.generic`) to an `scf.parallel` nest whose reductions are sequential loops inside,
+/// tiled (the tile a block of threads, with bounds checks inside rather than `min` bounds,
+/// since a launch needs a constant block size), mapped to blocks and threads, and outlined into
+/// kernels launched by `gpu.launch_func`.
+pub fn gpu_outlining(tile_sizes: &[usize]) -> String {
+    let tiles = tile_sizes.iter().map(usize::to_string).collect::<Vec<_>>().join(",");
+    format!(
+        "builtin.module(\
+         convert-linalg-to-parallel-loops,\
+         canonicalize,\
+         func.func(scf-parallel-loop-tiling{{parallel-loop-tile-sizes={tiles} no-min-max-bounds=true}}),\
+         func.func(gpu-map-parallel-loops),\
+         convert-parallel-loops-to-gpu,\
+         canonicalize,\
+         gpu-kernel-outlining)"
+    )
+}
+
+/// The CUDA target's last stage, for a module whose kernels are outlined into `gpu.module`s and
 /// launched by `gpu.launch_func`: it attaches an NVVM target for `chip` (e.g. `sm_90`), lowers the
-/// kernels to NVVM and the host side to LLVM, and serializes each `gpu.module` into a
-/// `gpu.binary` holding PTX text (`format=isa` needs no CUDA installation).
+/// kernels to NVVM and the host side to LLVM (allocations through the generic
+/// `_mlir_memref_to_llvm_alloc`/`_free`, which the runtime implements on the device), launches
+/// to calls of the `mgpu*` functions (the runtime's device layer), and serializes each
+/// `gpu.module` into a `gpu.binary` holding PTX text (`format=isa` needs no CUDA installation).
 pub fn cuda_pipeline(chip: &str) -> String {
     format!(
         "builtin.module(\
+         expand-strided-metadata,\
+         lower-affine,\
+         convert-scf-to-cf,\
          nvvm-attach-target{{chip={chip} O=3}},\
          gpu.module(convert-gpu-to-nvvm,reconcile-unrealized-casts),\
+         {},\
          gpu-to-llvm,\
-         gpu-module-to-binary{{format=isa}})"
+         reconcile-unrealized-casts,\
+         gpu-module-to-binary{{format=isa}})",
+        host_to_llvm_passes!("finalize-memref-to-llvm{use-generic-functions=true}")
     )
 }
 
@@ -97,9 +145,14 @@ pub fn lower_to_llvm(context: &Context, module: &mut Module) -> Result<(), Lower
 }
 
 /// Lowers `module` in place with [`cuda_pipeline`] for `chip`: afterwards its `gpu.binary` ops
-/// hold the kernels' PTX (see [`super::extract_ptx`]) and its host code is in the LLVM dialect.
+/// hold the kernels' PTX (see [`super::extract_ptx`]) and its host code is in the LLVM dialect,
+/// launches included.
 pub fn lower_gpu_to_ptx(context: &Context, module: &mut Module, chip: &str) -> Result<(), LoweringError> {
-    run_pipeline(context, module, &cuda_pipeline(chip))
+    run_pipeline(context, module, &cuda_pipeline(chip))?;
+    match first_operation_outside_llvm(module) {
+        Some(operation) => Err(LoweringError::NotLlvmDialect { operation }),
+        None => Ok(()),
+    }
 }
 
 /// JIT-compiles a module already lowered to the LLVM dialect for the host CPU, at LLVM
@@ -134,14 +187,17 @@ fn engine(module: &Module, optimization_level: usize, keep_object: bool) -> Resu
 }
 
 /// The name of the first operation, in pre-order, that is neither the module itself nor in the
-/// LLVM dialect.
+/// LLVM dialect nor one of the GPU dialect's operations that the translation to LLVM IR turns
+/// into runtime calls (a serialized `gpu.binary` and the `gpu.launch_func`s naming it).
 fn first_operation_outside_llvm(module: &Module) -> Option<String> {
     let mut found = None;
     module.as_operation().walk(WalkOrder::PreOrder, |operation| {
         let name = operation.name();
         let name = name.as_string_ref().as_str().unwrap_or("<non-UTF-8 name>");
-        if name == "builtin.module" || name.starts_with("llvm.") {
+        if name == "builtin.module" || name.starts_with("llvm.") || name == "gpu.launch_func" {
             WalkResult::Advance
+        } else if name == "gpu.binary" {
+            WalkResult::Skip
         } else {
             found = Some(name.to_owned());
             WalkResult::Interrupt

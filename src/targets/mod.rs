@@ -8,6 +8,7 @@
 
 pub mod cpu;
 pub mod cuda;
+mod native;
 
 use std::path::{Path, PathBuf};
 
@@ -58,6 +59,8 @@ pub enum Emit {
     Llvm,
     /// The object file, before linking.
     Obj,
+    /// The PTX of every kernel, one module (CUDA).
+    Ptx,
 }
 
 #[derive(Debug, thiserror::Error)]
