@@ -90,3 +90,99 @@ impl Target for Cuda {
         native::write_executable(&module, program, interface, level, emit, output)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lowering::{create_context, parse_module};
+    use melior::ir::operation::OperationLike;
+
+    /// A bufferized `@forward` as the CPU and CUDA pipelines share it: a tensor of sizes built
+    /// by the host for a runtime function, and a concatenation (a copy into a view of the
+    /// result).
+    const BUFFERIZED: &str = r#"
+module {
+  func.func private @mrc_anchors(memref<2xi64>)
+  func.func @forward(%x: memref<2x3xf32>) -> memref<4x3xf32> {
+    %c0 = arith.constant 0 : index
+    %c1 = arith.constant 1 : index
+    %two = arith.constant 2 : i64
+    %sizes = memref.alloc() {alignment = 64 : i64} : memref<2xi64>
+    memref.store %two, %sizes[%c0] : memref<2xi64>
+    memref.store %two, %sizes[%c1] : memref<2xi64>
+    func.call @mrc_anchors(%sizes) : (memref<2xi64>) -> ()
+    %out = memref.alloc() {alignment = 64 : i64} : memref<4x3xf32>
+    %top = memref.subview %out[0, 0] [2, 3] [1, 1] : memref<4x3xf32> to memref<2x3xf32, strided<[3, 1]>>
+    memref.copy %x, %top : memref<2x3xf32> to memref<2x3xf32, strided<[3, 1]>>
+    %bottom = memref.subview %out[2, 0] [2, 3] [1, 1] : memref<4x3xf32> to memref<2x3xf32, strided<[3, 1], offset: 6>>
+    memref.copy %x, %bottom : memref<2x3xf32> to memref<2x3xf32, strided<[3, 1], offset: 6>>
+    memref.dealloc %sizes : memref<2xi64>
+    return %out : memref<4x3xf32>
+  }
+}
+"#;
+
+    fn placed(source: &str) -> (melior::Context, String) {
+        let context = create_context();
+        let text = {
+            let mut module = parse_module(&context, source).unwrap();
+            memory::copies_to_kernels(&context, &module).unwrap();
+            memory::host_buffers_to_stack(&context, &module).unwrap();
+            run_pipeline(&context, &mut module, "builtin.module(canonicalize)").unwrap();
+            module.as_operation().to_string()
+        };
+        (context, text)
+    }
+
+    #[test]
+    fn copies_become_kernels_and_host_written_buffers_go_to_the_stack() {
+        let (_context, text) = placed(BUFFERIZED);
+        assert!(!text.contains("memref.copy") && !text.contains("memref.dealloc"), "{text}");
+        insta::assert_snapshot!(text);
+    }
+
+    #[test]
+    fn kernels_are_merged_into_one_module_and_have_cpu_forms() {
+        let (context, text) = placed(BUFFERIZED);
+        let mut module = parse_module(&context, &text).unwrap();
+        run_pipeline(&context, &mut module, &gpu_outlining(&TILE_SIZES)).unwrap();
+        memory::check_host_accesses(&module).unwrap();
+        let kernels = kernels::merge_kernel_modules(&context, &module).unwrap();
+        assert_eq!(kernels, ["forward_kernel", "forward_kernel_0"]);
+        kernels::add_cpu_forms(&context, &module, &kernels).unwrap();
+        insta::assert_snapshot!(module.as_operation().to_string());
+
+        lower_gpu_to_ptx(&context, &mut module, "sm_80").unwrap();
+        kernels::add_emulator_table(&context, &module, &kernels).unwrap();
+        let lowered = module.as_operation().to_string();
+        for symbol in ["llvm.func @forward_kernel_emulated(", "llvm.func @forward_kernel_0_emulated(", "llvm.func @mrc_emulated_kernels("] {
+            assert!(lowered.contains(symbol), "no {symbol} in\n{lowered}");
+        }
+        let ptx = extract_ptx(&module);
+        assert_eq!(ptx.len(), 1);
+        assert!(ptx[0].ptx.contains(".entry forward_kernel(") && ptx[0].ptx.contains(".entry forward_kernel_0("), "{}", ptx[0].ptx);
+    }
+
+    /// Each breach of the placement rules, and the error naming it.
+    #[test]
+    fn host_code_touching_device_memory_is_an_error() {
+        let load = BUFFERIZED
+            .replace(
+                "    return %out",
+                "    %v = memref.load %out[%c0, %c0] : memref<4x3xf32>\n    func.call @mrc_print(%v) : (f32) -> ()\n    return %out",
+            )
+            .replace("  func.func @forward", "  func.func private @mrc_print(f32)\n  func.func @forward");
+        let escape = BUFFERIZED.replace("memref.dealloc %sizes : memref<2xi64>\n", "").replace(
+            "func.func @forward(%x: memref<2x3xf32>) -> memref<4x3xf32>",
+            "func.func @forward(%x: memref<2x3xf32>) -> (memref<4x3xf32>, memref<2xi64>)",
+        ).replace("return %out : memref<4x3xf32>", "return %out, %sizes : memref<4x3xf32>, memref<2xi64>");
+        let mut errors = vec![];
+        for source in [load, escape] {
+            let (context, text) = placed(&source);
+            let mut module = parse_module(&context, &text).unwrap();
+            run_pipeline(&context, &mut module, &gpu_outlining(&TILE_SIZES)).unwrap();
+            errors.push(memory::check_host_accesses(&module).unwrap_err().to_string());
+        }
+        insta::assert_snapshot!(errors.join("\n"));
+    }
+}
