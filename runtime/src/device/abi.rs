@@ -61,7 +61,11 @@ pub unsafe extern "C" fn mgpuModuleLoadJIT(ptx: *const c_char, optimization_leve
 /// `data` points to `size` readable bytes.
 #[no_mangle]
 pub unsafe extern "C" fn mgpuModuleLoad(data: *const c_void, size: i64) -> *mut c_void {
-    let bytes = if data.is_null() || size <= 0 { &[][..] } else { std::slice::from_raw_parts(data.cast::<u8>(), size as usize) };
+    let bytes = if data.is_null() || size <= 0 {
+        &[][..]
+    } else {
+        std::slice::from_raw_parts(data.cast::<u8>(), size as usize)
+    };
     Box::into_raw(Box::new(LazyModule::from_image(bytes))).cast()
 }
 
@@ -119,7 +123,10 @@ pub unsafe extern "C" fn mgpuLaunchKernel(
 ) {
     on_device((), |device| {
         let Some(function) = function.cast::<KernelFunction>().as_ref() else {
-            return Err(DeviceError::Invalid { call: "mgpuLaunchKernel", message: "no kernel (its lookup failed)".into() });
+            return Err(DeviceError::Invalid {
+                call: "mgpuLaunchKernel",
+                message: "no kernel (its lookup failed)".into(),
+            });
         };
         let (grid, block) = ([grid_x, grid_y, grid_z], [block_x, block_y, block_z]);
         device.launch(&function.name, function.handle, grid, block, shared_memory_bytes, params, extra, stream)

@@ -11,7 +11,9 @@ use std::mem::MaybeUninit;
 
 use cudarc::driver::sys::{self, CUresult};
 
-use super::{Allocation, Device, DeviceError, DeviceKind, Event, Fill, FunctionHandle, LaunchConfig, ModuleHandle, Stream};
+use super::{
+    Allocation, Device, DeviceError, DeviceKind, Event, Fill, FunctionHandle, LaunchConfig, ModuleHandle, Stream,
+};
 
 /// The driver functions this device calls, as cudarc resolves them: cudarc panics at the first
 /// call of a function the library lacks, so their presence is checked when the device opens.
@@ -180,16 +182,32 @@ impl Device for CudaDriver {
         }
     }
 
-    unsafe fn copy(&self, destination: *mut c_void, source: *const c_void, bytes: usize, stream: Stream) -> Result<(), DeviceError> {
+    unsafe fn copy(
+        &self,
+        destination: *mut c_void,
+        source: *const c_void,
+        bytes: usize,
+        stream: Stream,
+    ) -> Result<(), DeviceError> {
         self.bind()?;
         check("cuMemcpyAsync", sys::cuMemcpyAsync(destination as u64, source as u64, bytes, stream.cast()))
     }
 
-    unsafe fn fill(&self, destination: *mut c_void, pattern: Fill, count: usize, stream: Stream) -> Result<(), DeviceError> {
+    unsafe fn fill(
+        &self,
+        destination: *mut c_void,
+        pattern: Fill,
+        count: usize,
+        stream: Stream,
+    ) -> Result<(), DeviceError> {
         self.bind()?;
         match pattern {
-            Fill::U32(value) => check("cuMemsetD32Async", sys::cuMemsetD32Async(destination as u64, value, count, stream.cast())),
-            Fill::U16(value) => check("cuMemsetD16Async", sys::cuMemsetD16Async(destination as u64, value, count, stream.cast())),
+            Fill::U32(value) => {
+                check("cuMemsetD32Async", sys::cuMemsetD32Async(destination as u64, value, count, stream.cast()))
+            }
+            Fill::U16(value) => {
+                check("cuMemsetD16Async", sys::cuMemsetD16Async(destination as u64, value, count, stream.cast()))
+            }
         }
     }
 
@@ -197,10 +215,8 @@ impl Device for CudaDriver {
         self.bind()?;
         // The JIT's error log says which PTX line it refused; the error code alone does not.
         let mut log = vec![0_u8; 16 * 1024];
-        let mut options = vec![
-            sys::CUjit_option::CU_JIT_ERROR_LOG_BUFFER,
-            sys::CUjit_option::CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES,
-        ];
+        let mut options =
+            vec![sys::CUjit_option::CU_JIT_ERROR_LOG_BUFFER, sys::CUjit_option::CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES];
         // Option values are passed as pointer-sized words holding the value itself.
         let mut values: Vec<*mut c_void> = vec![log.as_mut_ptr().cast(), log.len() as *mut c_void];
         if let Some(level) = optimization_level {
@@ -211,12 +227,19 @@ impl Device for CudaDriver {
         // SAFETY: the image ends in a NUL (PTX) or is a binary image; the log buffer outlives
         // the call, and the options and values match in number.
         let result = unsafe {
-            sys::cuModuleLoadDataEx(module.as_mut_ptr(), image.as_ptr().cast(), options.len() as u32, options.as_mut_ptr(), values.as_mut_ptr())
+            sys::cuModuleLoadDataEx(
+                module.as_mut_ptr(),
+                image.as_ptr().cast(),
+                options.len() as u32,
+                options.as_mut_ptr(),
+                values.as_mut_ptr(),
+            )
         };
         if result != CUresult::CUDA_SUCCESS {
             let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
             let log = String::from_utf8_lossy(&log[..end]);
-            let message = if log.trim().is_empty() { describe(result) } else { format!("{}: {}", describe(result), log.trim()) };
+            let message =
+                if log.trim().is_empty() { describe(result) } else { format!("{}: {}", describe(result), log.trim()) };
             return Err(DeviceError::Driver { call: "cuModuleLoadDataEx", message });
         }
         // SAFETY: the call succeeded.
@@ -237,7 +260,8 @@ impl Device for CudaDriver {
         match unsafe { sys::cuModuleGetFunction(function.as_mut_ptr(), module.0 as sys::CUmodule, c_name.as_ptr()) } {
             CUresult::CUDA_ERROR_NOT_FOUND => Err(DeviceError::NotAnEntry { name: name.to_owned() }),
             // SAFETY: the call succeeded.
-            result => check("cuModuleGetFunction", result).map(|()| FunctionHandle(unsafe { function.assume_init() } as usize)),
+            result => check("cuModuleGetFunction", result)
+                .map(|()| FunctionHandle(unsafe { function.assume_init() } as usize)),
         }
     }
 
@@ -251,8 +275,19 @@ impl Device for CudaDriver {
     ) -> Result<(), String> {
         self.bind().map_err(|e| e.to_string())?;
         let ([gx, gy, gz], [bx, by, bz]) = (config.grid, config.block);
-        let result =
-            sys::cuLaunchKernel(function.0 as sys::CUfunction, gx, gy, gz, bx, by, bz, config.shared_memory_bytes, stream.cast(), params, extra);
+        let result = sys::cuLaunchKernel(
+            function.0 as sys::CUfunction,
+            gx,
+            gy,
+            gz,
+            bx,
+            by,
+            bz,
+            config.shared_memory_bytes,
+            stream.cast(),
+            params,
+            extra,
+        );
         check("cuLaunchKernel", result).map_err(|e| e.to_string())
     }
 

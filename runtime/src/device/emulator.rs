@@ -16,7 +16,9 @@ use std::sync::{Mutex, RwLock};
 
 use rayon::prelude::*;
 
-use super::{lock, Allocation, Device, DeviceError, DeviceKind, Event, Fill, FunctionHandle, LaunchConfig, ModuleHandle, Stream};
+use super::{
+    lock, Allocation, Device, DeviceError, DeviceKind, Event, Fill, FunctionHandle, LaunchConfig, ModuleHandle, Stream,
+};
 
 /// A kernel's CPU form. `ids` holds 12 values: the block id x, y, z; the thread id x, y, z;
 /// the grid's size in blocks x, y, z; the block's size in threads x, y, z. `params` is the
@@ -79,7 +81,8 @@ pub fn ptx_entries(ptx: &str) -> Vec<String> {
             continue;
         }
         let name_and_after = rest.trim_start();
-        let length = name_and_after.find(|c: char| !(c.is_alphanumeric() || "_$%.".contains(c))).unwrap_or(name_and_after.len());
+        let length =
+            name_and_after.find(|c: char| !(c.is_alphanumeric() || "_$%.".contains(c))).unwrap_or(name_and_after.len());
         let (name, after) = name_and_after.split_at(length);
         if !name.is_empty() && after.trim_start().starts_with('(') {
             entries.push(name.to_owned());
@@ -134,7 +137,8 @@ impl Device for Emulator {
     }
 
     unsafe fn allocate(&self, bytes: usize, _host_shared: bool, _stream: Stream) -> Result<*mut c_void, DeviceError> {
-        let layout = std::alloc::Layout::from_size_align(bytes, ALIGNMENT).map_err(|_| DeviceError::OutOfMemory { bytes })?;
+        let layout =
+            std::alloc::Layout::from_size_align(bytes, ALIGNMENT).map_err(|_| DeviceError::OutOfMemory { bytes })?;
         let pointer = std::alloc::alloc(layout);
         if pointer.is_null() {
             return Err(DeviceError::OutOfMemory { bytes });
@@ -148,25 +152,37 @@ impl Device for Emulator {
         Ok(())
     }
 
-    unsafe fn copy(&self, destination: *mut c_void, source: *const c_void, bytes: usize, _stream: Stream) -> Result<(), DeviceError> {
+    unsafe fn copy(
+        &self,
+        destination: *mut c_void,
+        source: *const c_void,
+        bytes: usize,
+        _stream: Stream,
+    ) -> Result<(), DeviceError> {
         std::ptr::copy(source.cast::<u8>(), destination.cast::<u8>(), bytes);
         Ok(())
     }
 
-    unsafe fn fill(&self, destination: *mut c_void, pattern: Fill, count: usize, _stream: Stream) -> Result<(), DeviceError> {
+    unsafe fn fill(
+        &self,
+        destination: *mut c_void,
+        pattern: Fill,
+        count: usize,
+        _stream: Stream,
+    ) -> Result<(), DeviceError> {
         let misaligned = |width: usize| DeviceError::Invalid {
             call: "memset",
             message: format!("{destination:p} is not aligned to the {width}-byte pattern"),
         };
         match pattern {
             Fill::U32(value) => {
-                if destination as usize % 4 != 0 {
+                if !(destination as usize).is_multiple_of(4) {
                     return Err(misaligned(4));
                 }
                 std::slice::from_raw_parts_mut(destination.cast::<u32>(), count).fill(value);
             }
             Fill::U16(value) => {
-                if destination as usize % 2 != 0 {
+                if !(destination as usize).is_multiple_of(2) {
                     return Err(misaligned(2));
                 }
                 std::slice::from_raw_parts_mut(destination.cast::<u16>(), count).fill(value);
@@ -191,7 +207,10 @@ impl Device for Emulator {
     }
 
     fn function(&self, module: ModuleHandle, name: &str) -> Result<FunctionHandle, DeviceError> {
-        let defined = lock(&self.modules).get(module.0).and_then(Option::as_ref).is_some_and(|entries| entries.iter().any(|e| e == name));
+        let defined = lock(&self.modules)
+            .get(module.0)
+            .and_then(Option::as_ref)
+            .is_some_and(|entries| entries.iter().any(|e| e == name));
         if !defined {
             return Err(DeviceError::NotAnEntry { name: name.to_owned() });
         }
@@ -224,7 +243,20 @@ impl Device for Emulator {
         let params = Params(params);
         (0..grid_x * grid_y * grid_z).into_par_iter().for_each(|block| {
             let (x, y, z) = (block % grid_x, block / grid_x % grid_y, block / (grid_x * grid_y));
-            let mut ids = [x as i64, y as i64, z as i64, 0, 0, 0, grid_x as i64, grid_y as i64, grid_z as i64, block_x, block_y, block_z];
+            let mut ids = [
+                x as i64,
+                y as i64,
+                z as i64,
+                0,
+                0,
+                0,
+                grid_x as i64,
+                grid_y as i64,
+                grid_z as i64,
+                block_x,
+                block_y,
+                block_z,
+            ];
             for thread_z in 0..block_z {
                 for thread_y in 0..block_y {
                     for thread_x in 0..block_x {

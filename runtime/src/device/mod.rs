@@ -121,7 +121,10 @@ impl LaunchConfig {
                 return Err(format!("grid {} of {} blocks is outside [1, {}]", AXES[axis], grid[axis], MAX_GRID[axis]));
             }
             if !(1..=MAX_BLOCK[axis]).contains(&block[axis]) {
-                return Err(format!("block {} of {} threads is outside [1, {}]", AXES[axis], block[axis], MAX_BLOCK[axis]));
+                return Err(format!(
+                    "block {} of {} threads is outside [1, {}]",
+                    AXES[axis], block[axis], MAX_BLOCK[axis]
+                ));
             }
         }
         let threads = block[0] * block[1] * block[2];
@@ -132,10 +135,16 @@ impl LaunchConfig {
             ));
         }
         if !(0..=MAX_SHARED_MEMORY_BYTES).contains(&i64::from(shared_memory_bytes)) {
-            return Err(format!("{shared_memory_bytes} bytes of shared memory is outside [0, {MAX_SHARED_MEMORY_BYTES}]"));
+            return Err(format!(
+                "{shared_memory_bytes} bytes of shared memory is outside [0, {MAX_SHARED_MEMORY_BYTES}]"
+            ));
         }
         // Every value is within [0, 2^31) now.
-        Ok(LaunchConfig { grid: grid.map(|g| g as u32), block: block.map(|b| b as u32), shared_memory_bytes: shared_memory_bytes as u32 })
+        Ok(LaunchConfig {
+            grid: grid.map(|g| g as u32),
+            block: block.map(|b| b as u32),
+            shared_memory_bytes: shared_memory_bytes as u32,
+        })
     }
 }
 
@@ -160,13 +169,25 @@ pub trait Device: Send + Sync {
 
     /// # Safety
     /// Both ranges are live, `bytes` long, and do not overlap.
-    unsafe fn copy(&self, destination: *mut c_void, source: *const c_void, bytes: usize, stream: Stream) -> Result<(), DeviceError>;
+    unsafe fn copy(
+        &self,
+        destination: *mut c_void,
+        source: *const c_void,
+        bytes: usize,
+        stream: Stream,
+    ) -> Result<(), DeviceError>;
 
     /// Writes `count` copies of `pattern`.
     ///
     /// # Safety
     /// The range is live device memory.
-    unsafe fn fill(&self, destination: *mut c_void, pattern: Fill, count: usize, stream: Stream) -> Result<(), DeviceError>;
+    unsafe fn fill(
+        &self,
+        destination: *mut c_void,
+        pattern: Fill,
+        count: usize,
+        stream: Stream,
+    ) -> Result<(), DeviceError>;
 
     /// Loads a module image: PTX text ending in a NUL, or a binary the driver takes.
     /// `optimization_level` is the PTX JIT's (0 to 4), where the program chose one.
@@ -293,7 +314,10 @@ impl SelectedDevice {
         }
         let allocation = {
             let mut memory = lock(&self.memory);
-            let allocation = memory.live.remove(&(pointer as usize)).ok_or(DeviceError::UnknownPointer { pointer: pointer as usize })?;
+            let allocation = memory
+                .live
+                .remove(&(pointer as usize))
+                .ok_or(DeviceError::UnknownPointer { pointer: pointer as usize })?;
             memory.current_bytes -= allocation.bytes;
             allocation
         };
@@ -304,7 +328,13 @@ impl SelectedDevice {
     ///
     /// # Safety
     /// As [`Device::copy`].
-    pub unsafe fn copy(&self, destination: *mut c_void, source: *const c_void, bytes: usize, stream: Stream) -> Result<(), DeviceError> {
+    pub unsafe fn copy(
+        &self,
+        destination: *mut c_void,
+        source: *const c_void,
+        bytes: usize,
+        stream: Stream,
+    ) -> Result<(), DeviceError> {
         if bytes == 0 {
             return Ok(());
         }
@@ -313,7 +343,13 @@ impl SelectedDevice {
 
     /// # Safety
     /// As [`Device::fill`].
-    pub unsafe fn fill(&self, destination: *mut c_void, pattern: Fill, count: usize, stream: Stream) -> Result<(), DeviceError> {
+    pub unsafe fn fill(
+        &self,
+        destination: *mut c_void,
+        pattern: Fill,
+        count: usize,
+        stream: Stream,
+    ) -> Result<(), DeviceError> {
         if count == 0 {
             return Ok(());
         }
@@ -362,6 +398,7 @@ impl SelectedDevice {
     ///
     /// # Safety
     /// As [`Device::launch`].
+    #[allow(clippy::too_many_arguments)] // `cuLaunchKernel`'s, in its order, and the name.
     pub unsafe fn launch(
         &self,
         name: &str,
@@ -499,7 +536,9 @@ mod tests {
 
     #[test]
     fn device_errors_are_one_line() {
-        for error in [DeviceError::NoDriver, DeviceError::NoDevice, DeviceError::DriverStart("CUDA_ERROR_UNKNOWN".into())] {
+        for error in
+            [DeviceError::NoDriver, DeviceError::NoDevice, DeviceError::DriverStart("CUDA_ERROR_UNKNOWN".into())]
+        {
             let message = error.to_string();
             assert!(!message.contains('\n'), "{message}");
             assert!(message.ends_with("(use --device emulator to run on the CPU)"), "{message}");

@@ -56,7 +56,10 @@ impl LazyModule {
             None => *state.loaded.insert(device.device().load_module(&self.image, self.optimization_level)?),
         };
         let handle = device.device().function(module, name)?;
-        let function = state.functions.entry(name.to_owned()).or_insert(Box::new(KernelFunction { name: name.to_owned(), handle }));
+        let function = state
+            .functions
+            .entry(name.to_owned())
+            .or_insert(Box::new(KernelFunction { name: name.to_owned(), handle }));
         Ok(function.as_ref())
     }
 
