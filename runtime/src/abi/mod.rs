@@ -46,12 +46,13 @@ pub fn take_error() -> Option<String> {
 }
 
 /// The runtime functions generated code may call, by symbol, for a JIT to resolve: the
-/// program driver, which a compiled program's `main` calls, and MLIR's CUDA-runtime-wrapper
+/// program drivers, which a compiled program's `main` calls, and MLIR's CUDA-runtime-wrapper
 /// functions (`mgpu*`), which host code lowered from the GPU dialect calls.
 pub fn symbols() -> Vec<(String, *mut ())> {
     let mut symbols = vec![
         ("memrefCopy".to_owned(), memref_copy as *mut ()),
         ("mrc_program_main".to_owned(), crate::program::compiled::mrc_program_main as *mut ()),
+        ("mrc_cuda_program_main".to_owned(), crate::program::compiled::mrc_cuda_program_main as *mut ()),
     ];
     symbols.extend(functions::RuntimeFunction::ALL.iter().map(|f| (f.c_symbol(), f.address())));
     symbols.extend(crate::device::abi::symbols().into_iter().map(|(name, address)| (name.to_owned(), address)));
@@ -84,10 +85,10 @@ mod tests {
     ];
 
     #[test]
-    fn symbols_bind_every_cuda_wrapper() {
+    fn symbols_bind_every_cuda_wrapper_and_both_program_drivers() {
         let symbols = super::symbols();
         let mut names: Vec<&str> = symbols.iter().map(|(name, _)| name.as_str()).collect();
-        for expected in MGPU_FUNCTIONS.iter().chain(&["mrc_program_main", "memrefCopy"]) {
+        for expected in MGPU_FUNCTIONS.iter().chain(&["mrc_program_main", "mrc_cuda_program_main", "memrefCopy"]) {
             assert!(names.contains(expected), "{expected} is not among the runtime's symbols");
         }
         assert!(symbols.iter().all(|(_, address)| !address.is_null()));
