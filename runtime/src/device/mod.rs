@@ -362,7 +362,7 @@ impl SelectedDevice {
         // on the default stream, which is then drained.
         unsafe {
             let pointer = self.allocate(bytes.len(), false, std::ptr::null_mut())?;
-            let buffer = DeviceBuffer { device: self, pointer, bytes: bytes.len() };
+            let buffer = DeviceBuffer { device: self, pointer };
             self.copy(pointer, bytes.as_ptr().cast(), bytes.len(), std::ptr::null_mut())?;
             self.device.synchronize()?;
             Ok(buffer)
@@ -438,7 +438,6 @@ impl SelectedDevice {
 pub struct DeviceBuffer {
     device: &'static SelectedDevice,
     pointer: *mut c_void,
-    bytes: usize,
 }
 
 // SAFETY: the buffer is an address in device memory that only device calls touch, and the
@@ -450,14 +449,6 @@ impl DeviceBuffer {
     /// The device address (null for zero bytes).
     pub fn pointer(&self) -> *mut c_void {
         self.pointer
-    }
-
-    pub fn len(&self) -> usize {
-        self.bytes
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.bytes == 0
     }
 }
 
