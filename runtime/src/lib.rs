@@ -1,6 +1,6 @@
 //! The runtime that programs compiled by `mrc` link: the detection operators on the CPU, the C
-//! interface generated code calls ([`abi`]), weights and their load-time transforms, and the
-//! program driver.
+//! interface generated code calls ([`abi`]), the device a CUDA program runs on ([`device`]),
+//! weights and their load-time transforms, and the program driver.
 //!
 //! Every operator in [`ops`] reproduces torchvision's numerics (same sampling positions, same
 //! float32 evaluation order where it matters, same tie-breaking), takes plain slices plus shapes
@@ -10,6 +10,7 @@
 
 pub mod abi;
 pub mod detection;
+pub mod device;
 pub mod error;
 pub mod ops;
 pub mod program;

@@ -5,8 +5,14 @@
 //! argument (inputs, then state tensors). Arguments are never written (they are marked
 //! `bufferization.writable = false`), so memory-mapped weights are passed as they are; result
 //! buffers come from `malloc` and are freed here after copying.
+//!
+//! A forward function compiled for a device ([`Forward::new_on_device`]) takes and returns
+//! device memory: its weights are uploaded once, its inputs at each call, and its results
+//! (contiguous) are copied back and freed with the device's free.
 
 use std::ffi::c_void;
+
+use crate::device::{DeviceBuffer, DeviceError, SelectedDevice};
 
 extern "C" {
     fn free(pointer: *mut c_void);
@@ -76,11 +82,95 @@ pub struct ResultSpec {
 /// `forward` must be a compiled forward function whose arguments are `arguments` (in order, of
 /// their ranks and element types) and whose results are `results`.
 pub unsafe fn call(forward: ForwardFn, arguments: &[Argument], results: &[ResultSpec]) -> Vec<HostTensor> {
+    let placed: Vec<Placed> = arguments.iter().map(|a| Placed { pointer: a.bytes.as_ptr() as i64, shape: a.shape }).collect();
+    match call_placed(forward, &placed, results, &HostResults) {
+        Ok(tensors) => tensors,
+        Err(never) => match never {},
+    }
+}
+
+/// An argument where the forward function reads it: the address of its first element (host
+/// or device memory) and its shape.
+struct Placed<'a> {
+    pointer: i64,
+    shape: &'a [usize],
+}
+
+/// Where a forward function leaves its results, and how they are read and freed.
+trait ResultMemory {
+    type Error;
+    /// Waits until the results are written.
+    fn finished(&self) -> Result<(), Self::Error>;
+    /// The elements of a view in row-major order.
+    ///
+    /// # Safety
+    /// The view must lie inside a live result buffer of `T`s.
+    unsafe fn read<T: bytemuck::Pod>(&self, aligned: i64, offset: i64, shape: &[usize], strides: &[i64]) -> Result<Vec<T>, Self::Error>;
+    /// Frees a result buffer.
+    ///
+    /// # Safety
+    /// `allocated` is a result buffer, freed once.
+    unsafe fn release(&self, allocated: i64) -> Result<(), Self::Error>;
+}
+
+/// Results in host memory from `malloc`.
+struct HostResults;
+
+impl ResultMemory for HostResults {
+    type Error = std::convert::Infallible;
+
+    fn finished(&self) -> Result<(), Self::Error> {
+        Ok(())
+    }
+
+    unsafe fn read<T: bytemuck::Pod>(&self, aligned: i64, offset: i64, shape: &[usize], strides: &[i64]) -> Result<Vec<T>, Self::Error> {
+        Ok(gather(aligned, offset, shape, strides))
+    }
+
+    unsafe fn release(&self, allocated: i64) -> Result<(), Self::Error> {
+        free(allocated as *mut c_void);
+        Ok(())
+    }
+}
+
+/// Results in device memory from `mgpuMemAlloc`.
+struct DeviceResults(&'static SelectedDevice);
+
+impl ResultMemory for DeviceResults {
+    type Error = DeviceError;
+
+    fn finished(&self) -> Result<(), DeviceError> {
+        // Generated code's kernels run on streams of their own.
+        self.0.synchronize()
+    }
+
+    unsafe fn read<T: bytemuck::Pod>(&self, aligned: i64, offset: i64, shape: &[usize], strides: &[i64]) -> Result<Vec<T>, DeviceError> {
+        // Results are fresh buffers in the identity layout: one copy each.
+        if !is_contiguous(shape, strides) {
+            return Err(DeviceError::NonContiguousResult { shape: shape.to_vec(), strides: strides.to_vec() });
+        }
+        let mut data = vec![T::zeroed(); shape.iter().product()];
+        if !data.is_empty() {
+            self.0.download((aligned as *const T).offset(offset as isize).cast(), bytemuck::cast_slice_mut(&mut data))?;
+        }
+        Ok(data)
+    }
+
+    unsafe fn release(&self, allocated: i64) -> Result<(), DeviceError> {
+        self.0.free(allocated as *mut c_void, std::ptr::null_mut())
+    }
+}
+
+/// Calls `forward` on `arguments` and copies its results out of `memory`, freeing them there.
+/// Every result is freed even when one cannot be read; the first error is returned.
+///
+/// # Safety
+/// As [`call`], the arguments and results being where `memory` and the pointers say.
+unsafe fn call_placed<M: ResultMemory>(forward: ForwardFn, arguments: &[Placed], results: &[ResultSpec], memory: &M) -> Result<Vec<HostTensor>, M::Error> {
     let mut descriptors: Vec<Vec<i64>> = arguments
         .iter()
         .map(|a| {
-            let pointer = a.bytes.as_ptr() as i64;
-            let mut words = vec![pointer, pointer, 0];
+            let mut words = vec![a.pointer, a.pointer, 0];
             words.extend(a.shape.iter().map(|&d| d as i64));
             let mut stride = 1;
             let mut strides = vec![0; a.shape.len()];
@@ -97,6 +187,7 @@ pub unsafe fn call(forward: ForwardFn, arguments: &[Argument], results: &[Result
         .chain(descriptors.iter_mut().map(|d| d.as_mut_ptr() as *mut c_void))
         .collect();
     forward(packed.as_mut_ptr());
+    let mut first_error = memory.finished().err();
 
     let mut freed: Vec<i64> = vec![];
     let mut out = vec![];
@@ -106,20 +197,38 @@ pub unsafe fn call(forward: ForwardFn, arguments: &[Argument], results: &[Result
         let (allocated, aligned, offset) = (rest[0], rest[1], rest[2]);
         let shape: Vec<usize> = rest[3..3 + rank].iter().map(|&d| d as usize).collect();
         let strides = &rest[3 + rank..3 + 2 * rank];
-        let out_tensor = match result.element {
-            Element::F32 => HostTensor::F32 { data: gather(aligned, offset, &shape, strides), shape },
-            Element::I64 => HostTensor::I64 { data: gather(aligned, offset, &shape, strides), shape },
-            Element::U8 => HostTensor::U8 { data: gather(aligned, offset, &shape, strides), shape },
-        };
+        if first_error.is_none() {
+            let read = match result.element {
+                Element::F32 => memory.read(aligned, offset, &shape, strides).map(|data| HostTensor::F32 { data, shape }),
+                Element::I64 => memory.read(aligned, offset, &shape, strides).map(|data| HostTensor::I64 { data, shape }),
+                Element::U8 => memory.read(aligned, offset, &shape, strides).map(|data| HostTensor::U8 { data, shape }),
+            };
+            match read {
+                Ok(tensor) => out.push(tensor),
+                Err(error) => first_error = Some(error),
+            }
+        }
         // Two results may share a buffer, and a result that is an argument is not ours.
-        if !freed.contains(&allocated) && !arguments.iter().any(|a| a.bytes.as_ptr() as i64 == allocated) {
-            free(allocated as *mut c_void);
+        if !freed.contains(&allocated) && !arguments.iter().any(|a| a.pointer == allocated) {
+            if let Err(error) = memory.release(allocated) {
+                first_error.get_or_insert(error);
+            }
             freed.push(allocated);
         }
-        out.push(out_tensor);
         rest = &rest[3 + 2 * rank..];
     }
-    out
+    match first_error {
+        Some(error) => Err(error),
+        None => Ok(out),
+    }
+}
+
+/// Whether a view's elements are row-major and contiguous (axes of one element aside).
+fn is_contiguous(shape: &[usize], strides: &[i64]) -> bool {
+    (0..shape.len())
+        .rev()
+        .try_fold(1_i64, |expected, axis| (shape[axis] == 1 || strides[axis] == expected).then_some(expected * shape[axis] as i64))
+        .is_some()
 }
 
 /// The elements of a strided view (`aligned`, `offset`, `shape`, `strides` in elements) in
@@ -135,10 +244,7 @@ unsafe fn gather<T: bytemuck::Pod>(aligned: i64, offset: i64, shape: &[usize], s
         return data;
     }
     let base = (aligned as *const T).offset(offset as isize);
-    let contiguous = (0..shape.len()).rev().try_fold(1_i64, |expected, axis| {
-        (shape[axis] == 1 || strides[axis] == expected).then_some(expected * shape[axis] as i64)
-    });
-    if contiguous.is_some() {
+    if is_contiguous(shape, strides) {
         std::ptr::copy_nonoverlapping(base, data.as_mut_ptr(), count);
         data.set_len(count);
         return data;
@@ -185,6 +291,26 @@ pub struct Forward {
     aligned: std::collections::HashMap<String, Vec<u64>>,
     /// The [`Source::Derived`] arguments, computed once: (elements, shape).
     derived: std::collections::HashMap<String, (Vec<f32>, Vec<usize>)>,
+    placement: Placement,
+}
+
+/// Where the forward function takes its arguments and leaves its results.
+enum Placement {
+    Host,
+    /// On a device, with the weight arguments' copies there, by argument position (`None` for
+    /// the inputs, uploaded at each call).
+    Device { device: &'static SelectedDevice, weights: Vec<Option<DeviceBuffer>> },
+}
+
+/// Why a forward function cannot be prepared on a device.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    #[error(transparent)]
+    Weights(#[from] crate::weights::WeightsError),
+    #[error("cannot upload the weights: {0}")]
+    Device(#[from] DeviceError),
+    #[error("{0}")]
+    Argument(String),
 }
 
 /// Rank-0 step counters (`num_batches_tracked`) are passed but never read.
@@ -215,15 +341,61 @@ impl Forward {
                 Source::Input(_) => {}
             }
         }
-        Ok(Forward { function, interface, weights, aligned, derived })
+        Ok(Forward { function, interface, weights, aligned, derived, placement: Placement::Host })
+    }
+
+    /// [`Forward::new`] for a forward function compiled for `device`, which takes device
+    /// memory: the weights (state and derived tensors) are uploaded now, once.
+    ///
+    /// # Safety
+    /// As [`Forward::new`]; the function's device code runs on `device`.
+    pub unsafe fn new_on_device(
+        function: ForwardFn,
+        interface: Interface,
+        weights: crate::weights::Weights,
+        device: &'static SelectedDevice,
+    ) -> Result<Self, ForwardError> {
+        let mut forward = Forward::new(function, interface, weights)?;
+        let mut uploaded = Vec::with_capacity(forward.interface.arguments.len());
+        for source in &forward.interface.arguments {
+            uploaded.push(match source {
+                Source::Input(_) => None,
+                weight => Some(device.upload(forward.weight_argument(weight).map_err(ForwardError::Argument)?.bytes)?),
+            });
+        }
+        forward.placement = Placement::Device { device, weights: uploaded };
+        Ok(forward)
     }
 
     pub fn interface(&self) -> &Interface {
         &self.interface
     }
 
+    /// The host bytes of a state or derived argument.
+    fn weight_argument(&self, source: &Source) -> Result<Argument<'_>, String> {
+        match source {
+            Source::Input(name) => Err(format!("`{name}` is an input, not a weight")),
+            Source::State(name) => {
+                let tensor = self.weights.get(name).ok_or_else(|| format!("no state tensor `{name}`"))?;
+                if tensor.shape().is_empty() {
+                    Ok(Argument { bytes: bytemuck::cast_slice(&UNUSED_COUNTER), shape: &[] })
+                } else {
+                    let bytes = match self.aligned.get(name) {
+                        Some(words) => &bytemuck::cast_slice(words)[..tensor.bytes().len()],
+                        None => tensor.bytes(),
+                    };
+                    Ok(Argument { bytes, shape: tensor.shape() })
+                }
+            }
+            Source::Derived { name, .. } => {
+                let (data, shape) = &self.derived[name];
+                Ok(Argument { bytes: bytemuck::cast_slice(data), shape })
+            }
+        }
+    }
+
     /// Runs the network on `inputs` (by name); returns the named results and the time of each
-    /// stage, or the error a runtime function reported.
+    /// stage, or the error a runtime function (or the device) reported.
     pub fn run(&self, inputs: &[(&str, &HostTensor)]) -> Result<(Vec<(String, HostTensor)>, Vec<(&'static str, std::time::Duration)>), String> {
         let mut arguments = vec![];
         for source in &self.interface.arguments {
@@ -237,36 +409,57 @@ impl Forward {
                     };
                     Argument { bytes, shape: tensor.shape() }
                 }
-                Source::State(name) => {
-                    let tensor = self.weights.get(name).ok_or_else(|| format!("no state tensor `{name}`"))?;
-                    if tensor.shape().is_empty() {
-                        Argument { bytes: bytemuck::cast_slice(&UNUSED_COUNTER), shape: &[] }
-                    } else {
-                        let bytes = match self.aligned.get(name) {
-                            Some(words) => &bytemuck::cast_slice(words)[..tensor.bytes().len()],
-                            None => tensor.bytes(),
-                        };
-                        Argument { bytes, shape: tensor.shape() }
-                    }
-                }
-                Source::Derived { name, .. } => {
-                    let (data, shape) = &self.derived[name];
-                    Argument { bytes: bytemuck::cast_slice(data), shape }
-                }
+                weight => self.weight_argument(weight)?,
             });
         }
         let specs: Vec<ResultSpec> = self.interface.results.iter().map(|(_, spec)| *spec).collect();
         super::take_error();
         super::stages::begin();
-        // SAFETY: `Forward::new`'s contract: the function has this interface.
-        let results = unsafe { call(self.function, &arguments, &specs) };
+        // SAFETY: `Forward::new`'s contract: the function has this interface (and, on a device,
+        // runs there).
+        let results = unsafe {
+            match &self.placement {
+                Placement::Host => Ok(call(self.function, &arguments, &specs)),
+                Placement::Device { device, weights } => call_on_device(self.function, device, &arguments, weights, &specs),
+            }
+        };
         let stages = super::stages::finish();
         if let Some(error) = super::take_error() {
             return Err(error);
         }
+        let results = results.map_err(|error| error.to_string())?;
         let names = self.interface.results.iter().map(|(name, _)| name.clone());
         Ok((names.zip(results).collect(), stages))
     }
+}
+
+/// [`call`] on a device: the arguments without an uploaded copy (the inputs) are uploaded for
+/// the call, the results copied back and freed there.
+///
+/// # Safety
+/// As [`call`]; `uploaded` has one entry per argument, and `forward` runs on `device`.
+unsafe fn call_on_device(
+    forward: ForwardFn,
+    device: &'static SelectedDevice,
+    arguments: &[Argument],
+    uploaded: &[Option<DeviceBuffer>],
+    results: &[ResultSpec],
+) -> Result<Vec<HostTensor>, DeviceError> {
+    let mut inputs = vec![];
+    let mut placed = vec![];
+    for (argument, weight) in arguments.iter().zip(uploaded) {
+        let buffer = match weight {
+            Some(buffer) => buffer,
+            None => {
+                inputs.push(device.upload(argument.bytes)?);
+                &inputs[inputs.len() - 1]
+            }
+        };
+        placed.push(Placed { pointer: buffer.pointer() as i64, shape: argument.shape });
+    }
+    // The inputs are freed (when `inputs` drops) after the results were read, so after the
+    // device finished with them.
+    call_placed(forward, &placed, results, &DeviceResults(device))
 }
 
 /// The tensor `name` computed by `transform` from the f32 state tensors `from`.

@@ -28,9 +28,16 @@ thread_local! {
 
 /// Records the first error of the current forward call.
 pub(crate) fn set_error(message: String) {
-    ERROR.with(|e| {
+    // A device call from a global destructor may come after the thread's locals are gone:
+    // there is no forward call left to report to then.
+    let _ = ERROR.try_with(|e| {
         e.borrow_mut().get_or_insert(message);
     });
+}
+
+/// Whether an error was recorded since the last [`take_error`]: device calls are no-ops then.
+pub(crate) fn error_pending() -> bool {
+    ERROR.try_with(|e| e.borrow().is_some()).unwrap_or(true)
 }
 
 /// The error a runtime function recorded since the last call, if any.
@@ -38,13 +45,56 @@ pub fn take_error() -> Option<String> {
     ERROR.with(|e| e.borrow_mut().take())
 }
 
-/// The runtime functions generated code may call, by symbol, for a JIT to resolve (with the
-/// program driver, which a compiled program's `main` calls).
+/// The runtime functions generated code may call, by symbol, for a JIT to resolve: the
+/// program drivers, which a compiled program's `main` calls, and MLIR's CUDA-runtime-wrapper
+/// functions (`mgpu*`), which host code lowered from the GPU dialect calls.
 pub fn symbols() -> Vec<(String, *mut ())> {
     let mut symbols = vec![
         ("memrefCopy".to_owned(), memref_copy as *mut ()),
         ("mrc_program_main".to_owned(), crate::program::compiled::mrc_program_main as *mut ()),
+        ("mrc_cuda_program_main".to_owned(), crate::program::compiled::mrc_cuda_program_main as *mut ()),
     ];
     symbols.extend(functions::RuntimeFunction::ALL.iter().map(|f| (f.c_symbol(), f.address())));
+    symbols.extend(crate::device::abi::symbols().into_iter().map(|(name, address)| (name.to_owned(), address)));
     symbols
+}
+
+#[cfg(test)]
+mod tests {
+    /// The CUDA-runtime-wrapper functions that LLVM 22's `gpu-to-llvm` makes host code call.
+    const MGPU_FUNCTIONS: [&str; 19] = [
+        "mgpuModuleLoadJIT",
+        "mgpuModuleLoad",
+        "mgpuModuleUnload",
+        "mgpuModuleGetFunction",
+        "mgpuLaunchKernel",
+        "mgpuStreamCreate",
+        "mgpuStreamSynchronize",
+        "mgpuStreamDestroy",
+        "mgpuStreamWaitEvent",
+        "mgpuEventCreate",
+        "mgpuEventDestroy",
+        "mgpuEventSynchronize",
+        "mgpuEventRecord",
+        "mgpuMemAlloc",
+        "mgpuMemFree",
+        "mgpuMemcpy",
+        "mgpuMemset32",
+        "mgpuMemset16",
+        "mgpuSetDefaultDevice",
+    ];
+
+    #[test]
+    fn symbols_bind_every_cuda_wrapper_and_both_program_drivers() {
+        let symbols = super::symbols();
+        let mut names: Vec<&str> = symbols.iter().map(|(name, _)| name.as_str()).collect();
+        for expected in MGPU_FUNCTIONS.iter().chain(&["mrc_program_main", "mrc_cuda_program_main", "memrefCopy"]) {
+            assert!(names.contains(expected), "{expected} is not among the runtime's symbols");
+        }
+        assert!(symbols.iter().all(|(_, address)| !address.is_null()));
+        let count = names.len();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), count, "a symbol is listed twice");
+    }
 }

@@ -49,7 +49,9 @@ pub struct Options {
     pub allow_truncated: bool,
 
     /// Write each image's detection time and the peak memory use as JSON
-    /// (`{"seconds": [...], "peak_rss_mb": x}`), for benchmarks.
+    /// (`{"seconds": [...], "peak_rss_mb": x}`), for benchmarks; a CUDA program adds its
+    /// device, the device's peak memory and its kernel launches (`"device"`,
+    /// `"peak_device_mb"`, `"kernel_launches"`) and prints the last two.
     #[arg(long, value_name = "T.json")]
     pub timings: Option<PathBuf>,
 

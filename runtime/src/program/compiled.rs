@@ -1,13 +1,15 @@
 //! The detector of a program compiled by `mrc compile`: its generated forward function, called
-//! through [`Forward`], with the weights of its trailer or of `--weights`.
+//! through [`Forward`], with the weights of its trailer or of `--weights`; for a CUDA program,
+//! on the device that `--device` selects.
 
+use std::io::IsTerminal;
 use std::path::Path;
-use std::process::ExitCode;
 
 use image::RgbImage;
 
-use super::{main_with, trailer, DetectError, Detection, Detector, MaskProbs, ProgramInfo, StageTimes};
+use super::{run_command_line, run_device_command_line, trailer, DetectError, Detection, Detector, MaskProbs, ProgramInfo, StageTimes};
 use crate::abi::forward::{Forward, ForwardFn, HostTensor, Source};
+use crate::device::{register_emulated_kernels, EmulatedKernelTable};
 use crate::weights::Weights;
 
 struct CompiledDetector {
@@ -63,6 +65,34 @@ fn keep_freed_memory() {
 /// the program's trailer describes.
 #[no_mangle]
 pub unsafe extern "C" fn mrc_program_main(_argc: i32, _argv: *const *const std::ffi::c_char, forward: ForwardFn) -> i32 {
+    compiled_main(forward, false)
+}
+
+/// The `main` of a compiled CUDA program: `forward` is its generated `mrc_forward_packed`,
+/// whose host code calls the `mgpu*` functions of [`crate::device::abi`], and `kernels` its
+/// `mrc_emulated_kernels`, the CPU forms of its kernels for `--device emulator`. The command
+/// line is the CPU program's plus `--device cuda|emulator` (default `cuda`); a device that
+/// cannot start exits with code 3 and one line saying what is missing.
+///
+/// # Safety
+/// As [`mrc_program_main`]; `kernels` returns the program's table of CPU forms.
+#[no_mangle]
+pub unsafe extern "C" fn mrc_cuda_program_main(
+    _argc: i32,
+    _argv: *const *const std::ffi::c_char,
+    forward: ForwardFn,
+    kernels: EmulatedKernelTable,
+) -> i32 {
+    register_emulated_kernels(kernels);
+    compiled_main(forward, true)
+}
+
+/// A compiled program's `main`, its network on the host or on the device that `--device`
+/// selects.
+///
+/// # Safety
+/// As [`mrc_program_main`].
+unsafe fn compiled_main(forward: ForwardFn, on_device: bool) -> i32 {
     keep_freed_memory();
     let exe = std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into());
     let (manifest, embedded) = match trailer::read(&exe) {
@@ -80,14 +110,20 @@ pub unsafe extern "C" fn mrc_program_main(_argc: i32, _argv: *const *const std::
             (None, Some(bytes)) => Weights::from_static_safetensors(bytes)?,
             (None, None) => return Err("this program has no weights built in: pass --weights W".into()),
         };
+        let interface = manifest.interface.clone();
         // SAFETY: the trailer describes the forward function it was compiled with.
-        let forward = Forward::new(forward, manifest.interface.clone(), weights)?;
+        let forward = if on_device {
+            Forward::new_on_device(forward, interface, weights, crate::device::current()?)?
+        } else {
+            Forward::new(forward, interface, weights)?
+        };
         Ok(CompiledDetector { forward, input: input.clone().ok_or("the network has no input")? })
     };
-    let code = main_with(&info, make_detector, std::env::args());
-    if code == ExitCode::SUCCESS {
-        0
+    let (args, log, show_progress) = (std::env::args(), &mut std::io::stderr(), std::io::stderr().is_terminal());
+    let code = if on_device {
+        run_device_command_line(&info, make_detector, args, log, show_progress)
     } else {
-        1
-    }
+        run_command_line(&info, make_detector, args, log, show_progress)
+    };
+    i32::from(code)
 }

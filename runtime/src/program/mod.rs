@@ -44,6 +44,7 @@ use image::RgbImage;
 pub use cli::Options;
 pub use inputs::IMAGE_EXTENSIONS;
 
+use crate::device::DeviceKind;
 use coco::{Annotations, Category, ImageInfo, Meta, ResultEntry, Segmentation};
 use report::{Console, StageTotals};
 use rle::Rle;
@@ -124,7 +125,8 @@ impl ProgramInfo {
 /// processed; the results of those are written all the same.
 ///
 /// Exit codes: 0 when every image was processed (zero detections included), 1 when any input
-/// failed or the run could not start or finish, 2 for usage errors.
+/// failed or the run could not start or finish, 2 for usage errors, 3 when the device of a
+/// CUDA program could not start ([`run_device_command_line`]).
 pub fn main_with<D: Detector>(
     info: &ProgramInfo,
     make_detector: impl FnOnce(Option<&Path>) -> Result<D, DetectError>,
@@ -142,12 +144,49 @@ pub fn run_command_line<D: Detector>(
     log: &mut dyn Write,
     show_progress: bool,
 ) -> u8 {
-    let parsed = Options::command()
-        .name(info.model_name.clone())
-        .try_get_matches_from(args)
-        .and_then(|matches| Options::from_arg_matches(&matches));
-    let options = match parsed {
-        Ok(options) => options,
+    run_command_line_on(info, false, make_detector, args, log, show_progress)
+}
+
+/// [`run_command_line`] for a program whose network runs on a device (a CUDA program). Its
+/// command line also has `--device cuda|emulator` (default `cuda`): the device is selected
+/// after the command line is parsed and before the detector is built, which finds it with
+/// [`crate::device::current`]. A device that cannot start ends the run with its one-line
+/// message and exit code 3. `--timings` adds the device's peak memory and kernel launches.
+pub fn run_device_command_line<D: Detector>(
+    info: &ProgramInfo,
+    make_detector: impl FnOnce(Option<&Path>) -> Result<D, DetectError>,
+    args: impl IntoIterator<Item = String>,
+    log: &mut dyn Write,
+    show_progress: bool,
+) -> u8 {
+    run_command_line_on(info, true, make_detector, args, log, show_progress)
+}
+
+/// The exit code of a program whose device could not start.
+pub const EXIT_NO_DEVICE: u8 = 3;
+
+fn run_command_line_on<D: Detector>(
+    info: &ProgramInfo,
+    on_device: bool,
+    make_detector: impl FnOnce(Option<&Path>) -> Result<D, DetectError>,
+    args: impl IntoIterator<Item = String>,
+    log: &mut dyn Write,
+    show_progress: bool,
+) -> u8 {
+    let mut command = Options::command().name(info.model_name.clone());
+    if on_device {
+        command = command.arg(
+            clap::Arg::new("device")
+                .long("device")
+                .value_name("D")
+                .value_parser(clap::builder::EnumValueParser::<DeviceKind>::new())
+                .default_value("cuda")
+                .help("Run the network on the first NVIDIA GPU (cuda) or on the CPU (emulator)"),
+        );
+    }
+    let parsed = command.try_get_matches_from(args).and_then(|matches| Ok((Options::from_arg_matches(&matches)?, matches)));
+    let (options, matches) = match parsed {
+        Ok(parsed) => parsed,
         Err(e) => {
             // Help goes to stdout like any clap program; errors to the log.
             if e.use_stderr() {
@@ -161,7 +200,19 @@ pub fn run_command_line<D: Detector>(
     if let Some(threads) = options.threads {
         set_thread_count(usize::from(threads), log);
     }
-    match run(&options, info, make_detector, log, show_progress) {
+    let device = if on_device {
+        let kind = matches.get_one::<DeviceKind>("device").copied().unwrap_or(DeviceKind::Cuda);
+        match crate::device::select(kind) {
+            Ok(device) => Some(device),
+            Err(e) => {
+                let _ = writeln!(log, "{}: error: {e}", info.model_name);
+                return EXIT_NO_DEVICE;
+            }
+        }
+    } else {
+        None
+    };
+    match run(&options, info, device, make_detector, log, show_progress) {
         Ok(0) => 0,
         Ok(_) => 1,
         Err(message) => {
@@ -199,6 +250,7 @@ struct Processed {
 fn run<D: Detector>(
     options: &Options,
     info: &ProgramInfo,
+    device: Option<&crate::device::SelectedDevice>,
     make_detector: impl FnOnce(Option<&Path>) -> Result<D, DetectError>,
     log: &mut dyn Write,
     show_progress: bool,
@@ -255,7 +307,18 @@ fn run<D: Detector>(
     }
     if let Some(path) = &options.timings {
         let seconds: Vec<f64> = processed.iter().map(|p| p.seconds).collect();
-        let timings = serde_json::json!({ "seconds": seconds, "peak_rss_mb": peak_rss_mb() });
+        let mut timings = serde_json::json!({ "seconds": seconds, "peak_rss_mb": peak_rss_mb() });
+        if let Some(device) = device {
+            let statistics = device.statistics();
+            let peak_device_mb = statistics.peak_bytes as f64 / (1024.0 * 1024.0);
+            timings["device"] = serde_json::json!(statistics.kind.to_string());
+            timings["peak_device_mb"] = serde_json::json!(peak_device_mb);
+            timings["kernel_launches"] = serde_json::json!(statistics.launches);
+            console.line(format_args!(
+                "{}: device {}: peak memory {peak_device_mb:.1} MiB, {} kernel launches",
+                info.model_name, statistics.kind, statistics.launches
+            ));
+        }
         coco::write_json_atomic(path, &timings)?;
     }
     console.line(format_args!(

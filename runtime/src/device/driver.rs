@@ -1,0 +1,354 @@
+//! The NVIDIA driver (`--device cuda`), through cudarc's bindings loaded at run time: building
+//! needs no CUDA toolkit, and a machine without a driver gets [`DeviceError::NoDriver`].
+//!
+//! Device 0 in its primary context; memory from the device's default pool, stream-ordered
+//! (`cuMemAllocAsync`), managed memory where generated code asks for host-shared memory; PTX is
+//! compiled by the driver's JIT when a module is loaded.
+
+use std::cell::Cell;
+use std::ffi::c_void;
+use std::mem::MaybeUninit;
+
+use cudarc::driver::sys::{self, CUresult};
+
+use super::{
+    Allocation, Device, DeviceError, DeviceKind, Event, Fill, FunctionHandle, LaunchConfig, ModuleHandle, Stream,
+};
+
+/// The driver functions this device calls, as cudarc resolves them: cudarc panics at the first
+/// call of a function the library lacks, so their presence is checked when the device opens.
+const DRIVER_FUNCTIONS: &[&str] = &[
+    "cuInit",
+    "cuDeviceGetCount",
+    "cuDeviceGet",
+    "cuDevicePrimaryCtxRetain",
+    "cuCtxSetCurrent",
+    "cuCtxSynchronize",
+    "cuDeviceGetDefaultMemPool",
+    "cuMemPoolSetAttribute",
+    "cuMemAllocAsync",
+    "cuMemFreeAsync",
+    "cuMemAllocManaged",
+    "cuMemFree_v2",
+    "cuMemcpyAsync",
+    "cuMemsetD32Async",
+    "cuMemsetD16Async",
+    "cuModuleLoadDataEx",
+    "cuModuleUnload",
+    "cuModuleGetFunction",
+    "cuLaunchKernel",
+    "cuStreamCreate",
+    "cuStreamDestroy_v2",
+    "cuStreamSynchronize",
+    "cuStreamWaitEvent",
+    "cuEventCreate",
+    "cuEventDestroy_v2",
+    "cuEventRecord",
+    "cuEventSynchronize",
+    "cuGetErrorName",
+    "cuGetErrorString",
+];
+
+/// The CUDA driver's error codes as names and messages ("CUDA_ERROR_OUT_OF_MEMORY: out of
+/// memory").
+fn describe(result: CUresult) -> String {
+    // SAFETY: the driver returns static strings for every code it knows.
+    unsafe {
+        let (mut name, mut text) = (MaybeUninit::uninit(), MaybeUninit::uninit());
+        if sys::cuGetErrorName(result, name.as_mut_ptr()) != CUresult::CUDA_SUCCESS
+            || sys::cuGetErrorString(result, text.as_mut_ptr()) != CUresult::CUDA_SUCCESS
+        {
+            return format!("CUDA error {}", result as u32);
+        }
+        let (name, text) = (std::ffi::CStr::from_ptr(name.assume_init()), std::ffi::CStr::from_ptr(text.assume_init()));
+        format!("{}: {}", name.to_string_lossy(), text.to_string_lossy())
+    }
+}
+
+fn check(call: &'static str, result: CUresult) -> Result<(), DeviceError> {
+    match result {
+        CUresult::CUDA_SUCCESS => Ok(()),
+        _ => Err(DeviceError::Driver { call, message: describe(result) }),
+    }
+}
+
+thread_local! {
+    /// The context current on this thread, as last set here.
+    static CURRENT_CONTEXT: Cell<usize> = const { Cell::new(0) };
+}
+
+/// The first GPU, in its primary context.
+pub struct CudaDriver {
+    context: sys::CUcontext,
+}
+
+// SAFETY: the driver API is thread-safe; a context may be current on any number of threads.
+unsafe impl Send for CudaDriver {}
+unsafe impl Sync for CudaDriver {}
+
+impl CudaDriver {
+    /// Whether the driver library (`libcuda.so.1` or another of its names) can be loaded.
+    pub fn library_present() -> bool {
+        // SAFETY: loading the library runs its initializers, which expect nothing of us.
+        unsafe { sys::is_culib_present() }
+    }
+
+    /// Loads the driver library, initializes it and opens device 0: every way this can fail is
+    /// an error that says what is missing.
+    pub fn open() -> Result<CudaDriver, DeviceError> {
+        // cudarc panics at the first call when the library is missing: look first.
+        if !CudaDriver::library_present() {
+            return Err(DeviceError::NoDriver);
+        }
+        for &symbol in DRIVER_FUNCTIONS {
+            // SAFETY: the library is present (checked above); looking a symbol up calls nothing.
+            if unsafe { sys::culib().get::<*const c_void>(symbol.as_bytes()) }.is_err() {
+                return Err(DeviceError::DriverTooOld { symbol });
+            }
+        }
+        // SAFETY: every function called is present, with cudarc's declared signature.
+        unsafe {
+            match sys::cuInit(0) {
+                CUresult::CUDA_SUCCESS => {}
+                CUresult::CUDA_ERROR_NO_DEVICE => return Err(DeviceError::NoDevice),
+                failure => return Err(DeviceError::DriverStart(describe(failure))),
+            }
+            let mut count = 0;
+            check("cuDeviceGetCount", sys::cuDeviceGetCount(&mut count))?;
+            if count == 0 {
+                return Err(DeviceError::NoDevice);
+            }
+            let mut device = MaybeUninit::uninit();
+            check("cuDeviceGet", sys::cuDeviceGet(device.as_mut_ptr(), 0))?;
+            let device = device.assume_init();
+            let mut context = MaybeUninit::uninit();
+            check("cuDevicePrimaryCtxRetain", sys::cuDevicePrimaryCtxRetain(context.as_mut_ptr(), device))?;
+            let driver = CudaDriver { context: context.assume_init() };
+            driver.bind()?;
+            // The default pool returns freed memory to the system at every synchronization
+            // unless told to keep it: every image would allocate its tensors anew.
+            let mut pool = MaybeUninit::uninit();
+            check("cuDeviceGetDefaultMemPool", sys::cuDeviceGetDefaultMemPool(pool.as_mut_ptr(), device))?;
+            let mut keep_everything = u64::MAX;
+            check(
+                "cuMemPoolSetAttribute",
+                sys::cuMemPoolSetAttribute(
+                    pool.assume_init(),
+                    sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                    (&mut keep_everything as *mut u64).cast(),
+                ),
+            )?;
+            Ok(driver)
+        }
+    }
+
+    /// Makes the context current on the calling thread (generated code may run on any).
+    fn bind(&self) -> Result<(), DeviceError> {
+        if CURRENT_CONTEXT.get() != self.context as usize {
+            // SAFETY: the context is retained for the life of the process.
+            check("cuCtxSetCurrent", unsafe { sys::cuCtxSetCurrent(self.context) })?;
+            CURRENT_CONTEXT.set(self.context as usize);
+        }
+        Ok(())
+    }
+}
+
+impl Device for CudaDriver {
+    fn kind(&self) -> DeviceKind {
+        DeviceKind::Cuda
+    }
+
+    unsafe fn allocate(&self, bytes: usize, host_shared: bool, stream: Stream) -> Result<*mut c_void, DeviceError> {
+        self.bind()?;
+        let mut pointer = 0;
+        if host_shared {
+            let global = sys::CUmemAttach_flags::CU_MEM_ATTACH_GLOBAL as u32;
+            check("cuMemAllocManaged", sys::cuMemAllocManaged(&mut pointer, bytes, global))?;
+        } else {
+            match sys::cuMemAllocAsync(&mut pointer, bytes, stream.cast()) {
+                CUresult::CUDA_ERROR_OUT_OF_MEMORY => return Err(DeviceError::OutOfMemory { bytes }),
+                result => check("cuMemAllocAsync", result)?,
+            }
+        }
+        Ok(pointer as *mut c_void)
+    }
+
+    unsafe fn free(&self, pointer: *mut c_void, allocation: Allocation, stream: Stream) -> Result<(), DeviceError> {
+        self.bind()?;
+        if allocation.host_shared {
+            check("cuMemFree", sys::cuMemFree_v2(pointer as u64))
+        } else {
+            check("cuMemFreeAsync", sys::cuMemFreeAsync(pointer as u64, stream.cast()))
+        }
+    }
+
+    unsafe fn copy(
+        &self,
+        destination: *mut c_void,
+        source: *const c_void,
+        bytes: usize,
+        stream: Stream,
+    ) -> Result<(), DeviceError> {
+        self.bind()?;
+        check("cuMemcpyAsync", sys::cuMemcpyAsync(destination as u64, source as u64, bytes, stream.cast()))
+    }
+
+    unsafe fn fill(
+        &self,
+        destination: *mut c_void,
+        pattern: Fill,
+        count: usize,
+        stream: Stream,
+    ) -> Result<(), DeviceError> {
+        self.bind()?;
+        match pattern {
+            Fill::U32(value) => {
+                check("cuMemsetD32Async", sys::cuMemsetD32Async(destination as u64, value, count, stream.cast()))
+            }
+            Fill::U16(value) => {
+                check("cuMemsetD16Async", sys::cuMemsetD16Async(destination as u64, value, count, stream.cast()))
+            }
+        }
+    }
+
+    fn load_module(&self, image: &[u8], optimization_level: Option<i32>) -> Result<ModuleHandle, DeviceError> {
+        self.bind()?;
+        // The JIT's error log says which PTX line it refused; the error code alone does not.
+        let mut log = vec![0_u8; 16 * 1024];
+        let mut options =
+            vec![sys::CUjit_option::CU_JIT_ERROR_LOG_BUFFER, sys::CUjit_option::CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES];
+        // Option values are passed as pointer-sized words holding the value itself.
+        let mut values: Vec<*mut c_void> = vec![log.as_mut_ptr().cast(), log.len() as *mut c_void];
+        if let Some(level) = optimization_level {
+            options.push(sys::CUjit_option::CU_JIT_OPTIMIZATION_LEVEL);
+            values.push(level.clamp(0, 4) as usize as *mut c_void);
+        }
+        let mut module = MaybeUninit::uninit();
+        // SAFETY: the image ends in a NUL (PTX) or is a binary image; the log buffer outlives
+        // the call, and the options and values match in number.
+        let result = unsafe {
+            sys::cuModuleLoadDataEx(
+                module.as_mut_ptr(),
+                image.as_ptr().cast(),
+                options.len() as u32,
+                options.as_mut_ptr(),
+                values.as_mut_ptr(),
+            )
+        };
+        if result != CUresult::CUDA_SUCCESS {
+            let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
+            let log = String::from_utf8_lossy(&log[..end]);
+            let message =
+                if log.trim().is_empty() { describe(result) } else { format!("{}: {}", describe(result), log.trim()) };
+            return Err(DeviceError::Driver { call: "cuModuleLoadDataEx", message });
+        }
+        // SAFETY: the call succeeded.
+        Ok(ModuleHandle(unsafe { module.assume_init() } as usize))
+    }
+
+    fn unload_module(&self, module: ModuleHandle) -> Result<(), DeviceError> {
+        self.bind()?;
+        // SAFETY: the handle came from `load_module` and is unloaded once.
+        check("cuModuleUnload", unsafe { sys::cuModuleUnload(module.0 as sys::CUmodule) })
+    }
+
+    fn function(&self, module: ModuleHandle, name: &str) -> Result<FunctionHandle, DeviceError> {
+        self.bind()?;
+        let c_name = std::ffi::CString::new(name).map_err(|_| DeviceError::NotAnEntry { name: name.to_owned() })?;
+        let mut function = MaybeUninit::uninit();
+        // SAFETY: the module is loaded; the name is NUL-terminated.
+        match unsafe { sys::cuModuleGetFunction(function.as_mut_ptr(), module.0 as sys::CUmodule, c_name.as_ptr()) } {
+            CUresult::CUDA_ERROR_NOT_FOUND => Err(DeviceError::NotAnEntry { name: name.to_owned() }),
+            // SAFETY: the call succeeded.
+            result => check("cuModuleGetFunction", result)
+                .map(|()| FunctionHandle(unsafe { function.assume_init() } as usize)),
+        }
+    }
+
+    unsafe fn launch(
+        &self,
+        function: FunctionHandle,
+        config: &LaunchConfig,
+        params: *mut *mut c_void,
+        extra: *mut *mut c_void,
+        stream: Stream,
+    ) -> Result<(), String> {
+        self.bind().map_err(|e| e.to_string())?;
+        let ([gx, gy, gz], [bx, by, bz]) = (config.grid, config.block);
+        let result = sys::cuLaunchKernel(
+            function.0 as sys::CUfunction,
+            gx,
+            gy,
+            gz,
+            bx,
+            by,
+            bz,
+            config.shared_memory_bytes,
+            stream.cast(),
+            params,
+            extra,
+        );
+        check("cuLaunchKernel", result).map_err(|e| e.to_string())
+    }
+
+    fn create_stream(&self) -> Result<Stream, DeviceError> {
+        self.bind()?;
+        let mut stream = MaybeUninit::uninit();
+        // Non-blocking, as MLIR's wrappers make them: the legacy default stream (what uploads
+        // use) does not serialize with them; uploads and downloads synchronize the context.
+        let flags = sys::CUstream_flags::CU_STREAM_NON_BLOCKING as u32;
+        // SAFETY: plain creation.
+        unsafe {
+            check("cuStreamCreate", sys::cuStreamCreate(stream.as_mut_ptr(), flags))?;
+            Ok(stream.assume_init().cast())
+        }
+    }
+
+    unsafe fn destroy_stream(&self, stream: Stream) -> Result<(), DeviceError> {
+        self.bind()?;
+        check("cuStreamDestroy", sys::cuStreamDestroy_v2(stream.cast()))
+    }
+
+    unsafe fn synchronize_stream(&self, stream: Stream) -> Result<(), DeviceError> {
+        self.bind()?;
+        check("cuStreamSynchronize", sys::cuStreamSynchronize(stream.cast()))
+    }
+
+    unsafe fn stream_wait_event(&self, stream: Stream, event: Event) -> Result<(), DeviceError> {
+        self.bind()?;
+        check("cuStreamWaitEvent", sys::cuStreamWaitEvent(stream.cast(), event.cast(), 0))
+    }
+
+    fn create_event(&self) -> Result<Event, DeviceError> {
+        self.bind()?;
+        let mut event = MaybeUninit::uninit();
+        // Events only order work here; timing them would cost at every record.
+        let flags = sys::CUevent_flags::CU_EVENT_DISABLE_TIMING as u32;
+        // SAFETY: plain creation.
+        unsafe {
+            check("cuEventCreate", sys::cuEventCreate(event.as_mut_ptr(), flags))?;
+            Ok(event.assume_init().cast())
+        }
+    }
+
+    unsafe fn destroy_event(&self, event: Event) -> Result<(), DeviceError> {
+        self.bind()?;
+        check("cuEventDestroy", sys::cuEventDestroy_v2(event.cast()))
+    }
+
+    unsafe fn record_event(&self, event: Event, stream: Stream) -> Result<(), DeviceError> {
+        self.bind()?;
+        check("cuEventRecord", sys::cuEventRecord(event.cast(), stream.cast()))
+    }
+
+    unsafe fn synchronize_event(&self, event: Event) -> Result<(), DeviceError> {
+        self.bind()?;
+        check("cuEventSynchronize", sys::cuEventSynchronize(event.cast()))
+    }
+
+    fn synchronize(&self) -> Result<(), DeviceError> {
+        self.bind()?;
+        // SAFETY: the context is current.
+        check("cuCtxSynchronize", unsafe { sys::cuCtxSynchronize() })
+    }
+}
