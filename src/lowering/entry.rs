@@ -11,19 +11,29 @@ use melior::{
 use super::{diagnostics::capture_diagnostics, error::LoweringError, FORWARD};
 use mrc_runtime::abi::forward::FORWARD_PACKED;
 
-/// A program's C `main`: it calls the runtime's program driver
-/// `driver(argc, argv, forward, functions...)`, `forward` being `mrc_forward_packed` and each of
-/// `functions` the address of a function of the module.
+/// A program's C `main`: it calls `initializer()` if there is one, then the runtime's program
+/// driver `driver(argc, argv, forward, functions...)`, `forward` being `mrc_forward_packed` and
+/// each of `functions` the address of a function of the module.
 #[derive(Clone, Copy, Debug)]
 pub struct ProgramMain {
+    pub initializer: Option<&'static str>,
     pub driver: &'static str,
     pub functions: &'static [&'static str],
 }
 
 impl ProgramMain {
     /// The CPU program driver: `mrc_program_main(argc, argv, forward)`.
-    pub const CPU: ProgramMain = ProgramMain { driver: "mrc_program_main", functions: &[] };
+    pub const CPU: ProgramMain = ProgramMain { initializer: None, driver: "mrc_program_main", functions: &[] };
 }
+
+/// What a program's `main` calls to run the module's global constructors. The execution
+/// engine that compiles the object gathers a module's constructors (`llvm.global_ctors`) into
+/// one function, `__orc_init_func.<module>`, and no `.init_array` entry; the linker binds this
+/// name to it (`--defsym`). The JIT never calls it (the engine runs the constructors there).
+pub const MODULE_INITIALIZER: &str = "mrc_module_initializer";
+
+/// The function the execution engine makes of the constructors of the module it compiles.
+pub const ENGINE_CONSTRUCTORS: &str = "__orc_init_func.LLVMDialectModule";
 
 /// Adds `mrc_forward_packed(void **args)` for a forward function of `arguments` arguments and at
 /// least one result: `args[0]` is the results' pointer, `args[1 + i]` argument i's descriptor.
@@ -40,7 +50,7 @@ pub fn add_entry_points(context: &Context, module: &Module, arguments: usize, pr
         values.push(format!("%p{i}"));
     }
     text.push_str(&format!("    llvm.call @{ciface}({}) : ({pointers}) -> ()\n    llvm.return\n  }}\n", values.join(", ")));
-    if let Some(ProgramMain { driver, functions }) = program_main {
+    if let Some(ProgramMain { initializer, driver, functions }) = program_main {
         let pointers = vec!["!llvm.ptr"; 1 + functions.len()].join(", ");
         let addresses: String = functions
             .iter()
@@ -52,10 +62,17 @@ pub fn add_entry_points(context: &Context, module: &Module, arguments: usize, pr
             text.push_str(&format!("  llvm.func @{function}()\n"));
         }
         let values: String = (0..functions.len()).map(|i| format!(", %function{i}")).collect();
+        let initialize = match initializer {
+            Some(initializer) => {
+                text.push_str(&format!("  llvm.func @{initializer}()\n"));
+                format!("llvm.call @{initializer}() : () -> ()\n    ")
+            }
+            None => String::new(),
+        };
         text.push_str(&format!(
             "  llvm.func @{driver}(i32, !llvm.ptr, {pointers}) -> i32\n  \
              llvm.func @main(%argc: i32, %argv: !llvm.ptr) -> i32 {{\n    \
-             %forward = llvm.mlir.addressof @{FORWARD_PACKED} : !llvm.ptr\n{addresses}    \
+             {initialize}%forward = llvm.mlir.addressof @{FORWARD_PACKED} : !llvm.ptr\n{addresses}    \
              %code = llvm.call @{driver}(%argc, %argv, %forward{values}) : (i32, !llvm.ptr, {pointers}) -> i32\n    \
              llvm.return %code : i32\n  }}\n"
         ));

@@ -25,7 +25,7 @@ mod runtime_calls;
 
 pub use builder::{identity_map, loop_dims, Combiner, Emitter, Iterator, Size};
 pub use context::{create_context, parse_module};
-pub use entry::{add_entry_points, append_operations, ProgramMain};
+pub use entry::{add_entry_points, append_operations, ProgramMain, ENGINE_CONSTRUCTORS, MODULE_INITIALIZER};
 pub use emit::{emit_forward, LowerNode, NamedTensor, Signature, FORWARD};
 pub use error::LoweringError;
 pub use interface::{expected_state, interface};

@@ -183,8 +183,13 @@ fn engine(module: &Module, optimization_level: usize, keep_object: bool) -> Resu
         // SAFETY: each pointer is the runtime function of that C symbol.
         unsafe { engine.register_symbol(&name, pointer) };
     }
+    // A program's `main` calls it; the linker binds it, the JIT never runs `main`.
+    // SAFETY: a function of the right type, never called.
+    unsafe { engine.register_symbol(super::MODULE_INITIALIZER, unbound_initializer as *mut ()) };
     Ok(engine)
 }
+
+extern "C" fn unbound_initializer() {}
 
 /// The name of the first operation, in pre-order, that is neither the module itself nor in the
 /// LLVM dialect nor one of the GPU dialect's operations that the translation to LLVM IR turns

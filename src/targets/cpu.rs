@@ -49,7 +49,7 @@ impl Target for Cpu {
         let Emitted { mut module, signature, interface, .. } = emitted;
         self.lower(context, &mut module)?;
         add_entry_points(context, &module, signature.arguments.len(), Some(ProgramMain::CPU))?;
-        native::write_executable(&module, program, interface, level, emit, output)
+        native::write_executable(&module, &[], program, interface, level, emit, output)
     }
 }
 

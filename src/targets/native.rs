@@ -21,6 +21,7 @@ use mrc_runtime::program::trailer::{ProgramManifest, TRAILER_MAGIC};
 /// its LLVM IR, its object file, or the executable with its trailer.
 pub fn write_executable(
     module: &Module,
+    link_arguments: &[String],
     program: Program,
     interface: Interface,
     level: u8,
@@ -52,7 +53,7 @@ pub fn write_executable(
     }
 
     let linked = scratch.path().join("program");
-    link(&object, &linked)?;
+    link(&object, link_arguments, &linked)?;
     let manifest = ProgramManifest { model_name: program.name, class_names: program.class_names, interface };
     let weight_bytes = match &program.weights {
         Some(weights) => weights.to_safetensors_bytes()?,
@@ -104,8 +105,9 @@ fn runtime_library(scratch: &Path) -> Result<PathBuf, CompileError> {
     Ok(library)
 }
 
-/// Links `object` with the runtime into the executable `output` (no debug information).
-fn link(object: &Path, output: &Path) -> Result<(), CompileError> {
+/// Links `object` with the runtime into the executable `output` (no debug information), with
+/// the target's `arguments`.
+fn link(object: &Path, arguments: &[String], output: &Path) -> Result<(), CompileError> {
     let runtime = runtime_library(object.parent().unwrap_or(Path::new(".")))?;
     let mut command = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()));
     command.arg("-no-pie").arg("-o").arg(output).arg(object).arg(&runtime).args([
@@ -117,6 +119,7 @@ fn link(object: &Path, output: &Path) -> Result<(), CompileError> {
         "-lgcc_s",
         "-lc",
     ]);
+    command.args(arguments);
     let rendered = format!("{command:?}");
     let result =
         command.output().map_err(|e| CompileError::Link { command: rendered.clone(), stderr: e.to_string() })?;

@@ -1,4 +1,9 @@
 //! Memref descriptors as MLIR lays them out, and buffers that generated code may free.
+//!
+//! In a CUDA program (a device is selected) the runtime's functions still compute on the host:
+//! [`MemRef::elements`] reads a device buffer back, and the results they make
+//! ([`MemRef::owned`], [`MemRef::allocate`]) are device memory, which generated code frees with
+//! the device. That round trip is where a built-in has no kernel yet.
 
 use std::ffi::c_void;
 
@@ -25,25 +30,41 @@ impl<T: Copy, const R: usize> MemRef<T, R> {
         MemRef { allocated: pointer, aligned: pointer, offset: 0, sizes: shape.map(|d| d as i64), strides: row_major(shape) }
     }
 
-    /// A row-major tensor in a fresh `malloc` buffer that the receiver frees.
+    /// A row-major tensor in a fresh buffer that the receiver frees: `malloc`ed, or device
+    /// memory in a CUDA program.
     pub fn owned(data: &[T], shape: [usize; R]) -> Self {
         debug_assert_eq!(data.len(), shape.iter().product::<usize>());
-        // SAFETY: at least one byte is requested (malloc(0) may return null), and `data.len()`
-        // elements are copied into a buffer of that many.
+        let memref = Self::allocate(shape);
+        let bytes = std::mem::size_of_val(data);
+        // SAFETY: the fresh buffer holds `data.len()` elements.
         unsafe {
-            let pointer = malloc(std::mem::size_of_val(data).max(1)) as *mut T;
-            assert!(!pointer.is_null(), "out of memory");
-            std::ptr::copy_nonoverlapping(data.as_ptr(), pointer, data.len());
-            MemRef { allocated: pointer, aligned: pointer, offset: 0, sizes: shape.map(|d| d as i64), strides: row_major(shape) }
+            match crate::device::selected() {
+                Some(device) => {
+                    if let Err(error) = device.copy(memref.aligned.cast(), data.as_ptr().cast(), bytes, std::ptr::null_mut()) {
+                        super::set_error(error.to_string());
+                    }
+                }
+                None => std::ptr::copy_nonoverlapping(data.as_ptr(), memref.aligned, data.len()),
+            }
         }
+        memref
     }
 
-    /// An uninitialized row-major tensor in a fresh `malloc` buffer, for a kernel to fill.
+    /// An uninitialized row-major tensor in a fresh buffer (`malloc`ed, or device memory in a
+    /// CUDA program), for a kernel to fill.
     pub fn allocate(shape: [usize; R]) -> Self {
-        let count: usize = shape.iter().product();
-        // SAFETY: malloc of at least one byte; the caller writes every element before reading.
-        let pointer = unsafe { malloc((count * std::mem::size_of::<T>()).max(1)) } as *mut T;
-        assert!(!pointer.is_null(), "out of memory");
+        // At least one byte: malloc(0) may return null.
+        let bytes = (shape.iter().product::<usize>() * std::mem::size_of::<T>()).max(1);
+        let pointer = match crate::device::selected() {
+            // SAFETY: a plain allocation on the default stream.
+            Some(device) => unsafe { device.allocate(bytes, false, std::ptr::null_mut()) }.unwrap_or_else(|error| {
+                super::set_error(error.to_string());
+                std::ptr::null_mut()
+            }),
+            // SAFETY: malloc; the caller writes every element before reading.
+            None => unsafe { malloc(bytes) },
+        } as *mut T;
+        assert!(!pointer.is_null() || super::error_pending(), "out of memory");
         MemRef { allocated: pointer, aligned: pointer, offset: 0, sizes: shape.map(|d| d as i64), strides: row_major(shape) }
     }
 
@@ -65,11 +86,25 @@ impl<T: Copy, const R: usize> MemRef<T, R> {
         if count == 0 {
             return std::borrow::Cow::Owned(vec![]);
         }
-        let base = self.aligned.offset(self.offset as isize);
-        if self.is_contiguous() {
+        let mut base = self.aligned.offset(self.offset as isize) as *const T;
+        let shape = self.shape();
+        // Device memory is read back: the extent of the view, copied whole.
+        let on_host: Vec<T>;
+        if let Some(device) = crate::device::selected().filter(|device| device.owns(self.allocated.cast())) {
+            let extent = 1 + (0..R).map(|axis| (shape[axis] as i64 - 1) * self.strides[axis]).sum::<i64>() as usize;
+            let mut bytes = vec![0_u8; extent * std::mem::size_of::<T>()];
+            if let Err(error) = device.download(base.cast(), &mut bytes) {
+                super::set_error(error.to_string());
+                return std::borrow::Cow::Owned(vec![]);
+            }
+            on_host = (0..extent).map(|i| std::ptr::read_unaligned((bytes.as_ptr() as *const T).add(i))).collect();
+            base = on_host.as_ptr();
+            if self.is_contiguous() {
+                return std::borrow::Cow::Owned(on_host);
+            }
+        } else if self.is_contiguous() {
             return std::borrow::Cow::Borrowed(std::slice::from_raw_parts(base, count));
         }
-        let shape = self.shape();
         let mut out = Vec::with_capacity(count);
         for flat in 0..count {
             let (mut rest, mut position) = (flat, 0_i64);

@@ -129,6 +129,11 @@ pub unsafe extern "C" fn mgpuLaunchKernel(
             });
         };
         let (grid, block) = ([grid_x, grid_y, grid_z], [block_x, block_y, block_z]);
+        // A loop nest over an empty tensor (no detections) has nothing to run; CUDA would
+        // refuse its empty grid.
+        if grid.contains(&0) {
+            return Ok(());
+        }
         device.launch(&function.name, function.handle, grid, block, shared_memory_bytes, params, extra, stream)
     })
 }
@@ -229,6 +234,39 @@ pub unsafe extern "C" fn mgpuMemset16(destination: *mut c_void, value: i16, word
     on_device((), |device| device.fill(destination, Fill::U16(value as u16), count("mgpuMemset16", words)?, stream))
 }
 
+/// `memref.alloc` in a CUDA program's host code (`finalize-memref-to-llvm` with generic
+/// functions): every buffer the network computes is device memory.
+///
+/// # Safety
+/// Called by generated code.
+#[no_mangle]
+pub unsafe extern "C" fn _mlir_memref_to_llvm_alloc(bytes: u64) -> *mut c_void {
+    on_device(std::ptr::null_mut(), |device| device.allocate(count("_mlir_memref_to_llvm_alloc", bytes as i64)?, false, std::ptr::null_mut()))
+}
+
+/// An aligned `memref.alloc`: device allocations are aligned to 256 bytes (the emulator's to
+/// [`super::emulator::ALIGNMENT`]), which covers what generated code asks for.
+///
+/// # Safety
+/// Called by generated code.
+#[no_mangle]
+pub unsafe extern "C" fn _mlir_memref_to_llvm_aligned_alloc(alignment: u64, bytes: u64) -> *mut c_void {
+    if alignment as usize > super::emulator::ALIGNMENT {
+        set_error(format!("an allocation aligned to {alignment} bytes (at most {} are)", super::emulator::ALIGNMENT));
+        return std::ptr::null_mut();
+    }
+    _mlir_memref_to_llvm_alloc(bytes)
+}
+
+/// `memref.dealloc` in a CUDA program's host code.
+///
+/// # Safety
+/// `pointer` came from [`_mlir_memref_to_llvm_alloc`] (or is null) and is freed once.
+#[no_mangle]
+pub unsafe extern "C" fn _mlir_memref_to_llvm_free(pointer: *mut c_void) {
+    releasing(|device| device.free(pointer, std::ptr::null_mut()))
+}
+
 #[no_mangle]
 pub extern "C" fn mgpuSetDefaultDevice(ordinal: i32) {
     on_device((), |device| device.set_default_device(ordinal))
@@ -244,6 +282,9 @@ macro_rules! symbols {
 }
 
 symbols![
+    _mlir_memref_to_llvm_alloc,
+    _mlir_memref_to_llvm_aligned_alloc,
+    _mlir_memref_to_llvm_free,
     mgpuModuleLoadJIT,
     mgpuModuleLoad,
     mgpuModuleUnload,

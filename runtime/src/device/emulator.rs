@@ -39,7 +39,7 @@ pub type EmulatedKernelTable = unsafe extern "C" fn(count: *mut i64) -> *const E
 
 /// Device memory is aligned as generously as `cuMemAlloc`'s (256 bytes there; 64 is a cache
 /// line and more than any element type needs).
-const ALIGNMENT: usize = 64;
+pub(crate) const ALIGNMENT: usize = 64;
 
 /// The CPU forms of kernels, by name, for every emulator of the process.
 static EMULATED_KERNELS: RwLock<Option<HashMap<String, EmulatedKernel>>> = RwLock::new(None);

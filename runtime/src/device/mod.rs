@@ -369,6 +369,11 @@ impl SelectedDevice {
         }
     }
 
+    /// Whether `pointer` is the start of a live allocation of this device.
+    pub fn owns(&self, pointer: *const c_void) -> bool {
+        lock(&self.memory).live.contains_key(&(pointer as usize))
+    }
+
     /// Copies `into.len()` bytes at `source` to the host, complete when this returns.
     ///
     /// # Safety

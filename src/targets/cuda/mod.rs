@@ -1,6 +1,7 @@
 //! The CUDA target (`mrc compile --target cuda[:sm_XX]`): the network on an NVIDIA GPU.
 //!
-//! Dense products are `linalg` contractions, like every other operator. After bufferization
+//! Dense products are the runtime's GEMM calls, on cuBLAS; everything else is `linalg`, as for
+//! the CPU. After bufferization
 //! ([`GPU_BUFFERIZE`]), buffers are placed ([`memory`]: the network's tensors on the device, the
 //! buffers the host writes on its stack, copies as kernels); every `linalg` op becomes a
 //! kernel, tiled and mapped to blocks and threads ([`gpu_outlining`]); the host code is checked
@@ -20,7 +21,7 @@ mod memory;
 use std::path::Path;
 
 use super::{native, write_atomic, CompileError, Emit, Emitted, Program, Target};
-use crate::lowering::{add_entry_points, extract_ptx, gpu_outlining, lower_gpu_to_ptx, run_pipeline, LoweringError, ProgramMain, Products, GPU_BUFFERIZE};
+use crate::lowering::{add_entry_points, extract_ptx, ENGINE_CONSTRUCTORS, MODULE_INITIALIZER, gpu_outlining, lower_gpu_to_ptx, run_pipeline, LoweringError, ProgramMain, Products, GPU_BUFFERIZE};
 use melior::{ir::Module, Context, ExecutionEngine};
 
 pub use kernels::{EMULATED_KERNELS, KERNEL_MODULE};
@@ -33,7 +34,9 @@ pub const CHIPS: [&str; 4] = ["sm_80", "sm_86", "sm_89", "sm_90"];
 const TILE_SIZES: [usize; 4] = [1, 1, 4, 32];
 
 /// The CUDA program driver: `mrc_cuda_program_main(argc, argv, forward, emulated_kernels)`.
-const CUDA_PROGRAM_MAIN: ProgramMain = ProgramMain { driver: "mrc_cuda_program_main", functions: &[EMULATED_KERNELS] };
+/// It runs the module's constructors first: they hand the kernels' PTX to the runtime.
+const CUDA_PROGRAM_MAIN: ProgramMain =
+    ProgramMain { initializer: Some(MODULE_INITIALIZER), driver: "mrc_cuda_program_main", functions: &[EMULATED_KERNELS] };
 
 /// An NVIDIA GPU of compute capability `chip` (`sm_80`, ...).
 pub struct Cuda {
@@ -44,8 +47,11 @@ impl Target for Cuda {
     fn name(&self) -> &'static str {
         "cuda"
     }
+    /// The runtime's GEMM entry points, which run cuBLAS on device buffers of a GPU (the
+    /// emulated device substitutes the CPU GEMM): generated kernels are not competitive for
+    /// the products yet.
     fn products(&self) -> Products {
-        Products::Linalg
+        Products::RuntimeGemm
     }
     fn lower(&self, context: &Context, module: &mut Module) -> Result<(), LoweringError> {
         run_pipeline(context, module, GPU_BUFFERIZE)?;
@@ -87,7 +93,8 @@ impl Target for Cuda {
             return Ok(format!("wrote {}\n", output.display()));
         }
         add_entry_points(context, &module, signature.arguments.len(), Some(CUDA_PROGRAM_MAIN))?;
-        native::write_executable(&module, program, interface, level, emit, output)
+        let bind_initializer = format!("-Wl,--defsym={MODULE_INITIALIZER}={ENGINE_CONSTRUCTORS}");
+        native::write_executable(&module, &[bind_initializer], program, interface, level, emit, output)
     }
 }
 
