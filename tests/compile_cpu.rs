@@ -6,80 +6,26 @@
 
 mod common;
 
-use common::detections::{compare, detections_in, our_detections, reference_detections};
+use common::detections::{assert_matches_torchvision, compare, detections_in, our_detections};
+use common::programs::{compile_mini, fixture_images, mrc, run_program};
 use mrc::run::Executor;
 use mrc_runtime::weights::Weights;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-fn mrc(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_mrc")).args(args).output().unwrap()
-}
-
-/// The images of the fixture model, in `model.json`'s order.
-fn fixture_images() -> Vec<PathBuf> {
-    let fixtures = common::fixtures().join("model");
-    let description: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fixtures.join("model.json")).unwrap()).unwrap();
-    let images: Vec<PathBuf> =
-        description["images"].as_array().unwrap().iter().map(|e| fixtures.join(e["image"].as_str().unwrap())).collect();
-    assert!(!images.is_empty());
-    images
-}
-
-/// Runs a compiled program on `images` with `--json` (and `extra` arguments); its COCO results.
-fn run_program(program: &Path, images: &[PathBuf], extra: &[&str]) -> Vec<serde_json::Value> {
-    let results_path = program.with_extension("json");
-    let run = Command::new(program)
-        .args(images)
-        .args(["--json", results_path.to_str().unwrap(), "--threads", "2"])
-        .args(extra)
-        .output()
-        .unwrap();
-    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
-    serde_json::from_str(&std::fs::read_to_string(&results_path).unwrap()).unwrap()
-}
-
-/// The compiler copied alone into `dir`: `mrc` carries the runtime library it links with.
-fn lone_mrc(dir: &Path) -> PathBuf {
-    let lone = dir.join("bin").join("mrc");
-    std::fs::create_dir_all(lone.parent().unwrap()).unwrap();
-    std::fs::copy(env!("CARGO_BIN_EXE_mrc"), &lone).unwrap();
-    lone
-}
-
 #[test]
 fn compiled_mini_model_matches_torchvision_on_every_fixture_image() {
-    let fixtures = common::fixtures().join("model");
     let scratch = common::scratch();
     let dir = scratch.path();
-    let program = dir.join("mini");
-    let weights = fixtures.join("weights.safetensors");
-    let model = std::fs::canonicalize("models/mini.model").unwrap();
-    let out = Command::new(lone_mrc(dir))
-        .args(["compile", model.to_str().unwrap(), "--target", "cpu", "--weights", weights.to_str().unwrap(), "-o", "mini"])
-        .current_dir(dir)
-        .env_remove("MRC_RUNTIME_LIB")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-
+    let program = compile_mini(dir, "cpu");
     let images = fixture_images();
     let results = run_program(&program, &images, &["--overlay", dir.join("overlays").to_str().unwrap()]);
-
-    let reference = Weights::open(fixtures.join("outputs.safetensors")).unwrap();
-    let mut problems = vec![];
-    for (position, path) in images.iter().enumerate() {
-        let (width, height) = image::image_dimensions(path).unwrap();
+    assert_matches_torchvision(&results, &images);
+    for path in &images {
         let name = path.file_stem().unwrap().to_str().unwrap();
-        let ours = detections_in(&results, position as i64 + 1, height, width);
-        let theirs = reference_detections(&reference, name, (width * height) as usize);
-        eprintln!("{name}: {} detections (torchvision {})", ours.len(), theirs.len());
-        problems.extend(compare(name, &theirs, &ours));
         assert!(dir.join("overlays").join(format!("{name}.png")).exists(), "{name}: no overlay");
     }
-    assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
 /// The C4 model at a size a test affords (res5 runs per RoI: 50 proposals instead of 1,000,

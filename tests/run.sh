@@ -4,4 +4,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . examples/lib/deps.sh
 mrc_install_deps
+mrc_install_ptxas
 cargo test --workspace "$@"

@@ -118,3 +118,19 @@ pub fn compare(image: &str, theirs: &[Detection], ours: &[Detection]) -> Vec<Str
     problems
 }
 
+
+/// Asserts that COCO `results` of the fixture `images` (in order, ids from 1) meet the match
+/// criteria against torchvision's outputs on every image.
+pub fn assert_matches_torchvision(results: &[serde_json::Value], images: &[std::path::PathBuf]) {
+    let reference = Weights::open(super::fixtures().join("model/outputs.safetensors")).unwrap();
+    let mut problems = vec![];
+    for (position, path) in images.iter().enumerate() {
+        let (width, height) = ::image::image_dimensions(path).unwrap();
+        let name = path.file_stem().unwrap().to_str().unwrap();
+        let ours = detections_in(results, position as i64 + 1, height, width);
+        let theirs = reference_detections(&reference, name, (width * height) as usize);
+        eprintln!("{name}: {} detections (torchvision {})", ours.len(), theirs.len());
+        problems.extend(compare(name, &theirs, &ours));
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod detections;
+pub mod programs;
 
 use mrc::diagnostic::SourceMap;
 use mrc::expand::{self, Model};
