@@ -10,8 +10,7 @@ use common::detections::{assert_matches_torchvision, compare, detections_in, our
 use common::programs::{compile_mini, fixture_images, mrc, run_program};
 use mrc::run::Executor;
 use mrc_runtime::weights::Weights;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::Instant;
 
 #[test]
