@@ -18,6 +18,6 @@ fi
 
 photo=$BENCH/bench_800x1066.png
 show "$R50_PROGRAM" --json "$BENCH/emulate_cpu.json" "$photo"
-show "$cuda_program" --device emulator --timings --json "$BENCH/emulate_cuda.json" "$photo"
+show "$cuda_program" --device emulator --timings "$BENCH/emulate_cuda_t.json" --json "$BENCH/emulate_cuda.json" "$photo"
 show "$py" examples/tools/compare_detections.py \
     "$BENCH/emulate_cpu.json" "$BENCH/emulate_cuda.json" --min-match 0.95
