@@ -28,8 +28,8 @@ impl ProgramMain {
 
 /// What a program's `main` calls to run the module's global constructors. The execution
 /// engine that compiles the object gathers a module's constructors (`llvm.global_ctors`) into
-/// one function, `__orc_init_func.<module>`, and no `.init_array` entry; the linker binds this
-/// name to it (`--defsym`). The JIT never calls it (the engine runs the constructors there).
+/// one function, [`ENGINE_CONSTRUCTORS`], and no `.init_array` entry; the linker binds this
+/// name to it (`--defsym`). In process, `run_constructors` has the engine run them.
 pub const MODULE_INITIALIZER: &str = "mrc_module_initializer";
 
 /// The function the execution engine makes of the constructors of the module it compiles.

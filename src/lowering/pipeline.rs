@@ -191,6 +191,18 @@ fn engine(module: &Module, optimization_level: usize, keep_object: bool) -> Resu
 
 extern "C" fn unbound_initializer() {}
 
+/// Runs the global constructors of the module `engine` compiled (a compiled program's `main`
+/// does so through [`super::MODULE_INITIALIZER`]).
+pub fn run_constructors(engine: &ExecutionEngine) {
+    // melior does not expose the engine's handle, its only field.
+    const _: () = assert!(std::mem::size_of::<ExecutionEngine>() == std::mem::size_of::<mlir_sys::MlirExecutionEngine>());
+    // SAFETY: `ExecutionEngine` is a wrapper of exactly its handle, which stays owned by it.
+    unsafe {
+        let raw = std::ptr::read(engine as *const ExecutionEngine as *const mlir_sys::MlirExecutionEngine);
+        mlir_sys::mlirExecutionEngineInitialize(raw);
+    }
+}
+
 /// The name of the first operation, in pre-order, that is neither the module itself nor in the
 /// LLVM dialect nor one of the GPU dialect's operations that the translation to LLVM IR turns
 /// into runtime calls (a serialized `gpu.binary` and the `gpu.launch_func`s naming it).

@@ -5,7 +5,7 @@
 
 use crate::graph::{Graph, NodeKind, Port};
 use crate::lowering::{create_context, expected_state, LoweringError};
-use crate::targets::{self, cpu::Cpu, Target};
+use crate::targets::{self, cpu::Cpu, cuda::Cuda, Target};
 use melior::{Context, ExecutionEngine};
 use mrc_runtime::abi::forward::{Forward, ForwardFn, FORWARD_PACKED};
 pub use mrc_runtime::abi::forward::HostTensor;
@@ -28,10 +28,11 @@ pub struct Executor {
     forward: Forward,
     /// The graph passes that changed the graph.
     passes: Vec<&'static str>,
-    /// Owns the compiled code `forward` points into.
-    _engine: ExecutionEngine,
+    /// Owns the compiled code `forward` points into; none when that code lives as long as the
+    /// process (for the emulated device).
+    _engine: Option<ExecutionEngine>,
     /// Keeps the MLIR context alive as long as the engine (fields drop in declaration order).
-    _context: Box<Context>,
+    _context: Option<Box<Context>>,
 }
 
 /// The outputs of the forward function: the network's, then the first output of each node
@@ -50,15 +51,35 @@ pub fn forward_outputs(graph: &Graph, dumps: &[String]) -> Result<Vec<(String, P
 }
 
 impl Executor {
-    /// Compiles `graph` with the extra results `dumps` (node names) at optimization level
-    /// `level` (graph passes from 1 on, LLVM's level), and checks `weights`.
+    /// Compiles `graph` for the CPU with the extra results `dumps` (node names) at optimization
+    /// level `level` (graph passes from 1 on, LLVM's level), and checks `weights`.
     pub fn new(graph: &Graph, weights: Weights, dumps: &[String], level: u8) -> Result<Self, RunError> {
+        Self::compile(&Cpu, None, graph, weights, dumps, level)
+    }
+
+    /// [`Executor::new`] for the CUDA target, run on the emulated device: every kernel's CPU
+    /// form, every allocation, copy and launch as a CUDA program makes them. It selects the
+    /// emulator for the whole process, whose runtime functions then return device memory: a
+    /// process that uses it runs nothing on the CPU target.
+    pub fn on_emulated_device(graph: &Graph, weights: Weights, dumps: &[String], level: u8) -> Result<Self, RunError> {
+        let device = mrc_runtime::device::select(mrc_runtime::device::DeviceKind::Emulator).map_err(|e| RunError::Runtime(e.to_string()))?;
+        Self::compile(&Cuda { chip: crate::targets::cuda::CHIPS[0].to_owned() }, Some(device), graph, weights, dumps, level)
+    }
+
+    fn compile(
+        target: &dyn Target,
+        device: Option<&'static mrc_runtime::device::SelectedDevice>,
+        graph: &Graph,
+        weights: Weights,
+        dumps: &[String],
+        level: u8,
+    ) -> Result<Self, RunError> {
         weights.validate(&expected_state(graph))?;
         let outputs = forward_outputs(graph, dumps)?;
         let context = Box::new(create_context());
-        let emitted = targets::emit(&context, graph, &outputs, &Cpu, level)?;
+        let emitted = targets::emit(&context, graph, &outputs, target, level)?;
         let (interface, passes) = (emitted.interface.clone(), emitted.passes.clone());
-        let engine = Cpu.jit(&context, emitted, level)?;
+        let engine = target.jit(&context, emitted, level)?;
         let address = engine.lookup(FORWARD_PACKED);
         if address.is_null() {
             return Err(LoweringError::Build(format!("the JIT has no `{FORWARD_PACKED}`")).into());
@@ -67,8 +88,21 @@ impl Executor {
         // lives as long as the engine, which the executor keeps.
         let function: ForwardFn = unsafe { std::mem::transmute::<*mut (), ForwardFn>(address) };
         // SAFETY: the function was emitted for `signature`, which `interface` describes.
-        let forward = unsafe { Forward::new(function, interface, weights)? };
-        Ok(Executor { forward, passes, _engine: engine, _context: context })
+        let forward = unsafe {
+            match device {
+                Some(device) => Forward::new_on_device(function, interface, weights, device).map_err(|e| RunError::Runtime(e.to_string()))?,
+                None => Forward::new(function, interface, weights)?,
+            }
+        };
+        if device.is_some() {
+            // The emulated device keeps the kernels' CPU forms by name for the whole process,
+            // and another executor may launch the same kernels: their code must outlive this
+            // executor.
+            std::mem::forget(engine);
+            Box::leak(context);
+            return Ok(Executor { forward, passes, _engine: None, _context: None });
+        }
+        Ok(Executor { forward, passes, _engine: Some(engine), _context: Some(context) })
     }
 
     /// The graph passes that changed the graph before it was compiled.

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod detections;
+pub mod mini;
 pub mod programs;
 
 use mrc::diagnostic::SourceMap;

@@ -2,7 +2,8 @@
 //! - [`merge_kernel_modules`]: one `gpu.module` ([`KERNEL_MODULE`]) holds every kernel, so a
 //!   program loads one PTX module; each kernel is named after the module outlining made for it,
 //!   which is unique (outlining names kernels after their function, and a function launches
-//!   several);
+//!   several), and a fingerprint of all the kernels' code: the emulated device keeps CPU forms
+//!   by name for the whole process, so equal names must mean equal code;
 //! - [`add_cpu_forms`]: each kernel also as a host function `<kernel>_cpu`, its body the
 //!   kernel's, taking the block and thread indices and the grid and block sizes as leading
 //!   `index` arguments: the form the emulated device runs, from the same source as the PTX;
@@ -46,10 +47,13 @@ pub fn merge_kernel_modules(context: &Context, module: &Module) -> Result<Vec<St
         .ok_or_else(|| LoweringError::Build("the kernel module was not added".into()))?;
     let merged_body = merged.region(0)?.first_block().ok_or_else(|| LoweringError::Build("gpu.module without a body".into()))?;
 
+    let outlined_modules: Vec<_> = top_level.into_iter().filter(|m| *m != merged).collect();
+    let code: String = outlined_modules.iter().map(|m| m.to_string()).collect();
+    let fingerprint = code.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
     let mut kernels = vec![];
     let mut symbols = vec![];
-    for outlined in top_level.into_iter().filter(|m| *m != merged) {
-        let module_name = symbol_name(&outlined).unwrap_or_default();
+    for outlined in outlined_modules {
+        let module_name = format!("{}_{:08x}", symbol_name(&outlined).unwrap_or_default(), fingerprint as u32);
         let body = outlined.region(0)?.first_block().ok_or_else(|| LoweringError::Build(format!("gpu.module @{module_name} has no body")))?;
         let mut next = body.first_operation();
         while let Some(operation) = next {
@@ -72,10 +76,10 @@ pub fn merge_kernel_modules(context: &Context, module: &Module) -> Result<Vec<St
     }
 
     for launch in operations_named(&module.as_operation(), &["gpu.launch_func"]) {
-        // `@outlined_module::@kernel_function`, now `@KERNEL_MODULE::@outlined_module`.
+        // `@outlined_module::@kernel_function`, now `@KERNEL_MODULE::@outlined_module_<fingerprint>`.
         let kernel = launch.attribute("kernel")?.to_string();
         let outlined = kernel.split("::").next().unwrap_or_default().to_owned();
-        let reference = format!("@{KERNEL_MODULE}::{outlined}");
+        let reference = format!("@{KERNEL_MODULE}::{outlined}_{:08x}", fingerprint as u32);
         let reference = Attribute::parse(context, &reference).ok_or_else(|| LoweringError::Build(format!("invalid kernel reference `{reference}`")))?;
         set_attribute(&launch, "kernel", reference);
     }

@@ -21,8 +21,9 @@ mod memory;
 use std::path::Path;
 
 use super::{native, write_atomic, CompileError, Emit, Emitted, Program, Target};
-use crate::lowering::{add_entry_points, extract_ptx, ENGINE_CONSTRUCTORS, MODULE_INITIALIZER, gpu_outlining, lower_gpu_to_ptx, run_pipeline, LoweringError, ProgramMain, Products, GPU_BUFFERIZE};
+use crate::lowering::{add_entry_points, extract_ptx, jit, ENGINE_CONSTRUCTORS, MODULE_INITIALIZER, gpu_outlining, lower_gpu_to_ptx, run_pipeline, LoweringError, ProgramMain, Products, GPU_BUFFERIZE};
 use melior::{ir::Module, Context, ExecutionEngine};
+use mrc_runtime::device::{register_emulated_kernels, EmulatedKernelTable};
 
 pub use kernels::{EMULATED_KERNELS, KERNEL_MODULE};
 
@@ -64,12 +65,20 @@ impl Target for Cuda {
         lower_gpu_to_ptx(context, module, &self.chip)?;
         kernels::add_emulator_table(context, module, &kernels)
     }
-    /// `mrc run` computes on the CPU target; a CUDA program runs on the emulated device with
-    /// `--device emulator`.
-    fn jit<'c>(&self, _context: &'c Context, _emitted: Emitted<'c>, _level: u8) -> Result<ExecutionEngine, LoweringError> {
-        Err(LoweringError::Build(
-            "the CUDA target does not run in process: compile the model with `--target cuda` and run the program (`--device emulator` without a GPU)".into(),
-        ))
+    /// Compiled in process with the runtime's device layer bound; the module's constructors
+    /// have run (the kernels' PTX is handed to the runtime) and the kernels' CPU forms are
+    /// registered with the emulated device. The caller selects the device.
+    fn jit<'c>(&self, context: &'c Context, emitted: Emitted<'c>, level: u8) -> Result<ExecutionEngine, LoweringError> {
+        let Emitted { mut module, signature, .. } = emitted;
+        self.lower(context, &mut module)?;
+        add_entry_points(context, &module, signature.arguments.len(), None)?;
+        let engine = jit(&module, level as usize)?;
+        crate::lowering::run_constructors(&engine);
+        let address = engine.lookup(EMULATED_KERNELS);
+        // SAFETY: the table function of this module, alive as long as the engine, which the
+        // caller keeps as long as it launches kernels.
+        unsafe { register_emulated_kernels(std::mem::transmute::<*mut (), EmulatedKernelTable>(address)) };
+        Ok(engine)
     }
     /// A native executable whose `main` calls the runtime's CUDA program driver, or the PTX of
     /// every kernel (`--emit ptx`).
@@ -155,19 +164,21 @@ module {
         run_pipeline(&context, &mut module, &gpu_outlining(&TILE_SIZES)).unwrap();
         memory::check_host_accesses(&module).unwrap();
         let kernels = kernels::merge_kernel_modules(&context, &module).unwrap();
-        assert_eq!(kernels, ["forward_kernel", "forward_kernel_0"]);
+        assert_eq!(kernels.len(), 2);
+        assert!(kernels[0].starts_with("forward_kernel_") && kernels[1].starts_with("forward_kernel_0_"), "{kernels:?}");
         kernels::add_cpu_forms(&context, &module, &kernels).unwrap();
         insta::assert_snapshot!(module.as_operation().to_string());
 
         lower_gpu_to_ptx(&context, &mut module, "sm_80").unwrap();
         kernels::add_emulator_table(&context, &module, &kernels).unwrap();
         let lowered = module.as_operation().to_string();
-        for symbol in ["llvm.func @forward_kernel_emulated(", "llvm.func @forward_kernel_0_emulated(", "llvm.func @mrc_emulated_kernels("] {
-            assert!(lowered.contains(symbol), "no {symbol} in\n{lowered}");
-        }
         let ptx = extract_ptx(&module);
         assert_eq!(ptx.len(), 1);
-        assert!(ptx[0].ptx.contains(".entry forward_kernel(") && ptx[0].ptx.contains(".entry forward_kernel_0("), "{}", ptx[0].ptx);
+        for kernel in &kernels {
+            assert!(lowered.contains(&format!("llvm.func @{kernel}_emulated(")), "no emulated {kernel} in\n{lowered}");
+            assert!(ptx[0].ptx.contains(&format!(".entry {kernel}(")), "no {kernel} in\n{}", ptx[0].ptx);
+        }
+        assert!(lowered.contains("llvm.func @mrc_emulated_kernels("), "{lowered}");
     }
 
     /// Each breach of the placement rules, and the error naming it.
