@@ -70,16 +70,17 @@ pub const CPU_PIPELINE: &str = concat!(
 pub const GPU_BUFFERIZE: &str = concat!("builtin.module(", bufferize_passes!(), ")");
 
 /// The CUDA target's second stage: every `linalg` op (copies included, once rewritten as
-/// `linalg.generic`) to an `scf.parallel` nest whose reductions are sequential loops inside,
-/// tiled (the tile a block of threads, with bounds checks inside rather than `min` bounds,
-/// since a launch needs a constant block size), mapped to blocks and threads, and outlined into
-/// kernels launched by `gpu.launch_func`.
+/// `linalg.generic`) to an `scf.parallel` nest whose reductions are sequential loops inside.
+pub const GPU_PARALLEL_LOOPS: &str = "builtin.module(convert-linalg-to-parallel-loops,canonicalize)";
+
+/// The CUDA target's third stage: each outermost `scf.parallel` tiled (the tile a block of
+/// threads, with bounds checks inside rather than `min` bounds, since a launch needs a constant
+/// block size), mapped to blocks and threads (first dimension to `x`), and outlined into a
+/// kernel launched by `gpu.launch_func`.
 pub fn gpu_outlining(tile_sizes: &[usize]) -> String {
     let tiles = tile_sizes.iter().map(usize::to_string).collect::<Vec<_>>().join(",");
     format!(
         "builtin.module(\
-         convert-linalg-to-parallel-loops,\
-         canonicalize,\
          func.func(scf-parallel-loop-tiling{{parallel-loop-tile-sizes={tiles} no-min-max-bounds=true}}),\
          func.func(gpu-map-parallel-loops),\
          convert-parallel-loops-to-gpu,\

@@ -4,7 +4,8 @@
 //! the CPU. After bufferization
 //! ([`GPU_BUFFERIZE`]), buffers are placed ([`memory`]: the network's tensors on the device, the
 //! buffers the host writes on its stack, copies as kernels); every `linalg` op becomes a
-//! kernel, tiled and mapped to blocks and threads ([`gpu_outlining`]); the host code is checked
+//! kernel ([`GPU_PARALLEL_LOOPS`]), its last dimension first ([`mapping`]), tiled and mapped to
+//! blocks and threads ([`gpu_outlining`]); the host code is checked
 //! never to touch device memory; the kernels are gathered into one `gpu.module` and given their
 //! CPU forms for the emulated device ([`kernels`]); then [`lower_gpu_to_ptx`] serializes the
 //! kernels to PTX and lowers the host code, whose launches, allocations and copies call the
@@ -16,12 +17,13 @@
 //! device inputs back to the host and upload their results.
 
 mod kernels;
+mod mapping;
 mod memory;
 
 use std::path::Path;
 
 use super::{native, write_atomic, CompileError, Emit, Emitted, Program, Target};
-use crate::lowering::{add_entry_points, extract_ptx, jit, ENGINE_CONSTRUCTORS, MODULE_INITIALIZER, gpu_outlining, lower_gpu_to_ptx, run_pipeline, LoweringError, ProgramMain, Products, GPU_BUFFERIZE};
+use crate::lowering::{add_entry_points, extract_ptx, jit, ENGINE_CONSTRUCTORS, MODULE_INITIALIZER, gpu_outlining, lower_gpu_to_ptx, run_pipeline, LoweringError, ProgramMain, Products, GPU_BUFFERIZE, GPU_PARALLEL_LOOPS};
 use melior::{ir::Module, Context, ExecutionEngine};
 use mrc_runtime::device::{register_emulated_kernels, EmulatedKernelTable};
 
@@ -31,8 +33,9 @@ pub use kernels::{EMULATED_KERNELS, KERNEL_MODULE};
 /// (the driver compiles it).
 pub const CHIPS: [&str; 4] = ["sm_80", "sm_86", "sm_89", "sm_90"];
 
-/// Threads per block along the first loops of a parallel loop nest (the rest are 1).
-const TILE_SIZES: [usize; 4] = [1, 1, 4, 32];
+/// Threads per block along the first dimensions of a parallel loop nest, once reversed (so
+/// along its last ones: 32 consecutive elements of a row per warp, 4 rows); the rest are 1.
+const TILE_SIZES: [usize; 2] = [32, 4];
 
 /// The CUDA program driver: `mrc_cuda_program_main(argc, argv, forward, emulated_kernels)`.
 /// It runs the module's constructors first: they hand the kernels' PTX to the runtime.
@@ -58,6 +61,8 @@ impl Target for Cuda {
         run_pipeline(context, module, GPU_BUFFERIZE)?;
         memory::copies_to_kernels(context, module)?;
         memory::host_buffers_to_stack(context, module)?;
+        run_pipeline(context, module, GPU_PARALLEL_LOOPS)?;
+        mapping::innermost_first(context, module)?;
         run_pipeline(context, module, &gpu_outlining(&TILE_SIZES))?;
         memory::check_host_accesses(module)?;
         let kernels = kernels::merge_kernel_modules(context, module)?;
@@ -138,6 +143,12 @@ module {
 }
 "#;
 
+    fn outline(context: &melior::Context, module: &mut melior::ir::Module) {
+        run_pipeline(context, module, GPU_PARALLEL_LOOPS).unwrap();
+        mapping::innermost_first(context, module).unwrap();
+        run_pipeline(context, module, &gpu_outlining(&TILE_SIZES)).unwrap();
+    }
+
     fn placed(source: &str) -> (melior::Context, String) {
         let context = create_context();
         let text = {
@@ -161,7 +172,7 @@ module {
     fn kernels_are_merged_into_one_module_and_have_cpu_forms() {
         let (context, text) = placed(BUFFERIZED);
         let mut module = parse_module(&context, &text).unwrap();
-        run_pipeline(&context, &mut module, &gpu_outlining(&TILE_SIZES)).unwrap();
+        outline(&context, &mut module);
         memory::check_host_accesses(&module).unwrap();
         let kernels = kernels::merge_kernel_modules(&context, &module).unwrap();
         assert_eq!(kernels.len(), 2);
@@ -198,7 +209,7 @@ module {
         for source in [load, escape] {
             let (context, text) = placed(&source);
             let mut module = parse_module(&context, &text).unwrap();
-            run_pipeline(&context, &mut module, &gpu_outlining(&TILE_SIZES)).unwrap();
+            outline(&context, &mut module);
             errors.push(memory::check_host_accesses(&module).unwrap_err().to_string());
         }
         insta::assert_snapshot!(errors.join("\n"));
