@@ -89,3 +89,33 @@ fn every_kernel_of_every_shipped_model_assembles_with_ptxas() {
         }
     }
 }
+
+#[test]
+fn intermediate_stages_are_written() {
+    let scratch = common::scratch();
+    let model = "tests/lowering/fpn_top_down.model";
+    for (emit, marker) in [
+        ("mlir", "func.func @forward"),
+        ("llvm", "@mgpuLaunchKernel"),
+        ("obj", "\u{7f}ELF"),
+        ("ptx", ".visible .entry forward"),
+    ] {
+        let output = scratch.path().join(format!("out.{emit}"));
+        let out = mrc(&["compile", model, "--target", "cuda", "--emit", emit, "-o", output.to_str().unwrap()]);
+        assert!(out.status.success(), "{emit}: {}", String::from_utf8_lossy(&out.stderr));
+        let bytes = std::fs::read(&output).unwrap();
+        assert!(String::from_utf8_lossy(&bytes).contains(marker), "--emit {emit} wrote no `{marker}`");
+    }
+    let output = scratch.path().join("cpu.ptx");
+    let out = mrc(&["compile", model, "--target", "cpu", "--emit", "ptx", "-o", output.to_str().unwrap()]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("only the CUDA target has PTX"));
+    assert!(!output.exists());
+}
+
+#[test]
+fn unknown_gpu_architectures_are_usage_errors() {
+    let out = mrc(&["compile", "models/mini.model", "--target", "cuda:sm_70", "--emit", "ptx", "-o", "unused.ptx"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("unknown GPU architecture `sm_70`") && stderr.contains("sm_80, sm_86, sm_89, sm_90"), "{stderr}");
+}
