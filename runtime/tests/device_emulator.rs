@@ -456,6 +456,14 @@ fn a_cuda_program_runs_on_the_emulator_and_reports_the_device() {
     // y[0] = w[0] + 2 x[0] = 100 + 2 * 50.
     assert_eq!(results[0]["score"].as_f64().unwrap(), 0.2);
 
+    // `--tf32` is cuBLAS's: the emulator takes it and computes in full precision all the same.
+    let args = ["net", "--device", "emulator", "--tf32", "--json", json.to_str().unwrap(), image_path.to_str().unwrap()];
+    let mut log = vec![];
+    let code = run_device_command_line(&info, make, args.map(String::from), &mut log, false);
+    assert_eq!(code, 0, "{}", String::from_utf8_lossy(&log));
+    let results: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(results[0]["score"].as_f64().unwrap(), 0.2);
+
     // `--device` takes only the two devices: a usage error.
     let mut log = vec![];
     let code =
