@@ -29,7 +29,7 @@ fn selecting_the_cuda_device_names_what_is_missing() {
             }
             let message = error.to_string();
             assert!(!message.contains('\n'), "{message}");
-            assert!(message.ends_with("(use --device emulator to run on the CPU)"), "{message}");
+            assert!(message.ends_with("use --device emulator to run on the CPU)"), "{message}");
         }
     }
 }

@@ -11,7 +11,8 @@ use std::path::Path;
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use mrc_runtime::abi::forward::{Element, Forward, HostTensor, Interface, ResultSpec, Source};
-use mrc_runtime::abi::take_error;
+use mrc_runtime::abi::kernels::_mlir_ciface_mrc_linear;
+use mrc_runtime::abi::{take_error, MemRef};
 use mrc_runtime::device::abi::*;
 use mrc_runtime::device::{self, DeviceKind, EmulatedKernelEntry, SelectedDevice};
 use mrc_runtime::program::{run_device_command_line, DetectError, Detection, Detector, ProgramInfo, StageTimes};
@@ -389,6 +390,34 @@ impl Detector for DeviceDetector {
     }
 }
 
+/// The emulator has no GEMM of its own: its memory is host memory, which the runtime's host
+/// GEMM reads and writes in place.
+#[test]
+fn products_on_the_emulator_run_on_the_host_gemm() {
+    let (_turn, _, device) = setup();
+    assert!(device.device().gemm().is_none());
+    let (m, k, n) = (3, 4, 5);
+    let x: Vec<f32> = (0..m * k).map(|i| (i % 5) as f32 - 2.0).collect();
+    let w: Vec<f32> = (0..n * k).map(|i| (i % 3) as f32 + 0.5).collect();
+    let before = device.statistics().current_bytes;
+    let mut y = MemRef::<f32, 2>::borrowed(&[], [0, 0]);
+    // SAFETY: the descriptors describe the vectors; the result is the emulator's, freed once.
+    unsafe {
+        _mlir_ciface_mrc_linear(&mut y, &MemRef::borrowed(&x, [m, k]), &MemRef::borrowed(&w, [n, k]));
+        assert_eq!(take_error(), None);
+        assert!(device.owns(y.allocated.cast()));
+        let elements = y.elements().into_owned();
+        for i in 0..m {
+            for j in 0..n {
+                let expected: f32 = (0..k).map(|l| x[i * k + l] * w[j * k + l]).sum();
+                assert!((elements[i * n + j] - expected).abs() < 1e-5, "Y[{i}, {j}]");
+            }
+        }
+        device.free(y.allocated.cast(), std::ptr::null_mut()).unwrap();
+    }
+    assert_eq!(device.statistics().current_bytes, before);
+}
+
 #[test]
 fn a_cuda_program_runs_on_the_emulator_and_reports_the_device() {
     let (_turn, _module, _device) = setup();
@@ -425,6 +454,14 @@ fn a_cuda_program_runs_on_the_emulator_and_reports_the_device() {
     assert!(timings["peak_device_mb"].as_f64().unwrap() > 0.0);
     let results: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     // y[0] = w[0] + 2 x[0] = 100 + 2 * 50.
+    assert_eq!(results[0]["score"].as_f64().unwrap(), 0.2);
+
+    // `--tf32` is cuBLAS's: the emulator takes it and computes in full precision all the same.
+    let args = ["net", "--device", "emulator", "--tf32", "--json", json.to_str().unwrap(), image_path.to_str().unwrap()];
+    let mut log = vec![];
+    let code = run_device_command_line(&info, make, args.map(String::from), &mut log, false);
+    assert_eq!(code, 0, "{}", String::from_utf8_lossy(&log));
+    let results: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     assert_eq!(results[0]["score"].as_f64().unwrap(), 0.2);
 
     // `--device` takes only the two devices: a usage error.

@@ -3,7 +3,8 @@
 //!
 //! Device 0 in its primary context; memory from the device's default pool, stream-ordered
 //! (`cuMemAllocAsync`), managed memory where generated code asks for host-shared memory; PTX is
-//! compiled by the driver's JIT when a module is loaded.
+//! compiled by the driver's JIT when a module is loaded; products by cuBLAS ([`Cublas`]),
+//! which the device needs to start.
 
 use std::cell::Cell;
 use std::ffi::c_void;
@@ -11,8 +12,10 @@ use std::mem::MaybeUninit;
 
 use cudarc::driver::sys::{self, CUresult};
 
+use super::cublas::Cublas;
 use super::{
-    Allocation, Device, DeviceError, DeviceKind, Event, Fill, FunctionHandle, LaunchConfig, ModuleHandle, Stream,
+    Allocation, BatchedProduct, Device, DeviceError, DeviceGemm, DeviceKind, Event, Fill, FunctionHandle, LaunchConfig,
+    ModuleHandle, Stream,
 };
 
 /// The driver functions this device calls, as cudarc resolves them: cudarc panics at the first
@@ -77,9 +80,10 @@ thread_local! {
     static CURRENT_CONTEXT: Cell<usize> = const { Cell::new(0) };
 }
 
-/// The first GPU, in its primary context.
+/// The first GPU, in its primary context, with a cuBLAS handle there.
 pub struct CudaDriver {
     context: sys::CUcontext,
+    cublas: Cublas,
 }
 
 // SAFETY: the driver API is thread-safe; a context may be current on any number of threads.
@@ -93,8 +97,8 @@ impl CudaDriver {
         unsafe { sys::is_culib_present() }
     }
 
-    /// Loads the driver library, initializes it and opens device 0: every way this can fail is
-    /// an error that says what is missing.
+    /// Loads the driver library, initializes it, opens device 0 and loads cuBLAS there: every
+    /// way this can fail is an error that says what is missing.
     pub fn open() -> Result<CudaDriver, DeviceError> {
         // cudarc panics at the first call when the library is missing: look first.
         if !CudaDriver::library_present() {
@@ -123,8 +127,10 @@ impl CudaDriver {
             let device = device.assume_init();
             let mut context = MaybeUninit::uninit();
             check("cuDevicePrimaryCtxRetain", sys::cuDevicePrimaryCtxRetain(context.as_mut_ptr(), device))?;
-            let driver = CudaDriver { context: context.assume_init() };
-            driver.bind()?;
+            let context = context.assume_init();
+            bind(context)?;
+            // The handle belongs to the context, which must be current to create it.
+            let driver = CudaDriver { context, cublas: Cublas::create()? };
             // The default pool returns freed memory to the system at every synchronization
             // unless told to keep it: every image would allocate its tensors anew.
             let mut pool = MaybeUninit::uninit();
@@ -144,13 +150,18 @@ impl CudaDriver {
 
     /// Makes the context current on the calling thread (generated code may run on any).
     fn bind(&self) -> Result<(), DeviceError> {
-        if CURRENT_CONTEXT.get() != self.context as usize {
-            // SAFETY: the context is retained for the life of the process.
-            check("cuCtxSetCurrent", unsafe { sys::cuCtxSetCurrent(self.context) })?;
-            CURRENT_CONTEXT.set(self.context as usize);
-        }
-        Ok(())
+        bind(self.context)
     }
+}
+
+/// Makes `context`, retained for the life of the process, current on the calling thread.
+fn bind(context: sys::CUcontext) -> Result<(), DeviceError> {
+    if CURRENT_CONTEXT.get() != context as usize {
+        // SAFETY: the context is retained for the life of the process.
+        check("cuCtxSetCurrent", unsafe { sys::cuCtxSetCurrent(context) })?;
+        CURRENT_CONTEXT.set(context as usize);
+    }
+    Ok(())
 }
 
 impl Device for CudaDriver {
@@ -350,5 +361,29 @@ impl Device for CudaDriver {
         self.bind()?;
         // SAFETY: the context is current.
         check("cuCtxSynchronize", unsafe { sys::cuCtxSynchronize() })
+    }
+
+    fn gemm(&self) -> Option<&dyn DeviceGemm> {
+        Some(self)
+    }
+}
+
+impl DeviceGemm for CudaDriver {
+    unsafe fn batched_product(
+        &self,
+        product: &BatchedProduct,
+        a: *const f32,
+        b: *const f32,
+        c: *mut f32,
+    ) -> Result<(), DeviceError> {
+        self.bind()?;
+        self.cublas.sgemm(product, a, b, c)?;
+        // Generated code's kernels run on non-blocking streams, which do not wait for the
+        // default stream that cuBLAS ran on: the result must be complete before they read it.
+        check("cuStreamSynchronize", sys::cuStreamSynchronize(std::ptr::null_mut()))
+    }
+
+    fn set_tf32(&self, enabled: bool) -> Result<(), DeviceError> {
+        self.cublas.set_tf32(enabled)
     }
 }

@@ -17,7 +17,8 @@ use std::sync::{Mutex, RwLock};
 use rayon::prelude::*;
 
 use super::{
-    lock, Allocation, Device, DeviceError, DeviceKind, Event, Fill, FunctionHandle, LaunchConfig, ModuleHandle, Stream,
+    lock, Allocation, Device, DeviceError, DeviceGemm, DeviceKind, Event, Fill, FunctionHandle, LaunchConfig,
+    ModuleHandle, Stream,
 };
 
 /// A kernel's CPU form. `ids` holds 12 values: the block id x, y, z; the thread id x, y, z;
@@ -304,6 +305,11 @@ impl Device for Emulator {
 
     fn synchronize(&self) -> Result<(), DeviceError> {
         Ok(())
+    }
+
+    /// Device memory is host memory: the runtime's host GEMM computes products in place.
+    fn gemm(&self) -> Option<&dyn DeviceGemm> {
+        None
     }
 }
 

@@ -12,8 +12,10 @@
 //! Selecting nothing means the CUDA device: the first device call selects it.
 
 pub mod abi;
+pub mod cublas;
 pub mod driver;
 pub mod emulator;
+pub mod gemm;
 pub mod module;
 
 use std::collections::{BTreeMap, HashMap};
@@ -21,6 +23,7 @@ use std::ffi::c_void;
 use std::sync::{Mutex, OnceLock};
 
 pub use emulator::{register_emulated_kernels, EmulatedKernel, EmulatedKernelEntry, EmulatedKernelTable};
+pub use gemm::{BatchedProduct, DeviceGemm, StridedMatrix};
 
 /// A stream of generated code: a `CUstream`, or the emulator's token for one.
 pub type Stream = *mut c_void;
@@ -65,6 +68,14 @@ pub enum DeviceError {
     DriverStart(String),
     #[error("no CUDA device (use --device emulator to run on the CPU)")]
     NoDevice,
+    #[error(
+        "cuBLAS not found: libcublas.so.12 (pip install nvidia-cublas-cu12, or add a CUDA installation's lib64 to LD_LIBRARY_PATH; or use --device emulator to run on the CPU)"
+    )]
+    NoCublas,
+    #[error("cuBLAS lacks {symbol} (too old; use --device emulator to run on the CPU)")]
+    CublasTooOld { symbol: &'static str },
+    #[error("cuBLAS failed to start: {0} (use --device emulator to run on the CPU)")]
+    CublasStart(String),
     #[error("the device is already selected ({selected}), cannot select {requested}")]
     AlreadySelected { selected: DeviceKind, requested: DeviceKind },
     #[error("only device 0 exists, not device {0}")]
@@ -72,6 +83,12 @@ pub enum DeviceError {
     /// A driver call failed.
     #[error("{call}: {message}")]
     Driver { call: &'static str, message: String },
+    /// A cuBLAS call failed.
+    #[error("{call}: {message}")]
+    Cublas { call: &'static str, message: String },
+    /// A product's operands are laid out in a way the device's GEMM cannot read.
+    #[error(transparent)]
+    GemmLayout(#[from] cublas::GemmLayoutError),
     /// A call's arguments are not what the device takes.
     #[error("{call}: {message}")]
     Invalid { call: &'static str, message: String },
@@ -236,6 +253,11 @@ pub trait Device: Send + Sync {
 
     /// Waits for all work on the device.
     fn synchronize(&self) -> Result<(), DeviceError>;
+
+    /// The device's own GEMM, for products on memory the host cannot read (cuBLAS on the
+    /// GPU); `None` where the host's GEMM reads device memory in place (the emulator, whose
+    /// memory is host memory).
+    fn gemm(&self) -> Option<&dyn DeviceGemm>;
 }
 
 /// How a live allocation was made.
@@ -426,6 +448,12 @@ impl SelectedDevice {
         self.device.as_ref()
     }
 
+    /// Whether the device's products may use TF32 (`--tf32`); the emulator's are the host's
+    /// GEMM in full single precision whatever is asked.
+    pub fn set_tf32(&self, enabled: bool) -> Result<(), DeviceError> {
+        self.device.gemm().map_or(Ok(()), |gemm| gemm.set_tf32(enabled))
+    }
+
     pub fn statistics(&self) -> DeviceStatistics {
         let memory = lock(&self.memory);
         let launches = lock(&self.launches);
@@ -530,14 +558,20 @@ mod tests {
         }
     }
 
+    /// Startup errors are one line that ends by pointing to the emulator.
     #[test]
     fn device_errors_are_one_line() {
-        for error in
-            [DeviceError::NoDriver, DeviceError::NoDevice, DeviceError::DriverStart("CUDA_ERROR_UNKNOWN".into())]
-        {
+        for error in [
+            DeviceError::NoDriver,
+            DeviceError::NoDevice,
+            DeviceError::DriverStart("CUDA_ERROR_UNKNOWN".into()),
+            DeviceError::NoCublas,
+            DeviceError::CublasTooOld { symbol: "cublasSgemmStridedBatched" },
+            DeviceError::CublasStart("CUBLAS_STATUS_NOT_INITIALIZED: the library was not initialized".into()),
+        ] {
             let message = error.to_string();
             assert!(!message.contains('\n'), "{message}");
-            assert!(message.ends_with("(use --device emulator to run on the CPU)"), "{message}");
+            assert!(message.ends_with("use --device emulator to run on the CPU)"), "{message}");
         }
     }
 }

@@ -150,8 +150,10 @@ pub fn run_command_line<D: Detector>(
 /// [`run_command_line`] for a program whose network runs on a device (a CUDA program). Its
 /// command line also has `--device cuda|emulator` (default `cuda`): the device is selected
 /// after the command line is parsed and before the detector is built, which finds it with
-/// [`crate::device::current`]. A device that cannot start ends the run with its one-line
-/// message and exit code 3. `--timings` adds the device's peak memory and kernel launches.
+/// [`crate::device::current`]. A device that cannot start (cuBLAS included, for `cuda`) ends
+/// the run with its one-line message and exit code 3. `--tf32` lets cuBLAS use TF32 tensor
+/// cores (off by default: full single precision). `--timings` adds the device's peak memory
+/// and kernel launches.
 pub fn run_device_command_line<D: Detector>(
     info: &ProgramInfo,
     make_detector: impl FnOnce(Option<&Path>) -> Result<D, DetectError>,
@@ -175,14 +177,20 @@ fn run_command_line_on<D: Detector>(
 ) -> u8 {
     let mut command = Options::command().name(info.model_name.clone());
     if on_device {
-        command = command.arg(
-            clap::Arg::new("device")
-                .long("device")
-                .value_name("D")
-                .value_parser(clap::builder::EnumValueParser::<DeviceKind>::new())
-                .default_value("cuda")
-                .help("Run the network on the first NVIDIA GPU (cuda) or on the CPU (emulator)"),
-        );
+        command = command
+            .arg(
+                clap::Arg::new("device")
+                    .long("device")
+                    .value_name("D")
+                    .value_parser(clap::builder::EnumValueParser::<DeviceKind>::new())
+                    .default_value("cuda")
+                    .help("Run the network on the first NVIDIA GPU (cuda) or on the CPU (emulator)"),
+            )
+            .arg(clap::Arg::new("tf32").long("tf32").action(clap::ArgAction::SetTrue).help(
+                "Let cuBLAS compute convolutions and linear layers on the GPU with TF32 tensor cores: \
+                 faster, with 10-bit mantissas in the products. Off: full single precision, as on \
+                 the CPU (the emulator always computes so)",
+            ));
     }
     let parsed = command.try_get_matches_from(args).and_then(|matches| Ok((Options::from_arg_matches(&matches)?, matches)));
     let (options, matches) = match parsed {
@@ -202,7 +210,8 @@ fn run_command_line_on<D: Detector>(
     }
     let device = if on_device {
         let kind = matches.get_one::<DeviceKind>("device").copied().unwrap_or(DeviceKind::Cuda);
-        match crate::device::select(kind) {
+        let tf32 = matches.get_flag("tf32");
+        match crate::device::select(kind).and_then(|device| device.set_tf32(tf32).map(|()| device)) {
             Ok(device) => Some(device),
             Err(e) => {
                 let _ = writeln!(log, "{}: error: {e}", info.model_name);
