@@ -1,8 +1,15 @@
 //! The detection operators that are not dense algebra. In the graph they are operators like any
-//! other; compiled programs run them as calls into the runtime (`runtime/`), torchvision's
-//! numerics. Counts of boxes are symbolic: proposals `P`, detections `D`.
+//! other; how they are computed is the target's choice ([`BuiltIns`]): calls into the runtime
+//! (`runtime/`), or, where an operator has one, its kernel lowering beside it (`*_kernel`:
+//! `linalg.generic`s over the output whose bodies gather with `tensor.extract`), which a GPU
+//! pipeline turns into kernels. Both have torchvision's numerics: the kernels follow the
+//! runtime's float operations in order. A kernel cannot report an error: where the runtime
+//! rejects a value (a label out of range), the kernel clamps it. Counts of boxes are symbolic:
+//! proposals `P`, detections `D`.
 
+use super::elementwise::sigmoid_of;
 use super::*;
+use crate::lowering::{BuiltIns, CmpiPredicate};
 use mrc_runtime::abi::detection::{AnchorParams, Params, PasteParams};
 use mrc_runtime::abi::functions::RuntimeFunction;
 use mrc_runtime::detection::{DetectionParams, RoiPoolParams, RpnParams};
@@ -375,9 +382,28 @@ runtime_operator!(
         Ok(Inference::output(TensorType::f32(dims)))
     },
     lower: |cx, node, slots| {
-        call(cx, node, RuntimeFunction::MaskProbs, (), &[slots[0][0], slots[1][0]])
+        match cx.builtins() {
+            BuiltIns::Runtime => call(cx, node, RuntimeFunction::MaskProbs, (), &[slots[0][0], slots[1][0]]),
+            BuiltIns::Kernels => mask_probs_kernel(cx, slots[0][0], slots[1][0]),
+        }
     }
 );
+
+/// `[D, 1, M, M]`: the sigmoid of channel `labels[d]` of `logits[d]`, the label clamped into
+/// the channels (so a class-agnostic head's one channel serves every label).
+fn mask_probs_kernel<'c, 'b>(cx: &Emitter<'c, 'b>, logits: Value<'c, 'b>, labels: Value<'c, 'b>) -> Result<Vec<Value<'c, 'b>>, LoweringError> {
+    let sizes = cx.sizes(logits)?;
+    let last_channel = cx.size_value(cx.size_add(sizes[1], -1)?)?;
+    let zero = cx.constant_index(0)?;
+    let init = cx.empty(&[sizes[0], Size::Static(1), sizes[2], sizes[3]], cx.f32_type())?;
+    let maps = ["(d, c, y, x) -> (d)", "(d, c, y, x) -> (d, c, y, x)"];
+    Ok(cx.generic(&[labels], &[init], &maps, &[Iterator::Parallel; 4], |body| {
+        let label = body.convert("arith.index_cast", body.arg(0)?, body.index_type())?;
+        let channel = body.binary("arith.minsi", body.binary("arith.maxsi", label, zero)?, last_channel)?;
+        let logit = body.extract(logits, &[body.loop_index(0)?, channel, body.loop_index(2)?, body.loop_index(3)?])?;
+        body.yield_values(&[sigmoid_of(body, logit)?])
+    })?)
+}
 
 runtime_operator!(
     /// Boxes from the resized frame (`from`, an image size) back to the original image.
@@ -391,9 +417,34 @@ runtime_operator!(
         Ok(Inference::output(TensorType::f32(vec![d, Dim::known(4)])))
     },
     lower: |cx, node, slots| {
-        call(cx, node, RuntimeFunction::RescaleBoxes, (), &[slots[0][0], slots[1][0], slots[2][0]])
+        match cx.builtins() {
+            BuiltIns::Runtime => call(cx, node, RuntimeFunction::RescaleBoxes, (), &[slots[0][0], slots[1][0], slots[2][0]]),
+            BuiltIns::Kernels => rescale_boxes_kernel(cx, slots[0][0], slots[1][0], slots[2][0]),
+        }
     }
 );
+
+/// `[D, 4]`: x coordinates times `to` width / `from` width, y coordinates by the heights
+/// (torchvision's `resize_boxes`, ratios in float32).
+fn rescale_boxes_kernel<'c, 'b>(
+    cx: &Emitter<'c, 'b>,
+    boxes: Value<'c, 'b>,
+    from: Value<'c, 'b>,
+    to: Value<'c, 'b>,
+) -> Result<Vec<Value<'c, 'b>>, LoweringError> {
+    let to_height = cx.index_to_f32(cx.size_value(cx.size(to, 0)?)?)?;
+    let to_width = cx.index_to_f32(cx.size_value(cx.size(to, 1)?)?)?;
+    let [zero, one, two] = [cx.constant_index(0)?, cx.constant_index(1)?, cx.constant_index(2)?];
+    Ok(vec![cx.elementwise(&[boxes], |body| {
+        let from_side = |axis| body.convert("arith.sitofp", body.extract(from, &[axis])?, body.f32_type());
+        let height_ratio = body.divf(to_height, from_side(zero)?)?;
+        let width_ratio = body.divf(to_width, from_side(one)?)?;
+        // Coordinates x1, y1, x2, y2: even ones are along the width.
+        let along_width = body.compare_integers(CmpiPredicate::Eq, body.binary("arith.remui", body.loop_index(1)?, two)?, zero)?;
+        let ratio = body.select(along_width, width_ratio, height_ratio)?;
+        body.yield_values(&[body.mulf(body.arg(0)?, ratio)?])
+    })?])
+}
 
 runtime_operator!(
     /// Pastes M×M mask probabilities into the image at their boxes (expanded by (M+2)/M,
