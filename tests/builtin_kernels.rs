@@ -67,3 +67,8 @@ fn kernel_builtins_call_no_runtime_function() {
         assert!(text.contains("call @mrc_rpn_proposals("), "top-k and NMS stay runtime calls");
     }
 }
+
+#[test]
+fn roi_align() {
+    common::builtins::roi_align(kernels_on_cpu);
+}

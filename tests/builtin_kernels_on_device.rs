@@ -15,3 +15,8 @@ fn mask_probs() {
 fn rescale_boxes() {
     common::builtins::rescale_boxes(Executor::on_emulated_device);
 }
+
+#[test]
+fn roi_align() {
+    common::builtins::roi_align(Executor::on_emulated_device);
+}

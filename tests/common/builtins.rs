@@ -87,3 +87,60 @@ pub fn rescale_boxes(compile: Compile) {
         assert_close(&format!("rescale_boxes of {d} boxes"), &ours, &theirs.shape, &theirs.data, FLOAT);
     }
 }
+
+/// The cases of `op` in the fixtures' `ops/cases.json`, and its tensors.
+fn golden(op: &str) -> (Vec<serde_json::Value>, Weights) {
+    let directory = super::fixtures().join("ops");
+    let cases: serde_json::Value = serde_json::from_slice(&std::fs::read(directory.join("cases.json")).unwrap()).unwrap();
+    let tensors = Weights::open(directory.join(format!("{op}.safetensors"))).unwrap();
+    (cases["cases"][op].as_array().unwrap().clone(), tensors)
+}
+
+fn tensor(tensors: &Weights, name: &str) -> TensorF32 {
+    let t = tensors.get(name).unwrap_or_else(|| panic!("no {name}"));
+    TensorF32::new(t.shape().to_vec(), t.as_f32().unwrap().to_vec()).unwrap()
+}
+
+/// `roi_align` on every golden case (aligned and legacy, fixed and adaptive sampling), image
+/// by image of the case's batch, then with no boxes; and `mode: "max"` against the runtime.
+pub fn roi_align(compile: Compile) {
+    let (cases, tensors) = golden("roi_align");
+    for case in &cases {
+        let name = case["name"].as_str().unwrap();
+        let (input, rois, output) = (tensor(&tensors, &format!("{name}.input")), tensor(&tensors, &format!("{name}.rois")), tensor(&tensors, &format!("{name}.output")));
+        let [n, c, h, w] = input.shape[..] else { panic!("{name}: input {:?}", input.shape) };
+        let [oh, ow] = [0, 1].map(|i| case["output_size"][i].as_u64().unwrap() as usize);
+        let text = format!(
+            "network t(x: f32[1, {c}, H, W], boxes: f32[K, 4]) -> (y: f32[K, {c}, {oh}, {ow}]) {{\n    return roi_align(x, boxes, output_size: [{oh}, {ow}], spatial_scale: {}, sampling_ratio: {}, aligned: {})\n}}\n",
+            case["spatial_scale"], case["sampling_ratio"], case["aligned"]
+        );
+        let per_box = c * oh * ow;
+        for image in 0..=n {
+            // The last round has no boxes.
+            let members: Vec<usize> = (0..rois.shape[0]).filter(|&k| image < n && rois.data[k * 5] as usize == image).collect();
+            let boxes: Vec<[f32; 4]> = members.iter().map(|&k| rois.data[k * 5 + 1..k * 5 + 5].try_into().unwrap()).collect();
+            let features = TensorF32::new(vec![1, c, h, w], input.data[image.min(n - 1) * c * h * w..][..c * h * w].to_vec()).unwrap();
+            let inputs = [("x", host(&features)), ("boxes", host(&TensorF32::from_boxes(&boxes)))];
+            let ours = run(compile, &format!("roi_align_{name}.model"), &text, &inputs);
+            let expected: Vec<f32> = members.iter().flat_map(|&k| output.data[k * per_box..(k + 1) * per_box].iter().copied()).collect();
+            assert_close(&format!("roi_align {name}, {} boxes of image {image}", members.len()), &ours, &[members.len(), c, oh, ow], &expected, FLOAT);
+        }
+    }
+
+    let text = "network t(x: f32[1, 4, H, W], boxes: f32[K, 4]) -> (y: f32[K, 4, 2, 3]) {\n    return roi_align(x, boxes, output_size: [2, 3], spatial_scale: 0.25, mode: \"max\")\n}\n";
+    let x = TensorF32::new(vec![1, 4, 16, 16], values(1024, 3.0)).unwrap();
+    let all = [[2.0, 3.0, 30.0, 40.0], [10.0, 10.0, 12.5, 14.0], [0.0, 0.0, 63.0, 63.0], [-20.0, 5.0, 70.0, 25.0]];
+    for k in [4, 0] {
+        let boxes = TensorF32::from_boxes(&all[..k]);
+        let ours = run(compile, "roi_align_max.model", text, &[("x", host(&x)), ("boxes", host(&boxes))]);
+        let params = mrc_runtime::ops::roi_align::RoiAlignParams {
+            output_size: [2, 3],
+            spatial_scale: 0.25,
+            sampling_ratio: -1,
+            aligned: false,
+            mode: mrc_runtime::ops::roi_align::PoolMode::Max,
+        };
+        let theirs = detection::roi_align(&x, &boxes, &params).unwrap();
+        assert_close(&format!("roi_align max of {k} boxes"), &ours, &theirs.shape, &theirs.data, FLOAT);
+    }
+}
