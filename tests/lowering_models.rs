@@ -6,7 +6,7 @@ use std::path::Path;
 
 use mrc::diagnostic::SourceMap;
 use mrc::expand::{self, Model};
-use mrc::lowering::{create_context, emit_forward, Products, lower_to_llvm, LoweringError};
+use mrc::lowering::{BuiltIns, create_context, emit_forward, Products, lower_to_llvm, LoweringError};
 use mrc::run::{Executor, HostTensor};
 use mrc_runtime::detection::{self, RoiPoolParams, TensorF32};
 use mrc_runtime::ops::multiscale::MultiScalePoolParams;
@@ -31,7 +31,7 @@ fn emitted_mlir_of_small_models() {
     insta::glob!("lowering/*.model", |path| {
         let model = load(path);
         let context = create_context();
-        let (mut module, signature) = emit_forward(&context, &model.graph, Products::RuntimeGemm).unwrap();
+        let (mut module, signature) = emit_forward(&context, &model.graph, Products::RuntimeGemm, BuiltIns::Runtime).unwrap();
         let arguments: Vec<String> = signature.arguments.iter().map(|a| format!("{}: {}", a.name, a.ty)).collect();
         let results: Vec<String> = signature.results.iter().map(|r| format!("{}: {}", r.name, r.ty)).collect();
         insta::assert_snapshot!(format!(
@@ -48,7 +48,7 @@ fn emitted_mlir_of_small_models() {
 fn arguments_are_inputs_then_state_in_state_dict_order() {
     let model = load(Path::new("tests/lowering/fpn_top_down.model"));
     let context = create_context();
-    let (_, signature) = emit_forward(&context, &model.graph, Products::RuntimeGemm).unwrap();
+    let (_, signature) = emit_forward(&context, &model.graph, Products::RuntimeGemm, BuiltIns::Runtime).unwrap();
     let names: Vec<&str> = signature.arguments.iter().map(|a| a.name.as_str()).collect();
     assert_eq!(
         names,
@@ -73,7 +73,7 @@ fn arguments_are_inputs_then_state_in_state_dict_order() {
 fn detection_operators_become_calls_into_the_runtime() {
     let model = load(Path::new("models/mini.model"));
     let context = create_context();
-    let (module, _) = emit_forward(&context, &model.graph, Products::RuntimeGemm).unwrap();
+    let (module, _) = emit_forward(&context, &model.graph, Products::RuntimeGemm, BuiltIns::Runtime).unwrap();
     let text = module.as_operation().to_string();
     for op in ["preprocess", "anchors", "rpn_proposals", "multiscale_roi_align", "postprocess_detections", "mask_probs", "rescale_boxes", "paste_masks", "conv_matmul", "linear"] {
         assert!(text.contains(&format!("func.func private @mrc_{op}(")), "no declaration of `mrc_{op}`");
@@ -150,7 +150,7 @@ fn every_pooling_and_keypoint_builtin_runs_through_its_runtime_entry() {
 fn ceil_mode_pooling_is_an_error_not_a_wrong_result() {
     let model = load_text("ceil_mode.model", "network t(x: f32[1, 2, H, W]) -> (y: f32[1, 2, _, _]) {\n    return max_pool2d(x, kernel: 3, stride: 2, ceil_mode: true) @pool\n}\n");
     let context = create_context();
-    let result = emit_forward(&context, &model.graph, Products::RuntimeGemm).map(|_| ());
+    let result = emit_forward(&context, &model.graph, Products::RuntimeGemm, BuiltIns::Runtime).map(|_| ());
     match result {
         Err(LoweringError::Unsupported { op: "max_pool2d", node, reason }) => {
             assert_eq!(node, "pool");

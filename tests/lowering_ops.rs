@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use mrc::diagnostic::SourceMap;
 use mrc::graph::types::DType;
-use mrc::lowering::{create_context, emit_forward, interface, jit, lower_to_llvm, Products, Signature, FORWARD};
+use mrc::lowering::{BuiltIns, create_context, emit_forward, interface, jit, lower_to_llvm, Products, Signature, FORWARD};
 use mrc_runtime::abi::forward::{Interface, Source};
 
 extern "C" {
@@ -191,7 +191,7 @@ fn with_compiled(source: &str, body: impl Fn(&Compiled)) {
     let mut seen = vec![];
     for graph in [&model.graph, &optimized] {
         for products in [Products::RuntimeGemm, Products::Linalg] {
-            let (mut module, signature) = emit_forward(&context, graph, products).unwrap_or_else(|e| panic!("{e}\n{source}"));
+            let (mut module, signature) = emit_forward(&context, graph, products, BuiltIns::Runtime).unwrap_or_else(|e| panic!("{e}\n{source}"));
             let emitted = module.as_operation().to_string();
             if seen.contains(&emitted) {
                 continue;

@@ -439,3 +439,52 @@ fn gpu_kernel_to_ptx() {
     assert!(ptx.contains(".entry scale("), "{ptx}");
     assert!(ptx.contains("mul.rn.f32"), "{ptx}");
 }
+
+/// A kernel computing a sigmoid and a ceiling: `math.exp` and `math.ceil`, which NVVM has no
+/// instructions for, become calls of libdevice's functions.
+const MATH_KERNEL: &str = r#"
+module attributes {gpu.container_module} {
+  gpu.module @kernels {
+    gpu.func @sigmoid_ceil(%data: memref<256xf32>) kernel {
+      %i = gpu.thread_id x
+      %x = memref.load %data[%i] : memref<256xf32>
+      %one = arith.constant 1.0 : f32
+      %minus = arith.negf %x : f32
+      %exp = math.exp %minus : f32
+      %sum = arith.addf %one, %exp : f32
+      %sigmoid = arith.divf %one, %sum : f32
+      %ceil = math.ceil %x : f32
+      %y = arith.addf %sigmoid, %ceil : f32
+      memref.store %y, %data[%i] : memref<256xf32>
+      gpu.return
+    }
+  }
+  func.func @launch(%data: memref<256xf32>) {
+    %c1 = arith.constant 1 : index
+    %c256 = arith.constant 256 : index
+    gpu.launch_func @kernels::@sigmoid_ceil blocks in (%c1, %c1, %c1) threads in (%c256, %c1, %c1)
+        args(%data : memref<256xf32>)
+    return
+  }
+}
+"#;
+
+/// libdevice is linked into kernels that call it, so their PTX calls nothing outside it; where
+/// it cannot be found, the error says how to get it. (The only test of this binary that reads
+/// `MRC_LIBDEVICE`.)
+#[test]
+fn kernels_calling_math_functions_link_libdevice() {
+    let context = create_context();
+    std::env::set_var("MRC_LIBDEVICE", "/nonexistent/libdevice.10.bc");
+    let mut module = parse_module(&context, MATH_KERNEL).unwrap();
+    let error = lower_gpu_to_ptx(&context, &mut module, "sm_80").unwrap_err().to_string();
+    std::env::remove_var("MRC_LIBDEVICE");
+    assert!(error.contains("/nonexistent/libdevice.10.bc") && error.contains("pip install nvidia-cuda-nvcc-cu12"), "{error}");
+
+    let mut module = parse_module(&context, MATH_KERNEL).unwrap();
+    lower_gpu_to_ptx(&context, &mut module, "sm_80").unwrap();
+    let ptx = &extract_ptx(&module)[0].ptx;
+    assert!(ptx.contains(".entry sigmoid_ceil("), "{ptx}");
+    assert!(!ptx.contains(".extern") && !ptx.contains("__nv_"), "PTX calls outside itself:\n{ptx}");
+    assert!(ptx.contains("cvt.rpi.f32.f32") || ptx.contains("ex2.approx"), "no ceiling or exponential in\n{ptx}");
+}

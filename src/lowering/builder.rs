@@ -15,6 +15,7 @@ use melior::{
         Attribute, Block, Identifier, Location, Operation, Region, RegionLike, ShapedTypeLike, Type, Value,
         ValueLike,
     },
+    dialect::arith::{CmpfPredicate, CmpiPredicate},
     Context,
 };
 use std::cell::RefCell;
@@ -22,6 +23,7 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use super::error::LoweringError;
+use super::builtins::BuiltIns;
 use super::products::Products;
 use crate::graph::types::{DType, TensorType};
 
@@ -71,12 +73,15 @@ pub struct Emitter<'c, 'b> {
     pub(super) runtime: Rc<RefCell<BTreeMap<String, Type<'c>>>>,
     /// How dense products are computed: the target's choice.
     pub(super) products: Products,
+    /// How built-in detection operators are computed: the target's choice.
+    pub(super) builtins: BuiltIns,
 }
 
 impl<'c, 'b> Emitter<'c, 'b> {
-    /// An emitter whose products are target-neutral `linalg` (see [`Emitter::with_products`]).
+    /// An emitter whose products are target-neutral `linalg` and whose built-ins are runtime
+    /// calls (see [`Emitter::with_products`], [`Emitter::with_builtins`]).
     pub fn new(context: &'c Context, block: &'b Block<'c>, location: Location<'c>) -> Self {
-        Emitter { context, block, location, runtime: Rc::default(), products: Products::Linalg }
+        Emitter { context, block, location, runtime: Rc::default(), products: Products::Linalg, builtins: BuiltIns::Runtime }
     }
 
     /// The same emitter computing dense products as `products` says.
@@ -84,15 +89,20 @@ impl<'c, 'b> Emitter<'c, 'b> {
         Emitter { products, ..self }
     }
 
+    /// The same emitter computing built-ins as `builtins` says.
+    pub fn with_builtins(self, builtins: BuiltIns) -> Self {
+        Emitter { builtins, ..self }
+    }
+
     /// The same block at another location (each graph node gets its own).
     pub fn at(&self, location: Location<'c>) -> Emitter<'c, 'b> {
-        Emitter { context: self.context, block: self.block, location, runtime: self.runtime.clone(), products: self.products }
+        Emitter { block: self.block, location, runtime: self.runtime.clone(), ..*self }
     }
 
     /// An emitter appending to `block`, which will become the body of a region op built by
     /// this emitter (see [`Emitter::execute_region`]).
     pub fn nested<'n>(&self, block: &'n Block<'c>) -> Emitter<'c, 'n> {
-        Emitter { context: self.context, block, location: self.location, runtime: self.runtime.clone(), products: self.products }
+        Emitter { block, runtime: self.runtime.clone(), ..*self }
     }
 
     /// `scf.yield`: the terminator of a block built through [`Emitter::nested`].
@@ -608,6 +618,83 @@ impl<'c, 'b> Emitter<'c, 'b> {
     pub fn floor_to_index(&self, value: Value<'c, '_>) -> Result<Value<'c, 'b>, LoweringError> {
         let integer = self.convert("arith.fptosi", value, IntegerType::new(self.context, 64).into())?;
         self.convert("arith.index_cast", integer, self.index_type())
+    }
+
+    /// `arith.cmpf`: an `i1`.
+    pub fn compare_floats(&self, predicate: CmpfPredicate, lhs: Value<'c, '_>, rhs: Value<'c, '_>) -> Result<Value<'c, 'b>, LoweringError> {
+        self.compare("arith.cmpf", predicate as i64, lhs, rhs)
+    }
+
+    /// `arith.cmpi` of integers or indices: an `i1`.
+    pub fn compare_integers(&self, predicate: CmpiPredicate, lhs: Value<'c, '_>, rhs: Value<'c, '_>) -> Result<Value<'c, 'b>, LoweringError> {
+        self.compare("arith.cmpi", predicate as i64, lhs, rhs)
+    }
+
+    fn compare(&self, name: &str, predicate: i64, lhs: Value<'c, '_>, rhs: Value<'c, '_>) -> Result<Value<'c, 'b>, LoweringError> {
+        let i64_type = IntegerType::new(self.context, 64).into();
+        let predicate = (Identifier::new(self.context, "predicate"), IntegerAttribute::new(i64_type, predicate).into());
+        let i1_type = IntegerType::new(self.context, 1).into();
+        self.append(self.builder(name).add_attributes(&[predicate]).add_operands(&[lhs, rhs]).add_results(&[i1_type]).build()?)
+    }
+
+    /// `arith.select`: `if_true` where `condition`, else `if_false`.
+    pub fn select(&self, condition: Value<'c, '_>, if_true: Value<'c, '_>, if_false: Value<'c, '_>) -> Result<Value<'c, 'b>, LoweringError> {
+        self.append(self.builder("arith.select").add_operands(&[condition, if_true, if_false]).add_results(&[if_true.r#type()]).build()?)
+    }
+
+    /// `scf.for` from `lower` to `upper` by 1, carrying `initial`: `body` gets an emitter for
+    /// the loop's block and its arguments (the induction variable, then the carried values),
+    /// and returns the carried values for the next iteration. Returns the final ones.
+    pub fn for_loop(
+        &self,
+        lower: Value<'c, '_>,
+        upper: Value<'c, '_>,
+        initial: &[Value<'c, '_>],
+        body: impl for<'n> FnOnce(&Emitter<'c, 'n>, &[Value<'c, 'n>]) -> Result<Vec<Value<'c, 'n>>, LoweringError>,
+    ) -> Result<Vec<Value<'c, 'b>>, LoweringError> {
+        let types: Vec<Type<'c>> = initial.iter().map(|v| v.r#type()).collect();
+        let mut arguments = vec![(self.index_type(), self.location)];
+        arguments.extend(types.iter().map(|&t| (t, self.location)));
+        let block = Block::new(&arguments);
+        {
+            let inner = self.nested(&block);
+            let values = (0..arguments.len()).map(|i| inner.arg(i)).collect::<Result<Vec<_>, _>>()?;
+            let next = body(&inner, &values)?;
+            inner.yield_region(&next)?;
+        }
+        let region = Region::new();
+        region.append_block(block);
+        let step = self.constant_index(1)?;
+        let mut operands = vec![lower, upper, step];
+        operands.extend(initial);
+        self.append_results(self.builder("scf.for").add_operands(&operands).add_regions([region]).add_results(&types).build()?)
+    }
+
+    /// `scf.if` with results of `types`: `then` and `otherwise` each get an emitter for their
+    /// block and return its results.
+    pub fn if_else(
+        &self,
+        condition: Value<'c, '_>,
+        types: &[Type<'c>],
+        then: impl for<'n> FnOnce(&Emitter<'c, 'n>) -> Result<Vec<Value<'c, 'n>>, LoweringError>,
+        otherwise: impl for<'n> FnOnce(&Emitter<'c, 'n>) -> Result<Vec<Value<'c, 'n>>, LoweringError>,
+    ) -> Result<Vec<Value<'c, 'b>>, LoweringError> {
+        let then_block = Block::new(&[]);
+        {
+            let inner = self.nested(&then_block);
+            inner.yield_region(&then(&inner)?)?;
+        }
+        let else_block = Block::new(&[]);
+        {
+            let inner = self.nested(&else_block);
+            inner.yield_region(&otherwise(&inner)?)?;
+        }
+        let (then_region, else_region) = (Region::new(), Region::new());
+        then_region.append_block(then_block);
+        else_region.append_block(else_block);
+        self.append_results(
+            self.builder("scf.if").add_operands(&[condition]).add_regions([then_region, else_region]).add_results(types).build()?,
+        )
     }
 }
 

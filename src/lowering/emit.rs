@@ -24,7 +24,7 @@ use melior::{
 };
 use petgraph::{algo::toposort, stable_graph::NodeIndex};
 
-use super::{builder::Emitter, products::Products, diagnostics::capture_diagnostics, error::LoweringError, runtime_calls::declare_runtime_functions};
+use super::{builder::Emitter, builtins::BuiltIns, products::Products, diagnostics::capture_diagnostics, error::LoweringError, runtime_calls::declare_runtime_functions};
 use crate::graph::{types::TensorType, Attrs, Graph, NodeKind, Port};
 
 /// The name of the emitted function.
@@ -57,9 +57,14 @@ pub struct Signature {
 }
 
 /// Emits `@forward` computing the graph's outputs: dense operators as MLIR (products as
-/// `products` says), detection built-ins as calls into the runtime, declared in the module. The
-/// module is verified.
-pub fn emit_forward<'c>(context: &'c Context, graph: &Graph, products: Products) -> Result<(Module<'c>, Signature), LoweringError> {
+/// `products` says), detection built-ins as `builtins` says (calls into the runtime are declared
+/// in the module). The module is verified.
+pub fn emit_forward<'c>(
+    context: &'c Context,
+    graph: &Graph,
+    products: Products,
+    builtins: BuiltIns,
+) -> Result<(Module<'c>, Signature), LoweringError> {
     let outputs = &graph.outputs;
     let needed = ancestors(graph, outputs);
     let derived = graph.nodes.node_indices().filter(|&n| matches!(graph.nodes[n].kind, NodeKind::Derived(_)));
@@ -75,7 +80,7 @@ pub fn emit_forward<'c>(context: &'c Context, graph: &Graph, products: Products)
 
     let location = Location::unknown(context);
     let entry = Block::new(&[]);
-    let cx = Emitter::new(context, &entry, location).with_products(products);
+    let cx = Emitter::new(context, &entry, location).with_products(products).with_builtins(builtins);
     let argument_types: Vec<Type> = signature.arguments.iter().map(|a| cx.tensor_type(&a.ty)).collect();
     let result_types: Vec<Type> = signature.results.iter().map(|r| cx.tensor_type(&r.ty)).collect();
 

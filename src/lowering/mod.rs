@@ -11,24 +11,29 @@
 //! Every failure comes back as a [`LoweringError`] carrying MLIR's own diagnostics.
 
 mod builder;
+mod builtins;
 mod context;
 mod diagnostics;
 mod emit;
 mod entry;
 mod error;
 mod interface;
+mod libdevice;
 mod pipeline;
 mod products;
 mod ptx;
 pub mod rewrite;
 mod runtime_calls;
 
+pub use builtins::BuiltIns;
+/// The comparison predicates of [`Emitter::compare_floats`] and [`Emitter::compare_integers`].
+pub use melior::dialect::arith::{CmpfPredicate, CmpiPredicate};
 pub use builder::{identity_map, loop_dims, Combiner, Emitter, Iterator, Size};
 pub use context::{create_context, parse_module};
 pub use entry::{add_entry_points, append_operations, ProgramMain, ENGINE_CONSTRUCTORS, MODULE_INITIALIZER};
 pub use emit::{emit_forward, LowerNode, NamedTensor, Signature, FORWARD};
 pub use error::LoweringError;
 pub use interface::{expected_state, interface};
-pub use pipeline::{cuda_pipeline, gpu_outlining, jit, run_constructors, jit_for_object, lower_gpu_to_ptx, lower_to_llvm, run_pipeline, CPU_PIPELINE, GPU_BUFFERIZE, GPU_PARALLEL_LOOPS};
+pub use pipeline::{cuda_pipeline, KERNELS_TO_NVVM, gpu_outlining, jit, run_constructors, jit_for_object, lower_gpu_to_ptx, lower_to_llvm, run_pipeline, CPU_PIPELINE, GPU_BUFFERIZE, GPU_PARALLEL_LOOPS};
 pub use products::Products;
 pub use ptx::{extract_ptx, GpuModulePtx};

@@ -11,6 +11,9 @@ use melior::{
     Context, Error as MeliorError, ExecutionEngine,
 };
 
+use std::path::Path;
+
+use super::rewrite::{operations_named, symbol_name};
 use super::{diagnostics::capture_diagnostics, error::LoweringError};
 
 /// Bufferization, the first half of every target's pipeline:
@@ -89,26 +92,40 @@ pub fn gpu_outlining(tile_sizes: &[usize]) -> String {
     )
 }
 
-/// The CUDA target's last stage, for a module whose kernels are outlined into `gpu.module`s and
-/// launched by `gpu.launch_func`: it attaches an NVVM target for `chip` (e.g. `sm_90`), lowers the
-/// kernels to NVVM and the host side to LLVM (allocations through the generic
-/// `_mlir_memref_to_llvm_alloc`/`_free`, which the runtime implements on the device), launches
-/// to calls of the `mgpu*` functions (the runtime's device layer), and serializes each
-/// `gpu.module` into a `gpu.binary` holding PTX text (`format=isa` needs no CUDA installation).
-pub fn cuda_pipeline(chip: &str) -> String {
+/// The CUDA target's last stage begins here, for a module whose kernels are outlined into
+/// `gpu.module`s and launched by `gpu.launch_func`: structured control flow to branches, and the
+/// kernels to NVVM. Their `math` ops become calls of libdevice's `__nv_*` functions, which
+/// decide whether [`cuda_pipeline`] must link it.
+pub const KERNELS_TO_NVVM: &str = "builtin.module(\
+     expand-strided-metadata,\
+     lower-affine,\
+     convert-scf-to-cf,\
+     gpu.module(convert-gpu-to-nvvm,reconcile-unrealized-casts))";
+
+/// The rest of the CUDA target's last stage, after [`KERNELS_TO_NVVM`]: it attaches an NVVM
+/// target for `chip` (e.g. `sm_90`), linking `libdevice` into the kernels where given, lowers
+/// the host side to LLVM (allocations through the generic `_mlir_memref_to_llvm_alloc`/`_free`,
+/// which the runtime implements on the device), launches to calls of the `mgpu*` functions (the
+/// runtime's device layer), and serializes each `gpu.module` into a `gpu.binary` holding PTX
+/// text (`format=isa` needs no CUDA installation).
+pub fn cuda_pipeline(chip: &str, libdevice: Option<&Path>) -> String {
+    let link = libdevice.map_or(String::new(), |path| format!(" l={}", path.display()));
     format!(
         "builtin.module(\
-         expand-strided-metadata,\
-         lower-affine,\
-         convert-scf-to-cf,\
-         nvvm-attach-target{{chip={chip} O=3}},\
-         gpu.module(convert-gpu-to-nvvm,reconcile-unrealized-casts),\
+         nvvm-attach-target{{chip={chip} O=3{link}}},\
          {},\
          gpu-to-llvm,\
          reconcile-unrealized-casts,\
          gpu-module-to-binary{{format=isa}})",
         host_to_llvm_passes!("finalize-memref-to-llvm{use-generic-functions=true}")
     )
+}
+
+/// Whether a kernel of `module`, lowered to NVVM, calls a libdevice function (`__nv_expf`, ...).
+fn calls_libdevice(module: &Module) -> bool {
+    operations_named(&module.as_operation(), &["gpu.module"]).iter().any(|kernels| {
+        operations_named(kernels, &["llvm.func"]).iter().any(|f| symbol_name(f).is_some_and(|name| name.starts_with("__nv_")))
+    })
 }
 
 /// Verifies `module`, then runs the textual pass `pipeline` on it in place.
@@ -145,11 +162,14 @@ pub fn lower_to_llvm(context: &Context, module: &mut Module) -> Result<(), Lower
     }
 }
 
-/// Lowers `module` in place with [`cuda_pipeline`] for `chip`: afterwards its `gpu.binary` ops
-/// hold the kernels' PTX (see [`super::extract_ptx`]) and its host code is in the LLVM dialect,
-/// launches included.
+/// Lowers `module` in place with [`KERNELS_TO_NVVM`] and [`cuda_pipeline`] for `chip`, libdevice
+/// linked if the kernels call it (an error if it cannot be found): afterwards its `gpu.binary`
+/// ops hold the kernels' PTX (see [`super::extract_ptx`]) and its host code is in the LLVM
+/// dialect, launches included.
 pub fn lower_gpu_to_ptx(context: &Context, module: &mut Module, chip: &str) -> Result<(), LoweringError> {
-    run_pipeline(context, module, &cuda_pipeline(chip))?;
+    run_pipeline(context, module, KERNELS_TO_NVVM)?;
+    let libdevice = if calls_libdevice(module) { Some(super::libdevice::find()?) } else { None };
+    run_pipeline(context, module, &cuda_pipeline(chip, libdevice.as_deref()))?;
     match first_operation_outside_llvm(module) {
         Some(operation) => Err(LoweringError::NotLlvmDialect { operation }),
         None => Ok(()),

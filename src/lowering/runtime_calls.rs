@@ -130,27 +130,30 @@ impl<'c, 'b> Emitter<'c, 'b> {
     /// A list of f32 tensors of one rank as the runtime takes it: their elements concatenated
     /// (`tensor<?xf32>`) and their shapes (`tensor<L x rank x i64>`).
     pub fn pack(&self, tensors: &[Value<'c, 'b>]) -> Result<(Value<'c, 'b>, Value<'c, 'b>), LoweringError> {
-        let rank = self.static_dims(tensors[0])?.len();
-        let axes: Vec<usize> = (0..rank).collect();
+        let axes: Vec<usize> = (0..self.static_dims(tensors[0])?.len()).collect();
         let shapes = self.sizes_table(tensors, &axes)?;
+        Ok((self.concat_flat(tensors)?, shapes))
+    }
+
+    /// The elements of f32 `tensors` of one rank, concatenated (`tensor<?xf32>`).
+    pub fn concat_flat(&self, tensors: &[Value<'c, 'b>]) -> Result<Value<'c, 'b>, LoweringError> {
+        let axes: Vec<usize> = (0..self.static_dims(tensors[0])?.len()).collect();
         let flat_type = self.ranked_tensor(&[None], self.f32_type());
         let mut flats = vec![];
         for &tensor in tensors {
             let flat = self.collapse_shape(tensor, &[&axes])?;
             flats.push(self.cast(flat, flat_type)?);
         }
-        let flat = if flats.len() == 1 {
-            flats[0]
-        } else {
-            self.append(
-                self.builder("tensor.concat")
-                    .add_operands(&flats)
-                    .add_attributes(&[self.named("dim", "0 : i64")?])
-                    .add_results(&[flat_type])
-                    .build()?,
-            )?
-        };
-        Ok((flat, shapes))
+        if flats.len() == 1 {
+            return Ok(flats[0]);
+        }
+        self.append(
+            self.builder("tensor.concat")
+                .add_operands(&flats)
+                .add_attributes(&[self.named("dim", "0 : i64")?])
+                .add_results(&[flat_type])
+                .build()?,
+        )
     }
 
     /// The runtime functions called so far and their types.

@@ -1,8 +1,15 @@
 //! The detection operators that are not dense algebra. In the graph they are operators like any
-//! other; compiled programs run them as calls into the runtime (`runtime/`), torchvision's
-//! numerics. Counts of boxes are symbolic: proposals `P`, detections `D`.
+//! other; how they are computed is the target's choice ([`BuiltIns`]): calls into the runtime
+//! (`runtime/`), or, where an operator has one, its kernel lowering beside it (`*_kernel`:
+//! `linalg.generic`s over the output whose bodies gather with `tensor.extract`), which a GPU
+//! pipeline turns into kernels. Both have torchvision's numerics: the kernels follow the
+//! runtime's float operations in order. A kernel cannot report an error: where the runtime
+//! rejects a value (a label out of range), the kernel clamps it. Counts of boxes are symbolic:
+//! proposals `P`, detections `D`.
 
+use super::elementwise::sigmoid_of;
 use super::*;
+use crate::lowering::{BuiltIns, CmpfPredicate, CmpiPredicate};
 use mrc_runtime::abi::detection::{AnchorParams, Params, PasteParams};
 use mrc_runtime::abi::functions::RuntimeFunction;
 use mrc_runtime::detection::{DetectionParams, RoiPoolParams, RpnParams};
@@ -230,9 +237,200 @@ runtime_operator!(
             aligned: node.attrs.flag("aligned"),
             mode: if matches!(&node.attrs["mode"], AttrValue::Str(m) if m == "max") { PoolMode::Max } else { PoolMode::Avg },
         };
-        call(cx, node, RuntimeFunction::RoiAlign, params, &[slots[0][0], slots[1][0]])
+        match cx.builtins() {
+            BuiltIns::Runtime => call(cx, node, RuntimeFunction::RoiAlign, params, &[slots[0][0], slots[1][0]]),
+            BuiltIns::Kernels => roi_align_kernel(cx, slots[0][0], slots[1][0], &params),
+        }
     }
 );
+
+/// `[K, C, oh, ow]`: each bin of each box's RoIAlign from `features` [1, C, H, W].
+fn roi_align_kernel<'c, 'b>(
+    cx: &Emitter<'c, 'b>,
+    features: Value<'c, 'b>,
+    boxes: Value<'c, 'b>,
+    params: &RoiAlignParams,
+) -> Result<Vec<Value<'c, 'b>>, LoweringError> {
+    let sizes = cx.sizes(features)?;
+    let map = FeatureMapSize::of(cx, sizes[2], sizes[3])?;
+    let flat = cx.concat_flat(&[features])?;
+    pooled_bins(cx, boxes, sizes[1], params, &Levels::One(map), flat)
+}
+
+/// Where a box's bins are pooled from.
+enum Levels<'c, 'b> {
+    /// One feature map at the parameters' spatial scale.
+    One(FeatureMapSize<'c, 'b>),
+}
+
+impl<'c, 'b> Levels<'c, 'b> {
+    /// The start of the level's maps in the concatenated ones, their size, and the spatial
+    /// scale, for the box of `coordinates`: computed in the kernel body `b`.
+    fn of<'n>(
+        &self,
+        b: &Emitter<'c, 'n>,
+        params: &RoiAlignParams,
+        _coordinates: &[Value<'c, 'n>; 4],
+    ) -> Result<(Value<'c, 'n>, FeatureMapSize<'c, 'n>, Value<'c, 'n>), LoweringError>
+    where
+        'b: 'n,
+    {
+        match self {
+            Levels::One(map) => Ok((b.constant_index(0)?, *map, b.constant_float(params.spatial_scale as f64, b.f32_type())?)),
+        }
+    }
+}
+
+/// The size of a feature map's plane, as `index` values computed outside the kernels.
+#[derive(Clone, Copy)]
+struct FeatureMapSize<'c, 'b> {
+    height: Value<'c, 'b>,
+    width: Value<'c, 'b>,
+    plane: Value<'c, 'b>,
+}
+
+impl<'c, 'b> FeatureMapSize<'c, 'b> {
+    fn of(cx: &Emitter<'c, 'b>, height: Size<'c, 'b>, width: Size<'c, 'b>) -> Result<Self, LoweringError> {
+        let (height, width) = (cx.size_value(height)?, cx.size_value(width)?);
+        Ok(FeatureMapSize { height, width, plane: cx.binary("arith.muli", height, width)? })
+    }
+}
+
+/// `[K, C, oh, ow]` over `boxes` [K, 4]: every bin RoIAlign-pooled from the concatenated
+/// feature maps `flat`, from the level `levels` gives a box.
+fn pooled_bins<'c, 'b>(
+    cx: &Emitter<'c, 'b>,
+    boxes: Value<'c, 'b>,
+    channels: Size<'c, 'b>,
+    params: &RoiAlignParams,
+    levels: &Levels<'c, 'b>,
+    flat: Value<'c, 'b>,
+) -> Result<Vec<Value<'c, 'b>>, LoweringError> {
+    let [oh, ow] = params.output_size.map(|s| Size::Static(s as i64));
+    let init = cx.empty(&[cx.size(boxes, 0)?, channels, oh, ow], cx.f32_type())?;
+    let identity = identity_map(4);
+    Ok(cx.generic(&[], &[init], &[identity.as_str()], &[Iterator::Parallel; 4], |body| {
+        let k = body.loop_index(0)?;
+        let mut coordinates = vec![];
+        for j in 0..4 {
+            coordinates.push(body.extract(boxes, &[k, body.constant_index(j)?])?);
+        }
+        let coordinates: [Value; 4] = coordinates.try_into().map_err(|_| LoweringError::Build("a box has 4 coordinates".into()))?;
+        let (start, map, scale) = levels.of(body, params, &coordinates)?;
+        let plane = body.binary("arith.addi", start, body.binary("arith.muli", body.loop_index(1)?, map.plane)?)?;
+        let bin = [body.loop_index(2)?, body.loop_index(3)?];
+        body.yield_values(&[roi_align_bin(body, params, flat, plane, map, &coordinates, scale, bin)?])
+    })?)
+}
+
+/// One bin of RoIAlign (torchvision's CPU kernel, the runtime's `ops::roi_align`, float32 in
+/// the same order): the box in feature coordinates, its sampling grid, then the mean (or max)
+/// of the bilinear samples of the plane starting at `plane` in `flat`.
+#[allow(clippy::too_many_arguments)]
+fn roi_align_bin<'c, 'n>(
+    b: &Emitter<'c, 'n>,
+    params: &RoiAlignParams,
+    flat: Value<'c, 'n>,
+    plane: Value<'c, 'n>,
+    map: FeatureMapSize<'c, 'n>,
+    [x1, y1, x2, y2]: &[Value<'c, 'n>; 4],
+    scale: Value<'c, 'n>,
+    [ph, pw]: [Value<'c, 'n>; 2],
+) -> Result<Value<'c, 'n>, LoweringError> {
+    let f32_type = b.f32_type();
+    let float = |v: f64| b.constant_float(v, f32_type);
+    let offset = float(if params.aligned { 0.5 } else { 0.0 })?;
+    let feature = |v: Value<'c, 'n>| b.subf(b.mulf(v, scale)?, offset);
+    let (start_w, start_h, end_w, end_h) = (feature(*x1)?, feature(*y1)?, feature(*x2)?, feature(*y2)?);
+    let (mut roi_w, mut roi_h) = (b.subf(end_w, start_w)?, b.subf(end_h, start_h)?);
+    if !params.aligned {
+        roi_w = b.binary("arith.maxnumf", roi_w, float(1.0)?)?;
+        roi_h = b.binary("arith.maxnumf", roi_h, float(1.0)?)?;
+    }
+    let [oh, ow] = params.output_size.map(|s| s as f64);
+    let (bin_h, bin_w) = (b.divf(roi_h, float(oh)?)?, b.divf(roi_w, float(ow)?)?);
+    // Adaptive grids may be 0 (an empty box with `aligned`): no samples and an output of 0.
+    let grid = |size: Value<'c, 'n>, bins: f64| -> Result<Value<'c, 'n>, LoweringError> {
+        if params.sampling_ratio > 0 {
+            return b.constant_index(params.sampling_ratio as i64);
+        }
+        let ceiling = b.unary("math.ceil", b.divf(size, float(bins)?)?)?;
+        b.floor_to_index(b.binary("arith.maxnumf", ceiling, float(0.0)?)?)
+    };
+    let (grid_h, grid_w) = (grid(roi_h, oh)?, grid(roi_w, ow)?);
+    let (grid_hf, grid_wf) = (b.index_to_f32(grid_h)?, b.index_to_f32(grid_w)?);
+    let row_start = b.addf(start_h, b.mulf(b.index_to_f32(ph)?, bin_h)?)?;
+    let column_start = b.addf(start_w, b.mulf(b.index_to_f32(pw)?, bin_w)?)?;
+    let average = params.mode == PoolMode::Avg;
+    let zero_index = b.constant_index(0)?;
+    let initial = float(if average { 0.0 } else { f64::NEG_INFINITY })?;
+    let total = b.for_loop(zero_index, grid_h, &[initial], |b, args| {
+        let (iy, total) = (args[0], args[1]);
+        let yy = sample_position(b, row_start, iy, bin_h, grid_hf)?;
+        b.for_loop(b.constant_index(0)?, grid_w, &[total], |b, args| {
+            let (ix, total) = (args[0], args[1]);
+            let xx = sample_position(b, column_start, ix, bin_w, grid_wf)?;
+            let value = bilinear(b, flat, plane, map, yy, xx)?;
+            Ok(vec![if average { b.addf(total, value)? } else { b.binary("arith.maxnumf", total, value)? }])
+        })
+    })?[0];
+    let count = b.index_to_f32(b.binary("arith.muli", grid_h, grid_w)?)?;
+    let pooled = if average { b.divf(total, count)? } else { total };
+    let empty = b.compare_floats(CmpfPredicate::Oeq, count, float(0.0)?)?;
+    b.select(empty, float(0.0)?, pooled)
+}
+
+/// `start + (i + 0.5) · bin / grid`: the i-th sampling point of a bin.
+fn sample_position<'c, 'n>(b: &Emitter<'c, 'n>, start: Value<'c, '_>, i: Value<'c, '_>, bin: Value<'c, '_>, grid: Value<'c, '_>) -> Result<Value<'c, 'n>, LoweringError> {
+    let half = b.constant_float(0.5, b.f32_type())?;
+    b.addf(start, b.divf(b.mulf(b.addf(b.index_to_f32(i)?, half)?, bin)?, grid)?)
+}
+
+/// torchvision's bilinear interpolation for RoIAlign at (`yy`, `xx`) in the plane starting at
+/// `plane` in `flat`: 0 beyond one pixel outside the map (nothing is read there), clamped to
+/// the border within it.
+fn bilinear<'c, 'n>(
+    b: &Emitter<'c, 'n>,
+    flat: Value<'c, '_>,
+    plane: Value<'c, '_>,
+    map: FeatureMapSize<'c, '_>,
+    yy: Value<'c, '_>,
+    xx: Value<'c, '_>,
+) -> Result<Value<'c, 'n>, LoweringError> {
+    let f32_type = b.f32_type();
+    let (minus_one, zero, one) = (b.constant_float(-1.0, f32_type)?, b.constant_float(0.0, f32_type)?, b.constant_float(1.0, f32_type)?);
+    let (height, width) = (b.index_to_f32(map.height)?, b.index_to_f32(map.width)?);
+    let zero_index = b.constant_index(0)?;
+    let mut outside = b.compare_integers(CmpiPredicate::Eq, map.plane, zero_index)?;
+    for (predicate, lhs, rhs) in [(CmpfPredicate::Olt, yy, minus_one), (CmpfPredicate::Ogt, yy, height), (CmpfPredicate::Olt, xx, minus_one), (CmpfPredicate::Ogt, xx, width)] {
+        outside = b.binary("arith.ori", outside, b.compare_floats(predicate, lhs, rhs)?)?;
+    }
+    Ok(b.if_else(outside, &[f32_type], |b| Ok(vec![b.constant_float(0.0, f32_type)?]), |b| {
+        // Low and high neighbours along one axis, and the position's fraction past the low one.
+        let neighbours = |position: Value<'c, '_>, size: Value<'c, '_>| {
+            let position = b.binary("arith.maxnumf", position, zero)?;
+            let low = b.floor_to_index(position)?;
+            let last = b.binary("arith.subi", size, b.constant_index(1)?)?;
+            let at_border = b.compare_integers(CmpiPredicate::Sge, low, last)?;
+            let low = b.select(at_border, last, low)?;
+            let high = b.select(at_border, low, b.binary("arith.addi", low, b.constant_index(1)?)?)?;
+            let position = b.select(at_border, b.index_to_f32(low)?, position)?;
+            Ok::<_, LoweringError>((low, high, b.subf(position, b.index_to_f32(low)?)?))
+        };
+        let (y_low, y_high, ly) = neighbours(yy, map.height)?;
+        let (x_low, x_high, lx) = neighbours(xx, map.width)?;
+        let (hy, hx) = (b.subf(one, ly)?, b.subf(one, lx)?);
+        let at = |y: Value<'c, '_>, x: Value<'c, '_>| {
+            let index = b.binary("arith.addi", plane, b.binary("arith.addi", b.binary("arith.muli", y, map.width)?, x)?)?;
+            b.extract(flat, &[index])
+        };
+        let mut value = b.mulf(b.mulf(hy, hx)?, at(y_low, x_low)?)?;
+        for (weight, y, x) in [(b.mulf(hy, lx)?, y_low, x_high), (b.mulf(ly, hx)?, y_high, x_low), (b.mulf(ly, lx)?, y_high, x_high)] {
+            value = b.addf(value, b.mulf(weight, at(y, x)?)?)?;
+        }
+        Ok(vec![value])
+    })?[0])
+}
 
 runtime_operator!(
     /// RoIPool on one feature map (the paper's ablation).
@@ -375,9 +573,28 @@ runtime_operator!(
         Ok(Inference::output(TensorType::f32(dims)))
     },
     lower: |cx, node, slots| {
-        call(cx, node, RuntimeFunction::MaskProbs, (), &[slots[0][0], slots[1][0]])
+        match cx.builtins() {
+            BuiltIns::Runtime => call(cx, node, RuntimeFunction::MaskProbs, (), &[slots[0][0], slots[1][0]]),
+            BuiltIns::Kernels => mask_probs_kernel(cx, slots[0][0], slots[1][0]),
+        }
     }
 );
+
+/// `[D, 1, M, M]`: the sigmoid of channel `labels[d]` of `logits[d]`, the label clamped into
+/// the channels (so a class-agnostic head's one channel serves every label).
+fn mask_probs_kernel<'c, 'b>(cx: &Emitter<'c, 'b>, logits: Value<'c, 'b>, labels: Value<'c, 'b>) -> Result<Vec<Value<'c, 'b>>, LoweringError> {
+    let sizes = cx.sizes(logits)?;
+    let last_channel = cx.size_value(cx.size_add(sizes[1], -1)?)?;
+    let zero = cx.constant_index(0)?;
+    let init = cx.empty(&[sizes[0], Size::Static(1), sizes[2], sizes[3]], cx.f32_type())?;
+    let maps = ["(d, c, y, x) -> (d)", "(d, c, y, x) -> (d, c, y, x)"];
+    Ok(cx.generic(&[labels], &[init], &maps, &[Iterator::Parallel; 4], |body| {
+        let label = body.convert("arith.index_cast", body.arg(0)?, body.index_type())?;
+        let channel = body.binary("arith.minsi", body.binary("arith.maxsi", label, zero)?, last_channel)?;
+        let logit = body.extract(logits, &[body.loop_index(0)?, channel, body.loop_index(2)?, body.loop_index(3)?])?;
+        body.yield_values(&[sigmoid_of(body, logit)?])
+    })?)
+}
 
 runtime_operator!(
     /// Boxes from the resized frame (`from`, an image size) back to the original image.
@@ -391,9 +608,34 @@ runtime_operator!(
         Ok(Inference::output(TensorType::f32(vec![d, Dim::known(4)])))
     },
     lower: |cx, node, slots| {
-        call(cx, node, RuntimeFunction::RescaleBoxes, (), &[slots[0][0], slots[1][0], slots[2][0]])
+        match cx.builtins() {
+            BuiltIns::Runtime => call(cx, node, RuntimeFunction::RescaleBoxes, (), &[slots[0][0], slots[1][0], slots[2][0]]),
+            BuiltIns::Kernels => rescale_boxes_kernel(cx, slots[0][0], slots[1][0], slots[2][0]),
+        }
     }
 );
+
+/// `[D, 4]`: x coordinates times `to` width / `from` width, y coordinates by the heights
+/// (torchvision's `resize_boxes`, ratios in float32).
+fn rescale_boxes_kernel<'c, 'b>(
+    cx: &Emitter<'c, 'b>,
+    boxes: Value<'c, 'b>,
+    from: Value<'c, 'b>,
+    to: Value<'c, 'b>,
+) -> Result<Vec<Value<'c, 'b>>, LoweringError> {
+    let to_height = cx.index_to_f32(cx.size_value(cx.size(to, 0)?)?)?;
+    let to_width = cx.index_to_f32(cx.size_value(cx.size(to, 1)?)?)?;
+    let [zero, one, two] = [cx.constant_index(0)?, cx.constant_index(1)?, cx.constant_index(2)?];
+    Ok(vec![cx.elementwise(&[boxes], |body| {
+        let from_side = |axis| body.convert("arith.sitofp", body.extract(from, &[axis])?, body.f32_type());
+        let height_ratio = body.divf(to_height, from_side(zero)?)?;
+        let width_ratio = body.divf(to_width, from_side(one)?)?;
+        // Coordinates x1, y1, x2, y2: even ones are along the width.
+        let along_width = body.compare_integers(CmpiPredicate::Eq, body.binary("arith.remui", body.loop_index(1)?, two)?, zero)?;
+        let ratio = body.select(along_width, width_ratio, height_ratio)?;
+        body.yield_values(&[body.mulf(body.arg(0)?, ratio)?])
+    })?])
+}
 
 runtime_operator!(
     /// Pastes M×M mask probabilities into the image at their boxes (expanded by (M+2)/M,

@@ -9,11 +9,15 @@ fn relu<'c>(body: &Emitter<'c, '_>) -> Result<(), LoweringError> {
     body.yield_values(&[body.maximumf(body.arg(0)?, zero)?])
 }
 
-/// `1 / (1 + exp(-x))`.
 fn sigmoid<'c>(body: &Emitter<'c, '_>) -> Result<(), LoweringError> {
-    let one = body.constant_float(1.0, body.f32_type())?;
-    let exp = body.unary("math.exp", body.unary("arith.negf", body.arg(0)?)?)?;
-    body.yield_values(&[body.divf(one, body.addf(one, exp)?)?])
+    body.yield_values(&[sigmoid_of(body, body.arg(0)?)?])
+}
+
+/// `1 / (1 + exp(-x))`, as torch and the runtime compute it.
+pub(super) fn sigmoid_of<'c, 'b>(cx: &Emitter<'c, 'b>, x: Value<'c, '_>) -> Result<Value<'c, 'b>, LoweringError> {
+    let one = cx.constant_float(1.0, cx.f32_type())?;
+    let exp = cx.unary("math.exp", cx.unary("arith.negf", x)?)?;
+    cx.divf(one, cx.addf(one, exp)?)
 }
 
 fn add<'c>(body: &Emitter<'c, '_>) -> Result<(), LoweringError> {

@@ -57,6 +57,12 @@ impl Executor {
         Self::compile(&Cpu, None, graph, weights, dumps, level)
     }
 
+    /// [`Executor::new`] for `target`, whose in-process code runs on this CPU (the CPU target,
+    /// or one that makes other choices than it, as tests do to run the built-ins' kernels here).
+    pub fn on_host(target: &dyn Target, graph: &Graph, weights: Weights, dumps: &[String], level: u8) -> Result<Self, RunError> {
+        Self::compile(target, None, graph, weights, dumps, level)
+    }
+
     /// [`Executor::new`] for the CUDA target, run on the emulated device: every kernel's CPU
     /// form, every allocation, copy and launch as a CUDA program makes them. It selects the
     /// emulator for the whole process, whose runtime functions then return device memory: a

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use super::{native, CompileError, Emit, Emitted, Program, Target};
-use crate::lowering::{add_entry_points, jit, lower_to_llvm, LoweringError, ProgramMain, Products};
+use crate::lowering::{add_entry_points, jit, lower_to_llvm, BuiltIns, LoweringError, ProgramMain, Products};
 use melior::{ir::Module, Context, ExecutionEngine};
 
 /// The host CPU: products in the runtime's GEMM microkernels, the LLVM dialect, code compiled by
@@ -18,6 +18,10 @@ impl Target for Cpu {
     }
     fn products(&self) -> Products {
         Products::RuntimeGemm
+    }
+    /// The runtime's optimized CPU implementations.
+    fn builtins(&self) -> BuiltIns {
+        BuiltIns::Runtime
     }
     /// The runtime's GEMM reads convolution weights packed at load time.
     fn graph_passes(&self) -> Vec<Box<dyn crate::passes::Pass>> {

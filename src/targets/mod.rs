@@ -1,6 +1,6 @@
 //! Targets: from the graph to something that runs. Everything up to the emitted `@forward` is
 //! shared ([`emit`]: the graph passes, the emission, the interface); a [`Target`] decides the
-//! rest: how dense products are computed, its MLIR pass pipeline, how runtime functions are
+//! rest: how dense products and built-ins are computed, its MLIR pass pipeline, how runtime functions are
 //! bound for in-process execution ([`Target::jit`], `mrc run`), and how its output is written
 //! ([`Target::write`], `mrc compile` through [`compile`]).
 //!
@@ -18,7 +18,7 @@ use mrc_runtime::weights::Weights;
 
 use crate::expand::{value::Value, Model};
 use crate::graph::{Graph, Port};
-use crate::lowering::{create_context, emit_forward, expected_state, interface, LoweringError, Products, Signature};
+use crate::lowering::{create_context, emit_forward, expected_state, interface, BuiltIns, LoweringError, Products, Signature};
 use crate::passes;
 
 /// What a target decides.
@@ -26,6 +26,8 @@ pub trait Target {
     fn name(&self) -> &'static str;
     /// How dense products (convolutions, linear layers) are computed.
     fn products(&self) -> Products;
+    /// How the built-in detection operators are computed.
+    fn builtins(&self) -> BuiltIns;
     /// The graph passes from `-O1` on: the target-neutral ones, and the target's own after them.
     fn graph_passes(&self) -> Vec<Box<dyn passes::Pass>> {
         passes::default_passes()
@@ -155,7 +157,7 @@ pub fn emit<'c>(
     let mut graph = graph.clone();
     graph.outputs = outputs.to_vec();
     let passes = if level > 0 { passes::run(&mut graph, &target.graph_passes()) } else { vec![] };
-    let (module, signature) = emit_forward(context, &graph, target.products())?;
+    let (module, signature) = emit_forward(context, &graph, target.products(), target.builtins())?;
     let interface = interface(&graph, &signature);
     Ok(Emitted { module, signature, interface, passes })
 }

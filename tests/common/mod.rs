@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+pub mod builtins;
 pub mod detections;
 pub mod mini;
 pub mod programs;

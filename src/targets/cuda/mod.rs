@@ -13,8 +13,9 @@
 //! ([`super::native`]) whose `main` calls the runtime's CUDA program driver with the table of
 //! emulated kernels.
 //!
-//! The built-in detection operators are still the runtime's host functions: they read their
-//! device inputs back to the host and upload their results.
+//! The built-in detection operators are kernels too ([`BuiltIns::Kernels`]), except those
+//! without a kernel lowering (top-k and NMS): they are the runtime's host functions, which read
+//! their device inputs back to the host and upload their results.
 
 mod kernels;
 mod mapping;
@@ -23,7 +24,7 @@ mod memory;
 use std::path::Path;
 
 use super::{native, write_atomic, CompileError, Emit, Emitted, Program, Target};
-use crate::lowering::{add_entry_points, extract_ptx, jit, ENGINE_CONSTRUCTORS, MODULE_INITIALIZER, gpu_outlining, lower_gpu_to_ptx, run_pipeline, LoweringError, ProgramMain, Products, GPU_BUFFERIZE, GPU_PARALLEL_LOOPS};
+use crate::lowering::{add_entry_points, extract_ptx, jit, ENGINE_CONSTRUCTORS, MODULE_INITIALIZER, gpu_outlining, lower_gpu_to_ptx, run_pipeline, BuiltIns, LoweringError, ProgramMain, Products, GPU_BUFFERIZE, GPU_PARALLEL_LOOPS};
 use melior::{ir::Module, Context, ExecutionEngine};
 use mrc_runtime::device::{register_emulated_kernels, EmulatedKernelTable};
 
@@ -56,6 +57,11 @@ impl Target for Cuda {
     /// the products yet.
     fn products(&self) -> Products {
         Products::RuntimeGemm
+    }
+    /// Kernels, so that a built-in's inputs and result stay on the device; those without a
+    /// kernel lowering yet are runtime calls on the host.
+    fn builtins(&self) -> BuiltIns {
+        BuiltIns::Kernels
     }
     fn lower(&self, context: &Context, module: &mut Module) -> Result<(), LoweringError> {
         run_pipeline(context, module, GPU_BUFFERIZE)?;

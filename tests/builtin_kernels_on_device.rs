@@ -1,0 +1,22 @@
+//! The built-ins' kernels on the emulated device (`Executor::on_emulated_device`: the CUDA
+//! target, kernels run as their CPU forms), against torchvision's goldens and the runtime
+//! (`common::builtins`). Its own test binary: selecting the emulator is for the whole process.
+
+mod common;
+
+use mrc::run::Executor;
+
+#[test]
+fn mask_probs() {
+    common::builtins::mask_probs(Executor::on_emulated_device);
+}
+
+#[test]
+fn rescale_boxes() {
+    common::builtins::rescale_boxes(Executor::on_emulated_device);
+}
+
+#[test]
+fn roi_align() {
+    common::builtins::roi_align(Executor::on_emulated_device);
+}

@@ -1,0 +1,146 @@
+//! The built-in detection operators' kernel lowerings (`BuiltIns::Kernels`) against
+//! torchvision's goldens (`tests/fixtures/ops/`, at the runtime's golden tolerances) or, for the
+//! operators without goldens, against the runtime's implementations; each with zero boxes too.
+//! Run by the executor a test binary chooses: the CPU with kernel built-ins, or the emulated
+//! device.
+
+use super::mini::Compile;
+use mrc::run::HostTensor;
+use mrc_runtime::detection::{self, TensorF32};
+use mrc_runtime::weights::Weights;
+
+/// `|a − b| ≤ rtol·|b| + atol`, as `runtime/tests/golden.rs` compares.
+#[derive(Clone, Copy)]
+pub struct Tolerance {
+    pub rtol: f32,
+    pub atol: f32,
+}
+
+/// The runtime's golden tolerance for floats.
+pub const FLOAT: Tolerance = Tolerance { rtol: 1e-5, atol: 1e-6 };
+/// The runtime's golden tolerance for pasted masks.
+pub const PASTED: Tolerance = Tolerance { rtol: 0.0, atol: 1e-4 };
+
+/// Compiles `text` (one network) with `compile` and runs it on `inputs`; the first output.
+fn run(compile: Compile, name: &str, text: &str, inputs: &[(&str, HostTensor)]) -> HostTensor {
+    let model = super::expand(name, text).unwrap_or_else(|d| panic!("{d}"));
+    let executor = compile(&model.graph, Weights::from_tensors("no weights", []).unwrap(), &[], 1).unwrap();
+    let inputs: Vec<(&str, &HostTensor)> = inputs.iter().map(|(n, t)| (*n, t)).collect();
+    executor.run(&inputs).unwrap().swap_remove(0).1
+}
+
+fn host(t: &TensorF32) -> HostTensor {
+    HostTensor::F32 { shape: t.shape.clone(), data: t.data.clone() }
+}
+
+/// Asserts `actual` has `shape` and every value within `tolerance` of `expected`.
+pub fn assert_close(case: &str, actual: &HostTensor, shape: &[usize], expected: &[f32], tolerance: Tolerance) {
+    assert_eq!(actual.shape(), shape, "{case}: shape");
+    let actual = actual.f32().unwrap();
+    let bad: Vec<String> = actual
+        .iter()
+        .zip(expected)
+        .enumerate()
+        .filter(|(_, (a, b))| !((*a - *b).abs() <= tolerance.rtol * b.abs() + tolerance.atol))
+        .take(5)
+        .map(|(i, (a, b))| format!("[{i}] {a} vs {b}"))
+        .collect();
+    assert!(bad.is_empty(), "{case}: values differ: {}", bad.join(", "));
+}
+
+fn values(n: usize, scale: f32) -> Vec<f32> {
+    (0..n).map(|i| (i as f32 * 0.37).sin() * scale).collect()
+}
+
+/// `mask_probs` for a head with 3 classes and for a class-agnostic one, for 4 masks and none.
+pub fn mask_probs(compile: Compile) {
+    for classes in [3, 1] {
+        let text = format!(
+            "network t(logits: f32[D, {classes}, 6, 5], labels: i64[D]) -> (probs: f32[D, 1, 6, 5]) {{\n    return mask_probs(logits, labels)\n}}\n"
+        );
+        for d in [4, 0] {
+            let logits = TensorF32::new(vec![d, classes, 6, 5], values(d * classes * 30, 8.0)).unwrap();
+            let labels: Vec<i64> = (0..d as i64).map(|i| (i * 2 + 1) % 3 + 1).collect();
+            let labels = if classes == 1 { labels } else { labels.iter().map(|l| l - 1).collect() };
+            let inputs = [("logits", host(&logits)), ("labels", HostTensor::I64 { shape: vec![d], data: labels.clone() })];
+            let ours = run(compile, &format!("mask_probs_{classes}.model"), &text, &inputs);
+            let theirs = detection::mask_probs(&logits, &labels).unwrap();
+            assert_close(&format!("mask_probs of {d} masks of {classes} classes"), &ours, &theirs.shape, &theirs.data, FLOAT);
+        }
+    }
+}
+
+/// `rescale_boxes` from a resized frame to an image of another aspect, for 3 boxes and none.
+pub fn rescale_boxes(compile: Compile) {
+    let text = "network t(boxes: f32[D, 4], size: i64[2], image: u8[H, W, 3]) -> (rescaled: f32[D, 4]) {\n    return rescale_boxes(boxes, size, image)\n}\n";
+    let all = [[1.5, 2.0, 30.25, 40.0], [0.0, 0.0, 319.0, 211.0], [100.1, 7.7, 120.9, 99.3]];
+    for d in [3, 0] {
+        let boxes = TensorF32::from_boxes(&all[..d]);
+        let (from, to) = ([212, 320], [300, 451]);
+        let inputs = [
+            ("boxes", host(&boxes)),
+            ("size", HostTensor::I64 { shape: vec![2], data: vec![from[0] as i64, from[1] as i64] }),
+            ("image", HostTensor::U8 { shape: vec![to[0], to[1], 3], data: vec![0; to[0] * to[1] * 3] }),
+        ];
+        let ours = run(compile, "rescale_boxes.model", text, &inputs);
+        let theirs = detection::rescale_boxes(&boxes, from, to).unwrap();
+        assert_close(&format!("rescale_boxes of {d} boxes"), &ours, &theirs.shape, &theirs.data, FLOAT);
+    }
+}
+
+/// The cases of `op` in the fixtures' `ops/cases.json`, and its tensors.
+fn golden(op: &str) -> (Vec<serde_json::Value>, Weights) {
+    let directory = super::fixtures().join("ops");
+    let cases: serde_json::Value = serde_json::from_slice(&std::fs::read(directory.join("cases.json")).unwrap()).unwrap();
+    let tensors = Weights::open(directory.join(format!("{op}.safetensors"))).unwrap();
+    (cases["cases"][op].as_array().unwrap().clone(), tensors)
+}
+
+fn tensor(tensors: &Weights, name: &str) -> TensorF32 {
+    let t = tensors.get(name).unwrap_or_else(|| panic!("no {name}"));
+    TensorF32::new(t.shape().to_vec(), t.as_f32().unwrap().to_vec()).unwrap()
+}
+
+/// `roi_align` on every golden case (aligned and legacy, fixed and adaptive sampling), image
+/// by image of the case's batch, then with no boxes; and `mode: "max"` against the runtime.
+pub fn roi_align(compile: Compile) {
+    let (cases, tensors) = golden("roi_align");
+    for case in &cases {
+        let name = case["name"].as_str().unwrap();
+        let (input, rois, output) = (tensor(&tensors, &format!("{name}.input")), tensor(&tensors, &format!("{name}.rois")), tensor(&tensors, &format!("{name}.output")));
+        let [n, c, h, w] = input.shape[..] else { panic!("{name}: input {:?}", input.shape) };
+        let [oh, ow] = [0, 1].map(|i| case["output_size"][i].as_u64().unwrap() as usize);
+        let text = format!(
+            "network t(x: f32[1, {c}, H, W], boxes: f32[K, 4]) -> (y: f32[K, {c}, {oh}, {ow}]) {{\n    return roi_align(x, boxes, output_size: [{oh}, {ow}], spatial_scale: {}, sampling_ratio: {}, aligned: {})\n}}\n",
+            case["spatial_scale"], case["sampling_ratio"], case["aligned"]
+        );
+        let per_box = c * oh * ow;
+        for image in 0..=n {
+            // The last round has no boxes.
+            let members: Vec<usize> = (0..rois.shape[0]).filter(|&k| image < n && rois.data[k * 5] as usize == image).collect();
+            let boxes: Vec<[f32; 4]> = members.iter().map(|&k| rois.data[k * 5 + 1..k * 5 + 5].try_into().unwrap()).collect();
+            let features = TensorF32::new(vec![1, c, h, w], input.data[image.min(n - 1) * c * h * w..][..c * h * w].to_vec()).unwrap();
+            let inputs = [("x", host(&features)), ("boxes", host(&TensorF32::from_boxes(&boxes)))];
+            let ours = run(compile, &format!("roi_align_{name}.model"), &text, &inputs);
+            let expected: Vec<f32> = members.iter().flat_map(|&k| output.data[k * per_box..(k + 1) * per_box].iter().copied()).collect();
+            assert_close(&format!("roi_align {name}, {} boxes of image {image}", members.len()), &ours, &[members.len(), c, oh, ow], &expected, FLOAT);
+        }
+    }
+
+    let text = "network t(x: f32[1, 4, H, W], boxes: f32[K, 4]) -> (y: f32[K, 4, 2, 3]) {\n    return roi_align(x, boxes, output_size: [2, 3], spatial_scale: 0.25, mode: \"max\")\n}\n";
+    let x = TensorF32::new(vec![1, 4, 16, 16], values(1024, 3.0)).unwrap();
+    let all = [[2.0, 3.0, 30.0, 40.0], [10.0, 10.0, 12.5, 14.0], [0.0, 0.0, 63.0, 63.0], [-20.0, 5.0, 70.0, 25.0]];
+    for k in [4, 0] {
+        let boxes = TensorF32::from_boxes(&all[..k]);
+        let ours = run(compile, "roi_align_max.model", text, &[("x", host(&x)), ("boxes", host(&boxes))]);
+        let params = mrc_runtime::ops::roi_align::RoiAlignParams {
+            output_size: [2, 3],
+            spatial_scale: 0.25,
+            sampling_ratio: -1,
+            aligned: false,
+            mode: mrc_runtime::ops::roi_align::PoolMode::Max,
+        };
+        let theirs = detection::roi_align(&x, &boxes, &params).unwrap();
+        assert_close(&format!("roi_align max of {k} boxes"), &ours, &theirs.shape, &theirs.data, FLOAT);
+    }
+}
