@@ -122,7 +122,6 @@ impl Target for Cuda {
 mod tests {
     use super::*;
     use crate::lowering::{create_context, parse_module};
-    use melior::ir::operation::OperationLike;
 
     /// A bufferized `@forward` as the CPU and CUDA pipelines share it: a tensor of sizes built
     /// by the host for a runtime function, and a concatenation (a copy into a view of the
