@@ -48,6 +48,7 @@ const DRIVER_FUNCTIONS: &[&str] = &[
     "cuEventDestroy_v2",
     "cuEventRecord",
     "cuEventSynchronize",
+    "cuEventElapsedTime",
     "cuGetErrorName",
     "cuGetErrorString",
 ];
@@ -355,6 +356,36 @@ impl Device for CudaDriver {
     unsafe fn synchronize_event(&self, event: Event) -> Result<(), DeviceError> {
         self.bind()?;
         check("cuEventSynchronize", sys::cuEventSynchronize(event.cast()))
+    }
+
+    /// An event with timing on the default stream. The generated code's streams are
+    /// synchronized before it goes on, and cuBLAS runs on the default stream, so the event
+    /// follows everything submitted so far.
+    fn timestamp(&self) -> Result<Option<Event>, DeviceError> {
+        self.bind()?;
+        let mut event = MaybeUninit::uninit();
+        // SAFETY: plain creation, then a record on the default stream.
+        unsafe {
+            check("cuEventCreate", sys::cuEventCreate(event.as_mut_ptr(), sys::CUevent_flags::CU_EVENT_DEFAULT as u32))?;
+            let event = event.assume_init();
+            check("cuEventRecord", sys::cuEventRecord(event, std::ptr::null_mut()))?;
+            Ok(Some(event.cast()))
+        }
+    }
+
+    unsafe fn seconds_between(&self, start: Event, end: Event) -> Result<f64, DeviceError> {
+        self.bind()?;
+        let mut milliseconds = 0_f32;
+        let measured = check("cuEventSynchronize", sys::cuEventSynchronize(end.cast()))
+            .and_then(|()| check("cuEventElapsedTime", sys::cuEventElapsedTime(&mut milliseconds, start.cast(), end.cast())));
+        check("cuEventDestroy", sys::cuEventDestroy_v2(start.cast()))?;
+        check("cuEventDestroy", sys::cuEventDestroy_v2(end.cast()))?;
+        measured.map(|()| f64::from(milliseconds) / 1e3)
+    }
+
+    unsafe fn discard_timestamp(&self, timestamp: Event) {
+        // A failure leaves an event behind; nothing else depends on it.
+        let _ = self.bind().map(|()| sys::cuEventDestroy_v2(timestamp.cast()));
     }
 
     fn synchronize(&self) -> Result<(), DeviceError> {

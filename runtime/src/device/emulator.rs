@@ -311,6 +311,20 @@ impl Device for Emulator {
     fn gemm(&self) -> Option<&dyn DeviceGemm> {
         None
     }
+
+    /// The host's clock: every call has completed when it returns.
+    fn timestamp(&self) -> Result<Option<Event>, DeviceError> {
+        Ok(Some(Box::into_raw(Box::new(std::time::Instant::now())).cast()))
+    }
+
+    unsafe fn seconds_between(&self, start: Event, end: Event) -> Result<f64, DeviceError> {
+        let (start, end) = (Box::from_raw(start.cast::<std::time::Instant>()), Box::from_raw(end.cast::<std::time::Instant>()));
+        Ok(end.saturating_duration_since(*start).as_secs_f64())
+    }
+
+    unsafe fn discard_timestamp(&self, timestamp: Event) {
+        drop(Box::from_raw(timestamp.cast::<std::time::Instant>()));
+    }
 }
 
 #[cfg(test)]

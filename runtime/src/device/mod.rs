@@ -258,6 +258,24 @@ pub trait Device: Send + Sync {
     /// GPU); `None` where the host's GEMM reads device memory in place (the emulator, whose
     /// memory is host memory).
     fn gemm(&self) -> Option<&dyn DeviceGemm>;
+
+    /// A point on the device's timeline after all work submitted so far (a timing event on
+    /// the GPU; the host's clock on the emulator, where every call completes before it
+    /// returns), for the time of each stage of a forward call.
+    fn timestamp(&self) -> Result<Option<Event>, DeviceError>;
+
+    /// Seconds from `start` to `end`, two timestamps of this device, once `end` has completed;
+    /// both are destroyed.
+    ///
+    /// # Safety
+    /// Both come from [`Device::timestamp`], and neither is used again.
+    unsafe fn seconds_between(&self, start: Event, end: Event) -> Result<f64, DeviceError>;
+
+    /// Destroys a timestamp that will not be measured.
+    ///
+    /// # Safety
+    /// It comes from [`Device::timestamp`] and is not used again.
+    unsafe fn discard_timestamp(&self, timestamp: Event);
 }
 
 /// How a live allocation was made.
