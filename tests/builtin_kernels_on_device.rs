@@ -20,3 +20,8 @@ fn rescale_boxes() {
 fn roi_align() {
     common::builtins::roi_align(Executor::on_emulated_device);
 }
+
+#[test]
+fn multiscale_roi_align() {
+    common::builtins::multiscale_roi_align(Executor::on_emulated_device);
+}

@@ -261,6 +261,18 @@ fn roi_align_kernel<'c, 'b>(
 enum Levels<'c, 'b> {
     /// One feature map at the parameters' spatial scale.
     One(FeatureMapSize<'c, 'b>),
+    /// FPN levels, finest first, each with the start of its maps in the concatenated ones: a box
+    /// is pooled from the level its size maps to (torchvision's `LevelMapper`), at the scale
+    /// inferred from the level's height against the image's (`infer_scale`).
+    Pyramid { levels: Vec<(Value<'c, 'b>, FeatureMapSize<'c, 'b>)>, image_size: Value<'c, 'b>, mapper: LevelMapping },
+}
+
+/// The level mapper's constants: `⌊canonical_level + log2(√area / canonical_scale) + eps⌋`.
+#[derive(Clone, Copy)]
+struct LevelMapping {
+    canonical_scale: f32,
+    canonical_level: f32,
+    eps: f32,
 }
 
 impl<'c, 'b> Levels<'c, 'b> {
@@ -270,15 +282,74 @@ impl<'c, 'b> Levels<'c, 'b> {
         &self,
         b: &Emitter<'c, 'n>,
         params: &RoiAlignParams,
-        _coordinates: &[Value<'c, 'n>; 4],
+        coordinates: &[Value<'c, 'n>; 4],
     ) -> Result<(Value<'c, 'n>, FeatureMapSize<'c, 'n>, Value<'c, 'n>), LoweringError>
     where
         'b: 'n,
     {
         match self {
             Levels::One(map) => Ok((b.constant_index(0)?, *map, b.constant_float(params.spatial_scale as f64, b.f32_type())?)),
+            Levels::Pyramid { levels, image_size, mapper } => pyramid_level(b, levels, *image_size, *mapper, coordinates),
         }
     }
+}
+
+/// The runtime's `ops::multiscale` in a kernel body: each level's scale exponent
+/// `roundeven(log2(f32(feature height / image height)))` (the ratio in double precision, as
+/// Python divides), levels `k = −exponent`, and the box's level
+/// `⌊canonical_level + log2(√area / canonical_scale) + eps⌋` clamped to `[k_min, k_max]`; returns
+/// that level's start, size and scale. Where the runtime rejects a box (negative area) or scales
+/// that are not consecutive powers of two, the level is clamped into the pyramid instead.
+fn pyramid_level<'c, 'b: 'n, 'n>(
+    b: &Emitter<'c, 'n>,
+    levels: &[(Value<'c, 'b>, FeatureMapSize<'c, 'b>)],
+    image_size: Value<'c, 'b>,
+    mapper: LevelMapping,
+    [x1, y1, x2, y2]: &[Value<'c, 'n>; 4],
+) -> Result<(Value<'c, 'n>, FeatureMapSize<'c, 'n>, Value<'c, 'n>), LoweringError> {
+    let (f32_type, f64_type, i64_type) = (b.f32_type(), b.element_type(DType::F64), b.element_type(DType::I64));
+    let float = |v: f32| b.constant_float(v as f64, f32_type);
+    let image_height = b.convert("arith.sitofp", b.extract(image_size, &[b.constant_index(0)?])?, f64_type)?;
+    let exponents = levels
+        .iter()
+        .map(|(_, map)| {
+            let height = b.convert("arith.sitofp", b.convert("arith.index_cast", map.height, i64_type)?, f64_type)?;
+            let ratio = b.convert("arith.truncf", b.divf(height, image_height)?, f32_type)?;
+            b.unary("math.roundeven", b.unary("math.log2", ratio)?)
+        })
+        .collect::<Result<Vec<_>, LoweringError>>()?;
+    let (k_min, k_max) = (b.unary("arith.negf", exponents[0])?, b.unary("arith.negf", exponents[exponents.len() - 1])?);
+    let size = b.unary("math.sqrt", b.mulf(b.subf(*x2, *x1)?, b.subf(*y2, *y1)?)?)?;
+    let log_size = b.unary("math.log2", b.divf(size, float(mapper.canonical_scale)?)?)?;
+    let level = b.unary("math.floor", b.addf(b.addf(float(mapper.canonical_level)?, log_size)?, float(mapper.eps)?)?)?;
+    // `maxnumf` first: a NaN level (negative area) becomes k_min.
+    let level = b.binary("arith.minnumf", b.binary("arith.maxnumf", level, k_min)?, k_max)?;
+    let index = b.convert("arith.fptosi", b.subf(level, k_min)?, i64_type)?;
+    let index = b.convert("arith.index_cast", index, b.index_type())?;
+    let last = b.constant_index(levels.len() as i64 - 1)?;
+    let index = b.binary("arith.minsi", b.binary("arith.maxsi", index, b.constant_index(0)?)?, last)?;
+    let (start, map) = levels[0];
+    let (mut start, mut map, mut exponent): (Value<'c, 'n>, FeatureMapSize<'c, 'n>, _) = (start, map, exponents[0]);
+    for (l, &(level_start, level_map)) in levels.iter().enumerate().skip(1) {
+        let chosen = b.compare_integers(CmpiPredicate::Eq, index, b.constant_index(l as i64)?)?;
+        start = b.select(chosen, level_start, start)?;
+        map = FeatureMapSize {
+            height: b.select(chosen, level_map.height, map.height)?,
+            width: b.select(chosen, level_map.width, map.width)?,
+            plane: b.select(chosen, level_map.plane, map.plane)?,
+        };
+        exponent = b.select(chosen, exponents[l], exponent)?;
+    }
+    Ok((start, map, power_of_two(b, exponent)?))
+}
+
+/// `2^exponent` for an integral f32 `exponent`, exactly (as the runtime's `2f64.powf`; a GPU's
+/// `exp2` is approximate): the float's bits, the exponent clamped to the normal range.
+fn power_of_two<'c, 'n>(b: &Emitter<'c, 'n>, exponent: Value<'c, '_>) -> Result<Value<'c, 'n>, LoweringError> {
+    let i32_type = b.element_type(DType::I32);
+    let exponent = b.binary("arith.minnumf", b.binary("arith.maxnumf", exponent, b.constant_float(-126.0, b.f32_type())?)?, b.constant_float(127.0, b.f32_type())?)?;
+    let biased = b.binary("arith.addi", b.convert("arith.fptosi", exponent, i32_type)?, b.constant_integer(127, i32_type)?)?;
+    b.convert("arith.bitcast", b.binary("arith.shli", biased, b.constant_integer(23, i32_type)?)?, b.f32_type())
 }
 
 /// The size of a feature map's plane, as `index` values computed outside the kernels.
@@ -477,10 +548,49 @@ runtime_operator!(
             aligned: node.attrs.flag("aligned"),
             ..MultiScaleParams::new(checked_output_size(node.attrs), node.attrs.int("sampling_ratio") as i32)
         };
-        let (features, shapes) = cx.pack(&slots[0])?;
-        call(cx, node, RuntimeFunction::MultiscaleRoiAlign, params, &[features, shapes, slots[1][0], slots[2][0]])
+        match cx.builtins() {
+            BuiltIns::Runtime => {
+                let (features, shapes) = cx.pack(&slots[0])?;
+                call(cx, node, RuntimeFunction::MultiscaleRoiAlign, params, &[features, shapes, slots[1][0], slots[2][0]])
+            }
+            BuiltIns::Kernels => multiscale_roi_align_kernel(cx, &slots[0], slots[1][0], slots[2][0], &params),
+        }
     }
 );
+
+/// `[K, C, oh, ow]`: each bin of each box's RoIAlign from the FPN level `features` (finest
+/// first, [1, C, H, W] each) its size maps to, at the scale inferred against `image_size`.
+fn multiscale_roi_align_kernel<'c, 'b>(
+    cx: &Emitter<'c, 'b>,
+    features: &[Value<'c, 'b>],
+    boxes: Value<'c, 'b>,
+    image_size: Value<'c, 'b>,
+    params: &MultiScaleParams,
+) -> Result<Vec<Value<'c, 'b>>, LoweringError> {
+    let channels = cx.size(features[0], 1)?;
+    let channels_value = cx.size_value(channels)?;
+    let mut levels = vec![];
+    let mut start = cx.constant_index(0)?;
+    for (l, &level) in features.iter().enumerate() {
+        let sizes = cx.sizes(level)?;
+        let map = FeatureMapSize::of(cx, sizes[2], sizes[3])?;
+        levels.push((start, map));
+        if l + 1 < features.len() {
+            start = cx.binary("arith.addi", start, cx.binary("arith.muli", channels_value, map.plane)?)?;
+        }
+    }
+    let mapper = LevelMapping { canonical_scale: params.canonical_scale, canonical_level: params.canonical_level, eps: params.eps };
+    let levels = Levels::Pyramid { levels, image_size, mapper };
+    let roi_align = RoiAlignParams {
+        output_size: params.output_size,
+        // Unused: `Levels::Pyramid` gives each box its level's scale.
+        spatial_scale: 1.0,
+        sampling_ratio: params.sampling_ratio,
+        aligned: params.aligned,
+        mode: PoolMode::Avg,
+    };
+    pooled_bins(cx, boxes, channels, &roi_align, &levels, cx.concat_flat(features)?)
+}
 
 runtime_operator!(
     /// RoIPool over FPN levels, with the same level mapper as `multiscale_roi_align`.

@@ -144,3 +144,35 @@ pub fn roi_align(compile: Compile) {
         assert_close(&format!("roi_align max of {k} boxes"), &ours, &theirs.shape, &theirs.data, FLOAT);
     }
 }
+
+/// `multiscale_roi_align` on every golden case (four levels whose sizes are known only at run
+/// time), then with no boxes.
+pub fn multiscale_roi_align(compile: Compile) {
+    let (cases, tensors) = golden("multiscale_roi_align");
+    for case in &cases {
+        let name = case["name"].as_str().unwrap();
+        let levels: Vec<TensorF32> = (0..4).map(|l| tensor(&tensors, &format!("{name}.feat{l}"))).collect();
+        let (boxes, output) = (tensor(&tensors, &format!("{name}.boxes")), tensor(&tensors, &format!("{name}.output")));
+        let c = levels[0].shape[1];
+        let o = case["output_size"].as_u64().unwrap();
+        let text = format!(
+            "network t(p2: f32[1, {c}, H2, W2], p3: f32[1, {c}, H3, W3], p4: f32[1, {c}, H4, W4], p5: f32[1, {c}, H5, W5], boxes: f32[K, 4], size: i64[2]) -> (y: f32[K, {c}, {o}, {o}]) {{\n    return multiscale_roi_align([p2, p3, p4, p5], boxes, size, output_size: [{o}, {o}], sampling_ratio: {}, canonical_scale: {}, canonical_level: {})\n}}\n",
+            case["sampling_ratio"], case["canonical_scale"], case["canonical_level"]
+        );
+        let size: Vec<i64> = (0..2).map(|i| case["image_size"][i].as_i64().unwrap()).collect();
+        for k in [boxes.shape[0], 0] {
+            let inputs = [
+                ("p2", host(&levels[0])),
+                ("p3", host(&levels[1])),
+                ("p4", host(&levels[2])),
+                ("p5", host(&levels[3])),
+                ("boxes", host(&TensorF32::new(vec![k, 4], boxes.data[..k * 4].to_vec()).unwrap())),
+                ("size", HostTensor::I64 { shape: vec![2], data: size.clone() }),
+            ];
+            let ours = run(compile, &format!("multiscale_roi_align_{name}.model"), &text, &inputs);
+            let o = o as usize;
+            let expected = &output.data[..k * c * o * o];
+            assert_close(&format!("multiscale_roi_align {name}, {k} boxes"), &ours, &[k, c, o, o], expected, FLOAT);
+        }
+    }
+}
