@@ -25,3 +25,8 @@ fn roi_align() {
 fn multiscale_roi_align() {
     common::builtins::multiscale_roi_align(Executor::on_emulated_device);
 }
+
+#[test]
+fn paste_masks() {
+    common::builtins::paste_masks(Executor::on_emulated_device);
+}

@@ -765,9 +765,111 @@ runtime_operator!(
     },
     lower: |cx, node, slots| {
         let params = PasteParams { padding: node.attrs.int("padding") as usize };
-        call(cx, node, RuntimeFunction::PasteMasks, params, &[slots[0][0], slots[1][0], slots[2][0]])
+        match cx.builtins() {
+            BuiltIns::Runtime => call(cx, node, RuntimeFunction::PasteMasks, params, &[slots[0][0], slots[1][0], slots[2][0]]),
+            BuiltIns::Kernels => paste_masks_kernel(cx, slots[0][0], slots[1][0], slots[2][0], params.padding),
+        }
     }
 );
+
+/// `[D, 1, H, W]`, a pixel per element (the runtime's `ops::paste_masks`, torchvision's
+/// `paste_masks_in_image`): the box expanded by (M + 2·padding)/M and truncated to integers, and
+/// inside it the zero-padded mask resized bilinearly to the box's `x2 − x1 + 1` by
+/// `y2 − y1 + 1` pixels; 0 outside.
+fn paste_masks_kernel<'c, 'b>(
+    cx: &Emitter<'c, 'b>,
+    masks: Value<'c, 'b>,
+    boxes: Value<'c, 'b>,
+    image: Value<'c, 'b>,
+    padding: usize,
+) -> Result<Vec<Value<'c, 'b>>, LoweringError> {
+    let sizes = cx.sizes(masks)?;
+    let (f32_type, f64_type, i64_type) = (cx.f32_type(), cx.element_type(DType::F64), cx.element_type(DType::I64));
+    let mask_size = cx.size_value(sizes[2])?;
+    let padded_size = cx.size_value(cx.size_add(sizes[2], 2 * padding as i64)?)?;
+    let to_f64 = |index: Value<'c, 'b>| cx.convert("arith.sitofp", cx.convert("arith.index_cast", index, i64_type)?, f64_type);
+    // torch multiplies a float32 tensor by a Python float: the factor is rounded to float32.
+    let scale = cx.convert("arith.truncf", cx.divf(to_f64(padded_size)?, to_f64(mask_size)?)?, f32_type)?;
+    let padding = cx.constant_index(padding as i64)?;
+    let init = cx.empty(&[sizes[0], Size::Static(1), cx.size(image, 0)?, cx.size(image, 1)?], f32_type)?;
+    let identity = identity_map(4);
+    Ok(cx.generic(&[], &[init], &[identity.as_str()], &[Iterator::Parallel; 4], |body| {
+        let (d, y, x) = (body.loop_index(0)?, body.loop_index(2)?, body.loop_index(3)?);
+        let coordinate = |j| body.extract(boxes, &[d, body.constant_index(j)?]);
+        let (x1, y1, x2, y2) = (coordinate(0)?, coordinate(1)?, coordinate(2)?, coordinate(3)?);
+        let half = body.constant_float(0.5, f32_type)?;
+        let (w_half, h_half) = (body.mulf(body.mulf(body.subf(x2, x1)?, half)?, scale)?, body.mulf(body.mulf(body.subf(y2, y1)?, half)?, scale)?);
+        let (x_center, y_center) = (body.mulf(body.addf(x2, x1)?, half)?, body.mulf(body.addf(y2, y1)?, half)?);
+        // Truncated toward zero, as `as i64`.
+        let truncated = |v| body.convert("arith.index_cast", body.convert("arith.fptosi", v, i64_type)?, body.index_type());
+        let (left, right) = (truncated(body.subf(x_center, w_half)?)?, truncated(body.addf(x_center, w_half)?)?);
+        let (top, bottom) = (truncated(body.subf(y_center, h_half)?)?, truncated(body.addf(y_center, h_half)?)?);
+        let mut inside = body.compare_integers(CmpiPredicate::Sge, x, left)?;
+        for (predicate, lhs, rhs) in [(CmpiPredicate::Sle, x, right), (CmpiPredicate::Sge, y, top), (CmpiPredicate::Sle, y, bottom)] {
+            inside = body.binary("arith.andi", inside, body.compare_integers(predicate, lhs, rhs)?)?;
+        }
+        let pasted = body.if_else(inside, &[f32_type], |b| {
+            let one = b.constant_index(1)?;
+            let extent = |low, high| b.binary("arith.maxsi", b.binary("arith.addi", b.binary("arith.subi", high, low)?, one)?, one);
+            let tx = ResizeTap::of(b, padded_size, extent(left, right)?, b.binary("arith.subi", x, left)?)?;
+            let ty = ResizeTap::of(b, padded_size, extent(top, bottom)?, b.binary("arith.subi", y, top)?)?;
+            // The padded mask: the mask's pixel, 0 in the padding (read clamped, then dropped).
+            let zero = b.constant_index(0)?;
+            let last = b.binary("arith.subi", mask_size, one)?;
+            let zero_value = b.constant_float(0.0, f32_type)?;
+            let padded = |py, px| {
+                let (my, mx) = (b.binary("arith.subi", py, padding)?, b.binary("arith.subi", px, padding)?);
+                let mut within = b.compare_integers(CmpiPredicate::Sge, my, zero)?;
+                for (predicate, lhs, rhs) in [(CmpiPredicate::Sle, my, last), (CmpiPredicate::Sge, mx, zero), (CmpiPredicate::Sle, mx, last)] {
+                    within = b.binary("arith.andi", within, b.compare_integers(predicate, lhs, rhs)?)?;
+                }
+                let clamped = |i| b.binary("arith.minsi", b.binary("arith.maxsi", i, zero)?, last);
+                let value = b.extract(masks, &[d, zero, clamped(my)?, clamped(mx)?])?;
+                b.select(within, value, zero_value)
+            };
+            Ok(vec![interpolated(b, padded, &ty, &tx)?])
+        }, |b| Ok(vec![b.constant_float(0.0, f32_type)?]))?;
+        body.yield_values(&pasted)
+    })?)
+}
+
+/// One output index of a 1-D bilinear resize (`torch.nn.functional.interpolate`,
+/// `align_corners=False`; the runtime's `interpolate::tap`): its two source indices and their
+/// weights. (The runtime's shortcut for equal sizes gives the same values.)
+struct ResizeTap<'c, 'n> {
+    low: Value<'c, 'n>,
+    high: Value<'c, 'n>,
+    low_weight: Value<'c, 'n>,
+    high_weight: Value<'c, 'n>,
+}
+
+impl<'c, 'n> ResizeTap<'c, 'n> {
+    /// The tap of output index `i` resizing `input` samples to `output` (`index` values).
+    fn of(b: &Emitter<'c, 'n>, input: Value<'c, '_>, output: Value<'c, '_>, i: Value<'c, '_>) -> Result<Self, LoweringError> {
+        let float = |v: f64| b.constant_float(v, b.f32_type());
+        let ratio = b.divf(b.index_to_f32(input)?, b.index_to_f32(output)?)?;
+        let source = b.subf(b.mulf(ratio, b.addf(b.index_to_f32(i)?, float(0.5)?)?)?, float(0.5)?)?;
+        let source = b.binary("arith.maxnumf", source, float(0.0)?)?;
+        let last = b.binary("arith.subi", input, b.constant_index(1)?)?;
+        let low = b.binary("arith.minsi", b.floor_to_index(source)?, last)?;
+        let high_weight = b.binary("arith.minnumf", b.binary("arith.maxnumf", b.subf(source, b.index_to_f32(low)?)?, float(0.0)?)?, float(1.0)?)?;
+        let before_last = b.compare_integers(CmpiPredicate::Slt, low, last)?;
+        let high = b.select(before_last, b.binary("arith.addi", low, b.constant_index(1)?)?, low)?;
+        Ok(ResizeTap { low, high, low_weight: b.subf(float(1.0)?, high_weight)?, high_weight })
+    }
+}
+
+/// The bilinear value at taps `ty` (rows) and `tx` (columns) of the plane `at` reads, along the
+/// width first as torch's kernel (the runtime's `interpolate::sample`).
+fn interpolated<'c, 'n>(
+    b: &Emitter<'c, 'n>,
+    at: impl Fn(Value<'c, 'n>, Value<'c, 'n>) -> Result<Value<'c, 'n>, LoweringError>,
+    ty: &ResizeTap<'c, 'n>,
+    tx: &ResizeTap<'c, 'n>,
+) -> Result<Value<'c, 'n>, LoweringError> {
+    let row = |y| b.addf(b.mulf(at(y, tx.low)?, tx.low_weight)?, b.mulf(at(y, tx.high)?, tx.high_weight)?);
+    b.addf(b.mulf(row(ty.low)?, ty.low_weight)?, b.mulf(row(ty.high)?, ty.high_weight)?)
+}
 
 runtime_operator!(
     /// Keypoint heatmaps [D, K, S, S] to keypoints [D, K, 3] (x, y, visibility) in image

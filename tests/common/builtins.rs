@@ -176,3 +176,27 @@ pub fn multiscale_roi_align(compile: Compile) {
         }
     }
 }
+
+/// `paste_masks` on every golden case, then with no masks.
+pub fn paste_masks(compile: Compile) {
+    let (cases, tensors) = golden("paste_masks");
+    for case in &cases {
+        let name = case["name"].as_str().unwrap();
+        let (masks, boxes, pasted) = (tensor(&tensors, &format!("{name}.masks")), tensor(&tensors, &format!("{name}.boxes")), tensor(&tensors, &format!("{name}.pasted")));
+        let m = masks.shape[3];
+        let [h, w] = [0, 1].map(|i| case["image_size"][i].as_u64().unwrap() as usize);
+        let text = format!(
+            "network t(masks: f32[D, 1, {m}, {m}], boxes: f32[D, 4], image: u8[H, W, 3]) -> (y: f32[D, 1, H, W]) {{\n    return paste_masks(masks, boxes, image, padding: {})\n}}\n",
+            case["padding"]
+        );
+        for d in [boxes.shape[0], 0] {
+            let inputs = [
+                ("masks", host(&TensorF32::new(vec![d, 1, m, m], masks.data[..d * m * m].to_vec()).unwrap())),
+                ("boxes", host(&TensorF32::new(vec![d, 4], boxes.data[..d * 4].to_vec()).unwrap())),
+                ("image", HostTensor::U8 { shape: vec![h, w, 3], data: vec![0; h * w * 3] }),
+            ];
+            let ours = run(compile, &format!("paste_masks_{name}.model"), &text, &inputs);
+            assert_close(&format!("paste_masks {name}, {d} masks"), &ours, &[d, 1, h, w], &pasted.data[..d * h * w], PASTED);
+        }
+    }
+}
