@@ -57,7 +57,7 @@ fn rescale_boxes() {
 fn kernel_builtins_call_no_runtime_function() {
     let model = common::load("models/mini.model", None);
     let context = create_context();
-    let kernels = ["mask_probs", "rescale_boxes", "multiscale_roi_align", "paste_masks"];
+    let kernels = ["mask_probs", "rescale_boxes", "multiscale_roi_align", "paste_masks", "anchors"];
     for builtins in [BuiltIns::Kernels, BuiltIns::Runtime] {
         let (module, _) = emit_forward(&context, &model.graph, Products::RuntimeGemm, builtins).unwrap();
         let text = module.as_operation().to_string();
@@ -81,4 +81,9 @@ fn multiscale_roi_align() {
 #[test]
 fn paste_masks() {
     common::builtins::paste_masks(kernels_on_cpu);
+}
+
+#[test]
+fn anchors() {
+    common::builtins::anchors(kernels_on_cpu);
 }

@@ -30,3 +30,8 @@ fn multiscale_roi_align() {
 fn paste_masks() {
     common::builtins::paste_masks(Executor::on_emulated_device);
 }
+
+#[test]
+fn anchors() {
+    common::builtins::anchors(Executor::on_emulated_device);
+}

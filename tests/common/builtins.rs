@@ -200,3 +200,28 @@ pub fn paste_masks(compile: Compile) {
         }
     }
 }
+
+/// `anchors` on every golden case (feature maps and batch of sizes known only at run time).
+pub fn anchors(compile: Compile) {
+    let (cases, tensors) = golden("anchors");
+    for case in &cases {
+        let name = case["name"].as_str().unwrap();
+        let expected = tensor(&tensors, &format!("{name}.anchors"));
+        let feature_sizes: Vec<[usize; 2]> = case["feature_sizes"].as_array().unwrap().iter().map(|s| [0, 1].map(|i| s[i].as_u64().unwrap() as usize)).collect();
+        let [h, w] = [0, 1].map(|i| case["image_size"][i].as_u64().unwrap() as usize);
+        let names: Vec<String> = (0..feature_sizes.len()).map(|l| format!("f{l}")).collect();
+        let parameters: Vec<String> = names.iter().map(|n| format!("{n}: f32[1, 1, H{n}, W{n}]")).collect();
+        let text = format!(
+            "network t({}, batch: f32[1, 3, H, W]) -> (y: f32[A, 4]) {{\n    return anchors([{}], batch, sizes: {}, aspect_ratios: {})\n}}\n",
+            parameters.join(", "),
+            names.join(", "),
+            case["sizes"],
+            case["aspect_ratios"]
+        );
+        let mut inputs: Vec<(&str, HostTensor)> =
+            names.iter().zip(&feature_sizes).map(|(n, [fh, fw])| (n.as_str(), HostTensor::F32 { shape: vec![1, 1, *fh, *fw], data: vec![0.0; fh * fw] })).collect();
+        inputs.push(("batch", HostTensor::F32 { shape: vec![1, 3, h, w], data: vec![0.0; 3 * h * w] }));
+        let ours = run(compile, &format!("anchors_{name}.model"), &text, &inputs);
+        assert_close(&format!("anchors {name}"), &ours, &expected.shape, &expected.data, FLOAT);
+    }
+}
