@@ -57,7 +57,7 @@ fn rescale_boxes() {
 fn kernel_builtins_call_no_runtime_function() {
     let model = common::load("models/mini.model", None);
     let context = create_context();
-    let kernels = ["mask_probs", "rescale_boxes", "multiscale_roi_align", "paste_masks", "anchors"];
+    let kernels = ["mask_probs", "rescale_boxes", "multiscale_roi_align", "paste_masks", "anchors", "preprocess"];
     for builtins in [BuiltIns::Kernels, BuiltIns::Runtime] {
         let (module, _) = emit_forward(&context, &model.graph, Products::RuntimeGemm, builtins).unwrap();
         let text = module.as_operation().to_string();
@@ -86,4 +86,9 @@ fn paste_masks() {
 #[test]
 fn anchors() {
     common::builtins::anchors(kernels_on_cpu);
+}
+
+#[test]
+fn preprocess() {
+    common::builtins::preprocess(kernels_on_cpu);
 }

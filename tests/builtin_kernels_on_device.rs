@@ -35,3 +35,8 @@ fn paste_masks() {
 fn anchors() {
     common::builtins::anchors(Executor::on_emulated_device);
 }
+
+#[test]
+fn preprocess() {
+    common::builtins::preprocess(Executor::on_emulated_device);
+}

@@ -133,9 +133,72 @@ runtime_operator!(
             std: [std[0] as f32, std[1] as f32, std[2] as f32],
             size_divisible: node.attrs.int("size_divisible") as usize,
         };
-        call(cx, node, RuntimeFunction::Preprocess, transform, &slots[0])
+        match cx.builtins() {
+            BuiltIns::Runtime => call(cx, node, RuntimeFunction::Preprocess, transform, &slots[0]),
+            BuiltIns::Kernels => preprocess_kernel(cx, slots[0][0], &transform),
+        }
     }
 );
+
+/// The batch `[1, 3, Hp, Wp]`, an element per pixel and channel (the runtime's
+/// `ops::preprocess`): the image normalized `(x/255 − mean)/std`, resized bilinearly
+/// (`align_corners=False`) to torchvision's size, zero beyond it up to the padded size; and
+/// that size `i64[2]`. The sizes are computed on the host from the image's dimensions alone.
+fn preprocess_kernel<'c, 'b>(cx: &Emitter<'c, 'b>, image: Value<'c, 'b>, transform: &Transform) -> Result<Vec<Value<'c, 'b>>, LoweringError> {
+    let (f32_type, f64_type, i64_type) = (cx.f32_type(), cx.element_type(DType::F64), cx.element_type(DType::I64));
+    let (height, width) = (cx.size_value(cx.size(image, 0)?)?, cx.size_value(cx.size(image, 1)?)?);
+    // torchvision's scale rule in double precision (`resized_size`).
+    let to_f64 = |index| cx.convert("arith.sitofp", cx.convert("arith.index_cast", index, i64_type)?, f64_type);
+    let (short, long) = (to_f64(cx.binary("arith.minui", height, width)?)?, to_f64(cx.binary("arith.maxui", height, width)?)?);
+    let bound = |size: usize, side| cx.divf(cx.constant_float(size as f64, f64_type)?, side);
+    let scale = cx.binary("arith.minnumf", bound(transform.min_size, short)?, bound(transform.max_size, long)?)?;
+    let one = cx.constant_index(1)?;
+    let resized = |side| -> Result<Value<'c, 'b>, LoweringError> {
+        let floor = cx.unary("math.floor", cx.mulf(to_f64(side)?, scale)?)?;
+        let side = cx.convert("arith.index_cast", cx.convert("arith.fptosi", floor, i64_type)?, cx.index_type())?;
+        cx.binary("arith.maxui", side, one)
+    };
+    let (resized_height, resized_width) = (resized(height)?, resized(width)?);
+    let divisible = transform.size_divisible as i64;
+    let padded = |side| cx.size_mul(cx.size_div(cx.size_add(Size::Dynamic(side), divisible - 1)?, divisible)?, divisible);
+    let init = cx.empty(&[Size::Static(1), Size::Static(3), padded(resized_height)?, padded(resized_width)?], f32_type)?;
+    let identity = identity_map(4);
+    let batch = cx.generic(&[], &[init], &[identity.as_str()], &[Iterator::Parallel; 4], |body| {
+        let (channel, y, x) = (body.loop_index(1)?, body.loop_index(2)?, body.loop_index(3)?);
+        let inside = body.binary(
+            "arith.andi",
+            body.compare_integers(CmpiPredicate::Ult, y, resized_height)?,
+            body.compare_integers(CmpiPredicate::Ult, x, resized_width)?,
+        )?;
+        let value = body.if_else(inside, &[f32_type], |b| {
+            let per_channel = |values: [f32; 3]| -> Result<Value<'c, '_>, LoweringError> {
+                let mut value = b.constant_float(values[2] as f64, f32_type)?;
+                for c in (0..2).rev() {
+                    let is_c = b.compare_integers(CmpiPredicate::Eq, channel, b.constant_index(c as i64)?)?;
+                    value = b.select(is_c, b.constant_float(values[c] as f64, f32_type)?, value)?;
+                }
+                Ok(value)
+            };
+            let (mean, std) = (per_channel(transform.mean)?, per_channel(transform.std)?);
+            let full_scale = b.constant_float(255.0, f32_type)?;
+            let normalized = |yy, xx| {
+                let byte = b.extract(image, &[yy, xx, channel])?;
+                b.divf(b.subf(b.divf(b.convert("arith.uitofp", byte, f32_type)?, full_scale)?, mean)?, std)
+            };
+            let ty = ResizeTap::of(b, height, resized_height, y)?;
+            let tx = ResizeTap::of(b, width, resized_width, x)?;
+            Ok(vec![interpolated(b, normalized, &ty, &tx)?])
+        }, |b| Ok(vec![b.constant_float(0.0, f32_type)?]))?;
+        body.yield_values(&value)
+    })?;
+    let size_init = cx.empty(&[Size::Static(2)], i64_type)?;
+    let image_size = cx.generic(&[], &[size_init], &["(d0) -> (d0)"], &[Iterator::Parallel], |body| {
+        let is_height = body.compare_integers(CmpiPredicate::Eq, body.loop_index(0)?, body.constant_index(0)?)?;
+        let side = body.select(is_height, resized_height, resized_width)?;
+        body.yield_values(&[body.convert("arith.index_cast", side, i64_type)?])
+    })?;
+    Ok(vec![batch[0], image_size[0]])
+}
 
 runtime_operator!(
     /// Anchors of every pyramid level for the padded batch, levels concatenated; within a level

@@ -225,3 +225,20 @@ pub fn anchors(compile: Compile) {
         assert_close(&format!("anchors {name}"), &ours, &expected.shape, &expected.data, FLOAT);
     }
 }
+
+/// `preprocess` against the runtime's on odd sizes of both orientations, enlarged and reduced;
+/// the batch and the resized size.
+pub fn preprocess(compile: Compile) {
+    let text = "network t(image: u8[H, W, 3]) -> (batch: f32[1, 3, Hp, Wp], size: i64[2]) {\n    let (batch, size) = preprocess(image, min_size: 48, max_size: 80, size_divisible: 32)\n    return (batch, size)\n}\n";
+    let model = super::expand("preprocess.model", text).unwrap_or_else(|d| panic!("{d}"));
+    let executor = compile(&model.graph, Weights::from_tensors("no weights", []).unwrap(), &[], 1).unwrap();
+    let transform = mrc_runtime::ops::preprocess::Transform { min_size: 48, max_size: 80, ..Default::default() };
+    for [h, w] in [[37, 53], [53, 37], [101, 67], [45, 131], [48, 48]] {
+        let pixels: Vec<u8> = (0..h * w * 3).map(|i| ((i * 37 + i / 7) % 256) as u8).collect();
+        let image = HostTensor::U8 { shape: vec![h, w, 3], data: pixels.clone() };
+        let outputs = executor.run(&[("image", &image)]).unwrap();
+        let (batch, size) = detection::preprocess(&pixels, [h, w], &transform).unwrap();
+        assert_close(&format!("preprocess {h}x{w}"), &outputs[0].1, &batch.shape, &batch.data, FLOAT);
+        assert_eq!(outputs[1].1, HostTensor::I64 { shape: vec![2], data: vec![size[0] as i64, size[1] as i64] }, "preprocess {h}x{w}: size");
+    }
+}
