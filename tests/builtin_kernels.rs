@@ -57,7 +57,7 @@ fn rescale_boxes() {
 fn kernel_builtins_call_no_runtime_function() {
     let model = common::load("models/mini.model", None);
     let context = create_context();
-    let kernels = ["mask_probs", "rescale_boxes"];
+    let kernels = ["mask_probs", "rescale_boxes", "multiscale_roi_align", "paste_masks", "anchors", "preprocess"];
     for builtins in [BuiltIns::Kernels, BuiltIns::Runtime] {
         let (module, _) = emit_forward(&context, &model.graph, Products::RuntimeGemm, builtins).unwrap();
         let text = module.as_operation().to_string();
@@ -71,4 +71,24 @@ fn kernel_builtins_call_no_runtime_function() {
 #[test]
 fn roi_align() {
     common::builtins::roi_align(kernels_on_cpu);
+}
+
+#[test]
+fn multiscale_roi_align() {
+    common::builtins::multiscale_roi_align(kernels_on_cpu);
+}
+
+#[test]
+fn paste_masks() {
+    common::builtins::paste_masks(kernels_on_cpu);
+}
+
+#[test]
+fn anchors() {
+    common::builtins::anchors(kernels_on_cpu);
+}
+
+#[test]
+fn preprocess() {
+    common::builtins::preprocess(kernels_on_cpu);
 }

@@ -20,3 +20,23 @@ fn rescale_boxes() {
 fn roi_align() {
     common::builtins::roi_align(Executor::on_emulated_device);
 }
+
+#[test]
+fn multiscale_roi_align() {
+    common::builtins::multiscale_roi_align(Executor::on_emulated_device);
+}
+
+#[test]
+fn paste_masks() {
+    common::builtins::paste_masks(Executor::on_emulated_device);
+}
+
+#[test]
+fn anchors() {
+    common::builtins::anchors(Executor::on_emulated_device);
+}
+
+#[test]
+fn preprocess() {
+    common::builtins::preprocess(Executor::on_emulated_device);
+}

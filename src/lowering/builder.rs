@@ -166,7 +166,8 @@ impl<'c, 'b> Emitter<'c, 'b> {
         Type::index(self.context)
     }
 
-    pub(super) fn element_type(&self, dtype: DType) -> Type<'c> {
+    /// The MLIR element type of a graph dtype.
+    pub fn element_type(&self, dtype: DType) -> Type<'c> {
         match dtype {
             DType::F32 => Type::float32(self.context),
             DType::F64 => Type::float64(self.context),
@@ -209,8 +210,13 @@ impl<'c, 'b> Emitter<'c, 'b> {
     // ---- sizes -------------------------------------------------------------------------------
 
     pub fn constant_index(&self, value: i64) -> Result<Value<'c, 'b>, LoweringError> {
-        let attribute = IntegerAttribute::new(self.index_type(), value).into();
-        self.append(self.builder("arith.constant").add_attributes(&[(Identifier::new(self.context, "value"), attribute)]).add_results(&[self.index_type()]).build()?)
+        self.constant_integer(value, self.index_type())
+    }
+
+    /// An `arith.constant` of an integer or `index` type.
+    pub fn constant_integer(&self, value: i64, ty: Type<'c>) -> Result<Value<'c, 'b>, LoweringError> {
+        let attribute = IntegerAttribute::new(ty, value).into();
+        self.append(self.builder("arith.constant").add_attributes(&[(Identifier::new(self.context, "value"), attribute)]).add_results(&[ty]).build()?)
     }
 
     /// Size `axis` of `tensor`: its static size, else `tensor.dim`.

@@ -13,6 +13,7 @@ use crate::lowering::{BuiltIns, CmpfPredicate, CmpiPredicate};
 use mrc_runtime::abi::detection::{AnchorParams, Params, PasteParams};
 use mrc_runtime::abi::functions::RuntimeFunction;
 use mrc_runtime::detection::{DetectionParams, RoiPoolParams, RpnParams};
+use mrc_runtime::ops::anchors::cell_anchors;
 use mrc_runtime::ops::multiscale::{MultiScaleParams, MultiScalePoolParams};
 use mrc_runtime::ops::preprocess::Transform;
 use mrc_runtime::ops::roi_align::{PoolMode, RoiAlignParams};
@@ -132,9 +133,72 @@ runtime_operator!(
             std: [std[0] as f32, std[1] as f32, std[2] as f32],
             size_divisible: node.attrs.int("size_divisible") as usize,
         };
-        call(cx, node, RuntimeFunction::Preprocess, transform, &slots[0])
+        match cx.builtins() {
+            BuiltIns::Runtime => call(cx, node, RuntimeFunction::Preprocess, transform, &slots[0]),
+            BuiltIns::Kernels => preprocess_kernel(cx, slots[0][0], &transform),
+        }
     }
 );
+
+/// The batch `[1, 3, Hp, Wp]`, an element per pixel and channel (the runtime's
+/// `ops::preprocess`): the image normalized `(x/255 − mean)/std`, resized bilinearly
+/// (`align_corners=False`) to torchvision's size, zero beyond it up to the padded size; and
+/// that size `i64[2]`. The sizes are computed on the host from the image's dimensions alone.
+fn preprocess_kernel<'c, 'b>(cx: &Emitter<'c, 'b>, image: Value<'c, 'b>, transform: &Transform) -> Result<Vec<Value<'c, 'b>>, LoweringError> {
+    let (f32_type, f64_type, i64_type) = (cx.f32_type(), cx.element_type(DType::F64), cx.element_type(DType::I64));
+    let (height, width) = (cx.size_value(cx.size(image, 0)?)?, cx.size_value(cx.size(image, 1)?)?);
+    // torchvision's scale rule in double precision (`resized_size`).
+    let to_f64 = |index| cx.convert("arith.sitofp", cx.convert("arith.index_cast", index, i64_type)?, f64_type);
+    let (short, long) = (to_f64(cx.binary("arith.minui", height, width)?)?, to_f64(cx.binary("arith.maxui", height, width)?)?);
+    let bound = |size: usize, side| cx.divf(cx.constant_float(size as f64, f64_type)?, side);
+    let scale = cx.binary("arith.minnumf", bound(transform.min_size, short)?, bound(transform.max_size, long)?)?;
+    let one = cx.constant_index(1)?;
+    let resized = |side| -> Result<Value<'c, 'b>, LoweringError> {
+        let floor = cx.unary("math.floor", cx.mulf(to_f64(side)?, scale)?)?;
+        let side = cx.convert("arith.index_cast", cx.convert("arith.fptosi", floor, i64_type)?, cx.index_type())?;
+        cx.binary("arith.maxui", side, one)
+    };
+    let (resized_height, resized_width) = (resized(height)?, resized(width)?);
+    let divisible = transform.size_divisible as i64;
+    let padded = |side| cx.size_mul(cx.size_div(cx.size_add(Size::Dynamic(side), divisible - 1)?, divisible)?, divisible);
+    let init = cx.empty(&[Size::Static(1), Size::Static(3), padded(resized_height)?, padded(resized_width)?], f32_type)?;
+    let identity = identity_map(4);
+    let batch = cx.generic(&[], &[init], &[identity.as_str()], &[Iterator::Parallel; 4], |body| {
+        let (channel, y, x) = (body.loop_index(1)?, body.loop_index(2)?, body.loop_index(3)?);
+        let inside = body.binary(
+            "arith.andi",
+            body.compare_integers(CmpiPredicate::Ult, y, resized_height)?,
+            body.compare_integers(CmpiPredicate::Ult, x, resized_width)?,
+        )?;
+        let value = body.if_else(inside, &[f32_type], |b| {
+            let per_channel = |values: [f32; 3]| -> Result<Value<'c, '_>, LoweringError> {
+                let mut value = b.constant_float(values[2] as f64, f32_type)?;
+                for c in (0..2).rev() {
+                    let is_c = b.compare_integers(CmpiPredicate::Eq, channel, b.constant_index(c as i64)?)?;
+                    value = b.select(is_c, b.constant_float(values[c] as f64, f32_type)?, value)?;
+                }
+                Ok(value)
+            };
+            let (mean, std) = (per_channel(transform.mean)?, per_channel(transform.std)?);
+            let full_scale = b.constant_float(255.0, f32_type)?;
+            let normalized = |yy, xx| {
+                let byte = b.extract(image, &[yy, xx, channel])?;
+                b.divf(b.subf(b.divf(b.convert("arith.uitofp", byte, f32_type)?, full_scale)?, mean)?, std)
+            };
+            let ty = ResizeTap::of(b, height, resized_height, y)?;
+            let tx = ResizeTap::of(b, width, resized_width, x)?;
+            Ok(vec![interpolated(b, normalized, &ty, &tx)?])
+        }, |b| Ok(vec![b.constant_float(0.0, f32_type)?]))?;
+        body.yield_values(&value)
+    })?;
+    let size_init = cx.empty(&[Size::Static(2)], i64_type)?;
+    let image_size = cx.generic(&[], &[size_init], &["(d0) -> (d0)"], &[Iterator::Parallel], |body| {
+        let is_height = body.compare_integers(CmpiPredicate::Eq, body.loop_index(0)?, body.constant_index(0)?)?;
+        let side = body.select(is_height, resized_height, resized_width)?;
+        body.yield_values(&[body.convert("arith.index_cast", side, i64_type)?])
+    })?;
+    Ok(vec![batch[0], image_size[0]])
+}
 
 runtime_operator!(
     /// Anchors of every pyramid level for the padded batch, levels concatenated; within a level
@@ -157,9 +221,93 @@ runtime_operator!(
             sizes: node.attrs.int_lists("sizes").to_vec(),
             aspect_ratios: node.attrs.floats("aspect_ratios").to_vec(),
         };
-        call(cx, node, RuntimeFunction::Anchors, params, &[cx.sizes_table(&slots[0], &[2, 3])?, slots[1][0]])
+        match cx.builtins() {
+            BuiltIns::Runtime => call(cx, node, RuntimeFunction::Anchors, params, &[cx.sizes_table(&slots[0], &[2, 3])?, slots[1][0]]),
+            BuiltIns::Kernels => anchors_kernel(cx, &slots[0], slots[1][0], &params),
+        }
     }
 );
+
+/// `[A, 4]`, a coordinate per element (the runtime's `ops::anchors::grid_anchors`): the row's
+/// level, cell and cell anchor found from the levels' sizes, the cell's shift (its index times
+/// the level's integer stride) plus the cell anchor, which the compiler computes with the
+/// runtime's `cell_anchors` and the kernel chooses by `select`.
+fn anchors_kernel<'c, 'b>(
+    cx: &Emitter<'c, 'b>,
+    features: &[Value<'c, 'b>],
+    batch: Value<'c, 'b>,
+    params: &AnchorParams,
+) -> Result<Vec<Value<'c, 'b>>, LoweringError> {
+    // torch.as_tensor(..., dtype=float32) rounds sizes and ratios to float32.
+    let ratios: Vec<f32> = params.aspect_ratios.iter().map(|&r| r as f32).collect();
+    let cell_anchors: Vec<Vec<[f32; 4]>> =
+        params.sizes.iter().map(|sizes| cell_anchors(&sizes.iter().map(|&s| s as f32).collect::<Vec<_>>(), &ratios)).collect();
+    let one = cx.constant_index(1)?;
+    let (batch_height, batch_width) = (cx.size_value(cx.size(batch, 2)?)?, cx.size_value(cx.size(batch, 3)?)?);
+    let mut levels = vec![];
+    let (mut start, mut first_anchor) = (cx.constant_index(0)?, 0);
+    for (&level, anchors) in features.iter().zip(&cell_anchors) {
+        let (height, width) = (cx.size_value(cx.size(level, 2)?)?, cx.size_value(cx.size(level, 3)?)?);
+        // The runtime rejects empty maps; a kernel divides by at least 1 instead.
+        let stride = |image, map| cx.binary("arith.divui", image, cx.binary("arith.maxui", map, one)?);
+        let per_cell = cx.constant_index(anchors.len() as i64)?;
+        let first = cx.constant_index(first_anchor)?;
+        levels.push(AnchorLevel { start, width, per_cell, first_anchor: first, stride_height: stride(batch_height, height)?, stride_width: stride(batch_width, width)? });
+        start = cx.binary("arith.addi", start, cx.binary("arith.muli", cx.binary("arith.muli", height, width)?, per_cell)?)?;
+        first_anchor += anchors.len() as i64;
+    }
+    let all_anchors: Vec<[f32; 4]> = cell_anchors.concat();
+    let init = cx.empty(&[Size::Dynamic(start), Size::Static(4)], cx.f32_type())?;
+    let identity = identity_map(2);
+    Ok(cx.generic(&[], &[init], &[identity.as_str()], &[Iterator::Parallel; 2], |body| {
+        let (row, coordinate) = (body.loop_index(0)?, body.loop_index(1)?);
+        let mut level = levels[0];
+        for next in &levels[1..] {
+            let within = body.compare_integers(CmpiPredicate::Uge, row, next.start)?;
+            level = AnchorLevel {
+                start: body.select(within, next.start, level.start)?,
+                width: body.select(within, next.width, level.width)?,
+                per_cell: body.select(within, next.per_cell, level.per_cell)?,
+                first_anchor: body.select(within, next.first_anchor, level.first_anchor)?,
+                stride_height: body.select(within, next.stride_height, level.stride_height)?,
+                stride_width: body.select(within, next.stride_width, level.stride_width)?,
+            };
+        }
+        let in_level = body.binary("arith.subi", row, level.start)?;
+        let (cell, anchor) = (body.binary("arith.divui", in_level, level.per_cell)?, body.binary("arith.remui", in_level, level.per_cell)?);
+        let (y, x) = (body.binary("arith.divui", cell, level.width)?, body.binary("arith.remui", cell, level.width)?);
+        let shift_y = body.index_to_f32(body.binary("arith.muli", y, level.stride_height)?)?;
+        let shift_x = body.index_to_f32(body.binary("arith.muli", x, level.stride_width)?)?;
+        // Coordinates x1, y1, x2, y2: even ones are along the width.
+        let two = body.constant_index(2)?;
+        let along_width = body.compare_integers(CmpiPredicate::Eq, body.binary("arith.remui", coordinate, two)?, body.constant_index(0)?)?;
+        let shift = body.select(along_width, shift_x, shift_y)?;
+        let anchor = body.binary("arith.addi", level.first_anchor, anchor)?;
+        let mut offset = body.constant_float(0.0, body.f32_type())?;
+        for (a, corners) in all_anchors.iter().enumerate() {
+            let mut value = body.constant_float(corners[3] as f64, body.f32_type())?;
+            for j in (0..3).rev() {
+                let is_j = body.compare_integers(CmpiPredicate::Eq, coordinate, body.constant_index(j as i64)?)?;
+                value = body.select(is_j, body.constant_float(corners[j] as f64, body.f32_type())?, value)?;
+            }
+            let is_a = body.compare_integers(CmpiPredicate::Eq, anchor, body.constant_index(a as i64)?)?;
+            offset = body.select(is_a, value, offset)?;
+        }
+        body.yield_values(&[body.addf(shift, offset)?])
+    })?)
+}
+
+/// One pyramid level's anchors: the first row, the map's width, anchors per cell, the first of
+/// its cell anchors among all levels', and its integer strides (batch size / map size).
+#[derive(Clone, Copy)]
+struct AnchorLevel<'c, 'b> {
+    start: Value<'c, 'b>,
+    width: Value<'c, 'b>,
+    per_cell: Value<'c, 'b>,
+    first_anchor: Value<'c, 'b>,
+    stride_height: Value<'c, 'b>,
+    stride_width: Value<'c, 'b>,
+}
 
 runtime_operator!(
     /// The RPN's proposal selection: decode deltas, top-k per level, clip, remove small boxes,
@@ -261,6 +409,18 @@ fn roi_align_kernel<'c, 'b>(
 enum Levels<'c, 'b> {
     /// One feature map at the parameters' spatial scale.
     One(FeatureMapSize<'c, 'b>),
+    /// FPN levels, finest first, each with the start of its maps in the concatenated ones: a box
+    /// is pooled from the level its size maps to (torchvision's `LevelMapper`), at the scale
+    /// inferred from the level's height against the image's (`infer_scale`).
+    Pyramid { levels: Vec<(Value<'c, 'b>, FeatureMapSize<'c, 'b>)>, image_size: Value<'c, 'b>, mapper: LevelMapping },
+}
+
+/// The level mapper's constants: `⌊canonical_level + log2(√area / canonical_scale) + eps⌋`.
+#[derive(Clone, Copy)]
+struct LevelMapping {
+    canonical_scale: f32,
+    canonical_level: f32,
+    eps: f32,
 }
 
 impl<'c, 'b> Levels<'c, 'b> {
@@ -270,15 +430,74 @@ impl<'c, 'b> Levels<'c, 'b> {
         &self,
         b: &Emitter<'c, 'n>,
         params: &RoiAlignParams,
-        _coordinates: &[Value<'c, 'n>; 4],
+        coordinates: &[Value<'c, 'n>; 4],
     ) -> Result<(Value<'c, 'n>, FeatureMapSize<'c, 'n>, Value<'c, 'n>), LoweringError>
     where
         'b: 'n,
     {
         match self {
             Levels::One(map) => Ok((b.constant_index(0)?, *map, b.constant_float(params.spatial_scale as f64, b.f32_type())?)),
+            Levels::Pyramid { levels, image_size, mapper } => pyramid_level(b, levels, *image_size, *mapper, coordinates),
         }
     }
+}
+
+/// The runtime's `ops::multiscale` in a kernel body: each level's scale exponent
+/// `roundeven(log2(f32(feature height / image height)))` (the ratio in double precision, as
+/// Python divides), levels `k = −exponent`, and the box's level
+/// `⌊canonical_level + log2(√area / canonical_scale) + eps⌋` clamped to `[k_min, k_max]`; returns
+/// that level's start, size and scale. Where the runtime rejects a box (negative area) or scales
+/// that are not consecutive powers of two, the level is clamped into the pyramid instead.
+fn pyramid_level<'c, 'b: 'n, 'n>(
+    b: &Emitter<'c, 'n>,
+    levels: &[(Value<'c, 'b>, FeatureMapSize<'c, 'b>)],
+    image_size: Value<'c, 'b>,
+    mapper: LevelMapping,
+    [x1, y1, x2, y2]: &[Value<'c, 'n>; 4],
+) -> Result<(Value<'c, 'n>, FeatureMapSize<'c, 'n>, Value<'c, 'n>), LoweringError> {
+    let (f32_type, f64_type, i64_type) = (b.f32_type(), b.element_type(DType::F64), b.element_type(DType::I64));
+    let float = |v: f32| b.constant_float(v as f64, f32_type);
+    let image_height = b.convert("arith.sitofp", b.extract(image_size, &[b.constant_index(0)?])?, f64_type)?;
+    let exponents = levels
+        .iter()
+        .map(|(_, map)| {
+            let height = b.convert("arith.sitofp", b.convert("arith.index_cast", map.height, i64_type)?, f64_type)?;
+            let ratio = b.convert("arith.truncf", b.divf(height, image_height)?, f32_type)?;
+            b.unary("math.roundeven", b.unary("math.log2", ratio)?)
+        })
+        .collect::<Result<Vec<_>, LoweringError>>()?;
+    let (k_min, k_max) = (b.unary("arith.negf", exponents[0])?, b.unary("arith.negf", exponents[exponents.len() - 1])?);
+    let size = b.unary("math.sqrt", b.mulf(b.subf(*x2, *x1)?, b.subf(*y2, *y1)?)?)?;
+    let log_size = b.unary("math.log2", b.divf(size, float(mapper.canonical_scale)?)?)?;
+    let level = b.unary("math.floor", b.addf(b.addf(float(mapper.canonical_level)?, log_size)?, float(mapper.eps)?)?)?;
+    // `maxnumf` first: a NaN level (negative area) becomes k_min.
+    let level = b.binary("arith.minnumf", b.binary("arith.maxnumf", level, k_min)?, k_max)?;
+    let index = b.convert("arith.fptosi", b.subf(level, k_min)?, i64_type)?;
+    let index = b.convert("arith.index_cast", index, b.index_type())?;
+    let last = b.constant_index(levels.len() as i64 - 1)?;
+    let index = b.binary("arith.minsi", b.binary("arith.maxsi", index, b.constant_index(0)?)?, last)?;
+    let (start, map) = levels[0];
+    let (mut start, mut map, mut exponent): (Value<'c, 'n>, FeatureMapSize<'c, 'n>, _) = (start, map, exponents[0]);
+    for (l, &(level_start, level_map)) in levels.iter().enumerate().skip(1) {
+        let chosen = b.compare_integers(CmpiPredicate::Eq, index, b.constant_index(l as i64)?)?;
+        start = b.select(chosen, level_start, start)?;
+        map = FeatureMapSize {
+            height: b.select(chosen, level_map.height, map.height)?,
+            width: b.select(chosen, level_map.width, map.width)?,
+            plane: b.select(chosen, level_map.plane, map.plane)?,
+        };
+        exponent = b.select(chosen, exponents[l], exponent)?;
+    }
+    Ok((start, map, power_of_two(b, exponent)?))
+}
+
+/// `2^exponent` for an integral f32 `exponent`, exactly (as the runtime's `2f64.powf`; a GPU's
+/// `exp2` is approximate): the float's bits, the exponent clamped to the normal range.
+fn power_of_two<'c, 'n>(b: &Emitter<'c, 'n>, exponent: Value<'c, '_>) -> Result<Value<'c, 'n>, LoweringError> {
+    let i32_type = b.element_type(DType::I32);
+    let exponent = b.binary("arith.minnumf", b.binary("arith.maxnumf", exponent, b.constant_float(-126.0, b.f32_type())?)?, b.constant_float(127.0, b.f32_type())?)?;
+    let biased = b.binary("arith.addi", b.convert("arith.fptosi", exponent, i32_type)?, b.constant_integer(127, i32_type)?)?;
+    b.convert("arith.bitcast", b.binary("arith.shli", biased, b.constant_integer(23, i32_type)?)?, b.f32_type())
 }
 
 /// The size of a feature map's plane, as `index` values computed outside the kernels.
@@ -477,10 +696,49 @@ runtime_operator!(
             aligned: node.attrs.flag("aligned"),
             ..MultiScaleParams::new(checked_output_size(node.attrs), node.attrs.int("sampling_ratio") as i32)
         };
-        let (features, shapes) = cx.pack(&slots[0])?;
-        call(cx, node, RuntimeFunction::MultiscaleRoiAlign, params, &[features, shapes, slots[1][0], slots[2][0]])
+        match cx.builtins() {
+            BuiltIns::Runtime => {
+                let (features, shapes) = cx.pack(&slots[0])?;
+                call(cx, node, RuntimeFunction::MultiscaleRoiAlign, params, &[features, shapes, slots[1][0], slots[2][0]])
+            }
+            BuiltIns::Kernels => multiscale_roi_align_kernel(cx, &slots[0], slots[1][0], slots[2][0], &params),
+        }
     }
 );
+
+/// `[K, C, oh, ow]`: each bin of each box's RoIAlign from the FPN level `features` (finest
+/// first, [1, C, H, W] each) its size maps to, at the scale inferred against `image_size`.
+fn multiscale_roi_align_kernel<'c, 'b>(
+    cx: &Emitter<'c, 'b>,
+    features: &[Value<'c, 'b>],
+    boxes: Value<'c, 'b>,
+    image_size: Value<'c, 'b>,
+    params: &MultiScaleParams,
+) -> Result<Vec<Value<'c, 'b>>, LoweringError> {
+    let channels = cx.size(features[0], 1)?;
+    let channels_value = cx.size_value(channels)?;
+    let mut levels = vec![];
+    let mut start = cx.constant_index(0)?;
+    for (l, &level) in features.iter().enumerate() {
+        let sizes = cx.sizes(level)?;
+        let map = FeatureMapSize::of(cx, sizes[2], sizes[3])?;
+        levels.push((start, map));
+        if l + 1 < features.len() {
+            start = cx.binary("arith.addi", start, cx.binary("arith.muli", channels_value, map.plane)?)?;
+        }
+    }
+    let mapper = LevelMapping { canonical_scale: params.canonical_scale, canonical_level: params.canonical_level, eps: params.eps };
+    let levels = Levels::Pyramid { levels, image_size, mapper };
+    let roi_align = RoiAlignParams {
+        output_size: params.output_size,
+        // Unused: `Levels::Pyramid` gives each box its level's scale.
+        spatial_scale: 1.0,
+        sampling_ratio: params.sampling_ratio,
+        aligned: params.aligned,
+        mode: PoolMode::Avg,
+    };
+    pooled_bins(cx, boxes, channels, &roi_align, &levels, cx.concat_flat(features)?)
+}
 
 runtime_operator!(
     /// RoIPool over FPN levels, with the same level mapper as `multiscale_roi_align`.
@@ -655,9 +913,111 @@ runtime_operator!(
     },
     lower: |cx, node, slots| {
         let params = PasteParams { padding: node.attrs.int("padding") as usize };
-        call(cx, node, RuntimeFunction::PasteMasks, params, &[slots[0][0], slots[1][0], slots[2][0]])
+        match cx.builtins() {
+            BuiltIns::Runtime => call(cx, node, RuntimeFunction::PasteMasks, params, &[slots[0][0], slots[1][0], slots[2][0]]),
+            BuiltIns::Kernels => paste_masks_kernel(cx, slots[0][0], slots[1][0], slots[2][0], params.padding),
+        }
     }
 );
+
+/// `[D, 1, H, W]`, a pixel per element (the runtime's `ops::paste_masks`, torchvision's
+/// `paste_masks_in_image`): the box expanded by (M + 2·padding)/M and truncated to integers, and
+/// inside it the zero-padded mask resized bilinearly to the box's `x2 − x1 + 1` by
+/// `y2 − y1 + 1` pixels; 0 outside.
+fn paste_masks_kernel<'c, 'b>(
+    cx: &Emitter<'c, 'b>,
+    masks: Value<'c, 'b>,
+    boxes: Value<'c, 'b>,
+    image: Value<'c, 'b>,
+    padding: usize,
+) -> Result<Vec<Value<'c, 'b>>, LoweringError> {
+    let sizes = cx.sizes(masks)?;
+    let (f32_type, f64_type, i64_type) = (cx.f32_type(), cx.element_type(DType::F64), cx.element_type(DType::I64));
+    let mask_size = cx.size_value(sizes[2])?;
+    let padded_size = cx.size_value(cx.size_add(sizes[2], 2 * padding as i64)?)?;
+    let to_f64 = |index: Value<'c, 'b>| cx.convert("arith.sitofp", cx.convert("arith.index_cast", index, i64_type)?, f64_type);
+    // torch multiplies a float32 tensor by a Python float: the factor is rounded to float32.
+    let scale = cx.convert("arith.truncf", cx.divf(to_f64(padded_size)?, to_f64(mask_size)?)?, f32_type)?;
+    let padding = cx.constant_index(padding as i64)?;
+    let init = cx.empty(&[sizes[0], Size::Static(1), cx.size(image, 0)?, cx.size(image, 1)?], f32_type)?;
+    let identity = identity_map(4);
+    Ok(cx.generic(&[], &[init], &[identity.as_str()], &[Iterator::Parallel; 4], |body| {
+        let (d, y, x) = (body.loop_index(0)?, body.loop_index(2)?, body.loop_index(3)?);
+        let coordinate = |j| body.extract(boxes, &[d, body.constant_index(j)?]);
+        let (x1, y1, x2, y2) = (coordinate(0)?, coordinate(1)?, coordinate(2)?, coordinate(3)?);
+        let half = body.constant_float(0.5, f32_type)?;
+        let (w_half, h_half) = (body.mulf(body.mulf(body.subf(x2, x1)?, half)?, scale)?, body.mulf(body.mulf(body.subf(y2, y1)?, half)?, scale)?);
+        let (x_center, y_center) = (body.mulf(body.addf(x2, x1)?, half)?, body.mulf(body.addf(y2, y1)?, half)?);
+        // Truncated toward zero, as `as i64`.
+        let truncated = |v| body.convert("arith.index_cast", body.convert("arith.fptosi", v, i64_type)?, body.index_type());
+        let (left, right) = (truncated(body.subf(x_center, w_half)?)?, truncated(body.addf(x_center, w_half)?)?);
+        let (top, bottom) = (truncated(body.subf(y_center, h_half)?)?, truncated(body.addf(y_center, h_half)?)?);
+        let mut inside = body.compare_integers(CmpiPredicate::Sge, x, left)?;
+        for (predicate, lhs, rhs) in [(CmpiPredicate::Sle, x, right), (CmpiPredicate::Sge, y, top), (CmpiPredicate::Sle, y, bottom)] {
+            inside = body.binary("arith.andi", inside, body.compare_integers(predicate, lhs, rhs)?)?;
+        }
+        let pasted = body.if_else(inside, &[f32_type], |b| {
+            let one = b.constant_index(1)?;
+            let extent = |low, high| b.binary("arith.maxsi", b.binary("arith.addi", b.binary("arith.subi", high, low)?, one)?, one);
+            let tx = ResizeTap::of(b, padded_size, extent(left, right)?, b.binary("arith.subi", x, left)?)?;
+            let ty = ResizeTap::of(b, padded_size, extent(top, bottom)?, b.binary("arith.subi", y, top)?)?;
+            // The padded mask: the mask's pixel, 0 in the padding (read clamped, then dropped).
+            let zero = b.constant_index(0)?;
+            let last = b.binary("arith.subi", mask_size, one)?;
+            let zero_value = b.constant_float(0.0, f32_type)?;
+            let padded = |py, px| {
+                let (my, mx) = (b.binary("arith.subi", py, padding)?, b.binary("arith.subi", px, padding)?);
+                let mut within = b.compare_integers(CmpiPredicate::Sge, my, zero)?;
+                for (predicate, lhs, rhs) in [(CmpiPredicate::Sle, my, last), (CmpiPredicate::Sge, mx, zero), (CmpiPredicate::Sle, mx, last)] {
+                    within = b.binary("arith.andi", within, b.compare_integers(predicate, lhs, rhs)?)?;
+                }
+                let clamped = |i| b.binary("arith.minsi", b.binary("arith.maxsi", i, zero)?, last);
+                let value = b.extract(masks, &[d, zero, clamped(my)?, clamped(mx)?])?;
+                b.select(within, value, zero_value)
+            };
+            Ok(vec![interpolated(b, padded, &ty, &tx)?])
+        }, |b| Ok(vec![b.constant_float(0.0, f32_type)?]))?;
+        body.yield_values(&pasted)
+    })?)
+}
+
+/// One output index of a 1-D bilinear resize (`torch.nn.functional.interpolate`,
+/// `align_corners=False`; the runtime's `interpolate::tap`): its two source indices and their
+/// weights. (The runtime's shortcut for equal sizes gives the same values.)
+struct ResizeTap<'c, 'n> {
+    low: Value<'c, 'n>,
+    high: Value<'c, 'n>,
+    low_weight: Value<'c, 'n>,
+    high_weight: Value<'c, 'n>,
+}
+
+impl<'c, 'n> ResizeTap<'c, 'n> {
+    /// The tap of output index `i` resizing `input` samples to `output` (`index` values).
+    fn of(b: &Emitter<'c, 'n>, input: Value<'c, '_>, output: Value<'c, '_>, i: Value<'c, '_>) -> Result<Self, LoweringError> {
+        let float = |v: f64| b.constant_float(v, b.f32_type());
+        let ratio = b.divf(b.index_to_f32(input)?, b.index_to_f32(output)?)?;
+        let source = b.subf(b.mulf(ratio, b.addf(b.index_to_f32(i)?, float(0.5)?)?)?, float(0.5)?)?;
+        let source = b.binary("arith.maxnumf", source, float(0.0)?)?;
+        let last = b.binary("arith.subi", input, b.constant_index(1)?)?;
+        let low = b.binary("arith.minsi", b.floor_to_index(source)?, last)?;
+        let high_weight = b.binary("arith.minnumf", b.binary("arith.maxnumf", b.subf(source, b.index_to_f32(low)?)?, float(0.0)?)?, float(1.0)?)?;
+        let before_last = b.compare_integers(CmpiPredicate::Slt, low, last)?;
+        let high = b.select(before_last, b.binary("arith.addi", low, b.constant_index(1)?)?, low)?;
+        Ok(ResizeTap { low, high, low_weight: b.subf(float(1.0)?, high_weight)?, high_weight })
+    }
+}
+
+/// The bilinear value at taps `ty` (rows) and `tx` (columns) of the plane `at` reads, along the
+/// width first as torch's kernel (the runtime's `interpolate::sample`).
+fn interpolated<'c, 'n>(
+    b: &Emitter<'c, 'n>,
+    at: impl Fn(Value<'c, 'n>, Value<'c, 'n>) -> Result<Value<'c, 'n>, LoweringError>,
+    ty: &ResizeTap<'c, 'n>,
+    tx: &ResizeTap<'c, 'n>,
+) -> Result<Value<'c, 'n>, LoweringError> {
+    let row = |y| b.addf(b.mulf(at(y, tx.low)?, tx.low_weight)?, b.mulf(at(y, tx.high)?, tx.high_weight)?);
+    b.addf(b.mulf(row(ty.low)?, ty.low_weight)?, b.mulf(row(ty.high)?, ty.high_weight)?)
+}
 
 runtime_operator!(
     /// Keypoint heatmaps [D, K, S, S] to keypoints [D, K, 3] (x, y, visibility) in image

@@ -144,3 +144,101 @@ pub fn roi_align(compile: Compile) {
         assert_close(&format!("roi_align max of {k} boxes"), &ours, &theirs.shape, &theirs.data, FLOAT);
     }
 }
+
+/// `multiscale_roi_align` on every golden case (four levels whose sizes are known only at run
+/// time), then with no boxes.
+pub fn multiscale_roi_align(compile: Compile) {
+    let (cases, tensors) = golden("multiscale_roi_align");
+    for case in &cases {
+        let name = case["name"].as_str().unwrap();
+        let levels: Vec<TensorF32> = (0..4).map(|l| tensor(&tensors, &format!("{name}.feat{l}"))).collect();
+        let (boxes, output) = (tensor(&tensors, &format!("{name}.boxes")), tensor(&tensors, &format!("{name}.output")));
+        let c = levels[0].shape[1];
+        let o = case["output_size"].as_u64().unwrap();
+        let text = format!(
+            "network t(p2: f32[1, {c}, H2, W2], p3: f32[1, {c}, H3, W3], p4: f32[1, {c}, H4, W4], p5: f32[1, {c}, H5, W5], boxes: f32[K, 4], size: i64[2]) -> (y: f32[K, {c}, {o}, {o}]) {{\n    return multiscale_roi_align([p2, p3, p4, p5], boxes, size, output_size: [{o}, {o}], sampling_ratio: {}, canonical_scale: {}, canonical_level: {})\n}}\n",
+            case["sampling_ratio"], case["canonical_scale"], case["canonical_level"]
+        );
+        let size: Vec<i64> = (0..2).map(|i| case["image_size"][i].as_i64().unwrap()).collect();
+        for k in [boxes.shape[0], 0] {
+            let inputs = [
+                ("p2", host(&levels[0])),
+                ("p3", host(&levels[1])),
+                ("p4", host(&levels[2])),
+                ("p5", host(&levels[3])),
+                ("boxes", host(&TensorF32::new(vec![k, 4], boxes.data[..k * 4].to_vec()).unwrap())),
+                ("size", HostTensor::I64 { shape: vec![2], data: size.clone() }),
+            ];
+            let ours = run(compile, &format!("multiscale_roi_align_{name}.model"), &text, &inputs);
+            let o = o as usize;
+            let expected = &output.data[..k * c * o * o];
+            assert_close(&format!("multiscale_roi_align {name}, {k} boxes"), &ours, &[k, c, o, o], expected, FLOAT);
+        }
+    }
+}
+
+/// `paste_masks` on every golden case, then with no masks.
+pub fn paste_masks(compile: Compile) {
+    let (cases, tensors) = golden("paste_masks");
+    for case in &cases {
+        let name = case["name"].as_str().unwrap();
+        let (masks, boxes, pasted) = (tensor(&tensors, &format!("{name}.masks")), tensor(&tensors, &format!("{name}.boxes")), tensor(&tensors, &format!("{name}.pasted")));
+        let m = masks.shape[3];
+        let [h, w] = [0, 1].map(|i| case["image_size"][i].as_u64().unwrap() as usize);
+        let text = format!(
+            "network t(masks: f32[D, 1, {m}, {m}], boxes: f32[D, 4], image: u8[H, W, 3]) -> (y: f32[D, 1, H, W]) {{\n    return paste_masks(masks, boxes, image, padding: {})\n}}\n",
+            case["padding"]
+        );
+        for d in [boxes.shape[0], 0] {
+            let inputs = [
+                ("masks", host(&TensorF32::new(vec![d, 1, m, m], masks.data[..d * m * m].to_vec()).unwrap())),
+                ("boxes", host(&TensorF32::new(vec![d, 4], boxes.data[..d * 4].to_vec()).unwrap())),
+                ("image", HostTensor::U8 { shape: vec![h, w, 3], data: vec![0; h * w * 3] }),
+            ];
+            let ours = run(compile, &format!("paste_masks_{name}.model"), &text, &inputs);
+            assert_close(&format!("paste_masks {name}, {d} masks"), &ours, &[d, 1, h, w], &pasted.data[..d * h * w], PASTED);
+        }
+    }
+}
+
+/// `anchors` on every golden case (feature maps and batch of sizes known only at run time).
+pub fn anchors(compile: Compile) {
+    let (cases, tensors) = golden("anchors");
+    for case in &cases {
+        let name = case["name"].as_str().unwrap();
+        let expected = tensor(&tensors, &format!("{name}.anchors"));
+        let feature_sizes: Vec<[usize; 2]> = case["feature_sizes"].as_array().unwrap().iter().map(|s| [0, 1].map(|i| s[i].as_u64().unwrap() as usize)).collect();
+        let [h, w] = [0, 1].map(|i| case["image_size"][i].as_u64().unwrap() as usize);
+        let names: Vec<String> = (0..feature_sizes.len()).map(|l| format!("f{l}")).collect();
+        let parameters: Vec<String> = names.iter().map(|n| format!("{n}: f32[1, 1, H{n}, W{n}]")).collect();
+        let text = format!(
+            "network t({}, batch: f32[1, 3, H, W]) -> (y: f32[A, 4]) {{\n    return anchors([{}], batch, sizes: {}, aspect_ratios: {})\n}}\n",
+            parameters.join(", "),
+            names.join(", "),
+            case["sizes"],
+            case["aspect_ratios"]
+        );
+        let mut inputs: Vec<(&str, HostTensor)> =
+            names.iter().zip(&feature_sizes).map(|(n, [fh, fw])| (n.as_str(), HostTensor::F32 { shape: vec![1, 1, *fh, *fw], data: vec![0.0; fh * fw] })).collect();
+        inputs.push(("batch", HostTensor::F32 { shape: vec![1, 3, h, w], data: vec![0.0; 3 * h * w] }));
+        let ours = run(compile, &format!("anchors_{name}.model"), &text, &inputs);
+        assert_close(&format!("anchors {name}"), &ours, &expected.shape, &expected.data, FLOAT);
+    }
+}
+
+/// `preprocess` against the runtime's on odd sizes of both orientations, enlarged and reduced;
+/// the batch and the resized size.
+pub fn preprocess(compile: Compile) {
+    let text = "network t(image: u8[H, W, 3]) -> (batch: f32[1, 3, Hp, Wp], size: i64[2]) {\n    let (batch, size) = preprocess(image, min_size: 48, max_size: 80, size_divisible: 32)\n    return (batch, size)\n}\n";
+    let model = super::expand("preprocess.model", text).unwrap_or_else(|d| panic!("{d}"));
+    let executor = compile(&model.graph, Weights::from_tensors("no weights", []).unwrap(), &[], 1).unwrap();
+    let transform = mrc_runtime::ops::preprocess::Transform { min_size: 48, max_size: 80, ..Default::default() };
+    for [h, w] in [[37, 53], [53, 37], [101, 67], [45, 131], [48, 48]] {
+        let pixels: Vec<u8> = (0..h * w * 3).map(|i| ((i * 37 + i / 7) % 256) as u8).collect();
+        let image = HostTensor::U8 { shape: vec![h, w, 3], data: pixels.clone() };
+        let outputs = executor.run(&[("image", &image)]).unwrap();
+        let (batch, size) = detection::preprocess(&pixels, [h, w], &transform).unwrap();
+        assert_close(&format!("preprocess {h}x{w}"), &outputs[0].1, &batch.shape, &batch.data, FLOAT);
+        assert_eq!(outputs[1].1, HostTensor::I64 { shape: vec![2], data: vec![size[0] as i64, size[1] as i64] }, "preprocess {h}x{w}: size");
+    }
+}
