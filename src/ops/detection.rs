@@ -259,7 +259,7 @@ fn anchors_kernel<'c, 'b>(
     let all_anchors: Vec<[f32; 4]> = cell_anchors.concat();
     let init = cx.empty(&[Size::Dynamic(start), Size::Static(4)], cx.f32_type())?;
     let identity = identity_map(2);
-    Ok(cx.generic(&[], &[init], &[identity.as_str()], &[Iterator::Parallel; 2], |body| {
+    cx.generic(&[], &[init], &[identity.as_str()], &[Iterator::Parallel; 2], |body| {
         let (row, coordinate) = (body.loop_index(0)?, body.loop_index(1)?);
         let mut level = levels[0];
         for next in &levels[1..] {
@@ -294,7 +294,7 @@ fn anchors_kernel<'c, 'b>(
             offset = body.select(is_a, value, offset)?;
         }
         body.yield_values(&[body.addf(shift, offset)?])
-    })?)
+    })
 }
 
 /// One pyramid level's anchors: the first row, the map's width, anchors per cell, the first of
@@ -528,7 +528,7 @@ fn pooled_bins<'c, 'b>(
     let [oh, ow] = params.output_size.map(|s| Size::Static(s as i64));
     let init = cx.empty(&[cx.size(boxes, 0)?, channels, oh, ow], cx.f32_type())?;
     let identity = identity_map(4);
-    Ok(cx.generic(&[], &[init], &[identity.as_str()], &[Iterator::Parallel; 4], |body| {
+    cx.generic(&[], &[init], &[identity.as_str()], &[Iterator::Parallel; 4], |body| {
         let k = body.loop_index(0)?;
         let mut coordinates = vec![];
         for j in 0..4 {
@@ -539,7 +539,7 @@ fn pooled_bins<'c, 'b>(
         let plane = body.binary("arith.addi", start, body.binary("arith.muli", body.loop_index(1)?, map.plane)?)?;
         let bin = [body.loop_index(2)?, body.loop_index(3)?];
         body.yield_values(&[roi_align_bin(body, params, flat, plane, map, &coordinates, scale, bin)?])
-    })?)
+    })
 }
 
 /// One bin of RoIAlign (torchvision's CPU kernel, the runtime's `ops::roi_align`, float32 in
@@ -846,12 +846,12 @@ fn mask_probs_kernel<'c, 'b>(cx: &Emitter<'c, 'b>, logits: Value<'c, 'b>, labels
     let zero = cx.constant_index(0)?;
     let init = cx.empty(&[sizes[0], Size::Static(1), sizes[2], sizes[3]], cx.f32_type())?;
     let maps = ["(d, c, y, x) -> (d)", "(d, c, y, x) -> (d, c, y, x)"];
-    Ok(cx.generic(&[labels], &[init], &maps, &[Iterator::Parallel; 4], |body| {
+    cx.generic(&[labels], &[init], &maps, &[Iterator::Parallel; 4], |body| {
         let label = body.convert("arith.index_cast", body.arg(0)?, body.index_type())?;
         let channel = body.binary("arith.minsi", body.binary("arith.maxsi", label, zero)?, last_channel)?;
         let logit = body.extract(logits, &[body.loop_index(0)?, channel, body.loop_index(2)?, body.loop_index(3)?])?;
         body.yield_values(&[sigmoid_of(body, logit)?])
-    })?)
+    })
 }
 
 runtime_operator!(
@@ -941,7 +941,7 @@ fn paste_masks_kernel<'c, 'b>(
     let padding = cx.constant_index(padding as i64)?;
     let init = cx.empty(&[sizes[0], Size::Static(1), cx.size(image, 0)?, cx.size(image, 1)?], f32_type)?;
     let identity = identity_map(4);
-    Ok(cx.generic(&[], &[init], &[identity.as_str()], &[Iterator::Parallel; 4], |body| {
+    cx.generic(&[], &[init], &[identity.as_str()], &[Iterator::Parallel; 4], |body| {
         let (d, y, x) = (body.loop_index(0)?, body.loop_index(2)?, body.loop_index(3)?);
         let coordinate = |j| body.extract(boxes, &[d, body.constant_index(j)?]);
         let (x1, y1, x2, y2) = (coordinate(0)?, coordinate(1)?, coordinate(2)?, coordinate(3)?);
@@ -978,7 +978,7 @@ fn paste_masks_kernel<'c, 'b>(
             Ok(vec![interpolated(b, padded, &ty, &tx)?])
         }, |b| Ok(vec![b.constant_float(0.0, f32_type)?]))?;
         body.yield_values(&pasted)
-    })?)
+    })
 }
 
 /// One output index of a 1-D bilinear resize (`torch.nn.functional.interpolate`,

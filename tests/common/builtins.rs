@@ -41,7 +41,11 @@ pub fn assert_close(case: &str, actual: &HostTensor, shape: &[usize], expected: 
         .iter()
         .zip(expected)
         .enumerate()
-        .filter(|(_, (a, b))| !((*a - *b).abs() <= tolerance.rtol * b.abs() + tolerance.atol))
+        // Incomparable (a NaN on either side) is a mismatch too.
+        .filter(|(_, (a, b))| {
+            let bound = tolerance.rtol * b.abs() + tolerance.atol;
+            matches!((*a - *b).abs().partial_cmp(&bound), None | Some(std::cmp::Ordering::Greater))
+        })
         .take(5)
         .map(|(i, (a, b))| format!("[{i}] {a} vs {b}"))
         .collect();

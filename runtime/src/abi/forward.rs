@@ -329,7 +329,7 @@ impl Forward {
             match source {
                 Source::State(name) => {
                     let bytes = weights.get(name).map(|t| t.bytes()).unwrap_or_default();
-                    if bytes.as_ptr() as usize % 8 != 0 {
+                    if !(bytes.as_ptr() as usize).is_multiple_of(8) {
                         let mut words = vec![0_u64; bytes.len().div_ceil(8)];
                         bytemuck::cast_slice_mut::<u64, u8>(&mut words)[..bytes.len()].copy_from_slice(bytes);
                         aligned.insert(name.clone(), words);
