@@ -28,7 +28,7 @@ use crate::lowering::{add_entry_points, extract_ptx, jit, ENGINE_CONSTRUCTORS, M
 use melior::{ir::Module, Context, ExecutionEngine};
 use mrc_runtime::device::{register_emulated_kernels, EmulatedKernelTable};
 
-pub use kernels::{EMULATED_KERNELS, KERNEL_MODULE};
+use kernels::EMULATED_KERNELS;
 
 /// The GPU architectures `--target cuda:<chip>` accepts; PTX for one runs on it and newer ones
 /// (the driver compiles it).
