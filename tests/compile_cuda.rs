@@ -119,3 +119,20 @@ fn unknown_gpu_architectures_are_usage_errors() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("unknown GPU architecture `sm_70`") && stderr.contains("sm_80, sm_86, sm_89, sm_90"), "{stderr}");
 }
+
+/// No detection survives a score threshold of 1: every kernel after the box head runs over
+/// empty tensors (empty grids are not launched) and the program writes an empty result.
+#[test]
+fn zero_detections_on_the_emulated_device_are_a_normal_result() {
+    let scratch = common::scratch();
+    let config = common::write("no_detections.yaml", "box_score_thresh: 1.0\n");
+    let weights = common::fixtures().join("model/weights.safetensors");
+    let program = scratch.path().join("mini_none");
+    let out = mrc(&[
+        "compile", "models/mini.model", "--config", config.to_str().unwrap(), "--target", "cuda",
+        "--weights", weights.to_str().unwrap(), "-o", program.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let results = run_program(&program, &fixture_images()[..1], &["--device", "emulator"]);
+    assert!(results.is_empty(), "{results:?}");
+}
