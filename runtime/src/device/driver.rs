@@ -85,6 +85,10 @@ thread_local! {
 pub struct CudaDriver {
     context: sys::CUcontext,
     cublas: Cublas,
+    /// Streams given back by `destroy_stream`, handed out again by `create_stream`: MLIR's
+    /// lowering creates and destroys a stream around every launch, and creating one costs far
+    /// more than a small kernel.
+    idle_streams: std::sync::Mutex<Vec<usize>>,
 }
 
 // SAFETY: the driver API is thread-safe; a context may be current on any number of threads.
@@ -131,7 +135,7 @@ impl CudaDriver {
             let context = context.assume_init();
             bind(context)?;
             // The handle belongs to the context, which must be current to create it.
-            let driver = CudaDriver { context, cublas: Cublas::create()? };
+            let driver = CudaDriver { context, cublas: Cublas::create()?, idle_streams: std::sync::Mutex::default() };
             // The default pool returns freed memory to the system at every synchronization
             // unless told to keep it: every image would allocate its tensors anew.
             let mut pool = MaybeUninit::uninit();
@@ -304,6 +308,9 @@ impl Device for CudaDriver {
     }
 
     fn create_stream(&self) -> Result<Stream, DeviceError> {
+        if let Some(stream) = super::lock(&self.idle_streams).pop() {
+            return Ok(stream as Stream);
+        }
         self.bind()?;
         let mut stream = MaybeUninit::uninit();
         // Non-blocking, as MLIR's wrappers make them: the legacy default stream (what uploads
@@ -316,9 +323,12 @@ impl Device for CudaDriver {
         }
     }
 
+    /// Keeps the stream for the next `create_stream` (streams go with the context): work still
+    /// queued on it runs before what is queued there next, more order than a fresh stream
+    /// would give, never less.
     unsafe fn destroy_stream(&self, stream: Stream) -> Result<(), DeviceError> {
-        self.bind()?;
-        check("cuStreamDestroy", sys::cuStreamDestroy_v2(stream.cast()))
+        super::lock(&self.idle_streams).push(stream as usize);
+        Ok(())
     }
 
     unsafe fn synchronize_stream(&self, stream: Stream) -> Result<(), DeviceError> {
