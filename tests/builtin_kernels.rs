@@ -92,3 +92,13 @@ fn anchors() {
 fn preprocess() {
     common::builtins::preprocess(kernels_on_cpu);
 }
+
+#[test]
+fn roi_pool() {
+    common::builtins::roi_pool(kernels_on_cpu);
+}
+
+#[test]
+fn multiscale_roi_pool() {
+    common::builtins::multiscale_roi_pool(kernels_on_cpu);
+}

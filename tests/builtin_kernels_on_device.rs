@@ -40,3 +40,13 @@ fn anchors() {
 fn preprocess() {
     common::builtins::preprocess(Executor::on_emulated_device);
 }
+
+#[test]
+fn roi_pool() {
+    common::builtins::roi_pool(Executor::on_emulated_device);
+}
+
+#[test]
+fn multiscale_roi_pool() {
+    common::builtins::multiscale_roi_pool(Executor::on_emulated_device);
+}

@@ -402,7 +402,33 @@ fn roi_align_kernel<'c, 'b>(
     let sizes = cx.sizes(features)?;
     let map = FeatureMapSize::of(cx, sizes[2], sizes[3])?;
     let flat = cx.concat_flat(&[features])?;
-    pooled_bins(cx, boxes, sizes[1], params, &Levels::One(map), flat)
+    pooled_bins(cx, boxes, sizes[1], Pooling::Align(params), &Levels::One(map), flat)
+}
+
+/// How each bin of a box is pooled.
+#[derive(Clone, Copy)]
+enum Pooling<'p> {
+    /// RoIAlign: bilinear samples on a grid, averaged (or their maximum).
+    Align(&'p RoiAlignParams),
+    /// RoIPool: the maximum over the feature cells the box, rounded to whole cells, puts in
+    /// the bin.
+    Quantized(&'p RoiPoolParams),
+}
+
+impl Pooling<'_> {
+    fn output_size(&self) -> [usize; 2] {
+        match self {
+            Pooling::Align(params) => params.output_size,
+            Pooling::Quantized(params) => params.output_size,
+        }
+    }
+
+    fn spatial_scale(&self) -> f32 {
+        match self {
+            Pooling::Align(params) => params.spatial_scale,
+            Pooling::Quantized(params) => params.spatial_scale,
+        }
+    }
 }
 
 /// Where a box's bins are pooled from.
@@ -429,14 +455,14 @@ impl<'c, 'b> Levels<'c, 'b> {
     fn of<'n>(
         &self,
         b: &Emitter<'c, 'n>,
-        params: &RoiAlignParams,
+        spatial_scale: f32,
         coordinates: &[Value<'c, 'n>; 4],
     ) -> Result<(Value<'c, 'n>, FeatureMapSize<'c, 'n>, Value<'c, 'n>), LoweringError>
     where
         'b: 'n,
     {
         match self {
-            Levels::One(map) => Ok((b.constant_index(0)?, *map, b.constant_float(params.spatial_scale as f64, b.f32_type())?)),
+            Levels::One(map) => Ok((b.constant_index(0)?, *map, b.constant_float(spatial_scale as f64, b.f32_type())?)),
             Levels::Pyramid { levels, image_size, mapper } => pyramid_level(b, levels, *image_size, *mapper, coordinates),
         }
     }
@@ -515,17 +541,17 @@ impl<'c, 'b> FeatureMapSize<'c, 'b> {
     }
 }
 
-/// `[K, C, oh, ow]` over `boxes` [K, 4]: every bin RoIAlign-pooled from the concatenated
-/// feature maps `flat`, from the level `levels` gives a box.
+/// `[K, C, oh, ow]` over `boxes` [K, 4]: every bin pooled as `pooling` says from the
+/// concatenated feature maps `flat`, from the level `levels` gives a box.
 fn pooled_bins<'c, 'b>(
     cx: &Emitter<'c, 'b>,
     boxes: Value<'c, 'b>,
     channels: Size<'c, 'b>,
-    params: &RoiAlignParams,
+    pooling: Pooling,
     levels: &Levels<'c, 'b>,
     flat: Value<'c, 'b>,
 ) -> Result<Vec<Value<'c, 'b>>, LoweringError> {
-    let [oh, ow] = params.output_size.map(|s| Size::Static(s as i64));
+    let [oh, ow] = pooling.output_size().map(|s| Size::Static(s as i64));
     let init = cx.empty(&[cx.size(boxes, 0)?, channels, oh, ow], cx.f32_type())?;
     let identity = identity_map(4);
     cx.generic(&[], &[init], &[identity.as_str()], &[Iterator::Parallel; 4], |body| {
@@ -535,10 +561,14 @@ fn pooled_bins<'c, 'b>(
             coordinates.push(body.extract(boxes, &[k, body.constant_index(j)?])?);
         }
         let coordinates: [Value; 4] = coordinates.try_into().map_err(|_| LoweringError::Build("a box has 4 coordinates".into()))?;
-        let (start, map, scale) = levels.of(body, params, &coordinates)?;
+        let (start, map, scale) = levels.of(body, pooling.spatial_scale(), &coordinates)?;
         let plane = body.binary("arith.addi", start, body.binary("arith.muli", body.loop_index(1)?, map.plane)?)?;
         let bin = [body.loop_index(2)?, body.loop_index(3)?];
-        body.yield_values(&[roi_align_bin(body, params, flat, plane, map, &coordinates, scale, bin)?])
+        let value = match pooling {
+            Pooling::Align(params) => roi_align_bin(body, params, flat, plane, map, &coordinates, scale, bin)?,
+            Pooling::Quantized(params) => roi_pool_bin(body, params.output_size, flat, plane, map, &coordinates, scale, bin)?,
+        };
+        body.yield_values(&[value])
     })
 }
 
@@ -597,6 +627,57 @@ fn roi_align_bin<'c, 'n>(
     let pooled = if average { b.divf(total, count)? } else { total };
     let empty = b.compare_floats(CmpfPredicate::Oeq, count, float(0.0)?)?;
     b.select(empty, float(0.0)?, pooled)
+}
+
+/// One bin of RoIPool (torchvision's CPU kernel, the runtime's `ops::roi_pool`): the box's
+/// corners rounded to whole cells (half away from zero), the box including its end cell, the
+/// bin's cells `[⌊p·bin⌋, ⌈(p + 1)·bin⌉)` clamped to the map, their maximum (0 for none).
+#[allow(clippy::too_many_arguments)]
+fn roi_pool_bin<'c, 'n>(
+    b: &Emitter<'c, 'n>,
+    [oh, ow]: [usize; 2],
+    flat: Value<'c, 'n>,
+    plane: Value<'c, 'n>,
+    map: FeatureMapSize<'c, 'n>,
+    [x1, y1, x2, y2]: &[Value<'c, 'n>; 4],
+    scale: Value<'c, 'n>,
+    [ph, pw]: [Value<'c, 'n>; 2],
+) -> Result<Value<'c, 'n>, LoweringError> {
+    let (f32_type, i64_type, index_type) = (b.f32_type(), b.element_type(DType::I64), b.index_type());
+    let cell = |v: Value<'c, 'n>| b.convert("arith.fptosi", b.unary("math.round", b.mulf(v, scale)?)?, i64_type);
+    let (start_w, start_h, end_w, end_h) = (cell(*x1)?, cell(*y1)?, cell(*x2)?, cell(*y2)?);
+    let one = b.constant_integer(1, i64_type)?;
+    let extent = |start: Value<'c, 'n>, end: Value<'c, 'n>| {
+        b.binary("arith.maxsi", b.binary("arith.addi", b.binary("arith.subi", end, start)?, one)?, one)
+    };
+    let bin_h = b.divf(b.convert("arith.sitofp", extent(start_h, end_h)?, f32_type)?, b.constant_float(oh as f64, f32_type)?)?;
+    let bin_w = b.divf(b.convert("arith.sitofp", extent(start_w, end_w)?, f32_type)?, b.constant_float(ow as f64, f32_type)?)?;
+    let zero = b.constant_integer(0, i64_type)?;
+    // `start + rounding(p · bin)` clamped to [0, limit], as an index.
+    let edge = |p: Value<'c, 'n>, bin: Value<'c, 'n>, rounding: &str, start: Value<'c, 'n>, limit: Value<'c, 'n>| {
+        let offset = b.convert("arith.fptosi", b.unary(rounding, b.mulf(b.index_to_f32(p)?, bin)?)?, i64_type)?;
+        let limit = b.convert("arith.index_cast", limit, i64_type)?;
+        let clamped = b.binary("arith.minsi", b.binary("arith.maxsi", b.binary("arith.addi", offset, start)?, zero)?, limit)?;
+        b.convert("arith.index_cast", clamped, index_type)
+    };
+    let next = |p: Value<'c, 'n>| b.binary("arith.addi", p, b.constant_index(1)?);
+    let (h_start, h_end) = (edge(ph, bin_h, "math.floor", start_h, map.height)?, edge(next(ph)?, bin_h, "math.ceil", start_h, map.height)?);
+    let (w_start, w_end) = (edge(pw, bin_w, "math.floor", start_w, map.width)?, edge(next(pw)?, bin_w, "math.ceil", start_w, map.width)?);
+    let lowest = b.constant_float(f32::MIN as f64, f32_type)?;
+    let best = b.for_loop(h_start, h_end, &[lowest], |b, args| {
+        let (y, best) = (args[0], args[1]);
+        let row = b.binary("arith.addi", plane, b.binary("arith.muli", y, map.width)?)?;
+        b.for_loop(w_start, w_end, &[best], |b, args| {
+            let (x, best) = (args[0], args[1]);
+            let value = b.extract(flat, &[b.binary("arith.addi", row, x)?])?;
+            // Strictly greater, as the runtime: the first of equal maxima, NaNs never chosen.
+            Ok(vec![b.select(b.compare_floats(CmpfPredicate::Ogt, value, best)?, value, best)?])
+        })
+    })?[0];
+    let empty_rows = b.compare_integers(CmpiPredicate::Ule, h_end, h_start)?;
+    let empty_columns = b.compare_integers(CmpiPredicate::Ule, w_end, w_start)?;
+    let empty = b.binary("arith.ori", empty_rows, empty_columns)?;
+    b.select(empty, b.constant_float(0.0, f32_type)?, best)
 }
 
 /// `start + (i + 0.5) · bin / grid`: the i-th sampling point of a bin.
@@ -667,9 +748,25 @@ runtime_operator!(
             output_size: checked_output_size(node.attrs),
             spatial_scale: node.attrs.float("spatial_scale") as f32,
         };
-        call(cx, node, RuntimeFunction::RoiPool, params, &[slots[0][0], slots[1][0]])
+        match cx.builtins() {
+            BuiltIns::Runtime => call(cx, node, RuntimeFunction::RoiPool, params, &[slots[0][0], slots[1][0]]),
+            BuiltIns::Kernels => roi_pool_kernel(cx, slots[0][0], slots[1][0], &params),
+        }
     }
 );
+
+/// `[K, C, oh, ow]`: each bin of each box's RoIPool from `features` [1, C, H, W].
+fn roi_pool_kernel<'c, 'b>(
+    cx: &Emitter<'c, 'b>,
+    features: Value<'c, 'b>,
+    boxes: Value<'c, 'b>,
+    params: &RoiPoolParams,
+) -> Result<Vec<Value<'c, 'b>>, LoweringError> {
+    let sizes = cx.sizes(features)?;
+    let map = FeatureMapSize::of(cx, sizes[2], sizes[3])?;
+    let flat = cx.concat_flat(&[features])?;
+    pooled_bins(cx, boxes, sizes[1], Pooling::Quantized(params), &Levels::One(map), flat)
+}
 
 runtime_operator!(
     /// RoIAlign over FPN levels: each box goes to level ⌊4 + log2(√area / 224) + 1e-6⌋, clamped;
@@ -701,19 +798,31 @@ runtime_operator!(
                 let (features, shapes) = cx.pack(&slots[0])?;
                 call(cx, node, RuntimeFunction::MultiscaleRoiAlign, params, &[features, shapes, slots[1][0], slots[2][0]])
             }
-            BuiltIns::Kernels => multiscale_roi_align_kernel(cx, &slots[0], slots[1][0], slots[2][0], &params),
+            BuiltIns::Kernels => {
+                let mapper = LevelMapping { canonical_scale: params.canonical_scale, canonical_level: params.canonical_level, eps: params.eps };
+                let roi_align = RoiAlignParams {
+                    output_size: params.output_size,
+                    // Unused: `Levels::Pyramid` gives each box its level's scale.
+                    spatial_scale: 1.0,
+                    sampling_ratio: params.sampling_ratio,
+                    aligned: params.aligned,
+                    mode: PoolMode::Avg,
+                };
+                multiscale_kernel(cx, &slots[0], slots[1][0], slots[2][0], mapper, Pooling::Align(&roi_align))
+            }
         }
     }
 );
 
-/// `[K, C, oh, ow]`: each bin of each box's RoIAlign from the FPN level `features` (finest
-/// first, [1, C, H, W] each) its size maps to, at the scale inferred against `image_size`.
-fn multiscale_roi_align_kernel<'c, 'b>(
+/// `[K, C, oh, ow]`: each bin of each box pooled from the FPN level `features` (finest first,
+/// [1, C, H, W] each) its size maps to, at the scale inferred against `image_size`.
+fn multiscale_kernel<'c, 'b>(
     cx: &Emitter<'c, 'b>,
     features: &[Value<'c, 'b>],
     boxes: Value<'c, 'b>,
     image_size: Value<'c, 'b>,
-    params: &MultiScaleParams,
+    mapper: LevelMapping,
+    pooling: Pooling,
 ) -> Result<Vec<Value<'c, 'b>>, LoweringError> {
     let channels = cx.size(features[0], 1)?;
     let channels_value = cx.size_value(channels)?;
@@ -727,17 +836,8 @@ fn multiscale_roi_align_kernel<'c, 'b>(
             start = cx.binary("arith.addi", start, cx.binary("arith.muli", channels_value, map.plane)?)?;
         }
     }
-    let mapper = LevelMapping { canonical_scale: params.canonical_scale, canonical_level: params.canonical_level, eps: params.eps };
     let levels = Levels::Pyramid { levels, image_size, mapper };
-    let roi_align = RoiAlignParams {
-        output_size: params.output_size,
-        // Unused: `Levels::Pyramid` gives each box its level's scale.
-        spatial_scale: 1.0,
-        sampling_ratio: params.sampling_ratio,
-        aligned: params.aligned,
-        mode: PoolMode::Avg,
-    };
-    pooled_bins(cx, boxes, channels, &roi_align, &levels, cx.concat_flat(features)?)
+    pooled_bins(cx, boxes, channels, pooling, &levels, cx.concat_flat(features)?)
 }
 
 runtime_operator!(
@@ -761,8 +861,18 @@ runtime_operator!(
             canonical_level: node.attrs.int("canonical_level") as f32,
             ..MultiScalePoolParams::new(checked_output_size(node.attrs))
         };
-        let (features, shapes) = cx.pack(&slots[0])?;
-        call(cx, node, RuntimeFunction::MultiscaleRoiPool, params, &[features, shapes, slots[1][0], slots[2][0]])
+        match cx.builtins() {
+            BuiltIns::Runtime => {
+                let (features, shapes) = cx.pack(&slots[0])?;
+                call(cx, node, RuntimeFunction::MultiscaleRoiPool, params, &[features, shapes, slots[1][0], slots[2][0]])
+            }
+            BuiltIns::Kernels => {
+                let mapper = LevelMapping { canonical_scale: params.canonical_scale, canonical_level: params.canonical_level, eps: params.eps };
+                // Unused: `Levels::Pyramid` gives each box its level's scale.
+                let roi_pool = RoiPoolParams { output_size: params.output_size, spatial_scale: 1.0 };
+                multiscale_kernel(cx, &slots[0], slots[1][0], slots[2][0], mapper, Pooling::Quantized(&roi_pool))
+            }
+        }
     }
 );
 

@@ -108,28 +108,9 @@ fn tensor(tensors: &Weights, name: &str) -> TensorF32 {
 /// `roi_align` on every golden case (aligned and legacy, fixed and adaptive sampling), image
 /// by image of the case's batch, then with no boxes; and `mode: "max"` against the runtime.
 pub fn roi_align(compile: Compile) {
-    let (cases, tensors) = golden("roi_align");
-    for case in &cases {
-        let name = case["name"].as_str().unwrap();
-        let (input, rois, output) = (tensor(&tensors, &format!("{name}.input")), tensor(&tensors, &format!("{name}.rois")), tensor(&tensors, &format!("{name}.output")));
-        let [n, c, h, w] = input.shape[..] else { panic!("{name}: input {:?}", input.shape) };
-        let [oh, ow] = [0, 1].map(|i| case["output_size"][i].as_u64().unwrap() as usize);
-        let text = format!(
-            "network t(x: f32[1, {c}, H, W], boxes: f32[K, 4]) -> (y: f32[K, {c}, {oh}, {ow}]) {{\n    return roi_align(x, boxes, output_size: [{oh}, {ow}], spatial_scale: {}, sampling_ratio: {}, aligned: {})\n}}\n",
-            case["spatial_scale"], case["sampling_ratio"], case["aligned"]
-        );
-        let per_box = c * oh * ow;
-        for image in 0..=n {
-            // The last round has no boxes.
-            let members: Vec<usize> = (0..rois.shape[0]).filter(|&k| image < n && rois.data[k * 5] as usize == image).collect();
-            let boxes: Vec<[f32; 4]> = members.iter().map(|&k| rois.data[k * 5 + 1..k * 5 + 5].try_into().unwrap()).collect();
-            let features = TensorF32::new(vec![1, c, h, w], input.data[image.min(n - 1) * c * h * w..][..c * h * w].to_vec()).unwrap();
-            let inputs = [("x", host(&features)), ("boxes", host(&TensorF32::from_boxes(&boxes)))];
-            let ours = run(compile, &format!("roi_align_{name}.model"), &text, &inputs);
-            let expected: Vec<f32> = members.iter().flat_map(|&k| output.data[k * per_box..(k + 1) * per_box].iter().copied()).collect();
-            assert_close(&format!("roi_align {name}, {} boxes of image {image}", members.len()), &ours, &[members.len(), c, oh, ow], &expected, FLOAT);
-        }
-    }
+    single_level_goldens(compile, "roi_align", |case| {
+        format!("spatial_scale: {}, sampling_ratio: {}, aligned: {}", case["spatial_scale"], case["sampling_ratio"], case["aligned"])
+    });
 
     let text = "network t(x: f32[1, 4, H, W], boxes: f32[K, 4]) -> (y: f32[K, 4, 2, 3]) {\n    return roi_align(x, boxes, output_size: [2, 3], spatial_scale: 0.25, mode: \"max\")\n}\n";
     let x = TensorF32::new(vec![1, 4, 16, 16], values(1024, 3.0)).unwrap();
@@ -149,10 +130,54 @@ pub fn roi_align(compile: Compile) {
     }
 }
 
+/// `roi_pool` on every golden case, image by image of the case's batch, then with no boxes.
+pub fn roi_pool(compile: Compile) {
+    single_level_goldens(compile, "roi_pool", |case| format!("spatial_scale: {}", case["spatial_scale"]));
+}
+
+/// The golden cases of a pooling built-in over one feature map (`op`, with the attributes
+/// `attributes` gives a case besides `output_size`): its batch of images one at a time (the
+/// operator takes one), each image's boxes, then no boxes.
+fn single_level_goldens(compile: Compile, op: &str, attributes: impl Fn(&serde_json::Value) -> String) {
+    let (cases, tensors) = golden(op);
+    for case in &cases {
+        let name = case["name"].as_str().unwrap();
+        let (input, rois, output) = (tensor(&tensors, &format!("{name}.input")), tensor(&tensors, &format!("{name}.rois")), tensor(&tensors, &format!("{name}.output")));
+        let [n, c, h, w] = input.shape[..] else { panic!("{name}: input {:?}", input.shape) };
+        let [oh, ow] = [0, 1].map(|i| case["output_size"][i].as_u64().unwrap() as usize);
+        let text = format!(
+            "network t(x: f32[1, {c}, H, W], boxes: f32[K, 4]) -> (y: f32[K, {c}, {oh}, {ow}]) {{\n    return {op}(x, boxes, output_size: [{oh}, {ow}], {})\n}}\n",
+            attributes(case)
+        );
+        let per_box = c * oh * ow;
+        for image in 0..=n {
+            // The last round has no boxes.
+            let members: Vec<usize> = (0..rois.shape[0]).filter(|&k| image < n && rois.data[k * 5] as usize == image).collect();
+            let boxes: Vec<[f32; 4]> = members.iter().map(|&k| rois.data[k * 5 + 1..k * 5 + 5].try_into().unwrap()).collect();
+            let features = TensorF32::new(vec![1, c, h, w], input.data[image.min(n - 1) * c * h * w..][..c * h * w].to_vec()).unwrap();
+            let inputs = [("x", host(&features)), ("boxes", host(&TensorF32::from_boxes(&boxes)))];
+            let ours = run(compile, &format!("{op}_{name}.model"), &text, &inputs);
+            let expected: Vec<f32> = members.iter().flat_map(|&k| output.data[k * per_box..(k + 1) * per_box].iter().copied()).collect();
+            assert_close(&format!("{op} {name}, {} boxes of image {image}", members.len()), &ours, &[members.len(), c, oh, ow], &expected, FLOAT);
+        }
+    }
+}
+
 /// `multiscale_roi_align` on every golden case (four levels whose sizes are known only at run
 /// time), then with no boxes.
 pub fn multiscale_roi_align(compile: Compile) {
-    let (cases, tensors) = golden("multiscale_roi_align");
+    pyramid_goldens(compile, "multiscale_roi_align", |case| format!("sampling_ratio: {}, ", case["sampling_ratio"]));
+}
+
+/// `multiscale_roi_pool` on every golden case, then with no boxes.
+pub fn multiscale_roi_pool(compile: Compile) {
+    pyramid_goldens(compile, "multiscale_roi_pool", |_| String::new());
+}
+
+/// The golden cases of a pooling built-in over four FPN levels (`op`, with the attributes
+/// `attributes` gives a case besides the level mapper's), then with no boxes.
+fn pyramid_goldens(compile: Compile, op: &str, attributes: impl Fn(&serde_json::Value) -> String) {
+    let (cases, tensors) = golden(op);
     for case in &cases {
         let name = case["name"].as_str().unwrap();
         let levels: Vec<TensorF32> = (0..4).map(|l| tensor(&tensors, &format!("{name}.feat{l}"))).collect();
@@ -160,8 +185,8 @@ pub fn multiscale_roi_align(compile: Compile) {
         let c = levels[0].shape[1];
         let o = case["output_size"].as_u64().unwrap();
         let text = format!(
-            "network t(p2: f32[1, {c}, H2, W2], p3: f32[1, {c}, H3, W3], p4: f32[1, {c}, H4, W4], p5: f32[1, {c}, H5, W5], boxes: f32[K, 4], size: i64[2]) -> (y: f32[K, {c}, {o}, {o}]) {{\n    return multiscale_roi_align([p2, p3, p4, p5], boxes, size, output_size: [{o}, {o}], sampling_ratio: {}, canonical_scale: {}, canonical_level: {})\n}}\n",
-            case["sampling_ratio"], case["canonical_scale"], case["canonical_level"]
+            "network t(p2: f32[1, {c}, H2, W2], p3: f32[1, {c}, H3, W3], p4: f32[1, {c}, H4, W4], p5: f32[1, {c}, H5, W5], boxes: f32[K, 4], size: i64[2]) -> (y: f32[K, {c}, {o}, {o}]) {{\n    return {op}([p2, p3, p4, p5], boxes, size, output_size: [{o}, {o}], {}canonical_scale: {}, canonical_level: {})\n}}\n",
+            attributes(case), case["canonical_scale"], case["canonical_level"]
         );
         let size: Vec<i64> = (0..2).map(|i| case["image_size"][i].as_i64().unwrap()).collect();
         for k in [boxes.shape[0], 0] {
@@ -173,10 +198,10 @@ pub fn multiscale_roi_align(compile: Compile) {
                 ("boxes", host(&TensorF32::new(vec![k, 4], boxes.data[..k * 4].to_vec()).unwrap())),
                 ("size", HostTensor::I64 { shape: vec![2], data: size.clone() }),
             ];
-            let ours = run(compile, &format!("multiscale_roi_align_{name}.model"), &text, &inputs);
+            let ours = run(compile, &format!("{op}_{name}.model"), &text, &inputs);
             let o = o as usize;
             let expected = &output.data[..k * c * o * o];
-            assert_close(&format!("multiscale_roi_align {name}, {k} boxes"), &ours, &[k, c, o, o], expected, FLOAT);
+            assert_close(&format!("{op} {name}, {k} boxes"), &ours, &[k, c, o, o], expected, FLOAT);
         }
     }
 }
