@@ -40,3 +40,8 @@ fn anchors() {
 fn preprocess() {
     common::builtins::preprocess(Executor::on_emulated_device);
 }
+
+#[test]
+fn postprocess_detections() {
+    common::builtins::postprocess_detections(Executor::on_emulated_device);
+}

@@ -14,7 +14,9 @@ use mrc_runtime::abi::detection::{AnchorParams, Params, PasteParams};
 use mrc_runtime::abi::functions::RuntimeFunction;
 use mrc_runtime::detection::{DetectionParams, RoiPoolParams, RpnParams};
 use mrc_runtime::ops::anchors::cell_anchors;
+use mrc_runtime::ops::box_coder::BoxCoder;
 use mrc_runtime::ops::multiscale::{MultiScaleParams, MultiScalePoolParams};
+use mrc_runtime::ops::nms::f32_threshold;
 use mrc_runtime::ops::preprocess::Transform;
 use mrc_runtime::ops::roi_align::{PoolMode, RoiAlignParams};
 use AttrType::*;
@@ -810,9 +812,326 @@ runtime_operator!(
             detections_per_img: node.attrs.int("detections_per_img") as usize,
             min_size: node.attrs.float("min_size"),
         };
-        call(cx, node, RuntimeFunction::PostprocessDetections, params, &[slots[0][0], slots[1][0], slots[2][0], slots[3][0]])
+        match cx.builtins() {
+            BuiltIns::Runtime => call(cx, node, RuntimeFunction::PostprocessDetections, params, &[slots[0][0], slots[1][0], slots[2][0], slots[3][0]]),
+            BuiltIns::Kernels => postprocess_detections_kernel(cx, slots[0][0], slots[1][0], slots[2][0], slots[3][0], &params),
+        }
     }
 );
+
+/// `postprocess_detections` as kernels (the runtime's function step by step; only counts
+/// cross to the host, through [`RuntimeFunction::Count`], to size buffers and end loops):
+/// 1. each candidate (proposal `i`, foreground class `c`, in that order) decoded and clipped
+///    (`[N, 4]`), and its key: its class probability where it passes the score threshold and
+///    the small-box test, else −∞;
+/// 2. the keys with their candidate indices sorted by a bitonic sort (padded to a power of two
+///    with −∞; each compare-exchange pass a kernel, the passes driven by host loops): by score
+///    descending, the earlier candidate first among equals, as the runtime's stable sort; the
+///    `M` candidates that passed come first;
+/// 3. greedy NMS as its fixed point (Cluster-NMS): `keep[j]` iff no earlier kept candidate
+///    suppresses it, iterated from all-kept until an iteration changes nothing. As the
+///    runtime's `batched_nms`: up to 1,000 candidates IoUs of boxes shifted apart by label
+///    (`label · (max coordinate + 1)`), beyond that unshifted boxes of the same label;
+/// 4. the kept candidates in sorted order (an inclusive prefix sum of the keep flags, each
+///    output slot finding its candidate by binary search), the first `detections_per_img`.
+///
+/// Beyond 1,000 candidates the runtime orders kept boxes of equal scores by `std::sort`'s
+/// swaps; these kernels keep them in candidate order.
+fn postprocess_detections_kernel<'c, 'b>(
+    cx: &Emitter<'c, 'b>,
+    logits: Value<'c, 'b>,
+    regression: Value<'c, 'b>,
+    proposals: Value<'c, 'b>,
+    image_size: Value<'c, 'b>,
+    p: &DetectionParams,
+) -> Result<Vec<Value<'c, 'b>>, LoweringError> {
+    let (f32_type, i64_type) = (cx.f32_type(), cx.element_type(DType::I64));
+    let [zero, one] = [cx.constant_index(0)?, cx.constant_index(1)?];
+    let classes = cx.size_value(cx.size(logits, 1)?)?;
+    let foreground = cx.binary("arith.subi", cx.binary("arith.maxui", classes, one)?, one)?;
+    let n = cx.binary("arith.muli", cx.size_value(cx.size(logits, 0)?)?, foreground)?;
+    let weights = p.weights;
+    let (score_thresh, min_size) = (p.score_thresh as f32, p.min_size as f32);
+    let threshold = f32_threshold(p.nms_thresh);
+
+    // 1. Candidates: boxes [N, 4] and keys.
+    let identity2 = identity_map(2);
+    let decoded_init = cx.empty(&[Size::Dynamic(n), Size::Static(4)], f32_type)?;
+    let decoded = cx.generic(&[], &[decoded_init], &[identity2.as_str()], &[Iterator::Parallel; 2], |body| {
+        let c = body.loop_index(0)?;
+        let i = body.binary("arith.divui", c, foreground)?;
+        let class = body.binary("arith.addi", body.binary("arith.remui", c, foreground)?, body.constant_index(1)?)?;
+        let coordinates = decoded_box(body, proposals, regression, image_size, i, class, weights)?;
+        let k = body.loop_index(1)?;
+        let mut value = coordinates[3];
+        for j in (0..3).rev() {
+            value = body.select(body.compare_integers(CmpiPredicate::Eq, k, body.constant_index(j as i64)?)?, coordinates[j], value)?;
+        }
+        body.yield_values(&[value])
+    })?[0];
+    // The padded size: 2^bits ≥ max(N, 1).
+    let bits = ceil_log2(cx, n)?;
+    let padded = cx.binary("arith.shli", one, bits)?;
+    // 1, for the one-thread kernels, unknown to the canonicalizer, which would otherwise
+    // inline a loop nest of one iteration into host code.
+    let unit = cx.binary("arith.minui", padded, one)?;
+    let keys_init = [cx.empty(&[Size::Dynamic(padded)], f32_type)?, cx.empty(&[Size::Dynamic(padded)], i64_type)?];
+    let keys = cx.generic(&[], &keys_init, &["(d0) -> (d0)", "(d0) -> (d0)"], &[Iterator::Parallel], |body| {
+        let j = body.loop_index(0)?;
+        let inside = body.compare_integers(CmpiPredicate::Ult, j, n)?;
+        let key = body.if_else(inside, &[f32_type], |b| {
+            let i = b.binary("arith.divui", j, foreground)?;
+            let class = b.binary("arith.addi", b.binary("arith.remui", j, foreground)?, b.constant_index(1)?)?;
+            let probability = class_probability(b, logits, i, class, classes)?;
+            let coordinate = |k: i64| b.extract(decoded, &[j, b.constant_index(k)?]);
+            let min = b.constant_float(min_size as f64, f32_type)?;
+            let wide = b.compare_floats(CmpfPredicate::Oge, b.subf(coordinate(2)?, coordinate(0)?)?, min)?;
+            let high = b.compare_floats(CmpfPredicate::Oge, b.subf(coordinate(3)?, coordinate(1)?)?, min)?;
+            let likely = b.compare_floats(CmpfPredicate::Ogt, probability, b.constant_float(score_thresh as f64, f32_type)?)?;
+            let valid = b.binary("arith.andi", likely, b.binary("arith.andi", wide, high)?)?;
+            Ok(vec![b.select(valid, probability, negative_infinity(b)?)?])
+        }, |b| Ok(vec![negative_infinity(b)?]))?;
+        body.yield_values(&[key[0], body.convert("arith.index_cast", j, i64_type)?])
+    })?;
+
+    // 2. The bitonic sort: for block sizes 2^k, distances 2^(k-1) down to 1.
+    let sorted = cx.for_loop(one, cx.binary("arith.addi", bits, one)?, &[keys[0], keys[1]], |outer, a| {
+        let k = a[0];
+        let block = outer.binary("arith.shli", outer.constant_index(1)?, k)?;
+        outer.for_loop(outer.constant_index(0)?, k, &[a[1], a[2]], |inner, b| {
+            let step = inner.binary("arith.subi", inner.binary("arith.subi", k, b[0])?, inner.constant_index(1)?)?;
+            let distance = inner.binary("arith.shli", inner.constant_index(1)?, step)?;
+            let (keys, indices) = (b[1], b[2]);
+            let init = [inner.empty(&[Size::Dynamic(padded)], f32_type)?, inner.empty(&[Size::Dynamic(padded)], i64_type)?];
+            inner.generic(&[], &init, &["(d0) -> (d0)", "(d0) -> (d0)"], &[Iterator::Parallel], |body| {
+                let i = body.loop_index(0)?;
+                let partner = body.binary("arith.xori", i, distance)?;
+                let (own_key, own_index) = (body.extract(keys, &[i])?, body.extract(indices, &[i])?);
+                let (other_key, other_index) = (body.extract(keys, &[partner])?, body.extract(indices, &[partner])?);
+                let own_first = body.binary(
+                    "arith.ori",
+                    body.compare_floats(CmpfPredicate::Ogt, own_key, other_key)?,
+                    body.binary(
+                        "arith.andi",
+                        body.compare_floats(CmpfPredicate::Oeq, own_key, other_key)?,
+                        body.compare_integers(CmpiPredicate::Slt, own_index, other_index)?,
+                    )?,
+                )?;
+                let lower = body.compare_integers(CmpiPredicate::Ult, i, partner)?;
+                let ascending = body.compare_integers(CmpiPredicate::Eq, body.binary("arith.andi", i, block)?, body.constant_index(0)?)?;
+                // The lower element of an ascending block takes the first of the two.
+                let takes_first = body.compare_integers(CmpiPredicate::Eq, ascending, lower)?;
+                let keeps_own = body.compare_integers(CmpiPredicate::Eq, takes_first, own_first)?;
+                body.yield_values(&[body.select(keeps_own, own_key, other_key)?, body.select(keeps_own, own_index, other_index)?])
+            })
+        })
+    })?;
+    let (sorted_keys, sorted_indices) = (sorted[0], sorted[1]);
+    let candidates = device_count(cx, unit, padded, |b, j| {
+        b.compare_floats(CmpfPredicate::Ogt, b.extract(sorted_keys, &[j])?, negative_infinity(b)?)
+    })?;
+
+    // 3. NMS. The boxes in sorted order, shifted apart by label up to 1,000 candidates.
+    let shifted = cx.compare_integers(CmpiPredicate::Ule, candidates, cx.constant_index(1000)?)?;
+    let max_init = cx.empty(&[Size::Dynamic(unit)], f32_type)?;
+    let max_coordinate = cx.generic(&[], &[max_init], &["(d0) -> (d0)"], &[Iterator::Parallel], |body| {
+        let [zero, four] = [body.constant_index(0)?, body.constant_index(4)?];
+        let max = body.for_loop(zero, candidates, &[negative_infinity(body)?], |l, a| {
+            let c = l.convert("arith.index_cast", l.extract(sorted_indices, &[a[0]])?, l.index_type())?;
+            l.for_loop(l.constant_index(0)?, four, &[a[1]], |m, b| Ok(vec![m.binary("arith.maxnumf", b[1], m.extract(decoded, &[c, b[0]])?)?]))
+        })?;
+        body.yield_values(&max)
+    })?[0];
+    let boxes_init = cx.empty(&[Size::Dynamic(candidates), Size::Static(4)], f32_type)?;
+    let nms_boxes = cx.generic(&[], &[boxes_init], &[identity2.as_str()], &[Iterator::Parallel; 2], |body| {
+        let c = body.convert("arith.index_cast", body.extract(sorted_indices, &[body.loop_index(0)?])?, body.index_type())?;
+        let value = body.extract(decoded, &[c, body.loop_index(1)?])?;
+        let label = body.binary("arith.addi", body.binary("arith.remui", c, foreground)?, body.constant_index(1)?)?;
+        let label = body.convert("arith.sitofp", body.convert("arith.index_cast", label, i64_type)?, f32_type)?;
+        let max = body.extract(max_coordinate, &[body.constant_index(0)?])?;
+        let offset = body.mulf(label, body.addf(max, body.constant_float(1.0, f32_type)?)?)?;
+        body.yield_values(&[body.select(shifted, body.addf(value, offset)?, value)?])
+    })?[0];
+    let all_init = cx.empty(&[Size::Dynamic(candidates)], i64_type)?;
+    let all_kept = cx.fill(cx.constant_integer(1, i64_type)?, all_init)?;
+    let converged = cx.for_loop(zero, candidates, &[all_kept, cx.constant_integer(0, cx.element_type(DType::Bool))?], |l, a| {
+        let (keep, done) = (a[1], a[2]);
+        l.unless(done, &[keep, done], |b| {
+            let next_init = b.empty(&[Size::Dynamic(candidates)], i64_type)?;
+            let next = b.generic(&[], &[next_init], &["(d0) -> (d0)"], &[Iterator::Parallel], |body| {
+                let j = body.loop_index(0)?;
+                let true_value = body.constant_integer(1, body.element_type(DType::Bool))?;
+                let survives = body.for_loop(body.constant_index(0)?, j, &[true_value], |m, s| {
+                    let i = s[0];
+                    let kept = m.compare_integers(CmpiPredicate::Ne, m.extract(keep, &[i])?, m.constant_integer(0, i64_type)?)?;
+                    let label = |position| -> Result<Value<'c, '_>, LoweringError> {
+                        let c = m.convert("arith.index_cast", m.extract(sorted_indices, &[position])?, m.index_type())?;
+                        m.binary("arith.remui", c, foreground)
+                    };
+                    let same_label = m.compare_integers(CmpiPredicate::Eq, label(i)?, label(j)?)?;
+                    let comparable = m.binary("arith.ori", shifted, same_label)?;
+                    let overlaps = m.compare_floats(CmpfPredicate::Ogt, iou(m, nms_boxes, i, j)?, m.constant_float(threshold as f64, f32_type)?)?;
+                    let suppresses = m.binary("arith.andi", kept, m.binary("arith.andi", comparable, overlaps)?)?;
+                    let not = m.binary("arith.xori", suppresses, m.constant_integer(1, m.element_type(DType::Bool))?)?;
+                    Ok(vec![m.binary("arith.andi", s[1], not)?])
+                })?;
+                body.yield_values(&[body.convert("arith.extui", survives[0], i64_type)?])
+            })?[0];
+            let changes = device_count(b, unit, candidates, |e, j| e.compare_integers(CmpiPredicate::Ne, e.extract(next, &[j])?, e.extract(keep, &[j])?))?;
+            Ok(vec![next, b.compare_integers(CmpiPredicate::Eq, changes, b.constant_index(0)?)?])
+        })
+    })?;
+    let keep = converged[0];
+
+    // 4. Compaction: the inclusive prefix sum of the keep flags (Hillis–Steele passes).
+    let prefix = cx.for_loop(zero, ceil_log2(cx, candidates)?, &[keep], |l, a| {
+        let distance = l.binary("arith.shli", l.constant_index(1)?, a[0])?;
+        let sums = a[1];
+        let init = l.empty(&[Size::Dynamic(candidates)], i64_type)?;
+        Ok(vec![l.generic(&[], &[init], &["(d0) -> (d0)"], &[Iterator::Parallel], |body| {
+            let j = body.loop_index(0)?;
+            let reaches = body.compare_integers(CmpiPredicate::Uge, j, distance)?;
+            let earlier = body.select(reaches, body.binary("arith.subi", j, distance)?, j)?;
+            let addend = body.select(reaches, body.extract(sums, &[earlier])?, body.constant_integer(0, i64_type)?)?;
+            body.yield_values(&[body.binary("arith.addi", body.extract(sums, &[j])?, addend)?])
+        })?[0]])
+    })?[0];
+    let kept = device_count(cx, unit, candidates, |b, j| b.compare_integers(CmpiPredicate::Ne, b.extract(keep, &[j])?, b.constant_integer(0, i64_type)?))?;
+    let detections = cx.binary("arith.minui", kept, cx.constant_index(p.detections_per_img as i64)?)?;
+    let boxes_init = cx.empty(&[Size::Dynamic(detections), Size::Static(4)], f32_type)?;
+    let boxes = cx.generic(&[], &[boxes_init], &[identity2.as_str()], &[Iterator::Parallel; 2], |body| {
+        let j = slot_position(body, prefix, candidates, body.loop_index(0)?)?;
+        let c = body.convert("arith.index_cast", body.extract(sorted_indices, &[j])?, body.index_type())?;
+        body.yield_values(&[body.extract(decoded, &[c, body.loop_index(1)?])?])
+    })?[0];
+    let outputs_init = [cx.empty(&[Size::Dynamic(detections)], f32_type)?, cx.empty(&[Size::Dynamic(detections)], i64_type)?];
+    let scored = cx.generic(&[], &outputs_init, &["(d0) -> (d0)", "(d0) -> (d0)"], &[Iterator::Parallel], |body| {
+        let j = slot_position(body, prefix, candidates, body.loop_index(0)?)?;
+        let c = body.convert("arith.index_cast", body.extract(sorted_indices, &[j])?, body.index_type())?;
+        let label = body.binary("arith.addi", body.binary("arith.remui", c, foreground)?, body.constant_index(1)?)?;
+        body.yield_values(&[body.extract(sorted_keys, &[j])?, body.convert("arith.index_cast", label, i64_type)?])
+    })?;
+    Ok(vec![boxes, scored[0], scored[1]])
+}
+
+fn negative_infinity<'c, 'n>(b: &Emitter<'c, 'n>) -> Result<Value<'c, 'n>, LoweringError> {
+    b.constant_float(f64::NEG_INFINITY, b.f32_type())
+}
+
+/// The smallest `bits` with `2^bits ≥ max(n, 1)`, on the host (`n` an index).
+fn ceil_log2<'c, 'b>(cx: &Emitter<'c, 'b>, n: Value<'c, 'b>) -> Result<Value<'c, 'b>, LoweringError> {
+    let at_least_one = cx.binary("arith.maxui", n, cx.constant_index(1)?)?;
+    Ok(cx.for_loop(cx.constant_index(0)?, cx.constant_index(63)?, &[cx.constant_index(0)?], |l, a| {
+        let below = l.compare_integers(CmpiPredicate::Ult, l.binary("arith.shli", l.constant_index(1)?, a[0])?, at_least_one)?;
+        Ok(vec![l.binary("arith.addi", a[1], l.select(below, l.constant_index(1)?, l.constant_index(0)?)?)?])
+    })?[0])
+}
+
+/// How many of `0..n` satisfy `flag`, counted by a kernel (one thread: `unit` is an opaque 1)
+/// and read by the host.
+fn device_count<'c, 'b>(
+    cx: &Emitter<'c, 'b>,
+    unit: Value<'c, '_>,
+    n: Value<'c, 'b>,
+    flag: impl for<'n> Fn(&Emitter<'c, 'n>, Value<'c, 'n>) -> Result<Value<'c, 'n>, LoweringError>,
+) -> Result<Value<'c, 'b>, LoweringError> {
+    let i64_type = cx.element_type(DType::I64);
+    let init = cx.empty(&[Size::Dynamic(unit)], i64_type)?;
+    let counted = cx.generic(&[], &[init], &["(d0) -> (d0)"], &[Iterator::Parallel], |body| {
+        let total = body.for_loop(body.constant_index(0)?, n, &[body.constant_integer(0, i64_type)?], |l, a| {
+            Ok(vec![l.binary("arith.addi", a[1], l.convert("arith.extui", flag(l, a[0])?, i64_type)?)?])
+        })?;
+        body.yield_values(&total)
+    })?[0];
+    let count = cx.call_runtime(RuntimeFunction::Count, &[counted], &[i64_type])?[0];
+    cx.convert("arith.index_cast", count, cx.index_type())
+}
+
+/// The sorted position of output slot `slot`: the first whose inclusive prefix sum of keep
+/// flags (`prefix`, `n` long) exceeds `slot` (binary search).
+fn slot_position<'c, 'n>(b: &Emitter<'c, 'n>, prefix: Value<'c, '_>, n: Value<'c, '_>, slot: Value<'c, '_>) -> Result<Value<'c, 'n>, LoweringError> {
+    let i64_type = b.element_type(DType::I64);
+    let target = b.convert("arith.index_cast", b.binary("arith.addi", slot, b.constant_index(1)?)?, i64_type)?;
+    let last = b.binary("arith.subi", n, b.constant_index(1)?)?;
+    let bounds = b.for_loop(b.constant_index(0)?, b.constant_index(64)?, &[b.constant_index(0)?, n], |l, a| {
+        let (low, high) = (a[1], a[2]);
+        let active = l.compare_integers(CmpiPredicate::Ult, low, high)?;
+        let middle = l.binary("arith.minui", l.binary("arith.divui", l.binary("arith.addi", low, high)?, l.constant_index(2)?)?, last)?;
+        let below = l.compare_integers(CmpiPredicate::Slt, l.extract(prefix, &[middle])?, target)?;
+        let next_low = l.select(below, l.binary("arith.addi", middle, l.constant_index(1)?)?, low)?;
+        let next_high = l.select(below, high, middle)?;
+        Ok(vec![l.select(active, next_low, low)?, l.select(active, next_high, high)?])
+    })?;
+    Ok(bounds[0])
+}
+
+/// The IoU of the boxes at rows `i` (the earlier, kept one) and `j` of `boxes`, as the
+/// runtime's `nms::iou`.
+fn iou<'c, 'n>(b: &Emitter<'c, 'n>, boxes: Value<'c, '_>, i: Value<'c, '_>, j: Value<'c, '_>) -> Result<Value<'c, 'n>, LoweringError> {
+    let coordinates = |row| -> Result<Vec<Value<'c, 'n>>, LoweringError> { (0..4).map(|k| b.extract(boxes, &[row, b.constant_index(k)?])).collect() };
+    let (a, o) = (coordinates(i)?, coordinates(j)?);
+    let zero = b.constant_float(0.0, b.f32_type())?;
+    let (xx1, yy1) = (b.binary("arith.maxnumf", a[0], o[0])?, b.binary("arith.maxnumf", a[1], o[1])?);
+    let (xx2, yy2) = (b.binary("arith.minnumf", a[2], o[2])?, b.binary("arith.minnumf", a[3], o[3])?);
+    let inter = b.mulf(b.binary("arith.maxnumf", b.subf(xx2, xx1)?, zero)?, b.binary("arith.maxnumf", b.subf(yy2, yy1)?, zero)?)?;
+    let area = |c: &[Value<'c, 'n>]| b.mulf(b.subf(c[2], c[0])?, b.subf(c[3], c[1])?);
+    b.divf(inter, b.subf(b.addf(area(&a)?, area(&o)?)?, inter)?)
+}
+
+/// Proposal `i`'s box for `class`, decoded (the box coder's weights and clamp) and clipped to
+/// the image, as the runtime's `BoxCoder::decode` and `clip_boxes_to_image`: x1, y1, x2, y2.
+fn decoded_box<'c, 'n>(
+    b: &Emitter<'c, 'n>,
+    proposals: Value<'c, '_>,
+    regression: Value<'c, '_>,
+    image_size: Value<'c, '_>,
+    i: Value<'c, '_>,
+    class: Value<'c, '_>,
+    weights: [f32; 4],
+) -> Result<[Value<'c, 'n>; 4], LoweringError> {
+    let f32_type = b.f32_type();
+    let float = |v: f32| b.constant_float(v as f64, f32_type);
+    let proposal = |k: i64| b.extract(proposals, &[i, b.constant_index(k)?]);
+    let (x1, y1, x2, y2) = (proposal(0)?, proposal(1)?, proposal(2)?, proposal(3)?);
+    let (w, h) = (b.subf(x2, x1)?, b.subf(y2, y1)?);
+    let (center_x, center_y) = (b.addf(x1, b.mulf(float(0.5)?, w)?)?, b.addf(y1, b.mulf(float(0.5)?, h)?)?);
+    let base = b.binary("arith.muli", class, b.constant_index(4)?)?;
+    let delta = |k: i64| b.divf(b.extract(regression, &[i, b.binary("arith.addi", base, b.constant_index(k)?)?])?, float(weights[k as usize])?);
+    let clip = float(BoxCoder::new(weights).bbox_xform_clip)?;
+    let (dx, dy) = (delta(0)?, delta(1)?);
+    let (dw, dh) = (b.binary("arith.minnumf", delta(2)?, clip)?, b.binary("arith.minnumf", delta(3)?, clip)?);
+    let (pcx, pcy) = (b.addf(b.mulf(dx, w)?, center_x)?, b.addf(b.mulf(dy, h)?, center_y)?);
+    let (pw, ph) = (b.mulf(b.unary("math.exp", dw)?, w)?, b.mulf(b.unary("math.exp", dh)?, h)?);
+    let (hw, hh) = (b.mulf(float(0.5)?, pw)?, b.mulf(float(0.5)?, ph)?);
+    let side = |k: i64| b.convert("arith.sitofp", b.extract(image_size, &[b.constant_index(k)?])?, f32_type);
+    let (height, width) = (side(0)?, side(1)?);
+    // `f32::clamp(0, high)`: below 0 is 0, then above `high` is `high`.
+    let clamp = |v, high| -> Result<Value<'c, 'n>, LoweringError> {
+        let zero = float(0.0)?;
+        let v = b.select(b.compare_floats(CmpfPredicate::Olt, v, zero)?, zero, v)?;
+        b.select(b.compare_floats(CmpfPredicate::Ogt, v, high)?, high, v)
+    };
+    Ok([
+        clamp(b.subf(pcx, hw)?, width)?,
+        clamp(b.subf(pcy, hh)?, height)?,
+        clamp(b.addf(pcx, hw)?, width)?,
+        clamp(b.addf(pcy, hh)?, height)?,
+    ])
+}
+
+/// Row `i`'s softmax probability of `class` (torch's: the maximum subtracted, exponentials
+/// summed in order), as the runtime's `softmax`.
+fn class_probability<'c, 'n>(b: &Emitter<'c, 'n>, logits: Value<'c, '_>, i: Value<'c, '_>, class: Value<'c, '_>, classes: Value<'c, '_>) -> Result<Value<'c, 'n>, LoweringError> {
+    let f32_type = b.f32_type();
+    let zero = b.constant_index(0)?;
+    let max = b.for_loop(zero, classes, &[b.constant_float(f64::NEG_INFINITY, f32_type)?], |l, a| {
+        Ok(vec![l.binary("arith.maxnumf", a[1], l.extract(logits, &[i, a[0]])?)?])
+    })?[0];
+    let sum = b.for_loop(zero, classes, &[b.constant_float(0.0, f32_type)?], |l, a| {
+        Ok(vec![l.addf(a[1], l.unary("math.exp", l.subf(l.extract(logits, &[i, a[0]])?, max)?)?)?])
+    })?[0];
+    b.divf(b.unary("math.exp", b.subf(b.extract(logits, &[i, class])?, max)?)?, sum)
+}
 
 runtime_operator!(
     /// Mask probabilities: the sigmoid of each detection's logits for its own label

@@ -246,3 +246,78 @@ pub fn preprocess(compile: Compile) {
         assert_eq!(outputs[1].1, HostTensor::I64 { shape: vec![2], data: vec![size[0] as i64, size[1] as i64] }, "preprocess {h}x{w}: size");
     }
 }
+
+/// `postprocess_detections` against the runtime's function, outputs equal (boxes, scores and
+/// labels, in the same order): on the detection fixtures' cases; on candidates with tied
+/// scores and identical boxes; with no candidate above the score threshold; with every box
+/// but the best suppressed; with no proposals; and with more than 1,000 candidates (boxes not
+/// shifted apart by label).
+pub fn postprocess_detections(compile: Compile) {
+    let directory = super::fixtures().join("detection");
+    let cases: serde_json::Value = serde_json::from_slice(&std::fs::read(directory.join("cases.json")).unwrap()).unwrap();
+    let tensors = Weights::open(directory.join("detection.safetensors")).unwrap();
+    for case in cases["cases"]["detections"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        let t = |what: &str| tensor(&tensors, &format!("{name}.{what}"));
+        let size = [0, 1].map(|i| case["image_hw"][i].as_u64().unwrap() as usize);
+        let params = detection::DetectionParams {
+            weights: [0, 1, 2, 3].map(|i| case["weights"][i].as_f64().unwrap() as f32),
+            score_thresh: case["score_thresh"].as_f64().unwrap(),
+            nms_thresh: case["nms_thresh"].as_f64().unwrap(),
+            detections_per_img: case["detections_per_img"].as_u64().unwrap() as usize,
+            min_size: case["min_size"].as_f64().unwrap(),
+        };
+        postprocess_case(compile, name, &t("class_logits"), &t("box_regression"), &t("proposals"), size, &params);
+    }
+    let params = detection::DetectionParams::TORCHVISION;
+    let uniform = |p: usize, k: usize, value: f32| TensorF32::new(vec![p, k], vec![value; p * k]).unwrap();
+    let square = |p: usize| TensorF32::from_boxes(&vec![[10.0, 10.0, 30.0, 30.0]; p]);
+    // Equal logits: ties everywhere, identical boxes per class; one box kept per class.
+    postprocess_case(compile, "ties", &uniform(5, 3, 0.0), &uniform(5, 12, 0.0), &square(5), [50, 60], &params);
+    // Equal scores, boxes apart: all kept, in candidate order.
+    let apart = TensorF32::from_boxes(&(0..6).map(|i| [i as f32 * 8.0, 0.0, i as f32 * 8.0 + 6.0, 6.0]).collect::<Vec<_>>());
+    postprocess_case(compile, "ties apart", &uniform(6, 2, 0.0), &uniform(6, 8, 0.0), &apart, [50, 60], &params);
+    // Background only: no candidate passes the threshold.
+    let background = TensorF32::new(vec![4, 3], (0..4).flat_map(|_| [20.0, 0.0, 0.0]).collect()).unwrap();
+    postprocess_case(compile, "no candidates", &background, &uniform(4, 12, 0.0), &square(4), [50, 60], &params);
+    // One class, distinct scores, overlapping boxes: all but the best suppressed.
+    let logits = TensorF32::new(vec![5, 2], (0..5).flat_map(|i| [0.0, 1.0 + i as f32 * 0.1]).collect()).unwrap();
+    let overlapping = TensorF32::from_boxes(&(0..5).map(|i| [10.0 + i as f32 * 0.5, 10.0, 30.0 + i as f32 * 0.5, 30.0]).collect::<Vec<_>>());
+    postprocess_case(compile, "all suppressed", &logits, &uniform(5, 8, 0.0), &overlapping, [50, 60], &params);
+    postprocess_case(compile, "no proposals", &uniform(0, 3, 0.0), &uniform(0, 12, 0.0), &square(0), [50, 60], &params);
+    // 600 proposals × 2 classes: 1,200 candidates, NMS per label on unshifted boxes.
+    let many = 600;
+    let logits = TensorF32::new(vec![many, 3], (0..many).flat_map(|i| [0.0, (i as f32 * 0.37).sin(), (i as f32 * 0.11).cos()]).collect()).unwrap();
+    let regression = TensorF32::new(vec![many, 12], values(many * 12, 0.5)).unwrap();
+    let proposals = TensorF32::from_boxes(&(0..many).map(|i| { let (x, y) = ((i % 30) as f32 * 5.0, (i / 30) as f32 * 5.0); [x, y, x + 12.0, y + 9.0] }).collect::<Vec<_>>());
+    postprocess_case(compile, "1,200 candidates", &logits, &regression, &proposals, [110, 160], &params);
+}
+
+fn postprocess_case(
+    compile: Compile,
+    case: &str,
+    logits: &TensorF32,
+    regression: &TensorF32,
+    proposals: &TensorF32,
+    size: [usize; 2],
+    p: &detection::DetectionParams,
+) {
+    let k = logits.shape[1];
+    let text = format!(
+        "network t(logits: f32[P, {k}], regression: f32[P, {}], proposals: f32[P, 4], size: i64[2]) -> (boxes: f32[D, 4], scores: f32[D], labels: i64[D]) {{\n    let (boxes, scores, labels) = postprocess_detections(logits, regression, proposals, size, weights: [{:?}, {:?}, {:?}, {:?}], score_thresh: {:?}, nms_thresh: {:?}, detections_per_img: {}, min_size: {:?})\n    return (boxes, scores, labels)\n}}\n",
+        4 * k, p.weights[0], p.weights[1], p.weights[2], p.weights[3], p.score_thresh, p.nms_thresh, p.detections_per_img, p.min_size
+    );
+    let model = super::expand("postprocess_detections.model", &text).unwrap_or_else(|d| panic!("{d}"));
+    let executor = compile(&model.graph, Weights::from_tensors("no weights", []).unwrap(), &[], 1).unwrap();
+    let size_tensor = HostTensor::I64 { shape: vec![2], data: vec![size[0] as i64, size[1] as i64] };
+    let (logits_in, regression_in, proposals_in) = (host(logits), host(regression), host(proposals));
+    let inputs: Vec<(&str, &HostTensor)> = vec![("logits", &logits_in), ("regression", &regression_in), ("proposals", &proposals_in), ("size", &size_tensor)];
+    let outputs = executor.run(&inputs).unwrap();
+    let (boxes, scores, labels) = detection::postprocess_detections(logits, regression, proposals, size, p).unwrap();
+    assert_eq!(outputs[0].1.shape(), boxes.shape, "{case}: boxes' shape");
+    assert_eq!(outputs[0].1.f32().unwrap(), &boxes.data[..], "{case}: boxes");
+    assert_eq!(outputs[1].1.f32().unwrap(), &scores.data[..], "{case}: scores");
+    let HostTensor::I64 { data, .. } = &outputs[2].1 else { panic!("{case}: labels not i64") };
+    assert_eq!(data, &labels, "{case}: labels");
+    eprintln!("{case}: {} detections", labels.len());
+}
