@@ -57,14 +57,13 @@ fn rescale_boxes() {
 fn kernel_builtins_call_no_runtime_function() {
     let model = common::load("models/mini.model", None);
     let context = create_context();
-    let kernels = ["mask_probs", "rescale_boxes", "multiscale_roi_align", "paste_masks", "anchors", "preprocess", "postprocess_detections"];
+    let kernels = ["mask_probs", "rescale_boxes", "multiscale_roi_align", "paste_masks", "anchors", "preprocess", "rpn_proposals", "postprocess_detections"];
     for builtins in [BuiltIns::Kernels, BuiltIns::Runtime] {
         let (module, _) = emit_forward(&context, &model.graph, Products::RuntimeGemm, builtins).unwrap();
         let text = module.as_operation().to_string();
         for op in kernels {
             assert_eq!(text.contains(&format!("call @mrc_{op}(")), builtins == BuiltIns::Runtime, "`{op}` with {builtins:?}");
         }
-        assert!(text.contains("call @mrc_rpn_proposals("), "the RPN's top-k and NMS stay runtime calls");
     }
 }
 
@@ -96,4 +95,9 @@ fn preprocess() {
 #[test]
 fn postprocess_detections() {
     common::builtins::postprocess_detections(kernels_on_cpu);
+}
+
+#[test]
+fn rpn_proposals() {
+    common::builtins::rpn_proposals(kernels_on_cpu);
 }

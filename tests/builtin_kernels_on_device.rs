@@ -45,3 +45,8 @@ fn preprocess() {
 fn postprocess_detections() {
     common::builtins::postprocess_detections(Executor::on_emulated_device);
 }
+
+#[test]
+fn rpn_proposals() {
+    common::builtins::rpn_proposals(Executor::on_emulated_device);
+}

@@ -321,3 +321,75 @@ fn postprocess_case(
     assert_eq!(data, &labels, "{case}: labels");
     eprintln!("{case}: {} detections", labels.len());
 }
+
+/// `rpn_proposals` against the runtime's function, proposals equal (same boxes, same order):
+/// on the detection fixtures' RPN cases (the second with more than 1,000 candidates); and, for
+/// those with at most 1,000, with equal logits everywhere (ties), with every box below the
+/// score threshold, and with every box but one per level suppressed.
+pub fn rpn_proposals(compile: Compile) {
+    let directory = super::fixtures().join("detection");
+    let cases: serde_json::Value = serde_json::from_slice(&std::fs::read(directory.join("cases.json")).unwrap()).unwrap();
+    let tensors = Weights::open(directory.join("detection.safetensors")).unwrap();
+    let hw = |v: &serde_json::Value| [0, 1].map(|i| v[i].as_u64().unwrap() as usize);
+    for case in cases["cases"]["rpn"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        let levels = case["feature_sizes"].as_array().unwrap().len();
+        let objectness: Vec<TensorF32> = (0..levels).map(|l| tensor(&tensors, &format!("{name}.objectness{l}"))).collect();
+        let deltas: Vec<TensorF32> = (0..levels).map(|l| tensor(&tensors, &format!("{name}.deltas{l}"))).collect();
+        let anchors = tensor(&tensors, &format!("{name}.anchors"));
+        let p = detection::RpnParams {
+            pre_nms_top_n: case["pre_nms_top_n"].as_u64().unwrap() as usize,
+            post_nms_top_n: case["post_nms_top_n"].as_u64().unwrap() as usize,
+            nms_thresh: case["nms_thresh"].as_f64().unwrap(),
+            min_size: case["min_size"].as_f64().unwrap(),
+            score_thresh: case["score_thresh"].as_f64().unwrap(),
+            weights: [1.0; 4],
+        };
+        let size = hw(&case["image_hw"]);
+        rpn_case(compile, name, &objectness, &deltas, &anchors, size, &p);
+        // Beyond 1,000 candidates the runtime orders equal scores by `std::sort`'s swaps,
+        // which the kernels do not reproduce: ties only below.
+        let candidates: usize = objectness.iter().map(|o| o.data.len().min(p.pre_nms_top_n)).sum();
+        if candidates > 1000 {
+            continue;
+        }
+        let flat = |t: &TensorF32, value: f32| TensorF32::new(t.shape.clone(), vec![value; t.data.len()]).unwrap();
+        let equal: Vec<TensorF32> = objectness.iter().map(|o| flat(o, 0.5)).collect();
+        let zero_deltas: Vec<TensorF32> = deltas.iter().map(|d| flat(d, 0.0)).collect();
+        rpn_case(compile, &format!("{name} with equal logits"), &equal, &deltas, &anchors, size, &p);
+        rpn_case(compile, &format!("{name} with equal logits and boxes"), &equal, &zero_deltas, &anchors, size, &p);
+        let low: Vec<TensorF32> = objectness.iter().map(|o| flat(o, -20.0)).collect();
+        rpn_case(compile, &format!("{name} below the threshold"), &low, &deltas, &anchors, size, &detection::RpnParams { score_thresh: 0.5, ..p });
+        // Every anchor the same box: one proposal per level survives.
+        let same = TensorF32::from_boxes(&vec![[4.0, 4.0, 30.0, 20.0]; anchors.shape[0]]);
+        rpn_case(compile, &format!("{name} all suppressed but one per level"), &objectness, &zero_deltas, &same, size, &p);
+    }
+}
+
+fn rpn_case(compile: Compile, case: &str, objectness: &[TensorF32], deltas: &[TensorF32], anchors: &TensorF32, size: [usize; 2], p: &detection::RpnParams) {
+    let levels = objectness.len();
+    let maps: Vec<String> = (0..levels)
+        .map(|l| format!("o{l}: f32[1, {a}, H{l}, W{l}], d{l}: f32[1, {}, H{l}, W{l}]", 4 * objectness[l].shape[1], a = objectness[l].shape[1]))
+        .collect();
+    let list = |prefix: &str| (0..levels).map(|l| format!("{prefix}{l}")).collect::<Vec<_>>().join(", ");
+    let text = format!(
+        "network t({}, anchors: f32[N, 4], size: i64[2]) -> (proposals: f32[P, 4]) {{\n    return rpn_proposals([{}], [{}], anchors, size, pre_nms_top_n: {}, post_nms_top_n: {}, nms_thresh: {:?}, min_size: {:?}, score_thresh: {:?}, weights: [1.0, 1.0, 1.0, 1.0])\n}}\n",
+        maps.join(", "), list("o"), list("d"), p.pre_nms_top_n, p.post_nms_top_n, p.nms_thresh, p.min_size, p.score_thresh
+    );
+    let model = super::expand("rpn_proposals.model", &text).unwrap_or_else(|d| panic!("{d}"));
+    let executor = compile(&model.graph, Weights::from_tensors("no weights", []).unwrap(), &[], 1).unwrap();
+    let mut named: Vec<(String, HostTensor)> = vec![];
+    for l in 0..levels {
+        named.push((format!("o{l}"), host(&objectness[l])));
+        named.push((format!("d{l}"), host(&deltas[l])));
+    }
+    named.push(("anchors".into(), host(anchors)));
+    named.push(("size".into(), HostTensor::I64 { shape: vec![2], data: vec![size[0] as i64, size[1] as i64] }));
+    let inputs: Vec<(&str, &HostTensor)> = named.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let ours = executor.run(&inputs).unwrap().swap_remove(0).1;
+    let theirs = detection::rpn_proposals(objectness, deltas, anchors, size, p).unwrap();
+    assert_eq!(ours.shape(), theirs.shape, "{case}: shape");
+    let differ = ours.f32().unwrap().iter().zip(&theirs.data).position(|(a, b)| a != b);
+    assert!(differ.is_none(), "{case}: proposals differ from value {differ:?} on");
+    eprintln!("{case}: {} proposals", theirs.shape[0]);
+}
