@@ -57,14 +57,13 @@ fn rescale_boxes() {
 fn kernel_builtins_call_no_runtime_function() {
     let model = common::load("models/mini.model", None);
     let context = create_context();
-    let kernels = ["mask_probs", "rescale_boxes", "multiscale_roi_align", "paste_masks", "anchors", "preprocess"];
+    let kernels = ["mask_probs", "rescale_boxes", "multiscale_roi_align", "paste_masks", "anchors", "preprocess", "rpn_proposals", "postprocess_detections"];
     for builtins in [BuiltIns::Kernels, BuiltIns::Runtime] {
         let (module, _) = emit_forward(&context, &model.graph, Products::RuntimeGemm, builtins).unwrap();
         let text = module.as_operation().to_string();
         for op in kernels {
             assert_eq!(text.contains(&format!("call @mrc_{op}(")), builtins == BuiltIns::Runtime, "`{op}` with {builtins:?}");
         }
-        assert!(text.contains("call @mrc_rpn_proposals("), "top-k and NMS stay runtime calls");
     }
 }
 
@@ -101,4 +100,14 @@ fn roi_pool() {
 #[test]
 fn multiscale_roi_pool() {
     common::builtins::multiscale_roi_pool(kernels_on_cpu);
+}
+
+#[test]
+fn postprocess_detections() {
+    common::builtins::postprocess_detections(kernels_on_cpu);
+}
+
+#[test]
+fn rpn_proposals() {
+    common::builtins::rpn_proposals(kernels_on_cpu);
 }

@@ -50,3 +50,13 @@ fn roi_pool() {
 fn multiscale_roi_pool() {
     common::builtins::multiscale_roi_pool(Executor::on_emulated_device);
 }
+
+#[test]
+fn postprocess_detections() {
+    common::builtins::postprocess_detections(Executor::on_emulated_device);
+}
+
+#[test]
+fn rpn_proposals() {
+    common::builtins::rpn_proposals(Executor::on_emulated_device);
+}

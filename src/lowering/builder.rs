@@ -676,6 +676,30 @@ impl<'c, 'b> Emitter<'c, 'b> {
         self.append_results(self.builder("scf.for").add_operands(&operands).add_regions([region]).add_results(&types).build()?)
     }
 
+    /// `scf.if` whose results are `kept` where `condition` holds, else what `otherwise` returns
+    /// (an emitter for its block given): a loop's carried values left as they are once done.
+    pub fn unless(
+        &self,
+        condition: Value<'c, '_>,
+        kept: &[Value<'c, '_>],
+        otherwise: impl for<'n> FnOnce(&Emitter<'c, 'n>) -> Result<Vec<Value<'c, 'n>>, LoweringError>,
+    ) -> Result<Vec<Value<'c, 'b>>, LoweringError> {
+        let types: Vec<Type<'c>> = kept.iter().map(|v| v.r#type()).collect();
+        let then_block = Block::new(&[]);
+        self.nested(&then_block).yield_region(kept)?;
+        let else_block = Block::new(&[]);
+        {
+            let inner = self.nested(&else_block);
+            inner.yield_region(&otherwise(&inner)?)?;
+        }
+        let (then_region, else_region) = (Region::new(), Region::new());
+        then_region.append_block(then_block);
+        else_region.append_block(else_block);
+        self.append_results(
+            self.builder("scf.if").add_operands(&[condition]).add_regions([then_region, else_region]).add_results(&types).build()?,
+        )
+    }
+
     /// `scf.if` with results of `types`: `then` and `otherwise` each get an emitter for their
     /// block and return its results.
     pub fn if_else(

@@ -22,7 +22,8 @@ use super::{diagnostics::capture_diagnostics, error::LoweringError};
 /// - empty-tensor elimination, so that results computed into a `tensor.empty` are written
 ///   straight into the destination they are materialized in (no temporary and copy);
 /// - one-shot bufferization across function boundaries, with identity layouts so that every
-///   function argument and result is a plain `StridedMemRef` descriptor at the C interface;
+///   function argument and result is a plain `StridedMemRef` descriptor at the C interface, and
+///   loops that carry tensors each iteration computes anew (kernels launched from host loops);
 /// - the ownership-based deallocation pipeline, which frees temporaries (returned buffers are
 ///   the caller's), then `bufferization.clone` (which it inserts where a function returns a view
 ///   of an argument) to an allocation and a copy.
@@ -30,7 +31,7 @@ macro_rules! bufferize_passes {
     () => {
         "linalg-fuse-elementwise-ops,\
          eliminate-empty-tensors,\
-         one-shot-bufferize{bufferize-function-boundaries function-boundary-type-conversion=identity-layout-map},\
+         one-shot-bufferize{allow-return-allocs-from-loops bufferize-function-boundaries function-boundary-type-conversion=identity-layout-map},\
          buffer-deallocation-pipeline,\
          convert-bufferization-to-memref"
     };

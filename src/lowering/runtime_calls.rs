@@ -53,8 +53,11 @@ impl<'c, 'b> Emitter<'c, 'b> {
         let argument_types: Vec<Type> = dynamic_arguments.iter().map(|a| a.r#type()).collect();
         let mut result_types = vec![];
         for &ty in results {
-            let tensor = RankedTensorType::try_from(ty)?;
-            result_types.push(self.ranked_tensor(&vec![None; tensor.rank()], tensor.element()));
+            // A count is returned by value; tensors with every dimension dynamic.
+            match RankedTensorType::try_from(ty) {
+                Ok(tensor) => result_types.push(self.ranked_tensor(&vec![None; tensor.rank()], tensor.element())),
+                Err(_) => result_types.push(ty),
+            }
         }
         let function_type = FunctionType::new(self.context, &argument_types, &result_types).into();
         let declared = *self.runtime.borrow_mut().entry(symbol.to_owned()).or_insert(function_type);
@@ -72,12 +75,19 @@ impl<'c, 'b> Emitter<'c, 'b> {
             return Ok(false);
         }
         for (&kind, &ty) in kinds.iter().zip(types) {
-            let tensor = RankedTensorType::try_from(ty)?;
+            if kind == Arg::Count {
+                if ty != Type::from(IntegerType::new(self.context, 64)) {
+                    return Ok(false);
+                }
+                continue;
+            }
+            let Ok(tensor) = RankedTensorType::try_from(ty) else { return Ok(false) };
             let (element, rank) = match kind {
                 Arg::F32(rank) => (self.f32_type(), rank),
                 Arg::I64(rank) => (IntegerType::new(self.context, 64).into(), rank),
                 Arg::U8(rank) => (IntegerType::new(self.context, 8).into(), rank),
                 Arg::Params => (Type::float64(self.context), 1),
+                Arg::Count => unreachable!("a count is checked above"),
             };
             if tensor.element() != element || tensor.rank() != rank {
                 return Ok(false);

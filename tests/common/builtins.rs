@@ -271,3 +271,150 @@ pub fn preprocess(compile: Compile) {
         assert_eq!(outputs[1].1, HostTensor::I64 { shape: vec![2], data: vec![size[0] as i64, size[1] as i64] }, "preprocess {h}x{w}: size");
     }
 }
+
+/// `postprocess_detections` against the runtime's function, outputs equal (boxes, scores and
+/// labels, in the same order): on the detection fixtures' cases; on candidates with tied
+/// scores and identical boxes; with no candidate above the score threshold; with every box
+/// but the best suppressed; with no proposals; and with more than 1,000 candidates (boxes not
+/// shifted apart by label).
+pub fn postprocess_detections(compile: Compile) {
+    let directory = super::fixtures().join("detection");
+    let cases: serde_json::Value = serde_json::from_slice(&std::fs::read(directory.join("cases.json")).unwrap()).unwrap();
+    let tensors = Weights::open(directory.join("detection.safetensors")).unwrap();
+    for case in cases["cases"]["detections"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        let t = |what: &str| tensor(&tensors, &format!("{name}.{what}"));
+        let size = [0, 1].map(|i| case["image_hw"][i].as_u64().unwrap() as usize);
+        let params = detection::DetectionParams {
+            weights: [0, 1, 2, 3].map(|i| case["weights"][i].as_f64().unwrap() as f32),
+            score_thresh: case["score_thresh"].as_f64().unwrap(),
+            nms_thresh: case["nms_thresh"].as_f64().unwrap(),
+            detections_per_img: case["detections_per_img"].as_u64().unwrap() as usize,
+            min_size: case["min_size"].as_f64().unwrap(),
+        };
+        postprocess_case(compile, name, &t("class_logits"), &t("box_regression"), &t("proposals"), size, &params);
+    }
+    let params = detection::DetectionParams::TORCHVISION;
+    let uniform = |p: usize, k: usize, value: f32| TensorF32::new(vec![p, k], vec![value; p * k]).unwrap();
+    let square = |p: usize| TensorF32::from_boxes(&vec![[10.0, 10.0, 30.0, 30.0]; p]);
+    // Equal logits: ties everywhere, identical boxes per class; one box kept per class.
+    postprocess_case(compile, "ties", &uniform(5, 3, 0.0), &uniform(5, 12, 0.0), &square(5), [50, 60], &params);
+    // Equal scores, boxes apart: all kept, in candidate order.
+    let apart = TensorF32::from_boxes(&(0..6).map(|i| [i as f32 * 8.0, 0.0, i as f32 * 8.0 + 6.0, 6.0]).collect::<Vec<_>>());
+    postprocess_case(compile, "ties apart", &uniform(6, 2, 0.0), &uniform(6, 8, 0.0), &apart, [50, 60], &params);
+    // Background only: no candidate passes the threshold.
+    let background = TensorF32::new(vec![4, 3], (0..4).flat_map(|_| [20.0, 0.0, 0.0]).collect()).unwrap();
+    postprocess_case(compile, "no candidates", &background, &uniform(4, 12, 0.0), &square(4), [50, 60], &params);
+    // One class, distinct scores, overlapping boxes: all but the best suppressed.
+    let logits = TensorF32::new(vec![5, 2], (0..5).flat_map(|i| [0.0, 1.0 + i as f32 * 0.1]).collect()).unwrap();
+    let overlapping = TensorF32::from_boxes(&(0..5).map(|i| [10.0 + i as f32 * 0.5, 10.0, 30.0 + i as f32 * 0.5, 30.0]).collect::<Vec<_>>());
+    postprocess_case(compile, "all suppressed", &logits, &uniform(5, 8, 0.0), &overlapping, [50, 60], &params);
+    postprocess_case(compile, "no proposals", &uniform(0, 3, 0.0), &uniform(0, 12, 0.0), &square(0), [50, 60], &params);
+    // 600 proposals × 2 classes: 1,200 candidates, NMS per label on unshifted boxes.
+    let many = 600;
+    let logits = TensorF32::new(vec![many, 3], (0..many).flat_map(|i| [0.0, (i as f32 * 0.37).sin(), (i as f32 * 0.11).cos()]).collect()).unwrap();
+    let regression = TensorF32::new(vec![many, 12], values(many * 12, 0.5)).unwrap();
+    let proposals = TensorF32::from_boxes(&(0..many).map(|i| { let (x, y) = ((i % 30) as f32 * 5.0, (i / 30) as f32 * 5.0); [x, y, x + 12.0, y + 9.0] }).collect::<Vec<_>>());
+    postprocess_case(compile, "1,200 candidates", &logits, &regression, &proposals, [110, 160], &params);
+}
+
+fn postprocess_case(
+    compile: Compile,
+    case: &str,
+    logits: &TensorF32,
+    regression: &TensorF32,
+    proposals: &TensorF32,
+    size: [usize; 2],
+    p: &detection::DetectionParams,
+) {
+    let k = logits.shape[1];
+    let text = format!(
+        "network t(logits: f32[P, {k}], regression: f32[P, {}], proposals: f32[P, 4], size: i64[2]) -> (boxes: f32[D, 4], scores: f32[D], labels: i64[D]) {{\n    let (boxes, scores, labels) = postprocess_detections(logits, regression, proposals, size, weights: [{:?}, {:?}, {:?}, {:?}], score_thresh: {:?}, nms_thresh: {:?}, detections_per_img: {}, min_size: {:?})\n    return (boxes, scores, labels)\n}}\n",
+        4 * k, p.weights[0], p.weights[1], p.weights[2], p.weights[3], p.score_thresh, p.nms_thresh, p.detections_per_img, p.min_size
+    );
+    let model = super::expand("postprocess_detections.model", &text).unwrap_or_else(|d| panic!("{d}"));
+    let executor = compile(&model.graph, Weights::from_tensors("no weights", []).unwrap(), &[], 1).unwrap();
+    let size_tensor = HostTensor::I64 { shape: vec![2], data: vec![size[0] as i64, size[1] as i64] };
+    let (logits_in, regression_in, proposals_in) = (host(logits), host(regression), host(proposals));
+    let inputs: Vec<(&str, &HostTensor)> = vec![("logits", &logits_in), ("regression", &regression_in), ("proposals", &proposals_in), ("size", &size_tensor)];
+    let outputs = executor.run(&inputs).unwrap();
+    let (boxes, scores, labels) = detection::postprocess_detections(logits, regression, proposals, size, p).unwrap();
+    assert_eq!(outputs[0].1.shape(), boxes.shape, "{case}: boxes' shape");
+    assert_eq!(outputs[0].1.f32().unwrap(), &boxes.data[..], "{case}: boxes");
+    assert_eq!(outputs[1].1.f32().unwrap(), &scores.data[..], "{case}: scores");
+    let HostTensor::I64 { data, .. } = &outputs[2].1 else { panic!("{case}: labels not i64") };
+    assert_eq!(data, &labels, "{case}: labels");
+    eprintln!("{case}: {} detections", labels.len());
+}
+
+/// `rpn_proposals` against the runtime's function, proposals equal (same boxes, same order):
+/// on the detection fixtures' RPN cases (the second with more than 1,000 candidates); and, for
+/// those with at most 1,000, with equal logits everywhere (ties), with every box below the
+/// score threshold, and with every box but one per level suppressed.
+pub fn rpn_proposals(compile: Compile) {
+    let directory = super::fixtures().join("detection");
+    let cases: serde_json::Value = serde_json::from_slice(&std::fs::read(directory.join("cases.json")).unwrap()).unwrap();
+    let tensors = Weights::open(directory.join("detection.safetensors")).unwrap();
+    let hw = |v: &serde_json::Value| [0, 1].map(|i| v[i].as_u64().unwrap() as usize);
+    for case in cases["cases"]["rpn"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        let levels = case["feature_sizes"].as_array().unwrap().len();
+        let objectness: Vec<TensorF32> = (0..levels).map(|l| tensor(&tensors, &format!("{name}.objectness{l}"))).collect();
+        let deltas: Vec<TensorF32> = (0..levels).map(|l| tensor(&tensors, &format!("{name}.deltas{l}"))).collect();
+        let anchors = tensor(&tensors, &format!("{name}.anchors"));
+        let p = detection::RpnParams {
+            pre_nms_top_n: case["pre_nms_top_n"].as_u64().unwrap() as usize,
+            post_nms_top_n: case["post_nms_top_n"].as_u64().unwrap() as usize,
+            nms_thresh: case["nms_thresh"].as_f64().unwrap(),
+            min_size: case["min_size"].as_f64().unwrap(),
+            score_thresh: case["score_thresh"].as_f64().unwrap(),
+            weights: [1.0; 4],
+        };
+        let size = hw(&case["image_hw"]);
+        rpn_case(compile, name, &objectness, &deltas, &anchors, size, &p);
+        // Beyond 1,000 candidates the runtime orders equal scores by `std::sort`'s swaps,
+        // which the kernels do not reproduce: ties only below.
+        let candidates: usize = objectness.iter().map(|o| o.data.len().min(p.pre_nms_top_n)).sum();
+        if candidates > 1000 {
+            continue;
+        }
+        let flat = |t: &TensorF32, value: f32| TensorF32::new(t.shape.clone(), vec![value; t.data.len()]).unwrap();
+        let equal: Vec<TensorF32> = objectness.iter().map(|o| flat(o, 0.5)).collect();
+        let zero_deltas: Vec<TensorF32> = deltas.iter().map(|d| flat(d, 0.0)).collect();
+        rpn_case(compile, &format!("{name} with equal logits"), &equal, &deltas, &anchors, size, &p);
+        rpn_case(compile, &format!("{name} with equal logits and boxes"), &equal, &zero_deltas, &anchors, size, &p);
+        let low: Vec<TensorF32> = objectness.iter().map(|o| flat(o, -20.0)).collect();
+        rpn_case(compile, &format!("{name} below the threshold"), &low, &deltas, &anchors, size, &detection::RpnParams { score_thresh: 0.5, ..p });
+        // Every anchor the same box: one proposal per level survives.
+        let same = TensorF32::from_boxes(&vec![[4.0, 4.0, 30.0, 20.0]; anchors.shape[0]]);
+        rpn_case(compile, &format!("{name} all suppressed but one per level"), &objectness, &zero_deltas, &same, size, &p);
+    }
+}
+
+fn rpn_case(compile: Compile, case: &str, objectness: &[TensorF32], deltas: &[TensorF32], anchors: &TensorF32, size: [usize; 2], p: &detection::RpnParams) {
+    let levels = objectness.len();
+    let maps: Vec<String> = (0..levels)
+        .map(|l| format!("o{l}: f32[1, {a}, H{l}, W{l}], d{l}: f32[1, {}, H{l}, W{l}]", 4 * objectness[l].shape[1], a = objectness[l].shape[1]))
+        .collect();
+    let list = |prefix: &str| (0..levels).map(|l| format!("{prefix}{l}")).collect::<Vec<_>>().join(", ");
+    let text = format!(
+        "network t({}, anchors: f32[N, 4], size: i64[2]) -> (proposals: f32[P, 4]) {{\n    return rpn_proposals([{}], [{}], anchors, size, pre_nms_top_n: {}, post_nms_top_n: {}, nms_thresh: {:?}, min_size: {:?}, score_thresh: {:?}, weights: [1.0, 1.0, 1.0, 1.0])\n}}\n",
+        maps.join(", "), list("o"), list("d"), p.pre_nms_top_n, p.post_nms_top_n, p.nms_thresh, p.min_size, p.score_thresh
+    );
+    let model = super::expand("rpn_proposals.model", &text).unwrap_or_else(|d| panic!("{d}"));
+    let executor = compile(&model.graph, Weights::from_tensors("no weights", []).unwrap(), &[], 1).unwrap();
+    let mut named: Vec<(String, HostTensor)> = vec![];
+    for l in 0..levels {
+        named.push((format!("o{l}"), host(&objectness[l])));
+        named.push((format!("d{l}"), host(&deltas[l])));
+    }
+    named.push(("anchors".into(), host(anchors)));
+    named.push(("size".into(), HostTensor::I64 { shape: vec![2], data: vec![size[0] as i64, size[1] as i64] }));
+    let inputs: Vec<(&str, &HostTensor)> = named.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let ours = executor.run(&inputs).unwrap().swap_remove(0).1;
+    let theirs = detection::rpn_proposals(objectness, deltas, anchors, size, p).unwrap();
+    assert_eq!(ours.shape(), theirs.shape, "{case}: shape");
+    let differ = ours.f32().unwrap().iter().zip(&theirs.data).position(|(a, b)| a != b);
+    assert!(differ.is_none(), "{case}: proposals differ from value {differ:?} on");
+    eprintln!("{case}: {} proposals", theirs.shape[0]);
+}

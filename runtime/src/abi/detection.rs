@@ -560,3 +560,13 @@ mod tests {
         });
     }
 }
+
+/// A count computed on the device (`i64[1]`), read back to the host: what sizes the buffers of
+/// results whose size depends on the data (detections after NMS). Only counts cross.
+///
+/// # Safety
+/// The descriptor of a live buffer, as generated code passes it.
+#[no_mangle]
+pub unsafe extern "C" fn _mlir_ciface_mrc_count(count: *const MemRef<i64, 1>) -> i64 {
+    (*count).elements().first().copied().unwrap_or(0)
+}

@@ -6,13 +6,15 @@
 use super::{detection as d, kernels as k};
 
 /// A tensor crossing the C interface: its element type and rank, or a built-in's parameter
-/// words (`f64[?]`, the layout of its [`super::detection::Params`] implementation).
+/// words (`f64[?]`, the layout of its [`super::detection::Params`] implementation); or, as a
+/// result only, a count returned to the host (`i64`, not a tensor).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Arg {
     F32(usize),
     I64(usize),
     U8(usize),
     Params,
+    Count,
 }
 
 use Arg::*;
@@ -90,6 +92,8 @@ runtime_functions! {
     RescaleBoxes = "rescale_boxes", d::_mlir_ciface_mrc_rescale_boxes, ([Params], [F32(2)], [I64(1)], [U8(3)]) -> (F32(2));
     /// Mask probabilities pasted into the image at the boxes.
     PasteMasks = "paste_masks", d::_mlir_ciface_mrc_paste_masks, ([Params], [F32(4)], [F32(2)], [U8(3)]) -> (F32(4));
+    /// The count in an `i64[1]` (device memory on a device), read back to the host.
+    Count = "count", d::_mlir_ciface_mrc_count, ([I64(1)]) -> (Count);
     /// Keypoints [D, K, 3] and their scores [D, K] from heatmaps [D, K, S, S] of the boxes.
     HeatmapsToKeypoints = "heatmaps_to_keypoints", d::_mlir_ciface_mrc_heatmaps_to_keypoints, ([Params], [F32(4)], [F32(2)]) -> (F32(3), F32(2));
 }

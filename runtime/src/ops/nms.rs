@@ -45,7 +45,7 @@ fn descending(a: f32, b: f32) -> Ordering {
 
 /// The largest float32 `t` with `x > t ⇔ (x as f64) > threshold` for every float32 `x`:
 /// torchvision compares the float IoU with its double threshold.
-fn f32_threshold(threshold: f64) -> f32 {
+pub fn f32_threshold(threshold: f64) -> f32 {
     let t = threshold as f32;
     if t as f64 > threshold {
         t.next_down()

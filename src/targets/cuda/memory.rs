@@ -151,6 +151,9 @@ enum Root<'c, 'a> {
     Operation(OperationRef<'c, 'a>),
     /// The argument `index` of function `function`.
     Argument { function: String, index: usize },
+    /// The carried value `index` of an `scf.for` (its block argument or its result): where its
+    /// initial value and the value each iteration yields are.
+    Carried { for_loop: OperationRef<'c, 'a>, index: usize },
     Unknown,
 }
 
@@ -168,6 +171,10 @@ fn root<'c, 'a>(mut value: Value<'c, 'a>) -> Root<'c, 'a> {
     ];
     loop {
         if let Some(operation) = defining_operation(value) {
+            if operation_name(&operation) == "scf.for" {
+                let index = melior::ir::operation::OperationResult::try_from(value).map_or(0, |result| result.result_number());
+                return Root::Carried { for_loop: operation, index };
+            }
             if !VIEWS.contains(&operation_name(&operation).as_str()) {
                 return Root::Operation(operation);
             }
@@ -178,6 +185,8 @@ fn root<'c, 'a>(mut value: Value<'c, 'a>) -> Root<'c, 'a> {
         } else if let Some((owner, index)) = argument_owner(value) {
             return match operation_name(&owner).as_str() {
                 "func.func" => Root::Argument { function: symbol_name(&owner).unwrap_or_default(), index },
+                // Argument 0 is the induction variable.
+                "scf.for" if index > 0 => Root::Carried { for_loop: owner, index: index - 1 },
                 _ => Root::Unknown,
             };
         } else {
@@ -192,6 +201,8 @@ fn root<'c, 'a>(mut value: Value<'c, 'a>) -> Root<'c, 'a> {
 struct Placements<'c, 'a> {
     calls: HashMap<String, Vec<OperationRef<'c, 'a>>>,
     arguments: HashMap<(String, usize), Placement>,
+    /// Loops' carried values being placed: within their own iterations they add nothing.
+    carried: Vec<(OperationRef<'c, 'a>, usize, Placement)>,
 }
 
 impl<'c, 'a> Placements<'c, 'a> {
@@ -200,7 +211,7 @@ impl<'c, 'a> Placements<'c, 'a> {
         for call in operations_named(&module.as_operation(), &["func.call"]) {
             calls.entry(callee(&call).unwrap_or_default()).or_default().push(call);
         }
-        Placements { calls, arguments: HashMap::new() }
+        Placements { calls, arguments: HashMap::new(), carried: vec![] }
     }
 
     fn of(&mut self, value: Value<'c, 'a>) -> Placement {
@@ -230,6 +241,23 @@ impl<'c, 'a> Placements<'c, 'a> {
                 let placement = found.unwrap_or(Placement::Unknown);
                 self.arguments.insert(key, placement);
                 placement
+            }
+            Root::Carried { for_loop, index } => {
+                if let Some(&(.., initial)) = self.carried.iter().find(|(l, i, _)| (*l, *i) == (for_loop, index)) {
+                    return initial;
+                }
+                // Operands: lower bound, upper bound, step, then the initial values.
+                let initial = for_loop.operand(3 + index).map_or(Placement::Unknown, |operand| self.of(operand));
+                self.carried.push((for_loop, index, initial));
+                let yielded = for_loop
+                    .region(0)
+                    .ok()
+                    .and_then(|region| region.first_block())
+                    .and_then(|block| block.terminator())
+                    .and_then(|terminator| terminator.operand(index).ok())
+                    .map_or(Placement::Unknown, |operand| self.of(operand));
+                self.carried.pop();
+                if initial == yielded { initial } else { Placement::Unknown }
             }
             Root::Unknown => Placement::Unknown,
         }
