@@ -687,17 +687,7 @@ impl<'c, 'b> Emitter<'c, 'b> {
         let types: Vec<Type<'c>> = kept.iter().map(|v| v.r#type()).collect();
         let then_block = Block::new(&[]);
         self.nested(&then_block).yield_region(kept)?;
-        let else_block = Block::new(&[]);
-        {
-            let inner = self.nested(&else_block);
-            inner.yield_region(&otherwise(&inner)?)?;
-        }
-        let (then_region, else_region) = (Region::new(), Region::new());
-        then_region.append_block(then_block);
-        else_region.append_block(else_block);
-        self.append_results(
-            self.builder("scf.if").add_operands(&[condition]).add_regions([then_region, else_region]).add_results(&types).build()?,
-        )
+        self.scf_if(condition, &types, then_block, otherwise)
     }
 
     /// `scf.if` with results of `types`: `then` and `otherwise` each get an emitter for their
@@ -714,6 +704,18 @@ impl<'c, 'b> Emitter<'c, 'b> {
             let inner = self.nested(&then_block);
             inner.yield_region(&then(&inner)?)?;
         }
+        self.scf_if(condition, types, then_block, otherwise)
+    }
+
+    /// `scf.if` with results of `types`, its `then` block built, its `else` block what
+    /// `otherwise` yields.
+    fn scf_if(
+        &self,
+        condition: Value<'c, '_>,
+        types: &[Type<'c>],
+        then_block: Block<'c>,
+        otherwise: impl for<'n> FnOnce(&Emitter<'c, 'n>) -> Result<Vec<Value<'c, 'n>>, LoweringError>,
+    ) -> Result<Vec<Value<'c, 'b>>, LoweringError> {
         let else_block = Block::new(&[]);
         {
             let inner = self.nested(&else_block);

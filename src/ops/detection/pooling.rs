@@ -34,22 +34,22 @@ runtime_operator!(
         };
         match cx.builtins() {
             BuiltIns::Runtime => call(cx, node, RuntimeFunction::RoiAlign, params, &[slots[0][0], slots[1][0]]),
-            BuiltIns::Kernels => roi_align_kernel(cx, slots[0][0], slots[1][0], &params),
+            BuiltIns::Kernels => single_level_kernel(cx, slots[0][0], slots[1][0], Pooling::Align(&params)),
         }
     }
 );
 
-/// `[K, C, oh, ow]`: each bin of each box's RoIAlign from `features` [1, C, H, W].
-fn roi_align_kernel<'c, 'b>(
+/// `[K, C, oh, ow]`: each bin of each box pooled from `features` [1, C, H, W] as `pooling` says.
+fn single_level_kernel<'c, 'b>(
     cx: &Emitter<'c, 'b>,
     features: Value<'c, 'b>,
     boxes: Value<'c, 'b>,
-    params: &RoiAlignParams,
+    pooling: Pooling,
 ) -> Result<Vec<Value<'c, 'b>>, LoweringError> {
     let sizes = cx.sizes(features)?;
     let map = FeatureMapSize::of(cx, sizes[2], sizes[3])?;
     let flat = cx.concat_flat(&[features])?;
-    pooled_bins(cx, boxes, sizes[1], Pooling::Align(params), &Levels::One(map), flat)
+    pooled_bins(cx, boxes, sizes[1], pooling, &Levels::One(map), flat)
 }
 
 /// How each bin of a box is pooled.
@@ -397,23 +397,10 @@ runtime_operator!(
         };
         match cx.builtins() {
             BuiltIns::Runtime => call(cx, node, RuntimeFunction::RoiPool, params, &[slots[0][0], slots[1][0]]),
-            BuiltIns::Kernels => roi_pool_kernel(cx, slots[0][0], slots[1][0], &params),
+            BuiltIns::Kernels => single_level_kernel(cx, slots[0][0], slots[1][0], Pooling::Quantized(&params)),
         }
     }
 );
-
-/// `[K, C, oh, ow]`: each bin of each box's RoIPool from `features` [1, C, H, W].
-fn roi_pool_kernel<'c, 'b>(
-    cx: &Emitter<'c, 'b>,
-    features: Value<'c, 'b>,
-    boxes: Value<'c, 'b>,
-    params: &RoiPoolParams,
-) -> Result<Vec<Value<'c, 'b>>, LoweringError> {
-    let sizes = cx.sizes(features)?;
-    let map = FeatureMapSize::of(cx, sizes[2], sizes[3])?;
-    let flat = cx.concat_flat(&[features])?;
-    pooled_bins(cx, boxes, sizes[1], Pooling::Quantized(params), &Levels::One(map), flat)
-}
 
 runtime_operator!(
     /// RoIAlign over FPN levels: each box goes to level ⌊4 + log2(√area / 224) + 1e-6⌋, clamped;
