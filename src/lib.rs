@@ -4,6 +4,7 @@
 //! shape inference by the `ops`) → `graph` → `lowering` (MLIR). `diagnostic` serves them all;
 //! `init` draws weights for a graph's state.
 
+pub mod autodiff;
 pub mod diagnostic;
 pub mod expand;
 pub mod graph;

@@ -24,6 +24,8 @@ pub struct Model {
     pub config: Settings,
     pub train: Settings,
     pub graph: Graph,
+    /// The `training network`'s name and graph, when the model has one.
+    pub training: Option<(String, Graph)>,
 }
 
 /// Source files parsed for one model: the root and its imports.
@@ -46,6 +48,7 @@ pub fn load(sources: &mut SourceMap, path: &Path, overrides: Option<&Path>) -> R
     }
     config::check_train(&train, &mut diags);
     let network = find_network(&program, path, sources, &mut diags);
+    let training = find_training_network(&program, &mut diags);
     let mut model = Model {
         path: path.to_path_buf(),
         doc: program.root.doc.clone(),
@@ -53,10 +56,17 @@ pub fn load(sources: &mut SourceMap, path: &Path, overrides: Option<&Path>) -> R
         config,
         train,
         graph: Graph::default(),
+        training: None,
     };
     if let Some(network) = network {
         if diags.is_empty() {
             model.graph = eval::expand_network(&program, network, &model.config, &mut diags);
+        }
+    }
+    if let Some(network) = training {
+        if diags.is_empty() {
+            let graph = eval::expand_network(&program, network, &model.config, &mut diags);
+            model.training = Some((network.name.name.clone(), graph));
         }
     }
     if diags.is_empty() {
@@ -156,7 +166,7 @@ fn find_network<'p>(
         .items
         .iter()
         .filter_map(|i| match i {
-            ast::Item::Block(b) if b.is_network => Some(b),
+            ast::Item::Block(b) if b.is_network && !b.training => Some(b),
             _ => None,
         })
         .collect();
@@ -181,4 +191,22 @@ fn find_network<'p>(
             None
         }
     }
+}
+
+/// The `training network`, of which a model has at most one.
+fn find_training_network<'p>(program: &'p Program, diags: &mut Vec<Diagnostic>) -> Option<&'p ast::BlockDef> {
+    let mut networks = program.root.items.iter().filter_map(|i| match i {
+        ast::Item::Block(b) if b.is_network && b.training => Some(b),
+        _ => None,
+    });
+    let first = networks.next()?;
+    let rest: Vec<_> = networks.collect();
+    for other in &rest {
+        diags.push(
+            Diagnostic::error(other.name.span, "a model has one `training network`")
+                .with_label("second training network")
+                .with_note(first.name.span, "first training network"),
+        );
+    }
+    rest.is_empty().then_some(first)
 }

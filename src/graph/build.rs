@@ -82,6 +82,7 @@ impl Graph {
         let types: Vec<Vec<TensorType>> =
             inputs.iter().map(|slot| slot.iter().map(|&p| self.ty(p).clone()).collect()).collect();
         let inference = op.infer(&types, &attrs).and_then(|i| i.check_state().map(|()| i)).map_err(AddOpError::Shape)?;
+        let inference = inference.in_float_type(&types);
         if !inference.state.is_empty() && name.is_empty() {
             return Err(AddOpError::Unnamed);
         }
@@ -133,7 +134,7 @@ impl Graph {
     pub fn replace_op(&mut self, node: NodeIndex, op: &'static dyn Operator, mut attrs: Attrs, inputs: &[Vec<Port>]) -> Result<(), AddOpError> {
         with_defaults(op, &mut attrs);
         let types: Vec<Vec<TensorType>> = inputs.iter().map(|slot| slot.iter().map(|&p| self.ty(p).clone()).collect()).collect();
-        let inference = op.infer(&types, &attrs).map_err(AddOpError::Shape)?;
+        let inference = op.infer(&types, &attrs).map_err(AddOpError::Shape)?.in_float_type(&types);
         let present = self.inputs_of(node);
         let weights = &present[present.len().saturating_sub(inference.state.len())..];
         let fits = weights.len() == inference.state.len()

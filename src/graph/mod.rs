@@ -183,6 +183,18 @@ impl Graph {
         }
     }
 
+    /// Makes every f32 tensor of the graph a tensor of `dtype`: a graph in double precision for
+    /// gradient checks. Shape rules run again on nodes added later see the new types.
+    pub fn convert_floats(&mut self, dtype: types::DType) {
+        for node in self.nodes.node_weights_mut() {
+            for ty in &mut node.outputs {
+                if ty.dtype == types::DType::F32 {
+                    ty.dtype = dtype;
+                }
+            }
+        }
+    }
+
     /// Elements in the trainable parameters (torch's `sum(p.numel() for p in parameters())`).
     pub fn parameter_count(&self) -> i64 {
         self.state

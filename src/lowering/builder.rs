@@ -403,6 +403,11 @@ impl<'c, 'b> Emitter<'c, 'b> {
     }
 
     /// `tensor.extract`: one element.
+    /// `tensor.from_elements`: a tensor of type `ty` holding `values` in row-major order.
+    pub fn from_elements(&self, values: &[Value<'c, '_>], ty: Type<'c>) -> Result<Value<'c, 'b>, LoweringError> {
+        self.append(self.builder("tensor.from_elements").add_operands(values).add_results(&[ty]).build()?)
+    }
+
     pub fn extract(&self, tensor: Value<'c, '_>, indices: &[Value<'c, '_>]) -> Result<Value<'c, 'b>, LoweringError> {
         let mut operands = vec![tensor];
         operands.extend(indices);
@@ -420,10 +425,10 @@ impl<'c, 'b> Emitter<'c, 'b> {
         self.structured_with_body("linalg.fill", &[value], init, &[], body)
     }
 
-    /// `init` filled with the zero of its element type.
-    pub fn zeros(&self, sizes: &[Size<'c, 'b>]) -> Result<Value<'c, 'b>, LoweringError> {
-        let empty = self.empty(sizes, self.f32_type())?;
-        let zero = self.constant_float(0.0, self.f32_type())?;
+    /// A new tensor of `sizes` filled with zeros of `element`.
+    pub fn zeros(&self, sizes: &[Size<'c, 'b>], element: Type<'c>) -> Result<Value<'c, 'b>, LoweringError> {
+        let empty = self.empty(sizes, element)?;
+        let zero = self.constant_float(0.0, element)?;
         self.fill(zero, empty)
     }
 
@@ -573,6 +578,11 @@ impl<'c, 'b> Emitter<'c, 'b> {
 
     // ---- scalars -----------------------------------------------------------------------------
 
+    /// A float constant of the type of the scalar `like`.
+    pub fn constant_like(&self, value: f64, like: Value<'c, '_>) -> Result<Value<'c, 'b>, LoweringError> {
+        self.constant_float(value, like.r#type())
+    }
+
     pub fn constant_float(&self, value: f64, ty: Type<'c>) -> Result<Value<'c, 'b>, LoweringError> {
         let attribute = FloatAttribute::new(self.context, ty, value).into();
         self.append(self.builder("arith.constant").add_attributes(&[(Identifier::new(self.context, "value"), attribute)]).add_results(&[ty]).build()?)
@@ -616,8 +626,13 @@ impl<'c, 'b> Emitter<'c, 'b> {
 
     /// An `index` as an `f32`, exactly for values below 2²⁴.
     pub fn index_to_f32(&self, index: Value<'c, '_>) -> Result<Value<'c, 'b>, LoweringError> {
+        self.index_to_float(index, self.f32_type())
+    }
+
+    /// An `index` as a float of type `ty`.
+    pub fn index_to_float(&self, index: Value<'c, '_>, ty: Type<'c>) -> Result<Value<'c, 'b>, LoweringError> {
         let integer = self.convert("arith.index_cast", index, IntegerType::new(self.context, 64).into())?;
-        self.convert("arith.sitofp", integer, self.f32_type())
+        self.convert("arith.sitofp", integer, ty)
     }
 
     /// `⌊value⌋` of a non-negative `f32`, as an `index`.

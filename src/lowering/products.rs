@@ -76,7 +76,7 @@ impl<'c, 'b> Emitter<'c, 'b> {
     ) -> Result<Value<'c, 'b>, LoweringError> {
         let mut iterators = vec![Iterator::Parallel; sizes.len()];
         iterators.push(Iterator::Reduction);
-        let zeros = self.zeros(sizes)?;
+        let zeros = self.zeros(sizes, self.element_of(a)?)?;
         Ok(self.generic(&[a, b], &[zeros], &maps, &iterators, |body| {
             body.yield_values(&[body.addf(body.arg(2)?, body.mulf(body.arg(0)?, body.arg(1)?)?)?])
         })?[0])

@@ -88,7 +88,7 @@ impl<'c, 'b> Epilogue<'c, 'b> {
             maps.push(&identity);
         }
         maps.push(&identity);
-        let init = cx.empty(sizes, cx.f32_type())?;
+        let init = cx.empty(sizes, cx.element_of(y)?)?;
         let (terms, relu) = (inputs.len(), self.relu);
         Ok(cx.generic(&inputs, &[init], &maps, &[Iterator::Parallel; 4], |body| {
             let mut sum = body.arg(0)?;
@@ -96,7 +96,7 @@ impl<'c, 'b> Epilogue<'c, 'b> {
                 sum = body.addf(sum, body.arg(term)?)?;
             }
             if relu {
-                sum = body.maximumf(sum, body.constant_float(0.0, body.f32_type())?)?;
+                sum = body.maximumf(sum, body.constant_like(0.0, sum)?)?;
             }
             body.yield_values(&[sum])
         })?[0])
@@ -121,7 +121,7 @@ fn im2col_matmul<'c, 'b>(
         Weight::Kernel(kernel) => (cx.collapse_shape(kernel, &[&[0], &[1, 2, 3]])?, false),
         Weight::Packed(matrix) => (matrix, true),
     };
-    let output_type = cx.ranked_tensor(&sizes.map(|size| size.static_value()), cx.f32_type());
+    let output_type = cx.ranked_tensor(&sizes.map(|size| size.static_value()), cx.element_of(x)?);
     let y = if window.kernel == [1, 1] && window.stride == [1, 1] {
         cx.conv_product(matrix, packed, x, output_type)?
     } else {
@@ -131,7 +131,7 @@ fn im2col_matmul<'c, 'b>(
             let cx = cx.nested(&body);
             let c = cx.size(x, 1)?;
             let [kh, kw] = window.kernel.map(Size::Static);
-            let gathered = cx.empty(&[n, c, kh, kw, ho, wo], cx.f32_type())?;
+            let gathered = cx.empty(&[n, c, kh, kw, ho, wo], cx.element_of(x)?)?;
             let [sh, sw] = window.stride;
             let [dh, dw] = window.dilation;
             let source = format!("(n, c, i, j, y, x) -> (n, c, y * {sh} + i * {dh}, x * {sw} + j * {dw})");
@@ -200,8 +200,8 @@ fn convolution<'c, 'b>(
         Weight::Packed(_) => return Err(LoweringError::Build("a grouped convolution's weights are not packed".into())),
     };
     let init = match epilogue.bias {
-        Some(bias) => cx.broadcast(bias, cx.empty(&sizes, cx.f32_type())?, &[0, 2, 3])?,
-        None => cx.zeros(&sizes)?,
+        Some(bias) => cx.broadcast(bias, cx.empty(&sizes, cx.element_of(x)?)?, &[0, 2, 3])?,
+        None => cx.zeros(&sizes, cx.element_of(x)?)?,
     };
 
     let split = |size: Size<'c, 'b>| match size {
@@ -243,13 +243,16 @@ impl Operator for Conv2d {
         let [h, w] = window_sizes(self.name(), x, [kh, kw], [sh, sw], [ph, pw], [dh, dw], false)?;
         let dims = vec![x.dims[0].clone(), Dim::known(out), h, w];
         Ok(Inference {
-            outputs: vec![TensorType::f32(dims)],
+            outputs: vec![TensorType::new(x.dtype, dims)],
             state: with_bias(vec![StateDecl::parameter("weight", vec![out, c / groups, kh, kw])], attrs),
         })
     }
     fn lower<'c, 'b>(&self, cx: &Emitter<'c, 'b>, node: &LowerNode<'_, 'c, 'b>) -> Result<Vec<Value<'c, 'b>>, LoweringError> {
         let bias = node.attrs.flag("bias").then(|| node.inputs[2]);
         Ok(vec![convolution(cx, node.inputs[0], Weight::Kernel(node.inputs[1]), Epilogue::bias(bias), &Window::of(node.attrs))?])
+    }
+    fn gradient(&self, cx: &mut GradientContext) -> Result<Vec<Option<Port>>, GradientError> {
+        convolution_gradient(cx, false)
     }
 }
 
@@ -373,12 +376,18 @@ impl Operator for ConvTranspose2d {
             spatial(&x.dims[3], kw, sw, pw, opw, dw)?,
         ];
         Ok(Inference {
-            outputs: vec![TensorType::f32(dims)],
+            outputs: vec![TensorType::new(x.dtype, dims)],
             state: with_bias(vec![StateDecl::parameter("weight", vec![c, out / groups, kh, kw])], attrs),
         })
     }
     fn lower<'c, 'b>(&self, cx: &Emitter<'c, 'b>, node: &LowerNode<'_, 'c, 'b>) -> Result<Vec<Value<'c, 'b>>, LoweringError> {
         lower_transposed(cx, node, Kernel::State(node.inputs[1]))
+    }
+    fn gradient(&self, cx: &mut GradientContext) -> Result<Vec<Option<Port>>, GradientError> {
+        if checked_pair(&cx.attrs, "output_padding") != [0, 0] {
+            return Err(GradientError::NoRule);
+        }
+        convolution_gradient(cx, true)
     }
 }
 
@@ -409,7 +418,7 @@ fn lower_transposed<'c, 'b>(cx: &Emitter<'c, 'b>, node: &LowerNode<'_, 'c, 'b>, 
         let spread = cx.size_add(cx.size_mul(cx.size_add(size, -1)?, stride[axis])?, 1)?;
         cx.size_add(spread, pad_low[axis] + pad_high[axis])
     };
-    let zeros = cx.zeros(&[n, c, spread(h?, 0)?, spread(w?, 1)?])?;
+    let zeros = cx.zeros(&[n, c, spread(h?, 0)?, spread(w?, 1)?], cx.element_of(x)?)?;
     let spread_x = cx.insert_slice(x, zeros, &[0, 0, pad_low[0], pad_low[1]], &[1, 1, stride[0], stride[1]])?;
 
     let window = Window { kernel: kernel_size, stride: [1, 1], dilation, low: [0, 0], high: [0, 0], groups };
@@ -488,7 +497,7 @@ fn non_overlapping_transpose<'c, 'b>(
             let [c, o] = [0, 1].map(|axis| dims[axis].expect("state tensors have static shapes"));
             // [C, O·kh·kw] → [O·kh·kw, C]: the kernel's rows, one per (output channel, tap).
             let matrix = cx.collapse_shape(weight, &[&[0], &[1, 2, 3]])?;
-            let transposed = cx.empty(&[Size::Static(o * kh * kw), Size::Static(c)], cx.f32_type())?;
+            let transposed = cx.empty(&[Size::Static(o * kh * kw), Size::Static(c)], cx.element_of(weight)?)?;
             let maps = ["(m, k) -> (k, m)", &identity_map(2)];
             cx.generic(&[matrix], &[transposed], &maps, &[Iterator::Parallel; 2], |body| body.yield_values(&[body.arg(0)?]))?[0]
         }
@@ -497,11 +506,11 @@ fn non_overlapping_transpose<'c, 'b>(
     let o = taps / (kh * kw);
     let [n, _, h, w] = [0, 1, 2, 3].map(|axis| cx.size(x, axis));
     let (n, h, w) = (n?, h?, w?);
-    let product_type = cx.ranked_tensor(&[n.static_value(), Some(taps), h.static_value(), w.static_value()], cx.f32_type());
+    let product_type = cx.ranked_tensor(&[n.static_value(), Some(taps), h.static_value(), w.static_value()], cx.element_of(x)?);
     let planes = cx.conv_product(matrix, false, x, product_type)?;
 
     let sizes = [n, Size::Static(o), cx.size_mul(h, kh)?, cx.size_mul(w, kw)?];
-    let init = cx.empty(&sizes, cx.f32_type())?;
+    let init = cx.empty(&sizes, cx.element_of(x)?)?;
     let shuffle =
         format!("(n, o, y, x) -> (n, o * {} + (y mod {kh}) * {kw} + x mod {kw}, y floordiv {kh}, x floordiv {kw})", kh * kw);
     let identity = identity_map(4);
@@ -523,11 +532,190 @@ fn flipped_kernel<'c, 'b>(cx: &Emitter<'c, 'b>, weight: Value<'c, 'b>, groups: i
     let [c, f, kh, kw] = [0, 1, 2, 3].map(|axis| dims[axis].expect("state tensors have static shapes"));
     let sizes = |dims: [i64; 5]| dims.map(Size::Static);
     let grouped = cx.expand_shape(weight, &[&[0, 1], &[2], &[3], &[4]], &sizes([groups, c / groups, f, kh, kw]))?;
-    let init = cx.empty(&sizes([groups, f, c / groups, kh, kw]), cx.f32_type())?;
+    let init = cx.empty(&sizes([groups, f, c / groups, kh, kw]), cx.element_of(weight)?)?;
     let flip = format!("(d0, d1, d2, d3, d4) -> (d0, d2, d1, {} - d3, {} - d4)", kh - 1, kw - 1);
     let identity = identity_map(5);
     let flipped = cx.generic(&[grouped], &[init], &[&flip, &identity], &[Iterator::Parallel; 5], |body| {
         body.yield_values(&[body.arg(0)?])
     })?;
     cx.collapse_shape(flipped[0], &[&[0, 1], &[2], &[3], &[4]])
+}
+
+// ---- gradients -----------------------------------------------------------------------------
+
+/// The window attributes of a convolution, which its backward operators take.
+static WINDOW_ATTRS: &[AttrSpec] = &[
+    attr("kernel", Ints, Default::Required).at_least(1),
+    attr("stride", Ints, Default::Ints(&[1])).at_least(1),
+    attr("padding", Ints, Default::Ints(&[0])).at_least(0),
+    attr("dilation", Ints, Default::Ints(&[1])).at_least(1),
+    attr("groups", Int, Default::Int(1)).at_least(1),
+];
+
+/// `attrs` restricted to the window's.
+fn window_attrs(attrs: &Attrs) -> Attrs {
+    WINDOW_ATTRS.iter().map(|spec| (spec.name.to_string(), attrs[spec.name].clone())).collect()
+}
+
+/// The gradients of a convolution `y = conv(x, weight) + bias` (or of a transposed one, whose
+/// input and output gradients swap roles: `x` is then what the direct convolution produces).
+fn convolution_gradient(cx: &mut GradientContext, transposed: bool) -> Result<Vec<Option<Port>>, GradientError> {
+    let grad = cx.output_grad(0)?;
+    let [x, weight] = [cx.inputs[0], cx.inputs[1]];
+    let window = window_attrs(&cx.attrs);
+    let dx = match (cx.wanted[0], transposed) {
+        (false, _) => None,
+        (true, false) => Some(cx.add1(&Conv2dBackwardInput, window.clone(), &[grad, weight, x])?),
+        (true, true) => Some(cx.add1(&Conv2dData, window.clone(), &[grad, weight])?),
+    };
+    let dw = match (cx.wanted[1], transposed) {
+        (false, _) => None,
+        (true, false) => Some(cx.add1(&Conv2dBackwardWeight, window, &[x, grad])?),
+        (true, true) => Some(cx.add1(&Conv2dBackwardWeight, window, &[grad, x])?),
+    };
+    let mut grads = vec![dx, dw];
+    if cx.attrs.flag("bias") {
+        let axis = [("axis".to_string(), AttrValue::Int(1))].into_iter().collect();
+        grads.push(if cx.wanted[2] { Some(cx.add1(&super::elementwise::SumToAxis, axis, &[grad])?) } else { None });
+    }
+    Ok(grads)
+}
+
+impl Window {
+    /// The window of a backward operator (its attributes are [`WINDOW_ATTRS`]).
+    fn of_backward(attrs: &Attrs) -> Window {
+        let padding = checked_pair(attrs, "padding");
+        Window {
+            kernel: checked_pair(attrs, "kernel"),
+            stride: checked_pair(attrs, "stride"),
+            dilation: checked_pair(attrs, "dilation"),
+            low: padding,
+            high: padding,
+            groups: attrs.int("groups"),
+        }
+    }
+}
+
+/// A convolution whose weight is a tensor input rather than its own state: the input gradient
+/// of a transposed convolution. Inputs `x` [N, C, H, W] and `weight` [O, C / groups, kh, kw].
+#[derive(Debug)]
+pub struct Conv2dData;
+
+impl Operator for Conv2dData {
+    fn name(&self) -> &'static str {
+        "conv2d_data"
+    }
+    fn inputs(&self) -> &'static [InputSpec] {
+        const { &[input("x"), input("weight")] }
+    }
+    fn attrs(&self) -> &'static [AttrSpec] {
+        WINDOW_ATTRS
+    }
+    fn infer(&self, inputs: &[Vec<TensorType>], attrs: &Attrs) -> Result<Inference, OpError> {
+        let (x, weight) = (&inputs[0][0], &inputs[1][0]);
+        expect_rank(self.name(), 0, x, "N, C, H, W")?;
+        expect_rank(self.name(), 1, weight, "O, C / groups, kh, kw")?;
+        let [h, w] = window_sizes(self.name(), x, pair(attrs, "kernel")?, pair(attrs, "stride")?, pair(attrs, "padding")?, pair(attrs, "dilation")?, false)?;
+        Ok(Inference::output(TensorType::new(x.dtype, vec![x.dims[0].clone(), weight.dims[0].clone(), h, w])))
+    }
+    fn lower<'c, 'b>(&self, cx: &Emitter<'c, 'b>, node: &LowerNode<'_, 'c, 'b>) -> Result<Vec<Value<'c, 'b>>, LoweringError> {
+        let window = Window::of_backward(node.attrs);
+        Ok(vec![convolution(cx, node.inputs[0], Weight::Kernel(node.inputs[1]), Epilogue::bias(None), &window)?])
+    }
+}
+
+/// The gradient of a convolution's input: inputs `grad` [N, O, Ho, Wo], `weight`
+/// [O, C / groups, kh, kw] and `like` (the input, for its size) [N, C, H, W].
+#[derive(Debug)]
+pub struct Conv2dBackwardInput;
+
+impl Operator for Conv2dBackwardInput {
+    fn name(&self) -> &'static str {
+        "conv2d_backward_input"
+    }
+    fn inputs(&self) -> &'static [InputSpec] {
+        const { &[input("grad"), input("weight"), input("like")] }
+    }
+    fn attrs(&self) -> &'static [AttrSpec] {
+        WINDOW_ATTRS
+    }
+    fn infer(&self, inputs: &[Vec<TensorType>], _: &Attrs) -> Result<Inference, OpError> {
+        Ok(Inference::output(inputs[2][0].clone()))
+    }
+    /// A transposed convolution of the gradient: spread out by the stride (zeros between its
+    /// elements, `tensor.insert_slice` into zeros of the padded input's size, which `like`
+    /// gives even where the stride made the forward floor its size), then a stride-1
+    /// convolution with the kernel flipped and its channel axes swapped.
+    fn lower<'c, 'b>(&self, cx: &Emitter<'c, 'b>, node: &LowerNode<'_, 'c, 'b>) -> Result<Vec<Value<'c, 'b>>, LoweringError> {
+        let (grad, weight, like) = (node.inputs[0], node.inputs[1], node.inputs[2]);
+        let window = Window::of_backward(node.attrs);
+        let reach = [0, 1].map(|axis| window.dilation[axis] * (window.kernel[axis] - 1));
+        let low = [0, 1].map(|axis| reach[axis] - window.low[axis]);
+        if low.iter().any(|&l| l < 0) {
+            let reason = "the gradient of a convolution padded by more than its dilated kernel is not lowered".to_string();
+            return Err(LoweringError::Unsupported { op: "conv2d_backward_input", node: node.name.to_string(), reason });
+        }
+        let sizes = [cx.size(grad, 0)?, cx.size(grad, 1)?, cx.size_add(cx.size(like, 2)?, reach[0])?, cx.size_add(cx.size(like, 3)?, reach[1])?];
+        let element = cx.element_of(grad)?;
+        let zeros = cx.fill(cx.constant_float(0.0, element)?, cx.empty(&sizes, element)?)?;
+        let spread = cx.insert_slice(grad, zeros, &[0, 0, low[0], low[1]], &[1, 1, window.stride[0], window.stride[1]])?;
+        let flipped = flipped_kernel(cx, weight, window.groups)?;
+        let direct = Window { stride: [1, 1], low: [0, 0], high: [0, 0], ..window };
+        Ok(vec![convolution(cx, spread, Weight::Kernel(flipped), Epilogue::bias(None), &direct)?])
+    }
+}
+
+/// The gradient of a convolution's weight: inputs `x` [N, C, H, W] and `grad` [N, O, Ho, Wo];
+/// output [O, C / groups, kh, kw].
+#[derive(Debug)]
+pub struct Conv2dBackwardWeight;
+
+impl Operator for Conv2dBackwardWeight {
+    fn name(&self) -> &'static str {
+        "conv2d_backward_weight"
+    }
+    fn inputs(&self) -> &'static [InputSpec] {
+        const { &[input("x"), input("grad")] }
+    }
+    fn attrs(&self) -> &'static [AttrSpec] {
+        WINDOW_ATTRS
+    }
+    fn infer(&self, inputs: &[Vec<TensorType>], attrs: &Attrs) -> Result<Inference, OpError> {
+        let (x, grad) = (&inputs[0][0], &inputs[1][0]);
+        let c = known(self.name(), 0, x, 1, "channels")?;
+        let o = known(self.name(), 1, grad, 1, "channels")?;
+        let [kh, kw] = pair(attrs, "kernel")?;
+        let dims = [o, c / attrs.int("groups"), kh, kw].map(Dim::known).to_vec();
+        Ok(Inference::output(TensorType::new(x.dtype, dims)))
+    }
+    /// Σ over images and pixels of `grad` [O, N·Ho·Wo] times the im2col matrix
+    /// [C·kh·kw, N·Ho·Wo] transposed: one product ([`Emitter::linear_product`]) of two
+    /// relaid copies. One group only.
+    fn lower<'c, 'b>(&self, cx: &Emitter<'c, 'b>, node: &LowerNode<'_, 'c, 'b>) -> Result<Vec<Value<'c, 'b>>, LoweringError> {
+        let (x, grad) = (node.inputs[0], node.inputs[1]);
+        let window = Window::of_backward(node.attrs);
+        if window.groups != 1 {
+            let reason = "the weight gradient of a grouped convolution is not lowered yet".to_string();
+            return Err(LoweringError::Unsupported { op: "conv2d_backward_weight", node: node.name.to_string(), reason });
+        }
+        let element = cx.element_of(x)?;
+        let x = if window.low == [0, 0] { x } else { cx.pad(x, &[0, 0, window.low[0], window.low[1]], &[0, 0, window.high[0], window.high[1]], 0.0)? };
+        let [n, c] = [cx.size(x, 0)?, cx.size(x, 1)?];
+        let [o, ho, wo] = [cx.size(grad, 1)?, cx.size(grad, 2)?, cx.size(grad, 3)?];
+        let [kh, kw] = window.kernel.map(Size::Static);
+        let [sh, sw] = window.stride;
+        let [dh, dw] = window.dilation;
+        let gathered = cx.empty(&[c, kh, kw, n, ho, wo], element)?;
+        let source = format!("(c, i, j, n, y, x) -> (n, c, y * {sh} + i * {dh}, x * {sw} + j * {dw})");
+        let gathered = cx.generic(&[x], &[gathered], &[&source, &identity_map(6)], &[Iterator::Parallel; 6], |body| body.yield_values(&[body.arg(0)?]))?[0];
+        let columns = cx.collapse_shape(gathered, &[&[0, 1, 2], &[3, 4, 5]])?;
+        let relaid = cx.empty(&[o, n, ho, wo], element)?;
+        let relaid = cx.generic(&[grad], &[relaid], &["(o, n, y, x) -> (n, o, y, x)", &identity_map(4)], &[Iterator::Parallel; 4], |body| body.yield_values(&[body.arg(0)?]))?[0];
+        let rows = cx.collapse_shape(relaid, &[&[0], &[1, 2, 3]])?;
+        let dims = cx.static_dims(columns)?;
+        let product = cx.ranked_tensor(&[o.static_value(), dims[0]], element);
+        let matrix = cx.linear_product(rows, columns, product)?;
+        let c = c.static_value().expect("channels are known");
+        Ok(vec![cx.expand_shape(matrix, &[&[0], &[1, 2, 3]], &[o, Size::Static(c), kh, kw])?])
+    }
 }

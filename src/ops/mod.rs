@@ -1,7 +1,8 @@
 //! The operators, one file per family. Each operator is a type implementing [`Operator`]: its
 //! signature (tensor inputs, attributes with types and defaults), its shape rule and its MLIR
-//! lowering live together, and its gradient rule will join them there. The lowering side is the
-//! only part of an operator that speaks MLIR, through [`crate::lowering::Emitter`].
+//! lowering live together with its gradient rule. The lowering side is the only part of an
+//! operator that speaks MLIR, through [`crate::lowering::Emitter`]; the gradient rule adds
+//! backward nodes to the graph ([`crate::autodiff`]).
 
 mod conv;
 mod detection;
@@ -12,8 +13,9 @@ mod pool;
 mod resample;
 
 use crate::graph::types::{DType, Dim, SizeError, TensorType};
-use crate::graph::{Attrs, StateKind};
-use crate::lowering::{identity_map, loop_dims, Combiner, Emitter, Iterator, LowerNode, LoweringError, Size};
+use crate::autodiff::{GradientContext, GradientError};
+use crate::graph::{Attrs, Port, StateKind};
+use crate::lowering::{identity_map, loop_dims, CmpfPredicate, CmpiPredicate, Combiner, Emitter, Iterator, LowerNode, LoweringError, Size};
 use melior::ir::{Block, Value};
 use std::fmt;
 
@@ -50,9 +52,33 @@ pub static OPERATORS: &[&dyn Operator] = &[
 ];
 
 pub use conv::{non_overlapping, FusedConv2d, PreparedConvTranspose2d};
+pub use elementwise::FillLike;
+pub use norm::{BatchNormTraining, RunningStatistics};
 
-/// Operators that the compiler creates and model files cannot call.
-pub static INTERNAL_OPERATORS: &[&dyn Operator] = &[&conv::FusedConv2d, &conv::PreparedConvTranspose2d];
+/// `add`, for the autodiff's sums of gradients.
+pub static ADD: elementwise::Add = elementwise::Add;
+
+/// Operators that the compiler creates and model files cannot call: fused forms, training
+/// forms and the backward operators of gradient rules.
+pub static INTERNAL_OPERATORS: &[&dyn Operator] = &[
+    &conv::FusedConv2d,
+    &conv::PreparedConvTranspose2d,
+    &conv::Conv2dData,
+    &conv::Conv2dBackwardInput,
+    &conv::Conv2dBackwardWeight,
+    &elementwise::FillLike,
+    &elementwise::ReluBackward,
+    &elementwise::SigmoidBackward,
+    &elementwise::SumToAxis,
+    &linear::Matmul,
+    &linear::Unflatten,
+    &norm::BatchNormTraining,
+    &norm::BatchNormBackward,
+    &norm::RunningStatistics,
+    &norm::ScaleChannels,
+    &pool::MaxPool2dBackward,
+    &resample::UpsampleNearestBackward,
+];
 
 /// The operator a model file calls `name`.
 pub fn lookup(name: &str) -> Option<&'static dyn Operator> {
@@ -74,6 +100,14 @@ pub trait Operator: Sync + fmt::Debug {
     /// node's output types (symbolic dimensions as `?`). `node.inputs` are the tensor inputs in
     /// slot order, then the state tensors in the order `infer` declares them.
     fn lower<'c, 'b>(&self, cx: &Emitter<'c, 'b>, node: &LowerNode<'_, 'c, 'b>) -> Result<Vec<Value<'c, 'b>>, LoweringError>;
+    /// The gradient rule: from the gradients of the node's outputs (`cx.output_grads`), adds the
+    /// nodes computing the gradient of each input (tensor inputs, then state tensors) and
+    /// returns them, `None` where no gradient flows (integer inputs, boxes a selection chose,
+    /// inputs not `cx.wanted`). Operators without one are not differentiable.
+    fn gradient(&self, cx: &mut GradientContext) -> Result<Vec<Option<Port>>, GradientError> {
+        let _ = cx;
+        Err(GradientError::NoRule)
+    }
 }
 
 pub struct InputSpec {
@@ -368,6 +402,19 @@ impl Inference {
         Inference { outputs: vec![ty], state: vec![] }
     }
 
+    /// The float state tensors in the float type of the first input, where that is f64 (a
+    /// graph in double precision, for gradient checks); f32 otherwise, as declared.
+    pub fn in_float_type(mut self, inputs: &[Vec<TensorType>]) -> Self {
+        if inputs.first().and_then(|slot| slot.first()).is_some_and(|ty| ty.dtype == DType::F64) {
+            for decl in &mut self.state {
+                if decl.dtype == DType::F32 {
+                    decl.dtype = DType::F64;
+                }
+            }
+        }
+        self
+    }
+
     /// Checks that no state tensor has more than [`MAX_SIZE`] elements.
     pub fn check_state(&self) -> Result<(), OpError> {
         match self.state.iter().find(|s| s.ty().elements().is_none_or(|n| n > MAX_SIZE)) {
@@ -481,11 +528,12 @@ pub fn positive_size(op: &str, x: &TensorType, size: Dim, why: &str) -> Result<D
 }
 
 /// Declares a runtime built-in operator (one computed by a call into the runtime) from its name,
-/// inputs, attributes, shape rule and lowering.
+/// inputs, attributes, shape rule, lowering and, for a differentiable one, gradient rule.
 macro_rules! runtime_operator {
     ($(#[$doc:meta])* $ty:ident, $name:literal, inputs: [$($input:expr),*], attrs: [$($attr:expr),* $(,)?],
      infer: |$inputs:ident, $attrs:ident| $infer:block,
-     lower: |$cx:ident, $node:ident, $slots:ident| $lower:block $(,)?) => {
+     lower: |$cx:ident, $node:ident, $slots:ident| $lower:block
+     $(, gradient: |$gcx:ident| $gradient:block)? $(,)?) => {
         $(#[$doc])*
         #[derive(Debug)]
         pub struct $ty;
@@ -508,6 +556,12 @@ macro_rules! runtime_operator {
                 let ($cx, $node, $slots) = (cx, node, split_slots(self.inputs(), node.inputs));
                 $lower
             }
+            $(
+            fn gradient(&self, cx: &mut GradientContext) -> Result<Vec<Option<Port>>, GradientError> {
+                let $gcx = cx;
+                $gradient
+            }
+            )?
         }
     };
 }

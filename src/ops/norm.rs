@@ -1,4 +1,5 @@
-//! Batch normalization, frozen (torchvision's `FrozenBatchNorm2d`) and in eval mode.
+//! Batch normalization: frozen (torchvision's `FrozenBatchNorm2d`), in eval mode, and in
+//! training mode (batch statistics, running statistics updated) with its backward operator.
 
 use super::*;
 use AttrType::*;
@@ -12,11 +13,12 @@ fn lower_batch_norm<'c, 'b>(cx: &Emitter<'c, 'b>, node: &LowerNode<'_, 'c, 'b>) 
     let [x, weight, bias, mean, var] = [0, 1, 2, 3, 4].map(|i| node.inputs[i]);
     let eps = node.attrs.float("eps");
     let channels = cx.size(weight, 0)?;
-    let per_channel = [cx.empty(&[channels], cx.f32_type())?, cx.empty(&[channels], cx.f32_type())?];
+    let element = cx.element_of(x)?;
+    let per_channel = [cx.empty(&[channels], element)?, cx.empty(&[channels], element)?];
     let identity = identity_map(1);
     let scale_shift = cx.generic(&[weight, bias, mean, var], &per_channel, &[identity.as_str(); 6], &[Iterator::Parallel], |body| {
         let [weight, bias, mean, var] = [body.arg(0)?, body.arg(1)?, body.arg(2)?, body.arg(3)?];
-        let eps = body.constant_float(eps, body.f32_type())?;
+        let eps = body.constant_like(eps, weight)?;
         let scale = body.divf(weight, body.unary("math.sqrt", body.addf(var, eps)?)?)?;
         let shift = body.subf(bias, body.mulf(mean, scale)?)?;
         body.yield_values(&[scale, shift])
@@ -24,7 +26,7 @@ fn lower_batch_norm<'c, 'b>(cx: &Emitter<'c, 'b>, node: &LowerNode<'_, 'c, 'b>) 
 
     let rank = node.outputs[0].rank();
     let sizes = cx.sizes(x)?;
-    let init = cx.empty(&sizes, cx.f32_type())?;
+    let init = cx.empty(&sizes, element)?;
     let (identity, channel) = (identity_map(rank), format!("({}) -> (d1)", loop_dims(rank)));
     let maps = [identity.as_str(), &channel, &channel, &identity];
     let y = cx.generic(&[x, scale_shift[0], scale_shift[1]], &[init], &maps, &vec![Iterator::Parallel; rank], |body| {
@@ -60,6 +62,45 @@ impl Operator for FrozenBatchNorm {
     fn lower<'c, 'b>(&self, cx: &Emitter<'c, 'b>, node: &LowerNode<'_, 'c, 'b>) -> Result<Vec<Value<'c, 'b>>, LoweringError> {
         lower_batch_norm(cx, node)
     }
+    /// Only the input's: the statistics and affine terms are buffers.
+    fn gradient(&self, cx: &mut GradientContext) -> Result<Vec<Option<Port>>, GradientError> {
+        let grad = cx.output_grad(0)?;
+        let [weight, var] = [cx.inputs[1], cx.inputs[4]];
+        let dx = cx.add1(&ScaleChannels, cx.attrs.clone(), &[grad, weight, var])?;
+        Ok(vec![Some(dx), None, None, None, None])
+    }
+}
+
+/// `x · weight / sqrt(var + eps)` per channel (axis 1): the input gradient of a frozen batch
+/// norm.
+#[derive(Debug)]
+pub struct ScaleChannels;
+
+impl Operator for ScaleChannels {
+    fn name(&self) -> &'static str {
+        "scale_channels"
+    }
+    fn inputs(&self) -> &'static [InputSpec] {
+        const { &[input("x"), input("weight"), input("var")] }
+    }
+    fn attrs(&self) -> &'static [AttrSpec] {
+        const { &[attr("eps", Float, Default::Float(1e-5)).at_least(0)] }
+    }
+    fn infer(&self, inputs: &[Vec<TensorType>], _: &Attrs) -> Result<Inference, OpError> {
+        Ok(Inference::output(inputs[0][0].clone()))
+    }
+    fn lower<'c, 'b>(&self, cx: &Emitter<'c, 'b>, node: &LowerNode<'_, 'c, 'b>) -> Result<Vec<Value<'c, 'b>>, LoweringError> {
+        let [x, weight, var] = [0, 1, 2].map(|i| node.inputs[i]);
+        let eps = node.attrs.float("eps");
+        let rank = node.outputs[0].rank();
+        let (identity, channel) = (identity_map(rank), format!("({}) -> (d1)", loop_dims(rank)));
+        let init = cx.empty(&cx.sizes(x)?, cx.element_of(x)?)?;
+        Ok(cx.generic(&[x, weight, var], &[init], &[&identity, &channel, &channel, &identity], &vec![Iterator::Parallel; rank], |body| {
+            let (x, weight, var) = (body.arg(0)?, body.arg(1)?, body.arg(2)?);
+            let std = body.unary("math.sqrt", body.addf(var, body.constant_like(eps, var)?)?)?;
+            body.yield_values(&[body.mulf(x, body.divf(weight, std)?)?])
+        })?)
+    }
 }
 
 /// `nn.BatchNorm2d`: affine parameters, running statistics and the step counter.
@@ -92,5 +133,201 @@ impl Operator for BatchNorm {
     }
     fn lower<'c, 'b>(&self, cx: &Emitter<'c, 'b>, node: &LowerNode<'_, 'c, 'b>) -> Result<Vec<Value<'c, 'b>>, LoweringError> {
         lower_batch_norm(cx, node)
+    }
+}
+
+// ---- training mode ---------------------------------------------------------------------------
+
+/// `batch_norm` in training mode, as torch computes it: each channel normalized by the mean and
+/// the biased variance of the batch (over N, H, W), then scaled and shifted. It owns the same
+/// state as `batch_norm` (the training form of the same layer) but reads only the affine
+/// parameters; [`RunningStatistics`] updates the running ones.
+#[derive(Debug)]
+pub struct BatchNormTraining;
+
+impl BatchNormTraining {
+    /// The operator this is the training form of.
+    pub fn inference_name(&self) -> &'static str {
+        BatchNorm.name()
+    }
+}
+
+impl Operator for BatchNormTraining {
+    fn name(&self) -> &'static str {
+        "batch_norm_training"
+    }
+    fn attrs(&self) -> &'static [AttrSpec] {
+        BatchNorm.attrs()
+    }
+    fn infer(&self, inputs: &[Vec<TensorType>], attrs: &Attrs) -> Result<Inference, OpError> {
+        BatchNorm.infer(inputs, attrs)
+    }
+    fn lower<'c, 'b>(&self, cx: &Emitter<'c, 'b>, node: &LowerNode<'_, 'c, 'b>) -> Result<Vec<Value<'c, 'b>>, LoweringError> {
+        let [x, weight, bias] = [0, 1, 2].map(|i| node.inputs[i]);
+        let (mean, var, _) = channel_moments(cx, x)?;
+        let eps = node.attrs.float("eps");
+        let rank = node.outputs[0].rank();
+        let (identity, channel) = (identity_map(rank), format!("({}) -> (d1)", loop_dims(rank)));
+        let init = cx.empty(&cx.sizes(x)?, cx.element_of(x)?)?;
+        let maps = [identity.as_str(), &channel, &channel, &channel, &channel, &identity];
+        Ok(cx.generic(&[x, mean, var, weight, bias], &[init], &maps, &vec![Iterator::Parallel; rank], |body| {
+            let [x, mean, var, weight, bias] = [0, 1, 2, 3, 4].map(|i| body.arg(i));
+            let (x, mean, var, weight, bias) = (x?, mean?, var?, weight?, bias?);
+            let std = body.unary("math.sqrt", body.addf(var, body.constant_like(eps, var)?)?)?;
+            let normalized = body.divf(body.subf(x, mean)?, std)?;
+            body.yield_values(&[body.addf(body.mulf(normalized, weight)?, bias)?])
+        })?)
+    }
+    fn gradient(&self, cx: &mut GradientContext) -> Result<Vec<Option<Port>>, GradientError> {
+        let grad = cx.output_grad(0)?;
+        let [x, weight] = [cx.inputs[0], cx.inputs[1]];
+        let eps = [("eps".to_string(), cx.attrs["eps"].clone())].into_iter().collect();
+        let grads = cx.add(&BatchNormBackward, eps, &[vec![grad], vec![x], vec![weight]])?;
+        Ok(vec![Some(grads[0]), Some(grads[1]), Some(grads[2]), None, None, None])
+    }
+}
+
+/// Per channel (axis 1) of `x`, the mean and the biased variance over the other axes, and the
+/// number of elements each channel averages (a float of `x`'s element type).
+fn channel_moments<'c, 'b>(cx: &Emitter<'c, 'b>, x: Value<'c, 'b>) -> Result<(Value<'c, 'b>, Value<'c, 'b>, Value<'c, 'b>), LoweringError> {
+    let element = cx.element_of(x)?;
+    let mut count = cx.constant_float(1.0, element)?;
+    for (axis, size) in cx.sizes(x)?.into_iter().enumerate() {
+        if axis != 1 {
+            count = cx.mulf(count, cx.index_to_float(cx.size_value(size)?, element)?)?;
+        }
+    }
+    let mean = divide(cx, channel_sums(cx, &[x], None)?[0], count)?;
+    let var = divide(cx, channel_sums(cx, &[x], Some(mean))?[0], count)?;
+    Ok((mean, var, count))
+}
+
+/// Per channel (axis 1), Σ over the other axes of each of `xs` (same shapes); with `center`
+/// [C], of `(x − center)²` for the first and `x · (x₀ − center)` for the others.
+fn channel_sums<'c, 'b>(cx: &Emitter<'c, 'b>, xs: &[Value<'c, 'b>], center: Option<Value<'c, 'b>>) -> Result<Vec<Value<'c, 'b>>, LoweringError> {
+    let x = xs[0];
+    let rank = cx.static_dims(x)?.len();
+    let element = cx.element_of(x)?;
+    let zeros = cx.zeros(&[cx.size(x, 1)?], element)?;
+    let outputs = vec![zeros; xs.len()];
+    let (identity, channel) = (identity_map(rank), format!("({}) -> (d1)", loop_dims(rank)));
+    let mut inputs = xs.to_vec();
+    let mut maps = vec![identity.as_str(); xs.len()];
+    if let Some(center) = center {
+        inputs.push(center);
+        maps.push(&channel);
+    }
+    maps.extend(vec![channel.as_str(); xs.len()]);
+    let iterators: Vec<Iterator> = (0..rank).map(|a| if a == 1 { Iterator::Parallel } else { Iterator::Reduction }).collect();
+    let (count, centered) = (xs.len(), center.is_some());
+    cx.generic(&inputs, &outputs, &maps, &iterators, |body| {
+        let first = body.arg(0)?;
+        let deviation = if centered { Some(body.subf(first, body.arg(count)?)?) } else { None };
+        let accumulators = if centered { count + 1 } else { count };
+        let mut sums = vec![];
+        for i in 0..count {
+            let term = match deviation {
+                None => body.arg(i)?,
+                Some(d) if i == 0 => body.mulf(d, d)?,
+                Some(d) => body.mulf(body.arg(i)?, d)?,
+            };
+            sums.push(body.addf(body.arg(accumulators + i)?, term)?);
+        }
+        body.yield_values(&sums)
+    })
+}
+
+/// `v / count` elementwise over a [C] tensor.
+fn divide<'c, 'b>(cx: &Emitter<'c, 'b>, v: Value<'c, 'b>, count: Value<'c, 'b>) -> Result<Value<'c, 'b>, LoweringError> {
+    cx.elementwise(&[v], |body| body.yield_values(&[body.divf(body.arg(0)?, count)?]))
+}
+
+/// The gradients of a training-mode batch norm, torch's formulas: with `x̂ = (x − μ)/σ`,
+/// `dx = w/σ · (dy − mean(dy) − x̂ · mean(dy · x̂))`, `dw = Σ dy · x̂`, `db = Σ dy`. Inputs
+/// `grad`, `x`, `weight`; the batch statistics are recomputed from `x`.
+#[derive(Debug)]
+pub struct BatchNormBackward;
+
+impl Operator for BatchNormBackward {
+    fn name(&self) -> &'static str {
+        "batch_norm_backward"
+    }
+    fn inputs(&self) -> &'static [InputSpec] {
+        const { &[input("grad"), input("x"), input("weight")] }
+    }
+    fn attrs(&self) -> &'static [AttrSpec] {
+        const { &[attr("eps", Float, Default::Float(1e-5)).at_least(0)] }
+    }
+    fn infer(&self, inputs: &[Vec<TensorType>], _: &Attrs) -> Result<Inference, OpError> {
+        let (x, weight) = (&inputs[1][0], &inputs[2][0]);
+        Ok(Inference { outputs: vec![x.clone(), weight.clone(), weight.clone()], state: vec![] })
+    }
+    fn lower<'c, 'b>(&self, cx: &Emitter<'c, 'b>, node: &LowerNode<'_, 'c, 'b>) -> Result<Vec<Value<'c, 'b>>, LoweringError> {
+        let [grad, x, weight] = [0, 1, 2].map(|i| node.inputs[i]);
+        let eps = node.attrs.float("eps");
+        let (mean, var, count) = channel_moments(cx, x)?;
+        let std = cx.elementwise(&[var], |body| {
+            let var = body.arg(0)?;
+            body.yield_values(&[body.unary("math.sqrt", body.addf(var, body.constant_like(eps, var)?)?)?])
+        })?;
+        let sums = channel_sums(cx, &[grad], None)?;
+        let grad_sum = sums[0];
+        // Σ dy · (x − μ), from which Σ dy · x̂ = that / σ.
+        let centered = channel_sums(cx, &[x, grad], Some(mean))?[1];
+        let grad_weight = cx.elementwise(&[centered, std], |body| body.yield_values(&[body.divf(body.arg(0)?, body.arg(1)?)?]))?;
+        let rank = node.outputs[0].rank();
+        let (identity, channel) = (identity_map(rank), format!("({}) -> (d1)", loop_dims(rank)));
+        let init = cx.empty(&cx.sizes(x)?, cx.element_of(x)?)?;
+        let maps = [identity.as_str(), &identity, &channel, &channel, &channel, &channel, &channel, &identity];
+        let dx = cx.generic(&[grad, x, mean, std, weight, grad_sum, grad_weight], &[init], &maps, &vec![Iterator::Parallel; rank], |body| {
+            let [dy, x, mean, std, weight, grad_sum, grad_weight] = [0, 1, 2, 3, 4, 5, 6].map(|i| body.arg(i));
+            let (dy, x, mean, std, weight, grad_sum, grad_weight) = (dy?, x?, mean?, std?, weight?, grad_sum?, grad_weight?);
+            let normalized = body.divf(body.subf(x, mean)?, std)?;
+            let correction = body.addf(body.divf(grad_sum, count)?, body.mulf(normalized, body.divf(grad_weight, count)?)?)?;
+            body.yield_values(&[body.mulf(body.divf(weight, std)?, body.subf(dy, correction)?)?])
+        })?[0];
+        Ok(vec![dx, grad_weight, grad_sum])
+    }
+}
+
+/// The running statistics after a training step, as torch updates them: `(1 − m) · running +
+/// m · batch`, the batch variance unbiased (`· n / (n − 1)`), and the step counter plus one.
+/// Inputs `x` and the layer's `running_mean`, `running_var`, `num_batches_tracked`.
+#[derive(Debug)]
+pub struct RunningStatistics;
+
+impl Operator for RunningStatistics {
+    fn name(&self) -> &'static str {
+        "running_statistics"
+    }
+    fn inputs(&self) -> &'static [InputSpec] {
+        const { &[input("x"), input("running_mean"), input("running_var"), input("num_batches_tracked")] }
+    }
+    fn attrs(&self) -> &'static [AttrSpec] {
+        const { &[attr("momentum", Float, Default::Float(0.1)).between(0.0, 1.0)] }
+    }
+    fn infer(&self, inputs: &[Vec<TensorType>], _: &Attrs) -> Result<Inference, OpError> {
+        Ok(Inference { outputs: vec![inputs[1][0].clone(), inputs[2][0].clone(), inputs[3][0].clone()], state: vec![] })
+    }
+    fn lower<'c, 'b>(&self, cx: &Emitter<'c, 'b>, node: &LowerNode<'_, 'c, 'b>) -> Result<Vec<Value<'c, 'b>>, LoweringError> {
+        let [x, running_mean, running_var, steps] = [0, 1, 2, 3].map(|i| node.inputs[i]);
+        let momentum = node.attrs.float("momentum");
+        let (mean, var, count) = channel_moments(cx, x)?;
+        let blend = |running: Value<'c, 'b>, batch: Value<'c, 'b>, unbiased: bool| {
+            cx.elementwise(&[running, batch], |body| {
+                let (running, mut batch) = (body.arg(0)?, body.arg(1)?);
+                if unbiased {
+                    let one = body.constant_like(1.0, batch)?;
+                    batch = body.mulf(batch, body.divf(count, body.subf(count, one)?)?)?;
+                }
+                let kept = body.mulf(running, body.constant_like(1.0 - momentum, running)?)?;
+                body.yield_values(&[body.addf(kept, body.mulf(batch, body.constant_like(momentum, batch)?)?)?])
+            })
+        };
+        let (new_mean, new_var) = (blend(running_mean, mean, false)?, blend(running_var, var, true)?);
+        let step = cx.extract(steps, &[])?;
+        let next = cx.binary("arith.addi", step, cx.constant_integer(1, cx.element_of(steps)?)?)?;
+        let next = cx.from_elements(&[next], cx.tensor_type(&node.outputs[2]))?;
+        Ok(vec![new_mean, new_var, next])
     }
 }

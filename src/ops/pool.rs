@@ -27,7 +27,8 @@ fn pooled(op: &str, inputs: &[Vec<TensorType>], attrs: &Attrs) -> Result<Inferen
     Ok(Inference::output(TensorType::new(x.dtype, dims)))
 }
 
-/// The window geometry of a pooling node; `ceil_mode` is not lowered (torch's rule lets the last
+/// The window geometry of a pooling node (or of its backward node, which has the same
+/// attributes); `ceil_mode` is not lowered (torch's rule lets the last
 /// window hang over the padded input, which needs a clipped divisor).
 fn window(op: &'static str, node: &LowerNode) -> Result<([i64; 2], [i64; 2], [i64; 2]), LoweringError> {
     if node.attrs.flag("ceil_mode") {
@@ -53,10 +54,11 @@ fn pool<'c, 'b>(
     let [n, c, h, w] = [0, 1, 2, 3].map(|axis| cx.size(x, axis));
     let spatial = |size, axis: usize| cx.size_windows(size, -kernel[axis], stride[axis]);
     let sizes = [n?, c?, spatial(h?, 0)?, spatial(w?, 1)?];
-    let neutral = cx.constant_float(value, cx.f32_type())?;
-    let init = cx.fill(neutral, cx.empty(&sizes, cx.f32_type())?)?;
+    let element = cx.element_of(x)?;
+    let neutral = cx.constant_float(value, element)?;
+    let init = cx.fill(neutral, cx.empty(&sizes, element)?)?;
     // The window operand only carries the kernel's shape.
-    let window = cx.empty(&kernel.map(Size::Static), cx.f32_type())?;
+    let window = cx.empty(&kernel.map(Size::Static), element)?;
     let attributes = [
         ("strides", format!("dense<{stride:?}> : tensor<2xi64>")),
         ("dilations", "dense<1> : tensor<2xi64>".to_string()),
@@ -82,6 +84,94 @@ impl Operator for MaxPool2d {
         let window = window(self.name(), node)?;
         Ok(vec![pool(cx, node.inputs[0], window, f64::NEG_INFINITY, "linalg.pooling_nchw_max", Combiner::Max)?])
     }
+    fn gradient(&self, cx: &mut GradientContext) -> Result<Vec<Option<Port>>, GradientError> {
+        let grad = cx.output_grad(0)?;
+        let x = cx.inputs[0];
+        Ok(vec![Some(cx.add1(&MaxPool2dBackward, cx.attrs.clone(), &[grad, x])?)])
+    }
+}
+
+/// The gradient of `max_pool2d`: each window's gradient goes to the first position (in row,
+/// then column order) holding its maximum, as torch's kernel records it. Inputs `grad`
+/// [N, C, Ho, Wo] and `x` [N, C, H, W].
+#[derive(Debug)]
+pub struct MaxPool2dBackward;
+
+impl Operator for MaxPool2dBackward {
+    fn name(&self) -> &'static str {
+        "max_pool2d_backward"
+    }
+    fn inputs(&self) -> &'static [InputSpec] {
+        const { &[input("grad"), input("x")] }
+    }
+    fn attrs(&self) -> &'static [AttrSpec] {
+        WINDOW_ATTRS
+    }
+    fn infer(&self, inputs: &[Vec<TensorType>], _: &Attrs) -> Result<Inference, OpError> {
+        Ok(Inference::output(inputs[1][0].clone()))
+    }
+    /// Two `linalg.generic`s: the argmax of each window (its flat position in the padded
+    /// plane, padding −∞ so that it never wins), then, for each input position, the sum of the
+    /// gradients of the windows that chose it (at most ⌈k/s⌉² windows contain it).
+    fn lower<'c, 'b>(&self, cx: &Emitter<'c, 'b>, node: &LowerNode<'_, 'c, 'b>) -> Result<Vec<Value<'c, 'b>>, LoweringError> {
+        let (grad, x) = (node.inputs[0], node.inputs[1]);
+        let (kernel, stride, padding) = window(self.name(), node)?;
+        let padded = if padding == [0, 0] { x } else { cx.pad(x, &[0, 0, padding[0], padding[1]], &[0, 0, padding[0], padding[1]], f64::NEG_INFINITY)? };
+        let padded_width = cx.size_value(cx.size(padded, 3)?)?;
+        let index = cx.index_type();
+        let argmax_init = cx.empty(&cx.sizes(grad)?, index)?;
+        let argmax = cx.generic(&[], &[argmax_init], &[&identity_map(4)], &[Iterator::Parallel; 4], |body| {
+            let [n, c, oy, ox] = [0, 1, 2, 3].map(|axis| body.loop_index(axis));
+            let (n, c, oy, ox) = (n?, c?, oy?, ox?);
+            let top = body.binary("arith.muli", oy, body.constant_index(stride[0])?)?;
+            let left = body.binary("arith.muli", ox, body.constant_index(stride[1])?)?;
+            let lowest = body.constant_float(f64::NEG_INFINITY, body.element_of(x)?)?;
+            let first = body.binary("arith.addi", body.binary("arith.muli", top, padded_width)?, left)?;
+            let zero = body.constant_index(0)?;
+            let best = body.for_loop(zero, body.constant_index(kernel[0])?, &[lowest, first], |b, args| {
+                let y = b.binary("arith.addi", top, args[0])?;
+                b.for_loop(b.constant_index(0)?, b.constant_index(kernel[1])?, &args[1..], |b, args| {
+                    let column = b.binary("arith.addi", left, args[0])?;
+                    let value = b.extract(padded, &[n, c, y, column])?;
+                    let greater = b.compare_floats(CmpfPredicate::Ogt, value, args[1])?;
+                    let position = b.binary("arith.addi", b.binary("arith.muli", y, padded_width)?, column)?;
+                    Ok(vec![b.select(greater, value, args[1])?, b.select(greater, position, args[2])?])
+                })
+            })?;
+            body.yield_values(&[best[1]])
+        })?[0];
+
+        let [ho, wo] = [cx.size_value(cx.size(grad, 2)?)?, cx.size_value(cx.size(grad, 3)?)?];
+        let element = cx.element_of(grad)?;
+        let init = cx.empty(&cx.sizes(x)?, element)?;
+        Ok(cx.generic(&[], &[init], &[&identity_map(4)], &[Iterator::Parallel; 4], |body| {
+            let [n, c, h, w] = [0, 1, 2, 3].map(|axis| body.loop_index(axis));
+            let (n, c, h, w) = (n?, c?, h?, w?);
+            let [hp, wp] = [body.binary("arith.addi", h, body.constant_index(padding[0])?)?, body.binary("arith.addi", w, body.constant_index(padding[1])?)?];
+            let me = body.binary("arith.addi", body.binary("arith.muli", hp, padded_width)?, wp)?;
+            // Windows o with o·s ≤ p < o·s + k: from ⌈(p − k + 1) / s⌉ (at least 0) to ⌊p / s⌋ (below the count).
+            let range = |p: Value<'c, '_>, axis: usize, count: Value<'c, '_>| -> Result<[Value<'c, '_>; 2], LoweringError> {
+                let s = body.constant_index(stride[axis])?;
+                let reach = body.binary("arith.subi", p, body.constant_index(kernel[axis] - 1)?)?;
+                let first = body.binary("arith.maxsi", body.binary("arith.ceildivsi", reach, s)?, body.constant_index(0)?)?;
+                let last = body.binary("arith.addi", body.binary("arith.divui", p, s)?, body.constant_index(1)?)?;
+                Ok([first, body.binary("arith.minsi", last, count)?])
+            };
+            let [top, bottom] = range(hp, 0, ho)?;
+            let [left, right] = range(wp, 1, wo)?;
+            let zero = body.constant_float(0.0, element)?;
+            let total = body.for_loop(top, bottom, &[zero], |b, args| {
+                let oy = args[0];
+                b.for_loop(left, right, &args[1..], |b, args| {
+                    let chosen = b.extract(argmax, &[n, c, oy, args[0]])?;
+                    let mine = b.compare_integers(CmpiPredicate::Eq, chosen, me)?;
+                    let contribution = b.select(mine, b.extract(grad, &[n, c, oy, args[0]])?, b.constant_float(0.0, element)?)?;
+                    Ok(vec![b.addf(args[1], contribution)?])
+                })
+            })?;
+            body.yield_values(&[total[0]])
+        })?)
+    }
 }
 
 #[derive(Debug)]
@@ -102,7 +192,7 @@ impl Operator for AvgPool2d {
     fn lower<'c, 'b>(&self, cx: &Emitter<'c, 'b>, node: &LowerNode<'_, 'c, 'b>) -> Result<Vec<Value<'c, 'b>>, LoweringError> {
         let window = window(self.name(), node)?;
         let sum = pool(cx, node.inputs[0], window, 0.0, "linalg.pooling_nchw_sum", Combiner::Add)?;
-        let count = cx.constant_float((window.0[0] * window.0[1]) as f64, cx.f32_type())?;
+        let count = cx.constant_float((window.0[0] * window.0[1]) as f64, cx.element_of(sum)?)?;
         Ok(vec![cx.elementwise(&[sum], |body| body.yield_values(&[body.divf(body.arg(0)?, count)?]))?])
     }
 }
@@ -156,7 +246,7 @@ fn global_average<'c, 'b>(cx: &Emitter<'c, 'b>, x: Value<'c, 'b>) -> Result<Valu
     let (n, c, h, w) = (n?, c?, h?, w?);
     let sums = cx.generic(
         &[x],
-        &[cx.zeros(&[n, c])?],
+        &[cx.zeros(&[n, c], cx.element_of(x)?)?],
         &[&identity_map(4), "(d0, d1, d2, d3) -> (d0, d1)"],
         &[Iterator::Parallel, Iterator::Parallel, Iterator::Reduction, Iterator::Reduction],
         |body| body.yield_values(&[body.addf(body.arg(1)?, body.arg(0)?)?]),

@@ -36,10 +36,13 @@ pub struct Setting {
     pub value: Expr,
 }
 
-/// A `block` (reusable, parametrized) or the `network` (the entry point).
+/// A `block` (reusable, parametrized), the `network` (the entry point) or the `training
+/// network` (the graph a training step computes: targets in, losses out).
 #[derive(Clone, Debug)]
 pub struct BlockDef {
     pub is_network: bool,
+    /// A `training network`.
+    pub training: bool,
     pub name: Ident,
     pub params: Vec<Param>,
     pub returns: Option<Returns>,

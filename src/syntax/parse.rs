@@ -129,7 +129,8 @@ impl Cx {
     }
 
     fn block(&self, pair: Pair<Rule>, is_network: bool) -> BlockDef {
-        let mut it = pair.into_inner();
+        let mut it = pair.into_inner().peekable();
+        let training = it.next_if(|p| p.as_rule() == Rule::training).is_some();
         let name = self.ident(it.next().unwrap());
         let mut params = vec![];
         let mut returns = None;
@@ -142,7 +143,7 @@ impl Cx {
                 r => unreachable!("block part {r:?}"),
             }
         }
-        BlockDef { is_network, name, params, returns, body }
+        BlockDef { is_network, training, name, params, returns, body }
     }
 
     fn param(&self, pair: Pair<Rule>) -> Param {

@@ -65,7 +65,11 @@ impl Printer {
                 format!(" -> {}", items[0])
             }
         });
-        let keyword = if b.is_network { "network" } else { "block" };
+        let keyword = match (b.is_network, b.training) {
+            (true, true) => "training network",
+            (true, false) => "network",
+            (false, _) => "block",
+        };
         self.line(&format!("{keyword} {}({}){returns} {{", b.name.name, params.join(", ")));
         self.body(&b.body);
         self.line("}");
