@@ -51,7 +51,8 @@ pub struct TrainConfig {
     pub log_every: u64,
     /// Parameter-name prefixes whose parameters are not trained.
     pub frozen: Vec<String>,
-    /// Worker threads (default: one per core).
+    /// Worker threads (default: one per core). The command sizes rayon's pool from it before
+    /// training; the loop itself starts no threads.
     pub threads: Option<usize>,
 }
 
@@ -198,9 +199,7 @@ impl TrainConfig {
         *self = merged;
         Ok(())
     }
-}
 
-impl TrainConfig {
     /// Replaces the settings named in `given` by `other`'s. The destructuring is exhaustive, so
     /// that a new setting cannot be forgotten here.
     fn take_given(&mut self, other: TrainConfig, given: &[&str]) {

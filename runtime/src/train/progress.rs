@@ -78,7 +78,7 @@ impl<'a> Console<'a> {
                 self.bar.set_message(format!("loss {total:.4} ({})", named.join(", ")));
                 self.bar.set_position(done);
             }
-            Progress::Lines if done % self.log_every == 0 || done == self.total => {
+            Progress::Lines if done.is_multiple_of(self.log_every) || done == self.total => {
                 let per_iteration = self.time.as_secs_f64() / self.timed as f64;
                 let left = Duration::from_secs_f64(per_iteration * (self.total - done) as f64);
                 let text = format!(

@@ -207,7 +207,7 @@ where
         let seconds = started.elapsed();
         let done = iteration + 1;
         let last = done == config.iterations;
-        let evaluate = last || (config.eval_every > 0 && done % config.eval_every == 0);
+        let evaluate = last || (config.eval_every > 0 && done.is_multiple_of(config.eval_every));
         let evaluation = match evaluator.as_deref_mut() {
             Some(evaluator) if evaluate => {
                 let results = evaluator.evaluate(state).map_err(|source| TrainError::Evaluate { iteration, source })?;
@@ -227,7 +227,7 @@ where
         let mut text = serde_json::to_string(&line).expect("metrics serialize");
         text.push('\n');
         metrics.write_all(text.as_bytes()).and_then(|()| metrics.flush()).map_err(io_error(&metrics_path))?;
-        if last || (config.checkpoint_every > 0 && done % config.checkpoint_every == 0) {
+        if last || (config.checkpoint_every > 0 && done.is_multiple_of(config.checkpoint_every)) {
             let run = RunProgress { iteration: done, rng: rng.clone(), config: config.clone() };
             checkpoint::write(run_dir, state, &sgd, &run)?;
             checkpointed = Some(done);
