@@ -755,14 +755,16 @@ fn resume_flags_start_from_the_checkpoint_settings() {
 // --- Ctrl-C -------------------------------------------------------------------------------
 
 const SIGINT_CHILD: &str = "MRC_TRAINER_SIGINT_RUN_DIR";
+const SIGINT_CHILD_DELAY: &str = "MRC_TRAINER_SIGINT_DELAY_MS";
 
-/// The child process of `sigint_writes_a_checkpoint_and_exits_cleanly`: trains slowly with the
-/// Ctrl-C handler installed until interrupted. Does nothing unless that test started it.
+/// The child process of the SIGINT tests: trains slowly (the step sleeps), with the Ctrl-C
+/// handler installed, until interrupted. Does nothing unless one of those tests started it.
 #[test]
 fn sigint_child() {
     let Some(run_dir) = std::env::var_os(SIGINT_CHILD) else { return };
+    let delay = std::env::var(SIGINT_CHILD_DELAY).unwrap().parse().unwrap();
     let stop = StopFlag::on_ctrl_c().unwrap();
-    let mut step = LeastSquares { delay: Duration::from_millis(20), ..LeastSquares::default() };
+    let mut step = LeastSquares { delay: Duration::from_millis(delay), ..LeastSquares::default() };
     let mut stderr = std::io::stderr();
     let opts = TrainOptions { resume: false, evaluator: None, stop, progress: Progress::Quiet, log: &mut stderr };
     let summary =
@@ -771,37 +773,51 @@ fn sigint_child() {
     assert!(summary.interrupted);
 }
 
-#[test]
-fn sigint_writes_a_checkpoint_and_exits_cleanly() {
-    let dir = tempfile::tempdir().unwrap();
-    let run_dir = dir.path().join("run");
-    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+/// Starts [`sigint_child`] on `run_dir` with steps of `delay_ms` and waits until it has done
+/// `iterations`.
+fn start_training_child(run_dir: &Path, delay_ms: u64, iterations: usize) -> std::process::Child {
+    let child = std::process::Command::new(std::env::current_exe().unwrap())
         .args(["--exact", "sigint_child", "--nocapture", "--test-threads", "1"])
-        .env(SIGINT_CHILD, &run_dir)
+        .env(SIGINT_CHILD, run_dir)
+        .env(SIGINT_CHILD_DELAY, delay_ms.to_string())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while std::fs::read_to_string(run_dir.join("metrics.jsonl")).map_or(0, |t| t.lines().count()) < 3 {
+    while std::fs::read_to_string(run_dir.join("metrics.jsonl")).map_or(0, |t| t.lines().count()) < iterations {
         assert!(Instant::now() < deadline, "the child did not start training");
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(10));
     }
+    child
+}
+
+fn sigint(child: &std::process::Child) {
     let kill = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
     assert!(kill.success());
+}
+
+/// The child's exit status and stderr.
+fn wait_for_exit(mut child: std::process::Child) -> (std::process::ExitStatus, String) {
     let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
+    while child.try_wait().unwrap().is_none() {
         if Instant::now() > deadline {
             child.kill().unwrap();
             panic!("the child did not exit after SIGINT");
         }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let output = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    (output.status, String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
+#[test]
+fn sigint_writes_a_checkpoint_and_exits_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = dir.path().join("run");
+    let child = start_training_child(&run_dir, 20, 3);
+    sigint(&child);
+    let (status, stderr) = wait_for_exit(child);
     assert!(status.success(), "{status}: {stderr}");
     assert!(stderr.contains(&format!("continue with `--resume {}`", run_dir.display())), "{stderr}");
     // The checkpoint is of the last iteration in the metrics, and resumes.
@@ -811,4 +827,20 @@ fn sigint_writes_a_checkpoint_and_exits_cleanly() {
     let mut state = initial_state();
     let summary = run(&mut LeastSquares::default(), &mut state, &config(done + 2), &run_dir, true).unwrap();
     assert_eq!(summary.iterations, done + 2);
+}
+
+#[test]
+fn second_sigint_exits_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = dir.path().join("run");
+    // Steps of 3 s: both signals arrive during the second iteration.
+    let child = start_training_child(&run_dir, 3000, 1);
+    sigint(&child);
+    std::thread::sleep(Duration::from_millis(100));
+    sigint(&child);
+    let (status, stderr) = wait_for_exit(child);
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("interrupted again: exiting without a checkpoint"), "{stderr}");
+    assert!(!run_dir.join("checkpoint.safetensors").exists());
+    assert_eq!(metrics(&run_dir).len(), 1);
 }
