@@ -15,6 +15,7 @@ pub mod error;
 pub mod ops;
 pub mod program;
 pub mod tensor;
+pub mod train;
 pub mod transforms;
 pub mod weights;
 
