@@ -54,7 +54,7 @@ impl TensorF32 {
     }
 
     /// The four dimensions of a rank-4 tensor.
-    fn dims4(&self, op: &'static str, what: &str) -> Result<[usize; 4]> {
+    pub(crate) fn dims4(&self, op: &'static str, what: &str) -> Result<[usize; 4]> {
         match self.shape[..] {
             [a, b, c, d] => {
                 self.check_len(op)?;
@@ -65,7 +65,7 @@ impl TensorF32 {
     }
 
     /// Rejects a tensor whose public fields were set inconsistently.
-    fn check_len(&self, op: &'static str) -> Result<()> {
+    pub(crate) fn check_len(&self, op: &'static str) -> Result<()> {
         let len = self.shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
         if len != Some(self.data.len()) {
             return shape_err(op, format!("{} values for shape {:?}", self.data.len(), self.shape));
@@ -152,32 +152,47 @@ pub fn rpn_proposals(
     p: &RpnParams,
 ) -> Result<TensorF32> {
     const OP: &str = "rpn_proposals";
-    if objectness.len() != deltas.len() || objectness.is_empty() {
-        return shape_err(OP, format!("{} objectness maps and {} delta maps", objectness.len(), deltas.len()));
-    }
     let anchors = anchors.boxes(OP)?;
+    Ok(TensorF32::from_boxes(&proposals_of_image(OP, objectness, deltas, anchors, [0, 1], image_size, p)?))
+}
+
+/// [`rpn_proposals`] of image `image` of a batch of `batch` (`[image, batch]`): `objectness[l]`
+/// is `[batch, A, H, W]` and `deltas[l]` `[batch, 4A, H, W]`, and `anchors` are every image's.
+pub(crate) fn proposals_of_image(
+    op: &'static str,
+    objectness: &[TensorF32],
+    deltas: &[TensorF32],
+    anchors: &[[f32; 4]],
+    [image, batch]: [usize; 2],
+    image_size: [usize; 2],
+    p: &RpnParams,
+) -> Result<Vec<[f32; 4]>> {
+    if objectness.len() != deltas.len() || objectness.is_empty() {
+        return shape_err(op, format!("{} objectness maps and {} delta maps", objectness.len(), deltas.len()));
+    }
     let mut logits = Vec::with_capacity(anchors.len());
     let mut level_sizes = Vec::with_capacity(objectness.len());
     let mut level_deltas = Vec::with_capacity(objectness.len());
     for (o, d) in objectness.iter().zip(deltas) {
-        let [n, a, h, w] = o.dims4(OP, "objectness")?;
-        let dd = d.dims4(OP, "deltas")?;
-        if n != 1 || dd != [1, 4 * a, h, w] {
+        let [n, a, h, w] = o.dims4(op, "objectness")?;
+        let dd = d.dims4(op, "deltas")?;
+        if n != batch || dd != [batch, 4 * a, h, w] {
             return shape_err(
-                OP,
-                format!("objectness {:?} with deltas {dd:?}, expected [1, A, H, W] and [1, 4A, H, W]", o.shape),
+                op,
+                format!("objectness {:?} with deltas {dd:?}, expected [{batch}, A, H, W] and [{batch}, 4A, H, W]", o.shape),
             );
         }
         // (A, H, W) to (H, W, A): each cell's anchors together.
         let hw = h * w;
-        logits.extend((0..hw).flat_map(|cell| (0..a).map(move |k| o.data[k * hw + cell])));
+        let o = &o.data[image * a * hw..(image + 1) * a * hw];
+        logits.extend((0..hw).flat_map(|cell| (0..a).map(move |k| o[k * hw + cell])));
         level_sizes.push(hw * a);
-        level_deltas.push((d, hw, a));
+        level_deltas.push((&d.data[image * 4 * a * hw..(image + 1) * 4 * a * hw], hw, a));
     }
     if logits.len() != anchors.len() {
-        return shape_err(OP, format!("{} anchors for {} objectness values", anchors.len(), logits.len()));
+        return shape_err(op, format!("{} anchors for {} objectness values", anchors.len(), logits.len()));
     }
-    check_finite(OP, "objectness", &logits)?;
+    check_finite(op, "objectness", &logits)?;
     let top = topk_per_level(&logits, &level_sizes, p.pre_nms_top_n)?;
 
     // Decoding is per box, so decoding only the selected anchors gives torchvision's values.
@@ -191,7 +206,7 @@ pub fn rpn_proposals(
         let local = i - level_starts[level];
         let (cell, k) = (local / a, local % a);
         // Deltas [4A, H, W] viewed as (A, 4, H, W).
-        top_deltas.extend((0..4).map(|j| d.data[(k * 4 + j) * hw + cell]));
+        top_deltas.extend((0..4).map(|j| d[(k * 4 + j) * hw + cell]));
         top_anchors.push(anchors[i]);
         top_levels.push(level as i64);
     }
@@ -207,7 +222,7 @@ pub fn rpn_proposals(
     let levels: Vec<i64> = keep.iter().map(|&i| top_levels[i]).collect();
     let mut kept = batched_nms(&boxes, &scores, &levels, p.nms_thresh)?;
     kept.truncate(p.post_nms_top_n);
-    Ok(TensorF32::from_boxes(&kept.iter().map(|&i| boxes[i]).collect::<Vec<_>>()))
+    Ok(kept.iter().map(|&i| boxes[i]).collect())
 }
 
 /// torch's float32 sigmoid, `1 / (1 + exp(-x))`.

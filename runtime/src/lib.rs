@@ -16,6 +16,7 @@ pub mod ops;
 pub mod program;
 pub mod tensor;
 pub mod train;
+pub mod training;
 pub mod transforms;
 pub mod weights;
 

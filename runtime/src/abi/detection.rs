@@ -19,15 +19,15 @@ pub trait Params: Sized {
 }
 
 /// Reads words in order.
-struct Words<'a>(&'a [f64]);
+pub(super) struct Words<'a>(pub(super) &'a [f64]);
 
 impl Words<'_> {
-    fn next(&mut self) -> Option<f64> {
+    pub(super) fn next(&mut self) -> Option<f64> {
         let (&first, rest) = self.0.split_first()?;
         self.0 = rest;
         Some(first)
     }
-    fn take<const N: usize>(&mut self) -> Option<[f64; N]> {
+    pub(super) fn take<const N: usize>(&mut self) -> Option<[f64; N]> {
         let mut out = [0.0; N];
         for slot in &mut out {
             *slot = self.next()?;
@@ -35,11 +35,11 @@ impl Words<'_> {
         Some(out)
     }
     /// A length-prefixed list.
-    fn list(&mut self) -> Option<Vec<f64>> {
+    pub(super) fn list(&mut self) -> Option<Vec<f64>> {
         let len = self.next()? as usize;
         (0..len).map(|_| self.next()).collect()
     }
-    fn end<T>(self, value: T) -> Option<T> {
+    pub(super) fn end<T>(self, value: T) -> Option<T> {
         self.0.is_empty().then_some(value)
     }
 }
@@ -226,13 +226,13 @@ impl Params for () {
 }
 
 /// An f32 tensor of any rank as the built-ins take it.
-unsafe fn tensor<const R: usize>(m: *const MemRef<f32, R>) -> TensorF32 {
+pub(super) unsafe fn tensor<const R: usize>(m: *const MemRef<f32, R>) -> TensorF32 {
     let m = &*m;
     TensorF32 { shape: m.shape().to_vec(), data: m.elements().into_owned() }
 }
 
 /// The maps of a packed list.
-unsafe fn unpack(flat: *const MemRef<f32, 1>, shapes: *const MemRef<i64, 2>) -> Result<Vec<TensorF32>, String> {
+pub(super) unsafe fn unpack(flat: *const MemRef<f32, 1>, shapes: *const MemRef<i64, 2>) -> Result<Vec<TensorF32>, String> {
     let (data, shapes) = ((*flat).elements(), &*shapes);
     let [levels, rank] = shapes.shape();
     let dims = shapes.elements();
@@ -248,7 +248,7 @@ unsafe fn unpack(flat: *const MemRef<f32, 1>, shapes: *const MemRef<i64, 2>) -> 
     Ok(maps)
 }
 
-unsafe fn image_size(m: *const MemRef<i64, 1>) -> Result<[usize; 2], String> {
+pub(super) unsafe fn image_size(m: *const MemRef<i64, 1>) -> Result<[usize; 2], String> {
     match (*m).elements()[..] {
         [h, w] if h >= 0 && w >= 0 => Ok([h as usize, w as usize]),
         ref other => Err(format!("image size {other:?}")),
@@ -256,14 +256,14 @@ unsafe fn image_size(m: *const MemRef<i64, 1>) -> Result<[usize; 2], String> {
 }
 
 /// An owned result of rank `R` (the built-ins' ranks are fixed by their shape rules).
-fn owned<const R: usize>(t: &TensorF32) -> MemRef<f32, R> {
+pub(super) fn owned<const R: usize>(t: &TensorF32) -> MemRef<f32, R> {
     let shape: [usize; R] = t.shape.as_slice().try_into().unwrap_or([0; R]);
     MemRef::owned(&t.data, shape)
 }
 
 /// Runs one built-in: decodes its parameters, times it, and on failure records the error and
 /// yields `empty`.
-unsafe fn call<P: Params, T>(
+pub(super) unsafe fn call<P: Params, T>(
     op: &'static str,
     params: *const MemRef<f64, 1>,
     empty: impl FnOnce() -> T,
@@ -287,7 +287,7 @@ pub struct Two<A, B>(pub A, pub B);
 #[repr(C)]
 pub struct Three<A, B, C>(pub A, pub B, pub C);
 
-fn text(e: crate::Error) -> String {
+pub(super) fn text(e: crate::Error) -> String {
     e.to_string()
 }
 

@@ -3,7 +3,7 @@
 //! its address (what a JIT binds). The compiler names a function by its [`RuntimeFunction`]
 //! variant, never by a string, and the runtime's symbol table is [`RuntimeFunction::ALL`].
 
-use super::{detection as d, kernels as k};
+use super::{detection as d, kernels as k, training as t};
 
 /// A tensor crossing the C interface: its element type and rank, or a built-in's parameter
 /// words (`f64[?]`, the layout of its [`super::detection::Params`] implementation); or, as a
@@ -96,6 +96,41 @@ runtime_functions! {
     Count = "count", d::_mlir_ciface_mrc_count, ([I64(1)]) -> (Count);
     /// Keypoints [D, K, 3] and their scores [D, K] from heatmaps [D, K, S, S] of the boxes.
     HeatmapsToKeypoints = "heatmaps_to_keypoints", d::_mlir_ciface_mrc_heatmaps_to_keypoints, ([Params], [F32(4)], [F32(2)]) -> (F32(3), F32(2));
+    /// Labels [N, A] and regression targets [N, A, 4] of the anchors for the ground truth
+    /// (boxes [G, 4], images [G]) of a batch of sizes [N, 2].
+    MatchAnchors = "match_anchors", t::_mlir_ciface_mrc_match_anchors, ([Params], [F32(2)], [F32(2)], [I64(1)], [I64(2)]) -> (F32(2), F32(3));
+    /// The sampler's masks (positive, sampled) [N, K] from labels and keys [N, K].
+    BalancedSample = "balanced_sample", t::_mlir_ciface_mrc_balanced_sample, ([Params], [F32(2)], [F32(2)]) -> (F32(2), F32(2));
+    /// `count` [1] uniform keys from `seed` [1].
+    UniformKeys = "uniform_keys", t::_mlir_ciface_mrc_uniform_keys, ([Params], [I64(1)], [I64(1)]) -> (F32(1));
+    /// RoIs, their images, labels, regression targets and matched ground truth from proposals
+    /// [P, 4] of images [P], ground truth (boxes, labels, images), keys [P + G] and sizes [N, 2].
+    SampleRois = "sample_rois", t::_mlir_ciface_mrc_sample_rois, ([Params], [F32(2)], [I64(1)], [F32(2)], [I64(1)], [I64(1)], [F32(1)], [I64(2)]) -> (F32(2), I64(1), I64(1), F32(2), I64(1));
+    /// The RPN's two losses from packed objectness and deltas, labels, targets and masks.
+    RpnLoss = "rpn_loss", t::_mlir_ciface_mrc_rpn_loss, ([Params], PACKED, PACKED, [F32(2)], [F32(3)], [F32(2)], [F32(2)]) -> (F32(0), F32(0));
+    /// The gradients of the packed objectness and deltas from the RPN losses' gradients.
+    RpnLossBackward = "rpn_loss_backward", t::_mlir_ciface_mrc_rpn_loss_backward, ([Params], PACKED, PACKED, [F32(2)], [F32(3)], [F32(2)], [F32(2)], [F32(0)], [F32(0)]) -> (F32(1), I64(2), F32(1), I64(2));
+    /// The box head's two losses from class logits, box regression, labels and targets.
+    FastrcnnLoss = "fastrcnn_loss", t::_mlir_ciface_mrc_fastrcnn_loss, ([Params], [F32(2)], [F32(2)], [I64(1)], [F32(2)]) -> (F32(0), F32(0));
+    /// The gradients of the class logits and box regression from the box losses' gradients.
+    FastrcnnLossBackward = "fastrcnn_loss_backward", t::_mlir_ciface_mrc_fastrcnn_loss_backward, ([Params], [F32(2)], [F32(2)], [I64(1)], [F32(2)], [F32(0)], [F32(0)]) -> (F32(2), F32(2));
+    /// The positive RoIs, their images, labels and mask targets from the ground-truth masks,
+    /// sizes [N, 2] and the sampled RoIs (boxes, images, labels, matched ground truth).
+    MaskTargets = "mask_targets", t::_mlir_ciface_mrc_mask_targets, ([Params], [U8(3)], [I64(2)], [F32(2)], [I64(1)], [I64(1)], [I64(1)]) -> (F32(2), I64(1), I64(1), F32(3));
+    /// The mask loss from mask logits [Q, C, M, M], labels [Q] and targets [Q, M, M].
+    MaskrcnnLoss = "maskrcnn_loss", t::_mlir_ciface_mrc_maskrcnn_loss, ([Params], [F32(4)], [I64(1)], [F32(3)]) -> (F32(0));
+    /// The gradient of the mask logits from the mask loss's gradient.
+    MaskrcnnLossBackward = "maskrcnn_loss_backward", t::_mlir_ciface_mrc_maskrcnn_loss_backward, ([Params], [F32(4)], [I64(1)], [F32(3)], [F32(0)]) -> (F32(4));
+    /// The gradient of a feature map [N, C, H, W] (shape [4]) from RoIAlign's output gradient and
+    /// its RoIs [K, 5].
+    RoiAlignBackward = "roi_align_backward", t::_mlir_ciface_mrc_roi_align_backward, ([Params], [F32(4)], [F32(2)], [I64(1)]) -> (F32(4));
+    /// RoIAlign over packed [N, C, H, W] pyramid levels of boxes [R, 4] of images [R].
+    MultiscaleRoiAlignBatched = "multiscale_roi_align_batched", t::_mlir_ciface_mrc_multiscale_roi_align_batched, ([Params], PACKED, [F32(2)], [I64(1)], [I64(2)]) -> (F32(4));
+    /// The packed gradient of the pyramid levels (shapes [L, 4]) from the batched multi-scale
+    /// RoIAlign's output gradient.
+    MultiscaleRoiAlignBackward = "multiscale_roi_align_backward", t::_mlir_ciface_mrc_multiscale_roi_align_backward, ([Params], [F32(4)], [I64(2)], [F32(2)], [I64(1)], [I64(2)]) -> (F32(1), I64(2));
+    /// Proposals [P, 4] and their images [P] for every image of a batch of sizes [N, 2].
+    RpnProposalsBatched = "rpn_proposals_batched", t::_mlir_ciface_mrc_rpn_proposals_batched, ([Params], PACKED, PACKED, [F32(2)], [I64(2)]) -> (F32(2), I64(1));
 }
 
 impl RuntimeFunction {

@@ -17,6 +17,7 @@ pub mod functions;
 pub mod kernels;
 mod memref;
 pub mod stages;
+pub mod training;
 
 pub use memref::{memref_copy, MemRef};
 

@@ -4,12 +4,16 @@ pub mod anchors;
 pub mod box_coder;
 pub(crate) mod interpolate;
 pub mod keypoints;
+pub mod losses;
+pub mod mask_targets;
+pub mod matcher;
 pub mod multiscale;
 pub mod nms;
 pub mod paste_masks;
 pub mod preprocess;
 pub mod roi_align;
 pub mod roi_pool;
+pub mod sampler;
 mod sort;
 
 use crate::error::{invalid, Result};

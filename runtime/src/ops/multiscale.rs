@@ -2,7 +2,7 @@
 //! `LevelMapper` (FPN paper, eq. 1) and scale inference; and the same with RoIPool.
 
 use crate::error::{check_finite, invalid, shape_err, Result};
-use crate::ops::roi_align::{check_params, check_roi, pool_rois, PoolMode, RoiAlignParams};
+use crate::ops::roi_align::{check_backward, check_params, check_roi, pool_rois, scatter_rois, PoolMode, RoiAlignParams};
 use crate::ops::roi_pool::roi_pool;
 use crate::tensor::FeatureMap;
 
@@ -164,16 +164,7 @@ pub fn multiscale_roi_align(
         assign_levels(OP, features, boxes, image_sizes, [p.canonical_scale, p.canonical_level, p.eps])?;
     let [oh, ow] = p.output_size;
     let channels = features[0].c;
-    let params: Vec<RoiAlignParams> = scales
-        .iter()
-        .map(|&spatial_scale| RoiAlignParams {
-            output_size: p.output_size,
-            spatial_scale,
-            sampling_ratio: p.sampling_ratio,
-            aligned: p.aligned,
-            mode: PoolMode::Avg,
-        })
-        .collect();
+    let params = level_params(&scales, p);
     for (f, q) in features.iter().zip(&params) {
         check_params(OP, f, q)?;
     }
@@ -183,6 +174,54 @@ pub fn multiscale_roi_align(
     let mut values = vec![0.0f32; rois.len() * channels * oh * ow];
     pool_rois(features, &params, &rois, |k| levels[k], channels, &mut values);
     Ok(MultiScaleOutput { values, scales, levels })
+}
+
+/// The RoIAlign parameters of each level.
+fn level_params(scales: &[f32], p: &MultiScaleParams) -> Vec<RoiAlignParams> {
+    scales
+        .iter()
+        .map(|&spatial_scale| RoiAlignParams {
+            output_size: p.output_size,
+            spatial_scale,
+            sampling_ratio: p.sampling_ratio,
+            aligned: p.aligned,
+            mode: PoolMode::Avg,
+        })
+        .collect()
+}
+
+/// The gradient of [`multiscale_roi_align`] with respect to each level: `grad` (`[K, C, oh,
+/// ow]`, boxes of all images in order) spread back onto zero maps of `shapes` (finest first),
+/// each box onto the level the forward pooled it from (torchvision's backward of
+/// `MultiScaleRoIAlign`: `roi_align`'s backward per level).
+pub fn multiscale_roi_align_backward(
+    grad: &[f32],
+    shapes: &[[usize; 4]],
+    boxes: &[&[[f32; 4]]],
+    image_sizes: &[[usize; 2]],
+    p: &MultiScaleParams,
+) -> Result<Vec<Vec<f32>>> {
+    const OP: &str = "multiscale_roi_align_backward";
+    let mut grads: Vec<Vec<f32>> = shapes.iter().map(|s| vec![0.0f32; s.iter().product()]).collect();
+    let (params, Assignment { levels, rois, .. }) = {
+        let maps = grads.iter().zip(shapes).map(|(g, &s)| FeatureMap::new(g, s)).collect::<Result<Vec<_>>>()?;
+        let assignment = assign_levels(OP, &maps, boxes, image_sizes, [p.canonical_scale, p.canonical_level, p.eps])?;
+        let params = level_params(&assignment.scales, p);
+        for (f, q) in maps.iter().zip(&params) {
+            check_backward(OP, f, q)?;
+        }
+        for (r, &l) in assignment.rois.iter().zip(&assignment.levels) {
+            check_roi(OP, &maps[l], r, &params[l])?;
+        }
+        (params, assignment)
+    };
+    let [oh, ow] = p.output_size;
+    if grad.len() != rois.len() * shapes[0][1] * oh * ow {
+        return shape_err(OP, format!("gradient of {} values for {} boxes of {}x{oh}x{ow}", grad.len(), rois.len(), shapes[0][1]));
+    }
+    check_finite(OP, "gradient", grad)?;
+    scatter_rois(shapes, &params, &rois, |k| levels[k], grad, &mut grads);
+    Ok(grads)
 }
 
 /// Parameters of [`multiscale_roi_pool`]: the level mapper of [`MultiScaleParams`], RoIPool's

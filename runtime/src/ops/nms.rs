@@ -78,7 +78,7 @@ fn nms_unchecked(boxes: &[[f32; 4]], scores: &[f32], iou_threshold: f64) -> Vec<
 const GRID_MIN_BOXES: usize = 256;
 
 #[inline(always)]
-fn iou(a: &[f32; 4], area_a: f32, b: &[f32; 4], area_b: f32) -> f32 {
+pub(crate) fn iou(a: &[f32; 4], area_a: f32, b: &[f32; 4], area_b: f32) -> f32 {
     let xx1 = a[0].max(b[0]);
     let yy1 = a[1].max(b[1]);
     let xx2 = a[2].min(b[2]);

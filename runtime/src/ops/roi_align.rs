@@ -103,10 +103,9 @@ pub(crate) fn check_params(op: &'static str, input: &FeatureMap, p: &RoiAlignPar
 
 /// Appends the sampling points of one RoI, bin by bin (torchvision's `pre_calc`), and returns
 /// how many points each bin has.
-fn push_samples(input: &FeatureMap, r: &[f32; 5], p: &RoiAlignParams, samples: &mut Vec<Sample>) -> usize {
+fn push_samples([h, w]: [usize; 2], r: &[f32; 5], p: &RoiAlignParams, samples: &mut Vec<Sample>) -> usize {
     let (start_h, start_w, bin_h, bin_w, grid_h, grid_w) = geometry(r, p);
     let [oh, ow] = p.output_size;
-    let (h, w) = (input.h, input.w);
     for ph in 0..oh {
         for pw in 0..ow {
             for iy in 0..grid_h {
@@ -171,7 +170,6 @@ pub(crate) fn pool_rois(
     c: usize,
     out: &mut [f32],
 ) {
-    const SAMPLE_BUDGET: usize = 1 << 20;
     let bins = params[0].output_size[0] * params[0].output_size[1];
     let per_roi = c * bins;
     if per_roi == 0 || rois.is_empty() {
@@ -193,7 +191,7 @@ pub(crate) fn pool_rois(
             .map(|k| {
                 let l = level(k);
                 let mut s = Vec::new();
-                let per_bin = push_samples(&maps[l], &rois[k], &params[l], &mut s);
+                let per_bin = push_samples([maps[l].h, maps[l].w], &rois[k], &params[l], &mut s);
                 (s, per_bin)
             })
             .collect();
@@ -222,6 +220,9 @@ pub(crate) fn pool_rois(
         k0 = k1;
     }
 }
+
+/// The most sampling points [`pool_rois`] and [`scatter_rois`] precompute at once.
+const SAMPLE_BUDGET: usize = 1 << 20;
 
 /// One channel of one RoI: each bin the mean (or max) of its `per_bin` sampled values.
 fn pool_bins(plane: &[f32], samples: &[Sample], per_bin: usize, mode: PoolMode, out: &mut [f32]) {
@@ -287,5 +288,108 @@ fn bilinear_sample(yy: f32, xx: f32, height: usize, width: usize) -> Sample {
     Sample {
         pos: [idx(y_low, x_low), idx(y_low, x_high), idx(y_high, x_low), idx(y_high, x_high)],
         w: [hy * hx, hy * lx, ly * hx, ly * lx],
+    }
+}
+
+/// The gradient of [`roi_align`] (average mode) with respect to its input: `grad` `[K, C, oh,
+/// ow]` spread back onto a zero `[N, C, H, W]` map of `shape` as torchvision's
+/// `roi_align_backward` kernel does (each sampling point gives its bin's gradient, times its
+/// bilinear weights, divided by the bin's number of points, to its four neighbours).
+pub fn roi_align_backward(grad: &[f32], rois: &[[f32; 5]], shape: [usize; 4], p: &RoiAlignParams) -> Result<Vec<f32>> {
+    const OP: &str = "roi_align_backward";
+    let [n, c, h, w] = shape;
+    let mut out = vec![0.0f32; n * c * h * w];
+    {
+        let input = FeatureMap::new(&out, shape)?;
+        check_backward(OP, &input, p)?;
+        for r in rois {
+            check_roi(OP, &input, r, p)?;
+        }
+    }
+    let [oh, ow] = p.output_size;
+    if grad.len() != rois.len() * c * oh * ow {
+        return crate::error::shape_err(OP, format!("gradient of {} values for {} RoIs of {c}x{oh}x{ow}", grad.len(), rois.len()));
+    }
+    check_finite(OP, "gradient", grad)?;
+    scatter_rois(&[shape], std::slice::from_ref(p), rois, |_| 0, grad, std::slice::from_mut(&mut out));
+    Ok(out)
+}
+
+/// [`check_params`] for a backward pass, which exists for the average only.
+pub(crate) fn check_backward(op: &'static str, input: &FeatureMap, p: &RoiAlignParams) -> Result<()> {
+    check_params(op, input, p)?;
+    if p.mode != PoolMode::Avg {
+        return invalid(op, "the backward pass of max pooling is not implemented");
+    }
+    Ok(())
+}
+
+/// The transpose of [`pool_rois`] (average mode): RoI `k`'s gradient `grad[k]` (`[C, bins]`)
+/// spread onto `out[level(k)]` (`[N, C, H, W]` of `shapes[level(k)]`). RoIs already validated.
+///
+/// Planes (image, channel) are independent and filled in parallel; within a plane the sums run
+/// in torchvision's order (RoI, bin, sampling point, neighbour), so the result is its CPU
+/// kernel's to the bit.
+pub(crate) fn scatter_rois(
+    shapes: &[[usize; 4]],
+    params: &[RoiAlignParams],
+    rois: &[[f32; 5]],
+    level: impl Fn(usize) -> usize + Sync,
+    grad: &[f32],
+    out: &mut [Vec<f32>],
+) {
+    let bins = params[0].output_size[0] * params[0].output_size[1];
+    let c = shapes[0][1];
+    let per_roi = c * bins;
+    if per_roi == 0 || rois.is_empty() {
+        return;
+    }
+    let mut k0 = 0;
+    while k0 < rois.len() {
+        let mut k1 = k0;
+        let mut n_samples = 0;
+        while k1 < rois.len() && (k1 == k0 || n_samples < SAMPLE_BUDGET) {
+            let (.., gh, gw) = geometry(&rois[k1], &params[level(k1)]);
+            n_samples += gh * gw * bins;
+            k1 += 1;
+        }
+        let samples: Vec<(Vec<Sample>, usize)> = (k0..k1)
+            .into_par_iter()
+            .map(|k| {
+                let l = level(k);
+                let [_, _, h, w] = shapes[l];
+                let mut s = Vec::new();
+                let per_bin = push_samples([h, w], &rois[k], &params[l], &mut s);
+                (s, per_bin)
+            })
+            .collect();
+        for (l, (grads, &[_, _, h, w])) in out.iter_mut().zip(shapes).enumerate() {
+            let hw = h * w;
+            if hw == 0 {
+                continue;
+            }
+            grads.par_chunks_mut(hw).enumerate().for_each(|(plane, g)| {
+                let (batch, ch) = (plane / c, plane % c);
+                for (k, (s, per_bin)) in (k0..k1).zip(&samples) {
+                    if level(k) != l || rois[k][0] as usize != batch || *per_bin == 0 {
+                        continue;
+                    }
+                    let count = *per_bin as f32;
+                    let bin_grads = &grad[k * per_roi + ch * bins..][..bins];
+                    for (&gb, points) in bin_grads.iter().zip(s.chunks_exact(*per_bin)) {
+                        for sm in points {
+                            // Points beyond the map have no neighbours (all weights 0).
+                            if sm.w == [0.0; 4] {
+                                continue;
+                            }
+                            for (&pos, &wt) in sm.pos.iter().zip(&sm.w) {
+                                g[pos as usize] += gb * wt / count;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+        k0 = k1;
     }
 }
