@@ -706,3 +706,25 @@ fn batched_rpn_proposals_equal_the_per_image_operator() {
     }
     assert_eq!(start, proposals.shape[0]);
 }
+
+/// torchvision's matcher on a hand-made case: a low-quality match takes the anchor's own best
+/// box (not the box whose highest IoU it is), boxes between the thresholds are ignored, and
+/// the targets are the matched box encoded against the anchor.
+#[test]
+fn anchor_matching_follows_torchvisions_matcher() {
+    // A's highest IoU is with X (0.25), B's with X too (0.5625): both low quality, and X's best
+    // box is B. Z's best is B at 0.5 (between). Y overlaps nothing.
+    let gt = TensorF32::from_boxes(&[[0.0, 0.0, 4.0, 4.0], [0.0, 0.0, 6.0, 6.0]]);
+    let anchors = TensorF32::from_boxes(&[[0.0, 0.0, 8.0, 8.0], [20.0, 20.0, 30.0, 30.0], [0.0, 0.0, 6.0, 12.0]]);
+    let t = training::match_anchors(&anchors, &gt, &[0, 0], &[[32, 32]], &AnchorMatchParams::TORCHVISION).unwrap();
+    assert_eq!(t.labels.data, [1.0, 0.0, -1.0]);
+    // X against B: centres (4, 4) and (3, 3), sides 8 and 6.
+    let expected = [-0.125, -0.125, (6f64 / 8.0).ln(), (6f64 / 8.0).ln()];
+    for (a, e) in t.regression_targets.data[..4].iter().zip(expected) {
+        assert!((*a as f64 - e).abs() < 1e-6, "{:?} vs {expected:?}", &t.regression_targets.data[..4]);
+    }
+    // Without low-quality matches X is between the thresholds.
+    let strict = AnchorMatchParams { allow_low_quality_matches: false, ..AnchorMatchParams::TORCHVISION };
+    let t = training::match_anchors(&anchors, &gt, &[0, 0], &[[32, 32]], &strict).unwrap();
+    assert_eq!(t.labels.data, [-1.0, 0.0, -1.0]);
+}
