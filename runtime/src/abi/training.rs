@@ -581,4 +581,92 @@ mod tests {
         round_trip(SmoothL1Params { beta: 1.0 / 9.0 });
         round_trip(MaskTargetParams { size: 28 });
     }
+
+    fn words<P: Params>(p: &P) -> Vec<f64> {
+        p.encode()
+    }
+
+    /// The entries hand generated code the operators' results, packed lists with their shapes,
+    /// and record an error (with empty results) for bad input.
+    #[test]
+    fn entries_return_the_operators_results_and_record_errors() {
+        let sampling = words(&RoiSamplingParams::TORCHVISION);
+        let params = MemRef::borrowed(&sampling, [sampling.len()]);
+        let proposals = [0.0f32, 0.0, 10.0, 10.0, 5.0, 5.0, 9.0, 9.0];
+        let gt = [1.0f32, 1.0, 11.0, 11.0];
+        let keys = [0.5f32, 0.1, 0.0];
+        let sizes = [40i64, 40, 40, 40];
+        let call_sample_rois = |proposal_image: &[i64]| {
+            let mut out = std::mem::MaybeUninit::uninit();
+            // SAFETY: descriptors of live buffers.
+            unsafe {
+                _mlir_ciface_mrc_sample_rois(
+                    out.as_mut_ptr(),
+                    &params,
+                    &MemRef::borrowed(&proposals, [2, 4]),
+                    &MemRef::borrowed(proposal_image, [2]),
+                    &MemRef::borrowed(&gt, [1, 4]),
+                    &MemRef::borrowed(&[3i64], [1]),
+                    &MemRef::borrowed(&[1i64], [1]),
+                    &MemRef::borrowed(&keys, [3]),
+                    &MemRef::borrowed(&sizes, [2, 2]),
+                );
+                out.assume_init()
+            }
+        };
+        let Five(rois, roi_image, labels, _, matched) = call_sample_rois(&[0, 0]);
+        // SAFETY: results of the entry.
+        unsafe {
+            assert_eq!(super::super::take_error(), None);
+            assert_eq!(rois.shape(), [3, 4]);
+            assert_eq!(&roi_image.elements()[..], [0, 0, 1]);
+            assert_eq!(&labels.elements()[..], [0, 0, 3]);
+            assert_eq!(&matched.elements()[..], [-1, -1, 0]);
+        }
+        let Five(rois, ..) = call_sample_rois(&[1, 0]);
+        assert_eq!(rois.shape(), [0, 4]);
+        let error = super::super::take_error().unwrap_or_default();
+        assert!(error.starts_with("sample_rois: ") && error.contains("image order"), "{error}");
+
+        // The RPN gradient comes back packed like the head's outputs: two levels of one image.
+        let beta = words(&SmoothL1Params { beta: 1.0 / 9.0 });
+        let objectness = [0.5f32, -0.5, 1.0];
+        let objectness_shapes = [1i64, 1, 1, 2, 1, 1, 1, 1];
+        let deltas = [0.1f32; 12];
+        let deltas_shapes = [1i64, 4, 1, 2, 1, 4, 1, 1];
+        let labels = [1.0f32, 0.0, 0.0];
+        let targets = [0.0f32; 12];
+        let mut out = std::mem::MaybeUninit::uninit();
+        // SAFETY: descriptors of live buffers.
+        let Four(g_objectness, g_objectness_shapes, g_deltas, g_deltas_shapes) = unsafe {
+            _mlir_ciface_mrc_rpn_loss_backward(
+                out.as_mut_ptr(),
+                &MemRef::borrowed(&beta, [1]),
+                &MemRef::borrowed(&objectness, [3]),
+                &MemRef::borrowed(&objectness_shapes, [2, 4]),
+                &MemRef::borrowed(&deltas, [12]),
+                &MemRef::borrowed(&deltas_shapes, [2, 4]),
+                &MemRef::borrowed(&labels, [1, 3]),
+                &MemRef::borrowed(&targets, [1, 3, 4]),
+                &MemRef::borrowed(&[1.0f32, 0.0, 0.0], [1, 3]),
+                &MemRef::borrowed(&[1.0f32, 1.0, 0.0], [1, 3]),
+                &MemRef::borrowed(&[1.0f32], []),
+                &MemRef::borrowed(&[1.0f32], []),
+            );
+            out.assume_init()
+        };
+        // SAFETY: results of the entry.
+        unsafe {
+            assert_eq!(super::super::take_error(), None);
+            assert_eq!(&g_objectness_shapes.elements()[..], objectness_shapes);
+            assert_eq!(&g_deltas_shapes.elements()[..], deltas_shapes);
+            let sigmoid = |x: f32| 1.0 / (1.0 + (-x).exp());
+            let g = g_objectness.elements();
+            assert!((g[0] - (sigmoid(0.5) - 1.0) / 2.0).abs() < 1e-7 && (g[1] - sigmoid(-0.5) / 2.0).abs() < 1e-7 && g[2] == 0.0);
+            // Anchor 0's deltas (0.1 − 0 < beta): 0.1·9 / 2, at (anchor 0, j, cell 0) of [4, 1, 2].
+            let g = g_deltas.elements();
+            assert!([g[0], g[2], g[4], g[6]].iter().all(|&v| (v - 0.45).abs() < 1e-6), "{g:?}");
+            assert!(g[1] == 0.0 && g[8..].iter().all(|&v| v == 0.0));
+        }
+    }
 }
