@@ -179,7 +179,10 @@ pub(crate) fn proposals_of_image(
         if n != batch || dd != [batch, 4 * a, h, w] {
             return shape_err(
                 op,
-                format!("objectness {:?} with deltas {dd:?}, expected [{batch}, A, H, W] and [{batch}, 4A, H, W]", o.shape),
+                format!(
+                    "objectness {:?} with deltas {dd:?}, expected [{batch}, A, H, W] and [{batch}, 4A, H, W]",
+                    o.shape
+                ),
             );
         }
         // (A, H, W) to (H, W, A): each cell's anchors together.

@@ -100,7 +100,9 @@ pub fn match_anchors(
     let a = anchors.len();
     let mut labels = vec![0.0f32; images.len() * a];
     let mut targets = vec![0.0f32; images.len() * a * 4];
-    for (range, (labels, targets)) in images.iter().zip(labels.chunks_mut(a.max(1)).zip(targets.chunks_mut(4 * a.max(1)))) {
+    for (range, (labels, targets)) in
+        images.iter().zip(labels.chunks_mut(a.max(1)).zip(targets.chunks_mut(4 * a.max(1))))
+    {
         let gt = &gt[range.clone()];
         if gt.is_empty() {
             continue;
@@ -251,7 +253,8 @@ pub fn sample_rois(
     for (image, (pr, gr)) in proposal_ranges.into_iter().zip(gt_ranges).enumerate() {
         let image_gt = &gt[gr.clone()];
         let candidates: Vec<[f32; 4]> = proposals[pr.clone()].iter().chain(image_gt).copied().collect();
-        let candidate_keys: Vec<f32> = keys[pr].iter().chain(&keys[proposals.len() + gr.start..proposals.len() + gr.end]).copied().collect();
+        let candidate_keys: Vec<f32> =
+            keys[pr].iter().chain(&keys[proposals.len() + gr.start..proposals.len() + gr.end]).copied().collect();
         let matches = matcher.match_boxes(OP, image_gt, &candidates)?;
         let labels: Vec<i64> = matches
             .iter()
@@ -301,7 +304,10 @@ impl RpnLayout {
             let [n, a, h, w] = o.dims4(op, "objectness")?;
             let dd = d.dims4(op, "deltas")?;
             if dd != [n, 4 * a, h, w] || images.is_some_and(|i| i != n) {
-                return shape_err(op, format!("objectness {:?} with deltas {dd:?}, expected [N, A, H, W] and [N, 4A, H, W]", o.shape));
+                return shape_err(
+                    op,
+                    format!("objectness {:?} with deltas {dd:?}, expected [N, A, H, W] and [N, 4A, H, W]", o.shape),
+                );
             }
             images = Some(n);
             levels.push([a, h, w]);
@@ -398,7 +404,12 @@ pub fn rpn_loss(
     rpn_inputs(&flat, labels, regression_targets, beta).losses()
 }
 
-fn rpn_inputs<'a>(flat: &'a RpnFlat, labels: &'a TensorF32, regression_targets: &'a TensorF32, beta: f64) -> RpnLossInputs<'a, f32> {
+fn rpn_inputs<'a>(
+    flat: &'a RpnFlat,
+    labels: &'a TensorF32,
+    regression_targets: &'a TensorF32,
+    beta: f64,
+) -> RpnLossInputs<'a, f32> {
     RpnLossInputs {
         objectness: &flat.objectness,
         deltas: &flat.deltas,
@@ -425,7 +436,8 @@ pub fn rpn_loss_backward(
     grad_box: f32,
 ) -> Result<(Vec<TensorF32>, Vec<TensorF32>)> {
     let flat = flatten_rpn("rpn_loss_backward", objectness, deltas, labels, regression_targets, positive, sampled)?;
-    let (d_objectness, d_deltas) = rpn_inputs(&flat, labels, regression_targets, beta).backward(grad_objectness, grad_box)?;
+    let (d_objectness, d_deltas) =
+        rpn_inputs(&flat, labels, regression_targets, beta).backward(grad_objectness, grad_box)?;
     let mut g_objectness: Vec<TensorF32> =
         objectness.iter().map(|o| TensorF32 { shape: o.shape.clone(), data: vec![0.0; o.data.len()] }).collect();
     let mut g_deltas: Vec<TensorF32> =
@@ -490,7 +502,8 @@ pub fn fastrcnn_loss_backward(
     grad_classifier: f32,
     grad_box: f32,
 ) -> Result<(TensorF32, TensorF32)> {
-    let inputs = fastrcnn_inputs("fastrcnn_loss_backward", class_logits, box_regression, labels, regression_targets, beta)?;
+    let inputs =
+        fastrcnn_inputs("fastrcnn_loss_backward", class_logits, box_regression, labels, regression_targets, beta)?;
     let (d_logits, d_boxes) = inputs.backward(grad_classifier, grad_box)?;
     Ok((TensorF32::new(class_logits.shape.clone(), d_logits)?, TensorF32::new(box_regression.shape.clone(), d_boxes)?))
 }
@@ -528,7 +541,13 @@ pub fn mask_targets(
     if [roi_image.len(), labels.len(), matched_gt.len()] != [rois.len(); 3] {
         return shape_err(
             OP,
-            format!("{} RoIs, {} image indices, {} labels, {} matches", rois.len(), roi_image.len(), labels.len(), matched_gt.len()),
+            format!(
+                "{} RoIs, {} image indices, {} labels, {} matches",
+                rois.len(),
+                roi_image.len(),
+                labels.len(),
+                matched_gt.len()
+            ),
         );
     }
     if size == 0 {
@@ -565,7 +584,12 @@ pub fn mask_targets(
 }
 
 /// The mask head's inputs checked for shape.
-fn mask_inputs<'a>(op: &'static str, mask_logits: &'a TensorF32, labels: &'a [i64], targets: &'a TensorF32) -> Result<MaskLossInputs<'a, f32>> {
+fn mask_inputs<'a>(
+    op: &'static str,
+    mask_logits: &'a TensorF32,
+    labels: &'a [i64],
+    targets: &'a TensorF32,
+) -> Result<MaskLossInputs<'a, f32>> {
     let shape @ [q, _, mh, mw] = mask_logits.dims4(op, "mask logits")?;
     expect_shape(op, "mask targets", targets, &[q, mh, mw])?;
     Ok(MaskLossInputs { mask_logits: &mask_logits.data, shape, labels, targets: &targets.data })
@@ -578,14 +602,24 @@ pub fn maskrcnn_loss(mask_logits: &TensorF32, labels: &[i64], targets: &TensorF3
 }
 
 /// The gradient `[Q, C, M, M]` of `grad · loss_mask` ([`maskrcnn_loss`]).
-pub fn maskrcnn_loss_backward(mask_logits: &TensorF32, labels: &[i64], targets: &TensorF32, grad: f32) -> Result<TensorF32> {
+pub fn maskrcnn_loss_backward(
+    mask_logits: &TensorF32,
+    labels: &[i64],
+    targets: &TensorF32,
+    grad: f32,
+) -> Result<TensorF32> {
     let d = mask_inputs("maskrcnn_loss_backward", mask_logits, labels, targets)?.backward(grad)?;
     TensorF32::new(mask_logits.shape.clone(), d)
 }
 
 /// The gradient `[N, C, H, W]` (`feature_shape`) of `roi_align` of `rois` (`[K, 5]`, batch
 /// index first) from the gradient `[K, C, oh, ow]` of its output.
-pub fn roi_align_backward(grad: &TensorF32, rois: &TensorF32, feature_shape: [usize; 4], p: &RoiAlignParams) -> Result<TensorF32> {
+pub fn roi_align_backward(
+    grad: &TensorF32,
+    rois: &TensorF32,
+    feature_shape: [usize; 4],
+    p: &RoiAlignParams,
+) -> Result<TensorF32> {
     const OP: &str = "roi_align_backward";
     let rois_list = match rois.shape[..] {
         [_, 5] => rows::<5>(OP, &rois.data)?,
@@ -597,7 +631,12 @@ pub fn roi_align_backward(grad: &TensorF32, rois: &TensorF32, feature_shape: [us
 }
 
 /// The boxes of each image of a batch (`roi_image` ascending).
-fn boxes_per_image<'a>(op: &'static str, boxes: &'a [[f32; 4]], roi_image: &[i64], images: usize) -> Result<Vec<&'a [[f32; 4]]>> {
+fn boxes_per_image<'a>(
+    op: &'static str,
+    boxes: &'a [[f32; 4]],
+    roi_image: &[i64],
+    images: usize,
+) -> Result<Vec<&'a [[f32; 4]]>> {
     if boxes.len() != roi_image.len() {
         return shape_err(op, format!("{} boxes but {} image indices", boxes.len(), roi_image.len()));
     }
@@ -616,7 +655,8 @@ pub fn multiscale_roi_align_batched(
 ) -> Result<TensorF32> {
     const OP: &str = "multiscale_roi_align_batched";
     let boxes = boxes.boxes(OP)?;
-    let maps = features.iter().map(|f| FeatureMap::new(&f.data, f.dims4(OP, "feature map")?)).collect::<Result<Vec<_>>>()?;
+    let maps =
+        features.iter().map(|f| FeatureMap::new(&f.data, f.dims4(OP, "feature map")?)).collect::<Result<Vec<_>>>()?;
     let per_image = boxes_per_image(OP, boxes, roi_image, image_sizes.len())?;
     let pooled = multiscale::multiscale_roi_align(&maps, &per_image, image_sizes, p)?;
     let channels = maps.first().map_or(0, |m| m.c);

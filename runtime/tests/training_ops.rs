@@ -12,7 +12,6 @@ mod rng;
 use std::collections::HashMap;
 
 use common::fixtures_dir;
-use rng::Rng;
 use mrc_runtime::detection::{rpn_proposals, RpnParams, TensorF32};
 use mrc_runtime::ops::anchors::grid_anchors;
 use mrc_runtime::ops::losses::{bce_with_logits, smooth_l1, FastRcnnLossInputs, MaskLossInputs, RpnLossInputs};
@@ -21,6 +20,7 @@ use mrc_runtime::ops::roi_align::{roi_align, PoolMode, RoiAlignParams};
 use mrc_runtime::ops::sampler::{uniform_keys, Sampler};
 use mrc_runtime::training::{self, AnchorMatchParams, RoiSamplingParams};
 use mrc_runtime::FeatureMap;
+use rng::Rng;
 use safetensors::{Dtype, SafeTensors};
 
 /// The tensors of one file of the recorded training step, as raw bytes by name.
@@ -34,8 +34,11 @@ impl Recorded {
         let path = fixtures_dir().join("train").join(file);
         let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let st = SafeTensors::deserialize(&bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        let tensors =
-            st.tensors().into_iter().map(|(name, v)| (name, (v.dtype(), v.shape().to_vec(), v.data().to_vec()))).collect();
+        let tensors = st
+            .tensors()
+            .into_iter()
+            .map(|(name, v)| (name, (v.dtype(), v.shape().to_vec(), v.data().to_vec())))
+            .collect();
         Recorded { file: path.display().to_string(), tensors }
     }
 
@@ -105,7 +108,10 @@ fn mini_anchors() -> TensorF32 {
 
 fn sampler(step: &serde_json::Value, which: &str) -> Sampler {
     let s = &step["sampler"][which];
-    Sampler { batch_size_per_image: s["batch_size_per_image"].as_u64().unwrap() as usize, positive_fraction: s["positive_fraction"].as_f64().unwrap() }
+    Sampler {
+        batch_size_per_image: s["batch_size_per_image"].as_u64().unwrap() as usize,
+        positive_fraction: s["positive_fraction"].as_f64().unwrap(),
+    }
 }
 
 /// Keys that replay a recorded choice: 0 for the candidates taken, 1 for the others.
@@ -127,7 +133,8 @@ fn rpn_matching_and_sampling_replay_torchvision() {
         weights: [1.0; 4],
     };
     let sizes = vec![[320, 320]; b.images];
-    let targets = training::match_anchors(&anchors, &boxes_tensor(b.gt_boxes.clone()), &b.gt_image, &sizes, &p).unwrap();
+    let targets =
+        training::match_anchors(&anchors, &boxes_tensor(b.gt_boxes.clone()), &b.gt_image, &sizes, &p).unwrap();
     assert_eq!(targets.labels.shape, [b.images, a]);
     let s = sampler(&b.step, "rpn");
     let quota = (s.batch_size_per_image as f64 * s.positive_fraction) as usize;
@@ -141,8 +148,16 @@ fn rpn_matching_and_sampling_replay_torchvision() {
         let fg = labels.iter().filter(|&&l| l == 1.0).count();
         let bg = labels.iter().filter(|&&l| l == 0.0).count();
         for k in 0..a {
-            assert!(!positive[k] || labels[k] == 1.0, "image {i}: recorded positive anchor {k} has label {}", labels[k]);
-            assert!(!negative[k] || labels[k] == 0.0, "image {i}: recorded negative anchor {k} has label {}", labels[k]);
+            assert!(
+                !positive[k] || labels[k] == 1.0,
+                "image {i}: recorded positive anchor {k} has label {}",
+                labels[k]
+            );
+            assert!(
+                !negative[k] || labels[k] == 0.0,
+                "image {i}: recorded negative anchor {k} has label {}",
+                labels[k]
+            );
         }
         let taken_positive = positive.iter().filter(|&&p| p).count();
         let taken_negative = negative.iter().filter(|&&n| n).count();
@@ -208,7 +223,9 @@ fn roi_sampling_replays_torchvision() {
         let matched: Vec<i64> = s.matched_gt[rows.clone()].iter().map(|&m| m - gt_start).collect();
         assert_eq!(matched, step.i64(&format!("roi.img{i}.matched_idxs")), "image {i}: matched indices");
         let expected_targets = step.f32(&format!("roi.img{i}.regression_targets"));
-        for (k, (a, e)) in s.regression_targets.data[4 * rows.start..4 * rows.end].iter().zip(&expected_targets).enumerate() {
+        for (k, (a, e)) in
+            s.regression_targets.data[4 * rows.start..4 * rows.end].iter().zip(&expected_targets).enumerate()
+        {
             assert!((a - e).abs() <= 1e-6 * (1.0 + e.abs()), "image {i}: regression target {k}: {a} vs {e}");
         }
         start += r;
@@ -245,8 +262,11 @@ fn uniform_f64(rng: &mut Rng, n: usize, lo: f32, hi: f32) -> Vec<f64> {
     (0..n).map(|_| rng.range(lo, hi) as f64).collect()
 }
 
+/// Random inputs for the RPN loss: logits, deltas, labels, targets, positive and sampled masks.
+type RpnCase = (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>, Vec<bool>, Vec<bool>);
+
 /// Random inputs for the RPN loss over `m` anchors, with some positives, negatives and ignored.
-fn rpn_case(rng: &mut Rng, m: usize) -> (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>, Vec<bool>, Vec<bool>) {
+fn rpn_case(rng: &mut Rng, m: usize) -> RpnCase {
     let objectness = uniform_f64(rng, m, -4.0, 4.0);
     let deltas = uniform_f64(rng, 4 * m, -1.0, 1.0);
     let targets = uniform_f64(rng, 4 * m, -1.0, 1.0);
@@ -254,7 +274,13 @@ fn rpn_case(rng: &mut Rng, m: usize) -> (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>,
     let (mut positive, mut sampled) = (vec![false; m], vec![false; m]);
     for i in 0..m {
         let u = rng.uniform();
-        labels[i] = if u < 0.3 { 1.0 } else if u < 0.8 { 0.0 } else { -1.0 };
+        labels[i] = if u < 0.3 {
+            1.0
+        } else if u < 0.8 {
+            0.0
+        } else {
+            -1.0
+        };
         sampled[i] = labels[i] >= 0.0 && rng.uniform() < 0.7;
         positive[i] = sampled[i] && labels[i] == 1.0;
     }
@@ -267,9 +293,17 @@ fn rpn_loss_gradients_match_central_differences() {
     for m in [6, 40] {
         let (objectness, deltas, labels, targets, positive, sampled) = rpn_case(&mut rng, m);
         let inputs = |o: &'_ [f64], d: &'_ [f64]| -> (f64, f64) {
-            RpnLossInputs { objectness: o, deltas: d, labels: &labels, regression_targets: &targets, positive: &positive, sampled: &sampled, beta: 1.0 / 9.0 }
-                .losses()
-                .unwrap()
+            RpnLossInputs {
+                objectness: o,
+                deltas: d,
+                labels: &labels,
+                regression_targets: &targets,
+                positive: &positive,
+                sampled: &sampled,
+                beta: 1.0 / 9.0,
+            }
+            .losses()
+            .unwrap()
         };
         let (go, gb) = (0.7, 1.3);
         let total = |o: &[f64], d: &[f64]| {
@@ -287,7 +321,12 @@ fn rpn_loss_gradients_match_central_differences() {
         }
         .backward(go, gb)
         .unwrap();
-        assert_close("d objectness", &d_objectness, &central_differences(&objectness, 1e-6, |o| total(o, &deltas)), 1e-6);
+        assert_close(
+            "d objectness",
+            &d_objectness,
+            &central_differences(&objectness, 1e-6, |o| total(o, &deltas)),
+            1e-6,
+        );
         assert_close("d deltas", &d_deltas, &central_differences(&deltas, 1e-6, |d| total(&objectness, d)), 1e-6);
     }
 }
@@ -301,9 +340,16 @@ fn fastrcnn_loss_gradients_match_central_differences() {
         let targets = uniform_f64(&mut rng, 4 * r, -1.0, 1.0);
         let labels: Vec<i64> = (0..r).map(|i| (i % c) as i64).collect();
         let loss = |l: &[f64], bx: &[f64]| {
-            let (lc, lb) = FastRcnnLossInputs { class_logits: l, box_regression: bx, labels: &labels, regression_targets: &targets, classes: c, beta: 1.0 / 9.0 }
-                .losses()
-                .unwrap();
+            let (lc, lb) = FastRcnnLossInputs {
+                class_logits: l,
+                box_regression: bx,
+                labels: &labels,
+                regression_targets: &targets,
+                classes: c,
+                beta: 1.0 / 9.0,
+            }
+            .losses()
+            .unwrap();
             0.4 * lc + 2.0 * lb
         };
         let (d_logits, d_boxes) = FastRcnnLossInputs {
@@ -328,10 +374,19 @@ fn mask_loss_gradients_match_central_differences() {
         let logits = uniform_f64(&mut rng, q * c * m * m, -3.0, 3.0);
         let targets = uniform_f64(&mut rng, q * m * m, 0.0, 1.0);
         let labels: Vec<i64> = (0..q).map(|i| 1 + (i % (c - 1)) as i64).collect();
-        let d = MaskLossInputs { mask_logits: &logits, shape: [q, c, m, m], labels: &labels, targets: &targets }.backward(1.5).unwrap();
-        assert_close("d mask logits", &d, &central_differences(&logits, 1e-6, |l| {
-            1.5 * MaskLossInputs { mask_logits: l, shape: [q, c, m, m], labels: &labels, targets: &targets }.loss().unwrap()
-        }), 1e-6);
+        let d = MaskLossInputs { mask_logits: &logits, shape: [q, c, m, m], labels: &labels, targets: &targets }
+            .backward(1.5)
+            .unwrap();
+        assert_close(
+            "d mask logits",
+            &d,
+            &central_differences(&logits, 1e-6, |l| {
+                1.5 * MaskLossInputs { mask_logits: l, shape: [q, c, m, m], labels: &labels, targets: &targets }
+                    .loss()
+                    .unwrap()
+            }),
+            1e-6,
+        );
         // Channels other than the label's get no gradient.
         for i in 0..q {
             for ch in (0..c).filter(|&ch| ch as i64 != labels[i]) {
@@ -352,7 +407,8 @@ fn losses_equal_their_formulas_on_tiny_inputs() {
     assert!((smooth_l1(-0.5f64, 1.0 / 9.0) - (0.5 - 0.5 / 9.0)).abs() < 1e-15);
 
     // RPN: one image, two levels of one anchor on 1×1 maps; anchor 0 positive, anchor 1 negative.
-    let objectness = [TensorF32::new(vec![1, 1, 1, 1], vec![0.0]).unwrap(), TensorF32::new(vec![1, 1, 1, 1], vec![2.0]).unwrap()];
+    let objectness =
+        [TensorF32::new(vec![1, 1, 1, 1], vec![0.0]).unwrap(), TensorF32::new(vec![1, 1, 1, 1], vec![2.0]).unwrap()];
     let deltas = [
         TensorF32::new(vec![1, 4, 1, 1], vec![0.05, -0.5, 0.0, 0.0]).unwrap(),
         TensorF32::new(vec![1, 4, 1, 1], vec![9.0, 9.0, 9.0, 9.0]).unwrap(),
@@ -369,7 +425,11 @@ fn losses_equal_their_formulas_on_tiny_inputs() {
 
     // Box head: two RoIs, two classes; RoI 0 of class 1, RoI 1 background.
     let logits = TensorF32::new(vec![2, 2], vec![0.0, 1.0, 2.0, 0.0]).unwrap();
-    let regression = TensorF32::new(vec![2, 8], vec![9.0, 9.0, 9.0, 9.0, 1.0, 0.0, 0.0, 0.0, 9.0, 9.0, 9.0, 9.0, 9.0, 9.0, 9.0, 9.0]).unwrap();
+    let regression = TensorF32::new(
+        vec![2, 8],
+        vec![9.0, 9.0, 9.0, 9.0, 1.0, 0.0, 0.0, 0.0, 9.0, 9.0, 9.0, 9.0, 9.0, 9.0, 9.0, 9.0],
+    )
+    .unwrap();
     let roi_targets = TensorF32::new(vec![2, 4], vec![0.0; 8]).unwrap();
     let (lc, lb) = training::fastrcnn_loss(&logits, &regression, &[1, 0], &roi_targets, 1.0 / 9.0).unwrap();
     let ce = |x: [f64; 2], label: usize| (x[0].exp() + x[1].exp()).ln() - x[label];
@@ -412,7 +472,13 @@ fn roi_align_backward_matches_central_differences() {
     {
         let [n, c, h, w] = shape;
         let rois = test_rois(&mut rng, n, h, w, k, scale);
-        let p = RoiAlignParams { output_size: output, spatial_scale: scale, sampling_ratio, aligned: false, mode: PoolMode::Avg };
+        let p = RoiAlignParams {
+            output_size: output,
+            spatial_scale: scale,
+            sampling_ratio,
+            aligned: false,
+            mode: PoolMode::Avg,
+        };
         let grad: Vec<f32> = (0..k * c * output[0] * output[1]).map(|_| rng.range(-1.0, 1.0)).collect();
         let x: Vec<f64> = (0..n * c * h * w).map(|_| rng.range(-1.0, 1.0) as f64).collect();
         let forward = |x: &[f64]| {
@@ -440,7 +506,11 @@ fn multiscale_roi_align_backward_matches_central_differences() {
         let c = 2;
         let shapes: Vec<[usize; 4]> = [4, 8, 16].iter().map(|&s| [n, c, image / s, image / s]).collect();
         let sizes = vec![[image, image], [image * 3 / 4, image]];
-        let p = MultiScaleParams { canonical_scale: 8.0, canonical_level: 3.0, ..MultiScaleParams::new([output, output], -1) };
+        let p = MultiScaleParams {
+            canonical_scale: 8.0,
+            canonical_level: 3.0,
+            ..MultiScaleParams::new([output, output], -1)
+        };
         // Boxes of many sizes so that every level gets some; image 0's first, then image 1's.
         let boxes: Vec<[f32; 4]> = (0..k)
             .map(|i| {
@@ -488,19 +558,24 @@ fn multiscale_roi_align_backward_matches_central_differences() {
 fn batched_multiscale_roi_align_equals_the_per_image_operator() {
     let mut rng = Rng(23);
     let shapes = [[2, 3, 16, 16], [2, 3, 8, 8]];
-    let data: Vec<Vec<f32>> = shapes.iter().map(|s| (0..s.iter().product()).map(|_| rng.range(-1.0, 1.0)).collect()).collect();
-    let features: Vec<TensorF32> = shapes.iter().zip(&data).map(|(s, d)| TensorF32::new(s.to_vec(), d.clone()).unwrap()).collect();
+    let data: Vec<Vec<f32>> =
+        shapes.iter().map(|s| (0..s.iter().product()).map(|_| rng.range(-1.0, 1.0)).collect()).collect();
+    let features: Vec<TensorF32> =
+        shapes.iter().zip(&data).map(|(s, d)| TensorF32::new(s.to_vec(), d.clone()).unwrap()).collect();
     let boxes = vec![[1.0, 2.0, 20.0, 30.0], [5.0, 5.0, 60.0, 50.0], [0.0, 0.0, 64.0, 64.0]];
     let roi_image = [0, 1, 1];
     let sizes = [[64, 64], [60, 64]];
     let p = MultiScaleParams { canonical_scale: 16.0, canonical_level: 3.0, ..MultiScaleParams::new([2, 2], 2) };
-    let batched = training::multiscale_roi_align_batched(&features, &TensorF32::from_boxes(&boxes), &roi_image, &sizes, &p).unwrap();
+    let batched =
+        training::multiscale_roi_align_batched(&features, &TensorF32::from_boxes(&boxes), &roi_image, &sizes, &p)
+            .unwrap();
     let maps: Vec<FeatureMap> = shapes.iter().zip(&data).map(|(&s, d)| FeatureMap::new(d, s).unwrap()).collect();
     let direct = multiscale_roi_align(&maps, &[&boxes[..1], &boxes[1..]], &sizes, &p).unwrap();
     assert_eq!(batched.shape, [3, 3, 2, 2]);
     assert_eq!(batched.data, direct.values);
     // RoIs out of image order are refused.
-    assert!(training::multiscale_roi_align_batched(&features, &TensorF32::from_boxes(&boxes), &[1, 0, 1], &sizes, &p).is_err());
+    assert!(training::multiscale_roi_align_batched(&features, &TensorF32::from_boxes(&boxes), &[1, 0, 1], &sizes, &p)
+        .is_err());
 }
 
 #[test]
@@ -512,8 +587,23 @@ fn mask_targets_crop_each_matched_mask_within_its_image() {
         masks[y * 4 + x] = 1;
     }
     masks[16..24].fill(1);
-    let rois = TensorF32::from_boxes(&[[0.0, 0.0, 2.0, 2.0], [9.0, 9.0, 10.0, 10.0], [1.0, 0.0, 3.0, 2.0], [0.0, 0.5, 4.0, 2.5]]);
-    let t = training::mask_targets(&masks, [2, 4, 4], &[[4, 4], [2, 4]], &rois, &[0, 0, 0, 1], &[1, 0, 2, 3], &[0, 0, 0, 1], 2).unwrap();
+    let rois = TensorF32::from_boxes(&[
+        [0.0, 0.0, 2.0, 2.0],
+        [9.0, 9.0, 10.0, 10.0],
+        [1.0, 0.0, 3.0, 2.0],
+        [0.0, 0.5, 4.0, 2.5],
+    ]);
+    let t = training::mask_targets(
+        &masks,
+        [2, 4, 4],
+        &[[4, 4], [2, 4]],
+        &rois,
+        &[0, 0, 0, 1],
+        &[1, 0, 2, 3],
+        &[0, 0, 0, 1],
+        2,
+    )
+    .unwrap();
     assert_eq!(t.positive_labels, [1, 2, 3]);
     assert_eq!(t.positive_image, [0, 0, 1]);
     assert_eq!(t.targets.shape, [3, 2, 2]);
@@ -553,7 +643,8 @@ fn sampler_takes_the_smallest_keys_within_its_quotas() {
     assert_eq!(sampled.data, [0.0, 1.0, 1.0, 1.0, 0.0, 1.0, 0.0, 0.0]);
     // Few positives leave their share to negatives.
     let labels = TensorF32::new(vec![1, 5], vec![1.0, 0.0, 0.0, 0.0, 0.0]).unwrap();
-    let (_, sampled) = training::balanced_sample(&labels, &TensorF32::new(vec![1, 5], vec![0.0; 5]).unwrap(), &s).unwrap();
+    let (_, sampled) =
+        training::balanced_sample(&labels, &TensorF32::new(vec![1, 5], vec![0.0; 5]).unwrap(), &s).unwrap();
     assert_eq!(sampled.data, [1.0, 1.0, 1.0, 1.0, 0.0]);
 }
 
@@ -573,12 +664,29 @@ fn images_without_ground_truth_or_proposals() {
     let t = training::match_anchors(&none, &gt, &[0], &sizes, &AnchorMatchParams::TORCHVISION).unwrap();
     assert_eq!(t.labels.shape, [2, 0]);
     // Ground truth out of image order is an error, not a panic.
-    assert!(training::match_anchors(&anchors, &boxes_tensor(vec![0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0, 1.0]), &[1, 0], &sizes, &AnchorMatchParams::TORCHVISION).is_err());
+    assert!(training::match_anchors(
+        &anchors,
+        &boxes_tensor(vec![0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0, 1.0]),
+        &[1, 0],
+        &sizes,
+        &AnchorMatchParams::TORCHVISION
+    )
+    .is_err());
 
     // RoI sampling: image 0 has proposals and no ground truth (all background, matched −1),
     // image 1 has no proposals and one box (the box itself is its only candidate: positive).
     let proposals = TensorF32::from_boxes(&[[0.0, 0.0, 10.0, 10.0], [5.0, 5.0, 9.0, 9.0]]);
-    let s = training::sample_rois(&proposals, &[0, 0], &gt, &[2], &[1], &[0.5, 0.1, 0.0], 2, &RoiSamplingParams::TORCHVISION).unwrap();
+    let s = training::sample_rois(
+        &proposals,
+        &[0, 0],
+        &gt,
+        &[2],
+        &[1],
+        &[0.5, 0.1, 0.0],
+        2,
+        &RoiSamplingParams::TORCHVISION,
+    )
+    .unwrap();
     assert_eq!(s.roi_image, [0, 0, 1]);
     assert_eq!(s.labels, [0, 0, 2]);
     assert_eq!(s.matched_gt, [-1, -1, 0]);
@@ -599,9 +707,20 @@ fn images_without_ground_truth_or_proposals() {
     let level_deltas = TensorF32::new(vec![1, 4, 1, 2], vec![0.1; 8]).unwrap();
     let zeros = TensorF32::new(vec![1, 2], vec![0.0; 2]).unwrap();
     let targets = TensorF32::new(vec![1, 2, 4], vec![0.0; 8]).unwrap();
-    let losses = training::rpn_loss(&[level.clone()], &[level_deltas.clone()], &zeros, &targets, &zeros, &zeros, 1.0 / 9.0).unwrap();
+    let losses = training::rpn_loss(
+        std::slice::from_ref(&level),
+        std::slice::from_ref(&level_deltas),
+        &zeros,
+        &targets,
+        &zeros,
+        &zeros,
+        1.0 / 9.0,
+    )
+    .unwrap();
     assert_eq!(losses, (0.0, 0.0));
-    let (go, gd) = training::rpn_loss_backward(&[level], &[level_deltas], &zeros, &targets, &zeros, &zeros, 1.0 / 9.0, 1.0, 1.0).unwrap();
+    let (go, gd) =
+        training::rpn_loss_backward(&[level], &[level_deltas], &zeros, &targets, &zeros, &zeros, 1.0 / 9.0, 1.0, 1.0)
+            .unwrap();
     assert!(go[0].data.iter().chain(&gd[0].data).all(|&g| g == 0.0));
     let empty_logits = TensorF32::new(vec![0, 3], vec![]).unwrap();
     let empty_boxes = TensorF32::new(vec![0, 12], vec![]).unwrap();
@@ -618,11 +737,16 @@ fn rpn_loss_backward_follows_the_head_layout() {
     let per_image: usize = level_sizes.iter().map(|[h, w]| a * h * w).sum();
     let objectness: Vec<TensorF32> = level_sizes
         .iter()
-        .map(|&[h, w]| TensorF32::new(vec![n, a, h, w], (0..n * a * h * w).map(|_| rng.range(-2.0, 2.0)).collect()).unwrap())
+        .map(|&[h, w]| {
+            TensorF32::new(vec![n, a, h, w], (0..n * a * h * w).map(|_| rng.range(-2.0, 2.0)).collect()).unwrap()
+        })
         .collect();
     let deltas: Vec<TensorF32> = level_sizes
         .iter()
-        .map(|&[h, w]| TensorF32::new(vec![n, 4 * a, h, w], (0..n * 4 * a * h * w).map(|_| rng.range(-1.0, 1.0)).collect()).unwrap())
+        .map(|&[h, w]| {
+            TensorF32::new(vec![n, 4 * a, h, w], (0..n * 4 * a * h * w).map(|_| rng.range(-1.0, 1.0)).collect())
+                .unwrap()
+        })
         .collect();
     let labels: Vec<f32> = (0..n * per_image).map(|i| [1.0, 0.0, -1.0, 0.0][i % 4]).collect();
     let sampled: Vec<f32> = labels.iter().map(|&l| (l >= 0.0) as u8 as f32).collect();
@@ -645,7 +769,8 @@ fn rpn_loss_backward_follows_the_head_layout() {
         lo as f64 + lb as f64
     };
     let (d_objectness, d_deltas) =
-        training::rpn_loss_backward(&objectness, &deltas, &labels, &targets, &positive, &sampled, beta, go, gb).unwrap();
+        training::rpn_loss_backward(&objectness, &deltas, &labels, &targets, &positive, &sampled, beta, go, gb)
+            .unwrap();
     let h = 1e-2f32;
     for (l, level) in objectness.iter().enumerate() {
         for i in (0..level.data.len()).step_by(5) {
@@ -662,7 +787,11 @@ fn rpn_loss_backward_follows_the_head_layout() {
             up[l].data[i] += h / 10.0;
             down[l].data[i] -= h / 10.0;
             let numeric = (loss(&objectness, &up) - loss(&objectness, &down)) / (2.0 * h as f64 / 10.0);
-            assert!((d_deltas[l].data[i] as f64 - numeric).abs() < 2e-3, "deltas level {l} [{i}]: {} vs {numeric}", d_deltas[l].data[i]);
+            assert!(
+                (d_deltas[l].data[i] as f64 - numeric).abs() < 2e-3,
+                "deltas level {l} [{i}]: {} vs {numeric}",
+                d_deltas[l].data[i]
+            );
         }
     }
 }
@@ -678,26 +807,33 @@ fn batched_rpn_proposals_equal_the_per_image_operator() {
     let anchors = TensorF32::from_boxes(&anchors);
     let objectness: Vec<TensorF32> = feature_sizes
         .iter()
-        .map(|&[h, w]| TensorF32::new(vec![n, a, h, w], (0..n * a * h * w).map(|_| rng.range(-3.0, 3.0)).collect()).unwrap())
+        .map(|&[h, w]| {
+            TensorF32::new(vec![n, a, h, w], (0..n * a * h * w).map(|_| rng.range(-3.0, 3.0)).collect()).unwrap()
+        })
         .collect();
     let deltas: Vec<TensorF32> = feature_sizes
         .iter()
-        .map(|&[h, w]| TensorF32::new(vec![n, 4 * a, h, w], (0..n * 4 * a * h * w).map(|_| rng.range(-0.5, 0.5)).collect()).unwrap())
+        .map(|&[h, w]| {
+            TensorF32::new(vec![n, 4 * a, h, w], (0..n * 4 * a * h * w).map(|_| rng.range(-0.5, 0.5)).collect())
+                .unwrap()
+        })
         .collect();
     let image_sizes = [[32, 32], [24, 30]];
     let p = RpnParams { pre_nms_top_n: 50, post_nms_top_n: 40, ..RpnParams::TORCHVISION };
-    let (proposals, image_of) = training::rpn_proposals_batched(&objectness, &deltas, &anchors, &image_sizes, &p).unwrap();
+    let (proposals, image_of) =
+        training::rpn_proposals_batched(&objectness, &deltas, &anchors, &image_sizes, &p).unwrap();
     let mut start = 0;
-    for image in 0..n {
+    for (image, &size) in image_sizes.iter().enumerate() {
         let one = |maps: &[TensorF32]| -> Vec<TensorF32> {
             maps.iter()
                 .map(|m| {
                     let per = m.data.len() / n;
-                    TensorF32::new([&[1][..], &m.shape[1..]].concat(), m.data[image * per..(image + 1) * per].to_vec()).unwrap()
+                    TensorF32::new([&[1][..], &m.shape[1..]].concat(), m.data[image * per..(image + 1) * per].to_vec())
+                        .unwrap()
                 })
                 .collect()
         };
-        let expected = rpn_proposals(&one(&objectness), &one(&deltas), &anchors, image_sizes[image], &p).unwrap();
+        let expected = rpn_proposals(&one(&objectness), &one(&deltas), &anchors, size, &p).unwrap();
         let count = expected.shape[0];
         assert!(count > 0);
         assert_eq!(&proposals.data[4 * start..4 * (start + count)], &expected.data[..], "image {image}");

@@ -232,7 +232,10 @@ pub(super) unsafe fn tensor<const R: usize>(m: *const MemRef<f32, R>) -> TensorF
 }
 
 /// The maps of a packed list.
-pub(super) unsafe fn unpack(flat: *const MemRef<f32, 1>, shapes: *const MemRef<i64, 2>) -> Result<Vec<TensorF32>, String> {
+pub(super) unsafe fn unpack(
+    flat: *const MemRef<f32, 1>,
+    shapes: *const MemRef<i64, 2>,
+) -> Result<Vec<TensorF32>, String> {
     let (data, shapes) = ((*flat).elements(), &*shapes);
     let [levels, rank] = shapes.shape();
     let dims = shapes.elements();

@@ -19,6 +19,9 @@ pub struct Four<A, B, C, D>(pub A, pub B, pub C, pub D);
 #[repr(C)]
 pub struct Five<A, B, C, D, E>(pub A, pub B, pub C, pub D, pub E);
 
+/// `sample_rois`' results: RoIs, images, labels, regression targets, matched ground truth.
+pub type SampledRoiResults = Five<MemRef<f32, 2>, MemRef<i64, 1>, MemRef<i64, 1>, MemRef<f32, 2>, MemRef<i64, 1>>;
+
 impl Params for AnchorMatchParams {
     fn encode(&self) -> Vec<f64> {
         let mut words = vec![self.fg_iou, self.bg_iou, self.allow_low_quality_matches as u8 as f64];
@@ -168,7 +171,8 @@ pub unsafe extern "C" fn _mlir_ciface_mrc_match_anchors(
 ) {
     let empty = || Two(MemRef::allocate([0, 0]), MemRef::allocate([0, 0, 4]));
     *out = call("match_anchors", params, empty, |p: AnchorMatchParams| {
-        let t = tr::match_anchors(&tensor(anchors), &tensor(gt_boxes), &i64s(gt_image), &image_sizes(sizes)?, &p).map_err(text)?;
+        let t = tr::match_anchors(&tensor(anchors), &tensor(gt_boxes), &i64s(gt_image), &image_sizes(sizes)?, &p)
+            .map_err(text)?;
         Ok(Two(owned(&t.labels), owned(&t.regression_targets)))
     });
 }
@@ -202,14 +206,19 @@ pub unsafe extern "C" fn _mlir_ciface_mrc_uniform_keys(
     seed: *const MemRef<i64, 1>,
     count: *const MemRef<i64, 1>,
 ) {
-    *out = call("uniform_keys", params, || MemRef::allocate([0]), |p: KeyParams| {
-        let (seed, count) = match (&(*seed).elements()[..], &(*count).elements()[..]) {
-            (&[seed], &[count]) if count >= 0 => (seed, count as usize),
-            (s, c) => return Err(format!("seed {s:?} and count {c:?}")),
-        };
-        let keys = uniform_keys(seed, p.stream, count);
-        Ok(MemRef::owned(&keys, [count]))
-    });
+    *out = call(
+        "uniform_keys",
+        params,
+        || MemRef::allocate([0]),
+        |p: KeyParams| {
+            let (seed, count) = match (&(*seed).elements()[..], &(*count).elements()[..]) {
+                (&[seed], &[count]) if count >= 0 => (seed, count as usize),
+                (s, c) => return Err(format!("seed {s:?} and count {c:?}")),
+            };
+            let keys = uniform_keys(seed, p.stream, count);
+            Ok(MemRef::owned(&keys, [count]))
+        },
+    );
 }
 
 /// `sample_rois`: RoIs [R, 4], their images, labels, regression targets [R, 4] and matched
@@ -221,7 +230,7 @@ pub unsafe extern "C" fn _mlir_ciface_mrc_uniform_keys(
 #[no_mangle]
 #[allow(clippy::too_many_arguments)]
 pub unsafe extern "C" fn _mlir_ciface_mrc_sample_rois(
-    out: *mut Five<MemRef<f32, 2>, MemRef<i64, 1>, MemRef<i64, 1>, MemRef<f32, 2>, MemRef<i64, 1>>,
+    out: *mut SampledRoiResults,
     params: *const MemRef<f64, 1>,
     proposals: *const MemRef<f32, 2>,
     proposal_image: *const MemRef<i64, 1>,
@@ -232,7 +241,13 @@ pub unsafe extern "C" fn _mlir_ciface_mrc_sample_rois(
     sizes: *const MemRef<i64, 2>,
 ) {
     let empty = || {
-        Five(MemRef::allocate([0, 4]), MemRef::allocate([0]), MemRef::allocate([0]), MemRef::allocate([0, 4]), MemRef::allocate([0]))
+        Five(
+            MemRef::allocate([0, 4]),
+            MemRef::allocate([0]),
+            MemRef::allocate([0]),
+            MemRef::allocate([0, 4]),
+            MemRef::allocate([0]),
+        )
     };
     *out = call("sample_rois", params, empty, |p: RoiSamplingParams| {
         let s = tr::sample_rois(
@@ -246,7 +261,13 @@ pub unsafe extern "C" fn _mlir_ciface_mrc_sample_rois(
             &p,
         )
         .map_err(text)?;
-        Ok(Five(owned(&s.rois), i64_list(&s.roi_image), i64_list(&s.labels), owned(&s.regression_targets), i64_list(&s.matched_gt)))
+        Ok(Five(
+            owned(&s.rois),
+            i64_list(&s.roi_image),
+            i64_list(&s.labels),
+            owned(&s.regression_targets),
+            i64_list(&s.matched_gt),
+        ))
     });
 }
 
@@ -346,9 +367,14 @@ pub unsafe extern "C" fn _mlir_ciface_mrc_fastrcnn_loss(
 ) {
     let empty = || Two(f32_scalar(0.0), f32_scalar(0.0));
     *out = call("fastrcnn_loss", params, empty, |p: SmoothL1Params| {
-        let (lc, lb) =
-            tr::fastrcnn_loss(&tensor(class_logits), &tensor(box_regression), &i64s(labels), &tensor(regression_targets), p.beta)
-                .map_err(text)?;
+        let (lc, lb) = tr::fastrcnn_loss(
+            &tensor(class_logits),
+            &tensor(box_regression),
+            &i64s(labels),
+            &tensor(regression_targets),
+            p.beta,
+        )
+        .map_err(text)?;
         Ok(Two(f32_scalar(lc), f32_scalar(lb)))
     });
 }
@@ -403,7 +429,8 @@ pub unsafe extern "C" fn _mlir_ciface_mrc_mask_targets(
     labels: *const MemRef<i64, 1>,
     matched_gt: *const MemRef<i64, 1>,
 ) {
-    let empty = || Four(MemRef::allocate([0, 4]), MemRef::allocate([0]), MemRef::allocate([0]), MemRef::allocate([0, 0, 0]));
+    let empty =
+        || Four(MemRef::allocate([0, 4]), MemRef::allocate([0]), MemRef::allocate([0]), MemRef::allocate([0, 0, 0]));
     *out = call("mask_targets", params, empty, |p: MaskTargetParams| {
         let masks = &*gt_masks;
         let t = tr::mask_targets(
@@ -433,9 +460,12 @@ pub unsafe extern "C" fn _mlir_ciface_mrc_maskrcnn_loss(
     labels: *const MemRef<i64, 1>,
     targets: *const MemRef<f32, 3>,
 ) {
-    *out = call("maskrcnn_loss", params, || f32_scalar(0.0), |()| {
-        Ok(f32_scalar(tr::maskrcnn_loss(&tensor(mask_logits), &i64s(labels), &tensor(targets)).map_err(text)?))
-    });
+    *out = call(
+        "maskrcnn_loss",
+        params,
+        || f32_scalar(0.0),
+        |()| Ok(f32_scalar(tr::maskrcnn_loss(&tensor(mask_logits), &i64s(labels), &tensor(targets)).map_err(text)?)),
+    );
 }
 
 /// `maskrcnn_loss_backward`: the gradient [Q, C, M, M] of the mask logits from
@@ -452,10 +482,16 @@ pub unsafe extern "C" fn _mlir_ciface_mrc_maskrcnn_loss_backward(
     targets: *const MemRef<f32, 3>,
     grad: *const MemRef<f32, 0>,
 ) {
-    *out = call("maskrcnn_loss_backward", params, || MemRef::allocate([0, 0, 0, 0]), |()| {
-        let g = tr::maskrcnn_loss_backward(&tensor(mask_logits), &i64s(labels), &tensor(targets), scalar(grad)).map_err(text)?;
-        Ok(owned(&g))
-    });
+    *out = call(
+        "maskrcnn_loss_backward",
+        params,
+        || MemRef::allocate([0, 0, 0, 0]),
+        |()| {
+            let g = tr::maskrcnn_loss_backward(&tensor(mask_logits), &i64s(labels), &tensor(targets), scalar(grad))
+                .map_err(text)?;
+            Ok(owned(&g))
+        },
+    );
 }
 
 /// `roi_align_backward`: the gradient [N, C, H, W] (shape `feature_shape` [4]) of the feature
@@ -471,13 +507,20 @@ pub unsafe extern "C" fn _mlir_ciface_mrc_roi_align_backward(
     rois: *const MemRef<f32, 2>,
     feature_shape: *const MemRef<i64, 1>,
 ) {
-    *out = call("roi_align_backward", params, || MemRef::allocate([0, 0, 0, 0]), |p: RoiAlignParams| {
-        let shape: [usize; 4] = match (*feature_shape).elements()[..] {
-            [n, c, h, w] if n >= 0 && c >= 0 && h >= 0 && w >= 0 => [n as usize, c as usize, h as usize, w as usize],
-            ref other => return Err(format!("feature shape {other:?}")),
-        };
-        Ok(owned(&tr::roi_align_backward(&tensor(grad), &tensor(rois), shape, &p).map_err(text)?))
-    });
+    *out = call(
+        "roi_align_backward",
+        params,
+        || MemRef::allocate([0, 0, 0, 0]),
+        |p: RoiAlignParams| {
+            let shape: [usize; 4] = match (*feature_shape).elements()[..] {
+                [n, c, h, w] if n >= 0 && c >= 0 && h >= 0 && w >= 0 => {
+                    [n as usize, c as usize, h as usize, w as usize]
+                }
+                ref other => return Err(format!("feature shape {other:?}")),
+            };
+            Ok(owned(&tr::roi_align_backward(&tensor(grad), &tensor(rois), shape, &p).map_err(text)?))
+        },
+    );
 }
 
 /// `multiscale_roi_align_batched`: [R, C, oh, ow] of the boxes [R, 4] of images `roi_image`
@@ -495,12 +538,18 @@ pub unsafe extern "C" fn _mlir_ciface_mrc_multiscale_roi_align_batched(
     roi_image: *const MemRef<i64, 1>,
     sizes: *const MemRef<i64, 2>,
 ) {
-    *out = call("multiscale_roi_align_batched", params, || MemRef::allocate([0, 0, 0, 0]), |p: MultiScaleParams| {
-        let features = unpack(features, feature_shapes)?;
-        let pooled = tr::multiscale_roi_align_batched(&features, &tensor(boxes), &i64s(roi_image), &image_sizes(sizes)?, &p)
-            .map_err(text)?;
-        Ok(owned(&pooled))
-    });
+    *out = call(
+        "multiscale_roi_align_batched",
+        params,
+        || MemRef::allocate([0, 0, 0, 0]),
+        |p: MultiScaleParams| {
+            let features = unpack(features, feature_shapes)?;
+            let pooled =
+                tr::multiscale_roi_align_batched(&features, &tensor(boxes), &i64s(roi_image), &image_sizes(sizes)?, &p)
+                    .map_err(text)?;
+            Ok(owned(&pooled))
+        },
+    );
 }
 
 /// `multiscale_roi_align_backward`: the gradient of each pyramid level (shapes
@@ -524,13 +573,21 @@ pub unsafe extern "C" fn _mlir_ciface_mrc_multiscale_roi_align_backward(
             .elements()
             .chunks(4)
             .map(|s| match s {
-                &[n, c, h, w] if n >= 0 && c >= 0 && h >= 0 && w >= 0 => Ok([n as usize, c as usize, h as usize, w as usize]),
+                &[n, c, h, w] if n >= 0 && c >= 0 && h >= 0 && w >= 0 => {
+                    Ok([n as usize, c as usize, h as usize, w as usize])
+                }
                 other => Err(format!("feature shape {other:?}")),
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let grads =
-            tr::multiscale_roi_align_backward(&tensor(grad), &shapes, &tensor(boxes), &i64s(roi_image), &image_sizes(sizes)?, &p)
-                .map_err(text)?;
+        let grads = tr::multiscale_roi_align_backward(
+            &tensor(grad),
+            &shapes,
+            &tensor(boxes),
+            &i64s(roi_image),
+            &image_sizes(sizes)?,
+            &p,
+        )
+        .map_err(text)?;
         Ok(packed(&grads))
     });
 }
@@ -551,12 +608,18 @@ pub unsafe extern "C" fn _mlir_ciface_mrc_rpn_proposals_batched(
     anchors: *const MemRef<f32, 2>,
     sizes: *const MemRef<i64, 2>,
 ) {
-    *out = call("rpn_proposals_batched", params, || Two(MemRef::allocate([0, 4]), MemRef::allocate([0])), |p: RpnParams| {
-        let (objectness, deltas) = (unpack(objectness, objectness_shapes)?, unpack(deltas, deltas_shapes)?);
-        let (proposals, image_of) =
-            tr::rpn_proposals_batched(&objectness, &deltas, &tensor(anchors), &image_sizes(sizes)?, &p).map_err(text)?;
-        Ok(Two(owned(&proposals), i64_list(&image_of)))
-    });
+    *out = call(
+        "rpn_proposals_batched",
+        params,
+        || Two(MemRef::allocate([0, 4]), MemRef::allocate([0])),
+        |p: RpnParams| {
+            let (objectness, deltas) = (unpack(objectness, objectness_shapes)?, unpack(deltas, deltas_shapes)?);
+            let (proposals, image_of) =
+                tr::rpn_proposals_batched(&objectness, &deltas, &tensor(anchors), &image_sizes(sizes)?, &p)
+                    .map_err(text)?;
+            Ok(Two(owned(&proposals), i64_list(&image_of)))
+        },
+    );
 }
 
 #[cfg(test)]
@@ -662,7 +725,11 @@ mod tests {
             assert_eq!(&g_deltas_shapes.elements()[..], deltas_shapes);
             let sigmoid = |x: f32| 1.0 / (1.0 + (-x).exp());
             let g = g_objectness.elements();
-            assert!((g[0] - (sigmoid(0.5) - 1.0) / 2.0).abs() < 1e-7 && (g[1] - sigmoid(-0.5) / 2.0).abs() < 1e-7 && g[2] == 0.0);
+            assert!(
+                (g[0] - (sigmoid(0.5) - 1.0) / 2.0).abs() < 1e-7
+                    && (g[1] - sigmoid(-0.5) / 2.0).abs() < 1e-7
+                    && g[2] == 0.0
+            );
             // Anchor 0's deltas (0.1 − 0 < beta): 0.1·9 / 2, at (anchor 0, j, cell 0) of [4, 1, 2].
             let g = g_deltas.elements();
             assert!([g[0], g[2], g[4], g[6]].iter().all(|&v| (v - 0.45).abs() < 1e-6), "{g:?}");

@@ -164,13 +164,13 @@ impl<T: Real> RpnLossInputs<'_, T> {
         }
         let count = T::of(sampled as f64);
         let beta = T::of(self.beta);
-        for i in 0..self.objectness.len() {
+        for (i, (d_logit, d_box)) in d_objectness.iter_mut().zip(d_deltas.chunks_exact_mut(4)).enumerate() {
             if self.sampled[i] {
-                d_objectness[i] = grad_objectness * bce_with_logits_grad(self.objectness[i], self.labels[i]) / count;
+                *d_logit = grad_objectness * bce_with_logits_grad(self.objectness[i], self.labels[i]) / count;
             }
             if self.positive[i] {
-                for j in 4 * i..4 * i + 4 {
-                    d_deltas[j] = grad_box * smooth_l1_grad(self.deltas[j] - self.regression_targets[j], beta) / count;
+                for (j, d) in (4 * i..).zip(d_box) {
+                    *d = grad_box * smooth_l1_grad(self.deltas[j] - self.regression_targets[j], beta) / count;
                 }
             }
         }
@@ -197,7 +197,11 @@ impl<T: Real> FastRcnnLossInputs<'_, T> {
     fn check(&self, op: &'static str) -> Result<()> {
         let r = self.labels.len();
         let c = self.classes;
-        if c == 0 || self.class_logits.len() != r * c || self.box_regression.len() != 4 * r * c || self.regression_targets.len() != 4 * r {
+        if c == 0
+            || self.class_logits.len() != r * c
+            || self.box_regression.len() != 4 * r * c
+            || self.regression_targets.len() != 4 * r
+        {
             return shape_err(
                 op,
                 format!(
@@ -275,7 +279,8 @@ impl<T: Real> FastRcnnLossInputs<'_, T> {
             }
             if label > 0 {
                 for (d, t) in self.label_deltas(i).zip(4 * i..4 * i + 4) {
-                    d_boxes[d] = grad_box * smooth_l1_grad(self.box_regression[d] - self.regression_targets[t], beta) / count;
+                    d_boxes[d] =
+                        grad_box * smooth_l1_grad(self.box_regression[d] - self.regression_targets[t], beta) / count;
                 }
             }
         }
@@ -299,7 +304,11 @@ impl<T: Real> MaskLossInputs<'_, T> {
     /// Checks the inputs; returns the channel each RoI's loss reads.
     fn channels(&self, op: &'static str) -> Result<Vec<usize>> {
         let [q, c, mh, mw] = self.shape;
-        if self.mask_logits.len() != q * c * mh * mw || self.labels.len() != q || self.targets.len() != q * mh * mw || c == 0 {
+        if self.mask_logits.len() != q * c * mh * mw
+            || self.labels.len() != q
+            || self.targets.len() != q * mh * mw
+            || c == 0
+        {
             return shape_err(
                 op,
                 format!(
@@ -357,7 +366,8 @@ impl<T: Real> MaskLossInputs<'_, T> {
         for (i, &ch) in channels.iter().enumerate() {
             let at = (i * c + ch) * plane;
             for p in 0..plane {
-                d_logits[at + p] = grad * bce_with_logits_grad(self.mask_logits[at + p], self.targets[i * plane + p]) / count;
+                d_logits[at + p] =
+                    grad * bce_with_logits_grad(self.mask_logits[at + p], self.targets[i * plane + p]) / count;
             }
         }
         Ok(d_logits)

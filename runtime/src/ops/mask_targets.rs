@@ -59,7 +59,8 @@ pub fn project_masks_on_boxes(masks: &GtMasks, boxes: &[[f32; 4]], matched: &[us
         let values: Vec<f32> =
             (0..h).flat_map(|y| bits[y * wb..y * wb + w].iter().map(|&b| if b != 0 { 1.0 } else { 0.0 })).collect();
         let map = FeatureMap::new(&values, [1, 1, h, w])?;
-        let rois: Vec<[f32; 5]> = members.iter().map(|&k| [0.0, boxes[k][0], boxes[k][1], boxes[k][2], boxes[k][3]]).collect();
+        let rois: Vec<[f32; 5]> =
+            members.iter().map(|&k| [0.0, boxes[k][0], boxes[k][1], boxes[k][2], boxes[k][3]]).collect();
         let pooled = roi_align(&map, &rois, &params)?;
         for (i, &k) in members.iter().enumerate() {
             out[k * plane..(k + 1) * plane].copy_from_slice(&pooled[i * plane..(i + 1) * plane]);

@@ -217,7 +217,8 @@ pub fn multiscale_roi_align_backward(
     };
     let [oh, ow] = p.output_size;
     if grad.len() != rois.len() * shapes[0][1] * oh * ow {
-        return shape_err(OP, format!("gradient of {} values for {} boxes of {}x{oh}x{ow}", grad.len(), rois.len(), shapes[0][1]));
+        let (values, boxes, channels) = (grad.len(), rois.len(), shapes[0][1]);
+        return shape_err(OP, format!("gradient of {values} values for {boxes} boxes of {channels}x{oh}x{ow}"));
     }
     check_finite(OP, "gradient", grad)?;
     scatter_rois(shapes, &params, &rois, |k| levels[k], grad, &mut grads);

@@ -308,7 +308,8 @@ pub fn roi_align_backward(grad: &[f32], rois: &[[f32; 5]], shape: [usize; 4], p:
     }
     let [oh, ow] = p.output_size;
     if grad.len() != rois.len() * c * oh * ow {
-        return crate::error::shape_err(OP, format!("gradient of {} values for {} RoIs of {c}x{oh}x{ow}", grad.len(), rois.len()));
+        let (values, count) = (grad.len(), rois.len());
+        return crate::error::shape_err(OP, format!("gradient of {values} values for {count} RoIs of {c}x{oh}x{ow}"));
     }
     check_finite(OP, "gradient", grad)?;
     scatter_rois(&[shape], std::slice::from_ref(p), rois, |_| 0, grad, std::slice::from_mut(&mut out));
