@@ -16,3 +16,4 @@ pub mod run;
 pub mod summary;
 pub mod syntax;
 pub mod targets;
+pub mod train;

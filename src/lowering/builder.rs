@@ -28,7 +28,7 @@ use super::products::Products;
 use crate::graph::types::{DType, TensorType};
 
 /// MLIR's marker for a dynamic size in static shape lists (`ShapedType::kDynamic`).
-const DYNAMIC: i64 = i64::MIN;
+pub(super) const DYNAMIC: i64 = i64::MIN;
 
 /// One dimension of a tensor being built: known at compile time, or an `index` value.
 #[derive(Clone, Copy, Debug)]

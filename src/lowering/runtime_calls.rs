@@ -16,7 +16,7 @@ use melior::{
 };
 use mrc_runtime::abi::functions::{Arg, RuntimeFunction};
 
-use super::{builder::Emitter, error::LoweringError};
+use super::{builder::{Emitter, DYNAMIC}, error::LoweringError};
 
 impl<'c, 'b> Emitter<'c, 'b> {
     /// `tensor.cast` of `tensor` to `ty`.
@@ -143,6 +143,42 @@ impl<'c, 'b> Emitter<'c, 'b> {
         let axes: Vec<usize> = (0..self.static_dims(tensors[0])?.len()).collect();
         let shapes = self.sizes_table(tensors, &axes)?;
         Ok((self.concat_flat(tensors)?, shapes))
+    }
+
+    /// The inverse of [`Emitter::concat_flat`]: `flat` (`tensor<?xf32>`, as a runtime function
+    /// returns a packed list) cut into tensors of the shapes and types of `likes`, in order.
+    pub fn unpack(&self, flat: Value<'c, 'b>, likes: &[Value<'c, 'b>]) -> Result<Vec<Value<'c, 'b>>, LoweringError> {
+        let mut offset = self.constant_index(0)?;
+        let mut tensors = vec![];
+        for &like in likes {
+            let sizes = self.sizes(like)?;
+            let mut count = self.constant_index(1)?;
+            for &size in &sizes {
+                count = self.binary("arith.muli", count, self.size_value(size)?)?;
+            }
+            let slice_type = self.ranked_tensor(&[None], self.f32_type());
+            let slice = self.append(
+                self.builder("tensor.extract_slice")
+                    .add_operands(&[flat, offset, count])
+                    .add_attributes(&[
+                        self.named("static_offsets", &format!("array<i64: {}>", DYNAMIC))?,
+                        self.named("static_sizes", &format!("array<i64: {}>", DYNAMIC))?,
+                        self.named("static_strides", "array<i64: 1>")?,
+                        self.named("operandSegmentSizes", "array<i32: 1, 1, 1, 0>")?,
+                    ])
+                    .add_results(&[slice_type])
+                    .build()?,
+            )?;
+            tensors.push(self.reshape(slice, &sizes, like.r#type())?);
+            offset = self.binary("arith.addi", offset, count)?;
+        }
+        Ok(tensors)
+    }
+
+    /// `tensor.reshape` of `tensor` to `sizes`, as `ty`.
+    pub fn reshape(&self, tensor: Value<'c, 'b>, sizes: &[super::Size<'c, 'b>], ty: Type<'c>) -> Result<Value<'c, 'b>, LoweringError> {
+        let shape = self.index_tensor(sizes)?;
+        self.append(self.builder("tensor.reshape").add_operands(&[tensor, shape]).add_results(&[ty]).build()?)
     }
 
     /// The elements of f32 `tensors` of one rank, concatenated (`tensor<?xf32>`).

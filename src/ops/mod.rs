@@ -49,6 +49,16 @@ pub static OPERATORS: &[&dyn Operator] = &[
     &detection::RescaleBoxes,
     &detection::PasteMasks,
     &detection::HeatmapsToKeypoints,
+    &detection::RpnProposalsBatch,
+    &detection::MatchAnchors,
+    &detection::UniformKeys,
+    &detection::BalancedSample,
+    &detection::RpnLoss,
+    &detection::SampleRois,
+    &detection::MultiscaleRoiAlignBatch,
+    &detection::FastrcnnLoss,
+    &detection::MaskTargets,
+    &detection::MaskrcnnLoss,
 ];
 
 pub use conv::{non_overlapping, FusedConv2d, PreparedConvTranspose2d};
@@ -78,6 +88,10 @@ pub static INTERNAL_OPERATORS: &[&dyn Operator] = &[
     &norm::ScaleChannels,
     &pool::MaxPool2dBackward,
     &resample::UpsampleNearestBackward,
+    &detection::RpnLossBackward,
+    &detection::MultiscaleRoiAlignBackward,
+    &detection::FastrcnnLossBackward,
+    &detection::MaskrcnnLossBackward,
 ];
 
 /// The operator a model file calls `name`.

@@ -35,6 +35,12 @@ pub fn default_passes() -> Vec<Box<dyn Pass>> {
     ]
 }
 
+/// The passes of a training step, whose weights change every iteration: none that derives
+/// tensors from them at load time.
+pub fn training_passes() -> Vec<Box<dyn Pass>> {
+    vec![Box::new(CommonSubexpressions), Box::new(DeadCode), Box::new(FuseConvEpilogues)]
+}
+
 /// Runs `passes` in order; returns the names of those that changed the graph.
 pub fn run(graph: &mut Graph, passes: &[Box<dyn Pass>]) -> Vec<&'static str> {
     passes.iter().filter(|p| p.run(graph)).map(|p| p.name()).collect()

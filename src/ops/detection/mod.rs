@@ -18,6 +18,7 @@ mod keypoints;
 mod masks;
 mod pooling;
 mod selection;
+mod training;
 
 pub use anchors::Anchors;
 pub use image::Preprocess;
@@ -25,6 +26,10 @@ pub use keypoints::HeatmapsToKeypoints;
 pub use masks::{MaskProbs, PasteMasks, RescaleBoxes};
 pub use pooling::{MultiscaleRoiAlign, MultiscaleRoiPool, RoiAlign, RoiPool};
 pub use selection::{PostprocessDetections, RpnProposals};
+pub use training::{
+    BalancedSample, FastrcnnLoss, FastrcnnLossBackward, MaskTargets, MaskrcnnLoss, MaskrcnnLossBackward, MatchAnchors,
+    MultiscaleRoiAlignBackward, MultiscaleRoiAlignBatch, RpnLoss, RpnLossBackward, RpnProposalsBatch, SampleRois, UniformKeys,
+};
 
 use super::elementwise::sigmoid_of;
 use super::*;
