@@ -28,7 +28,7 @@ pub mod rle;
 pub mod trailer;
 
 mod cli;
-mod inputs;
+pub(crate) mod inputs;
 mod overlay;
 mod report;
 
