@@ -272,7 +272,7 @@ fn batch_images_are_the_single_image_preprocessing_padded() {
     for n in 0..3 {
         let [h, w] = batch.image_sizes[n].map(|s| s as usize);
         let image = &batch.images[n * 3 * bh * bw..(n + 1) * 3 * bh * bw];
-        let padding = image.iter().enumerate().filter(|(p, _)| (p % (bh * bw)) / bw >= h || p % bw >= w);
+        let mut padding = image.iter().enumerate().filter(|(p, _)| (p % (bh * bw)) / bw >= h || p % bw >= w);
         assert!(padding.all(|(_, &v)| v == 0.0), "image {n}");
     }
 }
@@ -411,12 +411,13 @@ fn flips_are_drawn_per_image_and_reproducible() {
     let half = loader(open(&shapes_train(), false), 3, 0.5, false);
     let (p, a) = (plain.batch(1).unwrap(), always.batch(1).unwrap());
     assert_eq!(p.image_ids, a.image_ids);
-    // Flipping before the resize is mirroring after it, up to float rounding.
+    // Flipping before the resize is mirroring after it, up to the float32 rounding of the
+    // bilinear source positions (amplified by 1/std).
     for n in 0..3 {
         let (pi, ai) = (batch_image(&p, n), batch_image(&a, n));
         for (row_p, row_a) in pi.chunks_exact(320).zip(ai.chunks_exact(320)) {
             for (u, v) in row_p.iter().zip(row_a.iter().rev()) {
-                assert!((u - v).abs() <= 1e-5, "image {n}: {u} vs {v}");
+                assert!((u - v).abs() <= 1e-4, "image {n}: {u} vs {v}");
             }
         }
     }

@@ -150,7 +150,8 @@ pub fn collate(examples: &[Example], transform: &Transform) -> Result<Batch> {
     let mut planes = gt_masks.chunks_exact_mut((bh * bw).max(1));
     for r in &resized {
         let [h, w] = r.size;
-        for (dst, src) in planes.by_ref().zip(r.masks.chunks_exact(h * w)) {
+        // The source first: zip must not take a plane it has no mask for.
+        for (src, dst) in r.masks.chunks_exact(h * w).zip(planes.by_ref()) {
             for (drow, srow) in dst.chunks_exact_mut(bw).zip(src.chunks_exact(w)) {
                 drow[..w].copy_from_slice(srow);
             }

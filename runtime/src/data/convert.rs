@@ -23,7 +23,7 @@ use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{DataError, Result};
+use super::{two_decimals, DataError, Result};
 use crate::coco::dataset::{Annotation, Category, Dataset, Image, Segmentation};
 use crate::coco::mask::Rle;
 
@@ -325,7 +325,7 @@ fn ellipse(cx: f64, cy: f64, rx: f64, ry: f64, theta: f64) -> Vec<f64> {
         .flat_map(|k| {
             let t = std::f64::consts::TAU * k as f64 / ROUND_VERTICES as f64;
             let (x, y) = (rx * t.cos(), ry * t.sin());
-            [cx + x * cos - y * sin, cy + x * sin + y * cos]
+            [two_decimals(cx + x * cos - y * sin), two_decimals(cy + x * sin + y * cos)]
         })
         .collect()
 }

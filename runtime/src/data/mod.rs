@@ -39,6 +39,9 @@ pub enum DataError {
     /// A worker thread failed without an error of its own (a panic).
     #[error("data loader: {0}")]
     Worker(String),
+    /// The annotation file was refused as a whole or in one of its entries.
+    #[error(transparent)]
+    Dataset(#[from] crate::coco::dataset::DatasetError),
     /// The transform refused its arguments.
     #[error(transparent)]
     Transform(#[from] crate::Error),
@@ -64,4 +67,11 @@ pub(crate) fn stream(seed: u64, key: &[u64]) -> rand_xoshiro::Xoshiro256PlusPlus
     };
     let folded = key.iter().fold(mix(seed), |acc, &k| mix(acc.wrapping_add(0x9e37_79b9_7f4a_7c15) ^ k));
     rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(folded)
+}
+
+/// A polygon coordinate to two decimals: short JSON, and a number that reads back as the same
+/// `f64` (serde_json parses longer fractions to a neighbouring float), so that the polygon
+/// written is the one whose mask, `area` and `bbox` were computed.
+pub(crate) fn two_decimals(v: f64) -> f64 {
+    (v * 100.0).round() / 100.0
 }

@@ -20,7 +20,7 @@ use std::path::Path;
 use rand::RngExt;
 use rayon::prelude::*;
 
-use super::{DataError, Result};
+use super::{two_decimals, DataError, Result};
 use crate::coco::dataset::{Annotation, Category, Dataset, Image, RleCounts, Segmentation};
 use crate::coco::mask::Rle;
 
@@ -137,8 +137,8 @@ fn random_shape(rng: &mut impl rand::Rng) -> (i64, Vec<bool>, Vec<f64>) {
     let x = f64::from(rng.random_range(half_width..=SIZE - half_width));
     let y = f64::from(rng.random_range(s..=SIZE - s));
     let s = f64::from(s);
-    // Two decimals keep the JSON short; the mask is the rounded polygon's, so nothing is lost.
-    let round = |v: f64| (v * 100.0).round() / 100.0;
+    // The mask is the rounded polygon's, so the rounding loses nothing.
+    let round = two_decimals;
     let outline: Vec<f64> = match category {
         1 => vec![x - s, y - s, x + s, y - s, x + s, y + s, x - s, y + s],
         2 => (0..64)
