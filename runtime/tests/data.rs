@@ -50,7 +50,8 @@ fn loader(set: TrainingSet, batch_size: usize, hflip: f64, shuffle: bool) -> Loa
 
 /// `[x, y, w, h]` of the set pixels of a row-major `h × w` mask, as COCO's `bbox`.
 fn mask_bbox(mask: &[u8], w: usize) -> [usize; 4] {
-    let set: Vec<(usize, usize)> = mask.iter().enumerate().filter(|(_, &m)| m != 0).map(|(p, _)| (p % w, p / w)).collect();
+    let set: Vec<(usize, usize)> =
+        mask.iter().enumerate().filter(|(_, &m)| m != 0).map(|(p, _)| (p % w, p / w)).collect();
     let (x0, x1) = (set.iter().map(|p| p.0).min().unwrap(), set.iter().map(|p| p.0).max().unwrap());
     let (y0, y1) = (set.iter().map(|p| p.1).min().unwrap(), set.iter().map(|p| p.1).max().unwrap());
     [x0, y0, x1 - x0 + 1, y1 - y0 + 1]
@@ -211,7 +212,10 @@ fn bad_annotation_files_are_one_error() {
     file["annotations"][0]["category_id"] = json!(99);
     std::fs::write(&path, serde_json::to_vec(&file).unwrap()).unwrap();
     let message = TrainingSet::open(&path, &TrainingSetOptions::default()).unwrap_err().to_string();
-    assert!(message.contains("annotations.json") && message.contains("annotation 1") && message.contains("99"), "{message}");
+    assert!(
+        message.contains("annotations.json") && message.contains("annotation 1") && message.contains("99"),
+        "{message}"
+    );
 
     std::fs::write(&path, b"{\"images\": [").unwrap();
     let message = TrainingSet::open(&path, &TrainingSetOptions::default()).unwrap_err().to_string();
@@ -221,9 +225,16 @@ fn bad_annotation_files_are_one_error() {
     let empty = json!({"images": [{"id": 1, "file_name": "00000.png", "height": 256, "width": 256}], "annotations": [], "categories": []});
     std::fs::write(&path, serde_json::to_vec(&empty).unwrap()).unwrap();
     let set = TrainingSet::open(&path, &TrainingSetOptions::default()).unwrap();
-    let message = Loader::new(set, LoaderOptions { batch_size: 1, shuffle: false, batch: BatchOptions { transform: mini_transform(), hflip: 0.0, seed: 0 } })
-        .unwrap_err()
-        .to_string();
+    let message = Loader::new(
+        set,
+        LoaderOptions {
+            batch_size: 1,
+            shuffle: false,
+            batch: BatchOptions { transform: mini_transform(), hflip: 0.0, seed: 0 },
+        },
+    )
+    .unwrap_err()
+    .to_string();
     assert!(message.contains("annotations.json") && message.contains("no image"), "{message}");
 }
 
@@ -301,7 +312,11 @@ fn masks_resize_as_torch_nearest_and_boxes_as_resize_boxes() {
     ];
     for (g, rows) in expected.chunks(3).enumerate() {
         for (y, row) in rows.iter().enumerate() {
-            assert_eq!(&batch.gt_masks[(g * 8 + y) * 8..][..8], [&row[..], &[0; 4]].concat().as_slice(), "mask {g} row {y}");
+            assert_eq!(
+                &batch.gt_masks[(g * 8 + y) * 8..][..8],
+                [&row[..], &[0; 4]].concat().as_slice(),
+                "mask {g} row {y}"
+            );
         }
         assert!(batch.gt_masks[(g * 8 + 3) * 8..(g + 1) * 64].iter().all(|&v| v == 0), "mask {g} padding");
     }
@@ -430,8 +445,10 @@ fn flips_are_drawn_per_image_and_reproducible() {
         .flat_map(|i| (0..3).map(move |n| (i, n)))
         .map(|(i, n)| mrc_runtime::data::batch::flips(&half.options().batch, i, n))
         .collect();
-    let flipped_again: Vec<bool> =
-        (0..40u64).flat_map(|i| (0..3).map(move |n| (i, n))).map(|(i, n)| mrc_runtime::data::batch::flips(&again.options().batch, i, n)).collect();
+    let flipped_again: Vec<bool> = (0..40u64)
+        .flat_map(|i| (0..3).map(move |n| (i, n)))
+        .map(|(i, n)| mrc_runtime::data::batch::flips(&again.options().batch, i, n))
+        .collect();
     assert_eq!(flipped, flipped_again);
     let count = flipped.iter().filter(|&&f| f).count();
     assert!((40..=80).contains(&count), "{count} of 120 flipped");
@@ -455,7 +472,10 @@ fn batches_take_the_next_images_in_order_and_wrap_around() {
     }
     assert_ne!(first, second);
     assert_ne!(first, (0..9).collect::<Vec<_>>());
-    assert_eq!(first, (0..3).flat_map(|i| loader(open(&shapes_train(), false), 3, 0.0, true).indices(i)).collect::<Vec<_>>());
+    assert_eq!(
+        first,
+        (0..3).flat_map(|i| loader(open(&shapes_train(), false), 3, 0.0, true).indices(i)).collect::<Vec<_>>()
+    );
 }
 
 #[test]
@@ -521,7 +541,12 @@ fn generated_shapes_are_reproducible_and_follow_the_readme() {
             let mask = a.segmentation.as_ref().unwrap().to_rle(256, 256).unwrap().decode();
             // The object's visible pixels, read from the image: those of the colour its
             // segmentation mostly covers.
-            let mut colours: Vec<[u8; 3]> = mask.iter().enumerate().filter(|(_, &m)| m).map(|(p, _)| pixels.get_pixel(p as u32 % 256, p as u32 / 256).0).collect();
+            let mut colours: Vec<[u8; 3]> = mask
+                .iter()
+                .enumerate()
+                .filter(|(_, &m)| m)
+                .map(|(p, _)| pixels.get_pixel(p as u32 % 256, p as u32 / 256).0)
+                .collect();
             colours.sort();
             let colour = colours.chunk_by(|x, y| x == y).max_by_key(|run| run.len()).unwrap()[0];
             let visible: Vec<u8> = pixels.pixels().map(|p| u8::from(p.0 == colour)).collect();
@@ -553,7 +578,12 @@ fn generated_shapes_are_reproducible_and_follow_the_readme() {
 // Converters and the command
 // ---------------------------------------------------------------------------------------------
 
-fn summary(dataset: &Dataset) -> (Vec<(i64, String, u32, u32)>, Vec<(i64, i64, i64, [f64; 4], f64)>) {
+/// `(id, file_name, height, width)` of an image.
+type ImageRow = (i64, String, u32, u32);
+/// `(id, image_id, category_id, bbox, area)` of an annotation.
+type AnnotationRow = (i64, i64, i64, [f64; 4], f64);
+
+fn summary(dataset: &Dataset) -> (Vec<ImageRow>, Vec<AnnotationRow>) {
     let images = dataset.images.iter().map(|i| (i.id, i.file_name.clone(), i.height, i.width)).collect();
     let annotations = dataset.annotations.iter().map(|a| (a.id, a.image_id, a.category_id, a.bbox, a.area)).collect();
     (images, annotations)
@@ -600,7 +630,7 @@ fn via_projects_and_single_categories() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out.json");
     let input = fixtures().join("convert/via/via_project.json");
-    let dataset = convert(Format::Via, &[input.clone()], &out, &ConvertOptions::default()).unwrap();
+    let dataset = convert(Format::Via, std::slice::from_ref(&input), &out, &ConvertOptions::default()).unwrap();
     let (images, annotations) = summary(&dataset);
     assert_eq!(images, [(1, "balloons_a.png".into(), 30, 40)]);
     assert_eq!(annotations, [(1, 1, 1, [1.0, 1.0, 8.0, 20.0], 160.0)]);
@@ -679,7 +709,12 @@ fn bad_converter_input_is_one_error_naming_the_file_and_the_entry() {
     });
     expect(&via, Format::Via, &options, &["region 1", "polyline"]);
 
-    expect(&via, Format::Via, &ConvertOptions { attribute: Some("colour".into()), ..options.clone() }, &["region 0", "\"colour\""]);
+    expect(
+        &via,
+        Format::Via,
+        &ConvertOptions { attribute: Some("colour".into()), ..options.clone() },
+        &["region 0", "\"colour\""],
+    );
 
     let labelme = edited_sample(dir.path(), "labelme/kite_c.json", |j| j["shapes"][1]["shape_type"] = json!("line"));
     expect(&labelme, Format::Labelme, &ConvertOptions::default(), &["shape 1 (\"bird\")", "\"line\""]);
@@ -710,7 +745,8 @@ fn data_commands_parse_and_run() {
     let inputs = [fixtures().join("convert/labelme/kite_c.json"), fixtures().join("convert/labelme/kite_d.json")];
     let json = dir.path().join("labelme.json");
     let args = ["mrc", "convert", "--from", "labelme", inputs[0].to_str().unwrap(), inputs[1].to_str().unwrap()];
-    let cli = Cli::try_parse_from(args.into_iter().chain(["-o", json.to_str().unwrap(), "--categories", "kite,bird"])).unwrap();
+    let cli = Cli::try_parse_from(args.into_iter().chain(["-o", json.to_str().unwrap(), "--categories", "kite,bird"]))
+        .unwrap();
     let message = data_main(&cli.command).unwrap();
     assert!(message.contains("2 images, 4 objects, categories kite, bird"), "{message}");
 }

@@ -72,7 +72,8 @@ impl Example {
 /// stream, so that the decision does not depend on what else was computed.
 pub fn flips(options: &BatchOptions, iteration: u64, position: usize) -> bool {
     const FLIP: u64 = 0x666c_6970;
-    options.hflip > 0.0 && super::stream(options.seed, &[FLIP, iteration, position as u64]).random::<f64>() < options.hflip
+    options.hflip > 0.0
+        && super::stream(options.seed, &[FLIP, iteration, position as u64]).random::<f64>() < options.hflip
 }
 
 /// The source index of output index `dst` in torch's legacy nearest resize
@@ -174,16 +175,13 @@ pub fn collate(examples: &[Example], transform: &Transform) -> Result<Batch> {
 mod tests {
     use super::*;
 
-    /// Source rows of torch 2.x `interpolate(torch.arange(n)[None, None, :, None].float(),
-    /// size=(m, 1))` for sizes that go through each branch of its index rule.
+    /// Source indices of torch's `nearest_idx`, worked by hand, for sizes that go through each
+    /// branch of its rule: equal sizes, doubling, and `floor(dst · (in/out))` in float32 up and
+    /// down.
     #[test]
-    fn nearest_sources_match_torch() {
-        let cases: [(usize, usize, &[usize]); 4] = [
-            (4, 4, &[0, 1, 2, 3]),
-            (3, 6, &[0, 0, 1, 1, 2, 2]),
-            (5, 3, &[0, 1, 3]),
-            (4, 5, &[0, 0, 1, 2, 3]),
-        ];
+    fn nearest_sources_follow_torch_s_rule() {
+        let cases: [(usize, usize, &[usize]); 4] =
+            [(4, 4, &[0, 1, 2, 3]), (3, 6, &[0, 0, 1, 1, 2, 2]), (5, 3, &[0, 1, 3]), (4, 5, &[0, 0, 1, 2, 3])];
         for (input, output, expected) in cases {
             let got: Vec<usize> = (0..output).map(|i| nearest_source(i, input, output)).collect();
             assert_eq!(got, expected, "{input} -> {output}");

@@ -165,7 +165,11 @@ impl Builder {
         }
         let rle = Rle::from_polygon(&polygon, height, width);
         if rle.area() == 0 {
-            return Err(DataError::entry(input, entry, format!("the polygon covers no pixel of the {width}x{height} image")));
+            return Err(DataError::entry(
+                input,
+                entry,
+                format!("the polygon covers no pixel of the {width}x{height} image"),
+            ));
         }
         self.dataset.annotations.push(Annotation {
             id: self.dataset.annotations.len() as i64 + 1,
@@ -250,10 +254,29 @@ struct ViaRegion {
 #[derive(Deserialize)]
 #[serde(tag = "name", rename_all = "lowercase")]
 enum ViaShape {
-    Polygon { all_points_x: Vec<f64>, all_points_y: Vec<f64> },
-    Rect { x: f64, y: f64, width: f64, height: f64 },
-    Circle { cx: f64, cy: f64, r: f64 },
-    Ellipse { cx: f64, cy: f64, rx: f64, ry: f64, #[serde(default)] theta: f64 },
+    Polygon {
+        all_points_x: Vec<f64>,
+        all_points_y: Vec<f64>,
+    },
+    Rect {
+        x: f64,
+        y: f64,
+        width: f64,
+        height: f64,
+    },
+    Circle {
+        cx: f64,
+        cy: f64,
+        r: f64,
+    },
+    Ellipse {
+        cx: f64,
+        cy: f64,
+        rx: f64,
+        ry: f64,
+        #[serde(default)]
+        theta: f64,
+    },
 }
 
 fn read_via(text: &[u8], input: &Path, options: &ConvertOptions, builder: &mut Builder) -> Result<()> {
@@ -262,7 +285,8 @@ fn read_via(text: &[u8], input: &Path, options: &ConvertOptions, builder: &mut B
     let base = options.images.clone().unwrap_or_else(|| folder_of(input));
     for (key, value) in entries {
         let entry = format!("entry {key:?}");
-        let image: ViaImage = serde_json::from_value(value).map_err(|e| DataError::entry(input, &entry, e.to_string()))?;
+        let image: ViaImage =
+            serde_json::from_value(value).map_err(|e| DataError::entry(input, &entry, e.to_string()))?;
         let image_info = builder.add_image(input, &entry, &base, &image.filename, None)?;
         let regions: Vec<(String, Value)> = match image.regions {
             Value::Null => Vec::new(),
@@ -280,8 +304,9 @@ fn read_via(text: &[u8], input: &Path, options: &ConvertOptions, builder: &mut B
             let region: ViaRegion =
                 serde_json::from_value(region).map_err(|e| DataError::entry(input, &entry, e.to_string()))?;
             let category = match &options.attribute {
-                Some(attribute) => via_category(&region.region_attributes, attribute)
-                    .ok_or_else(|| DataError::entry(input, &entry, format!("no category in attribute {attribute:?}")))?,
+                Some(attribute) => via_category(&region.region_attributes, attribute).ok_or_else(|| {
+                    DataError::entry(input, &entry, format!("no category in attribute {attribute:?}"))
+                })?,
                 None => options.category.clone().unwrap_or_else(|| "object".into()),
             };
             let polygon = match region.shape_attributes {
@@ -292,7 +317,9 @@ fn read_via(text: &[u8], input: &Path, options: &ConvertOptions, builder: &mut B
                     }
                     xs.iter().zip(&ys).flat_map(|(&x, &y)| [x, y]).collect()
                 }
-                ViaShape::Rect { x, y, width, height } => vec![x, y, x + width, y, x + width, y + height, x, y + height],
+                ViaShape::Rect { x, y, width, height } => {
+                    vec![x, y, x + width, y, x + width, y + height, x, y + height]
+                }
                 ViaShape::Circle { cx, cy, r } => ellipse(cx, cy, r, r, 0.0),
                 ViaShape::Ellipse { cx, cy, rx, ry, theta } => ellipse(cx, cy, rx, ry, theta),
             };
@@ -355,7 +382,8 @@ fn read_labelme(text: &[u8], input: &Path, builder: &mut Builder) -> Result<()> 
     let image_info = builder.add_image(input, &entry, &folder_of(input), &file.image_path, size)?;
     for (index, shape) in file.shapes.into_iter().enumerate() {
         let entry = format!("shape {index}");
-        let shape: LabelmeShape = serde_json::from_value(shape).map_err(|e| DataError::entry(input, &entry, e.to_string()))?;
+        let shape: LabelmeShape =
+            serde_json::from_value(shape).map_err(|e| DataError::entry(input, &entry, e.to_string()))?;
         let entry = format!("shape {index} ({:?})", shape.label);
         let kind = shape.shape_type.as_deref().unwrap_or("polygon");
         let points = &shape.points;

@@ -61,6 +61,7 @@ pub const BACKGROUND: &str = "__background__";
 impl TrainingSet {
     /// Reads `annotations` and selects the images and targets (see the module's rules).
     pub fn open(annotations: &Path, options: &TrainingSetOptions) -> Result<TrainingSet> {
+        // Read with every reference and box checked; the lookups below cannot miss.
         let dataset = Dataset::read(annotations)?;
         let image_dir = match &options.images {
             Some(dir) => dir.clone(),
@@ -80,16 +81,13 @@ impl TrainingSet {
         let mut objects: Vec<Vec<Object>> = images.iter().map(|_| Vec::new()).collect();
         let mut valid = vec![options.keep_empty; images.len()];
         for a in &dataset.annotations {
-            let entry = || format!("annotation {}", a.id);
+            let entry = || format!("annotation {} (image {})", a.id, a.image_id);
             let index = *position
                 .get(&a.image_id)
                 .ok_or_else(|| DataError::entry(annotations, entry(), format!("image {} is not listed", a.image_id)))?;
-            let label = *label_of
-                .get(&a.category_id)
-                .ok_or_else(|| DataError::entry(annotations, entry(), format!("category {} is not listed", a.category_id)))?;
-            if a.bbox.iter().any(|v| !v.is_finite()) {
-                return Err(DataError::entry(annotations, entry(), format!("bbox {:?}", a.bbox)));
-            }
+            let label = *label_of.get(&a.category_id).ok_or_else(|| {
+                DataError::entry(annotations, entry(), format!("category {} is not listed", a.category_id))
+            })?;
             valid[index] |= a.bbox[2] > 1.0 && a.bbox[3] > 1.0;
             if a.iscrowd != 0 {
                 continue;
@@ -170,12 +168,19 @@ impl TrainingSet {
         let image = crate::program::inputs::decode(&path, false).map_err(image_error)?.image;
         if image.dimensions() != (info.width, info.height) {
             let (w, h) = image.dimensions();
-            return Err(image_error(format!("{w}x{h} pixels, the annotation file says {}x{}", info.width, info.height)));
+            return Err(image_error(format!(
+                "{w}x{h} pixels, the annotation file says {}x{}",
+                info.width, info.height
+            )));
         }
         let mut masks = Vec::with_capacity(objects.len() * (info.width * info.height) as usize);
         for o in objects {
             let rle = o.segmentation.to_rle(info.height, info.width).map_err(|e| {
-                DataError::entry(&self.annotation_file, format!("annotation {}", o.annotation_id), e.to_string())
+                DataError::entry(
+                    &self.annotation_file,
+                    format!("annotation {} (image {})", o.annotation_id, info.id),
+                    e.to_string(),
+                )
             })?;
             masks.extend(rle.decode().into_iter().map(u8::from));
         }
@@ -257,7 +262,8 @@ impl Loader {
 
     /// The batch of iteration `iteration`: its images decoded, flipped where drawn, transformed.
     pub fn batch(&self, iteration: u64) -> Result<Batch> {
-        let mut examples = self.indices(iteration).into_iter().map(|i| self.set.example(i)).collect::<Result<Vec<_>>>()?;
+        let mut examples =
+            self.indices(iteration).into_iter().map(|i| self.set.example(i)).collect::<Result<Vec<_>>>()?;
         for (position, example) in examples.iter_mut().enumerate() {
             if batch::flips(&self.options.batch, iteration, position) {
                 example.flip_horizontal();

@@ -89,8 +89,10 @@ fn work(shared: &Shared, loader: &Loader) {
             state.next_claim - 1
         };
         // A panic becomes that batch's error, so that the consumer is told instead of waiting.
-        let batch = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| loader.batch(iteration)))
-            .unwrap_or_else(|_| Err(DataError::Worker(format!("preparing the batch of iteration {iteration} panicked"))));
+        let batch =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| loader.batch(iteration))).unwrap_or_else(|_| {
+                Err(DataError::Worker(format!("preparing the batch of iteration {iteration} panicked")))
+            });
         shared.lock().ready.insert(iteration, batch);
         shared.changed.notify_all();
     }

@@ -52,7 +52,10 @@ pub fn generate_shapes(n: usize, seed: u64, out_dir: &Path) -> Result<Dataset> {
         move |source| DataError::Io { path, source }
     };
     if out_dir.exists() && std::fs::read_dir(out_dir).map_err(io(out_dir))?.next().is_some() {
-        return Err(DataError::File { path: out_dir.to_path_buf(), msg: "not empty: refusing to write into it".into() });
+        return Err(DataError::File {
+            path: out_dir.to_path_buf(),
+            msg: "not empty: refusing to write into it".into(),
+        });
     }
     let image_dir = out_dir.join("images");
     std::fs::create_dir_all(&image_dir).map_err(io(&image_dir))?;
@@ -62,9 +65,9 @@ pub fn generate_shapes(n: usize, seed: u64, out_dir: &Path) -> Result<Dataset> {
             let (pixels, shapes) = draw_image(seed, index as u64);
             let file_name = format!("{index:05}.png");
             let mut png = Vec::new();
-            pixels.write_to(&mut Cursor::new(&mut png), image::ImageFormat::Png).map_err(|e| {
-                DataError::File { path: image_dir.join(&file_name), msg: format!("encoding PNG: {e}") }
-            })?;
+            pixels
+                .write_to(&mut Cursor::new(&mut png), image::ImageFormat::Png)
+                .map_err(|e| DataError::File { path: image_dir.join(&file_name), msg: format!("encoding PNG: {e}") })?;
             crate::program::coco::write_atomic(&image_dir.join(&file_name), &png)
                 .map_err(|msg| DataError::File { path: image_dir.join(&file_name), msg })?;
             Ok((file_name, annotate(&shapes)))
