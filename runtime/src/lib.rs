@@ -9,6 +9,8 @@
 //! [`Error`], never a panic, and every operator accepts zero boxes.
 
 pub mod abi;
+pub mod coco;
+pub mod data;
 pub mod detection;
 pub mod device;
 pub mod error;

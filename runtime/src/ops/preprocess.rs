@@ -119,16 +119,17 @@ pub fn batch_images(images: &[(&[f32], [usize; 2])], c: usize, size_divisible: u
     Ok(Batch { data, shape: [images.len(), c, bh, bw], image_sizes: images.iter().map(|i| i.1).collect() })
 }
 
+/// One image through the transform before batching: normalized, then resized by
+/// [`resized_size`]. Returns the `[3, h', w']` planes and `[h', w']`.
+pub fn normalize_and_resize(image: &ImageU8, t: &Transform) -> Result<(Vec<f32>, [usize; 2])> {
+    let hw = [image.height, image.width];
+    let out_hw = resized_size(hw, t.min_size, t.max_size)?;
+    Ok((resize_bilinear(&normalize(image, t.mean, t.std)?, 3, hw, out_hw)?, out_hw))
+}
+
 /// The whole transform: normalize, resize, batch.
 pub fn preprocess(images: &[ImageU8], t: &Transform) -> Result<Batch> {
-    let resized = images
-        .iter()
-        .map(|im| {
-            let hw = [im.height, im.width];
-            let out_hw = resized_size(hw, t.min_size, t.max_size)?;
-            Ok((resize_bilinear(&normalize(im, t.mean, t.std)?, 3, hw, out_hw)?, out_hw))
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let resized = images.iter().map(|im| normalize_and_resize(im, t)).collect::<Result<Vec<_>>>()?;
     let views: Vec<(&[f32], [usize; 2])> = resized.iter().map(|(d, hw)| (d.as_slice(), *hw)).collect();
     batch_images(&views, 3, t.size_divisible)
 }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::rle::Rle;
+use crate::coco::mask::Rle;
 
 /// One entry of a COCO results file, as pycocotools' `COCO.loadRes` reads it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

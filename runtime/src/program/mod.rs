@@ -24,11 +24,10 @@
 
 pub mod coco;
 pub mod compiled;
-pub mod rle;
 pub mod trailer;
 
 mod cli;
-mod inputs;
+pub(crate) mod inputs;
 mod overlay;
 mod report;
 
@@ -44,10 +43,10 @@ use image::RgbImage;
 pub use cli::Options;
 pub use inputs::IMAGE_EXTENSIONS;
 
+use crate::coco::mask::Rle;
 use crate::device::DeviceKind;
 use coco::{Annotations, Category, ImageInfo, Meta, ResultEntry, Segmentation};
 use report::{Console, StageTotals};
-use rle::Rle;
 
 /// Any error of a detector or of its construction, shown to the user with its message.
 pub type DetectError = Box<dyn std::error::Error + Send + Sync>;
