@@ -11,6 +11,8 @@ use mrc_runtime::coco::eval::{evaluate, evaluate_files, read_results};
 use mrc_runtime::coco::mask::{box_iou, mask_iou, Rle};
 use mrc_runtime::coco::{eval_main, EvalArgs, IouType};
 use mrc_runtime::program::coco::ResultEntry;
+use mrc_runtime::program::{run_command_line, DetectError, Detection, Detector, MaskProbs, ProgramInfo, StageTimes};
+use image::RgbImage;
 use serde_json::Value;
 
 fn project_fixtures() -> PathBuf {
@@ -439,4 +441,59 @@ fn bad_results_name_the_file_and_the_entry() {
     let args = EvalArgs { results: dir.path().join("missing.json"), gt: gt_path, iou_type: None, json: None };
     let message = eval_main(&args).unwrap_err();
     assert!(message.contains("missing.json") && !message.contains('\n'), "{message}");
+}
+
+// ---- the compiled program's --coco ----
+
+/// Finds one 16×8 object at (4, 4), its mask the box's pixels.
+struct BoxDetector;
+
+impl Detector for BoxDetector {
+    fn detect(&mut self, image: &RgbImage) -> Result<(Vec<Detection>, StageTimes), DetectError> {
+        let (width, height) = image.dimensions();
+        let probs = (0..width * height)
+            .map(|p| if (4..20).contains(&(p % width)) && (4..12).contains(&(p / width)) { 1.0 } else { 0.0 })
+            .collect();
+        let mask = Some(MaskProbs { height, width, probs });
+        Ok((vec![Detection { bbox: [4.0, 4.0, 20.0, 12.0], score: 0.9, label: 1, mask }], Vec::new()))
+    }
+}
+
+fn run_program(args: &[&Path]) -> (u8, String) {
+    let info = ProgramInfo { model_name: "boxes".into(), class_names: vec!["__background__".into(), "thing".into()] };
+    let argv = std::iter::once("boxes".to_owned()).chain(args.iter().map(|a| a.to_str().unwrap().to_owned()));
+    let mut log = Vec::new();
+    let code = run_command_line(&info, |_| Ok(BoxDetector), argv, &mut log, false);
+    (code, String::from_utf8(log).unwrap())
+}
+
+#[test]
+fn program_prints_the_evaluation_after_a_run_with_coco() {
+    let dir = temp_dir();
+    let image = dir.path().join("a.png");
+    RgbImage::new(24, 16).save(&image).unwrap();
+    let mut gt = serde_json::json!({
+        "images": [{"id": 3, "file_name": "a.png", "height": 16, "width": 24}],
+        "annotations": [{"id": 1, "image_id": 3, "category_id": 1, "bbox": [4, 4, 16, 8], "area": 128,
+                         "segmentation": [[4, 4, 20, 4, 20, 12, 4, 12]]}],
+        "categories": [{"id": 1, "name": "thing"}]
+    });
+    let gt_path = write(dir.path(), "gt.json", &gt);
+    let results = dir.path().join("r.json");
+    let (code, log) = run_program(&[&image, Path::new("--coco"), &gt_path, Path::new("--json"), &results]);
+    assert_eq!(code, 0, "{log}");
+    // A perfect detection of a small object: AP 1 (small 1, medium and large undefined).
+    for iou_type in ["bbox", "segm"] {
+        let text = &log[log.find(&format!("IoU type {iou_type}:")).unwrap_or_else(|| panic!("{log}"))..];
+        assert!(text.contains(" Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ] = 1.000"), "{log}");
+        assert!(text.contains(" Average Precision  (AP) @[ IoU=0.50:0.95 | area=medium | maxDets=100 ] = -1.000"), "{log}");
+    }
+    // Results the ground truth cannot take: a warning; the results stand.
+    gt["categories"][0]["id"] = 2.into();
+    gt["annotations"][0]["category_id"] = 2.into();
+    write(dir.path(), "gt.json", &gt);
+    let (code, log) = run_program(&[&image, Path::new("--coco"), &gt_path, Path::new("--json"), &results]);
+    assert_eq!(code, 0, "{log}");
+    assert!(log.contains("boxes: warning: no COCO evaluation: ") && log.contains("category id 1 is not in"), "{log}");
+    assert!(results.exists());
 }
