@@ -284,18 +284,23 @@ fn detection(bbox: [f64; 4], score: f32) -> ResultEntry {
 
 #[test]
 fn precision_is_interpolated_over_101_recall_points() {
-    // Two objects; the best detection hits the first, the second is a false positive, the third
-    // hits the second object: precision 1, 1/2, 2/3 at recall 1/2, 1/2, 1. Interpolated: 1 up
-    // to recall .50 (51 points), 2/3 from .51 to 1 (50 points).
-    let gt = one_image(vec![truth(1, square(10.0, 10.0, 100.0), 0), truth(2, square(150.0, 150.0, 100.0), 0)]);
+    // Three objects; detections by score: hit, miss, miss, hit, hit. Recall 1/3, 1/3, 1/3, 2/3,
+    // 1 at precision 1, 1/2, 1/3, 1/2, 3/5; interpolated (the best at any higher recall): 1,
+    // 3/5, 3/5, 3/5, 3/5. Recall points 0 to .33 (34) read 1, .34 to .66 (33) and .67 to 1 (34)
+    // read 3/5 (without interpolation the middle ones would read 1/2).
+    let objects = [square(10.0, 10.0, 50.0), square(100.0, 10.0, 50.0), square(200.0, 10.0, 50.0)];
+    let gt = one_image(objects.iter().zip(1..).map(|(&b, id)| truth(id, b, 0)).collect());
     let results = [
-        detection(square(10.0, 10.0, 100.0), 0.9),
-        detection(square(120.0, 10.0, 100.0), 0.8),
-        detection(square(150.0, 150.0, 100.0), 0.7),
+        detection(objects[0], 0.9),
+        detection(square(10.0, 100.0, 50.0), 0.8),
+        detection(square(100.0, 100.0, 50.0), 0.7),
+        detection(objects[1], 0.6),
+        detection(objects[2], 0.5),
     ];
     let evaluation = evaluate(&gt, &results, IouType::Bbox).unwrap();
-    let ap = (51.0 + 50.0 * 2.0 / 3.0) / 101.0;
-    let expected = [ap, ap, ap, -1.0, -1.0, ap, 0.5, 1.0, 1.0, -1.0, -1.0, 1.0];
+    let ap = (34.0 + 67.0 * 0.6) / 101.0;
+    // All objects are medium (2500 pixels): small and large are undefined.
+    let expected = [ap, ap, ap, -1.0, ap, -1.0, 1.0 / 3.0, 1.0, 1.0, -1.0, 1.0, -1.0];
     for (i, (a, b)) in evaluation.stats.iter().zip(expected).enumerate() {
         assert!((a - b).abs() < 1e-12, "stats[{i}]: {a} vs {b}");
     }
@@ -305,19 +310,22 @@ fn precision_is_interpolated_over_101_recall_points() {
 
 #[test]
 fn detections_on_crowd_regions_are_ignored() {
-    // The false positive of the previous case lies on a crowd region: ignored, not a miss.
-    // The crowd's IoU is the detection's part inside it: a detection half inside a crowd region
-    // four times its size has IoU 1/2 (a match at .50, not above), its IoU with a plain object
-    // of that size would be 1/8.
+    // Two objects found (scores .9 and .7) and, between them, detections on a crowd region:
+    // ignored, neither hits nor misses, however many. The crowd's IoU is the detection's part
+    // inside it: the one half inside the region has IoU 1/2 (a match at .50, not above: a
+    // miss there; against a plain object of the region's size its IoU would be 1/8), the one
+    // wholly inside has IoU 1.
     let crowd = truth(3, [120.0, 10.0, 50.0, 200.0], 1);
     let gt = one_image(vec![truth(1, square(10.0, 10.0, 100.0), 0), truth(2, square(150.0, 150.0, 100.0), 0), crowd]);
     let results = [
         detection(square(10.0, 10.0, 100.0), 0.9),
         detection(square(120.0, 10.0, 100.0), 0.8),
+        detection(square(120.0, 110.0, 50.0), 0.75),
         detection(square(150.0, 150.0, 100.0), 0.7),
     ];
     let bbox = evaluate(&gt, &results, IouType::Bbox).unwrap();
-    // At IoU .50 the middle detection is ignored: AP 1; above .50 it is a false positive.
+    // At IoU .50: AP 1; above, the half-inside one misses: precision 1, 1/2, 2/3 at recall
+    // 1/2, 1/2, 1, interpolated 1 up to recall .50 (51 points) and 2/3 above (50 points).
     let strict = (51.0 + 50.0 * 2.0 / 3.0) / 101.0;
     assert!((bbox.stats[1] - 1.0).abs() < 1e-12, "AP50 {}", bbox.stats[1]);
     assert!((bbox.stats[0] - (1.0 + 9.0 * strict) / 10.0).abs() < 1e-12, "AP {}", bbox.stats[0]);
@@ -338,6 +346,16 @@ fn detections_on_crowd_regions_are_ignored() {
         .collect();
     let segm = evaluate(&gt, &with_masks, IouType::Segm).unwrap();
     assert_eq!(segm.stats, bbox.stats);
+}
+
+#[test]
+fn a_detection_matched_to_an_object_stays_matched_over_a_crowd_region() {
+    // The detection is the object and lies wholly in a crowd region around it (crowd IoU 1,
+    // as good as the object's): it hits the object, which is counted first.
+    let gt = one_image(vec![truth(1, square(10.0, 10.0, 100.0), 0), truth(2, square(0.0, 0.0, 150.0), 1)]);
+    let evaluation = evaluate(&gt, &[detection(square(10.0, 10.0, 100.0), 0.9)], IouType::Bbox).unwrap();
+    assert!((evaluation.stats[0] - 1.0).abs() < 1e-12, "AP {}", evaluation.stats[0]);
+    assert!((evaluation.stats[8] - 1.0).abs() < 1e-12, "AR {}", evaluation.stats[8]);
 }
 
 // ---- bad files ----
