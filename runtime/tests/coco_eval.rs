@@ -6,13 +6,13 @@
 
 use std::path::{Path, PathBuf};
 
+use image::RgbImage;
 use mrc_runtime::coco::dataset::{Annotation, Category, Dataset, Image, RleCounts, Segmentation};
 use mrc_runtime::coco::eval::{evaluate, evaluate_files, read_results};
 use mrc_runtime::coco::mask::{box_iou, mask_iou, Rle};
 use mrc_runtime::coco::{eval_main, EvalArgs, IouType};
 use mrc_runtime::program::coco::ResultEntry;
 use mrc_runtime::program::{run_command_line, DetectError, Detection, Detector, MaskProbs, ProgramInfo, StageTimes};
-use image::RgbImage;
 use serde_json::Value;
 
 fn project_fixtures() -> PathBuf {
@@ -195,9 +195,8 @@ fn polygon_pixels_are_those_whose_centres_are_inside() {
     for shape in shapes {
         let polygons: Vec<Vec<f64>> = shape.iter().map(|p| p.to_vec()).collect();
         let rle = Segmentation::Polygons(polygons.clone()).to_rle(h, w).unwrap();
-        let expected: Vec<bool> = (0..h * w)
-            .map(|p| inside(&polygons, f64::from(p % w) + 0.5, f64::from(p / w) + 0.5))
-            .collect();
+        let expected: Vec<bool> =
+            (0..h * w).map(|p| inside(&polygons, f64::from(p % w) + 0.5, f64::from(p / w) + 0.5)).collect();
         assert_eq!(rle.decode(), expected, "{polygons:?}");
         assert_eq!(rle.area(), expected.iter().filter(|&&m| m).count() as u64);
     }
@@ -401,29 +400,51 @@ fn a_valid_file_reads_and_writes_back() {
 #[test]
 fn bad_annotation_files_name_the_file_and_the_entry() {
     let dir = temp_dir();
-    let path = write(dir.path(), "annotations.json", &Value::Null);
+    let path = dir.path().join("annotations.json");
     std::fs::write(&path, "{\"images\": [\n  {\"id\": 1,, }]}").unwrap();
     let broken = Dataset::read(&path).unwrap_err().to_string();
     assert!(broken.contains("annotations.json: line 2, column"), "{broken}");
 
-    let cases: [(&str, fn(&mut Value), &str); 9] = [
+    // (what is changed, the change, the message expected)
+    type Case = (&'static str, fn(&mut Value), &'static str);
+    let cases: [Case; 9] = [
         ("/images/1/id", |gt| gt["images"][1]["id"] = 4.into(), "image 4: duplicate id (images[0] and images[1])"),
         ("/annotations/1/id", |gt| gt["annotations"][1]["id"] = 17.into(), "annotation 17 (image 5): duplicate id"),
-        ("/annotations/0/image_id", |gt| gt["annotations"][0]["image_id"] = 9.into(), "annotation 17 (image 9): image id 9 is not in images"),
-        ("/annotations/0/category_id", |gt| gt["annotations"][0]["category_id"] = 2.into(), "annotation 17 (image 4): category id 2 is not in categories"),
+        (
+            "/annotations/0/image_id",
+            |gt| gt["annotations"][0]["image_id"] = 9.into(),
+            "annotation 17 (image 9): image id 9 is not in images",
+        ),
+        (
+            "/annotations/0/category_id",
+            |gt| gt["annotations"][0]["category_id"] = 2.into(),
+            "annotation 17 (image 4): category id 2 is not in categories",
+        ),
         (
             "/annotations/0/segmentation",
             |gt| gt["annotations"][0]["segmentation"] = serde_json::json!([[1, 1, 6, 1, 6, 6, 1, 6], [1, 1, 4, 4]]),
             "annotation 17 (image 4): polygon 1 with 2 points",
         ),
-        ("/annotations/0/bbox", |gt| gt["annotations"][0]["bbox"] = serde_json::json!([20, 1, 15, 5]), "annotation 17 (image 4): bbox [20.0, 1.0, 15.0, 5.0] is outside the image (30x20)"),
-        ("/annotations/0/bbox", |gt| gt["annotations"][0]["bbox"] = serde_json::json!([2, 1, -1, 5]), "annotation 17 (image 4): bbox [2.0, 1.0, -1.0, 5.0] has a negative size"),
+        (
+            "/annotations/0/bbox",
+            |gt| gt["annotations"][0]["bbox"] = serde_json::json!([20, 1, 15, 5]),
+            "annotation 17 (image 4): bbox [20.0, 1.0, 15.0, 5.0] is outside the image (30x20)",
+        ),
+        (
+            "/annotations/0/bbox",
+            |gt| gt["annotations"][0]["bbox"] = serde_json::json!([2, 1, -1, 5]),
+            "annotation 17 (image 4): bbox [2.0, 1.0, -1.0, 5.0] has a negative size",
+        ),
         (
             "/annotations/1/segmentation",
             |gt| gt["annotations"][1]["segmentation"] = serde_json::json!({"size": [30, 20], "counts": [0, 600]}),
             "annotation 18 (image 5): RLE of size 30x20 on an image of 20x30",
         ),
-        ("/categories/0", |gt| gt["categories"] = serde_json::json!([{"id": 1, "name": "a"}, {"id": 1, "name": "b"}]), "category 1: duplicate id"),
+        (
+            "/categories/0",
+            |gt| gt["categories"] = serde_json::json!([{"id": 1, "name": "a"}, {"id": 1, "name": "b"}]),
+            "category 1: duplicate id",
+        ),
     ];
     for (what, change, expected) in cases {
         let mut gt = valid_gt();
@@ -445,8 +466,14 @@ fn bad_results_name_the_file_and_the_entry() {
     let gt = Dataset::read(&gt_path).unwrap();
     let result = |image_id: i64, category_id: i64| serde_json::json!({"image_id": image_id, "category_id": category_id, "bbox": [1, 1, 4, 4], "score": 0.5});
     let cases = [
-        (vec![result(4, 1), result(6, 1)], "results.json: result 1 (image 6): image id 6 is not in the ground truth's images"),
-        (vec![result(4, 1), result(4, 3)], "results.json: result 1 (image 4): category id 3 is not in the ground truth's categories"),
+        (
+            vec![result(4, 1), result(6, 1)],
+            "results.json: result 1 (image 6): image id 6 is not in the ground truth's images",
+        ),
+        (
+            vec![result(4, 1), result(4, 3)],
+            "results.json: result 1 (image 4): category id 3 is not in the ground truth's categories",
+        ),
     ];
     for (results, expected) in cases {
         let path = write(dir.path(), "results.json", &Value::Array(results));
@@ -503,8 +530,14 @@ fn program_prints_the_evaluation_after_a_run_with_coco() {
     // A perfect detection of a small object: AP 1 (small 1, medium and large undefined).
     for iou_type in ["bbox", "segm"] {
         let text = &log[log.find(&format!("IoU type {iou_type}:")).unwrap_or_else(|| panic!("{log}"))..];
-        assert!(text.contains(" Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ] = 1.000"), "{log}");
-        assert!(text.contains(" Average Precision  (AP) @[ IoU=0.50:0.95 | area=medium | maxDets=100 ] = -1.000"), "{log}");
+        assert!(
+            text.contains(" Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ] = 1.000"),
+            "{log}"
+        );
+        assert!(
+            text.contains(" Average Precision  (AP) @[ IoU=0.50:0.95 | area=medium | maxDets=100 ] = -1.000"),
+            "{log}"
+        );
     }
     // Results the ground truth cannot take: a warning; the results stand.
     gt["categories"][0]["id"] = 2.into();

@@ -110,7 +110,7 @@ impl ProgramInfo {
     pub fn categories(&self) -> Vec<Category> {
         (1..self.class_names.len())
             .filter(|&i| self.class_names[i] != "N/A")
-            .map(|i| Category { id: i as i64, name: self.class_names[i].clone() })
+            .map(|i| Category { id: i as i64, name: self.class_names[i].clone(), supercategory: None })
             .collect()
     }
 }
