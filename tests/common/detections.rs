@@ -3,7 +3,7 @@
 //! programs), and the detections read from a forward function's outputs or a COCO results file.
 
 use mrc::run::HostTensor;
-use mrc_runtime::program::rle::Rle;
+use mrc_runtime::coco::mask::Rle;
 use mrc_runtime::weights::Weights;
 
 /// One detection: box, score, label, and the mask thresholded at 0.5 (row-major bits).
