@@ -12,10 +12,9 @@ use std::path::{Path, PathBuf};
 
 use mrc_runtime::coco::dataset::{Dataset, Segmentation};
 use mrc_runtime::data::batch::{collate, resize_masks_nearest};
-use mrc_runtime::data::loader::TrainingSetOptions;
 use mrc_runtime::data::{
     convert, data_main, generate_shapes, Batch, BatchOptions, ConvertOptions, DataCommand, Example, Format, Loader,
-    LoaderOptions, TrainingSet,
+    LoaderOptions, TrainingSet, TrainingSetOptions,
 };
 use mrc_runtime::ops::preprocess::Transform;
 use serde_json::json;

@@ -7,8 +7,8 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use image::{GrayImage, Luma, Rgb, RgbImage, Rgba, RgbaImage};
-use mrc_runtime::program::coco::{Meta, ResultEntry};
 use mrc_runtime::coco::mask::{Rle, RleError};
+use mrc_runtime::program::coco::{Meta, ResultEntry};
 use mrc_runtime::program::{run_command_line, DetectError, Detection, Detector, MaskProbs, ProgramInfo, StageTimes};
 use serde_json::Value;
 

@@ -136,11 +136,6 @@ impl Dataset {
         crate::program::coco::write_json_atomic(path, self).map_err(DatasetError::Write)
     }
 
-    /// The images by id.
-    pub fn images_by_id(&self) -> HashMap<i64, &Image> {
-        self.images.iter().map(|image| (image.id, image)).collect()
-    }
-
     /// The first problem found, as (entry, problem).
     fn check(&self) -> Result<(), (String, String)> {
         let mut images = HashMap::new();
@@ -176,11 +171,6 @@ impl Dataset {
         }
         Ok(())
     }
-
-    /// The category ids in the file's order (COCO's evaluation order).
-    pub fn category_ids(&self) -> Vec<i64> {
-        self.categories.iter().map(|c| c.id).collect()
-    }
 }
 
 fn check_annotation(annotation: &Annotation, image: &Image) -> Result<(), String> {
@@ -205,7 +195,9 @@ fn check_annotation(annotation: &Annotation, image: &Image) -> Result<(), String
         None => Ok(()),
         // Polygons are rasterized on use; their shape is checked here, cheaply.
         Some(Segmentation::Polygons(polygons)) => check_polygons(polygons).map_err(|e| e.to_string()),
-        Some(rle @ Segmentation::Rle { .. }) => rle.to_rle(image.height, image.width).map(drop).map_err(|e| e.to_string()),
+        Some(rle @ Segmentation::Rle { .. }) => {
+            rle.to_rle(image.height, image.width).map(drop).map_err(|e| e.to_string())
+        }
     }
 }
 

@@ -161,7 +161,10 @@ impl Index<'_> {
 
     /// The (image, category) positions of an object, or why it has none.
     fn cell(&self, image_id: i64, category_id: i64) -> Result<(usize, usize), String> {
-        let image = self.images.get(&image_id).ok_or_else(|| format!("image id {image_id} is not in the ground truth's images"))?;
+        let image = self
+            .images
+            .get(&image_id)
+            .ok_or_else(|| format!("image id {image_id} is not in the ground truth's images"))?;
         let category = self
             .category_positions
             .get(&category_id)
@@ -192,7 +195,11 @@ fn evaluate_named(
         let region = match iou_type {
             IouType::Bbox => Region::Box(annotation.bbox),
             IouType::Segm => {
-                let problem = |problem: String| EvalError::GroundTruth { id: annotation.id, image_id: annotation.image_id, problem };
+                let problem = |problem: String| EvalError::GroundTruth {
+                    id: annotation.id,
+                    image_id: annotation.image_id,
+                    problem,
+                };
                 let segmentation = annotation.segmentation.as_ref().ok_or_else(|| problem("no segmentation".into()))?;
                 let (height, width) = image_sizes[&annotation.image_id];
                 Region::Mask(segmentation.to_rle(height, width).map_err(|e| problem(e.to_string()))?)
@@ -224,7 +231,8 @@ fn evaluate_named(
                     let [h, w] = segmentation.size;
                     return Err(problem(format!("mask of size {h}x{w} on an image of {height}x{width}")));
                 }
-                let rle = Rle::from_coco_string(height, width, &segmentation.counts).map_err(|e| problem(e.to_string()))?;
+                let rle =
+                    Rle::from_coco_string(height, width, &segmentation.counts).map_err(|e| problem(e.to_string()))?;
                 Region::Mask(rle)
             }
         };

@@ -275,7 +275,12 @@ impl Rle {
             }
             (xs, xe, ys, ye) = (xs.min(x), xe.max(x), ys.min(y), ye.max(y));
         }
-        [f64::from(xs), f64::from(ys), f64::from(xe.wrapping_sub(xs).wrapping_add(1)), f64::from(ye.wrapping_sub(ys).wrapping_add(1))]
+        [
+            f64::from(xs),
+            f64::from(ys),
+            f64::from(xe.wrapping_sub(xs).wrapping_add(1)),
+            f64::from(ye.wrapping_sub(ys).wrapping_add(1)),
+        ]
     }
 }
 

@@ -40,5 +40,9 @@ pub fn eval_main(args: &EvalArgs) -> Result<String, String> {
 
 /// The summaries of several evaluations, each under a line naming its IoU type.
 pub fn summaries_text(evaluations: &[Evaluation]) -> String {
-    evaluations.iter().map(|e| format!("IoU type {}:\n{}", e.iou_type.name(), e.summary_text())).collect::<Vec<_>>().join("\n")
+    evaluations
+        .iter()
+        .map(|e| format!("IoU type {}:\n{}", e.iou_type.name(), e.summary_text()))
+        .collect::<Vec<_>>()
+        .join("\n")
 }

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 pub use batch::{Batch, BatchOptions, Example};
 pub use cli::{data_main, DataCommand};
 pub use convert::{convert, ConvertOptions, Format};
-pub use loader::{Loader, LoaderOptions, TrainingSet};
+pub use loader::{Loader, LoaderOptions, TrainingSet, TrainingSetOptions};
 pub use prefetch::Prefetch;
 pub use shapes::generate_shapes;
 

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::coco::dataset::{Category, Image as ImageInfo};
 use crate::coco::mask::Rle;
 
 /// One entry of a COCO results file, as pycocotools' `COCO.loadRes` reads it.
@@ -41,21 +42,6 @@ impl From<&Rle> for Segmentation {
 pub struct Meta {
     pub images: Vec<ImageInfo>,
     pub categories: Vec<Category>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ImageInfo {
-    pub id: i64,
-    /// The path as given on the command line or found in a directory.
-    pub file_name: String,
-    pub height: u32,
-    pub width: u32,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Category {
-    pub id: i64,
-    pub name: String,
 }
 
 /// The sidecar's path: `R.json` gives `R.meta.json`, a name without extension gets

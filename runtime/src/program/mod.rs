@@ -110,7 +110,7 @@ impl ProgramInfo {
     pub fn categories(&self) -> Vec<Category> {
         (1..self.class_names.len())
             .filter(|&i| self.class_names[i] != "N/A")
-            .map(|i| Category { id: i as i64, name: self.class_names[i].clone() })
+            .map(|i| Category { id: i as i64, name: self.class_names[i].clone(), supercategory: None })
             .collect()
     }
 }
@@ -338,6 +338,15 @@ fn run<D: Detector>(
         started.elapsed().as_secs_f64()
     ));
     console.line(stages.table(processed.len()).trim_end());
+    if let (Some(json), Some(gt)) = (&options.json, &options.coco) {
+        // The results just written, against the annotation file's ground truth (every image
+        // of it: those not given count as missed). The results stand without it: a file that
+        // cannot be evaluated (no annotations, other categories) is a warning.
+        match crate::coco::evaluate_files(gt, json, None) {
+            Ok(evaluations) => console.line(crate::coco::summaries_text(&evaluations).trim_end()),
+            Err(e) => console.line(format_args!("{}: warning: no COCO evaluation: {e}", info.model_name)),
+        }
+    }
     Ok(failures)
 }
 
