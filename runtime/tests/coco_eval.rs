@@ -407,7 +407,12 @@ fn bad_annotation_files_name_the_file_and_the_entry() {
 
     // (what is changed, the change, the message expected)
     type Case = (&'static str, fn(&mut Value), &'static str);
-    let cases: [Case; 9] = [
+    let cases: [Case; 10] = [
+        (
+            "/annotations/0/segmentation",
+            |gt| gt["annotations"][0]["segmentation"] = serde_json::json!([[1, 1, 6, 1, 6, 1e9]]),
+            "annotation 17 (image 4): polygon 0 has the point (6, 1000000000), far outside the image (20x30)",
+        ),
         ("/images/1/id", |gt| gt["images"][1]["id"] = 4.into(), "image 4: duplicate id (images[0] and images[1])"),
         ("/annotations/1/id", |gt| gt["annotations"][1]["id"] = 17.into(), "annotation 17 (image 5): duplicate id"),
         (

@@ -106,6 +106,8 @@ pub enum SegmentationError {
     OddCoordinates { index: usize, coordinates: usize },
     #[error("polygon {index} has a non-finite coordinate")]
     NonFinite { index: usize },
+    #[error("polygon {index} has the point ({x}, {y}), far outside the image ({height}x{width})")]
+    FarOutside { index: usize, x: f64, y: f64, height: u32, width: u32 },
     #[error("RLE of size {height}x{width} on an image of {image_height}x{image_width}")]
     SizeMismatch { height: u32, width: u32, image_height: u32, image_width: u32 },
     #[error("{0}")]
@@ -194,14 +196,19 @@ fn check_annotation(annotation: &Annotation, image: &Image) -> Result<(), String
     match &annotation.segmentation {
         None => Ok(()),
         // Polygons are rasterized on use; their shape is checked here, cheaply.
-        Some(Segmentation::Polygons(polygons)) => check_polygons(polygons).map_err(|e| e.to_string()),
+        Some(Segmentation::Polygons(polygons)) => {
+            check_polygons(polygons, image.height, image.width).map_err(|e| e.to_string())
+        }
         Some(rle @ Segmentation::Rle { .. }) => {
             rle.to_rle(image.height, image.width).map(drop).map_err(|e| e.to_string())
         }
     }
 }
 
-fn check_polygons(polygons: &[Vec<f64>]) -> Result<(), SegmentationError> {
+/// Polygons of at least 3 points each, within the image give or take its larger side
+/// (rasterizing traces every edge, so a wild coordinate would cost time and memory in
+/// proportion).
+fn check_polygons(polygons: &[Vec<f64>], height: u32, width: u32) -> Result<(), SegmentationError> {
     if polygons.is_empty() {
         return Err(SegmentationError::NoPolygons);
     }
@@ -214,6 +221,12 @@ fn check_polygons(polygons: &[Vec<f64>]) -> Result<(), SegmentationError> {
         }
         if !polygon.iter().all(|v| v.is_finite()) {
             return Err(SegmentationError::NonFinite { index });
+        }
+        let (h, w) = (f64::from(height), f64::from(width));
+        let margin = h.max(w);
+        let far = |p: &&[f64]| !(-margin..=w + margin).contains(&p[0]) || !(-margin..=h + margin).contains(&p[1]);
+        if let Some(p) = polygon.chunks_exact(2).find(far) {
+            return Err(SegmentationError::FarOutside { index, x: p[0], y: p[1], height, width });
         }
     }
     Ok(())
@@ -230,7 +243,7 @@ impl Segmentation {
     fn mask(&self, height: u32, width: u32) -> Result<Rle, SegmentationError> {
         match self {
             Segmentation::Polygons(polygons) => {
-                check_polygons(polygons)?;
+                check_polygons(polygons, height, width)?;
                 let rles: Vec<Rle> = polygons.iter().map(|p| Rle::from_polygon(p, height, width)).collect();
                 Ok(Rle::merge(&rles, false)?)
             }

@@ -9,6 +9,12 @@
 //!
 //! As `loadRes` does for a results file with boxes (as every [`ResultEntry`] has), a detection's
 //! area, which decides its area range, is its box's `w * h`, for `segm` too.
+//!
+//! Where pycocotools would go on with bad input, this stops with an error naming the entry: a
+//! result on an image or category that the ground truth lacks, a `segm` result without a mask
+//! or with one of another size than its image. A ground-truth object with id 0 is matched like
+//! any other (pycocotools' id-as-flag takes it for unmatched). Results hold `f32` boxes and
+//! scores, exactly the numbers of results written from `float32` tensors.
 
 use std::cmp::Ordering;
 use std::collections::HashMap;
@@ -74,9 +80,9 @@ fn file_prefix(file: &Option<PathBuf>) -> String {
 
 /// IoU thresholds .50:.05:.95 as `np.linspace(.5, .95, 10)` computes them (a match needs an
 /// IoU at least the threshold, so the last bits matter).
-fn iou_thresholds() -> [f64; 10] {
+fn iou_thresholds() -> [f64; THRESHOLDS] {
     let step = (0.95 - 0.5) / 9.0;
-    let mut thresholds = [0.0; 10];
+    let mut thresholds = [0.0; THRESHOLDS];
     for (k, t) in thresholds.iter_mut().enumerate() {
         *t = k as f64 * step + 0.5;
     }
@@ -85,9 +91,9 @@ fn iou_thresholds() -> [f64; 10] {
 }
 
 /// Recall points 0:.01:1 as `np.linspace(0, 1, 101)`.
-fn recall_points() -> [f64; 101] {
+fn recall_points() -> [f64; RECALL_POINTS] {
     let step = 1.0 / 100.0;
-    let mut points = [0.0; 101];
+    let mut points = [0.0; RECALL_POINTS];
     for (k, r) in points.iter_mut().enumerate() {
         *r = k as f64 * step;
     }
@@ -137,31 +143,36 @@ struct ImageEvaluation {
     counted_truths: usize,
 }
 
+/// An (image, category) pair by position in [`Index`].
+type CellKey = (usize, usize);
+
 /// The ground truth's image ids and categories, each sorted by id (pycocotools' `imgIds` and
 /// `catIds`): evaluation's order.
 struct Index<'a> {
-    images: HashMap<i64, usize>,
+    /// Position and `(height, width)` by id.
+    images: HashMap<i64, (usize, (u32, u32))>,
     categories: Vec<(i64, &'a str)>,
     category_positions: HashMap<i64, usize>,
 }
 
 impl Index<'_> {
     fn new(gt: &Dataset) -> Index<'_> {
-        let mut image_ids: Vec<i64> = gt.images.iter().map(|i| i.id).collect();
-        image_ids.sort_unstable();
-        image_ids.dedup();
+        let mut images: Vec<(i64, (u32, u32))> = gt.images.iter().map(|i| (i.id, (i.height, i.width))).collect();
+        images.sort_unstable_by_key(|i| i.0);
+        images.dedup_by_key(|i| i.0);
         let mut categories: Vec<(i64, &str)> = gt.categories.iter().map(|c| (c.id, c.name.as_str())).collect();
         categories.sort_by_key(|c| c.0);
         Index {
-            images: image_ids.iter().enumerate().map(|(i, &id)| (id, i)).collect(),
+            images: images.iter().enumerate().map(|(position, &(id, size))| (id, (position, size))).collect(),
             category_positions: categories.iter().enumerate().map(|(k, c)| (c.0, k)).collect(),
             categories,
         }
     }
 
-    /// The (image, category) positions of an object, or why it has none.
-    fn cell(&self, image_id: i64, category_id: i64) -> Result<(usize, usize), String> {
-        let image = self
+    /// The (image, category) positions of an object and its image's `(height, width)`, or why
+    /// it has none.
+    fn cell(&self, image_id: i64, category_id: i64) -> Result<(CellKey, (u32, u32)), String> {
+        let &(image, size) = self
             .images
             .get(&image_id)
             .ok_or_else(|| format!("image id {image_id} is not in the ground truth's images"))?;
@@ -169,7 +180,7 @@ impl Index<'_> {
             .category_positions
             .get(&category_id)
             .ok_or_else(|| format!("category id {category_id} is not in the ground truth's categories"))?;
-        Ok((*image, *category))
+        Ok(((image, *category), size))
     }
 }
 
@@ -186,12 +197,11 @@ fn evaluate_named(
     results_file: Option<&Path>,
 ) -> Result<Evaluation, EvalError> {
     let index = Index::new(gt);
-    let image_sizes: HashMap<i64, (u32, u32)> = gt.images.iter().map(|i| (i.id, (i.height, i.width))).collect();
 
-    let mut truths: HashMap<(usize, usize), Vec<Truth>> = HashMap::new();
+    let mut truths: HashMap<CellKey, Vec<Truth>> = HashMap::new();
     for annotation in &gt.annotations {
         // pycocotools evaluates only annotations of listed images and categories.
-        let Ok(key) = index.cell(annotation.image_id, annotation.category_id) else { continue };
+        let Ok((key, (height, width))) = index.cell(annotation.image_id, annotation.category_id) else { continue };
         let region = match iou_type {
             IouType::Bbox => Region::Box(annotation.bbox),
             IouType::Segm => {
@@ -201,7 +211,6 @@ fn evaluate_named(
                     problem,
                 };
                 let segmentation = annotation.segmentation.as_ref().ok_or_else(|| problem("no segmentation".into()))?;
-                let (height, width) = image_sizes[&annotation.image_id];
                 Region::Mask(segmentation.to_rle(height, width).map_err(|e| problem(e.to_string()))?)
             }
         };
@@ -209,7 +218,7 @@ fn evaluate_named(
         truths.entry(key).or_default().push(truth);
     }
 
-    let mut detections: HashMap<(usize, usize), Vec<Detection>> = HashMap::new();
+    let mut detections: HashMap<CellKey, Vec<Detection>> = HashMap::new();
     for (i, result) in results.iter().enumerate() {
         let problem = |problem: String| EvalError::Result {
             file: results_file.map(Path::to_owned),
@@ -217,7 +226,7 @@ fn evaluate_named(
             image_id: result.image_id,
             problem,
         };
-        let key = index.cell(result.image_id, result.category_id).map_err(problem)?;
+        let (key, (height, width)) = index.cell(result.image_id, result.category_id).map_err(problem)?;
         if !result.score.is_finite() || !result.bbox.iter().all(|v| v.is_finite()) {
             return Err(problem("non-finite score or bbox".into()));
         }
@@ -226,7 +235,6 @@ fn evaluate_named(
             IouType::Bbox => Region::Box(bbox),
             IouType::Segm => {
                 let segmentation = result.segmentation.as_ref().ok_or_else(|| problem("no segmentation".into()))?;
-                let (height, width) = image_sizes[&result.image_id];
                 if segmentation.size != [height, width] {
                     let [h, w] = segmentation.size;
                     return Err(problem(format!("mask of size {h}x{w} on an image of {height}x{width}")));
@@ -240,19 +248,22 @@ fn evaluate_named(
         detections.entry(key).or_default().push(detection);
     }
 
-    let mut cells: HashMap<(usize, usize), Cell> = HashMap::new();
-    for key in truths.keys().chain(detections.keys()).copied().collect::<Vec<_>>() {
-        if cells.contains_key(&key) {
-            continue;
-        }
-        let truths = truths.remove(&key).unwrap_or_default();
-        let mut detections = detections.remove(&key).unwrap_or_default();
-        // Stable: equal scores keep the results file's order, as numpy's mergesort.
-        detections.sort_by(|a, b| b.score.partial_cmp(&a.score).unwrap_or(Ordering::Equal));
-        detections.truncate(MAX_DETECTIONS[2]);
-        let ious = region_ious(&detections, &truths);
-        cells.insert(key, Cell { truths, detections, ious });
-    }
+    let mut keys: Vec<CellKey> = truths.keys().chain(detections.keys()).copied().collect();
+    keys.sort_unstable();
+    keys.dedup();
+    let cells: HashMap<CellKey, Cell> = keys
+        .into_iter()
+        .map(|key| {
+            let truths = truths.remove(&key).unwrap_or_default();
+            let mut detections = detections.remove(&key).unwrap_or_default();
+            // Stable: equal scores keep the results file's order, as numpy's mergesort.
+            detections.sort_by(|a, b| b.score.partial_cmp(&a.score).unwrap_or(Ordering::Equal));
+            // Only the best 100 are evaluated; the rest cannot change their matches.
+            detections.truncate(MAX_DETECTIONS[2]);
+            let ious = region_ious(&detections, &truths);
+            (key, Cell { truths, detections, ious })
+        })
+        .collect();
 
     let precision = accumulate(&cells, index.images.len(), index.categories.len());
     let stats = summarize(&precision);
@@ -346,7 +357,7 @@ struct Accumulated {
     recall: Vec<Vec<[[f64; 3]; 4]>>,
 }
 
-fn accumulate(cells: &HashMap<(usize, usize), Cell>, images: usize, categories: usize) -> Accumulated {
+fn accumulate(cells: &HashMap<CellKey, Cell>, images: usize, categories: usize) -> Accumulated {
     let mut precision = vec![vec![vec![[[-1.0; 3]; 4]; categories]; RECALL_POINTS]; THRESHOLDS];
     let mut recall = vec![vec![[[-1.0; 3]; 4]; categories]; THRESHOLDS];
     let recall_points = recall_points();
