@@ -176,12 +176,21 @@ impl Operator for SumToAxis {
         let x = node.inputs[0];
         let rank = cx.static_dims(x)?.len();
         let axis = node.attrs.int("axis") as usize;
-        let element = cx.element_of(x)?;
-        let zeros = cx.fill(cx.constant_float(0.0, element)?, cx.empty(&[cx.size(x, axis)?], element)?)?;
+        // Summed in f64, as torch's CPU reductions accumulate floats in double.
+        let (element, double) = (cx.element_of(x)?, cx.element_type(DType::F64));
+        let zeros = cx.zeros(&[cx.size(x, axis)?], double)?;
         let iterators: Vec<Iterator> = (0..rank).map(|a| if a == axis { Iterator::Parallel } else { Iterator::Reduction }).collect();
         let target = format!("({}) -> (d{axis})", loop_dims(rank));
-        Ok(cx.generic(&[x], &[zeros], &[&identity_map(rank), &target], &iterators, |body| {
-            body.yield_values(&[body.addf(body.arg(1)?, body.arg(0)?)?])
+        let sums = cx.generic(&[x], &[zeros], &[&identity_map(rank), &target], &iterators, |body| {
+            let term = if element == double { body.arg(0)? } else { body.convert("arith.extf", body.arg(0)?, double)? };
+            body.yield_values(&[body.addf(body.arg(1)?, term)?])
+        })?[0];
+        if element == double {
+            return Ok(vec![sums]);
+        }
+        let init = cx.empty(&[cx.size(x, axis)?], element)?;
+        Ok(cx.generic(&[sums], &[init], &[&identity_map(1), &identity_map(1)], &[Iterator::Parallel], |body| {
+            body.yield_values(&[body.convert("arith.truncf", body.arg(0)?, element)?])
         })?)
     }
     fn gradient(&self, cx: &mut GradientContext) -> Result<Vec<Option<Port>>, GradientError> {

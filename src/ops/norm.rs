@@ -164,7 +164,9 @@ impl Operator for BatchNormTraining {
     }
     fn lower<'c, 'b>(&self, cx: &Emitter<'c, 'b>, node: &LowerNode<'_, 'c, 'b>) -> Result<Vec<Value<'c, 'b>>, LoweringError> {
         let [x, weight, bias] = [0, 1, 2].map(|i| node.inputs[i]);
+        let element = cx.element_of(x)?;
         let (mean, var, _) = channel_moments(cx, x)?;
+        let (mean, var) = (narrow(cx, mean, element)?, narrow(cx, var, element)?);
         let eps = node.attrs.float("eps");
         let rank = node.outputs[0].rank();
         let (identity, channel) = (identity_map(rank), format!("({}) -> (d1)", loop_dims(rank)));
@@ -188,13 +190,14 @@ impl Operator for BatchNormTraining {
 }
 
 /// Per channel (axis 1) of `x`, the mean and the biased variance over the other axes, and the
-/// number of elements each channel averages (a float of `x`'s element type).
+/// number of elements each channel averages, all in f64: torch accumulates batch statistics
+/// in double precision on the CPU, and a float sum over a whole batch would drift from them.
 fn channel_moments<'c, 'b>(cx: &Emitter<'c, 'b>, x: Value<'c, 'b>) -> Result<(Value<'c, 'b>, Value<'c, 'b>, Value<'c, 'b>), LoweringError> {
-    let element = cx.element_of(x)?;
-    let mut count = cx.constant_float(1.0, element)?;
+    let double = cx.element_type(DType::F64);
+    let mut count = cx.constant_float(1.0, double)?;
     for (axis, size) in cx.sizes(x)?.into_iter().enumerate() {
         if axis != 1 {
-            count = cx.mulf(count, cx.index_to_float(cx.size_value(size)?, element)?)?;
+            count = cx.mulf(count, cx.index_to_float(cx.size_value(size)?, double)?)?;
         }
     }
     let mean = divide(cx, channel_sums(cx, &[x], None)?[0], count)?;
@@ -202,13 +205,13 @@ fn channel_moments<'c, 'b>(cx: &Emitter<'c, 'b>, x: Value<'c, 'b>) -> Result<(Va
     Ok((mean, var, count))
 }
 
-/// Per channel (axis 1), Σ over the other axes of each of `xs` (same shapes); with `center`
-/// [C], of `(x − center)²` for the first and `x · (x₀ − center)` for the others.
+/// Per channel (axis 1), Σ over the other axes of each of `xs` (same shapes), in f64; with
+/// `center` [C] (f64), of `(x − center)²` for the first and `x · (x₀ − center)` for the others.
 fn channel_sums<'c, 'b>(cx: &Emitter<'c, 'b>, xs: &[Value<'c, 'b>], center: Option<Value<'c, 'b>>) -> Result<Vec<Value<'c, 'b>>, LoweringError> {
     let x = xs[0];
     let rank = cx.static_dims(x)?.len();
-    let element = cx.element_of(x)?;
-    let zeros = cx.zeros(&[cx.size(x, 1)?], element)?;
+    let double = cx.element_type(DType::F64);
+    let zeros = cx.zeros(&[cx.size(x, 1)?], double)?;
     let outputs = vec![zeros; xs.len()];
     let (identity, channel) = (identity_map(rank), format!("({}) -> (d1)", loop_dims(rank)));
     let mut inputs = xs.to_vec();
@@ -220,16 +223,18 @@ fn channel_sums<'c, 'b>(cx: &Emitter<'c, 'b>, xs: &[Value<'c, 'b>], center: Opti
     maps.extend(vec![channel.as_str(); xs.len()]);
     let iterators: Vec<Iterator> = (0..rank).map(|a| if a == 1 { Iterator::Parallel } else { Iterator::Reduction }).collect();
     let (count, centered) = (xs.len(), center.is_some());
+    let widened = cx.element_of(x)? != double;
     cx.generic(&inputs, &outputs, &maps, &iterators, |body| {
-        let first = body.arg(0)?;
+        let wide = |v| if widened { body.convert("arith.extf", v, double) } else { Ok(v) };
+        let first = wide(body.arg(0)?)?;
         let deviation = if centered { Some(body.subf(first, body.arg(count)?)?) } else { None };
         let accumulators = if centered { count + 1 } else { count };
         let mut sums = vec![];
         for i in 0..count {
             let term = match deviation {
-                None => body.arg(i)?,
+                None => wide(body.arg(i)?)?,
                 Some(d) if i == 0 => body.mulf(d, d)?,
-                Some(d) => body.mulf(body.arg(i)?, d)?,
+                Some(d) => body.mulf(wide(body.arg(i)?)?, d)?,
             };
             sums.push(body.addf(body.arg(accumulators + i)?, term)?);
         }
@@ -240,6 +245,25 @@ fn channel_sums<'c, 'b>(cx: &Emitter<'c, 'b>, xs: &[Value<'c, 'b>], center: Opti
 /// `v / count` elementwise over a [C] tensor.
 fn divide<'c, 'b>(cx: &Emitter<'c, 'b>, v: Value<'c, 'b>, count: Value<'c, 'b>) -> Result<Value<'c, 'b>, LoweringError> {
     cx.elementwise(&[v], |body| body.yield_values(&[body.divf(body.arg(0)?, count)?]))
+}
+
+/// An f64 [C] tensor in `element` (the layer's float type).
+fn narrow<'c, 'b>(cx: &Emitter<'c, 'b>, v: Value<'c, 'b>, element: melior::ir::Type<'c>) -> Result<Value<'c, 'b>, LoweringError> {
+    if cx.element_of(v)? == element {
+        return Ok(v);
+    }
+    let init = cx.empty(&cx.sizes(v)?, element)?;
+    Ok(cx.generic(&[v], &[init], &[&identity_map(1), &identity_map(1)], &[Iterator::Parallel], |body| {
+        body.yield_values(&[body.convert("arith.truncf", body.arg(0)?, element)?])
+    })?[0])
+}
+
+/// `sqrt(var + eps)` elementwise over a [C] tensor.
+fn standard_deviation<'c, 'b>(cx: &Emitter<'c, 'b>, var: Value<'c, 'b>, eps: f64) -> Result<Value<'c, 'b>, LoweringError> {
+    cx.elementwise(&[var], |body| {
+        let var = body.arg(0)?;
+        body.yield_values(&[body.unary("math.sqrt", body.addf(var, body.constant_like(eps, var)?)?)?])
+    })
 }
 
 /// The gradients of a training-mode batch norm, torch's formulas: with `x̂ = (x − μ)/σ`,
@@ -265,27 +289,31 @@ impl Operator for BatchNormBackward {
     fn lower<'c, 'b>(&self, cx: &Emitter<'c, 'b>, node: &LowerNode<'_, 'c, 'b>) -> Result<Vec<Value<'c, 'b>>, LoweringError> {
         let [grad, x, weight] = [0, 1, 2].map(|i| node.inputs[i]);
         let eps = node.attrs.float("eps");
+        let element = cx.element_of(x)?;
         let (mean, var, count) = channel_moments(cx, x)?;
-        let std = cx.elementwise(&[var], |body| {
-            let var = body.arg(0)?;
-            body.yield_values(&[body.unary("math.sqrt", body.addf(var, body.constant_like(eps, var)?)?)?])
-        })?;
-        let sums = channel_sums(cx, &[grad], None)?;
-        let grad_sum = sums[0];
+        let std = standard_deviation(cx, var, eps)?;
+        let grad_sum = channel_sums(cx, &[grad], None)?[0];
         // Σ dy · (x − μ), from which Σ dy · x̂ = that / σ.
         let centered = channel_sums(cx, &[x, grad], Some(mean))?[1];
         let grad_weight = cx.elementwise(&[centered, std], |body| body.yield_values(&[body.divf(body.arg(0)?, body.arg(1)?)?]))?;
+        // The per-channel terms of dx, in f64, then in the layer's type: μ, σ, w/σ, Σdy/n, Σdy·x̂/n.
+        let scale = cx.elementwise(&[std], |body| body.yield_values(&[body.divf(body.constant_like(1.0, body.arg(0)?)?, body.arg(0)?)?]))?;
+        let [mean, std, scale] = [mean, std, scale].map(|v| narrow(cx, v, element));
+        let (mean, std, scale) = (mean?, std?, scale?);
+        let [grad_mean, grad_weight_mean] = [grad_sum, grad_weight].map(|v| divide(cx, v, count).and_then(|v| narrow(cx, v, element)));
+        let (grad_mean, grad_weight_mean) = (grad_mean?, grad_weight_mean?);
         let rank = node.outputs[0].rank();
         let (identity, channel) = (identity_map(rank), format!("({}) -> (d1)", loop_dims(rank)));
-        let init = cx.empty(&cx.sizes(x)?, cx.element_of(x)?)?;
-        let maps = [identity.as_str(), &identity, &channel, &channel, &channel, &channel, &channel, &identity];
-        let dx = cx.generic(&[grad, x, mean, std, weight, grad_sum, grad_weight], &[init], &maps, &vec![Iterator::Parallel; rank], |body| {
-            let [dy, x, mean, std, weight, grad_sum, grad_weight] = [0, 1, 2, 3, 4, 5, 6].map(|i| body.arg(i));
-            let (dy, x, mean, std, weight, grad_sum, grad_weight) = (dy?, x?, mean?, std?, weight?, grad_sum?, grad_weight?);
+        let init = cx.empty(&cx.sizes(x)?, element)?;
+        let maps = [identity.as_str(), &identity, &channel, &channel, &channel, &channel, &channel, &channel, &identity];
+        let dx = cx.generic(&[grad, x, mean, std, scale, weight, grad_mean, grad_weight_mean], &[init], &maps, &vec![Iterator::Parallel; rank], |body| {
+            let [dy, x, mean, std, scale, weight, grad_mean, grad_weight_mean] = [0, 1, 2, 3, 4, 5, 6, 7].map(|i| body.arg(i));
+            let (dy, x, mean, std, scale, weight) = (dy?, x?, mean?, std?, scale?, weight?);
             let normalized = body.divf(body.subf(x, mean)?, std)?;
-            let correction = body.addf(body.divf(grad_sum, count)?, body.mulf(normalized, body.divf(grad_weight, count)?)?)?;
-            body.yield_values(&[body.mulf(body.divf(weight, std)?, body.subf(dy, correction)?)?])
+            let correction = body.addf(grad_mean?, body.mulf(normalized, grad_weight_mean?)?)?;
+            body.yield_values(&[body.mulf(body.mulf(weight, scale)?, body.subf(dy, correction)?)?])
         })?[0];
+        let (grad_weight, grad_sum) = (narrow(cx, grad_weight, element)?, narrow(cx, grad_sum, element)?);
         Ok(vec![dx, grad_weight, grad_sum])
     }
 }
@@ -312,19 +340,19 @@ impl Operator for RunningStatistics {
     fn lower<'c, 'b>(&self, cx: &Emitter<'c, 'b>, node: &LowerNode<'_, 'c, 'b>) -> Result<Vec<Value<'c, 'b>>, LoweringError> {
         let [x, running_mean, running_var, steps] = [0, 1, 2, 3].map(|i| node.inputs[i]);
         let momentum = node.attrs.float("momentum");
+        let element = cx.element_of(x)?;
         let (mean, var, count) = channel_moments(cx, x)?;
-        let blend = |running: Value<'c, 'b>, batch: Value<'c, 'b>, unbiased: bool| {
+        let one = cx.constant_float(1.0, cx.element_type(DType::F64))?;
+        let unbiased = cx.elementwise(&[var], |body| body.yield_values(&[body.mulf(body.arg(0)?, body.divf(count, body.subf(count, one)?)?)?]))?;
+        let (mean, var) = (narrow(cx, mean, element)?, narrow(cx, unbiased, element)?);
+        let blend = |running: Value<'c, 'b>, batch: Value<'c, 'b>| {
             cx.elementwise(&[running, batch], |body| {
-                let (running, mut batch) = (body.arg(0)?, body.arg(1)?);
-                if unbiased {
-                    let one = body.constant_like(1.0, batch)?;
-                    batch = body.mulf(batch, body.divf(count, body.subf(count, one)?)?)?;
-                }
+                let (running, batch) = (body.arg(0)?, body.arg(1)?);
                 let kept = body.mulf(running, body.constant_like(1.0 - momentum, running)?)?;
                 body.yield_values(&[body.addf(kept, body.mulf(batch, body.constant_like(momentum, batch)?)?)?])
             })
         };
-        let (new_mean, new_var) = (blend(running_mean, mean, false)?, blend(running_var, var, true)?);
+        let (new_mean, new_var) = (blend(running_mean, mean)?, blend(running_var, var)?);
         let step = cx.extract(steps, &[])?;
         let next = cx.binary("arith.addi", step, cx.constant_integer(1, cx.element_of(steps)?)?)?;
         let next = cx.from_elements(&[next], cx.tensor_type(&node.outputs[2]))?;
