@@ -85,6 +85,22 @@ enum Command {
         #[arg(short, long)]
         output: PathBuf,
     },
+    /// Train a model's `training network` on a COCO data set: the step compiled in process,
+    /// SGD with the `train` section's schedule, checkpoints, metrics, resume and Ctrl-C.
+    Train {
+        /// The model file.
+        model: PathBuf,
+        #[command(flatten)]
+        args: mrc_runtime::train::TrainArgs,
+    },
+    /// COCO evaluation of a results file against ground truth: pycocotools' 12 summary numbers
+    /// and the AP of each category.
+    Eval(mrc_runtime::coco::EvalArgs),
+    /// Make or import data sets in COCO format.
+    Data {
+        #[command(subcommand)]
+        command: mrc_runtime::data::DataCommand,
+    },
     /// Convert weights (safetensors, or a torch `.pth` checkpoint in zip or legacy format, with
     /// current or pre-0.13 torchvision names) to safetensors with current names.
     Import {
@@ -189,6 +205,11 @@ fn main() -> ExitCode {
             weights.write_safetensors(output).map_err(|e| format!("error: {e}"))?;
             Ok(format!("{}: {} tensors, seed {seed}\n", output.display(), weights.len()))
         }),
+        Command::Train { model, args } => {
+            load(&ModelArgs { file: model.clone(), config: args.config.clone() }).and_then(|m| mrc::train::command::train(&m, args).map_err(|e| format!("error: {e}")))
+        }
+        Command::Eval(args) => mrc_runtime::coco::eval_main(args).map_err(|e| format!("error: {e}")),
+        Command::Data { command } => mrc_runtime::data::data_main(command).map_err(|e| format!("error: {e}")),
         Command::Import { input, output } => mrc_runtime::weights::Weights::open(input)
             .and_then(|w| w.write_safetensors(output).map(|()| format!("{}: {} tensors\n", output.display(), w.len())))
             .map_err(|e| e.to_string()),

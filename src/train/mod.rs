@@ -2,11 +2,14 @@
 //! with respect to its trainable parameters, and JIT-compiled for the CPU into one step function
 //! (forward, losses, backward, running statistics) that the runtime's trainer
 //! (`mrc_runtime::train`) drives. Everything the inference path uses is reused: the graph
-//! passes, the emission, the CPU target.
+//! passes, the emission, the CPU target. [`command`] is `mrc train` itself.
+
+pub mod command;
 
 use melior::{Context, ExecutionEngine};
 use mrc_runtime::abi::forward::{call, Argument, ForwardFn, HostTensor, Interface, ResultSpec, Source, FORWARD_PACKED};
-use mrc_runtime::train::{ModelState, StepOutput, TensorKind, TensorLayout};
+use mrc_runtime::data::{Batch, Loader};
+use mrc_runtime::train::{Batches, BoxError, ModelState, Step, StepOutput, TensorKind, TensorLayout};
 
 use crate::autodiff::{self, AutodiffError};
 use crate::expand::{value::Value, Model};
@@ -208,3 +211,43 @@ impl JitStep {
     }
 }
 
+
+/// The training network's inputs for `batch`, by name (`seed` drives the samplers).
+pub fn batch_inputs(batch: &Batch, seed: u64) -> Vec<(&'static str, HostTensor)> {
+    let (n, g) = (batch.image_sizes.len(), batch.gt_boxes.len());
+    vec![
+        ("images", HostTensor::F32 { shape: batch.image_shape.to_vec(), data: batch.images.clone() }),
+        ("image_sizes", HostTensor::I64 { shape: vec![n, 2], data: batch.image_sizes.iter().flatten().copied().collect() }),
+        ("gt_boxes", HostTensor::F32 { shape: vec![g, 4], data: batch.gt_boxes.iter().flatten().copied().collect() }),
+        ("gt_labels", HostTensor::I64 { shape: vec![g], data: batch.gt_labels.clone() }),
+        ("gt_image", HostTensor::I64 { shape: vec![g], data: batch.gt_image.clone() }),
+        ("gt_masks", HostTensor::U8 { shape: batch.mask_shape.to_vec(), data: batch.gt_masks.clone() }),
+        // The seed crosses as a word; its low 63 bits are enough to pick a stream.
+        ("seed", HostTensor::I64 { shape: vec![1], data: vec![(seed >> 1) as i64] }),
+    ]
+}
+
+impl Step for JitStep {
+    type Batch = Batch;
+
+    fn run(&mut self, state: &mut ModelState, batch: &Batch, seed: u64) -> Result<StepOutput, BoxError> {
+        let inputs = batch_inputs(batch, seed);
+        let borrowed: Vec<(&str, &HostTensor)> = inputs.iter().map(|(n, t)| (*n, t)).collect();
+        Ok(JitStep::run(self, &borrowed, state)?)
+    }
+}
+
+/// The data loader as the trainer takes it.
+pub struct LoaderBatches(pub Loader);
+
+impl Batches for LoaderBatches {
+    type Batch = Batch;
+
+    fn batch(&mut self, iteration: u64) -> Result<Batch, BoxError> {
+        Ok(self.0.batch(iteration)?)
+    }
+
+    fn per_epoch(&self) -> u64 {
+        self.0.set().len().div_ceil(self.0.options().batch_size) as u64
+    }
+}

@@ -82,6 +82,13 @@ impl TrainArgs {
         if let Some(path) = &self.config {
             config.override_from_yaml(path, model_settings)?;
         }
+        // Another data set's images are beside its annotations unless `--images` says otherwise.
+        if self.data.is_some() && self.images.is_none() {
+            config.images = None;
+        }
+        if self.val.is_some() {
+            config.val_images = None;
+        }
         let paths =
             [(&self.data, &mut config.data), (&self.images, &mut config.images), (&self.val, &mut config.val_data)];
         for (flag, setting) in paths {
