@@ -56,5 +56,14 @@ pub fn check(model: &Model) -> String {
     for (name, port) in &g.outputs {
         let _ = writeln!(out, "output {name}: {}", g.ty(*port));
     }
+    if let Some((name, training)) = &model.training {
+        let _ = writeln!(out, "training network `{name}`: {} operators", training.op_nodes().count());
+        for &i in &training.inputs {
+            let _ = writeln!(out, "  input  {}: {}", training.nodes[i].name, training.nodes[i].outputs[0]);
+        }
+        for (name, port) in &training.outputs {
+            let _ = writeln!(out, "  output {name}: {}", training.ty(*port));
+        }
+    }
     out
 }
