@@ -1,0 +1,78 @@
+//! The training commands from the command line: `mrc eval` against pycocotools' numbers,
+//! `mrc data shapes` feeding `mrc train`'s data checks, and bad input failing with one error
+//! and a non-zero exit code before anything is written.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn fixtures() -> PathBuf {
+    std::env::var_os("MRC_FIXTURES").map(PathBuf::from).unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures"))
+}
+
+fn mrc(args: &[&std::ffi::OsStr]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_mrc")).args(args).current_dir(env!("CARGO_MANIFEST_DIR")).output().unwrap()
+}
+
+#[test]
+fn eval_matches_pycocotools_on_every_number() {
+    let dir = tempfile::tempdir().unwrap();
+    let (coco, stats) = (fixtures().join("coco_eval"), dir.path().join("stats.json"));
+    let output = mrc(&[
+        "eval".as_ref(),
+        coco.join("results.json").as_os_str(),
+        "--gt".as_ref(),
+        coco.join("gt.json").as_os_str(),
+        "--json".as_ref(),
+        stats.as_os_str(),
+    ]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.contains("Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ]"), "{text}");
+    let read = |path: &Path| -> serde_json::Value { serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap() };
+    let (ours, theirs) = (read(&stats), read(&coco.join("stats.json")));
+    for iou_type in ["bbox", "segm"] {
+        let (a, b) = (ours[iou_type]["summary"].as_array().unwrap(), theirs[iou_type]["summary"].as_array().unwrap());
+        assert_eq!(a.len(), 12);
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
+            assert!((x - y).abs() <= 1e-4, "{iou_type} summary {i}: {x} != {y}");
+        }
+    }
+}
+
+#[test]
+fn generated_shapes_train_and_bad_data_fails_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let shapes = dir.path().join("shapes");
+    let output = mrc(&["data".as_ref(), "shapes".as_ref(), "--n".as_ref(), "3".as_ref(), "--seed".as_ref(), "5".as_ref(), "-o".as_ref(), shapes.as_os_str()]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let annotations = shapes.join("annotations.json");
+    let dataset: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&annotations).unwrap()).unwrap();
+    assert_eq!(dataset["images"].as_array().unwrap().len(), 3);
+
+    // A missing image is one error naming it; the run directory is not left half-made.
+    std::fs::remove_file(shapes.join("images/00002.png")).unwrap();
+    let run = dir.path().join("run");
+    let output = mrc(&[
+        "train".as_ref(),
+        "models/mini.model".as_ref(),
+        "--data".as_ref(),
+        annotations.as_os_str(),
+        "--iterations".as_ref(),
+        "1".as_ref(),
+        "-o".as_ref(),
+        run.as_os_str(),
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("00002.png"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+
+    // A data file that is not JSON.
+    std::fs::write(&annotations, "{ not json").unwrap();
+    let output = mrc(&["train".as_ref(), "models/mini.model".as_ref(), "--data".as_ref(), annotations.as_os_str(), "-o".as_ref(), run.as_os_str()]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("annotations.json") && stderr.contains("line 1"), "{stderr}");
+    assert!(!run.join("checkpoint.safetensors").exists());
+}
