@@ -257,7 +257,7 @@ impl Operator for Conv2d {
 }
 
 impl Window {
-    /// The window of a `conv2d` (padding on both sides).
+    /// The window of a `conv2d` or of its backward operators (padding on both sides).
     fn of(attrs: &Attrs) -> Window {
         let padding = checked_pair(attrs, "padding");
         Window {
@@ -581,20 +581,6 @@ fn convolution_gradient(cx: &mut GradientContext, transposed: bool) -> Result<Ve
     Ok(grads)
 }
 
-impl Window {
-    /// The window of a backward operator (its attributes are [`WINDOW_ATTRS`]).
-    fn of_backward(attrs: &Attrs) -> Window {
-        let padding = checked_pair(attrs, "padding");
-        Window {
-            kernel: checked_pair(attrs, "kernel"),
-            stride: checked_pair(attrs, "stride"),
-            dilation: checked_pair(attrs, "dilation"),
-            low: padding,
-            high: padding,
-            groups: attrs.int("groups"),
-        }
-    }
-}
 
 /// A convolution whose weight is a tensor input rather than its own state: the input gradient
 /// of a transposed convolution. Inputs `x` [N, C, H, W] and `weight` [O, C / groups, kh, kw].
@@ -619,7 +605,7 @@ impl Operator for Conv2dData {
         Ok(Inference::output(TensorType::new(x.dtype, vec![x.dims[0].clone(), weight.dims[0].clone(), h, w])))
     }
     fn lower<'c, 'b>(&self, cx: &Emitter<'c, 'b>, node: &LowerNode<'_, 'c, 'b>) -> Result<Vec<Value<'c, 'b>>, LoweringError> {
-        let window = Window::of_backward(node.attrs);
+        let window = Window::of(node.attrs);
         Ok(vec![convolution(cx, node.inputs[0], Weight::Kernel(node.inputs[1]), Epilogue::bias(None), &window)?])
     }
 }
@@ -648,7 +634,7 @@ impl Operator for Conv2dBackwardInput {
     /// convolution with the kernel flipped and its channel axes swapped.
     fn lower<'c, 'b>(&self, cx: &Emitter<'c, 'b>, node: &LowerNode<'_, 'c, 'b>) -> Result<Vec<Value<'c, 'b>>, LoweringError> {
         let (grad, weight, like) = (node.inputs[0], node.inputs[1], node.inputs[2]);
-        let window = Window::of_backward(node.attrs);
+        let window = Window::of(node.attrs);
         let reach = [0, 1].map(|axis| window.dilation[axis] * (window.kernel[axis] - 1));
         let low = [0, 1].map(|axis| reach[axis] - window.low[axis]);
         if low.iter().any(|&l| l < 0) {
@@ -693,7 +679,7 @@ impl Operator for Conv2dBackwardWeight {
     /// relaid copies. One group only.
     fn lower<'c, 'b>(&self, cx: &Emitter<'c, 'b>, node: &LowerNode<'_, 'c, 'b>) -> Result<Vec<Value<'c, 'b>>, LoweringError> {
         let (x, grad) = (node.inputs[0], node.inputs[1]);
-        let window = Window::of_backward(node.attrs);
+        let window = Window::of(node.attrs);
         if window.groups != 1 {
             let reason = "the weight gradient of a grouped convolution is not lowered yet".to_string();
             return Err(LoweringError::Unsupported { op: "conv2d_backward_weight", node: node.name.to_string(), reason });

@@ -77,6 +77,18 @@ fn box_weights(attrs: &Attrs) -> [f32; 4] {
     [w[0] as f32, w[1] as f32, w[2] as f32, w[3] as f32]
 }
 
+/// The RPN's selection settings of an `rpn_proposals` node (or its batched twin).
+fn rpn_params(attrs: &Attrs) -> RpnParams {
+    RpnParams {
+        pre_nms_top_n: attrs.int("pre_nms_top_n") as usize,
+        post_nms_top_n: attrs.int("post_nms_top_n") as usize,
+        nms_thresh: attrs.float("nms_thresh"),
+        min_size: attrs.float("min_size"),
+        score_thresh: attrs.float("score_thresh"),
+        weights: box_weights(attrs),
+    }
+}
+
 fn boxes(op: &str, slot: usize, ty: &TensorType) -> Result<Dim, OpError> {
     if ty.rank() != 2 || ty.dims[1] != Dim::known(4) {
         return Err(OpError::at_input(slot, format!("`{op}` expects boxes [K, 4] (x1, y1, x2, y2), found {ty}")));

@@ -39,14 +39,7 @@ runtime_operator!(
         Ok(Inference::output(TensorType::f32(vec![Dim::symbol("P"), Dim::known(4)])))
     },
     lower: |cx, node, slots| {
-        let params = RpnParams {
-            pre_nms_top_n: node.attrs.int("pre_nms_top_n") as usize,
-            post_nms_top_n: node.attrs.int("post_nms_top_n") as usize,
-            nms_thresh: node.attrs.float("nms_thresh"),
-            min_size: node.attrs.float("min_size"),
-            score_thresh: node.attrs.float("score_thresh"),
-            weights: box_weights(node.attrs),
-        };
+        let params = rpn_params(node.attrs);
         match cx.builtins() {
             BuiltIns::Runtime => {
                 let (objectness, objectness_shapes) = cx.pack(&slots[0])?;

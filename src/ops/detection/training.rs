@@ -76,14 +76,7 @@ runtime_operator!(
         Ok(Inference { outputs: vec![TensorType::f32(vec![p.clone(), Dim::known(4)]), TensorType::new(DType::I64, vec![p])], state: vec![] })
     },
     lower: |cx, node, slots| {
-        let params = RpnParams {
-            pre_nms_top_n: node.attrs.int("pre_nms_top_n") as usize,
-            post_nms_top_n: node.attrs.int("post_nms_top_n") as usize,
-            nms_thresh: node.attrs.float("nms_thresh"),
-            min_size: node.attrs.float("min_size"),
-            score_thresh: node.attrs.float("score_thresh"),
-            weights: box_weights(node.attrs),
-        };
+        let params = rpn_params(node.attrs);
         let (objectness, objectness_shapes) = cx.pack(&slots[0])?;
         let (deltas, deltas_shapes) = cx.pack(&slots[1])?;
         call(cx, node, RuntimeFunction::RpnProposalsBatched, params, &[objectness, objectness_shapes, deltas, deltas_shapes, slots[2][0], slots[3][0]])
