@@ -14,6 +14,7 @@ use crate::ops::AttrsExt;
 /// Trains `model` (loaded with the YAML overrides of `args.config` applied) as `args` say;
 /// returns the summary to print.
 pub fn train(model: &Model, args: &TrainArgs) -> Result<String, String> {
+    mrc_runtime::abi::keep_freed_memory();
     let config = args.resolve(settings(model)?, ModelSettings::AppliedByCompiler).map_err(|e| e.to_string())?;
     let data = config.data.clone().ok_or("no training data: pass --data train.json (COCO annotations)")?;
     let run_dir = args.run_dir().expect("clap requires -o or --resume");

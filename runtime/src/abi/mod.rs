@@ -19,7 +19,7 @@ mod memref;
 pub mod stages;
 pub mod training;
 
-pub use memref::{memref_copy, MemRef};
+pub use memref::{keep_freed_memory, memref_copy, MemRef};
 
 use std::cell::RefCell;
 

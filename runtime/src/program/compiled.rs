@@ -41,23 +41,6 @@ impl Detector for CompiledDetector {
     }
 }
 
-extern "C" {
-    fn mallopt(parameter: i32, value: i32) -> i32;
-}
-
-/// glibc serves allocations over 128 KiB with fresh `mmap`s and returns them on `free`, so
-/// every large tensor of every image would be page-faulted and zeroed anew (a quarter of the
-/// run time of R50-FPN): keep freed memory in the heap for reuse instead.
-fn keep_freed_memory() {
-    const M_TRIM_THRESHOLD: i32 = -1;
-    const M_MMAP_THRESHOLD: i32 = -3;
-    // SAFETY: plain glibc tuning calls, made before any other thread runs.
-    unsafe {
-        mallopt(M_MMAP_THRESHOLD, i32::MAX);
-        mallopt(M_TRIM_THRESHOLD, i32::MAX);
-    }
-}
-
 /// The `main` of a compiled program: `forward` is its generated `mrc_forward_packed`.
 ///
 /// # Safety
@@ -93,7 +76,7 @@ pub unsafe extern "C" fn mrc_cuda_program_main(
 /// # Safety
 /// As [`mrc_program_main`].
 unsafe fn compiled_main(forward: ForwardFn, on_device: bool) -> i32 {
-    keep_freed_memory();
+    crate::abi::keep_freed_memory();
     let exe = std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into());
     let (manifest, embedded) = match trailer::read(&exe) {
         Ok(found) => found,
