@@ -42,7 +42,7 @@ fn a_resumed_run_equals_an_uninterrupted_one() {
     let loader = || {
         let set = TrainingSet::open(&data, &TrainingSetOptions::default()).unwrap();
         let batch = BatchOptions { transform, hflip: 0.5, seed: 3 };
-        LoaderBatches(Loader::new(set, LoaderOptions { batch_size: 2, shuffle: false, batch }).unwrap())
+        LoaderBatches::new(Loader::new(set, LoaderOptions { batch_size: 2, shuffle: false, batch }).unwrap())
     };
     let mut run = |dir: &Path, iterations, resume| {
         let mut state = ModelState::from_weights(&initial, &training.layout()).unwrap();
@@ -70,4 +70,31 @@ fn a_resumed_run_equals_an_uninterrupted_one() {
     }
     let weights = Weights::open(parts.join("weights.safetensors")).unwrap();
     weights.validate(&mrc::lowering::expected_state(&model.graph)).unwrap();
+}
+
+/// `--val`: the inference network compiled in process and run at the trainer's state scores
+/// pycocotools' numbers for the fixture's trained mini model on its validation set
+/// (`tests/fixtures/coco_eval`: shapes/val, crowd regions and a blank image).
+#[test]
+fn periodic_evaluation_scores_the_state_as_pycocotools() {
+    use mrc_runtime::train::{CocoEvaluation, Evaluate};
+    let mut sources = SourceMap::default();
+    let model = mrc::expand::load(&mut sources, &project("models/mini.model"), None).unwrap_or_else(|d| panic!("{}", d.render(&sources)));
+    let training = TrainingGraph::new(&model, &[]).unwrap();
+    let weights = Weights::open(&project("tests/fixtures/model/weights.safetensors")).unwrap();
+    let state = ModelState::from_weights(&weights, &training.layout()).unwrap();
+    let graph = &model.graph;
+    let inference = mrc::run::JitForward::compile(&mrc::targets::cpu::Cpu, graph, &graph.outputs, 2).unwrap();
+    let input = graph.nodes[graph.inputs[0]].name.clone();
+    let gt = project("tests/fixtures/coco_eval/gt.json");
+    // SAFETY: `inference` was compiled for its interface and outlives the evaluation.
+    let mut evaluation = unsafe { CocoEvaluation::new(inference.function, inference.interface.clone(), input, &gt, None, vec![0, 1, 2, 3]) }.unwrap();
+    let scores = evaluation.evaluate(&state).unwrap();
+
+    let stats: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(project("tests/fixtures/coco_eval/stats.json")).unwrap()).unwrap();
+    assert_eq!(scores.iter().map(|(name, _)| name.as_str()).collect::<Vec<_>>(), ["bbox_AP", "segm_AP"]);
+    for ((name, score), kind) in scores.iter().zip(["bbox", "segm"]) {
+        let expected = stats[kind]["summary"][0].as_f64().unwrap();
+        assert!((score - expected).abs() <= 1e-4, "{name}: {score} against pycocotools' {expected} on torchvision's detections");
+    }
 }

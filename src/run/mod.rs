@@ -5,9 +5,9 @@
 
 use crate::graph::{Graph, NodeKind, Port};
 use crate::lowering::{create_context, expected_state, LoweringError};
-use crate::targets::{self, cpu::Cpu, cuda::Cuda, Target};
+use crate::targets::{self, cpu::Cpu, cuda::Cuda, Emitted, Target};
 use melior::{Context, ExecutionEngine};
-use mrc_runtime::abi::forward::{Forward, ForwardFn, FORWARD_PACKED};
+use mrc_runtime::abi::forward::{Forward, ForwardFn, Interface, FORWARD_PACKED};
 pub use mrc_runtime::abi::forward::HostTensor;
 use mrc_runtime::weights::{Dtype, Weights};
 
@@ -30,9 +30,47 @@ pub struct Executor {
     passes: Vec<&'static str>,
     /// Owns the compiled code `forward` points into; none when that code lives as long as the
     /// process (for the emulated device).
-    _engine: Option<ExecutionEngine>,
+    _code: Option<JitForward>,
+}
+
+/// A graph's forward function JIT-compiled in process, with the engine and context that own its
+/// code: `function` is valid as long as this lives.
+pub struct JitForward {
+    pub function: ForwardFn,
+    pub interface: Interface,
+    /// The graph passes that changed the graph.
+    pub passes: Vec<&'static str>,
+    _engine: ExecutionEngine,
     /// Keeps the MLIR context alive as long as the engine (fields drop in declaration order).
-    _context: Option<Box<Context>>,
+    _context: Box<Context>,
+}
+
+impl JitForward {
+    /// Compiles `graph` with the results `outputs` for `target`, whose in-process code runs on
+    /// this CPU, at optimization level `level` (graph passes from 1 on, LLVM's level).
+    pub fn compile(target: &dyn Target, graph: &Graph, outputs: &[(String, Port)], level: u8) -> Result<JitForward, LoweringError> {
+        JitForward::build(target, level, |context| targets::emit(context, graph, outputs, target, level))
+    }
+
+    /// Compiles what `emit` emits into a new context for `target` at LLVM level `level`.
+    pub fn build(
+        target: &dyn Target,
+        level: u8,
+        emit: impl for<'c> FnOnce(&'c Context) -> Result<Emitted<'c>, LoweringError>,
+    ) -> Result<JitForward, LoweringError> {
+        let context = Box::new(create_context());
+        let emitted = emit(&context)?;
+        let (interface, passes) = (emitted.interface.clone(), emitted.passes.clone());
+        let engine = target.jit(&context, emitted, level)?;
+        let address = engine.lookup(FORWARD_PACKED);
+        if address.is_null() {
+            return Err(LoweringError::Build(format!("the JIT has no `{FORWARD_PACKED}`")));
+        }
+        // SAFETY: `mrc_forward_packed` has this type (see `lowering::add_entry_points`) and
+        // lives as long as the engine, which `JitForward` keeps.
+        let function: ForwardFn = unsafe { std::mem::transmute::<*mut (), ForwardFn>(address) };
+        Ok(JitForward { function, interface, passes, _engine: engine, _context: context })
+    }
 }
 
 /// The outputs of the forward function: the network's, then the first output of each node
@@ -81,18 +119,8 @@ impl Executor {
         level: u8,
     ) -> Result<Self, RunError> {
         weights.validate(&expected_state(graph))?;
-        let outputs = forward_outputs(graph, dumps)?;
-        let context = Box::new(create_context());
-        let emitted = targets::emit(&context, graph, &outputs, target, level)?;
-        let (interface, passes) = (emitted.interface.clone(), emitted.passes.clone());
-        let engine = target.jit(&context, emitted, level)?;
-        let address = engine.lookup(FORWARD_PACKED);
-        if address.is_null() {
-            return Err(LoweringError::Build(format!("the JIT has no `{FORWARD_PACKED}`")).into());
-        }
-        // SAFETY: `mrc_forward_packed` has this type (see `lowering::add_entry_points`) and
-        // lives as long as the engine, which the executor keeps.
-        let function: ForwardFn = unsafe { std::mem::transmute::<*mut (), ForwardFn>(address) };
+        let code = JitForward::compile(target, graph, &forward_outputs(graph, dumps)?, level)?;
+        let (function, interface, passes) = (code.function, code.interface.clone(), code.passes.clone());
         // SAFETY: the function was emitted for `signature`, which `interface` describes.
         let forward = unsafe {
             match device {
@@ -104,11 +132,10 @@ impl Executor {
             // The emulated device keeps the kernels' CPU forms by name for the whole process,
             // and another executor may launch the same kernels: their code must outlive this
             // executor.
-            std::mem::forget(engine);
-            Box::leak(context);
-            return Ok(Executor { forward, passes, _engine: None, _context: None });
+            std::mem::forget(code);
+            return Ok(Executor { forward, passes, _code: None });
         }
-        Ok(Executor { forward, passes, _engine: Some(engine), _context: Some(context) })
+        Ok(Executor { forward, passes, _code: Some(code) })
     }
 
     /// The graph passes that changed the graph before it was compiled.

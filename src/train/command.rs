@@ -3,13 +3,15 @@
 
 use mrc_runtime::data::{BatchOptions, Loader, LoaderOptions, TrainingSet, TrainingSetOptions};
 use mrc_runtime::ops::preprocess::Transform;
-use mrc_runtime::train::{self, ModelSettings, ModelState, Progress, StopFlag, TrainArgs, TrainConfig, TrainOptions};
+use mrc_runtime::train::{self, CocoEvaluation, Evaluate, ModelSettings, ModelState, Progress, StopFlag, TrainArgs, TrainConfig, TrainOptions};
 use mrc_runtime::weights::Weights;
 
 use super::{JitStep, LoaderBatches, TrainingGraph};
 use crate::expand::{value::Value, Model};
 use crate::graph::NodeKind;
 use crate::ops::AttrsExt;
+use crate::run::JitForward;
+use crate::targets::cpu::Cpu;
 
 /// Trains `model` (loaded with the YAML overrides of `args.config` applied) as `args` say;
 /// returns the summary to print.
@@ -29,12 +31,29 @@ pub fn train(model: &Model, args: &TrainArgs) -> Result<String, String> {
         .map_err(|e| e.to_string())?;
     let batch = BatchOptions { transform: transform(model)?, hflip: config.hflip, seed: config.seed };
     let loader = Loader::new(set, LoaderOptions { batch_size: config.batch_size, shuffle: false, batch }).map_err(|e| e.to_string())?;
-    let mut batches = LoaderBatches(loader);
+    let category_ids = loader.set().labels_to_category_ids().to_vec();
+    let mut batches = LoaderBatches::new(loader);
     let mut step = JitStep::compile(&training, 2).map_err(|e| e.to_string())?;
+    // Declared before the evaluation, which calls into its code.
+    let inference;
+    let mut evaluation = match &config.val_data {
+        Some(val) => {
+            let graph = &model.graph;
+            inference = JitForward::compile(&Cpu, graph, &graph.outputs, 2).map_err(|e| e.to_string())?;
+            let input = graph.inputs.first().map(|&n| graph.nodes[n].name.clone()).ok_or("the network has no input")?;
+            // SAFETY: `inference` was compiled for its interface and outlives the evaluation.
+            let evaluation = unsafe {
+                CocoEvaluation::new(inference.function, inference.interface.clone(), input, val, config.val_images.as_deref(), category_ids)
+            };
+            Some(evaluation.map_err(|e| e.to_string())?)
+        }
+        None => None,
+    };
 
     let stop = StopFlag::on_ctrl_c().map_err(|e| e.to_string())?;
     let mut log = std::io::stderr();
-    let options = TrainOptions { resume: args.resume.is_some(), evaluator: None, stop, progress: Progress::for_stderr(), log: &mut log };
+    let evaluator = evaluation.as_mut().map(|e| e as &mut dyn Evaluate);
+    let options = TrainOptions { resume: args.resume.is_some(), evaluator, stop, progress: Progress::for_stderr(), log: &mut log };
     let summary = train::train(&mut step, &mut batches, &mut state, &config, run_dir, options).map_err(|e| e.to_string())?;
     let losses: Vec<String> = summary.losses.iter().map(|(name, value)| format!("{name} {value:.4}")).collect();
     let mut text = format!(

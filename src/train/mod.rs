@@ -6,15 +6,15 @@
 
 pub mod command;
 
-use melior::{Context, ExecutionEngine};
-use mrc_runtime::abi::forward::{call, Argument, ForwardFn, HostTensor, Interface, ResultSpec, Source, FORWARD_PACKED};
-use mrc_runtime::data::{Batch, Loader};
+use mrc_runtime::abi::forward::{call, Argument, HostTensor, Interface, ResultSpec, Source};
+use mrc_runtime::data::{Batch, Loader, Prefetch};
 use mrc_runtime::train::{Batches, BoxError, ModelState, Step, StepOutput, TensorKind, TensorLayout};
 
 use crate::autodiff::{self, AutodiffError};
 use crate::expand::{value::Value, Model};
 use crate::graph::{Graph, StateKind};
-use crate::lowering::{create_context, emit_forward, interface, LoweringError};
+use crate::lowering::{emit_forward, interface, LoweringError};
+use crate::run::JitForward;
 use crate::passes;
 use crate::targets::{cpu::Cpu, Emitted, Target};
 
@@ -89,15 +89,10 @@ impl TrainingGraph {
 
 /// A training step compiled in process: call it with a batch's tensors and the model's state.
 pub struct JitStep {
-    function: ForwardFn,
-    interface: Interface,
+    code: JitForward,
     losses: Vec<String>,
     gradients: Vec<(String, String)>,
     updates: Vec<(String, String)>,
-    /// Owns the code `function` points into.
-    _engine: ExecutionEngine,
-    /// Keeps the MLIR context alive as long as the engine (fields drop in declaration order).
-    _context: Box<Context>,
 }
 
 impl JitStep {
@@ -107,28 +102,13 @@ impl JitStep {
     pub fn compile(training: &TrainingGraph, level: u8) -> Result<JitStep, TrainError> {
         let mut graph = training.graph.clone();
         let passes = if level > 0 { passes::run(&mut graph, &passes::training_passes()) } else { vec![] };
-        let context = Box::new(create_context());
         let target = Cpu;
-        let (module, signature) = emit_forward(&context, &graph, target.products(), target.builtins())?;
-        let interface = interface(&graph, &signature);
-        let emitted = Emitted { module, signature, interface: interface.clone(), passes };
-        let engine = target.jit(&context, emitted, level)?;
-        let address = engine.lookup(FORWARD_PACKED);
-        if address.is_null() {
-            return Err(LoweringError::Build(format!("the JIT has no `{FORWARD_PACKED}`")).into());
-        }
-        // SAFETY: `mrc_forward_packed` has this type and lives as long as the engine, which the
-        // step keeps.
-        let function: ForwardFn = unsafe { std::mem::transmute::<*mut (), ForwardFn>(address) };
-        Ok(JitStep {
-            function,
-            interface,
-            losses: training.losses.clone(),
-            gradients: training.gradients.clone(),
-            updates: training.updates.clone(),
-            _engine: engine,
-            _context: context,
-        })
+        let code = JitForward::build(&target, level, |context| {
+            let (module, signature) = emit_forward(context, &graph, target.products(), target.builtins())?;
+            let interface = interface(&graph, &signature);
+            Ok(Emitted { module, signature, interface, passes })
+        })?;
+        Ok(JitStep { code, losses: training.losses.clone(), gradients: training.gradients.clone(), updates: training.updates.clone() })
     }
 
     /// Runs the step on `inputs` (the training network's inputs, by name) at `state`: returns
@@ -138,6 +118,7 @@ impl JitStep {
         let index: std::collections::HashMap<String, usize> = state.tensors.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
         // Step counters are i64 in the graph and f32 in the trainer's state.
         let counters: Vec<(usize, Vec<i64>)> = self
+            .code
             .interface
             .arguments
             .iter()
@@ -150,7 +131,7 @@ impl JitStep {
             })
             .collect();
         let mut arguments = vec![];
-        for (position, source) in self.interface.arguments.iter().enumerate() {
+        for (position, source) in self.code.interface.arguments.iter().enumerate() {
             arguments.push(match source {
                 Source::Input(name) => {
                     let (_, tensor) = inputs.iter().find(|(n, _)| n == name).ok_or_else(|| TrainError::Step(format!("no input named `{name}`")))?;
@@ -171,15 +152,15 @@ impl JitStep {
                 Source::Derived { name, .. } => return Err(TrainError::Step(format!("a training step derives no weights, found `{name}`"))),
             });
         }
-        let specs: Vec<ResultSpec> = self.interface.results.iter().map(|(_, spec)| *spec).collect();
+        let specs: Vec<ResultSpec> = self.code.interface.results.iter().map(|(_, spec)| *spec).collect();
         mrc_runtime::abi::take_error();
         // SAFETY: the function was compiled for this interface, and the arguments follow it.
-        let results = unsafe { call(self.function, &arguments, &specs) };
+        let results = unsafe { call(self.code.function, &arguments, &specs) };
         if let Some(error) = mrc_runtime::abi::take_error() {
             return Err(TrainError::Step(error));
         }
         let mut by_name: std::collections::HashMap<&str, HostTensor> =
-            self.interface.results.iter().map(|(name, _)| name.as_str()).zip(results).collect();
+            self.code.interface.results.iter().map(|(name, _)| name.as_str()).zip(results).collect();
         let mut take = |name: &str| by_name.remove(name).ok_or_else(|| TrainError::Step(format!("the step has no result `{name}`")));
         let mut losses = vec![];
         for name in &self.losses {
@@ -207,7 +188,7 @@ impl JitStep {
 
     /// The step's interface: what it takes and returns.
     pub fn interface(&self) -> &Interface {
-        &self.interface
+        &self.code.interface
     }
 }
 
@@ -237,17 +218,36 @@ impl Step for JitStep {
     }
 }
 
-/// The data loader as the trainer takes it.
-pub struct LoaderBatches(pub Loader);
+/// The data loader as the trainer takes it: batches decoded on a worker thread ahead of the
+/// step, restarted where the trainer asks for another iteration than the next.
+pub struct LoaderBatches {
+    loader: Loader,
+    /// The prefetch and the iteration of the batch it hands out next.
+    prefetch: Option<(Prefetch, u64)>,
+}
+
+impl LoaderBatches {
+    /// How many batches the worker prepares ahead of the step.
+    const DEPTH: usize = 2;
+
+    pub fn new(loader: Loader) -> LoaderBatches {
+        LoaderBatches { loader, prefetch: None }
+    }
+}
 
 impl Batches for LoaderBatches {
     type Batch = Batch;
 
     fn batch(&mut self, iteration: u64) -> Result<Batch, BoxError> {
-        Ok(self.0.batch(iteration)?)
+        if !matches!(&self.prefetch, Some((_, next)) if *next == iteration) {
+            self.prefetch = Some((self.loader.prefetch(iteration, 1, Self::DEPTH), iteration));
+        }
+        let (prefetch, next) = self.prefetch.as_mut().expect("started above");
+        *next += 1;
+        Ok(prefetch.next_batch()?)
     }
 
     fn per_epoch(&self) -> u64 {
-        self.0.set().len().div_ceil(self.0.options().batch_size) as u64
+        self.loader.set().len().div_ceil(self.loader.options().batch_size) as u64
     }
 }

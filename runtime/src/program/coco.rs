@@ -23,6 +23,21 @@ pub struct ResultEntry {
     pub segmentation: Option<Segmentation>,
 }
 
+impl ResultEntry {
+    /// The entry of `detection` in image `image_id` (`height` × `width`), as category
+    /// `category_id`, with its binarized `mask`.
+    pub fn of(image_id: i64, category_id: i64, detection: &super::Detection, mask: Option<&[bool]>, height: u32, width: u32) -> ResultEntry {
+        let [x1, y1, x2, y2] = detection.bbox;
+        ResultEntry {
+            image_id,
+            category_id,
+            bbox: [x1, y1, x2 - x1, y2 - y1],
+            score: detection.score,
+            segmentation: mask.map(|m| Segmentation::from(&Rle::encode(height, width, m))),
+        }
+    }
+}
+
 /// A mask in COCO's compressed RLE form.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Segmentation {

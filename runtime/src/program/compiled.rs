@@ -12,9 +12,18 @@ use crate::abi::forward::{Forward, ForwardFn, HostTensor, Source};
 use crate::device::{register_emulated_kernels, EmulatedKernelTable};
 use crate::weights::Weights;
 
-struct CompiledDetector {
+/// A compiled forward function with its weights, as a [`Detector`]: what a compiled program
+/// runs, and what training's periodic evaluation runs at the current weights.
+pub struct CompiledDetector {
     forward: Forward,
     input: String,
+}
+
+impl CompiledDetector {
+    /// The detector of `forward`, whose network takes one image as the input `input`.
+    pub fn new(forward: Forward, input: String) -> CompiledDetector {
+        CompiledDetector { forward, input }
+    }
 }
 
 impl Detector for CompiledDetector {

@@ -43,9 +43,8 @@ use image::RgbImage;
 pub use cli::Options;
 pub use inputs::IMAGE_EXTENSIONS;
 
-use crate::coco::mask::Rle;
 use crate::device::DeviceKind;
-use coco::{Annotations, Category, ImageInfo, Meta, ResultEntry, Segmentation};
+use coco::{Annotations, Category, ImageInfo, Meta, ResultEntry};
 use report::{Console, StageTotals};
 
 /// Any error of a detector or of its construction, shown to the user with its message.
@@ -418,17 +417,8 @@ fn process_image<D: Detector>(
         check_detection(detection, height, width)?;
         masks.push(detection.mask.as_ref().map(|m| m.binarize(options.mask_threshold)));
     }
-    let entries: Vec<ResultEntry> = kept
-        .iter()
-        .zip(&masks)
-        .map(|(d, mask)| ResultEntry {
-            image_id: id.id,
-            category_id: d.label,
-            bbox: [d.bbox[0], d.bbox[1], d.bbox[2] - d.bbox[0], d.bbox[3] - d.bbox[1]],
-            score: d.score,
-            segmentation: mask.as_ref().map(|m| Segmentation::from(&Rle::encode(height, width, m))),
-        })
-        .collect();
+    let entries: Vec<ResultEntry> =
+        kept.iter().zip(&masks).map(|(d, mask)| ResultEntry::of(id.id, d.label, d, mask.as_deref(), height, width)).collect();
     stages.add("encode masks", clock.elapsed());
 
     if let Some(overlay_file) = overlay_file {

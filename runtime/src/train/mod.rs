@@ -15,6 +15,7 @@ mod checkpoint;
 mod cli;
 mod config;
 mod error;
+mod evaluate;
 mod optim;
 mod progress;
 mod run;
@@ -24,6 +25,7 @@ pub use checkpoint::{read_checkpoint_config, CHECKPOINT_FILE, METRICS_FILE, WEIG
 pub use cli::TrainArgs;
 pub use config::{ModelSettings, TrainConfig};
 pub use error::{BoxError, TrainError};
+pub use evaluate::CocoEvaluation;
 pub use optim::{LrSchedule, Sgd};
 pub use progress::Progress;
 pub use run::{train, StopFlag, Summary, TrainOptions};
