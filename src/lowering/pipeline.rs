@@ -56,13 +56,21 @@ macro_rules! host_to_llvm_passes {
 }
 
 /// Lowers a module of `func`/`arith`/`math`/`scf`/`tensor`/`linalg` on tensors to the LLVM
-/// dialect for the CPU: bufferization ([`bufferize_passes`]); linalg to loops, then
-/// `expand-strided-metadata` before `lower-affine` (the former emits `affine.apply`), then `scf`
-/// to `cf`; every remaining dialect to LLVM.
+/// dialect for the CPU: bufferization ([`bufferize_passes`]); linalg to loops whose parallel
+/// dimensions form one `scf.parallel`, which `async-parallel-for` splits into blocks run on every
+/// thread (blocks of at least 4096 iterations, as many as the runtime's threads make worth it:
+/// `mrc_runtime::abi::async_runtime` is MLIR's async runtime on rayon's pool), the coroutines
+/// that makes lowered to LLVM's; then `expand-strided-metadata` before `lower-affine` (the
+/// former emits `affine.apply`), then `scf` to `cf`; every remaining dialect to LLVM.
 pub const CPU_PIPELINE: &str = concat!(
     "builtin.module(",
     bufferize_passes!(),
-    ",convert-linalg-to-loops,\
+    ",convert-linalg-to-parallel-loops,\
+     async-parallel-for{async-dispatch=false num-workers=-1 min-task-size=4096},\
+     async-to-async-runtime,\
+     async-runtime-ref-counting,\
+     async-runtime-ref-counting-opt,\
+     convert-async-to-llvm,\
      expand-strided-metadata,\
      lower-affine,\
      convert-scf-to-cf,",

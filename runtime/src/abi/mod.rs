@@ -11,6 +11,7 @@
 //! A runtime function cannot return an error to generated code: it records the message
 //! ([`take_error`]), returns empty tensors, and the caller of the forward function reports it.
 
+pub mod async_runtime;
 pub mod detection;
 pub mod forward;
 pub mod functions;
@@ -56,6 +57,7 @@ pub fn symbols() -> Vec<(String, *mut ())> {
         ("mrc_cuda_program_main".to_owned(), crate::program::compiled::mrc_cuda_program_main as *mut ()),
     ];
     symbols.extend(functions::RuntimeFunction::ALL.iter().map(|f| (f.c_symbol(), f.address())));
+    symbols.extend(async_runtime::symbols().into_iter().map(|(name, address)| (name.to_owned(), address)));
     symbols.extend(crate::device::abi::symbols().into_iter().map(|(name, address)| (name.to_owned(), address)));
     symbols
 }

@@ -19,7 +19,8 @@ pub struct TrainArgs {
     pub images: Option<PathBuf>,
 
     /// A validation set's COCO annotation file, evaluated (box and mask AP) every
-    /// `--eval-every` iterations and at the end.
+    /// `--eval-every` iterations and at the end (default: the model's `val_data`, unless
+    /// `--data` names another training set).
     #[arg(long, value_name = "val.json")]
     pub val: Option<PathBuf>,
 
@@ -87,6 +88,10 @@ impl TrainArgs {
             config.images = None;
         }
         if self.val.is_some() {
+            config.val_images = None;
+        } else if self.data.is_some() {
+            // The settings' validation set goes with the settings' training set.
+            config.val_data = None;
             config.val_images = None;
         }
         let paths =
