@@ -13,6 +13,7 @@
 
 mod checkpoint;
 mod cli;
+mod compiled;
 mod config;
 mod error;
 mod evaluate;
@@ -23,6 +24,7 @@ mod state;
 
 pub use checkpoint::{read_checkpoint_config, CHECKPOINT_FILE, METRICS_FILE, WEIGHTS_FILE};
 pub use cli::TrainArgs;
+pub use compiled::{batch_inputs, CompiledStep, LoaderBatches, StepOutputs};
 pub use config::{ModelSettings, TrainConfig};
 pub use error::{BoxError, TrainError};
 pub use evaluate::CocoEvaluation;
