@@ -40,9 +40,13 @@ enum Command {
         #[arg(long, default_value = "cpu", value_parser = parse_target)]
         target: Target,
         /// Weights to embed (safetensors or a torch checkpoint); without them the program needs
-        /// `--weights` when it runs.
+        /// `--weights` when it runs. With `--train`: the initial weights (default: `mrc init`'s).
         #[arg(long)]
         weights: Option<PathBuf>,
+        /// Write a training program instead: the model's training step and `mrc train`'s loop
+        /// and flags (without the model argument), for the CPU.
+        #[arg(long)]
+        train: bool,
         #[command(flatten)]
         optimization: Optimization,
         /// What to write: the executable, or for inspection MLIR, LLVM IR (the host code), the
@@ -190,7 +194,13 @@ fn main() -> ExitCode {
             text
         }),
         Command::Parse { file } => parse(file),
-        Command::Compile { model, target, weights, optimization, emit, output } => load(model).and_then(|m| {
+        Command::Compile { model, target, weights, train, optimization, emit, output } => load(model).and_then(|m| {
+            if *train {
+                if !matches!(target, Target::Cpu) {
+                    return Err("error: --train: training programs are compiled for the CPU only (yet); use --target cpu".into());
+                }
+                return mrc::train::program::write_training_program(&m, weights.as_deref(), optimization.level, *emit, output).map_err(|e| format!("error: {e}"));
+            }
             let target: Box<dyn mrc::targets::Target> = match target {
                 Target::Cpu => Box::new(mrc::targets::cpu::Cpu),
                 Target::Cuda { chip } => Box::new(mrc::targets::cuda::Cuda { chip: chip.clone() }),

@@ -6,9 +6,9 @@ mod common;
 
 use std::path::Path;
 
-use melior::{ir::Module, Context, ExecutionEngine};
+use melior::{ir::Module, Context};
 use mrc::graph::Graph;
-use mrc::lowering::{create_context, emit_forward, BuiltIns, LoweringError, Products};
+use mrc::lowering::{create_context, emit_forward, BuiltIns, JitEngine, LoweringError, Products};
 use mrc::run::{Executor, RunError};
 use mrc::targets::{cpu::Cpu, CompileError, Emit, Emitted, Program, Target};
 use mrc_runtime::weights::Weights;
@@ -29,7 +29,7 @@ impl Target for CpuWithKernelBuiltIns {
     fn lower(&self, context: &Context, module: &mut Module) -> Result<(), LoweringError> {
         Cpu.lower(context, module)
     }
-    fn jit<'c>(&self, context: &'c Context, emitted: Emitted<'c>, level: u8) -> Result<ExecutionEngine, LoweringError> {
+    fn jit<'c>(&self, context: &'c Context, emitted: Emitted<'c>, level: u8) -> Result<JitEngine, LoweringError> {
         Cpu.jit(context, emitted, level)
     }
     fn write<'c>(&self, context: &'c Context, emitted: Emitted<'c>, program: Program, level: u8, emit: Emit, output: &Path) -> Result<String, CompileError> {

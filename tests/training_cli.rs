@@ -76,3 +76,54 @@ fn generated_shapes_train_and_bad_data_fails_cleanly() {
     assert!(stderr.contains("annotations.json") && stderr.contains("line 1"), "{stderr}");
     assert!(!run.join("checkpoint.safetensors").exists());
 }
+
+/// The training losses of each iteration in a run's `metrics.jsonl`.
+fn metrics_losses(run: &Path) -> Vec<Vec<f64>> {
+    let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    text.lines()
+        .map(|line| {
+            let value: serde_json::Value = serde_json::from_str(line).unwrap();
+            value["losses"].as_object().unwrap().values().map(|v| v.as_f64().unwrap()).collect()
+        })
+        .collect()
+}
+
+/// `mrc compile --train` writes a standalone training program: `mrc train`'s loop and flags
+/// without the model, the same losses as `mrc train` from the same (embedded `mrc init`)
+/// weights, and one error for what it cannot do.
+#[test]
+fn a_compiled_training_program_trains_as_mrc_train() {
+    let dir = tempfile::tempdir().unwrap();
+    let program = dir.path().join("mini_train");
+    let output = mrc(&["compile".as_ref(), "models/mini.model".as_ref(), "--train".as_ref(), "-o".as_ref(), program.as_os_str()]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+
+    let data = fixtures().join("shapes/train/annotations.json");
+    let (compiled_run, jit_run) = (dir.path().join("compiled"), dir.path().join("jit"));
+    let flags = |run: &Path| -> Vec<std::ffi::OsString> {
+        ["--data".into(), data.clone().into(), "--iterations".into(), "2".into(), "--threads".into(), "2".into(), "-o".into(), run.into()].to_vec()
+    };
+    let output = Command::new(&program).args(flags(&compiled_run)).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let mut arguments: Vec<std::ffi::OsString> = vec!["train".into(), "models/mini.model".into()];
+    arguments.extend(flags(&jit_run));
+    let output = Command::new(env!("CARGO_BIN_EXE_mrc")).args(&arguments).current_dir(env!("CARGO_MANIFEST_DIR")).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let (compiled, jit) = (metrics_losses(&compiled_run), metrics_losses(&jit_run));
+    assert_eq!(compiled.len(), 2);
+    for (iteration, (a, b)) in compiled.iter().zip(&jit).enumerate() {
+        for (x, y) in a.iter().zip(b) {
+            assert!((x - y).abs() <= 1e-6 * y.abs(), "iteration {iteration}: {a:?} against mrc train's {b:?}");
+        }
+    }
+    assert!(compiled_run.join("weights.safetensors").exists());
+
+    // Evaluation needs the inference network, which the program does not carry.
+    let output = Command::new(&program).args(flags(&dir.path().join("val"))).args(["--val", "val.json"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("--val") && stderr.trim().lines().count() == 1, "{stderr}");
+    // The run directory is required, as for `mrc train`.
+    let output = Command::new(&program).args(["--data", "train.json"]).output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+}

@@ -24,6 +24,8 @@ pub struct ProgramMain {
 impl ProgramMain {
     /// The CPU program driver: `mrc_program_main(argc, argv, forward)`.
     pub const CPU: ProgramMain = ProgramMain { initializer: None, driver: "mrc_program_main", functions: &[] };
+    /// The training program driver: `mrc_training_program_main(argc, argv, step)`.
+    pub const TRAINING: ProgramMain = ProgramMain { initializer: None, driver: "mrc_training_program_main", functions: &[] };
 }
 
 /// What a program's `main` calls to run the module's global constructors. The execution

@@ -34,6 +34,6 @@ pub use entry::{add_entry_points, append_operations, ProgramMain, ENGINE_CONSTRU
 pub use emit::{emit_forward, LowerNode, NamedTensor, Signature, FORWARD};
 pub use error::LoweringError;
 pub use interface::{expected_state, interface};
-pub use pipeline::{cuda_pipeline, KERNELS_TO_NVVM, gpu_outlining, jit, run_constructors, jit_for_object, lower_gpu_to_ptx, lower_to_llvm, run_pipeline, CPU_PIPELINE, GPU_BUFFERIZE, GPU_PARALLEL_LOOPS};
+pub use pipeline::{cuda_pipeline, KERNELS_TO_NVVM, gpu_outlining, jit, run_constructors, jit_for_object, JitEngine, lower_gpu_to_ptx, lower_to_llvm, run_pipeline, CPU_PIPELINE, GPU_BUFFERIZE, GPU_PARALLEL_LOOPS};
 pub use products::Products;
 pub use ptx::{extract_ptx, GpuModulePtx};

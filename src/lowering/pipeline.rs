@@ -192,17 +192,34 @@ pub fn lower_gpu_to_ptx(context: &Context, module: &mut Module, chip: &str) -> R
 /// `_mlir_ciface_f`, with `args` pointing to each of that function's arguments (memrefs are
 /// passed as pointers to descriptors; a returned memref is a leading pointer to a descriptor),
 /// followed by a pointer to the scalar result if there is one.
-pub fn jit(module: &Module, optimization_level: usize) -> Result<ExecutionEngine, LoweringError> {
+pub fn jit(module: &Module, optimization_level: usize) -> Result<JitEngine, LoweringError> {
     engine(module, optimization_level, false)
+}
+
+/// An execution engine whose code is freed only once the tasks it started on the runtime's
+/// pool (its parallel loops' blocks) have returned.
+pub struct JitEngine(ExecutionEngine);
+
+impl std::ops::Deref for JitEngine {
+    type Target = ExecutionEngine;
+    fn deref(&self) -> &ExecutionEngine {
+        &self.0
+    }
+}
+
+impl Drop for JitEngine {
+    fn drop(&mut self) {
+        mrc_runtime::abi::async_runtime::quiesce();
+    }
 }
 
 /// [`jit`] with the compiled code kept for `ExecutionEngine::dump_to_object_file` (after the
 /// first lookup, which compiles it).
-pub fn jit_for_object(module: &Module, optimization_level: usize) -> Result<ExecutionEngine, LoweringError> {
+pub fn jit_for_object(module: &Module, optimization_level: usize) -> Result<JitEngine, LoweringError> {
     engine(module, optimization_level, true)
 }
 
-fn engine(module: &Module, optimization_level: usize, keep_object: bool) -> Result<ExecutionEngine, LoweringError> {
+fn engine(module: &Module, optimization_level: usize, keep_object: bool) -> Result<JitEngine, LoweringError> {
     // melior does not report a failed engine creation (it keeps a null engine that crashes on
     // first use), and the usual cause is an operation left outside the LLVM dialect: reject it.
     if let Some(operation) = first_operation_outside_llvm(module) {
@@ -216,7 +233,7 @@ fn engine(module: &Module, optimization_level: usize, keep_object: bool) -> Resu
     // A program's `main` calls it; the linker binds it, the JIT never runs `main`.
     // SAFETY: a function of the right type, never called.
     unsafe { engine.register_symbol(super::MODULE_INITIALIZER, unbound_initializer as *mut ()) };
-    Ok(engine)
+    Ok(JitEngine(engine))
 }
 
 extern "C" fn unbound_initializer() {}

@@ -4,9 +4,9 @@
 //! value can be dumped by the name of the node that computes it: dumps are extra results.
 
 use crate::graph::{Graph, NodeKind, Port};
-use crate::lowering::{create_context, expected_state, LoweringError};
+use crate::lowering::{create_context, expected_state, JitEngine, LoweringError};
 use crate::targets::{self, cpu::Cpu, cuda::Cuda, Emitted, Target};
-use melior::{Context, ExecutionEngine};
+use melior::Context;
 use mrc_runtime::abi::forward::{Forward, ForwardFn, Interface, FORWARD_PACKED};
 pub use mrc_runtime::abi::forward::HostTensor;
 use mrc_runtime::weights::{Dtype, Weights};
@@ -40,7 +40,7 @@ pub struct JitForward {
     pub interface: Interface,
     /// The graph passes that changed the graph.
     pub passes: Vec<&'static str>,
-    _engine: ExecutionEngine,
+    _engine: JitEngine,
     /// Keeps the MLIR context alive as long as the engine (fields drop in declaration order).
     _context: Box<Context>,
 }

@@ -5,8 +5,8 @@
 use std::path::Path;
 
 use super::{native, CompileError, Emit, Emitted, Program, Target};
-use crate::lowering::{add_entry_points, jit, lower_to_llvm, BuiltIns, LoweringError, ProgramMain, Products};
-use melior::{ir::Module, Context, ExecutionEngine};
+use crate::lowering::{add_entry_points, jit, lower_to_llvm, JitEngine, BuiltIns, LoweringError, ProgramMain, Products};
+use melior::{ir::Module, Context};
 
 /// The host CPU: products in the runtime's GEMM microkernels, the LLVM dialect, code compiled by
 /// LLVM in process and linked with the runtime's static library.
@@ -34,7 +34,7 @@ impl Target for Cpu {
     }
     /// The runtime's functions (`mrc_runtime::abi::symbols`, one per `RuntimeFunction`) bound
     /// to this process's copies.
-    fn jit<'c>(&self, context: &'c Context, emitted: Emitted<'c>, level: u8) -> Result<ExecutionEngine, LoweringError> {
+    fn jit<'c>(&self, context: &'c Context, emitted: Emitted<'c>, level: u8) -> Result<JitEngine, LoweringError> {
         let Emitted { mut module, signature, .. } = emitted;
         self.lower(context, &mut module)?;
         add_entry_points(context, &module, signature.arguments.len(), None)?;
@@ -53,7 +53,7 @@ impl Target for Cpu {
         let Emitted { mut module, signature, interface, .. } = emitted;
         self.lower(context, &mut module)?;
         add_entry_points(context, &module, signature.arguments.len(), Some(ProgramMain::CPU))?;
-        native::write_executable(&module, &[], program, interface, level, emit, output)
+        native::write_executable(&module, &[], &native::program_manifest(&program, interface), program.weights.as_ref(), level, emit, output)
     }
 }
 

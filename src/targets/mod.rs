@@ -8,17 +8,17 @@
 
 pub mod cpu;
 pub mod cuda;
-mod native;
+pub(crate) mod native;
 
 use std::path::{Path, PathBuf};
 
-use melior::{ir::Module, Context, ExecutionEngine};
+use melior::{ir::Module, Context};
 use mrc_runtime::abi::forward::Interface;
 use mrc_runtime::weights::Weights;
 
 use crate::expand::{value::Value, Model};
 use crate::graph::{Graph, Port};
-use crate::lowering::{create_context, emit_forward, expected_state, interface, BuiltIns, LoweringError, Products, Signature};
+use crate::lowering::{create_context, emit_forward, expected_state, interface, BuiltIns, JitEngine, LoweringError, Products, Signature};
 use crate::passes;
 
 /// What a target decides.
@@ -37,7 +37,7 @@ pub trait Target {
     fn lower(&self, context: &Context, module: &mut Module) -> Result<(), LoweringError>;
     /// Compiles `emitted` for execution in this process, the runtime's functions bound, at
     /// optimization level `level`.
-    fn jit<'c>(&self, context: &'c Context, emitted: Emitted<'c>, level: u8) -> Result<ExecutionEngine, LoweringError>;
+    fn jit<'c>(&self, context: &'c Context, emitted: Emitted<'c>, level: u8) -> Result<JitEngine, LoweringError>;
     /// Writes `program` compiled from `emitted` to `output`, or the stage `emit` asks for.
     fn write<'c>(
         &self,
@@ -104,8 +104,7 @@ pub fn compile(
     let context = create_context();
     let emitted = emit(&context, &model.graph, &model.graph.outputs, target, level)?;
     if emit_stage == Emit::Mlir {
-        write_atomic(output, emitted.module.as_operation().to_string().as_bytes())?;
-        return Ok(format!("wrote {}\n", output.display()));
+        return native::write_mlir(&emitted.module, output);
     }
     let program = Program {
         name: output.file_name().map_or("program".into(), |n| n.to_string_lossy().into_owned()),

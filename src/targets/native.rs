@@ -12,18 +12,20 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use super::{io, write_atomic, CompileError, Emit, Program};
+use mrc_runtime::weights::Weights;
 use crate::lowering::LoweringError;
 use melior::ir::Module;
 use mrc_runtime::abi::forward::{Interface, FORWARD_PACKED};
 use mrc_runtime::program::trailer::{ProgramManifest, TRAILER_MAGIC};
 
 /// Writes what `emit` asks for of a module in the LLVM dialect whose entry points are added:
-/// its LLVM IR, its object file, or the executable with its trailer.
+/// its LLVM IR, its object file, or the executable with its trailer (`weights`, then
+/// `manifest`: a [`ProgramManifest`], or a training program's manifest).
 pub fn write_executable(
     module: &Module,
     link_arguments: &[String],
-    program: Program,
-    interface: Interface,
+    manifest: &impl serde::Serialize,
+    weights: Option<&Weights>,
     level: u8,
     emit: Emit,
     output: &Path,
@@ -54,13 +56,12 @@ pub fn write_executable(
 
     let linked = scratch.path().join("program");
     link(&object, link_arguments, &linked)?;
-    let manifest = ProgramManifest { model_name: program.name, class_names: program.class_names, interface };
-    let weight_bytes = match &program.weights {
+    let weight_bytes = match weights {
         Some(weights) => weights.to_safetensors_bytes()?,
         None => vec![],
     };
     let mut executable = std::fs::read(&linked).map_err(io(&linked))?;
-    let manifest_json = serde_json::to_vec(&manifest).expect("the manifest serializes");
+    let manifest_json = serde_json::to_vec(manifest).expect("the manifest serializes");
     executable.extend_from_slice(&weight_bytes);
     executable.extend_from_slice(&manifest_json);
     executable.extend_from_slice(&(weight_bytes.len() as u64).to_le_bytes());
@@ -68,13 +69,24 @@ pub fn write_executable(
     executable.extend_from_slice(TRAILER_MAGIC);
     write_atomic(output, &executable)?;
     set_executable(output)?;
-    let embedded = if program.weights.is_some() {
+    let embedded = if weights.is_some() {
         "weights embedded"
     } else {
         "no weights embedded: pass --weights when running it"
     };
     Ok(format!("wrote {} ({:.1} MB, {embedded})\n", output.display(), executable.len() as f64 / 1e6))
 }
+/// Writes the MLIR of `module` (`--emit mlir`).
+pub fn write_mlir(module: &Module, output: &Path) -> Result<String, CompileError> {
+    write_atomic(output, module.as_operation().to_string().as_bytes())?;
+    Ok(format!("wrote {}\n", output.display()))
+}
+
+/// The manifest of an inference program.
+pub fn program_manifest(program: &Program, interface: Interface) -> ProgramManifest {
+    ProgramManifest { model_name: program.name.clone(), class_names: program.class_names.clone(), interface }
+}
+
 /// LLVM IR of a module in the LLVM dialect.
 fn llvm_ir(module: &melior::ir::Module) -> String {
     // SAFETY: the module is in the LLVM dialect; the returned C string is the caller's to free.

@@ -1,12 +1,11 @@
 //! `mrc train MODEL --data train.json -o RUN_DIR`: the model's training step compiled in
 //! process, the COCO data set's loader, and the runtime's trainer around them.
 
-use mrc_runtime::data::{BatchOptions, Loader, LoaderOptions, TrainingSet, TrainingSetOptions};
 use mrc_runtime::ops::preprocess::Transform;
-use mrc_runtime::train::{self, CocoEvaluation, Evaluate, ModelSettings, ModelState, Progress, StopFlag, TrainArgs, TrainConfig, TrainOptions};
+use mrc_runtime::train::{open_training_set, train_on_coco, use_threads, CocoEvaluation, Evaluate, ModelSettings, ModelState, TrainArgs, TrainConfig};
 use mrc_runtime::weights::Weights;
 
-use super::{JitStep, LoaderBatches, TrainingGraph};
+use super::{JitStep, TrainingGraph};
 use crate::expand::{value::Value, Model};
 use crate::graph::NodeKind;
 use crate::ops::AttrsExt;
@@ -18,57 +17,30 @@ use crate::targets::cpu::Cpu;
 pub fn train(model: &Model, args: &TrainArgs) -> Result<String, String> {
     mrc_runtime::abi::keep_freed_memory();
     let config = args.resolve(settings(model)?, ModelSettings::AppliedByCompiler).map_err(|e| e.to_string())?;
-    let data = config.data.clone().ok_or("no training data: pass --data train.json (COCO annotations)")?;
     let run_dir = args.run_dir().expect("clap requires -o or --resume");
-    if let Some(threads) = config.threads {
-        // The global pool is set once per process; a second call only fails to resize it.
-        let _ = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global();
-    }
+    use_threads(config.threads);
 
     let training = TrainingGraph::new(model, &config.frozen).map_err(|e| e.to_string())?;
     let mut state = initial_state(model, &training, args, &config)?;
-    let set = TrainingSet::open(&data, &TrainingSetOptions { images: config.images.clone(), keep_empty: config.keep_empty })
-        .map_err(|e| e.to_string())?;
-    let batch = BatchOptions { transform: transform(model)?, hflip: config.hflip, seed: config.seed };
-    let loader = Loader::new(set, LoaderOptions { batch_size: config.batch_size, shuffle: false, batch }).map_err(|e| e.to_string())?;
-    let category_ids = loader.set().labels_to_category_ids().to_vec();
-    let mut batches = LoaderBatches::new(loader);
+    let set = open_training_set(&config)?;
     let mut step = JitStep::compile(&training, 2).map_err(|e| e.to_string())?;
-    // Declared before the evaluation, which calls into its code.
+    // Declared before the evaluator, which calls into its code.
     let inference;
-    let mut evaluation = match &config.val_data {
+    let evaluator: Option<Box<dyn Evaluate>> = match &config.val_data {
         Some(val) => {
             let graph = &model.graph;
             inference = JitForward::compile(&Cpu, graph, &graph.outputs, 2).map_err(|e| e.to_string())?;
             let input = graph.inputs.first().map(|&n| graph.nodes[n].name.clone()).ok_or("the network has no input")?;
-            // SAFETY: `inference` was compiled for its interface and outlives the evaluation.
+            let category_ids = set.labels_to_category_ids().to_vec();
+            // SAFETY: `inference` was compiled for its interface and outlives the training.
             let evaluation = unsafe {
                 CocoEvaluation::new(inference.function, inference.interface.clone(), input, val, config.val_images.as_deref(), category_ids)
             };
-            Some(evaluation.map_err(|e| e.to_string())?)
+            Some(Box::new(evaluation.map_err(|e| e.to_string())?))
         }
         None => None,
     };
-
-    let stop = StopFlag::on_ctrl_c().map_err(|e| e.to_string())?;
-    let mut log = std::io::stderr();
-    let evaluator = evaluation.as_mut().map(|e| e as &mut dyn Evaluate);
-    let options = TrainOptions { resume: args.resume.is_some(), evaluator, stop, progress: Progress::for_stderr(), log: &mut log };
-    let summary = train::train(&mut step, &mut batches, &mut state, &config, run_dir, options).map_err(|e| e.to_string())?;
-    let losses: Vec<String> = summary.losses.iter().map(|(name, value)| format!("{name} {value:.4}")).collect();
-    let mut text = format!(
-        "{}: {} iterations in {:.1} s ({:.2} s per iteration){}\nlast losses: {}\n",
-        run_dir.display(),
-        summary.iterations,
-        summary.seconds,
-        summary.seconds / summary.iterations.max(1) as f64,
-        if summary.interrupted { ", interrupted" } else { "" },
-        losses.join(", ")
-    );
-    if let Some(weights) = &summary.weights {
-        text += &format!("weights: {}\n", weights.display());
-    }
-    Ok(text)
+    train_on_coco(&mut step, &mut state, &config, set, transform(model)?, args.resume.is_some(), run_dir, evaluator)
 }
 
 /// The starting state: `--weights`, or the checkpoint when resuming (the trainer reads it), or
@@ -84,7 +56,7 @@ fn initial_state(model: &Model, training: &TrainingGraph, args: &TrainArgs, conf
 }
 
 /// The settings of the model's `train` section that the trainer takes, over its defaults.
-fn settings(model: &Model) -> Result<TrainConfig, String> {
+pub(crate) fn settings(model: &Model) -> Result<TrainConfig, String> {
     let mut known = serde_json::Map::new();
     let fields = serde_json::to_value(TrainConfig::default()).map_err(|e| e.to_string())?;
     for setting in &model.train.0 {
@@ -111,7 +83,7 @@ fn json(value: &Value) -> serde_json::Value {
 }
 
 /// The image transform of the model's `preprocess`, which training batches are made with.
-fn transform(model: &Model) -> Result<Transform, String> {
+pub(crate) fn transform(model: &Model) -> Result<Transform, String> {
     let attrs = model
         .graph
         .nodes

@@ -5,6 +5,7 @@
 //! passes, the emission, the CPU target. [`command`] is `mrc train` itself.
 
 pub mod command;
+pub mod program;
 
 use melior::Context;
 use mrc_runtime::abi::forward::{HostTensor, Interface};

@@ -6,7 +6,8 @@
 //! references (the caller's, and the one its completion drops), a group with one.
 
 use std::ffi::c_void;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 
 type CoroHandle = *mut c_void;
@@ -261,17 +262,38 @@ pub unsafe extern "C" fn mlirAsyncRuntimeGetValueStorage(value: *mut c_void) -> 
     unsafe { object(value) }.storage.as_ptr() as *mut c_void
 }
 
+/// The tickets of the tasks started and not yet returned: a task runs generated code (the end of
+/// its coroutine) after it has completed its token, so the code must stay until it returns.
+static RUNNING: Mutex<BTreeSet<u64>> = Mutex::new(BTreeSet::new());
+static NEXT_TICKET: AtomicU64 = AtomicU64::new(0);
+
+fn running() -> MutexGuard<'static, BTreeSet<u64>> {
+    RUNNING.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Waits until every task started before this call has returned: after it, generated code
+/// whose calls have all returned may be freed. (MLIR's runtime waits for its pool when an
+/// execution engine is destroyed, for the same reason.)
+pub fn quiesce() {
+    let horizon = NEXT_TICKET.load(Ordering::SeqCst);
+    while running().range(..horizon).next().is_some() {
+        std::thread::yield_now();
+    }
+}
+
 /// Resumes the coroutine `handle` on the pool.
 ///
 /// # Safety
 /// `resume` resumes `handle`, a suspended coroutine.
 #[no_mangle]
 pub unsafe extern "C" fn mlirAsyncRuntimeExecute(handle: CoroHandle, resume: CoroResume) {
-    let handle = Shared(handle);
+    let (handle, ticket) = (Shared(handle), NEXT_TICKET.fetch_add(1, Ordering::SeqCst));
+    running().insert(ticket);
     rayon::spawn(move || {
         let handle = handle;
         // SAFETY: as the caller promised.
-        unsafe { resume(handle.0) }
+        unsafe { resume(handle.0) };
+        running().remove(&ticket);
     });
 }
 

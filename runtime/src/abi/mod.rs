@@ -55,6 +55,7 @@ pub fn symbols() -> Vec<(String, *mut ())> {
         ("memrefCopy".to_owned(), memref_copy as *mut ()),
         ("mrc_program_main".to_owned(), crate::program::compiled::mrc_program_main as *mut ()),
         ("mrc_cuda_program_main".to_owned(), crate::program::compiled::mrc_cuda_program_main as *mut ()),
+        ("mrc_training_program_main".to_owned(), crate::train::mrc_training_program_main as *mut ()),
     ];
     symbols.extend(functions::RuntimeFunction::ALL.iter().map(|f| (f.c_symbol(), f.address())));
     symbols.extend(async_runtime::symbols().into_iter().map(|(name, address)| (name.to_owned(), address)));

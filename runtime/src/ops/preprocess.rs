@@ -7,7 +7,7 @@ use crate::error::{check_finite, invalid, shape_err, Result};
 use crate::ops::interpolate::resize_planes;
 
 /// Resize and normalization settings (torchvision's Mask R-CNN: 800, 1333, ImageNet mean/std, 32).
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Transform {
     pub min_size: usize,
     pub max_size: usize,

@@ -87,7 +87,7 @@ pub unsafe extern "C" fn mrc_cuda_program_main(
 unsafe fn compiled_main(forward: ForwardFn, on_device: bool) -> i32 {
     crate::abi::keep_freed_memory();
     let exe = std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into());
-    let (manifest, embedded) = match trailer::read(&exe) {
+    let (manifest, embedded) = match trailer::read::<trailer::ProgramManifest>(&exe) {
         Ok(found) => found,
         Err(message) => {
             eprintln!("error: {message}");

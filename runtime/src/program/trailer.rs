@@ -19,9 +19,10 @@ pub struct ProgramManifest {
     pub interface: Interface,
 }
 
-/// The trailer of a program file: the manifest, and the embedded weights' bytes (memory-mapped
+/// The trailer of a program file: the manifest (a [`ProgramManifest`], or a training program's
+/// `TrainingManifest`), and the embedded weights' bytes (memory-mapped
 /// for the life of the process) if any.
-pub fn read(path: &Path) -> Result<(ProgramManifest, Option<&'static [u8]>), String> {
+pub fn read<M: serde::de::DeserializeOwned>(path: &Path) -> Result<(M, Option<&'static [u8]>), String> {
     let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
     // SAFETY: the program's own file, not modified while it runs.
     let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| format!("{}: {e}", path.display()))?;

@@ -30,7 +30,7 @@ pub struct StateTensor {
 }
 
 /// What a model's state consists of: a tensor's name, shape and kind, in `state_dict` order.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TensorLayout {
     pub name: String,
     pub shape: Vec<usize>,

@@ -24,8 +24,8 @@ mod memory;
 use std::path::Path;
 
 use super::{native, write_atomic, CompileError, Emit, Emitted, Program, Target};
-use crate::lowering::{add_entry_points, extract_ptx, jit, ENGINE_CONSTRUCTORS, MODULE_INITIALIZER, gpu_outlining, lower_gpu_to_ptx, run_pipeline, BuiltIns, LoweringError, ProgramMain, Products, GPU_BUFFERIZE, GPU_PARALLEL_LOOPS};
-use melior::{ir::Module, Context, ExecutionEngine};
+use crate::lowering::{add_entry_points, extract_ptx, jit, JitEngine, ENGINE_CONSTRUCTORS, MODULE_INITIALIZER, gpu_outlining, lower_gpu_to_ptx, run_pipeline, BuiltIns, LoweringError, ProgramMain, Products, GPU_BUFFERIZE, GPU_PARALLEL_LOOPS};
+use melior::{ir::Module, Context};
 use mrc_runtime::device::{register_emulated_kernels, EmulatedKernelTable};
 
 use kernels::EMULATED_KERNELS;
@@ -79,7 +79,7 @@ impl Target for Cuda {
     /// Compiled in process with the runtime's device layer bound; the module's constructors
     /// have run (the kernels' PTX is handed to the runtime) and the kernels' CPU forms are
     /// registered with the emulated device. The caller selects the device.
-    fn jit<'c>(&self, context: &'c Context, emitted: Emitted<'c>, level: u8) -> Result<ExecutionEngine, LoweringError> {
+    fn jit<'c>(&self, context: &'c Context, emitted: Emitted<'c>, level: u8) -> Result<JitEngine, LoweringError> {
         let Emitted { mut module, signature, .. } = emitted;
         self.lower(context, &mut module)?;
         add_entry_points(context, &module, signature.arguments.len(), None)?;
@@ -114,7 +114,8 @@ impl Target for Cuda {
         }
         add_entry_points(context, &module, signature.arguments.len(), Some(CUDA_PROGRAM_MAIN))?;
         let bind_initializer = format!("-Wl,--defsym={MODULE_INITIALIZER}={ENGINE_CONSTRUCTORS}");
-        native::write_executable(&module, &[bind_initializer], program, interface, level, emit, output)
+        let manifest = native::program_manifest(&program, interface);
+        native::write_executable(&module, &[bind_initializer], &manifest, program.weights.as_ref(), level, emit, output)
     }
 }
 

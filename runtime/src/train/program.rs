@@ -1,0 +1,141 @@
+//! What `mrc train` and a compiled training program (`mrc compile --train`) share once the step,
+//! the starting state and the settings are known ([`train_on_coco`]), and the training
+//! program's `main`: its step, initial weights and settings come from its own file (the trailer:
+//! [`TrainingManifest`], then the weights), its flags are `mrc train`'s without the model.
+
+use std::path::Path;
+
+use clap::Parser;
+use serde::{Deserialize, Serialize};
+
+use super::{train, CompiledStep, Evaluate, LoaderBatches, ModelSettings, ModelState, Progress, Step, StepOutputs, StopFlag, TensorLayout};
+use super::{TrainArgs, TrainConfig, TrainOptions};
+use crate::abi::forward::{ForwardFn, Interface};
+use crate::data::{Batch, BatchOptions, Loader, LoaderOptions, TrainingSet, TrainingSetOptions};
+use crate::ops::preprocess::Transform;
+use crate::program::trailer;
+use crate::weights::Weights;
+
+/// A training program's description of itself, in its trailer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainingManifest {
+    pub model_name: String,
+    /// The step's forward function's interface.
+    pub interface: Interface,
+    pub outputs: StepOutputs,
+    /// The model's state, which the embedded (or `--weights`) weights must match.
+    pub layout: Vec<TensorLayout>,
+    /// The model's `train` section.
+    pub settings: TrainConfig,
+    /// The image transform of the model's `preprocess`, which batches are made with.
+    pub transform: Transform,
+}
+
+/// Sizes rayon's pool, which the step's products and loops run on; before anything uses it.
+pub fn use_threads(threads: Option<usize>) {
+    if let Some(threads) = threads {
+        // The global pool is set once per process; a second call only fails to resize it.
+        let _ = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global();
+    }
+}
+
+/// The COCO training set of `config`, read and checked (before anything slow starts).
+pub fn open_training_set(config: &TrainConfig) -> Result<TrainingSet, String> {
+    let data = config.data.clone().ok_or("no training data: pass --data train.json (COCO annotations)")?;
+    TrainingSet::open(&data, &TrainingSetOptions { images: config.images.clone(), keep_empty: config.keep_empty }).map_err(|e| e.to_string())
+}
+
+/// Trains `step` from `state` on `set` (batches made with `transform`) as `config` says, in
+/// `run_dir` (continuing its checkpoint if `resume`), with Ctrl-C handled and progress on
+/// stderr, evaluating with `evaluator` if any. Returns the summary to print.
+#[allow(clippy::too_many_arguments)]
+pub fn train_on_coco<S: Step<Batch = Batch>>(
+    step: &mut S,
+    state: &mut ModelState,
+    config: &TrainConfig,
+    set: TrainingSet,
+    transform: Transform,
+    resume: bool,
+    run_dir: &Path,
+    mut evaluator: Option<Box<dyn Evaluate>>,
+) -> Result<String, String> {
+    let batch = BatchOptions { transform, hflip: config.hflip, seed: config.seed };
+    let loader = Loader::new(set, LoaderOptions { batch_size: config.batch_size, shuffle: false, batch }).map_err(|e| e.to_string())?;
+    let mut batches = LoaderBatches::new(loader);
+    let stop = StopFlag::on_ctrl_c().map_err(|e| e.to_string())?;
+    let mut log = std::io::stderr();
+    let evaluator = evaluator.as_mut().map(|e| &mut **e as &mut dyn Evaluate);
+    let options = TrainOptions { resume, evaluator, stop, progress: Progress::for_stderr(), log: &mut log };
+    let summary = train(step, &mut batches, state, config, run_dir, options).map_err(|e| e.to_string())?;
+    let losses: Vec<String> = summary.losses.iter().map(|(name, value)| format!("{name} {value:.4}")).collect();
+    let mut text = format!(
+        "{}: {} iterations in {:.1} s ({:.2} s per iteration){}\nlast losses: {}\n",
+        run_dir.display(),
+        summary.iterations,
+        summary.seconds,
+        summary.seconds / summary.iterations.max(1) as f64,
+        if summary.interrupted { ", interrupted" } else { "" },
+        losses.join(", ")
+    );
+    if let Some(weights) = &summary.weights {
+        text += &format!("weights: {}\n", weights.display());
+    }
+    Ok(text)
+}
+
+/// A compiled training program's command line: `mrc train`'s, without the model.
+#[derive(Debug, Parser)]
+#[command(about = "Trains the model compiled into this program on a COCO data set (as `mrc train` does).")]
+struct TrainingCommandLine {
+    #[command(flatten)]
+    args: TrainArgs,
+}
+
+/// The `main` of a compiled training program: `step` is its generated `mrc_forward_packed`.
+/// Exit codes: 0 when the run finished or stopped at Ctrl-C with a checkpoint, 1 when it
+/// failed, 2 for usage errors.
+///
+/// # Safety
+/// `step` is the program's step function, whose interface the program's trailer describes.
+#[no_mangle]
+pub unsafe extern "C" fn mrc_training_program_main(_argc: i32, _argv: *const *const std::ffi::c_char, step: ForwardFn) -> i32 {
+    crate::abi::keep_freed_memory();
+    let command_line = TrainingCommandLine::try_parse().unwrap_or_else(|error| error.exit());
+    // SAFETY: as the caller promised.
+    match unsafe { training_program(step, &command_line.args) } {
+        Ok(text) => {
+            print!("{text}");
+            0
+        }
+        Err(message) => {
+            eprintln!("error: {message}");
+            1
+        }
+    }
+}
+
+/// # Safety
+/// As [`mrc_training_program_main`].
+unsafe fn training_program(step: ForwardFn, args: &TrainArgs) -> Result<String, String> {
+    let exe = std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into());
+    let (manifest, embedded) = trailer::read::<TrainingManifest>(&exe)?;
+    if args.val.is_some() {
+        return Err("--val: a compiled training program does not carry the inference network that evaluation runs; \
+                    train with `mrc train --val`, or evaluate the final weights with a program compiled by `mrc compile`"
+            .into());
+    }
+    let config = args.resolve(manifest.settings.clone(), ModelSettings::FixedAtCompileTime).map_err(|e| e.to_string())?;
+    use_threads(config.threads);
+    let run_dir = args.run_dir().expect("clap requires -o or --resume");
+    let weights = match (&args.weights, embedded) {
+        (Some(path), _) => Weights::open(path).map_err(|e| e.to_string())?,
+        (None, Some(bytes)) => Weights::from_static_safetensors(bytes).map_err(|e| e.to_string())?,
+        (None, None) => return Err("this program has no initial weights built in: pass --weights W".into()),
+    };
+    let mut state = ModelState::from_weights(&weights, &manifest.layout).map_err(|e| e.to_string())?;
+    state.freeze(&config.frozen).map_err(|e| e.to_string())?;
+    let set = open_training_set(&config)?;
+    // SAFETY: the trailer describes the step function it was compiled with.
+    let mut step = unsafe { CompiledStep::new(step, manifest.interface, manifest.outputs) };
+    train_on_coco(&mut step, &mut state, &config, set, manifest.transform, args.resume.is_some(), run_dir, None)
+}
