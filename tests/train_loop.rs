@@ -4,7 +4,11 @@
 //! norms' running statistics come back from the checkpoint, and the final weights load as the
 //! model's weights.
 
+mod common;
+
 use std::path::{Path, PathBuf};
+
+use common::metrics_losses as losses;
 
 use mrc::diagnostic::SourceMap;
 use mrc::train::{JitStep, LoaderBatches, TrainingGraph};
@@ -15,18 +19,6 @@ use mrc_runtime::weights::Weights;
 
 fn project(path: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(path)
-}
-
-/// The losses of each iteration in a run's `metrics.jsonl`.
-fn losses(run_dir: &Path) -> Vec<Vec<f64>> {
-    std::fs::read_to_string(run_dir.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|line| {
-            let value: serde_json::Value = serde_json::from_str(line).unwrap();
-            value["losses"].as_object().unwrap().values().map(|v| v.as_f64().unwrap()).collect()
-        })
-        .collect()
 }
 
 #[test]

@@ -1,13 +1,15 @@
 //! The training commands from the command line: `mrc eval` against pycocotools' numbers,
-//! `mrc data shapes` feeding `mrc train`'s data checks, and bad input failing with one error
-//! and a non-zero exit code before anything is written.
+//! `mrc data shapes` feeding `mrc train`'s data checks, bad input failing with one error and a
+//! non-zero exit code before anything is written, and `mrc compile --train`'s program training
+//! as `mrc train` does.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
+
+use common::{fixtures, metrics_losses};
 use std::process::{Command, Output};
 
-fn fixtures() -> PathBuf {
-    std::env::var_os("MRC_FIXTURES").map(PathBuf::from).unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures"))
-}
 
 fn mrc(args: &[&std::ffi::OsStr]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_mrc")).args(args).current_dir(env!("CARGO_MANIFEST_DIR")).output().unwrap()
@@ -75,17 +77,6 @@ fn generated_shapes_train_and_bad_data_fails_cleanly() {
     assert!(!output.status.success());
     assert!(stderr.contains("annotations.json") && stderr.contains("line 1"), "{stderr}");
     assert!(!run.join("checkpoint.safetensors").exists());
-}
-
-/// The training losses of each iteration in a run's `metrics.jsonl`.
-fn metrics_losses(run: &Path) -> Vec<Vec<f64>> {
-    let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
-    text.lines()
-        .map(|line| {
-            let value: serde_json::Value = serde_json::from_str(line).unwrap();
-            value["losses"].as_object().unwrap().values().map(|v| v.as_f64().unwrap()).collect()
-        })
-        .collect()
 }
 
 /// `mrc compile --train` writes a standalone training program: `mrc train`'s loop and flags

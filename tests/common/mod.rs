@@ -64,3 +64,15 @@ pub fn expand(name: &str, text: &str) -> Result<Model, String> {
     let mut sources = SourceMap::default();
     expand::load(&mut sources, &path, None).map_err(|d| d.render(&sources))
 }
+
+/// The losses of each iteration of a training run, from its `metrics.jsonl`.
+pub fn metrics_losses(run_dir: &Path) -> Vec<Vec<f64>> {
+    std::fs::read_to_string(run_dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let value: serde_json::Value = serde_json::from_str(line).unwrap();
+            value["losses"].as_object().unwrap().values().map(|v| v.as_f64().unwrap()).collect()
+        })
+        .collect()
+}

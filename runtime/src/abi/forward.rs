@@ -69,6 +69,19 @@ pub struct Argument<'a> {
     pub shape: &'a [usize],
 }
 
+impl<'a> Argument<'a> {
+    /// The input named `name` among `inputs`.
+    pub fn input(inputs: &[(&str, &'a HostTensor)], name: &str) -> Result<Argument<'a>, String> {
+        let (_, tensor) = inputs.iter().find(|(n, _)| *n == name).ok_or_else(|| format!("no input named `{name}`"))?;
+        let bytes: &[u8] = match tensor {
+            HostTensor::F32 { data, .. } => bytemuck::cast_slice(data),
+            HostTensor::I64 { data, .. } => bytemuck::cast_slice(data),
+            HostTensor::U8 { data, .. } => data,
+        };
+        Ok(Argument { bytes, shape: tensor.shape() })
+    }
+}
+
 /// A result's element type and rank.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ResultSpec {
@@ -400,15 +413,7 @@ impl Forward {
         let mut arguments = vec![];
         for source in &self.interface.arguments {
             arguments.push(match source {
-                Source::Input(name) => {
-                    let (_, tensor) = inputs.iter().find(|(n, _)| n == name).ok_or_else(|| format!("no input named `{name}`"))?;
-                    let bytes: &[u8] = match tensor {
-                        HostTensor::F32 { data, .. } => bytemuck::cast_slice(data),
-                        HostTensor::I64 { data, .. } => bytemuck::cast_slice(data),
-                        HostTensor::U8 { data, .. } => data,
-                    };
-                    Argument { bytes, shape: tensor.shape() }
-                }
+                Source::Input(name) => Argument::input(inputs, name)?,
                 weight => self.weight_argument(weight)?,
             });
         }

@@ -61,15 +61,7 @@ impl CompiledStep {
         let mut arguments = vec![];
         for (position, source) in self.interface.arguments.iter().enumerate() {
             arguments.push(match source {
-                Source::Input(name) => {
-                    let (_, tensor) = inputs.iter().find(|(n, _)| n == name).ok_or_else(|| format!("no input named `{name}`"))?;
-                    let bytes: &[u8] = match tensor {
-                        HostTensor::F32 { data, .. } => bytemuck::cast_slice(data),
-                        HostTensor::I64 { data, .. } => bytemuck::cast_slice(data),
-                        HostTensor::U8 { data, .. } => data,
-                    };
-                    Argument { bytes, shape: tensor.shape() }
-                }
+                Source::Input(name) => Argument::input(inputs, name)?,
                 Source::State(name) => {
                     let tensor = index.get(name).map(|&i| &state.tensors[i]).ok_or_else(|| format!("no state tensor `{name}`"))?;
                     match counters.iter().find(|(p, _)| *p == position) {
