@@ -68,12 +68,13 @@ pub fn train_on_coco<S: Step<Batch = Batch>>(
     let options = TrainOptions { resume, evaluator, stop, progress: Progress::for_stderr(), log: &mut log };
     let summary = train(step, &mut batches, state, config, run_dir, options).map_err(|e| e.to_string())?;
     let losses: Vec<String> = summary.losses.iter().map(|(name, value)| format!("{name} {value:.4}")).collect();
+    let resumed = if summary.ran < summary.iterations { format!(", {} of them in this run", summary.ran) } else { String::new() };
     let mut text = format!(
-        "{}: {} iterations in {:.1} s ({:.2} s per iteration){}\nlast losses: {}\n",
+        "{}: {} iterations{resumed} in {:.1} s ({:.2} s per iteration){}\nlast losses: {}\n",
         run_dir.display(),
         summary.iterations,
         summary.seconds,
-        summary.seconds / summary.iterations.max(1) as f64,
+        summary.seconds / summary.ran.max(1) as f64,
         if summary.interrupted { ", interrupted" } else { "" },
         losses.join(", ")
     );

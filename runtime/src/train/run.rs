@@ -81,6 +81,8 @@ pub struct Summary {
     pub losses: Vec<(String, f64)>,
     /// The last evaluation's results.
     pub evaluation: Vec<(String, f64)>,
+    /// Iterations run by this process (fewer than `iterations` when resumed).
+    pub ran: u64,
     /// Seconds spent in this process's iterations (evaluation and checkpoints excluded).
     pub seconds: f64,
     /// The final weights; `None` when interrupted.
@@ -163,6 +165,7 @@ where
         interrupted: false,
         losses: Vec::new(),
         evaluation: Vec::new(),
+        ran: 0,
         seconds: 0.0,
         weights: None,
     };
@@ -240,6 +243,7 @@ where
         }
         summary.iterations = done;
         summary.losses = output.losses;
+        summary.ran += 1;
         summary.seconds += seconds.as_secs_f64();
     }
     console.finish();
