@@ -8,9 +8,9 @@ pub mod command;
 pub mod program;
 
 use melior::Context;
-use mrc_runtime::abi::forward::{HostTensor, Interface};
+use mrc_runtime::abi::forward::HostTensor;
 use mrc_runtime::data::Batch;
-pub use mrc_runtime::train::{batch_inputs, LoaderBatches};
+pub use mrc_runtime::train::LoaderBatches;
 use mrc_runtime::train::{BoxError, CompiledStep, ModelState, Step, StepOutput, StepOutputs, TensorKind, TensorLayout};
 
 use crate::autodiff::{self, AutodiffError};
@@ -38,13 +38,8 @@ pub enum TrainError {
 /// The training network in training mode with its gradients: the graph a step computes.
 pub struct TrainingGraph {
     pub graph: Graph,
-    /// The outputs summed into the loss, in the `train` section's order.
-    pub losses: Vec<String>,
-    /// For each differentiated parameter (state order), its name and its gradient's output.
-    pub gradients: Vec<(String, String)>,
-    /// For each buffer the step updates (batch norms' running statistics), its name and the
-    /// output holding its new value.
-    pub updates: Vec<(String, String)>,
+    /// Which of its outputs are the losses, the gradients and the updated buffers.
+    pub outputs: StepOutputs,
 }
 
 impl TrainingGraph {
@@ -70,12 +65,7 @@ impl TrainingGraph {
         let strip = |output: &str, prefix: &str| output.strip_prefix(prefix).expect("named by the autodiff").to_owned();
         let gradients = gradient_outputs.iter().map(|o| (strip(o, "grad:"), o.clone())).collect();
         let updates = updated.iter().map(|o| (strip(o, "update:"), o.clone())).collect();
-        Ok(TrainingGraph { graph, losses, gradients, updates })
-    }
-
-    /// What the step's results are.
-    pub fn outputs(&self) -> StepOutputs {
-        StepOutputs { losses: self.losses.clone(), gradients: self.gradients.clone(), updates: self.updates.clone() }
+        Ok(TrainingGraph { graph, outputs: StepOutputs { losses, gradients, updates } })
     }
 
     /// The step's `@forward` for `target` in `context`, after the graph passes that keep weights
@@ -121,7 +111,7 @@ impl JitStep {
         let target = Cpu;
         let code = JitForward::build(&target, level, |context| training.emit(context, &target, level))?;
         // SAFETY: the function was compiled for this interface and lives as long as `code`.
-        let step = unsafe { CompiledStep::new(code.function, code.interface.clone(), training.outputs()) };
+        let step = unsafe { CompiledStep::new(code.function, code.interface.clone(), training.outputs.clone()) };
         Ok(JitStep { step, _code: code })
     }
 
@@ -130,10 +120,6 @@ impl JitStep {
         self.step.run(inputs, state).map_err(TrainError::Step)
     }
 
-    /// The step's interface: what it takes and returns.
-    pub fn interface(&self) -> &Interface {
-        self.step.interface()
-    }
 }
 
 impl Step for JitStep {

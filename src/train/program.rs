@@ -39,6 +39,6 @@ pub fn write_training_program(model: &Model, weights: Option<&Path>, level: u8, 
     target.lower(&context, &mut module).map_err(|e| e.to_string())?;
     add_entry_points(&context, &module, signature.arguments.len(), Some(ProgramMain::TRAINING)).map_err(|e| e.to_string())?;
     let model_name = output.file_name().map_or("program".into(), |n| n.to_string_lossy().into_owned());
-    let manifest = TrainingManifest { model_name, interface, outputs: training.outputs(), layout, settings, transform };
+    let manifest = TrainingManifest { model_name, interface, outputs: training.outputs.clone(), layout, settings, transform };
     native::write_executable(&module, &[], &manifest, Some(&initial), level, emit, output).map_err(|e| e.to_string())
 }

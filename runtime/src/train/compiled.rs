@@ -35,11 +35,6 @@ impl CompiledStep {
         CompiledStep { function, interface, outputs }
     }
 
-    /// The step's interface: what it takes and returns.
-    pub fn interface(&self) -> &Interface {
-        &self.interface
-    }
-
     /// Runs the step on `inputs` (the training network's inputs, by name) at `state`: returns
     /// the losses and the gradients of the trainable parameters (state order), and writes the
     /// updated buffers into `state`.
