@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The mrc demo: installs what is missing, builds mrc, checks the shipped models and writes their
 # graphs (text, Graphviz dot, and SVG where Graphviz is installed) under out/demo/, compiles the
-# mini model (trained by mrc on synthetic shapes: models/mini.safetensors) to a native program and
-# runs it on the shipped images, writing COCO results and overlays, then runs it in process and
-# keeps intermediate tensors.
+# mini model (trained on synthetic shapes) to a native program and runs it on the shipped images,
+# writing COCO results and overlays, then runs it in process and keeps intermediate tensors. Its
+# weights are the ones mrc trained if examples/train_shapes.sh has written models/mini.safetensors,
+# else torchvision's (the test fixture's).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . examples/lib/deps.sh
@@ -13,6 +14,8 @@ mrc_install_deps
 cargo build --workspace
 out=out/demo
 mkdir -p "$out"
+weights=models/mini.safetensors
+[ -f "$weights" ] || weights=tests/fixtures/model/weights.safetensors
 
 demo_model() {
     local name=$1; shift
@@ -32,8 +35,8 @@ demo_model mask_rcnn_x101_fpn models/mask_rcnn.model --config models/resnext101_
 demo_model mini models/mini.model
 
 echo
-echo "== mrc compile models/mini.model (mrc's trained weights embedded) -> $out/mini"
-time "$MRC_BIN" compile models/mini.model --target cpu --weights models/mini.safetensors -o "$out/mini"
+echo "== mrc compile models/mini.model ($weights embedded) -> $out/mini"
+time "$MRC_BIN" compile models/mini.model --target cpu --weights "$weights" -o "$out/mini"
 
 echo
 echo "== $out/mini on the shipped images: results JSON and overlays"
@@ -41,7 +44,7 @@ echo "== $out/mini on the shipped images: results JSON and overlays"
 
 echo
 echo "== mini.model on the shipped images, in process (mrc run), FPN level 0 and proposals kept"
-"$MRC_BIN" run models/mini.model --weights models/mini.safetensors \
+"$MRC_BIN" run models/mini.model --weights "$weights" \
     tests/fixtures/model/images/*.png \
     --dump-tensors backbone.fpn.layer_blocks.0.0,rpn.proposals --dump-dir "$out"
 

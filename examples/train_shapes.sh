@@ -35,6 +35,10 @@ trained=$(( $(date +%s) - start ))
 "$run/mini" "$shapes/val/images" --threads 2 --json "$run/val_results.json" --coco "$shapes/val/annotations.json" > "$run/val_eval.txt"
 "$MRC_BIN" eval "$run/val_results.json" --gt "$shapes/val/annotations.json" --json "$run/val_stats.json" > /dev/null
 
+# The demo compiles the mini model with these weights when they are there.
+cp "$run/weights.safetensors" models/mini.safetensors
+echo "wrote models/mini.safetensors (examples/demo.sh uses it)"
+
 python3 - "$run/val_stats.json" "$iterations" "$trained" <<'PY'
 import json, sys
 stats, iterations, seconds = json.load(open(sys.argv[1])), int(sys.argv[2]), int(sys.argv[3])
