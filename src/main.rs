@@ -44,7 +44,8 @@ enum Command {
         #[arg(long)]
         weights: Option<PathBuf>,
         /// Write a training program instead: the model's training step and `mrc train`'s loop
-        /// and flags (without the model argument), for the CPU.
+        /// and flags (without the model argument). For CUDA, the step runs on the GPU (or, with
+        /// the program's `--device emulator`, on the emulated device).
         #[arg(long)]
         train: bool,
         #[command(flatten)]
@@ -195,16 +196,14 @@ fn main() -> ExitCode {
         }),
         Command::Parse { file } => parse(file),
         Command::Compile { model, target, weights, train, optimization, emit, output } => load(model).and_then(|m| {
-            if *train {
-                if !matches!(target, Target::Cpu) {
-                    return Err("error: --train: training programs are compiled for the CPU only (yet); use --target cpu".into());
-                }
-                return mrc::train::program::write_training_program(&m, weights.as_deref(), optimization.level, *emit, output).map_err(|e| format!("error: {e}"));
-            }
             let target: Box<dyn mrc::targets::Target> = match target {
                 Target::Cpu => Box::new(mrc::targets::cpu::Cpu),
                 Target::Cuda { chip } => Box::new(mrc::targets::cuda::Cuda { chip: chip.clone() }),
             };
+            if *train {
+                return mrc::train::program::write_training_program(&m, target.as_ref(), weights.as_deref(), optimization.level, *emit, output)
+                    .map_err(|e| format!("error: {e}"));
+            }
             mrc::targets::compile(&m, target.as_ref(), weights.as_deref(), optimization.level, *emit, output).map_err(|e| format!("error: {e}"))
         }),
         Command::Run { model, weights, optimization, images, dump_tensors, dump_dir } => {

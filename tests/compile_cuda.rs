@@ -1,7 +1,7 @@
 //! `mrc compile --target cuda`: the mini model compiled for CUDA and run on the emulated device
 //! detects on every fixture image what torchvision does; every kernel of every shipped model
-//! assembles with `ptxas` for sm_80 and sm_90; without an NVIDIA driver the program says so in
-//! one line and exits 3.
+//! (and of the mini model's training step) assembles with `ptxas` for sm_80 and sm_90; without
+//! an NVIDIA driver the program says so in one line and exits 3.
 
 mod common;
 
@@ -53,6 +53,25 @@ fn without_a_driver_the_cuda_program_exits_3_with_one_line() {
     assert_eq!(run.status.code(), Some(3), "{stderr}");
     assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
     assert!(stderr.contains("libcuda.so.1") && stderr.contains("--device emulator"), "{stderr}");
+}
+
+/// The training step's kernels (`mrc compile --train --target cuda --emit ptx`) assemble with
+/// `ptxas` for sm_80 and sm_90.
+#[test]
+fn every_kernel_of_the_training_step_assembles_with_ptxas() {
+    let ptxas = ptxas();
+    let scratch = common::scratch();
+    let ptx = scratch.path().join("step.ptx");
+    let out = mrc(&["compile", "models/mini.model", "--train", "--target", "cuda", "--emit", "ptx", "-o", ptx.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = std::fs::read_to_string(&ptx).unwrap();
+    let kernels = text.matches(".entry ").count();
+    assert!(kernels > 100, "{kernels} kernels");
+    for architecture in ["sm_80", "sm_90"] {
+        let assembled = Command::new(&ptxas).args([&format!("-arch={architecture}"), ptx.to_str().unwrap(), "-o", "/dev/null"]).output().unwrap();
+        assert!(assembled.status.success(), "{architecture}: {}", String::from_utf8_lossy(&assembled.stderr));
+    }
+    eprintln!("the training step: {kernels} kernels assemble for sm_80 and sm_90");
 }
 
 /// `--emit ptx` of every shipped model and variant for sm_80 (the default, which `ptxas`

@@ -1,7 +1,7 @@
 //! The training commands from the command line: `mrc eval` against pycocotools' numbers,
 //! `mrc data shapes` feeding `mrc train`'s data checks, bad input failing with one error and a
-//! non-zero exit code before anything is written, and `mrc compile --train`'s program training
-//! as `mrc train` does.
+//! non-zero exit code before anything is written, and `mrc compile --train`'s programs (CPU,
+//! and CUDA on the emulated device) training as `mrc train` does.
 
 mod common;
 
@@ -81,31 +81,43 @@ fn generated_shapes_train_and_bad_data_fails_cleanly() {
 
 /// `mrc compile --train` writes a standalone training program: `mrc train`'s loop and flags
 /// without the model, the same losses as `mrc train` from the same (embedded `mrc init`)
-/// weights, and one error for what it cannot do.
+/// weights, for the CPU and for CUDA (on the emulated device), and one error for what it cannot
+/// do.
 #[test]
-fn a_compiled_training_program_trains_as_mrc_train() {
+fn compiled_training_programs_train_as_mrc_train() {
     let dir = tempfile::tempdir().unwrap();
-    let program = dir.path().join("mini_train");
-    let output = mrc(&["compile".as_ref(), "models/mini.model".as_ref(), "--train".as_ref(), "-o".as_ref(), program.as_os_str()]);
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let (program, cuda_program) = (dir.path().join("mini_train"), dir.path().join("mini_train_cuda"));
+    std::thread::scope(|scope| {
+        for (target, output) in [("cpu", &program), ("cuda", &cuda_program)] {
+            scope.spawn(move || {
+                let compiled = mrc(&["compile".as_ref(), "models/mini.model".as_ref(), "--train".as_ref(), "--target".as_ref(), target.as_ref(), "-o".as_ref(), output.as_os_str()]);
+                assert!(compiled.status.success(), "{target}: {}", String::from_utf8_lossy(&compiled.stderr));
+            });
+        }
+    });
 
     // The shapes subset is the project's own (not in torchvision's fixture layout).
     let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/shapes/train/annotations.json");
-    let (compiled_run, jit_run) = (dir.path().join("compiled"), dir.path().join("jit"));
+    let (compiled_run, cuda_run, jit_run) = (dir.path().join("compiled"), dir.path().join("cuda"), dir.path().join("jit"));
     let flags = |run: &Path| -> Vec<std::ffi::OsString> {
         ["--data".into(), data.clone().into(), "--iterations".into(), "2".into(), "--threads".into(), "2".into(), "-o".into(), run.into()].to_vec()
     };
     let output = Command::new(&program).args(flags(&compiled_run)).output().unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let output = Command::new(&cuda_program).args(flags(&cuda_run)).args(["--device", "emulator"]).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let mut arguments: Vec<std::ffi::OsString> = vec!["train".into(), "models/mini.model".into()];
     arguments.extend(flags(&jit_run));
     let output = Command::new(env!("CARGO_BIN_EXE_mrc")).args(&arguments).current_dir(env!("CARGO_MANIFEST_DIR")).output().unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let (compiled, jit) = (metrics_losses(&compiled_run), metrics_losses(&jit_run));
-    assert_eq!(compiled.len(), 2);
-    for (iteration, (a, b)) in compiled.iter().zip(&jit).enumerate() {
-        for (x, y) in a.iter().zip(b) {
-            assert!((x - y).abs() <= 1e-6 * y.abs(), "iteration {iteration}: {a:?} against mrc train's {b:?}");
+    let jit = metrics_losses(&jit_run);
+    for (name, run) in [("CPU program", &compiled_run), ("CUDA program on the emulated device", &cuda_run)] {
+        let compiled = metrics_losses(run);
+        assert_eq!(compiled.len(), 2, "{name}");
+        for (iteration, (a, b)) in compiled.iter().zip(&jit).enumerate() {
+            for (x, y) in a.iter().zip(b) {
+                assert!((x - y).abs() <= 1e-6 * y.abs(), "{name}, iteration {iteration}: {a:?} against mrc train's {b:?}");
+            }
         }
     }
     assert!(compiled_run.join("weights.safetensors").exists());
@@ -118,4 +130,13 @@ fn a_compiled_training_program_trains_as_mrc_train() {
     // The run directory is required, as for `mrc train`.
     let output = Command::new(&program).args(["--data", "train.json"]).output().unwrap();
     assert_eq!(output.status.code(), Some(2));
+    // Without an NVIDIA driver (as here, unless the machine has a GPU) the CUDA program says so
+    // in one line and exits 3; with one, it would train on the GPU.
+    let output = Command::new(&cuda_program).args(flags(&dir.path().join("gpu"))).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if output.status.code() == Some(3) {
+        assert!(stderr.contains("--device emulator") && stderr.trim().lines().count() == 1, "{stderr}");
+    } else {
+        eprintln!("an NVIDIA driver is present: the CUDA training program ran on the GPU ({:?})", output.status);
+    }
 }

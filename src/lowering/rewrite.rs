@@ -39,6 +39,26 @@ pub fn replace_all_uses(of: Value, with: Value) {
     unsafe { mlir_sys::mlirValueReplaceAllUsesOfWith(of.to_raw(), with.to_raw()) }
 }
 
+/// The operations that use `value`, once per use.
+pub fn users<'c, 'a>(value: Value<'c, 'a>) -> Vec<OperationRef<'c, 'a>> {
+    let mut found = vec![];
+    // SAFETY: the value is live; its use list is walked without changing the IR.
+    unsafe {
+        let mut operand = mlir_sys::mlirValueGetFirstUse(value.to_raw());
+        while !mlir_sys::mlirOpOperandIsNull(operand) {
+            found.push(OperationRef::from_raw(mlir_sys::mlirOpOperandGetOwner(operand)));
+            operand = mlir_sys::mlirOpOperandGetNextUse(operand);
+        }
+    }
+    found
+}
+
+/// Moves `operation` out of its block to just before `anchor`, in the same or another block.
+pub fn move_before(operation: OperationRef, anchor: OperationRef) {
+    // SAFETY: two live operations in blocks; MLIR relinks the first.
+    unsafe { mlir_sys::mlirOperationMoveBefore(operation.to_raw(), anchor.to_raw()) }
+}
+
 /// Removes `operation` from its block and destroys it. Its results must have no uses left.
 pub fn erase(operation: OperationRef) {
     // SAFETY: the operation is live and owned by its block, which gives it up here; the caller

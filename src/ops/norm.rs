@@ -353,9 +353,12 @@ impl Operator for RunningStatistics {
             })
         };
         let (new_mean, new_var) = (blend(running_mean, mean)?, blend(running_var, var)?);
-        let step = cx.extract(steps, &[])?;
-        let next = cx.binary("arith.addi", step, cx.constant_integer(1, cx.element_of(steps)?)?)?;
-        let next = cx.from_elements(&[next], cx.tensor_type(&node.outputs[2]))?;
+        // Elementwise rather than extracted and rebuilt, so that a device target counts on the
+        // device.
+        let next = cx.elementwise(&[steps], |body| {
+            let step = body.arg(0)?;
+            body.yield_values(&[body.binary("arith.addi", step, body.constant_integer(1, melior::ir::ValueLike::r#type(&step))?)?])
+        })?;
         Ok(vec![new_mean, new_var, next])
     }
 }

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use super::{native, CompileError, Emit, Emitted, Program, Target};
+use super::{native, CompileError, Emit, Emitted, Program, ProgramKind, Target};
 use crate::lowering::{add_entry_points, jit, lower_to_llvm, JitEngine, BuiltIns, LoweringError, ProgramMain, Products};
 use melior::{ir::Module, Context};
 
@@ -52,8 +52,12 @@ impl Target for Cpu {
     ) -> Result<String, CompileError> {
         let Emitted { mut module, signature, interface, .. } = emitted;
         self.lower(context, &mut module)?;
-        add_entry_points(context, &module, signature.arguments.len(), Some(ProgramMain::CPU))?;
-        native::write_executable(&module, &[], &native::program_manifest(&program, interface), program.weights.as_ref(), level, emit, output)
+        let main = match program.kind {
+            ProgramKind::Inference { .. } => ProgramMain::CPU,
+            ProgramKind::Training { .. } => ProgramMain::TRAINING,
+        };
+        add_entry_points(context, &module, signature.arguments.len(), Some(main))?;
+        native::write_program(&module, &[], program, interface, level, emit, output)
     }
 }
 

@@ -14,6 +14,8 @@ use std::path::{Path, PathBuf};
 
 use melior::{ir::Module, Context};
 use mrc_runtime::abi::forward::Interface;
+use mrc_runtime::ops::preprocess::Transform;
+use mrc_runtime::train::{StepOutputs, TensorLayout, TrainConfig};
 use mrc_runtime::weights::Weights;
 
 use crate::expand::{value::Value, Model};
@@ -80,10 +82,18 @@ pub enum CompileError {
 /// What a program carries besides its code.
 pub struct Program {
     pub name: String,
-    /// Label names, from the config's `class_names`.
-    pub class_names: Vec<String>,
-    /// Weights to embed, checked against the model.
+    /// Weights to embed, checked against the model: a detector's, or a training program's
+    /// initial weights.
     pub weights: Option<Weights>,
+    pub kind: ProgramKind,
+}
+
+/// What a program's `main` does with its forward function.
+pub enum ProgramKind {
+    /// Detects on images (`mrc compile`); label names from the config's `class_names`.
+    Inference { class_names: Vec<String> },
+    /// Trains: the forward function is the training step (`mrc compile --train`).
+    Training { outputs: StepOutputs, layout: Vec<TensorLayout>, settings: TrainConfig, transform: Transform },
 }
 
 /// `mrc compile`: `model` for `target` at optimization level `level` (graph passes from 1 on,
@@ -106,12 +116,13 @@ pub fn compile(
     if emit_stage == Emit::Mlir {
         return native::write_mlir(&emitted.module, output);
     }
-    let program = Program {
-        name: output.file_name().map_or("program".into(), |n| n.to_string_lossy().into_owned()),
-        class_names: class_names(model),
-        weights,
-    };
+    let program = Program { name: program_name(output), weights, kind: ProgramKind::Inference { class_names: class_names(model) } };
     target.write(&context, emitted, program, level, emit_stage, output)
+}
+
+/// A program's name: its file's.
+pub fn program_name(output: &Path) -> String {
+    output.file_name().map_or("program".into(), |n| n.to_string_lossy().into_owned())
 }
 
 /// The label names from the config's `class_names`, if any.

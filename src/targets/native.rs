@@ -11,17 +11,18 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::{io, write_atomic, CompileError, Emit, Program};
+use super::{io, write_atomic, CompileError, Emit, Program, ProgramKind};
 use mrc_runtime::weights::Weights;
 use crate::lowering::LoweringError;
 use melior::ir::Module;
 use mrc_runtime::abi::forward::{Interface, FORWARD_PACKED};
 use mrc_runtime::program::trailer::{ProgramManifest, TRAILER_MAGIC};
+use mrc_runtime::train::TrainingManifest;
 
 /// Writes what `emit` asks for of a module in the LLVM dialect whose entry points are added:
 /// its LLVM IR, its object file, or the executable with its trailer (`weights`, then
 /// `manifest`: a [`ProgramManifest`], or a training program's manifest).
-pub fn write_executable(
+fn write_executable(
     module: &Module,
     link_arguments: &[String],
     manifest: &impl serde::Serialize,
@@ -82,9 +83,28 @@ pub fn write_mlir(module: &Module, output: &Path) -> Result<String, CompileError
     Ok(format!("wrote {}\n", output.display()))
 }
 
-/// The manifest of an inference program.
-pub fn program_manifest(program: &Program, interface: Interface) -> ProgramManifest {
-    ProgramManifest { model_name: program.name.clone(), class_names: program.class_names.clone(), interface }
+/// [`write_executable`] for `program`, with its manifest: an inference program's
+/// [`ProgramManifest`] or a training program's [`TrainingManifest`].
+pub fn write_program(
+    module: &Module,
+    link_arguments: &[String],
+    program: Program,
+    interface: Interface,
+    level: u8,
+    emit: Emit,
+    output: &Path,
+) -> Result<String, CompileError> {
+    let Program { name: model_name, weights, kind } = program;
+    match kind {
+        ProgramKind::Inference { class_names } => {
+            let manifest = ProgramManifest { model_name, class_names, interface };
+            write_executable(module, link_arguments, &manifest, weights.as_ref(), level, emit, output)
+        }
+        ProgramKind::Training { outputs, layout, settings, transform } => {
+            let manifest = TrainingManifest { model_name, interface, outputs, layout, settings, transform };
+            write_executable(module, link_arguments, &manifest, weights.as_ref(), level, emit, output)
+        }
+    }
 }
 
 /// LLVM IR of a module in the LLVM dialect.

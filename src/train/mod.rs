@@ -19,7 +19,7 @@ use crate::graph::{Graph, StateKind};
 use crate::lowering::{emit_forward, interface, LoweringError};
 use crate::run::JitForward;
 use crate::passes;
-use crate::targets::{cpu::Cpu, Emitted, Target};
+use crate::targets::{cpu::Cpu, cuda::{Cuda, CHIPS}, Emitted, Target};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
@@ -112,6 +112,19 @@ impl JitStep {
         let code = JitForward::build(&target, level, |context| training.emit(context, &target, level))?;
         // SAFETY: the function was compiled for this interface and lives as long as `code`.
         let step = unsafe { CompiledStep::new(code.function, code.interface.clone(), training.outputs.clone()) };
+        Ok(JitStep { step, _code: code })
+    }
+
+    /// [`JitStep::compile`] for the CUDA target, run on the emulated device: every kernel's
+    /// CPU form, every allocation, copy and launch as a CUDA program makes them. It selects the
+    /// emulator for the whole process (see `Executor::on_emulated_device`).
+    pub fn on_emulated_device(training: &TrainingGraph, level: u8) -> Result<JitStep, TrainError> {
+        let device = mrc_runtime::device::select(mrc_runtime::device::DeviceKind::Emulator).map_err(|e| TrainError::Step(e.to_string()))?;
+        let target = Cuda { chip: CHIPS[0].to_owned() };
+        let code = JitForward::build(&target, level, |context| training.emit(context, &target, level))?;
+        // SAFETY: the function was compiled for this interface, for a device, and lives as long
+        // as `code`.
+        let step = unsafe { CompiledStep::new(code.function, code.interface.clone(), training.outputs.clone()).on_device(device) };
         Ok(JitStep { step, _code: code })
     }
 

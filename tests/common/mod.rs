@@ -6,6 +6,7 @@ pub mod builtins;
 pub mod detections;
 pub mod mini;
 pub mod programs;
+pub mod train_replay;
 
 use mrc::diagnostic::SourceMap;
 use mrc::expand::{self, Model};

@@ -443,7 +443,7 @@ impl Forward {
 ///
 /// # Safety
 /// As [`call`]; `uploaded` has one entry per argument, and `forward` runs on `device`.
-unsafe fn call_on_device(
+pub unsafe fn call_on_device(
     forward: ForwardFn,
     device: &'static SelectedDevice,
     arguments: &[Argument],

@@ -56,6 +56,7 @@ pub fn symbols() -> Vec<(String, *mut ())> {
         ("mrc_program_main".to_owned(), crate::program::compiled::mrc_program_main as *mut ()),
         ("mrc_cuda_program_main".to_owned(), crate::program::compiled::mrc_cuda_program_main as *mut ()),
         ("mrc_training_program_main".to_owned(), crate::train::mrc_training_program_main as *mut ()),
+        ("mrc_cuda_training_program_main".to_owned(), crate::train::mrc_cuda_training_program_main as *mut ()),
     ];
     symbols.extend(functions::RuntimeFunction::ALL.iter().map(|f| (f.c_symbol(), f.address())));
     symbols.extend(async_runtime::symbols().into_iter().map(|(name, address)| (name.to_owned(), address)));
@@ -89,10 +90,10 @@ mod tests {
     ];
 
     #[test]
-    fn symbols_bind_every_cuda_wrapper_and_both_program_drivers() {
+    fn symbols_bind_every_cuda_wrapper_and_every_program_driver() {
         let symbols = super::symbols();
         let mut names: Vec<&str> = symbols.iter().map(|(name, _)| name.as_str()).collect();
-        for expected in MGPU_FUNCTIONS.iter().chain(&["mrc_program_main", "mrc_cuda_program_main", "memrefCopy"]) {
+        for expected in MGPU_FUNCTIONS.iter().chain(&["mrc_program_main", "mrc_cuda_program_main", "mrc_training_program_main", "mrc_cuda_training_program_main", "memrefCopy"]) {
             assert!(names.contains(expected), "{expected} is not among the runtime's symbols");
         }
         assert!(symbols.iter().all(|(_, address)| !address.is_null()));

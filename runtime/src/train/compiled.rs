@@ -5,7 +5,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::{Batches, BoxError, ModelState, Step, StepOutput};
-use crate::abi::forward::{call, Argument, ForwardFn, HostTensor, Interface, ResultSpec, Source};
+use crate::abi::forward::{call, call_on_device, Argument, ForwardFn, HostTensor, Interface, ResultSpec, Source};
+use crate::device::SelectedDevice;
 use crate::data::{Batch, Loader, Prefetch};
 
 /// Which results of a step's forward function are what.
@@ -20,19 +21,29 @@ pub struct StepOutputs {
     pub updates: Vec<(String, String)>,
 }
 
-/// A compiled step: its forward function, the interface it was compiled for, and what its
-/// results are.
+/// A compiled step: its forward function, the interface it was compiled for, what its results
+/// are, and the device it runs on, if any.
 pub struct CompiledStep {
     function: ForwardFn,
     interface: Interface,
     outputs: StepOutputs,
+    device: Option<&'static SelectedDevice>,
 }
 
 impl CompiledStep {
     /// # Safety
     /// `function` is the forward function that `interface` describes, valid as long as the step.
     pub unsafe fn new(function: ForwardFn, interface: Interface, outputs: StepOutputs) -> CompiledStep {
-        CompiledStep { function, interface, outputs }
+        CompiledStep { function, interface, outputs, device: None }
+    }
+
+    /// The step, whose forward function was compiled for `device`, run there: the state and
+    /// the inputs are uploaded at each call, the results read back.
+    ///
+    /// # Safety
+    /// The forward function runs on `device` (its results are `device`'s memory).
+    pub unsafe fn on_device(self, device: &'static SelectedDevice) -> CompiledStep {
+        CompiledStep { device: Some(device), ..self }
     }
 
     /// Runs the step on `inputs` (the training network's inputs, by name) at `state`: returns
@@ -70,10 +81,19 @@ impl CompiledStep {
         let specs: Vec<ResultSpec> = self.interface.results.iter().map(|(_, spec)| *spec).collect();
         crate::abi::take_error();
         // SAFETY: the function was compiled for this interface, and the arguments follow it.
-        let results = unsafe { call(self.function, &arguments, &specs) };
+        let results = unsafe {
+            match self.device {
+                None => Ok(call(self.function, &arguments, &specs)),
+                Some(device) => {
+                    let uploaded: Vec<_> = arguments.iter().map(|_| None).collect();
+                    call_on_device(self.function, device, &arguments, &uploaded, &specs)
+                }
+            }
+        };
         if let Some(error) = crate::abi::take_error() {
             return Err(error);
         }
+        let results = results.map_err(|error| error.to_string())?;
         let mut by_name: std::collections::HashMap<&str, HostTensor> =
             self.interface.results.iter().map(|(name, _)| name.as_str()).zip(results).collect();
         let mut take = |name: &str| by_name.remove(name).ok_or_else(|| format!("the step has no result `{name}`"));

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::{train, CompiledStep, Evaluate, LoaderBatches, ModelSettings, ModelState, Progress, Step, StepOutputs, StopFlag, TensorLayout};
 use super::{TrainArgs, TrainConfig, TrainOptions};
 use crate::abi::forward::{ForwardFn, Interface};
+use crate::device::{register_emulated_kernels, DeviceKind, EmulatedKernelTable, SelectedDevice};
 use crate::data::{Batch, BatchOptions, Loader, LoaderOptions, TrainingSet, TrainingSetOptions};
 use crate::ops::preprocess::Transform;
 use crate::program::trailer;
@@ -92,6 +93,17 @@ struct TrainingCommandLine {
     args: TrainArgs,
 }
 
+/// A CUDA training program's command line: [`TrainingCommandLine`]'s and the device.
+#[derive(Debug, Parser)]
+#[command(about = "Trains the model compiled into this program on a COCO data set (as `mrc train` does), on a GPU.")]
+struct CudaTrainingCommandLine {
+    #[command(flatten)]
+    args: TrainArgs,
+    /// Run the step on the first NVIDIA GPU (cuda) or on the CPU (emulator).
+    #[arg(long, value_name = "D", default_value = "cuda")]
+    device: DeviceKind,
+}
+
 /// The `main` of a compiled training program: `step` is its generated `mrc_forward_packed`.
 /// Exit codes: 0 when the run finished or stopped at Ctrl-C with a checkpoint, 1 when it
 /// failed, 2 for usage errors.
@@ -103,7 +115,39 @@ pub unsafe extern "C" fn mrc_training_program_main(_argc: i32, _argv: *const *co
     crate::abi::keep_freed_memory();
     let command_line = TrainingCommandLine::try_parse().unwrap_or_else(|error| error.exit());
     // SAFETY: as the caller promised.
-    match unsafe { training_program(step, &command_line.args) } {
+    exit_code(unsafe { training_program(step, &command_line.args, None) })
+}
+
+/// The `main` of a training program compiled for CUDA: [`mrc_training_program_main`] with the
+/// step on the device `--device` selects; exit code 3 when it cannot start.
+///
+/// # Safety
+/// As [`mrc_training_program_main`], `step` compiled for CUDA, `kernels` the program's table of
+/// emulated kernels.
+#[no_mangle]
+pub unsafe extern "C" fn mrc_cuda_training_program_main(
+    _argc: i32,
+    _argv: *const *const std::ffi::c_char,
+    step: ForwardFn,
+    kernels: EmulatedKernelTable,
+) -> i32 {
+    register_emulated_kernels(kernels);
+    crate::abi::keep_freed_memory();
+    let command_line = CudaTrainingCommandLine::try_parse().unwrap_or_else(|error| error.exit());
+    let device = match crate::device::select(command_line.device) {
+        Ok(device) => device,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return i32::from(crate::program::EXIT_NO_DEVICE);
+        }
+    };
+    // SAFETY: as the caller promised.
+    exit_code(unsafe { training_program(step, &command_line.args, Some(device)) })
+}
+
+/// A training program's exit code, its summary or error printed.
+fn exit_code(outcome: Result<String, String>) -> i32 {
+    match outcome {
         Ok(text) => {
             print!("{text}");
             0
@@ -115,9 +159,11 @@ pub unsafe extern "C" fn mrc_training_program_main(_argc: i32, _argv: *const *co
     }
 }
 
+/// The training program's run, its step on `device` if there is one.
+///
 /// # Safety
-/// As [`mrc_training_program_main`].
-unsafe fn training_program(step: ForwardFn, args: &TrainArgs) -> Result<String, String> {
+/// As [`mrc_training_program_main`]; `step` compiled for `device`.
+unsafe fn training_program(step: ForwardFn, args: &TrainArgs, device: Option<&'static SelectedDevice>) -> Result<String, String> {
     let exe = std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into());
     let (manifest, embedded) = trailer::read::<TrainingManifest>(&exe)?;
     if args.val.is_some() {
@@ -137,6 +183,11 @@ unsafe fn training_program(step: ForwardFn, args: &TrainArgs) -> Result<String, 
     state.freeze(&config.frozen).map_err(|e| e.to_string())?;
     let set = open_training_set(&config)?;
     // SAFETY: the trailer describes the step function it was compiled with.
-    let mut step = unsafe { CompiledStep::new(step, manifest.interface, manifest.outputs) };
+    let step = unsafe { CompiledStep::new(step, manifest.interface, manifest.outputs) };
+    // SAFETY: the caller promised that the step was compiled for the device.
+    let mut step = match device {
+        Some(device) => unsafe { step.on_device(device) },
+        None => step,
+    };
     train_on_coco(&mut step, &mut state, &config, set, manifest.transform, args.resume.is_some(), run_dir, None)
 }

@@ -3,7 +3,7 @@
 //! Every buffer the network computes is device memory: the host code's allocations go through
 //! the generic `_mlir_memref_to_llvm_alloc`, which the runtime implements on the selected
 //! device, and `@forward`'s arguments are uploaded by the runtime. Two things are not:
-//! - buffers the host writes: the deallocation pipeline's bookkeeping arrays (`index` and `i1`
+//! - buffers the host writes: the deallocation pipeline's bookkeeping arrays (lists of `index` and `i1`
 //!   elements) and small tensors of sizes built element by element for the runtime's
 //!   functions: [`host_buffers_to_stack`] moves them to the host's stack;
 //! - copies between buffers (`memref.copy`), which the host cannot do on device memory:
@@ -21,13 +21,14 @@ use melior::{
         block::BlockLike,
         operation::{OperationBuilder, OperationLike},
         r#type::{IntegerType, MemRefType},
+        Type,
         ShapedTypeLike,
         Block, Identifier, Location, Module, OperationRef, Region, RegionLike, TypeLike, Value, ValueLike,
     },
     Context,
 };
 
-use crate::lowering::rewrite::{argument_owner, callee, defining_operation, erase, operation_name, operations_named, replace_all_uses, symbol_name};
+use crate::lowering::rewrite::{argument_owner, callee, defining_operation, erase, move_before, operation_name, operations_named, replace_all_uses, symbol_name, users};
 use crate::lowering::{identity_map, LoweringError, FORWARD};
 
 /// Rewrites every `memref.copy` as an elementwise `linalg.generic` from its source to its
@@ -62,8 +63,8 @@ pub fn copies_to_kernels(context: &Context, module: &Module) -> Result<(), Lower
 }
 
 /// Moves the buffers the host writes from the heap, which is device memory here, to the stack,
-/// and drops their deallocations: the deallocation pipeline's bookkeeping arrays (`index` or
-/// `i1` elements) and buffers stored into before any loop nest is a kernel (tensors built
+/// and drops their deallocations: the deallocation pipeline's bookkeeping arrays (lists of
+/// `index` or `i1`) and buffers stored into before any loop nest is a kernel (tensors built
 /// element by element). [`check_host_accesses`] checks that none escapes its function.
 pub fn host_buffers_to_stack(context: &Context, module: &Module) -> Result<(), LoweringError> {
     let mut stored: Vec<OperationRef> = vec![];
@@ -74,8 +75,11 @@ pub fn host_buffers_to_stack(context: &Context, module: &Module) -> Result<(), L
     }
     for allocation in operations_named(&module.as_operation(), &["memref.alloc"]) {
         let memref = allocation.result(0)?;
-        let element = MemRefType::try_from(memref.r#type())?.element();
-        let is_bookkeeping = element.is_index() || IntegerType::try_from(element).is_ok_and(|integer| integer.width() == 1);
+        let memref_type = MemRefType::try_from(memref.r#type())?;
+        let element = memref_type.element();
+        // The bookkeeping arrays are lists; a tensor of indices (a pooling's argmax) is not one.
+        let is_bookkeeping = memref_type.rank() == 1
+            && (element.is_index() || IntegerType::try_from(element).is_ok_and(|integer| integer.width() == 1));
         if !is_bookkeeping && !stored.contains(&allocation) {
             continue;
         }
@@ -99,6 +103,69 @@ pub fn host_buffers_to_stack(context: &Context, module: &Module) -> Result<(), L
         }
     }
     Ok(())
+}
+
+/// Wraps each store into device memory left in host code (a rank-0 `linalg` op has no loop
+/// to become a kernel: it is a scalar load, compute and store) in a one-iteration
+/// `scf.parallel`, with the loads and arithmetic that only it uses, so that it runs as a kernel.
+pub fn scalar_stores_to_kernels(context: &Context, module: &Module) -> Result<(), LoweringError> {
+    let location = Location::unknown(context);
+    let mut placements = Placements::new(module);
+    for store in operations_named(&module.as_operation(), &["memref.store"]) {
+        let in_loop_nest = std::iter::successors(store.parent_operation(), |op| op.parent_operation())
+            .any(|ancestor| matches!(operation_name(&ancestor).as_str(), "scf.parallel" | "gpu.launch" | "gpu.func"));
+        if in_loop_nest || placements.of(store.operand(1)?) != Placement::Device {
+            continue;
+        }
+        let block = store.block().expect("a store is in a block");
+        // The store's slice in its block, in program order: what it alone uses.
+        let mut slice = vec![store];
+        let mut index = 0;
+        while index < slice.len() {
+            let operands: Vec<Value> = slice[index].operands().collect();
+            for operand in operands {
+                let Some(definition) = defining_operation(operand) else { continue };
+                let name = operation_name(&definition);
+                let movable = definition.block() == Some(block)
+                    && (name == "memref.load" || (name.starts_with("arith.") && name != "arith.constant"))
+                    && users(operand).iter().all(|user| slice.contains(user));
+                if movable && !slice.contains(&definition) {
+                    slice.push(definition);
+                }
+            }
+            index += 1;
+        }
+        slice.sort_by_key(|operation| position_in_block(operation));
+        let first = slice[0];
+        let constant = |value: i64| -> Result<Value, LoweringError> {
+            let operation = OperationBuilder::new("arith.constant", location)
+                .add_attributes(&[(Identifier::new(context, "value"), parse(context, &format!("{value} : index"))?)])
+                .add_results(&[Type::index(context)])
+                .build()?;
+            Ok(block.insert_operation_before(first, operation).result(0)?.into())
+        };
+        let (zero, one) = (constant(0)?, constant(1)?);
+        let body = Block::new(&[(Type::index(context), location)]);
+        let region = Region::new();
+        let body = region.append_block(body);
+        let parallel = OperationBuilder::new("scf.parallel", location)
+            .add_operands(&[zero, one, one])
+            .add_attributes(&[(Identifier::new(context, "operandSegmentSizes"), parse(context, "array<i32: 1, 1, 1, 0>")?)])
+            .add_regions([region])
+            .build()?;
+        let terminator = body.append_operation(OperationBuilder::new("scf.reduce", location).build()?);
+        block.insert_operation_before(first, parallel);
+        for operation in slice {
+            move_before(operation, terminator);
+        }
+    }
+    Ok(())
+}
+
+/// The number of operations before `operation` in its block.
+fn position_in_block(operation: &OperationRef) -> usize {
+    let first = operation.block().and_then(|block| block.first_operation());
+    std::iter::successors(first, |previous| previous.next_in_block()).take_while(|other| other != operation).count()
 }
 
 /// Checks the outlined module's host code: every `memref.load`/`memref.store` reads or writes

@@ -23,7 +23,7 @@ mod memory;
 
 use std::path::Path;
 
-use super::{native, write_atomic, CompileError, Emit, Emitted, Program, Target};
+use super::{native, write_atomic, CompileError, Emit, Emitted, Program, ProgramKind, Target};
 use crate::lowering::{add_entry_points, extract_ptx, jit, JitEngine, ENGINE_CONSTRUCTORS, MODULE_INITIALIZER, gpu_outlining, lower_gpu_to_ptx, run_pipeline, BuiltIns, LoweringError, ProgramMain, Products, GPU_BUFFERIZE, GPU_PARALLEL_LOOPS};
 use melior::{ir::Module, Context};
 use mrc_runtime::device::{register_emulated_kernels, EmulatedKernelTable};
@@ -42,6 +42,11 @@ const TILE_SIZES: [usize; 2] = [32, 4];
 /// It runs the module's constructors first: they hand the kernels' PTX to the runtime.
 const CUDA_PROGRAM_MAIN: ProgramMain =
     ProgramMain { initializer: Some(MODULE_INITIALIZER), driver: "mrc_cuda_program_main", functions: &[EMULATED_KERNELS] };
+
+/// The CUDA training program driver: `mrc_cuda_training_program_main(argc, argv, step,
+/// emulated_kernels)`, after the module's constructors as [`CUDA_PROGRAM_MAIN`].
+const CUDA_TRAINING_PROGRAM_MAIN: ProgramMain =
+    ProgramMain { initializer: Some(MODULE_INITIALIZER), driver: "mrc_cuda_training_program_main", functions: &[EMULATED_KERNELS] };
 
 /// An NVIDIA GPU of compute capability `chip` (`sm_80`, ...).
 pub struct Cuda {
@@ -68,6 +73,7 @@ impl Target for Cuda {
         memory::copies_to_kernels(context, module)?;
         memory::host_buffers_to_stack(context, module)?;
         run_pipeline(context, module, GPU_PARALLEL_LOOPS)?;
+        memory::scalar_stores_to_kernels(context, module)?;
         mapping::innermost_first(context, module)?;
         run_pipeline(context, module, &gpu_outlining(&TILE_SIZES))?;
         memory::check_host_accesses(module)?;
@@ -112,10 +118,13 @@ impl Target for Cuda {
             write_atomic(output, kernels.ptx.as_bytes())?;
             return Ok(format!("wrote {}\n", output.display()));
         }
-        add_entry_points(context, &module, signature.arguments.len(), Some(CUDA_PROGRAM_MAIN))?;
+        let main = match program.kind {
+            ProgramKind::Inference { .. } => CUDA_PROGRAM_MAIN,
+            ProgramKind::Training { .. } => CUDA_TRAINING_PROGRAM_MAIN,
+        };
+        add_entry_points(context, &module, signature.arguments.len(), Some(main))?;
         let bind_initializer = format!("-Wl,--defsym={MODULE_INITIALIZER}={ENGINE_CONSTRUCTORS}");
-        let manifest = native::program_manifest(&program, interface);
-        native::write_executable(&module, &[bind_initializer], &manifest, program.weights.as_ref(), level, emit, output)
+        native::write_program(&module, &[bind_initializer], program, interface, level, emit, output)
     }
 }
 
@@ -151,6 +160,7 @@ module {
 
     fn outline(context: &melior::Context, module: &mut melior::ir::Module) {
         run_pipeline(context, module, GPU_PARALLEL_LOOPS).unwrap();
+        memory::scalar_stores_to_kernels(context, module).unwrap();
         mapping::innermost_first(context, module).unwrap();
         run_pipeline(context, module, &gpu_outlining(&TILE_SIZES)).unwrap();
     }
@@ -196,6 +206,41 @@ module {
             assert!(ptx[0].ptx.contains(&format!(".entry {kernel}(")), "no {kernel} in\n{}", ptx[0].ptx);
         }
         assert!(lowered.contains("llvm.func @mrc_emulated_kernels("), "{lowered}");
+    }
+
+    /// A rank-0 `linalg` op (a step counter plus one) and a tensor of indices (a pooling's
+    /// argmax) on the device: the counter's load, add and store become a one-thread kernel, the
+    /// indices stay device memory, and the host touches neither.
+    #[test]
+    fn scalar_updates_become_kernels_and_index_tensors_stay_on_the_device() {
+        const SCALAR: &str = r#"
+module {
+  func.func @forward(%steps: memref<i64>, %x: memref<2x3xf32>) -> (memref<i64>, memref<2x3xindex>) {
+    %c1 = arith.constant 1 : i64
+    %next = memref.alloc() {alignment = 64 : i64} : memref<i64>
+    linalg.generic {indexing_maps = [affine_map<() -> ()>, affine_map<() -> ()>], iterator_types = []} ins(%steps : memref<i64>) outs(%next : memref<i64>) {
+    ^bb0(%in: i64, %out: i64):
+      %sum = arith.addi %in, %c1 : i64
+      linalg.yield %sum : i64
+    }
+    %argmax = memref.alloc() {alignment = 64 : i64} : memref<2x3xindex>
+    linalg.generic {indexing_maps = [affine_map<(d0, d1) -> (d0, d1)>, affine_map<(d0, d1) -> (d0, d1)>], iterator_types = ["parallel", "parallel"]} ins(%x : memref<2x3xf32>) outs(%argmax : memref<2x3xindex>) {
+    ^bb0(%in: f32, %out: index):
+      %i = linalg.index 1 : index
+      linalg.yield %i : index
+    }
+    return %next, %argmax : memref<i64>, memref<2x3xindex>
+  }
+}
+"#;
+        let (context, text) = placed(SCALAR);
+        assert!(!text.contains("memref.alloca"), "{text}");
+        let mut module = parse_module(&context, &text).unwrap();
+        outline(&context, &mut module);
+        memory::check_host_accesses(&module).unwrap();
+        let text = module.as_operation().to_string();
+        assert_eq!(text.matches("gpu.launch_func").count(), 2, "{text}");
+        insta::assert_snapshot!(text);
     }
 
     /// Each breach of the placement rules, and the error naming it.
