@@ -155,6 +155,7 @@ enum Weight<'c, 'b> {
 }
 
 /// The geometry of one 2-d convolution, per spatial axis (height, width).
+#[derive(Clone, Copy)]
 struct Window {
     kernel: [i64; 2],
     stride: [i64; 2],
@@ -628,13 +629,16 @@ impl Operator for Conv2dBackwardInput {
     fn infer(&self, inputs: &[Vec<TensorType>], _: &Attrs) -> Result<Inference, OpError> {
         Ok(Inference::output(inputs[2][0].clone()))
     }
-    /// A transposed convolution of the gradient: spread out by the stride (zeros between its
-    /// elements, `tensor.insert_slice` into zeros of the padded input's size, which `like`
+    /// With a stride and one group, [`strided_input_gradient`]. Otherwise a transposed
+    /// convolution of the gradient: spread out by the stride (zeros between its elements, `tensor.insert_slice` into zeros of the padded input's size, which `like`
     /// gives even where the stride made the forward floor its size), then a stride-1
     /// convolution with the kernel flipped and its channel axes swapped.
     fn lower<'c, 'b>(&self, cx: &Emitter<'c, 'b>, node: &LowerNode<'_, 'c, 'b>) -> Result<Vec<Value<'c, 'b>>, LoweringError> {
         let (grad, weight, like) = (node.inputs[0], node.inputs[1], node.inputs[2]);
         let window = Window::of(node.attrs);
+        if window.groups == 1 && window.stride != [1, 1] {
+            return Ok(vec![strided_input_gradient(cx, grad, weight, like, &window)?]);
+        }
         let reach = [0, 1].map(|axis| window.dilation[axis] * (window.kernel[axis] - 1));
         let low = [0, 1].map(|axis| reach[axis] - window.low[axis]);
         if low.iter().any(|&l| l < 0) {
@@ -649,6 +653,69 @@ impl Operator for Conv2dBackwardInput {
         let direct = Window { stride: [1, 1], low: [0, 0], high: [0, 0], ..window };
         Ok(vec![convolution(cx, spread, Weight::Kernel(flipped), Epilogue::bias(None), &direct)?])
     }
+}
+
+/// The input gradient of a strided convolution of one group, without the products with zeros
+/// that spreading the gradient out would add (three in four at stride 2): the columns
+/// `weightᵀ · grad` ([N, C·kh·kw, Ho, Wo]; the weight [O, C·kh·kw] is already the packed layout
+/// of that product), then each input pixel sums the columns that read it (col2im, as a gather:
+/// output row `(y + padding - i·dilation) / stride` where that is whole and in range).
+fn strided_input_gradient<'c, 'b>(
+    cx: &Emitter<'c, 'b>,
+    grad: Value<'c, 'b>,
+    weight: Value<'c, 'b>,
+    like: Value<'c, 'b>,
+    window: &Window,
+) -> Result<Value<'c, 'b>, LoweringError> {
+    let element = cx.element_of(grad)?;
+    let [_, c, kh, kw] = [0, 1, 2, 3].map(|axis| cx.static_dims(weight).map(|dims| dims[axis].expect("kernels have known sizes")));
+    let (c, kh, kw) = (c?, kh?, kw?);
+    let matrix = cx.collapse_shape(weight, &[&[0], &[1, 2, 3]])?;
+    let [n, ho, wo] = [0, 2, 3].map(|axis| cx.static_dims(grad).map(|dims| dims[axis]));
+    let columns = cx.conv_product(matrix, true, grad, cx.ranked_tensor(&[n?, Some(c * kh * kw), ho?, wo?], element))?;
+    let [rows, cols] = [cx.size_value(cx.size(grad, 2)?)?, cx.size_value(cx.size(grad, 3)?)?];
+    let init = cx.empty(&cx.sizes(like)?, element)?;
+    let window = *window;
+    Ok(cx.generic(&[], &[init], &[&identity_map(4)], &[Iterator::Parallel; 4], |body| {
+        let [n, c, y, x] = [0, 1, 2, 3].map(|axis| body.loop_index(axis));
+        let (n, c, y, x) = (n?, c?, y?, x?);
+        let index = |value: i64| body.constant_index(value);
+        let zero = body.constant_float(0.0, element)?;
+        let total = body.for_loop(index(0)?, index(kh)?, &[zero], |b, args| {
+            let i = args[0];
+            let (row, row_valid) = reading_position(b, y, i, &window, 0, rows)?;
+            b.for_loop(b.constant_index(0)?, b.constant_index(kw)?, &args[1..], |b, args| {
+                let j = args[0];
+                let (column, column_valid) = reading_position(b, x, j, &window, 1, cols)?;
+                let valid = b.binary("arith.andi", row_valid, column_valid)?;
+                let kernel_position = b.binary("arith.addi", b.binary("arith.muli", i, b.constant_index(kw)?)?, j)?;
+                let k = b.binary("arith.addi", b.binary("arith.muli", c, b.constant_index(kh * kw)?)?, kernel_position)?;
+                let value = b.extract(columns, &[n, k, row, column])?;
+                Ok(vec![b.addf(args[1], b.select(valid, value, b.constant_float(0.0, element)?)?)?])
+            })
+        })?;
+        body.yield_values(&[total[0]])
+    })?[0])
+}
+
+/// The output position of a convolution that reads input position `p` through kernel
+/// position `k` along `axis` (of `count` output positions), and whether there is one.
+fn reading_position<'c, 'n>(
+    b: &Emitter<'c, 'n>,
+    p: Value<'c, '_>,
+    k: Value<'c, '_>,
+    window: &Window,
+    axis: usize,
+    count: Value<'c, '_>,
+) -> Result<(Value<'c, 'n>, Value<'c, 'n>), LoweringError> {
+    let reach = b.binary("arith.muli", k, b.constant_index(window.dilation[axis])?)?;
+    let shifted = b.binary("arith.subi", b.binary("arith.addi", p, b.constant_index(window.low[axis])?)?, reach)?;
+    let stride = b.constant_index(window.stride[axis])?;
+    let (position, remainder) = (b.binary("arith.divsi", shifted, stride)?, b.binary("arith.remsi", shifted, stride)?);
+    let zero = b.constant_index(0)?;
+    let whole = b.binary("arith.andi", b.compare_integers(CmpiPredicate::Sge, shifted, zero)?, b.compare_integers(CmpiPredicate::Eq, remainder, zero)?)?;
+    let valid = b.binary("arith.andi", whole, b.compare_integers(CmpiPredicate::Slt, position, count)?)?;
+    Ok((b.select(valid, position, zero)?, valid))
 }
 
 /// The gradient of a convolution's weight: inputs `x` [N, C, H, W] and `grad` [N, O, Ho, Wo];
