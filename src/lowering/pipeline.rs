@@ -58,7 +58,8 @@ macro_rules! host_to_llvm_passes {
 /// Lowers a module of `func`/`arith`/`math`/`scf`/`tensor`/`linalg` on tensors to the LLVM
 /// dialect for the CPU: bufferization ([`bufferize_passes`]); linalg to loops whose parallel
 /// dimensions form one `scf.parallel`, which `async-parallel-for` splits into blocks run on every
-/// thread (blocks of at least 4096 iterations, as many as the runtime's threads make worth it:
+/// thread (as many blocks as the runtime's threads make worth it, however few the iterations:
+/// a loop over channels may reduce thousands of values in each;
 /// `mrc_runtime::abi::async_runtime` is MLIR's async runtime on rayon's pool), the coroutines
 /// that makes lowered to LLVM's; then `expand-strided-metadata` before `lower-affine` (the
 /// former emits `affine.apply`), then `scf` to `cf`; every remaining dialect to LLVM.
@@ -66,7 +67,7 @@ pub const CPU_PIPELINE: &str = concat!(
     "builtin.module(",
     bufferize_passes!(),
     ",convert-linalg-to-parallel-loops,\
-     async-parallel-for{async-dispatch=false num-workers=-1 min-task-size=4096},\
+     async-parallel-for{async-dispatch=false num-workers=-1 min-task-size=1},\
      async-to-async-runtime,\
      async-runtime-ref-counting,\
      async-runtime-ref-counting-opt,\
