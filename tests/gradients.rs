@@ -192,6 +192,8 @@ fn convolutions() {
         check(&format!("conv 3x3 {size}"), &unary("conv2d(x, out: 4, kernel: 3, padding: 1) @conv", &format!("2, 3, {size}, {}", size + 1), "_, _, _, _"), false);
         check(&format!("conv 7x7/2 {size}"), &unary("conv2d(x, out: 2, kernel: 7, stride: 2, padding: 3, bias: false) @conv", &format!("1, 2, {size}, {size}"), "_, _, _, _"), false);
         check(&format!("conv 1x1/2 {size}"), &unary("conv2d(x, out: 3, kernel: 1, stride: 2, bias: false) @conv", &format!("2, 2, {size}, {size}"), "_, _, _, _"), false);
+        check(&format!("conv 3x3 groups 2 {size}"), &unary("conv2d(x, out: 4, kernel: 3, padding: 1, groups: 2) @conv", &format!("2, 4, {size}, {size}"), "_, _, _, _"), false);
+        check(&format!("conv 3x3/2 groups 2 {size}"), &unary("conv2d(x, out: 2, kernel: 3, stride: 2, padding: 1, groups: 2, bias: false) @conv", &format!("1, 4, {size}, {size}"), "_, _, _, _"), false);
         check(&format!("conv 3x3 dilated {size}"), &unary("conv2d(x, out: 2, kernel: 3, padding: 2, dilation: 2) @conv", &format!("1, 2, {size}, {size}"), "_, _, _, _"), false);
         check(&format!("conv_transpose 2x2/2 {size}"), &unary("conv_transpose2d(x, out: 3, kernel: 2, stride: 2) @deconv", &format!("2, 2, {size}, {size}"), "_, _, _, _"), false);
         check(&format!("conv_transpose 3x3/2 {size}"), &unary("conv_transpose2d(x, out: 2, kernel: 3, stride: 2, padding: 1) @deconv", &format!("1, 3, {size}, {size}"), "_, _, _, _"), false);
@@ -231,6 +233,10 @@ fn pooling_and_upsampling() {
         let x = format!("2, 2, {size}, {size}");
         check(&format!("max_pool 3x3/2 {size}"), &unary("max_pool2d(x, kernel: 3, stride: 2, padding: 1)", &x, "_, _, _, _"), false);
         check(&format!("max_pool 1x1/2 {size}"), &unary("max_pool2d(x, kernel: 1, stride: 2)", &x, "_, _, _, _"), false);
+        check(&format!("avg_pool 3x3/2 {size}"), &unary("avg_pool2d(x, kernel: 3, stride: 2, padding: 1)", &x, "_, _, _, _"), false);
+        check(&format!("avg_pool 2x2 {size}"), &unary("avg_pool2d(x, kernel: 2)", &x, "_, _, _, _"), false);
+        check(&format!("adaptive_avg_pool 1x1 {size}"), &unary("adaptive_avg_pool2d(x, output: 1)", &x, "_, _, _, _"), false);
+        check(&format!("adaptive_avg_pool 3x3 {size}"), &unary("adaptive_avg_pool2d(x, output: 3)", &x, "_, _, _, _"), false);
         let source = format!("network t(x: f64[1, 2, {size}, {size}], like: f64[1, 2, {}, {}]) -> (y: f64[_, _, _, _]) {{\n    return upsample_nearest(x, like: like)\n}}\n", 2 * size, 2 * size + 3);
         check(&format!("upsample_nearest {size}"), &source, false);
     }

@@ -683,10 +683,10 @@ fn strided_input_gradient<'c, 'b>(
         let zero = body.constant_float(0.0, element)?;
         let total = body.for_loop(index(0)?, index(kh)?, &[zero], |b, args| {
             let i = args[0];
-            let (row, row_valid) = reading_position(b, y, i, &window, 0, rows)?;
+            let (row, row_valid) = reading_position(b, y, i, window.low[0], window.dilation[0], window.stride[0], rows)?;
             b.for_loop(b.constant_index(0)?, b.constant_index(kw)?, &args[1..], |b, args| {
                 let j = args[0];
-                let (column, column_valid) = reading_position(b, x, j, &window, 1, cols)?;
+                let (column, column_valid) = reading_position(b, x, j, window.low[1], window.dilation[1], window.stride[1], cols)?;
                 let valid = b.binary("arith.andi", row_valid, column_valid)?;
                 let kernel_position = b.binary("arith.addi", b.binary("arith.muli", i, b.constant_index(kw)?)?, j)?;
                 let k = b.binary("arith.addi", b.binary("arith.muli", c, b.constant_index(kh * kw)?)?, kernel_position)?;
@@ -696,26 +696,6 @@ fn strided_input_gradient<'c, 'b>(
         })?;
         body.yield_values(&[total[0]])
     })?[0])
-}
-
-/// The output position of a convolution that reads input position `p` through kernel
-/// position `k` along `axis` (of `count` output positions), and whether there is one.
-fn reading_position<'c, 'n>(
-    b: &Emitter<'c, 'n>,
-    p: Value<'c, '_>,
-    k: Value<'c, '_>,
-    window: &Window,
-    axis: usize,
-    count: Value<'c, '_>,
-) -> Result<(Value<'c, 'n>, Value<'c, 'n>), LoweringError> {
-    let reach = b.binary("arith.muli", k, b.constant_index(window.dilation[axis])?)?;
-    let shifted = b.binary("arith.subi", b.binary("arith.addi", p, b.constant_index(window.low[axis])?)?, reach)?;
-    let stride = b.constant_index(window.stride[axis])?;
-    let (position, remainder) = (b.binary("arith.divsi", shifted, stride)?, b.binary("arith.remsi", shifted, stride)?);
-    let zero = b.constant_index(0)?;
-    let whole = b.binary("arith.andi", b.compare_integers(CmpiPredicate::Sge, shifted, zero)?, b.compare_integers(CmpiPredicate::Eq, remainder, zero)?)?;
-    let valid = b.binary("arith.andi", whole, b.compare_integers(CmpiPredicate::Slt, position, count)?)?;
-    Ok((b.select(valid, position, zero)?, valid))
 }
 
 /// The gradient of a convolution's weight: inputs `x` [N, C, H, W] and `grad` [N, O, Ho, Wo];
@@ -741,34 +721,52 @@ impl Operator for Conv2dBackwardWeight {
         let dims = [o, c / attrs.int("groups"), kh, kw].map(Dim::known).to_vec();
         Ok(Inference::output(TensorType::new(x.dtype, dims)))
     }
-    /// Σ over images and pixels of `grad` [O, N·Ho·Wo] times the im2col matrix
-    /// [C·kh·kw, N·Ho·Wo] transposed: one product ([`Emitter::linear_product`]) of two
-    /// relaid copies. One group only.
+    /// Per group, [`one_group_weight_gradient`] of its channels of `x` and `grad`, the groups'
+    /// gradients stacked along the output channels.
     fn lower<'c, 'b>(&self, cx: &Emitter<'c, 'b>, node: &LowerNode<'_, 'c, 'b>) -> Result<Vec<Value<'c, 'b>>, LoweringError> {
         let (x, grad) = (node.inputs[0], node.inputs[1]);
         let window = Window::of(node.attrs);
-        if window.groups != 1 {
-            let reason = "the weight gradient of a grouped convolution is not lowered yet".to_string();
-            return Err(LoweringError::Unsupported { op: "conv2d_backward_weight", node: node.name.to_string(), reason });
+        if window.groups == 1 {
+            return Ok(vec![one_group_weight_gradient(cx, x, grad, &window)?]);
         }
+        let channels = |tensor| cx.static_dims(tensor).map(|dims| dims[1].expect("channels are known"));
+        let (c, o) = (channels(x)? / window.groups, channels(grad)? / window.groups);
+        let [kh, kw] = window.kernel;
         let element = cx.element_of(x)?;
-        let x = if window.low == [0, 0] { x } else { cx.pad(x, &[0, 0, window.low[0], window.low[1]], &[0, 0, window.high[0], window.high[1]], 0.0)? };
-        let [n, c] = [cx.size(x, 0)?, cx.size(x, 1)?];
-        let [o, ho, wo] = [cx.size(grad, 1)?, cx.size(grad, 2)?, cx.size(grad, 3)?];
-        let [kh, kw] = window.kernel.map(Size::Static);
-        let [sh, sw] = window.stride;
-        let [dh, dw] = window.dilation;
-        let gathered = cx.empty(&[c, kh, kw, n, ho, wo], element)?;
-        let source = format!("(c, i, j, n, y, x) -> (n, c, y * {sh} + i * {dh}, x * {sw} + j * {dw})");
-        let gathered = cx.generic(&[x], &[gathered], &[&source, &identity_map(6)], &[Iterator::Parallel; 6], |body| body.yield_values(&[body.arg(0)?]))?[0];
-        let columns = cx.collapse_shape(gathered, &[&[0, 1, 2], &[3, 4, 5]])?;
-        let relaid = cx.empty(&[o, n, ho, wo], element)?;
-        let relaid = cx.generic(&[grad], &[relaid], &["(o, n, y, x) -> (n, o, y, x)", &identity_map(4)], &[Iterator::Parallel; 4], |body| body.yield_values(&[body.arg(0)?]))?[0];
-        let rows = cx.collapse_shape(relaid, &[&[0], &[1, 2, 3]])?;
-        let dims = cx.static_dims(columns)?;
-        let product = cx.ranked_tensor(&[o.static_value(), dims[0]], element);
-        let matrix = cx.linear_product(rows, columns, product)?;
-        let c = c.static_value().expect("channels are known");
-        Ok(vec![cx.expand_shape(matrix, &[&[0], &[1, 2, 3]], &[o, Size::Static(c), kh, kw])?])
+        let mut stacked = cx.empty(&[o * window.groups, c, kh, kw].map(Size::Static), element)?;
+        for group in 0..window.groups {
+            let slice = |tensor, width: i64| -> Result<Value<'c, 'b>, LoweringError> {
+                let sizes = [cx.size(tensor, 0)?, Size::Static(width), cx.size(tensor, 2)?, cx.size(tensor, 3)?];
+                cx.extract_slice(tensor, &[0, group * width, 0, 0], &sizes)
+            };
+            let gradient = one_group_weight_gradient(cx, slice(x, c)?, slice(grad, o)?, &Window { groups: 1, ..window })?;
+            stacked = cx.insert_slice(gradient, stacked, &[group * o, 0, 0, 0], &[1, 1, 1, 1])?;
+        }
+        Ok(vec![stacked])
     }
+}
+
+/// The weight gradient of a convolution of one group: Σ over images and pixels of `grad`
+/// [O, N·Ho·Wo] times the im2col matrix [C·kh·kw, N·Ho·Wo] transposed: one product
+/// ([`Emitter::linear_product`]) of two relaid copies.
+fn one_group_weight_gradient<'c, 'b>(cx: &Emitter<'c, 'b>, x: Value<'c, 'b>, grad: Value<'c, 'b>, window: &Window) -> Result<Value<'c, 'b>, LoweringError> {
+    let element = cx.element_of(x)?;
+    let x = if window.low == [0, 0] { x } else { cx.pad(x, &[0, 0, window.low[0], window.low[1]], &[0, 0, window.high[0], window.high[1]], 0.0)? };
+    let [n, c] = [cx.size(x, 0)?, cx.size(x, 1)?];
+    let [o, ho, wo] = [cx.size(grad, 1)?, cx.size(grad, 2)?, cx.size(grad, 3)?];
+    let [kh, kw] = window.kernel.map(Size::Static);
+    let [sh, sw] = window.stride;
+    let [dh, dw] = window.dilation;
+    let gathered = cx.empty(&[c, kh, kw, n, ho, wo], element)?;
+    let source = format!("(c, i, j, n, y, x) -> (n, c, y * {sh} + i * {dh}, x * {sw} + j * {dw})");
+    let gathered = cx.generic(&[x], &[gathered], &[&source, &identity_map(6)], &[Iterator::Parallel; 6], |body| body.yield_values(&[body.arg(0)?]))?[0];
+    let columns = cx.collapse_shape(gathered, &[&[0, 1, 2], &[3, 4, 5]])?;
+    let relaid = cx.empty(&[o, n, ho, wo], element)?;
+    let relaid = cx.generic(&[grad], &[relaid], &["(o, n, y, x) -> (n, o, y, x)", &identity_map(4)], &[Iterator::Parallel; 4], |body| body.yield_values(&[body.arg(0)?]))?[0];
+    let rows = cx.collapse_shape(relaid, &[&[0], &[1, 2, 3]])?;
+    let dims = cx.static_dims(columns)?;
+    let product = cx.ranked_tensor(&[o.static_value(), dims[0]], element);
+    let matrix = cx.linear_product(rows, columns, product)?;
+    let c = c.static_value().expect("channels are known");
+    cx.expand_shape(matrix, &[&[0], &[1, 2, 3]], &[o, Size::Static(c), kh, kw])
 }

@@ -87,6 +87,8 @@ pub static INTERNAL_OPERATORS: &[&dyn Operator] = &[
     &norm::RunningStatistics,
     &norm::ScaleChannels,
     &pool::MaxPool2dBackward,
+    &pool::AvgPool2dBackward,
+    &pool::AdaptiveAvgPool2dBackward,
     &resample::UpsampleNearestBackward,
     &detection::RpnLossBackward,
     &detection::MultiscaleRoiAlignBackward,
@@ -483,6 +485,28 @@ impl From<SizeError> for OpError {
 }
 
 /// Checks that input `slot` has rank `rank`; `layout` names the dimensions for the message.
+/// The window (of `count`, `stride` apart, input padded by `low`) that reads input position
+/// `p` at its position `k` (`dilation` apart), and whether there is one: what the gathers that
+/// send gradients back through windows (col2im, average pooling) sum over.
+pub fn reading_position<'c, 'n>(
+    b: &Emitter<'c, 'n>,
+    p: Value<'c, '_>,
+    k: Value<'c, '_>,
+    low: i64,
+    dilation: i64,
+    stride: i64,
+    count: Value<'c, '_>,
+) -> Result<(Value<'c, 'n>, Value<'c, 'n>), LoweringError> {
+    let reach = b.binary("arith.muli", k, b.constant_index(dilation)?)?;
+    let shifted = b.binary("arith.subi", b.binary("arith.addi", p, b.constant_index(low)?)?, reach)?;
+    let stride = b.constant_index(stride)?;
+    let (position, remainder) = (b.binary("arith.divsi", shifted, stride)?, b.binary("arith.remsi", shifted, stride)?);
+    let zero = b.constant_index(0)?;
+    let whole = b.binary("arith.andi", b.compare_integers(CmpiPredicate::Sge, shifted, zero)?, b.compare_integers(CmpiPredicate::Eq, remainder, zero)?)?;
+    let valid = b.binary("arith.andi", whole, b.compare_integers(CmpiPredicate::Slt, position, count)?)?;
+    Ok((b.select(valid, position, zero)?, valid))
+}
+
 pub fn expect_rank(op: &str, slot: usize, ty: &TensorType, layout: &str) -> Result<(), OpError> {
     let rank = layout.split(", ").count();
     if ty.rank() == rank {

@@ -195,6 +195,64 @@ impl Operator for AvgPool2d {
         let count = cx.constant_float((window.0[0] * window.0[1]) as f64, cx.element_of(sum)?)?;
         Ok(vec![cx.elementwise(&[sum], |body| body.yield_values(&[body.divf(body.arg(0)?, count)?]))?])
     }
+    fn gradient(&self, cx: &mut GradientContext) -> Result<Vec<Option<Port>>, GradientError> {
+        let grad = cx.output_grad(0)?;
+        let x = cx.inputs[0];
+        Ok(vec![Some(cx.add1(&AvgPool2dBackward, cx.attrs.clone(), &[grad, x])?)])
+    }
+}
+
+/// The gradient of `avg_pool2d`: each input position gets the gradients of the windows that
+/// contain it, over the window size. Inputs `grad` [N, C, Ho, Wo] and `x` [N, C, H, W].
+#[derive(Debug)]
+pub struct AvgPool2dBackward;
+
+impl Operator for AvgPool2dBackward {
+    fn name(&self) -> &'static str {
+        "avg_pool2d_backward"
+    }
+    fn inputs(&self) -> &'static [InputSpec] {
+        const { &[input("grad"), input("x")] }
+    }
+    fn attrs(&self) -> &'static [AttrSpec] {
+        WINDOW_ATTRS
+    }
+    fn infer(&self, inputs: &[Vec<TensorType>], _: &Attrs) -> Result<Inference, OpError> {
+        Ok(Inference::output(inputs[1][0].clone()))
+    }
+    fn lower<'c, 'b>(&self, cx: &Emitter<'c, 'b>, node: &LowerNode<'_, 'c, 'b>) -> Result<Vec<Value<'c, 'b>>, LoweringError> {
+        Ok(vec![window_means_backward(cx, node.inputs[0], node.inputs[1], window(self.name(), node)?)?])
+    }
+}
+
+/// The gradient of an average pooling with `(kernel, stride, padding)` from `grad` to the
+/// positions of `like`: for each, the sum of the gradients of the windows containing it
+/// (gathered as col2im gathers), over the window size.
+fn window_means_backward<'c, 'b>(
+    cx: &Emitter<'c, 'b>,
+    grad: Value<'c, 'b>,
+    like: Value<'c, 'b>,
+    (kernel, stride, padding): ([i64; 2], [i64; 2], [i64; 2]),
+) -> Result<Value<'c, 'b>, LoweringError> {
+    let [rows, columns] = [cx.size_value(cx.size(grad, 2)?)?, cx.size_value(cx.size(grad, 3)?)?];
+    let element = cx.element_of(grad)?;
+    let init = cx.empty(&cx.sizes(like)?, element)?;
+    Ok(cx.generic(&[], &[init], &[&identity_map(4)], &[Iterator::Parallel; 4], |body| {
+        let [n, c, y, x] = [0, 1, 2, 3].map(|axis| body.loop_index(axis));
+        let (n, c, y, x) = (n?, c?, y?, x?);
+        let zero = body.constant_float(0.0, element)?;
+        let total = body.for_loop(body.constant_index(0)?, body.constant_index(kernel[0])?, &[zero], |b, args| {
+            let (row, row_valid) = reading_position(b, y, args[0], padding[0], 1, stride[0], rows)?;
+            b.for_loop(b.constant_index(0)?, b.constant_index(kernel[1])?, &args[1..], |b, args| {
+                let (column, column_valid) = reading_position(b, x, args[0], padding[1], 1, stride[1], columns)?;
+                let valid = b.binary("arith.andi", row_valid, column_valid)?;
+                let value = b.extract(grad, &[n, c, row, column])?;
+                Ok(vec![b.addf(args[1], b.select(valid, value, b.constant_float(0.0, element)?)?)?])
+            })
+        })?;
+        let area = body.constant_float((kernel[0] * kernel[1]) as f64, element)?;
+        body.yield_values(&[body.divf(total[0], area)?])
+    })?[0])
 }
 
 /// Average pooling to a fixed output size (the C4 head's global pooling).
@@ -228,14 +286,59 @@ impl Operator for AdaptiveAvgPool2d {
         match [0, 1].map(|axis| dims[axis + 2].filter(|size| size % output[axis] == 0).map(|size| size / output[axis])) {
             [Some(kh), Some(kw)] => {
                 let sum = pool(cx, x, ([kh, kw], [kh, kw], [0, 0]), 0.0, "linalg.pooling_nchw_sum", Combiner::Add)?;
-                let count = cx.constant_float((kh * kw) as f64, cx.f32_type())?;
+                let count = cx.constant_float((kh * kw) as f64, cx.element_of(sum)?)?;
                 Ok(vec![cx.elementwise(&[sum], |body| body.yield_values(&[body.divf(body.arg(0)?, count)?]))?])
             }
-            _ => Err(LoweringError::Unsupported {
-                op: self.name(),
-                node: node.name.to_string(),
-                reason: format!("pooling to {output:?} is lowered only for a known input size divisible by it"),
-            }),
+            _ => Err(uneven_windows(self.name(), node, output)),
+        }
+    }
+    fn gradient(&self, cx: &mut GradientContext) -> Result<Vec<Option<Port>>, GradientError> {
+        let grad = cx.output_grad(0)?;
+        let x = cx.inputs[0];
+        Ok(vec![Some(cx.add1(&AdaptiveAvgPool2dBackward, cx.attrs.clone(), &[grad, x])?)])
+    }
+}
+
+/// Why an adaptive pooling is not lowered: its windows would differ in size.
+fn uneven_windows(op: &'static str, node: &LowerNode, output: [i64; 2]) -> LoweringError {
+    let reason = format!("pooling to {output:?} is lowered only for a known input size divisible by it");
+    LoweringError::Unsupported { op, node: node.name.to_string(), reason }
+}
+
+/// The gradient of `adaptive_avg_pool2d`: to 1×1, each position gets its plane's gradient over
+/// the plane's area; to uniform windows, as `avg_pool2d_backward` with kernel = stride. Inputs
+/// `grad` [N, C, oh, ow] and `x` [N, C, H, W].
+#[derive(Debug)]
+pub struct AdaptiveAvgPool2dBackward;
+
+impl Operator for AdaptiveAvgPool2dBackward {
+    fn name(&self) -> &'static str {
+        "adaptive_avg_pool2d_backward"
+    }
+    fn inputs(&self) -> &'static [InputSpec] {
+        const { &[input("grad"), input("x")] }
+    }
+    fn attrs(&self) -> &'static [AttrSpec] {
+        AdaptiveAvgPool2d.attrs()
+    }
+    fn infer(&self, inputs: &[Vec<TensorType>], _: &Attrs) -> Result<Inference, OpError> {
+        Ok(Inference::output(inputs[1][0].clone()))
+    }
+    fn lower<'c, 'b>(&self, cx: &Emitter<'c, 'b>, node: &LowerNode<'_, 'c, 'b>) -> Result<Vec<Value<'c, 'b>>, LoweringError> {
+        let (grad, x) = (node.inputs[0], node.inputs[1]);
+        let output = checked_pair(node.attrs, "output");
+        if output == [1, 1] {
+            let area = cx.binary("arith.muli", cx.size_value(cx.size(x, 2)?)?, cx.size_value(cx.size(x, 3)?)?)?;
+            let area = cx.index_to_float(area, cx.element_of(grad)?)?;
+            let init = cx.empty(&cx.sizes(x)?, cx.element_of(grad)?)?;
+            return Ok(cx.generic(&[grad], &[init], &["(n, c, y, x) -> (n, c, 0, 0)", &identity_map(4)], &[Iterator::Parallel; 4], |body| {
+                body.yield_values(&[body.divf(body.arg(0)?, area)?])
+            })?);
+        }
+        let dims = cx.static_dims(x)?;
+        match [0, 1].map(|axis| dims[axis + 2].filter(|size| size % output[axis] == 0).map(|size| size / output[axis])) {
+            [Some(kh), Some(kw)] => Ok(vec![window_means_backward(cx, grad, x, ([kh, kw], [kh, kw], [0, 0]))?]),
+            _ => Err(uneven_windows(self.name(), node, output)),
         }
     }
 }
@@ -252,7 +355,7 @@ fn global_average<'c, 'b>(cx: &Emitter<'c, 'b>, x: Value<'c, 'b>) -> Result<Valu
         |body| body.yield_values(&[body.addf(body.arg(1)?, body.arg(0)?)?]),
     )?;
     let area = cx.binary("arith.muli", cx.size_value(h)?, cx.size_value(w)?)?;
-    let area = cx.index_to_f32(area)?;
+    let area = cx.index_to_float(area, cx.element_of(x)?)?;
     let means = cx.elementwise(&[sums[0]], |body| body.yield_values(&[body.divf(body.arg(0)?, area)?]))?;
     cx.expand_shape(means, &[&[0], &[1, 2, 3]], &[n, c, Size::Static(1), Size::Static(1)])
 }
