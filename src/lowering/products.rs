@@ -14,8 +14,13 @@ use mrc_runtime::abi::functions::RuntimeFunction;
 /// How a target computes dense products.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Products {
-    /// Calls into the runtime's register-blocked, threaded GEMM microkernels (the CPU).
+    /// Calls into the runtime's GEMM entry points: register-blocked, threaded microkernels on
+    /// the host, cuBLAS on a GPU (the CUDA target).
     RuntimeGemm,
+    /// [`Products::RuntimeGemm`], and stride-1 convolutions with windows larger than 1×1 (and
+    /// their weight gradients) as products over shifted views of the padded input, without an
+    /// im2col matrix (`mrc_runtime::abi::window_products`; the host only: the CPU).
+    HostGemm,
     /// `linalg.generic` contractions, left to the target's pass pipeline to tile and map (the
     /// form a GPU pipeline takes; on the CPU it is the slow reference).
     Linalg,
@@ -26,7 +31,7 @@ impl<'c, 'b> Emitter<'c, 'b> {
     /// times each image's `columns` [N, K, H, W] (one column per pixel), as `ty` [N, M, H, W].
     pub fn conv_product(&self, matrix: Value<'c, 'b>, packed: bool, columns: Value<'c, 'b>, ty: Type<'c>) -> Result<Value<'c, 'b>, LoweringError> {
         match self.products {
-            Products::RuntimeGemm => {
+            Products::RuntimeGemm | Products::HostGemm => {
                 // Flattening the pixels is free; splitting them again after the product would
                 // be an expand of one dynamic axis into two, which crashes MLIR 22's
                 // `expand-strided-metadata`: the kernel takes [H, W] and writes [N, M, H, W].
@@ -53,7 +58,7 @@ impl<'c, 'b> Emitter<'c, 'b> {
         ty: Type<'c>,
     ) -> Result<Value<'c, 'b>, LoweringError> {
         match self.products {
-            Products::RuntimeGemm => Ok(self.call_runtime(RuntimeFunction::Linear, &[x, weight], &[ty])?[0]),
+            Products::RuntimeGemm | Products::HostGemm => Ok(self.call_runtime(RuntimeFunction::Linear, &[x, weight], &[ty])?[0]),
             Products::Linalg => {
                 let sizes = [self.size(x, 0)?, self.size(weight, 0)?];
                 self.contraction(
@@ -64,6 +69,56 @@ impl<'c, 'b> Emitter<'c, 'b> {
                 )
             }
         }
+    }
+
+    /// A stride-1 convolution of the padded `x` [N, C, Hp, Wp] with `matrix` (as for
+    /// [`Emitter::conv_product`]) over windows of `kernel` with `dilation`, into `sizes`
+    /// [N, M, Ho, Wo], without an im2col matrix; `None` where the target has no such product
+    /// (then the caller gathers the columns for [`Emitter::conv_product`]).
+    pub fn window_conv_product(
+        &self,
+        matrix: Value<'c, 'b>,
+        packed: bool,
+        x: Value<'c, 'b>,
+        kernel: [i64; 2],
+        dilation: [i64; 2],
+        sizes: &[Size<'c, 'b>; 4],
+    ) -> Result<Option<Value<'c, 'b>>, LoweringError> {
+        if self.products != Products::HostGemm {
+            return Ok(None);
+        }
+        let window = self.window_sizes(kernel, dilation)?;
+        // The product lays the output on the input's width; its first Wo columns are the result.
+        let [n, m, ho, _] = *sizes;
+        let grid = self.ranked_tensor(&[n, m, ho, self.size(x, 3)?].map(|size| size.static_value()), self.element_of(x)?);
+        let function = if packed { RuntimeFunction::ConvWindowsPacked } else { RuntimeFunction::ConvWindows };
+        let grid = self.call_runtime(function, &[matrix, x, window], &[grid])?[0];
+        Ok(Some(self.extract_slice(grid, &[0, 0, 0, 0], sizes)?))
+    }
+
+    /// The weight gradient `ty` [M, C, kh, kw] of a stride-1 convolution of the padded `x`
+    /// [N, C, Hp, Wp] over windows of `kernel` with `dilation`, from its output gradient `grad`
+    /// [N, M, Ho, Wo], without an im2col matrix; `None` where the target has no such product.
+    pub fn window_weight_gradient(
+        &self,
+        x: Value<'c, 'b>,
+        grad: Value<'c, 'b>,
+        kernel: [i64; 2],
+        dilation: [i64; 2],
+        ty: Type<'c>,
+    ) -> Result<Option<Value<'c, 'b>>, LoweringError> {
+        if self.products != Products::HostGemm {
+            return Ok(None);
+        }
+        let window = self.window_sizes(kernel, dilation)?;
+        // The gradient on the input's width, zero in the columns no window ends at.
+        let on_grid = self.pad(grad, &[0, 0, 0, 0], &[0, 0, 0, dilation[1] * (kernel[1] - 1)], 0.0)?;
+        Ok(Some(self.call_runtime(RuntimeFunction::ConvWindowsWeightGrad, &[x, on_grid, window], &[ty])?[0]))
+    }
+
+    /// The window products' `[kh, kw, dh, dw]`.
+    fn window_sizes(&self, kernel: [i64; 2], dilation: [i64; 2]) -> Result<Value<'c, 'b>, LoweringError> {
+        self.index_tensor(&[kernel[0], kernel[1], dilation[0], dilation[1]].map(Size::Static))
     }
 
     /// `out[...] = Σ_k a[...] · b[...]` into zeros of `sizes`, the last loop the reduction.

@@ -1,5 +1,7 @@
 //! Convolutions on NCHW tensors. groups == 1 is an im2col `linalg.generic` and a matrix product
-//! computed as the target chooses ([`Emitter::conv_product`]); grouped ones are `linalg.conv_2d_ngchw_gfchw` on views with the
+//! computed as the target chooses ([`Emitter::conv_product`]), or, at stride 1 where the target
+//! has them, products over shifted views of the padded input with no im2col matrix
+//! ([`Emitter::window_conv_product`], [`Emitter::window_weight_gradient`]); grouped ones are `linalg.conv_2d_ngchw_gfchw` on views with the
 //! group axis split out (`tensor.expand_shape`). A transposed convolution is a stride-1
 //! convolution of the input spread out with zeros, with the flipped, transposed kernel, except
 //! where the kernel equals the stride: then it is a matrix product and a pixel shuffle.
@@ -122,7 +124,13 @@ fn im2col_matmul<'c, 'b>(
         Weight::Packed(matrix) => (matrix, true),
     };
     let output_type = cx.ranked_tensor(&sizes.map(|size| size.static_value()), cx.element_of(x)?);
-    let y = if window.kernel == [1, 1] && window.stride == [1, 1] {
+    let windows = match window.stride {
+        [1, 1] if window.kernel != [1, 1] => cx.window_conv_product(matrix, packed, x, window.kernel, window.dilation, sizes)?,
+        _ => None,
+    };
+    let y = if let Some(y) = windows {
+        y
+    } else if window.kernel == [1, 1] && window.stride == [1, 1] {
         cx.conv_product(matrix, packed, x, output_type)?
     } else {
         // The im2col matrix (9× the input for a 3×3 kernel) lives only inside this region.
@@ -754,6 +762,12 @@ fn one_group_weight_gradient<'c, 'b>(cx: &Emitter<'c, 'b>, x: Value<'c, 'b>, gra
     let x = if window.low == [0, 0] { x } else { cx.pad(x, &[0, 0, window.low[0], window.low[1]], &[0, 0, window.high[0], window.high[1]], 0.0)? };
     let [n, c] = [cx.size(x, 0)?, cx.size(x, 1)?];
     let [o, ho, wo] = [cx.size(grad, 1)?, cx.size(grad, 2)?, cx.size(grad, 3)?];
+    if window.stride == [1, 1] && window.kernel != [1, 1] {
+        let ty = cx.ranked_tensor(&[o.static_value(), c.static_value(), Some(window.kernel[0]), Some(window.kernel[1])], element);
+        if let Some(gradient) = cx.window_weight_gradient(x, grad, window.kernel, window.dilation, ty)? {
+            return Ok(gradient);
+        }
+    }
     let [kh, kw] = window.kernel.map(Size::Static);
     let [sh, sw] = window.stride;
     let [dh, dw] = window.dilation;

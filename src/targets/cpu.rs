@@ -17,7 +17,7 @@ impl Target for Cpu {
         "cpu"
     }
     fn products(&self) -> Products {
-        Products::RuntimeGemm
+        Products::HostGemm
     }
     /// The runtime's optimized CPU implementations.
     fn builtins(&self) -> BuiltIns {

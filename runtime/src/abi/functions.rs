@@ -3,7 +3,7 @@
 //! its address (what a JIT binds). The compiler names a function by its [`RuntimeFunction`]
 //! variant, never by a string, and the runtime's symbol table is [`RuntimeFunction::ALL`].
 
-use super::{detection as d, kernels as k, training as t};
+use super::{detection as d, kernels as k, training as t, window_products as w};
 
 /// A tensor crossing the C interface: its element type and rank, or a built-in's parameter
 /// words (`f64[?]`, the layout of its [`super::detection::Params`] implementation); or, as a
@@ -68,6 +68,14 @@ runtime_functions! {
     ConvMatmul = "conv_matmul", k::_mlir_ciface_mrc_conv_matmul, ([F32(2)], [F32(3)], [I64(1)]) -> (F32(4));
     /// The weights packed at load time, column-major [K, M], times each image's columns.
     ConvMatmulPacked = "conv_matmul_packed", k::_mlir_ciface_mrc_conv_matmul_packed, ([F32(2)], [F32(3)], [I64(1)]) -> (F32(4));
+    /// A stride-1 convolution of the padded input [N, C, Hp, Wp] with the weights [M, C·kh·kw],
+    /// window [kh, kw, dh, dw], on the input's width: [N, M, Ho, Wp].
+    ConvWindows = "conv_windows", w::_mlir_ciface_mrc_conv_windows, ([F32(2)], [F32(4)], [I64(1)]) -> (F32(4));
+    /// The same with the weights packed at load time, column-major [C·kh·kw, M].
+    ConvWindowsPacked = "conv_windows_packed", w::_mlir_ciface_mrc_conv_windows_packed, ([F32(2)], [F32(4)], [I64(1)]) -> (F32(4));
+    /// The weight gradient [M, C, kh, kw] of a stride-1 convolution from the padded input and the
+    /// output gradient on the input's width [N, M, Ho, Wp], window [kh, kw, dh, dw].
+    ConvWindowsWeightGrad = "conv_windows_weight_grad", w::_mlir_ciface_mrc_conv_windows_weight_grad, ([F32(4)], [F32(4)], [I64(1)]) -> (F32(4));
     /// `x` [N, F] times the weight [O, F] transposed.
     Linear = "linear", k::_mlir_ciface_mrc_linear, ([F32(2)], [F32(2)]) -> (F32(2));
     /// The image u8 [H, W, 3] to the batch [1, 3, Hb, Wb] and the resized size i64[2].

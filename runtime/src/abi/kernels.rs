@@ -1,5 +1,6 @@
 //! Matrix-multiplication microkernels for generated code: convolutions and linear layers are
-//! lowered to an im2col view (or none, for 1×1 convolutions) and one of these calls, with the
+//! lowered to an im2col view (or none, for 1×1 convolutions; or, at stride 1 on the CPU, the
+//! window products of [`super::window_products`]) and one of these calls, with the
 //! epilogue (bias, frozen batch norm, ReLU, residual add) fused around it in MLIR. The `gemm`
 //! crate provides the packed, vectorized (AVX2/AVX-512/NEON) kernel and its threading.
 //!
@@ -13,7 +14,7 @@ use crate::device::{BatchedProduct, DeviceGemm, StridedMatrix};
 /// The device's GEMM when the operands are memory the host cannot read (a CUDA program on the
 /// GPU); `None` runs products on the host: without a device (the CPU target, `mrc run`) or on
 /// the emulator, whose device memory is host memory.
-fn device_gemm() -> Option<&'static dyn DeviceGemm> {
+pub(super) fn device_gemm() -> Option<&'static dyn DeviceGemm> {
     crate::device::selected().and_then(|device| device.device().gemm())
 }
 
@@ -40,13 +41,21 @@ unsafe fn product_on_device(
 
 /// The kernel's thread count for a product of `flops` multiply-adds: rayon's pool, except for
 /// products too small to gain from splitting.
-fn parallelism(flops: usize) -> gemm::Parallelism {
+pub(super) fn parallelism(flops: usize) -> gemm::Parallelism {
     let threads = rayon::current_num_threads();
     if threads > 1 && flops >= 1 << 20 {
         gemm::Parallelism::Rayon(threads)
     } else {
         gemm::Parallelism::None
     }
+}
+
+/// Whether a batch of `n` products of `per_item` multiply-adds runs one product per task
+/// (each kernel on one thread) rather than one after the other (each kernel on every thread):
+/// when there are images enough for every thread, or the products are too small to split
+/// (the mask head's RoIs).
+pub(super) fn one_image_per_task(n: usize, per_item: usize) -> bool {
+    n > 1 && (per_item < 1 << 24 || n >= rayon::current_num_threads())
 }
 
 /// `C[b] = A × B[b]` for every batch index `b`: `a` [M, K] shared, `b` [N, K, P], `c` [N, M, P]
@@ -82,17 +91,17 @@ pub unsafe extern "C" fn _mlir_ciface_mrc_conv_matmul_packed(
 
 /// The left operand A [M, K] of a product: its address and strides (row `rs`, column `cs`).
 #[derive(Clone, Copy)]
-struct Lhs {
-    base: usize,
-    m: usize,
-    k: usize,
-    rs: isize,
-    cs: isize,
+pub(super) struct Lhs {
+    pub base: usize,
+    pub m: usize,
+    pub k: usize,
+    pub rs: isize,
+    pub cs: isize,
 }
 
 impl Lhs {
     /// A given as [M, K].
-    fn of_matrix(a: &MemRef<f32, 2>) -> Lhs {
+    pub fn of_matrix(a: &MemRef<f32, 2>) -> Lhs {
         let [m, k] = a.shape();
         Lhs {
             base: a.aligned.wrapping_offset(a.offset as isize) as usize,
@@ -104,7 +113,7 @@ impl Lhs {
     }
 
     /// A given as its transpose [K, M] (the packed weights' column-major form).
-    fn of_transposed(a_t: &MemRef<f32, 2>) -> Lhs {
+    pub fn of_transposed(a_t: &MemRef<f32, 2>) -> Lhs {
         let [k, m] = a_t.shape();
         Lhs {
             base: a_t.aligned.wrapping_offset(a_t.offset as isize) as usize,
@@ -207,10 +216,8 @@ unsafe fn conv_matmul(
             parallelism,
         )
     };
-    // Large products thread inside the kernel; a batch of small ones (mask head RoIs) is
-    // spread over the pool one product per task instead.
     let per_item = m * k * p;
-    if n > 1 && per_item < 1 << 24 {
+    if one_image_per_task(n, per_item) {
         use rayon::prelude::*;
         (0..n).into_par_iter().for_each(|item| product(item, gemm::Parallelism::None));
     } else {

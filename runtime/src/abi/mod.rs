@@ -19,6 +19,7 @@ pub mod kernels;
 mod memref;
 pub mod stages;
 pub mod training;
+pub mod window_products;
 
 pub use memref::{keep_freed_memory, memref_copy, MemRef};
 

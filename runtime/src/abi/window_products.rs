@@ -1,0 +1,328 @@
+//! Stride-1 convolutions as products without an im2col matrix (the CPU target's choice for
+//! kernels larger than 1×1). On the padded input `x` [N, C, Hp, Wp] flattened per channel, the
+//! window position (i, j) reads, for the output pixel at flat position `q = y·Wp + x`, the input
+//! element `q + i·dh·Wp + j·dw`: a shifted view of the input is that position's [C, Q] matrix,
+//! with unit column stride. So a convolution is kh·kw products accumulated into an output laid
+//! out on the input's width (`[N, M, Ho, Wp]`, of which the caller reads the first Wo columns),
+//! and its weight gradient kh·kw products of the gradient (on the same grid, zero beyond Wo)
+//! with the transposed views. `Q = (Ho − 1)·Wp + Wo` keeps every read inside the input.
+//!
+//! The products read host memory: the CUDA target does not emit these calls, and one that runs
+//! where the device's GEMM is needed records an error.
+
+use super::kernels::{device_gemm, one_image_per_task, parallelism, Lhs};
+use super::MemRef;
+
+/// The window of a stride-1 convolution: kernel size and dilation per axis.
+struct Window {
+    kernel: [usize; 2],
+    dilation: [usize; 2],
+}
+
+impl Window {
+    /// # Safety
+    /// `window` describes a live buffer.
+    unsafe fn of(window: &MemRef<i64, 1>, name: &str) -> Option<Window> {
+        match window.elements()[..] {
+            [kh, kw, dh, dw] if kh > 0 && kw > 0 && dh > 0 && dw > 0 => {
+                Some(Window { kernel: [kh as usize, kw as usize], dilation: [dh as usize, dw as usize] })
+            }
+            ref other => {
+                super::set_error(format!("{name}: window {other:?} is not [kh, kw, dh, dw]"));
+                None
+            }
+        }
+    }
+
+    /// The output size for an input of `[hp, wp]` (padded), if there is one.
+    fn output(&self, [hp, wp]: [usize; 2]) -> Option<[usize; 2]> {
+        let reach = [0, 1].map(|axis| self.dilation[axis] * (self.kernel[axis] - 1));
+        (hp > reach[0] && wp > reach[1]).then(|| [hp - reach[0], wp - reach[1]])
+    }
+
+    /// The window positions: their (i, j) and their offset in a plane `wp` wide.
+    fn positions(&self, wp: usize) -> impl Iterator<Item = (usize, usize, isize)> + '_ {
+        let [kh, kw] = self.kernel;
+        (0..kh).flat_map(move |i| (0..kw).map(move |j| (i, j, (i * self.dilation[0] * wp + j * self.dilation[1]) as isize)))
+    }
+}
+
+/// Whether the products cannot run here: a device needs its own GEMM.
+fn on_device(name: &str) -> bool {
+    let on_device = device_gemm().is_some();
+    if on_device {
+        super::set_error(format!("{name}: not available on a GPU (the CUDA target uses im2col products)"));
+    }
+    on_device
+}
+
+/// `f` of `x` with its rows contiguous, as the flattening needs: `x` itself, or a row-major
+/// copy of a view.
+///
+/// # Safety
+/// `x` describes a live buffer.
+unsafe fn with_contiguous_rows<T>(x: &MemRef<f32, 4>, f: impl FnOnce(&MemRef<f32, 4>) -> T) -> T {
+    let [_, _, _, width] = x.shape();
+    if x.strides[3] == 1 && x.strides[2] == width as i64 {
+        return f(x);
+    }
+    let copy = x.elements().into_owned();
+    f(&MemRef::borrowed(&copy, x.shape()))
+}
+
+/// `A` [M, C·kh·kw] (or packed, its transpose) convolved with `x` [N, C, Hp, Wp] at stride 1:
+/// the result [N, M, Ho, Wp], its columns from Wo on unwritten.
+unsafe fn convolve(name: &str, a: Lhs, x: &MemRef<f32, 4>, window: &MemRef<i64, 1>) -> MemRef<f32, 4> {
+    let [n, c, hp, wp] = x.shape();
+    let Some(window) = Window::of(window, name) else { return MemRef::allocate([0, a.m, 0, 0]) };
+    let [kh, kw] = window.kernel;
+    let Some([ho, wo]) = window.output([hp, wp]).filter(|_| a.k == c * kh * kw) else {
+        super::set_error(format!("{name}: [{}, {}] × [{n}, {c}, {hp}, {wp}] with a {kh}×{kw} window", a.m, a.k));
+        return MemRef::allocate([0, a.m, 0, 0]);
+    };
+    if on_device(name) {
+        return MemRef::allocate([0, a.m, 0, 0]);
+    }
+    with_contiguous_rows(x, |x| convolve_rows(a, x, &window, [ho, wo]))
+}
+
+/// [`convolve`] of `x` with contiguous rows, whose output is `[ho, wo]`.
+unsafe fn convolve_rows(a: Lhs, x: &MemRef<f32, 4>, window: &Window, [ho, wo]: [usize; 2]) -> MemRef<f32, 4> {
+    let [n, c, _, wp] = x.shape();
+    let [kh, kw] = window.kernel;
+    let y = MemRef::<f32, 4>::allocate([n, a.m, ho, wp]);
+    let q = (ho - 1) * wp + wo;
+    let (x_base, y_base) = (x.aligned.wrapping_offset(x.offset as isize) as usize, y.aligned as usize);
+    let (image_stride, channel_stride) = (x.strides[0] as isize, x.strides[1] as isize);
+    let positions: Vec<(usize, usize, isize)> = window.positions(wp).collect();
+    let product = |item: usize, parallelism| {
+        for (first, &(i, j, shift)) in positions.iter().enumerate() {
+            // The weights of window position (i, j): columns i·kw + j, kh·kw apart.
+            let column = (i * kw + j) as isize;
+            gemm::gemm(
+                a.m,
+                q,
+                c,
+                (y_base as *mut f32).add(item * a.m * ho * wp),
+                1,
+                (ho * wp) as isize,
+                first > 0,
+                (a.base as *const f32).offset(column * a.cs),
+                a.cs * (kh * kw) as isize,
+                a.rs,
+                (x_base as *const f32).offset(item as isize * image_stride + shift),
+                1,
+                channel_stride,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                parallelism,
+            )
+        }
+    };
+    let per_item = a.m * c * kh * kw * q;
+    if one_image_per_task(n, per_item) {
+        use rayon::prelude::*;
+        (0..n).into_par_iter().for_each(|item| product(item, gemm::Parallelism::None));
+    } else {
+        for item in 0..n {
+            product(item, parallelism(per_item));
+        }
+    }
+    y
+}
+
+/// A stride-1 convolution of the padded input `x` [N, C, Hp, Wp] with the weights `a`
+/// [M, C·kh·kw] (a convolution's [M, C, kh, kw]), `window` = [kh, kw, dh, dw]: the result
+/// [N, M, Ho, Wp], whose first Wo columns are the convolution's.
+///
+/// # Safety
+/// The descriptors must describe live buffers; `out` receives a new one.
+#[no_mangle]
+pub unsafe extern "C" fn _mlir_ciface_mrc_conv_windows(
+    out: *mut MemRef<f32, 4>,
+    a: *const MemRef<f32, 2>,
+    x: *const MemRef<f32, 4>,
+    window: *const MemRef<i64, 1>,
+) {
+    *out = convolve("mrc_conv_windows", Lhs::of_matrix(&*a), &*x, &*window);
+}
+
+/// [`_mlir_ciface_mrc_conv_windows`] with the weights packed at load time (column-major
+/// [C·kh·kw, M]).
+///
+/// # Safety
+/// The descriptors must describe live buffers; `out` receives a new one.
+#[no_mangle]
+pub unsafe extern "C" fn _mlir_ciface_mrc_conv_windows_packed(
+    out: *mut MemRef<f32, 4>,
+    a_t: *const MemRef<f32, 2>,
+    x: *const MemRef<f32, 4>,
+    window: *const MemRef<i64, 1>,
+) {
+    *out = convolve("mrc_conv_windows_packed", Lhs::of_transposed(&*a_t), &*x, &*window);
+}
+
+/// The weight gradient [M, C, kh, kw] of a stride-1 convolution of the padded input `x`
+/// [N, C, Hp, Wp], from its output gradient on the input's width `grad` [N, M, Ho, Wp] (zero
+/// from column Wo on), `window` = [kh, kw, dh, dw]: for each window position, the products of
+/// the gradient with the shifted input's transpose, summed over the images.
+///
+/// # Safety
+/// The descriptors must describe live buffers; `out` receives a new one.
+#[no_mangle]
+pub unsafe extern "C" fn _mlir_ciface_mrc_conv_windows_weight_grad(
+    out: *mut MemRef<f32, 4>,
+    x: *const MemRef<f32, 4>,
+    grad: *const MemRef<f32, 4>,
+    window: *const MemRef<i64, 1>,
+) {
+    *out = weight_gradient("mrc_conv_windows_weight_grad", &*x, &*grad, &*window);
+}
+
+unsafe fn weight_gradient(name: &str, x: &MemRef<f32, 4>, grad: &MemRef<f32, 4>, window: &MemRef<i64, 1>) -> MemRef<f32, 4> {
+    let ([n, c, hp, wp], [n2, m, ho2, wp2]) = (x.shape(), grad.shape());
+    let Some(window) = Window::of(window, name) else { return MemRef::allocate([m, 0, 0, 0]) };
+    let [kh, kw] = window.kernel;
+    let Some([ho, wo]) = window.output([hp, wp]).filter(|&[ho, _]| n == n2 && ho == ho2 && wp == wp2) else {
+        super::set_error(format!("{name}: input [{n}, {c}, {hp}, {wp}], gradient [{n2}, {m}, {ho2}, {wp2}], {kh}×{kw} window"));
+        return MemRef::allocate([m, c, kh, kw]);
+    };
+    if on_device(name) {
+        return MemRef::allocate([m, c, kh, kw]);
+    }
+    with_contiguous_rows(x, |x| with_contiguous_rows(grad, |grad| weight_gradient_rows(x, grad, &window, [ho, wo])))
+}
+
+/// [`weight_gradient`] of `x` and `grad` with contiguous rows, the output `[ho, wo]`.
+unsafe fn weight_gradient_rows(x: &MemRef<f32, 4>, grad: &MemRef<f32, 4>, window: &Window, [ho, wo]: [usize; 2]) -> MemRef<f32, 4> {
+    let ([n, c, _, wp], [_, m, _, _]) = (x.shape(), grad.shape());
+    let [kh, kw] = window.kernel;
+    let q = (ho - 1) * wp + wo;
+    let (x_base, grad_base) = (x.aligned.wrapping_offset(x.offset as isize) as usize, grad.aligned.wrapping_offset(grad.offset as isize) as usize);
+    // One task per window position, each summing over the images into its own [M, C] block:
+    // the products are too narrow (M by C) for the kernel to split.
+    let positions: Vec<(usize, usize, isize)> = window.positions(wp).collect();
+    let (grad_strides, x_strides) = (grad.strides.map(|s| s as isize), x.strides.map(|s| s as isize));
+    let mut blocks = vec![0.0_f32; positions.len() * m * c];
+    {
+        use rayon::prelude::*;
+        blocks.par_chunks_mut(m * c).zip(&positions).for_each(|(block, &(_, _, shift))| {
+            for item in 0..n {
+                gemm::gemm(
+                    m,
+                    c,
+                    q,
+                    block.as_mut_ptr(),
+                    1,
+                    c as isize,
+                    item > 0,
+                    (grad_base as *const f32).offset(item as isize * grad_strides[0]),
+                    1,
+                    grad_strides[1],
+                    // The shifted input's transpose [Q, C]: element (q, c) at q + c·channel stride.
+                    (x_base as *const f32).offset(item as isize * x_strides[0] + shift),
+                    x_strides[1],
+                    1,
+                    1.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+        });
+    }
+    let dw = MemRef::<f32, 4>::allocate([m, c, kh, kw]);
+    for (position, block) in blocks.chunks(m * c).enumerate() {
+        for (index, &value) in block.iter().enumerate() {
+            // Element (o, ch) of position (i, j) is dw[o, ch, i, j].
+            *dw.aligned.add(index * kh * kw + position) = value;
+        }
+    }
+    dw
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Small integers, so that sums are exact in any order.
+    fn values(count: usize, seed: usize) -> Vec<f32> {
+        (0..count).map(|i| ((i * 7 + seed * 13) % 11) as f32 - 5.0).collect()
+    }
+
+    /// The direct convolution of `x` [N, C, Hp, Wp] with `w` [M, C, kh, kw] at stride 1.
+    fn direct(x: &[f32], [n, c, hp, wp]: [usize; 4], w: &[f32], [m, kh, kw]: [usize; 3], [dh, dw]: [usize; 2]) -> (Vec<f32>, [usize; 2]) {
+        let (ho, wo) = (hp - dh * (kh - 1), wp - dw * (kw - 1));
+        let mut y = vec![0.0; n * m * ho * wo];
+        for (b, o, r, s) in itertools(n, m, ho, wo) {
+            let mut sum = 0.0;
+            for ch in 0..c {
+                for i in 0..kh {
+                    for j in 0..kw {
+                        sum += w[((o * c + ch) * kh + i) * kw + j] * x[((b * c + ch) * hp + r + i * dh) * wp + s + j * dw];
+                    }
+                }
+            }
+            y[((b * m + o) * ho + r) * wo + s] = sum;
+        }
+        (y, [ho, wo])
+    }
+
+    fn itertools(a: usize, b: usize, c: usize, d: usize) -> impl Iterator<Item = (usize, usize, usize, usize)> {
+        (0..a).flat_map(move |i| (0..b).flat_map(move |j| (0..c).flat_map(move |k| (0..d).map(move |l| (i, j, k, l)))))
+    }
+
+    #[test]
+    fn window_products_equal_the_direct_convolution_and_its_weight_gradient() {
+        let (n, c, hp, wp, m) = (2, 3, 7, 9, 4);
+        for (kh, kw, dh, dw) in [(3, 3, 1, 1), (3, 2, 2, 1), (1, 3, 1, 2)] {
+            let x = values(n * c * hp * wp, 1);
+            let w = values(m * c * kh * kw, 2);
+            let (expected, [ho, wo]) = direct(&x, [n, c, hp, wp], &w, [m, kh, kw], [dh, dw]);
+            let window = MemRef::<i64, 1>::owned(&[kh as i64, kw as i64, dh as i64, dw as i64], [4]);
+            let x_ref = MemRef::<f32, 4>::owned(&x, [n, c, hp, wp]);
+            let w_ref = MemRef::<f32, 2>::owned(&w, [m, c * kh * kw]);
+            let mut y = MemRef::<f32, 4>::allocate([0, 0, 0, 0]);
+            unsafe { _mlir_ciface_mrc_conv_windows(&mut y, &w_ref, &x_ref, &window) };
+            assert_eq!(y.shape(), [n, m, ho, wp]);
+            let grid = unsafe { y.elements() }.into_owned();
+            for (b, o, r, s) in itertools(n, m, ho, wo) {
+                assert_eq!(grid[((b * m + o) * ho + r) * wp + s], expected[((b * m + o) * ho + r) * wo + s], "{kh}x{kw} /{dh},{dw}");
+            }
+            // The packed form: the weights' transpose [C·kh·kw, M].
+            let k = c * kh * kw;
+            let transposed: Vec<f32> = (0..k * m).map(|e| w[(e % m) * k + e / m]).collect();
+            let packed = MemRef::<f32, 2>::owned(&transposed, [k, m]);
+            let mut y_packed = MemRef::<f32, 4>::allocate([0, 0, 0, 0]);
+            unsafe { _mlir_ciface_mrc_conv_windows_packed(&mut y_packed, &packed, &x_ref, &window) };
+            let packed_grid = unsafe { y_packed.elements() }.into_owned();
+            for (b, o, r, s) in itertools(n, m, ho, wo) {
+                let at = ((b * m + o) * ho + r) * wp + s;
+                assert_eq!(packed_grid[at], grid[at]);
+            }
+
+            // The weight gradient for an output gradient g: Σ g[b, o, r, s] · x[b, ch, r + i·dh, s + j·dw].
+            let g = values(n * m * ho * wo, 3);
+            let mut g_grid = vec![0.0; n * m * ho * wp];
+            for (b, o, r, s) in itertools(n, m, ho, wo) {
+                g_grid[((b * m + o) * ho + r) * wp + s] = g[((b * m + o) * ho + r) * wo + s];
+            }
+            let g_ref = MemRef::<f32, 4>::owned(&g_grid, [n, m, ho, wp]);
+            let mut dw_out = MemRef::<f32, 4>::allocate([0, 0, 0, 0]);
+            unsafe { _mlir_ciface_mrc_conv_windows_weight_grad(&mut dw_out, &x_ref, &g_ref, &window) };
+            let gradient = unsafe { dw_out.elements() }.into_owned();
+            for (o, ch, i, j) in itertools(m, c, kh, kw) {
+                let mut sum = 0.0;
+                for (b, _, r, s) in itertools(n, 1, ho, wo) {
+                    sum += g[((b * m + o) * ho + r) * wo + s] * x[((b * c + ch) * hp + r + i * dh) * wp + s + j * dw];
+                }
+                assert_eq!(gradient[((o * c + ch) * kh + i) * kw + j], sum, "weight gradient {kh}x{kw} /{dh},{dw}");
+            }
+        }
+    }
+}
