@@ -1,8 +1,8 @@
 //! Convolutions on NCHW tensors. groups == 1 is an im2col `linalg.generic` and a matrix product
 //! computed as the target chooses ([`Emitter::conv_product`]), or, at stride 1 where the target
 //! has them, products over shifted views of the padded input with no im2col matrix
-//! ([`Emitter::window_conv_product`], [`Emitter::window_weight_gradient`]); grouped ones are `linalg.conv_2d_ngchw_gfchw` on views with the
-//! group axis split out (`tensor.expand_shape`). A transposed convolution is a stride-1
+//! ([`Emitter::window_conv_product`], [`Emitter::window_weight_gradient`]); grouped ones are
+//! `linalg.conv_2d_ngchw_gfchw` on views with the group axis split out (`tensor.expand_shape`). A transposed convolution is a stride-1
 //! convolution of the input spread out with zeros, with the flipped, transposed kernel, except
 //! where the kernel equals the stride: then it is a matrix product and a pixel shuffle.
 
