@@ -1,8 +1,10 @@
-"""Prints the CPU benchmark's table from the --timings files of both sides.
+"""Prints the CPU benchmark's table from the --timings files of every side.
 
 usage: bench_summary.py --title T --compile-seconds S --bar B --mrc T.json... --torch T.json...
+                        [--onnxruntime T.json... --onnxruntime-bar B]
 Each file is one process: {"seconds": [one per run], "peak_rss_mb": x}. The first run of each
-process is warm-up and dropped; each side's time is the median of the remaining runs.
+process is warm-up and dropped; each side's time is the median of the remaining runs. mrc is
+compared with each peer: the ratio of the medians against that peer's bar.
 """
 import argparse
 import json
@@ -27,20 +29,26 @@ def main():
     parser.add_argument("--bar", type=float, required=True)
     parser.add_argument("--mrc", nargs="+", required=True)
     parser.add_argument("--torch", nargs="+", required=True)
+    parser.add_argument("--onnxruntime", nargs="+")
+    parser.add_argument("--onnxruntime-bar", type=float, default=0.8)
     args = parser.parse_args()
 
-    (mrc, mrc_rss), (torch, torch_rss) = side(args.mrc), side(args.torch)
-    mrc_s, torch_s = statistics.median(mrc), statistics.median(torch)
-    ratio = mrc_s / torch_s
+    sides = [("mrc", args.mrc, None), ("torchvision", args.torch, args.bar)]
+    if args.onnxruntime:
+        sides.append(("ONNX Runtime", args.onnxruntime, args.onnxruntime_bar))
+    measured = [(name, *side(paths), bar) for name, paths, bar in sides]
+    medians = [statistics.median(runs) for _, runs, _, _ in measured]
     print(args.title)
-    print(f"{'':24}{'mrc':>12}{'torchvision':>14}")
-    print(f"{'median seconds':24}{mrc_s:12.3f}{torch_s:14.3f}")
-    spread = [f"{min(runs):.2f}-{max(runs):.2f}" for runs in (mrc, torch)]
-    print(f"{'fastest-slowest':24}{spread[0]:>12}{spread[1]:>14}")
-    print(f"{'runs (warm-up dropped)':24}{len(mrc):12d}{len(torch):14d}")
-    print(f"{'peak RSS MB':24}{mrc_rss:12.0f}{torch_rss:14.0f}")
-    verdict = "met" if ratio <= args.bar else "NOT met"
-    print(f"mrc / torchvision: {ratio:.3f}; bar {args.bar}: {verdict}")
+    print(f"{'':24}" + "".join(f"{name:>14}" for name, *_ in measured))
+    print(f"{'median seconds':24}" + "".join(f"{m:14.3f}" for m in medians))
+    print(f"{'fastest-slowest':24}" + "".join(f"{f'{min(runs):.2f}-{max(runs):.2f}':>14}" for _, runs, _, _ in measured))
+    print(f"{'runs (warm-up dropped)':24}" + "".join(f"{len(runs):14d}" for _, runs, _, _ in measured))
+    print(f"{'peak RSS MB':24}" + "".join(f"{rss:14.0f}" for _, _, rss, _ in measured))
+    mrc_rss = measured[0][2]
+    for (name, _, rss, bar), median in zip(measured[1:], medians[1:]):
+        ratio = medians[0] / median
+        verdict = "met" if ratio <= bar else "NOT met"
+        print(f"mrc / {name}: {ratio:.3f}; bar {bar}: {verdict}; peak RSS {mrc_rss:.0f} MB against {rss:.0f} MB")
     print(f"mrc compile seconds: {args.compile_seconds:.1f}")
 
 
