@@ -4,6 +4,9 @@ Counts are runs over the mask in column-major order, starting with a run of zero
 count i (for i > 2, minus count i - 2) is written as a signed number in 5-bit groups, low first,
 each char = group + 48, with 0x20 set on all but the last group.
 """
+import json
+import resource
+
 import numpy as np
 
 
@@ -59,3 +62,24 @@ def decode(rle):
     if flat.size != h * w:
         raise ValueError(f"RLE counts sum to {flat.size}, size is {h}x{w}")
     return flat.reshape((w, h)).T
+
+
+def detections(image_id, boxes, labels, scores, masks):
+    """COCO results entries of one image: boxes [K, 4] as x1, y1, x2, y2, masks [K, H, W] bool."""
+    return [{
+        "image_id": image_id,
+        "category_id": int(label),
+        "bbox": [x1, y1, x2 - x1, y2 - y1],
+        "score": float(score),
+        "segmentation": encode(mask),
+    } for (x1, y1, x2, y2), label, score, mask in zip(boxes, labels, scores, masks)]
+
+
+def write_results(json_path, results, timings_path, seconds):
+    """The results JSON, and the timings file with the process's peak RSS when asked for."""
+    with open(json_path, "w") as f:
+        json.dump(results, f)
+    if timings_path:
+        peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        with open(timings_path, "w") as f:
+            json.dump({"seconds": seconds, "peak_rss_mb": peak_rss_mb}, f)

@@ -10,9 +10,7 @@ image's 1-based position on the command line. --timings writes {"seconds": [one 
 not count.
 """
 import argparse
-import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -83,23 +81,10 @@ def main():
             start = time.perf_counter()
             boxes, labels, scores, masks = session.run(None, {"image": image})
             seconds.append(time.perf_counter() - start)
-        for (x1, y1, x2, y2), label, score, mask in zip(boxes.tolist(), labels.tolist(), scores.tolist(), masks[:, 0] > 0.5):
-            results.append({
-                "image_id": image_id,
-                "category_id": int(label),
-                "bbox": [x1, y1, x2 - x1, y2 - y1],
-                "score": float(score),
-                "segmentation": coco_rle.encode(mask),
-            })
+        results += coco_rle.detections(image_id, boxes.tolist(), labels.tolist(), scores.tolist(), masks[:, 0] > 0.5)
         print(f"{path}: {len(scores)} detections, {seconds[-1]:.3f} s")
 
-    with open(args.json, "w") as f:
-        json.dump(results, f)
-    if args.timings:
-        peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        with open(args.timings, "w") as f:
-            json.dump({"seconds": seconds, "peak_rss_mb": peak_rss_mb}, f)
-
+    coco_rle.write_results(args.json, results, args.timings, seconds)
 
 if __name__ == "__main__":
     main()

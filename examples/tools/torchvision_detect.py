@@ -7,8 +7,6 @@ image_id is the image's 1-based position on the command line. --timings writes
 On cuda, each call is timed to the end of its GPU work, with TF32 off (as mrc's default).
 """
 import argparse
-import json
-import resource
 import time
 
 import numpy as np
@@ -18,19 +16,6 @@ from safetensors.torch import load_file
 
 import coco_rle
 import r50
-
-
-def detections(image_id, output):
-    boxes = output["boxes"].tolist()
-    masks = (output["masks"][:, 0] > 0.5).numpy()
-    return [{
-        "image_id": image_id,
-        "category_id": int(label),
-        "bbox": [x1, y1, x2 - x1, y2 - y1],
-        "score": float(score),
-        "segmentation": coco_rle.encode(mask),
-    } for (x1, y1, x2, y2), label, score, mask in
-        zip(boxes, output["labels"].tolist(), output["scores"].tolist(), masks)]
 
 
 def main():
@@ -63,16 +48,11 @@ def main():
                     torch.cuda.synchronize()
                 seconds.append(time.perf_counter() - start)
             output = {key: value.cpu() for key, value in output.items()}
-            results += detections(image_id, output)
+            masks = (output["masks"][:, 0] > 0.5).numpy()
+            results += coco_rle.detections(image_id, output["boxes"].tolist(), output["labels"].tolist(), output["scores"].tolist(), masks)
             print(f"{path}: {len(output['scores'])} detections, {seconds[-1]:.3f} s")
 
-    with open(args.json, "w") as f:
-        json.dump(results, f)
-    if args.timings:
-        peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        with open(args.timings, "w") as f:
-            json.dump({"seconds": seconds, "peak_rss_mb": peak_rss_mb}, f)
-
+    coco_rle.write_results(args.json, results, args.timings, seconds)
 
 if __name__ == "__main__":
     main()

@@ -184,11 +184,7 @@ fn convolution<'c, 'b>(
     epilogue: Epilogue<'c, 'b>,
     window: &Window,
 ) -> Result<Value<'c, 'b>, LoweringError> {
-    let x = if window.low == [0, 0] && window.high == [0, 0] {
-        x
-    } else {
-        cx.pad(x, &[0, 0, window.low[0], window.low[1]], &[0, 0, window.high[0], window.high[1]], 0.0)?
-    };
+    let x = window.padded(cx, x)?;
     let [n, c, h, w] = [0, 1, 2, 3].map(|axis| cx.size(x, axis));
     let (n, c, h, w) = (n?, c?, h?, w?);
     let out = match weight {
@@ -266,6 +262,14 @@ impl Operator for Conv2d {
 }
 
 impl Window {
+    /// `x` with the window's zeros around it.
+    fn padded<'c, 'b>(&self, cx: &Emitter<'c, 'b>, x: Value<'c, 'b>) -> Result<Value<'c, 'b>, LoweringError> {
+        if self.low == [0, 0] && self.high == [0, 0] {
+            return Ok(x);
+        }
+        cx.pad(x, &[0, 0, self.low[0], self.low[1]], &[0, 0, self.high[0], self.high[1]], 0.0)
+    }
+
     /// The window of a `conv2d` or of its backward operators (padding on both sides).
     fn of(attrs: &Attrs) -> Window {
         let padding = checked_pair(attrs, "padding");
@@ -759,7 +763,7 @@ impl Operator for Conv2dBackwardWeight {
 /// ([`Emitter::linear_product`]) of two relaid copies.
 fn one_group_weight_gradient<'c, 'b>(cx: &Emitter<'c, 'b>, x: Value<'c, 'b>, grad: Value<'c, 'b>, window: &Window) -> Result<Value<'c, 'b>, LoweringError> {
     let element = cx.element_of(x)?;
-    let x = if window.low == [0, 0] { x } else { cx.pad(x, &[0, 0, window.low[0], window.low[1]], &[0, 0, window.high[0], window.high[1]], 0.0)? };
+    let x = window.padded(cx, x)?;
     let [n, c] = [cx.size(x, 0)?, cx.size(x, 1)?];
     let [o, ho, wo] = [cx.size(grad, 1)?, cx.size(grad, 2)?, cx.size(grad, 3)?];
     if window.stride == [1, 1] && window.kernel != [1, 1] {

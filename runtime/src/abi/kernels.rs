@@ -50,12 +50,19 @@ pub(super) fn parallelism(flops: usize) -> gemm::Parallelism {
     }
 }
 
-/// Whether a batch of `n` products of `per_item` multiply-adds runs one product per task
-/// (each kernel on one thread) rather than one after the other (each kernel on every thread):
-/// when there are images enough for every thread, or the products are too small to split
-/// (the mask head's RoIs).
-pub(super) fn one_image_per_task(n: usize, per_item: usize) -> bool {
-    n > 1 && (per_item < 1 << 24 || n >= rayon::current_num_threads())
+/// Runs `product(item, parallelism)` for the `n` items of a batch of products of `per_item`
+/// multiply-adds: one product per task (each kernel on one thread) when there are images
+/// enough for every thread or the products are too small to split (the mask head's RoIs),
+/// else one after the other, each kernel on every thread.
+pub(super) fn for_each_item(n: usize, per_item: usize, product: impl Fn(usize, gemm::Parallelism) + Sync) {
+    if n > 1 && (per_item < 1 << 24 || n >= rayon::current_num_threads()) {
+        use rayon::prelude::*;
+        (0..n).into_par_iter().for_each(|item| product(item, gemm::Parallelism::None));
+    } else {
+        for item in 0..n {
+            product(item, parallelism(per_item));
+        }
+    }
 }
 
 /// `C[b] = A × B[b]` for every batch index `b`: `a` [M, K] shared, `b` [N, K, P], `c` [N, M, P]
@@ -216,15 +223,7 @@ unsafe fn conv_matmul(
             parallelism,
         )
     };
-    let per_item = m * k * p;
-    if one_image_per_task(n, per_item) {
-        use rayon::prelude::*;
-        (0..n).into_par_iter().for_each(|item| product(item, gemm::Parallelism::None));
-    } else {
-        for item in 0..n {
-            product(item, parallelism(per_item));
-        }
-    }
+    for_each_item(n, m * k * p, product);
     c
 }
 

@@ -10,7 +10,7 @@
 //! The products read host memory: the CUDA target does not emit these calls, and one that runs
 //! where the device's GEMM is needed records an error.
 
-use super::kernels::{device_gemm, one_image_per_task, parallelism, Lhs};
+use super::kernels::{device_gemm, for_each_item, Lhs};
 use super::MemRef;
 
 /// The window of a stride-1 convolution: kernel size and dilation per axis.
@@ -122,15 +122,7 @@ unsafe fn convolve_rows(a: Lhs, x: &MemRef<f32, 4>, window: &Window, [ho, wo]: [
             )
         }
     };
-    let per_item = a.m * c * kh * kw * q;
-    if one_image_per_task(n, per_item) {
-        use rayon::prelude::*;
-        (0..n).into_par_iter().for_each(|item| product(item, gemm::Parallelism::None));
-    } else {
-        for item in 0..n {
-            product(item, parallelism(per_item));
-        }
-    }
+    for_each_item(n, a.m * c * kh * kw * q, product);
     y
 }
 
