@@ -111,12 +111,17 @@ fn compiled_training_programs_train_as_mrc_train() {
     let output = Command::new(env!("CARGO_BIN_EXE_mrc")).args(&arguments).current_dir(env!("CARGO_MANIFEST_DIR")).output().unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let jit = metrics_losses(&jit_run);
-    for (name, run) in [("CPU program", &compiled_run), ("CUDA program on the emulated device", &cuda_run)] {
+    // The CPU program is `mrc train`'s code: the same losses. The CUDA step computes its
+    // convolutions as im2col products where the CPU's use window products: rounding differs,
+    // which may flip a near-tie among the proposals the samplers choose from (a few parts in
+    // 10,000 of a loss; `tests/train_step_on_device.rs` replays the choices and holds the step
+    // to 1e-4).
+    for (name, run, tolerance) in [("CPU program", &compiled_run, 1e-6), ("CUDA program on the emulated device", &cuda_run, 1e-2)] {
         let compiled = metrics_losses(run);
         assert_eq!(compiled.len(), 2, "{name}");
         for (iteration, (a, b)) in compiled.iter().zip(&jit).enumerate() {
             for (x, y) in a.iter().zip(b) {
-                assert!((x - y).abs() <= 1e-6 * y.abs(), "{name}, iteration {iteration}: {a:?} against mrc train's {b:?}");
+                assert!((x - y).abs() <= tolerance * y.abs(), "{name}, iteration {iteration}: {a:?} against mrc train's {b:?}");
             }
         }
     }
