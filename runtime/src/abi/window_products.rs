@@ -286,6 +286,19 @@ mod tests {
             for (b, o, r, s) in itertools(n, m, ho, wo) {
                 assert_eq!(grid[((b * m + o) * ho + r) * wp + s], expected[((b * m + o) * ho + r) * wo + s], "{kh}x{kw} /{dh},{dw}");
             }
+            // The input as a view whose rows are 3 elements apart from the next row's start
+            // beyond its width: copied to contiguous rows first.
+            let wide: Vec<f32> = x.chunks(wp).flat_map(|row| row.iter().copied().chain([f32::NAN; 3])).collect();
+            let mut view = MemRef::<f32, 4>::borrowed(&wide, [n, c, hp, wp + 3]);
+            view.sizes[3] = wp as i64;
+            let mut y_view = MemRef::<f32, 4>::allocate([0, 0, 0, 0]);
+            unsafe { _mlir_ciface_mrc_conv_windows(&mut y_view, &w_ref, &view, &window) };
+            let view_grid = unsafe { y_view.elements() }.into_owned();
+            for (b, o, r, s) in itertools(n, m, ho, wo) {
+                let at = ((b * m + o) * ho + r) * wp + s;
+                assert_eq!(view_grid[at], grid[at], "strided input {kh}x{kw}");
+            }
+
             // The packed form: the weights' transpose [C·kh·kw, M].
             let k = c * kh * kw;
             let transposed: Vec<f32> = (0..k * m).map(|e| w[(e % m) * k + e / m]).collect();
