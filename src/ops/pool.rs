@@ -66,6 +66,14 @@ fn pool<'c, 'b>(
     cx.structured(name, &[x, window], init, &attributes, combiner)
 }
 
+/// A pooling's gradient: its `backward` operator of the output gradient and the input, with
+/// the pooling's attributes.
+fn pooling_gradient(cx: &mut GradientContext, backward: &'static dyn Operator) -> Result<Vec<Option<Port>>, GradientError> {
+    let grad = cx.output_grad(0)?;
+    let x = cx.inputs[0];
+    Ok(vec![Some(cx.add1(backward, cx.attrs.clone(), &[grad, x])?)])
+}
+
 #[derive(Debug)]
 pub struct MaxPool2d;
 
@@ -85,9 +93,7 @@ impl Operator for MaxPool2d {
         Ok(vec![pool(cx, node.inputs[0], window, f64::NEG_INFINITY, "linalg.pooling_nchw_max", Combiner::Max)?])
     }
     fn gradient(&self, cx: &mut GradientContext) -> Result<Vec<Option<Port>>, GradientError> {
-        let grad = cx.output_grad(0)?;
-        let x = cx.inputs[0];
-        Ok(vec![Some(cx.add1(&MaxPool2dBackward, cx.attrs.clone(), &[grad, x])?)])
+        pooling_gradient(cx, &MaxPool2dBackward)
     }
 }
 
@@ -196,9 +202,7 @@ impl Operator for AvgPool2d {
         Ok(vec![cx.elementwise(&[sum], |body| body.yield_values(&[body.divf(body.arg(0)?, count)?]))?])
     }
     fn gradient(&self, cx: &mut GradientContext) -> Result<Vec<Option<Port>>, GradientError> {
-        let grad = cx.output_grad(0)?;
-        let x = cx.inputs[0];
-        Ok(vec![Some(cx.add1(&AvgPool2dBackward, cx.attrs.clone(), &[grad, x])?)])
+        pooling_gradient(cx, &AvgPool2dBackward)
     }
 }
 
@@ -293,9 +297,7 @@ impl Operator for AdaptiveAvgPool2d {
         }
     }
     fn gradient(&self, cx: &mut GradientContext) -> Result<Vec<Option<Port>>, GradientError> {
-        let grad = cx.output_grad(0)?;
-        let x = cx.inputs[0];
-        Ok(vec![Some(cx.add1(&AdaptiveAvgPool2dBackward, cx.attrs.clone(), &[grad, x])?)])
+        pooling_gradient(cx, &AdaptiveAvgPool2dBackward)
     }
 }
 
