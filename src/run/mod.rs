@@ -5,7 +5,7 @@
 
 use crate::graph::{Graph, NodeKind, Port};
 use crate::lowering::{create_context, expected_state, JitEngine, LoweringError};
-use crate::targets::{self, cpu::Cpu, cuda::Cuda, Emitted, Target};
+use crate::targets::{self, cpu::Cpu, cuda::emulated_device, Emitted, Target};
 use melior::Context;
 use mrc_runtime::abi::forward::{Forward, ForwardFn, Interface, FORWARD_PACKED};
 pub use mrc_runtime::abi::forward::HostTensor;
@@ -73,6 +73,14 @@ impl JitForward {
     }
 }
 
+impl JitForward {
+    /// Never frees the code: the emulated device keeps the kernels' CPU forms by name for the
+    /// whole process, and a later compilation may launch the same kernels.
+    pub fn keep_for_the_process(self) {
+        std::mem::forget(self);
+    }
+}
+
 /// The outputs of the forward function: the network's, then the first output of each node
 /// named in `dumps`.
 pub fn forward_outputs(graph: &Graph, dumps: &[String]) -> Result<Vec<(String, Port)>, RunError> {
@@ -106,8 +114,8 @@ impl Executor {
     /// emulator for the whole process, whose runtime functions then return device memory: a
     /// process that uses it runs nothing on the CPU target.
     pub fn on_emulated_device(graph: &Graph, weights: Weights, dumps: &[String], level: u8) -> Result<Self, RunError> {
-        let device = mrc_runtime::device::select(mrc_runtime::device::DeviceKind::Emulator).map_err(|e| RunError::Runtime(e.to_string()))?;
-        Self::compile(&Cuda { chip: crate::targets::cuda::CHIPS[0].to_owned() }, Some(device), graph, weights, dumps, level)
+        let (device, target) = emulated_device().map_err(|e| RunError::Runtime(e.to_string()))?;
+        Self::compile(&target, Some(device), graph, weights, dumps, level)
     }
 
     fn compile(
@@ -129,10 +137,7 @@ impl Executor {
             }
         };
         if device.is_some() {
-            // The emulated device keeps the kernels' CPU forms by name for the whole process,
-            // and another executor may launch the same kernels: their code must outlive this
-            // executor.
-            std::mem::forget(code);
+            code.keep_for_the_process();
             return Ok(Executor { forward, passes, _code: None });
         }
         Ok(Executor { forward, passes, _code: Some(code) })

@@ -19,7 +19,7 @@ use crate::graph::{Graph, StateKind};
 use crate::lowering::{emit_forward, interface, LoweringError};
 use crate::run::JitForward;
 use crate::passes;
-use crate::targets::{cpu::Cpu, cuda::{Cuda, CHIPS}, Emitted, Target};
+use crate::targets::{cpu::Cpu, cuda::emulated_device, Emitted, Target};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
@@ -99,8 +99,9 @@ impl TrainingGraph {
 /// A training step compiled in process: call it with a batch's tensors and the model's state.
 pub struct JitStep {
     step: CompiledStep,
-    /// Owns the code `step` calls; dropped after it (fields drop in declaration order).
-    _code: JitForward,
+    /// Owns the code `step` calls; dropped after it (fields drop in declaration order). None
+    /// when that code lives as long as the process (for the emulated device).
+    _code: Option<JitForward>,
 }
 
 impl JitStep {
@@ -112,20 +113,20 @@ impl JitStep {
         let code = JitForward::build(&target, level, |context| training.emit(context, &target, level))?;
         // SAFETY: the function was compiled for this interface and lives as long as `code`.
         let step = unsafe { CompiledStep::new(code.function, code.interface.clone(), training.outputs.clone()) };
-        Ok(JitStep { step, _code: code })
+        Ok(JitStep { step, _code: Some(code) })
     }
 
     /// [`JitStep::compile`] for the CUDA target, run on the emulated device: every kernel's
     /// CPU form, every allocation, copy and launch as a CUDA program makes them. It selects the
     /// emulator for the whole process (see `Executor::on_emulated_device`).
     pub fn on_emulated_device(training: &TrainingGraph, level: u8) -> Result<JitStep, TrainError> {
-        let device = mrc_runtime::device::select(mrc_runtime::device::DeviceKind::Emulator).map_err(|e| TrainError::Step(e.to_string()))?;
-        let target = Cuda { chip: CHIPS[0].to_owned() };
+        let (device, target) = emulated_device().map_err(|e| TrainError::Step(e.to_string()))?;
         let code = JitForward::build(&target, level, |context| training.emit(context, &target, level))?;
-        // SAFETY: the function was compiled for this interface, for a device, and lives as long
-        // as `code`.
+        // SAFETY: the function was compiled for this interface, for a device, and is kept for
+        // the process.
         let step = unsafe { CompiledStep::new(code.function, code.interface.clone(), training.outputs.clone()).on_device(device) };
-        Ok(JitStep { step, _code: code })
+        code.keep_for_the_process();
+        Ok(JitStep { step, _code: None })
     }
 
     /// [`CompiledStep::run`].

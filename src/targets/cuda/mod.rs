@@ -53,6 +53,13 @@ pub struct Cuda {
     pub chip: String,
 }
 
+/// The emulated device, selected for the whole process, and the CUDA target (the default chip)
+/// whose in-process code runs on it.
+pub fn emulated_device() -> Result<(&'static mrc_runtime::device::SelectedDevice, Cuda), mrc_runtime::device::DeviceError> {
+    let device = mrc_runtime::device::select(mrc_runtime::device::DeviceKind::Emulator)?;
+    Ok((device, Cuda { chip: CHIPS[0].to_owned() }))
+}
+
 impl Target for Cuda {
     fn name(&self) -> &'static str {
         "cuda"
