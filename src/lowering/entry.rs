@@ -3,8 +3,10 @@
 //! (`mrc_runtime::abi::forward`), and for a compiled program the C `main`, which hands it to the
 //! runtime's program driver.
 
+use std::collections::HashMap;
+
 use melior::{
-    ir::{operation::OperationLike, BlockLike, Module, RegionLike},
+    ir::{operation::OperationLike, BlockLike, Module, OperationRef, RegionLike},
     Context,
 };
 
@@ -24,8 +26,18 @@ pub struct ProgramMain {
 impl ProgramMain {
     /// The CPU program driver: `mrc_program_main(argc, argv, forward)`.
     pub const CPU: ProgramMain = ProgramMain { initializer: None, driver: "mrc_program_main", functions: &[] };
-    /// The training program driver: `mrc_training_program_main(argc, argv, step)`.
-    pub const TRAINING: ProgramMain = ProgramMain { initializer: None, driver: "mrc_training_program_main", functions: &[] };
+    /// The training program driver: `mrc_training_program_main(argc, argv, step, evaluation)`.
+    pub const TRAINING: ProgramMain = ProgramMain { initializer: None, driver: "mrc_training_program_main", functions: &[EVALUATION_FORWARD] };
+}
+
+/// A training program's inference network's `mrc_forward_packed`, which `--val` evaluates with:
+/// the network's module joins the step's with every definition prefixed (see
+/// [`super::rewrite::prefix_definitions`]).
+pub const EVALUATION_FORWARD: &str = "mrc_evaluation_mrc_forward_packed";
+
+/// The prefix of every definition of a training program's inference network.
+pub fn evaluation_prefix() -> &'static str {
+    EVALUATION_FORWARD.strip_suffix(FORWARD_PACKED).expect("the evaluation's forward function is a prefixed `mrc_forward_packed`")
 }
 
 /// What a program's `main` calls to run the module's global constructors. The execution
@@ -88,21 +100,87 @@ pub fn add_entry_points(context: &Context, module: &Module, arguments: usize, pr
 pub fn append_operations(context: &Context, module: &Module, text: &str) -> Result<(), LoweringError> {
     let (parsed, diagnostics) = capture_diagnostics(context, || Module::parse(context, text));
     let parsed = parsed.ok_or_else(|| LoweringError::Build(format!("generated MLIR does not parse: {}", diagnostics.join("; "))))?;
-    let defined: Vec<String> = module
+    append_module(module, &parsed);
+    Ok(())
+}
+
+/// Appends copies of the operations of `other` to `module`, except declarations of functions
+/// that `module` declares or defines; a definition replaces `module`'s declaration of it.
+pub fn append_module(module: &Module, other: &Module) {
+    let is_declaration = |op: &OperationRef| op.region(0).map(|r| r.first_block().is_none()).unwrap_or(false);
+    let mut symbols: HashMap<String, OperationRef> = module
         .body()
         .first_operation()
         .into_iter()
         .flat_map(|first| std::iter::successors(Some(first), |op| op.next_in_block()))
-        .filter_map(|op| super::rewrite::symbol_name(&op))
+        .filter_map(|op| Some((super::rewrite::symbol_name(&op)?, op)))
         .collect();
-    let mut operation = parsed.body().first_operation();
+    let mut operation = other.body().first_operation();
     while let Some(op) = operation {
-        let is_declaration = op.region(0).map(|r| r.first_block().is_none()).unwrap_or(false);
-        let defined_here = super::rewrite::symbol_name(&op).is_some_and(|name| defined.contains(&name));
-        if !(is_declaration && defined_here) {
-            module.body().append_operation((*op).clone());
+        match super::rewrite::symbol_name(&op).and_then(|name| symbols.remove(&name)) {
+            Some(_) if is_declaration(&op) => {}
+            Some(existing) => {
+                if is_declaration(&existing) {
+                    super::rewrite::erase(existing);
+                }
+                module.body().append_operation((*op).clone());
+            }
+            None => {
+                module.body().append_operation((*op).clone());
+            }
         }
         operation = op.next_in_block();
     }
-    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lowering::{create_context, parse_module, rewrite::prefix_definitions};
+    use melior::ir::operation::OperationLike;
+
+    /// A module joins another: its definitions and their uses prefixed, its declarations kept
+    /// (once), and its definition replacing the other's declaration of it.
+    #[test]
+    fn a_prefixed_module_joins_another() {
+        let context = create_context();
+        let companion = parse_module(
+            &context,
+            r#"module {
+  llvm.mlir.global private constant @message("hi\00") {addr_space = 0 : i32}
+  llvm.func @mrc_gemm(!llvm.ptr)
+  llvm.func @helper(%p: !llvm.ptr) {
+    llvm.call @mrc_gemm(%p) : (!llvm.ptr) -> ()
+    llvm.return
+  }
+  llvm.func @run() {
+    %m = llvm.mlir.addressof @message : !llvm.ptr
+    llvm.call @helper(%m) : (!llvm.ptr) -> ()
+    llvm.return
+  }
+}"#,
+        )
+        .unwrap();
+        let program = parse_module(
+            &context,
+            r#"module {
+  llvm.func @mrc_gemm(!llvm.ptr)
+  llvm.func @other_run()
+  llvm.func @helper() {
+    llvm.call @other_run() : () -> ()
+    llvm.return
+  }
+}"#,
+        )
+        .unwrap();
+        prefix_definitions(&companion, "other_");
+        append_module(&program, &companion);
+        let text = program.as_operation().to_string();
+        assert!(program.as_operation().verify(), "{text}");
+        for expected in ["@other_message", "llvm.func @other_helper(", "llvm.func @other_run()", "llvm.call @other_helper(", "llvm.mlir.addressof @other_message", "llvm.func @helper()"] {
+            assert!(text.contains(expected), "{expected} in {text}");
+        }
+        assert_eq!(text.matches("llvm.func @mrc_gemm").count(), 1, "{text}");
+        assert_eq!(text.matches("@other_run()").count(), 2, "one definition, one call: {text}");
+    }
 }

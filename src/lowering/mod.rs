@@ -30,7 +30,7 @@ pub use builtins::BuiltIns;
 pub use melior::dialect::arith::{CmpfPredicate, CmpiPredicate};
 pub use builder::{identity_map, loop_dims, Combiner, Emitter, Iterator, Size};
 pub use context::{create_context, parse_module};
-pub use entry::{add_entry_points, append_operations, ProgramMain, ENGINE_CONSTRUCTORS, MODULE_INITIALIZER};
+pub use entry::{add_entry_points, append_module, append_operations, evaluation_prefix, ProgramMain, ENGINE_CONSTRUCTORS, EVALUATION_FORWARD, MODULE_INITIALIZER};
 pub use emit::{emit_forward, LowerNode, NamedTensor, Signature, FORWARD};
 pub use error::LoweringError;
 pub use interface::{expected_state, interface};

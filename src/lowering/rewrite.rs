@@ -112,3 +112,27 @@ pub fn set_attribute<'c: 'a, 'a>(operation: &impl OperationLike<'c, 'a>, name: &
     // SAFETY: a live operation and an attribute of its context.
     unsafe { mlir_sys::mlirOperationSetAttributeByName(operation.to_raw(), name.to_raw(), melior::ir::attribute::AttributeLike::to_raw(&attribute)) }
 }
+
+/// Renames every symbol that `module` defines at its top level (functions with a body, globals)
+/// to `prefix` followed by its name, and every use of it, so that its definitions can join
+/// another module's without clashing. Declarations keep their names: they name what the
+/// program links with.
+pub fn prefix_definitions(module: &melior::ir::Module, prefix: &str) {
+    use melior::ir::BlockLike;
+    let top = module.as_operation();
+    // SAFETY: the module lives in this context, which outlives this call.
+    let context = unsafe { module.context().to_ref() };
+    let mut operation = module.body().first_operation();
+    while let Some(op) = operation {
+        let is_declaration = op.name().as_string_ref().as_str() == Ok("llvm.func") && op.region(0).map(|r| r.first_block().is_none()).unwrap_or(true);
+        if let Some(name) = symbol_name(&op).filter(|_| !is_declaration) {
+            let renamed = format!("{prefix}{name}");
+            let (old, new) = (melior::StringRef::new(&name), melior::StringRef::new(&renamed));
+            // SAFETY: live operations; the strings outlive the call.
+            let replaced = unsafe { mlir_sys::mlirSymbolTableReplaceAllSymbolUses(old.to_raw(), new.to_raw(), top.to_raw()) };
+            assert!(replaced.value != 0, "the uses of `{name}` are renamed");
+            set_attribute(&op, "sym_name", melior::ir::attribute::StringAttribute::new(context, &renamed).into());
+        }
+        operation = op.next_in_block();
+    }
+}

@@ -50,14 +50,14 @@ impl Target for Cpu {
         emit: Emit,
         output: &Path,
     ) -> Result<String, CompileError> {
-        let Emitted { mut module, signature, interface, .. } = emitted;
+        let Emitted { mut module, signature, interface, companions, .. } = emitted;
         self.lower(context, &mut module)?;
         let main = match program.kind {
             ProgramKind::Inference { .. } => ProgramMain::CPU,
             ProgramKind::Training { .. } => ProgramMain::TRAINING,
         };
         add_entry_points(context, &module, signature.arguments.len(), Some(main))?;
-        native::write_program(&module, &[], program, interface, level, emit, output)
+        native::write_program(&module, &companions, &[], program, interface, level, emit, output)
     }
 }
 

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use melior::{ir::Module, Context};
 use mrc_runtime::abi::forward::Interface;
 use mrc_runtime::ops::preprocess::Transform;
-use mrc_runtime::train::{StepOutputs, TensorLayout, TrainConfig};
+use mrc_runtime::train::{EvaluationNetwork, StepOutputs, TensorLayout, TrainConfig};
 use mrc_runtime::weights::Weights;
 
 use crate::expand::{value::Value, Model};
@@ -92,8 +92,9 @@ pub struct Program {
 pub enum ProgramKind {
     /// Detects on images (`mrc compile`); label names from the config's `class_names`.
     Inference { class_names: Vec<String> },
-    /// Trains: the forward function is the training step (`mrc compile --train`).
-    Training { outputs: StepOutputs, layout: Vec<TensorLayout>, settings: TrainConfig, transform: Transform },
+    /// Trains: the forward function is the training step (`mrc compile --train`); `evaluation`
+    /// describes the inference network that the program carries as a companion module.
+    Training { outputs: StepOutputs, layout: Vec<TensorLayout>, settings: TrainConfig, transform: Transform, evaluation: EvaluationNetwork },
 }
 
 /// `mrc compile`: `model` for `target` at optimization level `level` (graph passes from 1 on,
@@ -153,6 +154,9 @@ pub struct Emitted<'c> {
     pub interface: Interface,
     /// The graph passes that changed the graph.
     pub passes: Vec<&'static str>,
+    /// Modules already in the LLVM dialect, their definitions prefixed, whose operations join a
+    /// written program's (a training program's inference network, for `--val`).
+    pub companions: Vec<Module<'c>>,
 }
 
 /// The optimization level's graph passes (none at 0) on a copy of `graph` whose outputs are
@@ -169,5 +173,5 @@ pub fn emit<'c>(
     let passes = if level > 0 { passes::run(&mut graph, &target.graph_passes()) } else { vec![] };
     let (module, signature) = emit_forward(context, &graph, target.products(), target.builtins())?;
     let interface = interface(&graph, &signature);
-    Ok(Emitted { module, signature, interface, passes })
+    Ok(Emitted { module, signature, interface, passes, companions: vec![] })
 }

@@ -13,7 +13,7 @@ use std::process::Command;
 
 use super::{io, write_atomic, CompileError, Emit, Program, ProgramKind};
 use mrc_runtime::weights::Weights;
-use crate::lowering::LoweringError;
+use crate::lowering::{append_module, LoweringError};
 use melior::ir::Module;
 use mrc_runtime::abi::forward::{Interface, FORWARD_PACKED};
 use mrc_runtime::program::trailer::{ProgramManifest, TRAILER_MAGIC};
@@ -83,10 +83,12 @@ pub fn write_mlir(module: &Module, output: &Path) -> Result<String, CompileError
     Ok(format!("wrote {}\n", output.display()))
 }
 
-/// [`write_executable`] for `program`, with its manifest: an inference program's
-/// [`ProgramManifest`] or a training program's [`TrainingManifest`].
+/// [`write_executable`] for `program` compiled from `module` with the operations of
+/// `companions` appended, with its manifest: an inference program's [`ProgramManifest`] or a
+/// training program's [`TrainingManifest`].
 pub fn write_program(
     module: &Module,
+    companions: &[Module],
     link_arguments: &[String],
     program: Program,
     interface: Interface,
@@ -94,14 +96,17 @@ pub fn write_program(
     emit: Emit,
     output: &Path,
 ) -> Result<String, CompileError> {
+    for companion in companions {
+        append_module(module, companion);
+    }
     let Program { name: model_name, weights, kind } = program;
     match kind {
         ProgramKind::Inference { class_names } => {
             let manifest = ProgramManifest { model_name, class_names, interface };
             write_executable(module, link_arguments, &manifest, weights.as_ref(), level, emit, output)
         }
-        ProgramKind::Training { outputs, layout, settings, transform } => {
-            let manifest = TrainingManifest { model_name, interface, outputs, layout, settings, transform };
+        ProgramKind::Training { outputs, layout, settings, transform, evaluation } => {
+            let manifest = TrainingManifest { model_name, interface, outputs, layout, settings, transform, evaluation };
             write_executable(module, link_arguments, &manifest, weights.as_ref(), level, emit, output)
         }
     }

@@ -7,7 +7,7 @@ use mrc_runtime::weights::Weights;
 
 use super::{JitStep, TrainingGraph};
 use crate::expand::{value::Value, Model};
-use crate::graph::NodeKind;
+use crate::graph::{Graph, NodeKind};
 use crate::ops::AttrsExt;
 use crate::run::JitForward;
 use crate::targets::cpu::Cpu;
@@ -30,7 +30,7 @@ pub fn train(model: &Model, args: &TrainArgs) -> Result<String, String> {
         Some(val) => {
             let graph = &model.graph;
             inference = JitForward::compile(&Cpu, graph, &graph.outputs, 2).map_err(|e| e.to_string())?;
-            let input = graph.inputs.first().map(|&n| graph.nodes[n].name.clone()).ok_or("the network has no input")?;
+            let input = image_input(graph)?;
             let category_ids = set.labels_to_category_ids().to_vec();
             // SAFETY: `inference` was compiled for its interface and outlives the training.
             let evaluation = unsafe {
@@ -41,6 +41,11 @@ pub fn train(model: &Model, args: &TrainArgs) -> Result<String, String> {
         None => None,
     };
     train_on_coco(&mut step, &mut state, &config, set, transform(model)?, args.resume.is_some(), run_dir, evaluator)
+}
+
+/// The name of the inference network's image input, which evaluation feeds.
+pub(crate) fn image_input(graph: &Graph) -> Result<String, String> {
+    graph.inputs.first().map(|&n| graph.nodes[n].name.clone()).ok_or_else(|| "the network has no input".to_owned())
 }
 
 /// The starting state: `--weights`, or the checkpoint when resuming (the trainer reads it), or

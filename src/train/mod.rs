@@ -76,7 +76,7 @@ impl TrainingGraph {
         let passes = if level > 0 { passes::run(&mut graph, &passes::training_passes()) } else { vec![] };
         let (module, signature) = emit_forward(context, &graph, target.products(), target.builtins())?;
         let interface = interface(&graph, &signature);
-        Ok(Emitted { module, signature, interface, passes })
+        Ok(Emitted { module, signature, interface, passes, companions: vec![] })
     }
 
     /// The state the step reads and updates, as the trainer holds it.

@@ -30,7 +30,7 @@ pub use config::{ModelSettings, TrainConfig};
 pub use error::{BoxError, TrainError};
 pub use evaluate::CocoEvaluation;
 pub use optim::{LrSchedule, Sgd};
-pub use program::{mrc_cuda_training_program_main, mrc_training_program_main, open_training_set, train_on_coco, use_threads, TrainingManifest};
+pub use program::{mrc_cuda_training_program_main, mrc_training_program_main, open_training_set, train_on_coco, use_threads, EvaluationNetwork, TrainingManifest};
 pub use progress::Progress;
 pub use run::{train, StopFlag, Summary, TrainOptions};
 pub use state::{ModelState, StateTensor, TensorKind, TensorLayout};

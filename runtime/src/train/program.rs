@@ -8,7 +8,7 @@ use std::path::Path;
 use clap::Parser;
 use serde::{Deserialize, Serialize};
 
-use super::{train, CompiledStep, Evaluate, LoaderBatches, ModelSettings, ModelState, Progress, Step, StepOutputs, StopFlag, TensorLayout};
+use super::{train, CocoEvaluation, CompiledStep, Evaluate, LoaderBatches, ModelSettings, ModelState, Progress, Step, StepOutputs, StopFlag, TensorLayout};
 use super::{TrainArgs, TrainConfig, TrainOptions};
 use crate::abi::forward::{ForwardFn, Interface};
 use crate::device::{register_emulated_kernels, DeviceKind, EmulatedKernelTable, SelectedDevice};
@@ -30,6 +30,16 @@ pub struct TrainingManifest {
     pub settings: TrainConfig,
     /// The image transform of the model's `preprocess`, which batches are made with.
     pub transform: Transform,
+    /// The inference network that `--val` evaluates the state with.
+    pub evaluation: EvaluationNetwork,
+}
+
+/// The inference network a training program carries for `--val`: its forward function's
+/// interface and image input.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EvaluationNetwork {
+    pub interface: Interface,
+    pub input: String,
 }
 
 /// Sizes rayon's pool, which the step's products and loops run on; before anything uses it.
@@ -104,18 +114,23 @@ struct CudaTrainingCommandLine {
     device: DeviceKind,
 }
 
-/// The `main` of a compiled training program: `step` is its generated `mrc_forward_packed`.
-/// Exit codes: 0 when the run finished or stopped at Ctrl-C with a checkpoint, 1 when it
+/// The `main` of a compiled training program: `step` is its generated `mrc_forward_packed`,
+/// `evaluation` the inference network's (see [`EvaluationNetwork`]). Exit codes: 0 when the run finished or stopped at Ctrl-C with a checkpoint, 1 when it
 /// failed, 2 for usage errors.
 ///
 /// # Safety
 /// `step` is the program's step function, whose interface the program's trailer describes.
 #[no_mangle]
-pub unsafe extern "C" fn mrc_training_program_main(_argc: i32, _argv: *const *const std::ffi::c_char, step: ForwardFn) -> i32 {
+pub unsafe extern "C" fn mrc_training_program_main(
+    _argc: i32,
+    _argv: *const *const std::ffi::c_char,
+    step: ForwardFn,
+    evaluation: ForwardFn,
+) -> i32 {
     crate::abi::keep_freed_memory();
     let command_line = TrainingCommandLine::try_parse().unwrap_or_else(|error| error.exit());
     // SAFETY: as the caller promised.
-    exit_code(unsafe { training_program(step, &command_line.args, None) })
+    exit_code(unsafe { training_program(step, evaluation, &command_line.args, None) })
 }
 
 /// The `main` of a training program compiled for CUDA: [`mrc_training_program_main`] with the
@@ -123,13 +138,14 @@ pub unsafe extern "C" fn mrc_training_program_main(_argc: i32, _argv: *const *co
 ///
 /// # Safety
 /// As [`mrc_training_program_main`], `step` compiled for CUDA, `kernels` the program's table of
-/// emulated kernels.
+/// emulated kernels, `evaluation` compiled for the CPU.
 #[no_mangle]
 pub unsafe extern "C" fn mrc_cuda_training_program_main(
     _argc: i32,
     _argv: *const *const std::ffi::c_char,
     step: ForwardFn,
     kernels: EmulatedKernelTable,
+    evaluation: ForwardFn,
 ) -> i32 {
     register_emulated_kernels(kernels);
     crate::abi::keep_freed_memory();
@@ -142,7 +158,7 @@ pub unsafe extern "C" fn mrc_cuda_training_program_main(
         }
     };
     // SAFETY: as the caller promised.
-    exit_code(unsafe { training_program(step, &command_line.args, Some(device)) })
+    exit_code(unsafe { training_program(step, evaluation, &command_line.args, Some(device)) })
 }
 
 /// A training program's exit code, its summary or error printed.
@@ -159,18 +175,19 @@ fn exit_code(outcome: Result<String, String>) -> i32 {
     }
 }
 
-/// The training program's run, its step on `device` if there is one.
+/// The training program's run, its step on `device` if there is one, evaluating with
+/// `evaluation` (on the CPU) when there is a validation set.
 ///
 /// # Safety
 /// As [`mrc_training_program_main`]; `step` compiled for `device`.
-unsafe fn training_program(step: ForwardFn, args: &TrainArgs, device: Option<&'static SelectedDevice>) -> Result<String, String> {
+unsafe fn training_program(
+    step: ForwardFn,
+    evaluation: ForwardFn,
+    args: &TrainArgs,
+    device: Option<&'static SelectedDevice>,
+) -> Result<String, String> {
     let exe = std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into());
     let (manifest, embedded) = trailer::read::<TrainingManifest>(&exe)?;
-    if args.val.is_some() {
-        return Err("--val: a compiled training program does not carry the inference network that evaluation runs; \
-                    train with `mrc train --val`, or evaluate the final weights with a program compiled by `mrc compile`"
-            .into());
-    }
     let config = args.resolve(manifest.settings.clone(), ModelSettings::FixedAtCompileTime).map_err(|e| e.to_string())?;
     use_threads(config.threads);
     let run_dir = args.run_dir().expect("clap requires -o or --resume");
@@ -182,6 +199,17 @@ unsafe fn training_program(step: ForwardFn, args: &TrainArgs, device: Option<&'s
     let mut state = ModelState::from_weights(&weights, &manifest.layout).map_err(|e| e.to_string())?;
     state.freeze(&config.frozen).map_err(|e| e.to_string())?;
     let set = open_training_set(&config)?;
+    let evaluator: Option<Box<dyn Evaluate>> = match &config.val_data {
+        Some(val) => {
+            let EvaluationNetwork { interface, input } = manifest.evaluation.clone();
+            let category_ids = set.labels_to_category_ids().to_vec();
+            // SAFETY: the trailer describes the evaluation function it was compiled with, which
+            // is the program's code.
+            let evaluation = unsafe { CocoEvaluation::new(evaluation, interface, input, val, config.val_images.as_deref(), category_ids) };
+            Some(Box::new(evaluation.map_err(|e| e.to_string())?))
+        }
+        None => None,
+    };
     // SAFETY: the trailer describes the step function it was compiled with.
     let step = unsafe { CompiledStep::new(step, manifest.interface, manifest.outputs) };
     // SAFETY: the caller promised that the step was compiled for the device.
@@ -189,5 +217,5 @@ unsafe fn training_program(step: ForwardFn, args: &TrainArgs, device: Option<&'s
         Some(device) => unsafe { step.on_device(device) },
         None => step,
     };
-    train_on_coco(&mut step, &mut state, &config, set, manifest.transform, args.resume.is_some(), run_dir, None)
+    train_on_coco(&mut step, &mut state, &config, set, manifest.transform, args.resume.is_some(), run_dir, evaluator)
 }

@@ -24,7 +24,7 @@ mod memory;
 use std::path::Path;
 
 use super::{native, write_atomic, CompileError, Emit, Emitted, Program, ProgramKind, Target};
-use crate::lowering::{add_entry_points, extract_ptx, jit, JitEngine, ENGINE_CONSTRUCTORS, MODULE_INITIALIZER, gpu_outlining, lower_gpu_to_ptx, run_pipeline, BuiltIns, LoweringError, ProgramMain, Products, GPU_BUFFERIZE, GPU_PARALLEL_LOOPS};
+use crate::lowering::{add_entry_points, extract_ptx, jit, JitEngine, ENGINE_CONSTRUCTORS, EVALUATION_FORWARD, MODULE_INITIALIZER, gpu_outlining, lower_gpu_to_ptx, run_pipeline, BuiltIns, LoweringError, ProgramMain, Products, GPU_BUFFERIZE, GPU_PARALLEL_LOOPS};
 use melior::{ir::Module, Context};
 use mrc_runtime::device::{register_emulated_kernels, EmulatedKernelTable};
 
@@ -44,9 +44,12 @@ const CUDA_PROGRAM_MAIN: ProgramMain =
     ProgramMain { initializer: Some(MODULE_INITIALIZER), driver: "mrc_cuda_program_main", functions: &[EMULATED_KERNELS] };
 
 /// The CUDA training program driver: `mrc_cuda_training_program_main(argc, argv, step,
-/// emulated_kernels)`, after the module's constructors as [`CUDA_PROGRAM_MAIN`].
-const CUDA_TRAINING_PROGRAM_MAIN: ProgramMain =
-    ProgramMain { initializer: Some(MODULE_INITIALIZER), driver: "mrc_cuda_training_program_main", functions: &[EMULATED_KERNELS] };
+/// emulated_kernels, evaluation)`, after the module's constructors as [`CUDA_PROGRAM_MAIN`].
+const CUDA_TRAINING_PROGRAM_MAIN: ProgramMain = ProgramMain {
+    initializer: Some(MODULE_INITIALIZER),
+    driver: "mrc_cuda_training_program_main",
+    functions: &[EMULATED_KERNELS, EVALUATION_FORWARD],
+};
 
 /// An NVIDIA GPU of compute capability `chip` (`sm_80`, ...).
 pub struct Cuda {
@@ -115,7 +118,7 @@ impl Target for Cuda {
         emit: Emit,
         output: &Path,
     ) -> Result<String, CompileError> {
-        let Emitted { mut module, signature, interface, .. } = emitted;
+        let Emitted { mut module, signature, interface, companions, .. } = emitted;
         self.lower(context, &mut module)?;
         if emit == Emit::Ptx {
             let ptx = extract_ptx(&module);
@@ -131,7 +134,7 @@ impl Target for Cuda {
         };
         add_entry_points(context, &module, signature.arguments.len(), Some(main))?;
         let bind_initializer = format!("-Wl,--defsym={MODULE_INITIALIZER}={ENGINE_CONSTRUCTORS}");
-        native::write_program(&module, &[bind_initializer], program, interface, level, emit, output)
+        native::write_program(&module, &companions, &[bind_initializer], program, interface, level, emit, output)
     }
 }
 
