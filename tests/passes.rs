@@ -91,7 +91,7 @@ fn convolutions_take_in_the_residual_add_and_relu_after_them() {
     assert_eq!(after.matches("conv2d_fused[").count(), 2);
     assert_eq!(before.matches("relu[").count() - 2, after.matches("relu[").count());
     assert_eq!(before.matches("= add[").count() - 1, after.matches("= add[").count());
-    assert!(after.contains("conv2d_fused[bias=false, dilation=[1], groups=1, kernel=[1], out=8, packed=false, padding=[0], relu=true, stride=[1]](%3, %0, %5)"));
+    assert!(after.contains("conv2d_fused[bias=false, dilation=[1], groups=1, kernel=[1], out=8, packed=false, padding=[0], relu=true, stride=[1], winograd=false](%3, %0, %5)"));
     insta::assert_snapshot!(format!("{before}\n=== after fuse-conv-epilogues ===\n\n{after}"));
 }
 
@@ -121,9 +121,10 @@ fn gemm_weights_are_packed_from_the_state_or_from_what_is_derived_from_it() {
     assert!(PackGemmWeights.run(&mut model.graph));
     let after = mrc::graph::to_text(&model.graph);
     assert_eq!(after.matches("packed=true").count(), 3);
-    // conv1's folded kernel is packed in one transform; conv3's state kernel directly; the
-    // folded kernels themselves go.
-    assert!(after.contains("derived conv1.weight.folded.packed = GemmColumns { of: Some(FoldBatchNormWeight { eps: 0.0 }) }(%1, %3, %6) : f32[27, 8]"));
+    // conv1's folded 3×3 kernel becomes Winograd's filters in one transform; conv3's state
+    // kernel is packed directly; the folded kernels themselves go.
+    assert_eq!(after.matches("winograd=true").count(), 1);
+    assert!(after.contains("derived conv1.weight.folded.packed = WinogradFilters { of: Some(FoldBatchNormWeight { eps: 0.0 }) }(%1, %3, %6) : f32[36, 3, 8]"));
     assert!(after.contains("derived conv3.weight.packed = GemmColumns { of: None }(%17) : f32[3, 8]"));
     assert!(!after.contains("weight.folded ="));
     insta::assert_snapshot!(format!("{before}\n=== after pack-gemm-weights ===\n\n{after}"));

@@ -28,6 +28,10 @@ pub enum WeightTransform {
     /// itself) packed for the GEMM: the column-major matrix `[K, O]`, K the product of the other
     /// axes, which the `gemm` crate's kernels read in place instead of packing it on every call.
     GemmColumns { of: Option<Box<WeightTransform>> },
+    /// A 3×3 convolution's weight `[O, C, 3, 3]` (the result of `of`, or the one source)
+    /// transformed for Winograd's F(4×4, 3×3): `[36, C, O]`
+    /// (`crate::abi::winograd::transform_filters`).
+    WinogradFilters { of: Option<Box<WeightTransform>> },
 }
 
 /// A source tensor: row-major f32 elements and shape.
@@ -85,17 +89,16 @@ impl WeightTransform {
                 Ok((flipped, vec![groups * f, per_group, kh, kw]))
             }
             WeightTransform::GemmColumns { ref of } => {
-                let (weight, shape) = match of {
-                    Some(inner) => inner.apply(sources)?,
-                    None => match sources {
-                        [(weight, shape)] => (weight.to_vec(), shape.to_vec()),
-                        _ => return Err(arity(1, sources)),
-                    },
-                };
+                let (weight, shape) = of_or_source(of, sources)?;
                 let rows = shape.first().copied().unwrap_or(0);
                 let k = shape[1..].iter().product::<usize>();
                 let columns = (0..rows * k).map(|index| weight[(index % rows) * k + index / rows]).collect();
                 Ok((columns, vec![k, rows]))
+            }
+            WeightTransform::WinogradFilters { ref of } => {
+                let (weight, shape) = of_or_source(of, sources)?;
+                let &[o, c, 3, 3] = shape.as_slice() else { return Err(format!("takes a 3×3 kernel, found {shape:?}")) };
+                Ok((crate::abi::winograd::transform_filters(&weight, o, c), vec![36, c, o]))
             }
             WeightTransform::TransposedKernelTaps => {
                 let [(weight, &[c, o, kh, kw])] = sources else { return Err(kernel_of(sources)) };
@@ -104,6 +107,15 @@ impl WeightTransform {
                 Ok((matrix, vec![taps, c]))
             }
         }
+    }
+}
+
+/// The result of `of` on the sources, or the one source itself.
+fn of_or_source(of: &Option<Box<WeightTransform>>, sources: &[Source]) -> Result<(Vec<f32>, Vec<usize>), String> {
+    match (of, sources) {
+        (Some(inner), _) => inner.apply(sources),
+        (None, [(weight, shape)]) => Ok((weight.to_vec(), shape.to_vec())),
+        (None, _) => Err(arity(1, sources)),
     }
 }
 

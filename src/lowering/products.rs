@@ -19,7 +19,8 @@ pub enum Products {
     RuntimeGemm,
     /// [`Products::RuntimeGemm`], and stride-1 convolutions with windows larger than 1×1 (and
     /// their weight gradients) as products over shifted views of the padded input, without an
-    /// im2col matrix (`mrc_runtime::abi::window_products`; the host only: the CPU).
+    /// im2col matrix (`mrc_runtime::abi::window_products`), 3×3 ones by Winograd's F(4×4, 3×3)
+    /// (`mrc_runtime::abi::winograd`); the host only: the CPU.
     HostGemm,
     /// `linalg.generic` contractions, left to the target's pass pipeline to tile and map (the
     /// form a GPU pipeline takes; on the CPU it is the slow reference).
@@ -94,6 +95,17 @@ impl<'c, 'b> Emitter<'c, 'b> {
         let function = if packed { RuntimeFunction::ConvWindowsPacked } else { RuntimeFunction::ConvWindows };
         let grid = self.call_runtime(function, &[matrix, x, window], &[grid])?[0];
         Ok(Some(self.extract_slice(grid, &[0, 0, 0, 0], sizes)?))
+    }
+
+    /// A 3×3 stride-1 convolution of the padded `x` [N, C, Hp, Wp] by Winograd's F(4×4, 3×3)
+    /// into `ty` [N, M, Hp − 2, Wp − 2], with the filters transformed at load time ([36, C, M],
+    /// `transformed`) or the kernel [M, C, 3, 3]; `None` where the target has no such product.
+    pub fn winograd_conv_product(&self, filters: Value<'c, 'b>, transformed: bool, x: Value<'c, 'b>, ty: Type<'c>) -> Result<Option<Value<'c, 'b>>, LoweringError> {
+        if self.products != Products::HostGemm {
+            return Ok(None);
+        }
+        let function = if transformed { RuntimeFunction::ConvWinograd } else { RuntimeFunction::ConvWinogradFilters };
+        Ok(Some(self.call_runtime(function, &[filters, x], &[ty])?[0]))
     }
 
     /// The weight gradient `ty` [M, C, kh, kw] of a stride-1 convolution of the padded `x`

@@ -119,11 +119,23 @@ fn im2col_matmul<'c, 'b>(
     sizes: &[Size<'c, 'b>; 4],
 ) -> Result<Value<'c, 'b>, LoweringError> {
     let [n, _, ho, wo] = *sizes;
+    let output_type = cx.ranked_tensor(&sizes.map(|size| size.static_value()), cx.element_of(x)?);
     let (matrix, packed) = match weight {
-        Weight::Kernel(kernel) => (cx.collapse_shape(kernel, &[&[0], &[1, 2, 3]])?, false),
+        Weight::Winograd(filters) => {
+            let y = cx.winograd_conv_product(filters, true, x, output_type)?;
+            let y = y.ok_or_else(|| LoweringError::Build("Winograd's filters on a target without Winograd products".into()))?;
+            return epilogue.apply(cx, y, sizes);
+        }
+        Weight::Kernel(kernel) => {
+            if window.winograd() {
+                if let Some(y) = cx.winograd_conv_product(kernel, false, x, output_type)? {
+                    return epilogue.apply(cx, y, sizes);
+                }
+            }
+            (cx.collapse_shape(kernel, &[&[0], &[1, 2, 3]])?, false)
+        }
         Weight::Packed(matrix) => (matrix, true),
     };
-    let output_type = cx.ranked_tensor(&sizes.map(|size| size.static_value()), cx.element_of(x)?);
     let windows = match window.stride {
         [1, 1] if window.kernel != [1, 1] => cx.window_conv_product(matrix, packed, x, window.kernel, window.dilation, sizes)?,
         _ => None,
@@ -154,12 +166,14 @@ fn im2col_matmul<'c, 'b>(
     epilogue.apply(cx, y, sizes)
 }
 
-/// A convolution's weights: the kernel [O, C / groups, kh, kw], or the matrix the
-/// `pack-gemm-weights` pass derived from it when the weights load (column-major [C·kh·kw, O]).
+/// A convolution's weights: the kernel [O, C / groups, kh, kw], or what the
+/// `pack-gemm-weights` pass derived from it when the weights load: the matrix (column-major
+/// [C·kh·kw, O]) or Winograd's filters [36, C, O].
 #[derive(Clone, Copy)]
 enum Weight<'c, 'b> {
     Kernel(Value<'c, 'b>),
     Packed(Value<'c, 'b>),
+    Winograd(Value<'c, 'b>),
 }
 
 /// The geometry of one 2-d convolution, per spatial axis (height, width).
@@ -190,6 +204,7 @@ fn convolution<'c, 'b>(
     let out = match weight {
         Weight::Kernel(kernel) => cx.size(kernel, 0)?,
         Weight::Packed(matrix) => cx.size(matrix, 1)?,
+        Weight::Winograd(filters) => cx.size(filters, 2)?,
     };
     let spatial =
         |size, axis: usize| cx.size_windows(size, -window.dilation[axis] * (window.kernel[axis] - 1) - 1, window.stride[axis]);
@@ -202,7 +217,7 @@ fn convolution<'c, 'b>(
     let weight = match weight {
         _ if g == 1 => return im2col_matmul(cx, x, weight, epilogue, window, &sizes),
         Weight::Kernel(kernel) => kernel,
-        Weight::Packed(_) => return Err(LoweringError::Build("a grouped convolution's weights are not packed".into())),
+        Weight::Packed(_) | Weight::Winograd(_) => return Err(LoweringError::Build("a grouped convolution's weights are not packed".into())),
     };
     let init = match epilogue.bias {
         Some(bias) => cx.broadcast(bias, cx.empty(&sizes, cx.element_of(x)?)?, &[0, 2, 3])?,
@@ -270,6 +285,12 @@ impl Window {
         cx.pad(x, &[0, 0, self.low[0], self.low[1]], &[0, 0, self.high[0], self.high[1]], 0.0)
     }
 
+    /// Whether Winograd's F(4×4, 3×3) computes this convolution: 3×3, stride 1, undilated, one
+    /// group.
+    fn winograd(&self) -> bool {
+        self.kernel == [3, 3] && self.stride == [1, 1] && self.dilation == [1, 1] && self.groups == 1
+    }
+
     /// The window of a `conv2d` or of its backward operators (padding on both sides).
     fn of(attrs: &Attrs) -> Window {
         let padding = checked_pair(attrs, "padding");
@@ -284,16 +305,25 @@ impl Window {
     }
 }
 
+/// Whether the convolution of `attrs` (`conv2d`'s) is one Winograd's F(4×4, 3×3) computes.
+pub fn winograd_fits(attrs: &Attrs) -> bool {
+    Window::of(attrs).winograd()
+}
+
 /// A `conv2d` with what follows it fused in by the `fuse-conv-epilogues` pass: an optional
 /// residual tensor added to its result, then an optional ReLU, all in the convolution's
 /// epilogue; with `packed` (the `pack-gemm-weights` pass), its weight is the column-major
-/// matrix [C·kh·kw, O]. Internal: model files cannot call it. Inputs: `x`, the residual (none or
-/// one), then the convolution's weights.
+/// matrix [C·kh·kw, O], or with `winograd` too, Winograd's transformed filters [36, C, O].
+/// Internal: model files cannot call it. Inputs: `x`, the residual (none or one), then the
+/// convolution's weights.
 #[derive(Debug)]
 pub struct FusedConv2d;
 
-static FUSED_CONV_ATTRS: &[AttrSpec] =
-    conv_attrs!(attr("relu", Bool, Default::Bool(false)), attr("packed", Bool, Default::Bool(false)));
+static FUSED_CONV_ATTRS: &[AttrSpec] = conv_attrs!(
+    attr("relu", Bool, Default::Bool(false)),
+    attr("packed", Bool, Default::Bool(false)),
+    attr("winograd", Bool, Default::Bool(false))
+);
 
 impl Operator for FusedConv2d {
     fn name(&self) -> &'static str {
@@ -312,7 +342,14 @@ impl Operator for FusedConv2d {
                 return Err(OpError::at_attr("packed", "only a convolution of one group has packed weights"));
             }
             let kernel = &inference.state[0].dims;
-            inference.state[0].dims = vec![kernel[1..].iter().product(), kernel[0]];
+            inference.state[0].dims = if attrs.flag("winograd") {
+                if !winograd_fits(attrs) {
+                    return Err(OpError::at_attr("winograd", "only a 3×3 stride-1 undilated convolution has Winograd's filters"));
+                }
+                vec![36, kernel[1], kernel[0]]
+            } else {
+                vec![kernel[1..].iter().product(), kernel[0]]
+            };
         }
         match inputs[1].as_slice() {
             [] => {}
@@ -333,7 +370,11 @@ impl Operator for FusedConv2d {
             residual: residual.first().copied(),
             relu: node.attrs.flag("relu"),
         };
-        let weight = if node.attrs.flag("packed") { Weight::Packed(weights[0]) } else { Weight::Kernel(weights[0]) };
+        let weight = match (node.attrs.flag("packed"), node.attrs.flag("winograd")) {
+            (true, true) => Weight::Winograd(weights[0]),
+            (true, false) => Weight::Packed(weights[0]),
+            _ => Weight::Kernel(weights[0]),
+        };
         Ok(vec![convolution(cx, x, weight, epilogue, &Window::of(node.attrs))?])
     }
 }

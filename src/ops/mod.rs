@@ -61,7 +61,7 @@ pub static OPERATORS: &[&dyn Operator] = &[
     &detection::MaskrcnnLoss,
 ];
 
-pub use conv::{non_overlapping, FusedConv2d, PreparedConvTranspose2d};
+pub use conv::{non_overlapping, winograd_fits, FusedConv2d, PreparedConvTranspose2d};
 pub use elementwise::FillLike;
 pub use norm::{BatchNormTraining, RunningStatistics};
 

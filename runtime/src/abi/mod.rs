@@ -20,6 +20,7 @@ mod memref;
 pub mod stages;
 pub mod training;
 pub mod window_products;
+pub mod winograd;
 
 pub use memref::{keep_freed_memory, memref_copy, MemRef};
 

@@ -239,7 +239,7 @@ unsafe fn weight_gradient_rows(x: &MemRef<f32, 4>, grad: &MemRef<f32, 4>, window
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     /// Small integers, so that sums are exact in any order.
@@ -248,7 +248,7 @@ mod tests {
     }
 
     /// The direct convolution of `x` [N, C, Hp, Wp] with `w` [M, C, kh, kw] at stride 1.
-    fn direct(x: &[f32], [n, c, hp, wp]: [usize; 4], w: &[f32], [m, kh, kw]: [usize; 3], [dh, dw]: [usize; 2]) -> (Vec<f32>, [usize; 2]) {
+    pub(in crate::abi) fn direct(x: &[f32], [n, c, hp, wp]: [usize; 4], w: &[f32], [m, kh, kw]: [usize; 3], [dh, dw]: [usize; 2]) -> (Vec<f32>, [usize; 2]) {
         let (ho, wo) = (hp - dh * (kh - 1), wp - dw * (kw - 1));
         let mut y = vec![0.0; n * m * ho * wo];
         for (b, o, r, s) in itertools(n, m, ho, wo) {

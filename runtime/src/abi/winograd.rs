@@ -1,0 +1,411 @@
+//! 3×3 stride-1 convolutions by Winograd's minimal filtering F(4×4, 3×3) (Lavin and Gray,
+//! "Fast Algorithms for Convolutional Neural Networks", 2016): each 4×4 tile of the output comes
+//! from the 6×6 tile of the input under it through 36 products per channel pair instead of 144.
+//! The filters become U = G·g·Gᵀ (once, when the weights load, or on each call for weights
+//! that change); each input tile V = Bᵀ·d·B; then for each of the 36 points ξ one product over
+//! the channels, M[ξ] = U[ξ]·V[ξ]; each output tile is Aᵀ·m·A. Tiles are taken in blocks, one
+//! block per task, so that a block's transformed tiles stay in cache through its 36 products.
+
+use super::kernels::device_gemm;
+use super::MemRef;
+
+/// Points of the transformed tile (6×6).
+const POINTS: usize = 36;
+
+/// G, the filters' transform.
+const G: [[f64; 3]; 6] = [
+    [1.0 / 4.0, 0.0, 0.0],
+    [-1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0],
+    [-1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0],
+    [1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0],
+    [1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0],
+    [0.0, 0.0, 1.0],
+];
+
+/// Most tiles in a block: a block's transformed input and products (36 × (C + M) × tiles)
+/// stay within a core's L2 for 256 channels.
+const MAX_BLOCK: usize = 48;
+
+/// The filters `w` [M, C, 3, 3] (row-major) transformed, U[ξ] = (G·g·Gᵀ)[ξ] for every (o, ch),
+/// laid out [36, C, M]: each point's M×C matrix column-major, as the GEMM reads it in place.
+/// Computed in f64.
+pub fn transform_filters(w: &[f32], m: usize, c: usize) -> Vec<f32> {
+    let mut u = vec![0.0; POINTS * c * m];
+    for o in 0..m {
+        for ch in 0..c {
+            let g = &w[(o * c + ch) * 9..][..9];
+            let mut left = [[0.0_f64; 3]; 6];
+            for (row, g_row) in left.iter_mut().zip(&G) {
+                for (j, value) in row.iter_mut().enumerate() {
+                    *value = (0..3).map(|k| g_row[k] * f64::from(g[k * 3 + j])).sum();
+                }
+            }
+            for (r, row) in left.iter().enumerate() {
+                for (s, g_row) in G.iter().enumerate() {
+                    let value: f64 = (0..3).map(|k| row[k] * g_row[k]).sum();
+                    u[((r * 6 + s) * c + ch) * m + o] = value as f32;
+                }
+            }
+        }
+    }
+    u
+}
+
+/// Tiles transformed together, one per lane of the vector registers.
+const LANES: usize = 16;
+type Lanes = [f32; LANES];
+
+/// Bᵀ (on the points 0, ±1, ±2 and ∞) applied to six rows of lanes:
+/// `[4 0 −5 0 1 0; 0 −4 −4 1 1 0; 0 4 −4 −1 1 0; 0 −2 −1 2 1 0; 0 2 −1 −2 1 0; 0 4 0 −5 0 1]`.
+#[inline(always)]
+fn input_1d(d: &[Lanes; 6]) -> [Lanes; 6] {
+    let mut v = [[0.0; LANES]; 6];
+    for l in 0..LANES {
+        let [d0, d1, d2, d3, d4, d5] = [0, 1, 2, 3, 4, 5].map(|k| d[k][l]);
+        v[0][l] = 4.0 * d0 - 5.0 * d2 + d4;
+        v[1][l] = -4.0 * (d1 + d2) + d3 + d4;
+        v[2][l] = 4.0 * (d1 - d2) - d3 + d4;
+        v[3][l] = 2.0 * (d3 - d1) - d2 + d4;
+        v[4][l] = 2.0 * (d1 - d3) - d2 + d4;
+        v[5][l] = 4.0 * d1 - 5.0 * d3 + d5;
+    }
+    v
+}
+
+/// Aᵀ applied to six rows of lanes: `[1 1 1 1 1 0; 0 1 −1 2 −2 0; 0 1 1 4 4 0; 0 1 −1 8 −8 1]`.
+#[inline(always)]
+fn output_1d(m: &[Lanes; 6]) -> [Lanes; 4] {
+    let mut y = [[0.0; LANES]; 4];
+    for l in 0..LANES {
+        let [m0, m1, m2, m3, m4, m5] = [0, 1, 2, 3, 4, 5].map(|k| m[k][l]);
+        let (sum12, difference12, sum34, difference34) = (m1 + m2, m1 - m2, m3 + m4, m3 - m4);
+        y[0][l] = m0 + sum12 + sum34;
+        y[1][l] = difference12 + 2.0 * difference34;
+        y[2][l] = sum12 + 4.0 * sum34;
+        y[3][l] = difference12 + 8.0 * difference34 + m5;
+    }
+    y
+}
+
+/// Where a block's tiles are: the padded input `[N, C, Hp, Wp]` and its strides, the output
+/// `[N, M, Ho, Wo]` (contiguous), and the tiles per column and row of an image.
+#[derive(Clone, Copy)]
+struct Tiling {
+    x: usize,
+    strides: [isize; 4],
+    input: [usize; 4],
+    y: usize,
+    output: [usize; 4],
+    tiles: [usize; 2],
+}
+
+impl Tiling {
+    /// The image, top row and left column of tile `tile`.
+    fn place(&self, tile: usize) -> (usize, usize, usize) {
+        let [th, tw] = self.tiles;
+        (tile / (th * tw), tile / tw % th * 4, tile % tw * 4)
+    }
+}
+
+/// Transforms the input tiles `first..first + count` of every channel into `v` [36, C, block].
+///
+/// # Safety
+/// `tiling` describes live buffers; the tiles exist; `v` holds 36·C·block elements, block ≥
+/// count rounded up to [`LANES`].
+#[inline(always)]
+unsafe fn transform_inputs(tiling: &Tiling, first: usize, count: usize, v: &mut [f32], block: usize) {
+    let [_, c, hp, wp] = tiling.input;
+    let strides = tiling.strides;
+    let x = tiling.x as *const f32;
+    for ch in 0..c {
+        for group in (0..count).step_by(LANES) {
+            let mut d = [[[0.0_f32; LANES]; 6]; 6];
+            for lane in 0..LANES.min(count - group) {
+                let (image, top, left) = tiling.place(first + group + lane);
+                let plane = x.offset(image as isize * strides[0] + ch as isize * strides[1]);
+                let (rows, columns) = ((hp - top).min(6), (wp - left).min(6));
+                for (r, row) in d.iter_mut().enumerate().take(rows) {
+                    let line = plane.offset((top + r) as isize * strides[2] + left as isize * strides[3]);
+                    for (s, value) in row.iter_mut().enumerate().take(columns) {
+                        value[lane] = *line.offset(s as isize * strides[3]);
+                    }
+                }
+            }
+            // Bᵀ·d along the columns, then ·B along the rows.
+            let mut columns = [[[0.0_f32; LANES]; 6]; 6];
+            for s in 0..6 {
+                let column = input_1d(&[0, 1, 2, 3, 4, 5].map(|r| d[r][s]));
+                for r in 0..6 {
+                    columns[r][s] = column[r];
+                }
+            }
+            for (r, row) in columns.iter().enumerate() {
+                for (s, values) in input_1d(row).iter().enumerate() {
+                    let at = ((r * 6 + s) * c + ch) * block + group;
+                    v[at..at + LANES].copy_from_slice(values);
+                }
+            }
+        }
+    }
+}
+
+/// Transforms the products `products` [36, M, block] of the tiles `first..first + count` into
+/// their output tiles.
+///
+/// # Safety
+/// As [`transform_inputs`]; the output tiles are this task's alone.
+#[inline(always)]
+unsafe fn transform_outputs(tiling: &Tiling, first: usize, count: usize, products: &[f32], block: usize) {
+    let [_, m, ho, wo] = tiling.output;
+    let y = tiling.y as *mut f32;
+    for o in 0..m {
+        for group in (0..count).step_by(LANES) {
+            let mut rows = [[[0.0_f32; LANES]; 4]; 6];
+            for (r, row) in rows.iter_mut().enumerate() {
+                let points = [0, 1, 2, 3, 4, 5].map(|s| {
+                    let at = ((r * 6 + s) * m + o) * block + group;
+                    let mut values = [0.0; LANES];
+                    values.copy_from_slice(&products[at..at + LANES]);
+                    values
+                });
+                *row = output_1d(&points);
+            }
+            let mut out = [[[0.0_f32; LANES]; 4]; 4];
+            for s in 0..4 {
+                let column = output_1d(&[0, 1, 2, 3, 4, 5].map(|r| rows[r][s]));
+                for r in 0..4 {
+                    out[r][s] = column[r];
+                }
+            }
+            for lane in 0..LANES.min(count - group) {
+                let (image, top, left) = tiling.place(first + group + lane);
+                let plane = y.add((image * m + o) * ho * wo);
+                for (r, row) in out.iter().enumerate().take((ho - top).min(4)) {
+                    for (s, values) in row.iter().enumerate().take((wo - left).min(4)) {
+                        *plane.add((top + r) * wo + left + s) = values[lane];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The transforms compiled for the widest vectors this CPU has (the runtime's baseline is SSE2).
+#[cfg(target_arch = "x86_64")]
+mod wide {
+    use super::Tiling;
+
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn inputs_avx512(tiling: &Tiling, first: usize, count: usize, v: &mut [f32], block: usize) {
+        super::transform_inputs(tiling, first, count, v, block)
+    }
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn outputs_avx512(tiling: &Tiling, first: usize, count: usize, products: &[f32], block: usize) {
+        super::transform_outputs(tiling, first, count, products, block)
+    }
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn inputs_avx2(tiling: &Tiling, first: usize, count: usize, v: &mut [f32], block: usize) {
+        super::transform_inputs(tiling, first, count, v, block)
+    }
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn outputs_avx2(tiling: &Tiling, first: usize, count: usize, products: &[f32], block: usize) {
+        super::transform_outputs(tiling, first, count, products, block)
+    }
+}
+
+/// [`transform_inputs`] for this CPU.
+unsafe fn inputs(tiling: &Tiling, first: usize, count: usize, v: &mut [f32], block: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            return wide::inputs_avx512(tiling, first, count, v, block);
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            return wide::inputs_avx2(tiling, first, count, v, block);
+        }
+    }
+    transform_inputs(tiling, first, count, v, block)
+}
+
+/// [`transform_outputs`] for this CPU.
+unsafe fn outputs(tiling: &Tiling, first: usize, count: usize, products: &[f32], block: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            return wide::outputs_avx512(tiling, first, count, products, block);
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            return wide::outputs_avx2(tiling, first, count, products, block);
+        }
+    }
+    transform_outputs(tiling, first, count, products, block)
+}
+
+/// The convolution of the padded input `x` [N, C, Hp, Wp] (any strides) with the transformed
+/// filters `u` [36, C, M]: [N, M, Hp − 2, Wp − 2].
+///
+/// # Safety
+/// `x` describes a live buffer; `u` holds 36·C·M elements.
+unsafe fn convolve(u: &[f32], m: usize, x: &MemRef<f32, 4>) -> MemRef<f32, 4> {
+    let [n, c, hp, wp] = x.shape();
+    let (ho, wo) = (hp - 2, wp - 2);
+    let y = MemRef::<f32, 4>::allocate([n, m, ho, wo]);
+    let tiling = Tiling {
+        x: x.aligned.wrapping_offset(x.offset as isize) as usize,
+        strides: x.strides.map(|s| s as isize),
+        input: [n, c, hp, wp],
+        y: y.aligned as usize,
+        output: [n, m, ho, wo],
+        tiles: [ho.div_ceil(4), wo.div_ceil(4)],
+    };
+    let tiles = n * tiling.tiles[0] * tiling.tiles[1];
+    if tiles == 0 || m == 0 {
+        return y;
+    }
+    // Blocks enough for every thread to have several, of at most MAX_BLOCK tiles; where there
+    // are too few for every thread, the 36 products of a block are the tasks.
+    let threads = rayon::current_num_threads();
+    let block = tiles.div_ceil(4 * threads).clamp(LANES, MAX_BLOCK).next_multiple_of(LANES);
+    let blocks = tiles.div_ceil(block);
+    let products_in_parallel = blocks < 2 * threads;
+    let u = u.as_ptr() as usize;
+    let task = |(v, products): &mut (Vec<f32>, Vec<f32>), first: usize| {
+        let count = block.min(tiles - first);
+        inputs(&tiling, first, count, v, block);
+        let (v, products_base) = (v.as_ptr() as usize, products.as_mut_ptr() as usize);
+        let product = |point: usize| {
+            gemm::gemm(
+                m,
+                count,
+                c,
+                (products_base as *mut f32).add(point * m * block),
+                1,
+                block as isize,
+                false,
+                (u as *const f32).add(point * c * m),
+                m as isize,
+                1,
+                (v as *const f32).add(point * c * block),
+                1,
+                block as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            )
+        };
+        use rayon::prelude::*;
+        if products_in_parallel {
+            (0..POINTS).into_par_iter().for_each(product);
+        } else {
+            (0..POINTS).for_each(product);
+        }
+        outputs(&tiling, first, count, products, block);
+    };
+    use rayon::prelude::*;
+    let scratch = || (vec![0.0_f32; POINTS * c * block], vec![0.0_f32; POINTS * m * block]);
+    (0..blocks).into_par_iter().for_each_init(scratch, |scratch, index| task(scratch, index * block));
+    y
+}
+
+/// Checks the shapes of a Winograd convolution; false (the error recorded) when they do not
+/// fit or the products must run on a device.
+fn fits(name: &str, [n, c, hp, wp]: [usize; 4], filters_c: usize) -> bool {
+    if device_gemm().is_some() {
+        super::set_error(format!("{name}: not available on a GPU (the CUDA target uses im2col products)"));
+        return false;
+    }
+    if c != filters_c || hp < 3 || wp < 3 {
+        super::set_error(format!("{name}: filters for {filters_c} channels against the input [{n}, {c}, {hp}, {wp}]"));
+        return false;
+    }
+    true
+}
+
+/// A 3×3 stride-1 convolution of the padded input `x` [N, C, Hp, Wp] with the filters
+/// transformed when the weights loaded, `u` [36, C, M] ([`transform_filters`]): the result
+/// [N, M, Hp − 2, Wp − 2].
+///
+/// # Safety
+/// The descriptors must describe live buffers; `out` receives a new one.
+#[no_mangle]
+pub unsafe extern "C" fn _mlir_ciface_mrc_conv_winograd(out: *mut MemRef<f32, 4>, u: *const MemRef<f32, 3>, x: *const MemRef<f32, 4>) {
+    let (u, x) = (&*u, &*x);
+    let [points, c, m] = u.shape();
+    let [n, _, hp, wp] = x.shape();
+    if points != POINTS || !fits("mrc_conv_winograd", x.shape(), c) {
+        *out = MemRef::allocate([n, m, hp.saturating_sub(2), wp.saturating_sub(2)]);
+        return;
+    }
+    *out = convolve(&u.elements(), m, x);
+}
+
+/// [`_mlir_ciface_mrc_conv_winograd`] with the filters as they are, `w` [M, C, 3, 3],
+/// transformed on each call (weights that change: a training step's).
+///
+/// # Safety
+/// The descriptors must describe live buffers; `out` receives a new one.
+#[no_mangle]
+pub unsafe extern "C" fn _mlir_ciface_mrc_conv_winograd_filters(out: *mut MemRef<f32, 4>, w: *const MemRef<f32, 4>, x: *const MemRef<f32, 4>) {
+    let (w, x) = (&*w, &*x);
+    let [m, c, kh, kw] = w.shape();
+    let [n, _, hp, wp] = x.shape();
+    if [kh, kw] != [3, 3] || !fits("mrc_conv_winograd_filters", x.shape(), c) {
+        *out = MemRef::allocate([n, m, hp.saturating_sub(2), wp.saturating_sub(2)]);
+        return;
+    }
+    *out = convolve(&transform_filters(&w.elements(), m, c), m, x);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::window_products::tests::direct;
+    use super::*;
+
+    fn values(count: usize, seed: u64) -> Vec<f32> {
+        let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (0..count)
+            .map(|_| {
+                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    fn relative_error(a: &[f32], b: &[f32]) -> f64 {
+        let difference: f64 = a.iter().zip(b).map(|(x, y)| f64::from(x - y).powi(2)).sum();
+        let norm: f64 = b.iter().map(|y| f64::from(*y).powi(2)).sum();
+        (difference / norm).sqrt()
+    }
+
+    /// Both entry points equal the direct convolution within ‖y − y_ref‖₂ ≤ 1e-4·‖y_ref‖₂, on
+    /// sizes with partial tiles at both edges and several blocks, a view with strided rows, and
+    /// one of R50-FPN's shapes (256 channels in and out).
+    #[test]
+    fn winograd_equals_the_direct_convolution() {
+        for (n, c, hp, wp, m) in [(2, 3, 9, 11, 5), (1, 8, 6, 6, 2), (3, 16, 23, 30, 7), (1, 256, 34, 27, 256)] {
+            let x = values(n * c * hp * wp, 1);
+            let w = values(m * c * 9, 2);
+            let (expected, [ho, wo]) = direct(&x, [n, c, hp, wp], &w, [m, 3, 3], [1, 1]);
+            let x_ref = MemRef::<f32, 4>::owned(&x, [n, c, hp, wp]);
+            let u = transform_filters(&w, m, c);
+            let u_ref = MemRef::<f32, 3>::owned(&u, [POINTS, c, m]);
+            let mut y = MemRef::<f32, 4>::allocate([0, 0, 0, 0]);
+            unsafe { _mlir_ciface_mrc_conv_winograd(&mut y, &u_ref, &x_ref) };
+            assert_eq!(y.shape(), [n, m, ho, wo]);
+            let error = relative_error(&unsafe { y.elements() }, &expected);
+            assert!(error <= 1e-4, "[{n}, {c}, {hp}, {wp}] → {m}: relative error {error:e}");
+
+            // The filters as they are, and the input as a view whose rows are 2 elements longer.
+            let wide: Vec<f32> = x.chunks(wp).flat_map(|row| row.iter().copied().chain([f32::NAN; 2])).collect();
+            let mut view = MemRef::<f32, 4>::borrowed(&wide, [n, c, hp, wp + 2]);
+            view.sizes[3] = wp as i64;
+            let w_ref = MemRef::<f32, 4>::owned(&w, [m, c, 3, 3]);
+            let mut y_filters = MemRef::<f32, 4>::allocate([0, 0, 0, 0]);
+            unsafe { _mlir_ciface_mrc_conv_winograd_filters(&mut y_filters, &w_ref, &view) };
+            assert_eq!(unsafe { y_filters.elements() }, unsafe { y.elements() });
+        }
+    }
+}
