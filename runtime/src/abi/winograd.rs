@@ -364,7 +364,7 @@ mod tests {
     use super::super::window_products::tests::direct;
     use super::*;
 
-    fn values(count: usize, seed: u64) -> Vec<f32> {
+    pub(super) fn values(count: usize, seed: u64) -> Vec<f32> {
         let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         (0..count)
             .map(|_| {
@@ -374,7 +374,7 @@ mod tests {
             .collect()
     }
 
-    fn relative_error(a: &[f32], b: &[f32]) -> f64 {
+    pub(super) fn relative_error(a: &[f32], b: &[f32]) -> f64 {
         let difference: f64 = a.iter().zip(b).map(|(x, y)| f64::from(x - y).powi(2)).sum();
         let norm: f64 = b.iter().map(|y| f64::from(*y).powi(2)).sum();
         (difference / norm).sqrt()
@@ -406,6 +406,40 @@ mod tests {
             let mut y_filters = MemRef::<f32, 4>::allocate([0, 0, 0, 0]);
             unsafe { _mlir_ciface_mrc_conv_winograd_filters(&mut y_filters, &w_ref, &view) };
             assert_eq!(unsafe { y_filters.elements() }, unsafe { y.elements() });
+        }
+    }
+}
+
+/// The bar on R50-FPN's own shapes (an 800×1066 image): every 3×3 stride-1 layer's
+/// channels and feature-map size, against the window products (checked equal to the direct
+/// convolution in `window_products`).
+#[cfg(test)]
+mod r50_layers {
+    use super::super::window_products::_mlir_ciface_mrc_conv_windows;
+    use super::tests::{relative_error, values};
+    use super::*;
+
+    #[test]
+    fn winograd_is_within_1e_4_on_every_r50_layer_shape() {
+        // (images, channels in = out, height, width): layer1..layer4's 3×3 convolutions, the
+        // FPN's and the RPN's on P2 (the largest level), the mask head's on 100 RoIs.
+        for (n, c, h, w) in [(1, 64, 200, 272), (1, 128, 100, 136), (1, 256, 50, 68), (1, 512, 25, 34), (1, 256, 200, 272), (100, 256, 14, 14)] {
+            let x = values(n * c * (h + 2) * (w + 2), 3);
+            // He-initialized filters, as trained ones are scaled.
+            let scale = (2.0 / (c * 9) as f32).sqrt();
+            let weights: Vec<f32> = values(c * c * 9, 4).iter().map(|v| v * scale).collect();
+            let x_ref = MemRef::<f32, 4>::owned(&x, [n, c, h + 2, w + 2]);
+            let u = transform_filters(&weights, c, c);
+            let mut y = MemRef::<f32, 4>::allocate([0, 0, 0, 0]);
+            unsafe { _mlir_ciface_mrc_conv_winograd(&mut y, &MemRef::owned(&u, [POINTS, c, c]), &x_ref) };
+            let mut reference = MemRef::<f32, 4>::allocate([0, 0, 0, 0]);
+            let window = MemRef::<i64, 1>::owned(&[3, 3, 1, 1], [4]);
+            unsafe { _mlir_ciface_mrc_conv_windows(&mut reference, &MemRef::owned(&weights, [c, c * 9]), &x_ref, &window) };
+            // The reference lies on the padded width: its first w columns of each row.
+            let grid = unsafe { reference.elements() }.into_owned();
+            let expected: Vec<f32> = grid.chunks(w + 2).flat_map(|row| row[..w].to_vec()).collect();
+            let error = relative_error(&unsafe { y.elements() }, &expected);
+            assert!(error <= 1e-4, "[{n}, {c}, {h}, {w}]: relative error {error:e}");
         }
     }
 }
