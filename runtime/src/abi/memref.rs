@@ -9,6 +9,7 @@ use std::ffi::c_void;
 
 extern "C" {
     fn malloc(size: usize) -> *mut c_void;
+    fn free(pointer: *mut c_void);
     fn mallopt(parameter: i32, value: i32) -> i32;
 }
 
@@ -81,6 +82,14 @@ impl<T: Copy, const R: usize> MemRef<T, R> {
         } as *mut T;
         assert!(!pointer.is_null() || super::error_pending(), "out of memory");
         MemRef { allocated: pointer, aligned: pointer, offset: 0, sizes: shape.map(|d| d as i64), strides: row_major(shape) }
+    }
+
+    /// Frees a host buffer that [`MemRef::allocate`] made and no one else holds.
+    ///
+    /// # Safety
+    /// As said; the descriptor is not used again.
+    pub unsafe fn free(self) {
+        free(self.allocated.cast());
     }
 
     pub fn shape(&self) -> [usize; R] {

@@ -126,6 +126,26 @@ unsafe fn convolve_rows(a: Lhs, x: &MemRef<f32, 4>, window: &Window, [ho, wo]: [
     y
 }
 
+/// A 3×3 stride-1 undilated convolution of the padded input `x` [N, C, Hp, Wp] (Hp, Wp ≥ 3) with
+/// `a` [M, C·9], as [N, M, Hp − 2, Wp − 2]: the window products, their grid cropped to the
+/// output's width (where Winograd's transforms would cost more than they save).
+///
+/// # Safety
+/// `a` and `x` describe live buffers.
+pub(super) unsafe fn convolve_3x3(a: Lhs, x: &MemRef<f32, 4>) -> MemRef<f32, 4> {
+    let window = Window { kernel: [3, 3], dilation: [1, 1] };
+    let [n, _, hp, wp] = x.shape();
+    let (ho, wo) = (hp - 2, wp - 2);
+    let m = a.m;
+    let grid = with_contiguous_rows(x, |x| convolve_rows(a, x, &window, [ho, wo]));
+    let y = MemRef::<f32, 4>::allocate([n, m, ho, wo]);
+    for row in 0..n * m * ho {
+        std::ptr::copy_nonoverlapping(grid.aligned.add(row * wp), y.aligned.add(row * wo), wo);
+    }
+    grid.free();
+    y
+}
+
 /// A stride-1 convolution of the padded input `x` [N, C, Hp, Wp] with the weights `a`
 /// [M, C·kh·kw] (a convolution's [M, C, kh, kw]), `window` = [kh, kw, dh, dw]: the result
 /// [N, M, Ho, Wp], whose first Wo columns are the convolution's.
