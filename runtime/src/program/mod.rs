@@ -412,13 +412,15 @@ fn process_image<D: Detector>(
     let clock = Instant::now();
     let kept: Vec<Detection> =
         detections.into_iter().filter(|d| options.score_threshold.is_none_or(|t| d.score > t)).collect();
-    let mut masks = Vec::with_capacity(kept.len());
     for detection in &kept {
         check_detection(detection, height, width)?;
-        masks.push(detection.mask.as_ref().map(|m| m.binarize(options.mask_threshold)));
     }
+    // One image-sized mask per detection: binarized and encoded on every thread.
+    use rayon::prelude::*;
+    let masks: Vec<Option<Vec<bool>>> =
+        kept.par_iter().map(|detection| detection.mask.as_ref().map(|m| m.binarize(options.mask_threshold))).collect();
     let entries: Vec<ResultEntry> =
-        kept.iter().zip(&masks).map(|(d, mask)| ResultEntry::of(id.id, d.label, d, mask.as_deref(), height, width)).collect();
+        kept.par_iter().zip(&masks).map(|(d, mask)| ResultEntry::of(id.id, d.label, d, mask.as_deref(), height, width)).collect();
     stages.add("encode masks", clock.elapsed());
 
     if let Some(overlay_file) = overlay_file {
