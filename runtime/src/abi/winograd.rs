@@ -227,78 +227,46 @@ unsafe fn transform_outputs(tiling: &Tiling, first: usize, count: usize, product
     }
 }
 
-/// The transforms compiled for the widest vectors this CPU has (the runtime's baseline is SSE2).
-#[cfg(target_arch = "x86_64")]
-mod wide {
-    use super::Tiling;
-
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn inputs_avx512(tiling: &Tiling, first: usize, count: usize, v: &mut [f32], block: usize) {
-        super::transform_inputs(tiling, first, count, v, block)
-    }
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn outputs_avx512(tiling: &Tiling, first: usize, count: usize, products: &[f32], block: usize) {
-        super::transform_outputs(tiling, first, count, products, block)
-    }
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn filters_avx512(w: *const f32, u: *mut f32, m: usize, c: usize, ch: usize) {
-        super::transform_channel_filters(w, u, m, c, ch)
-    }
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn filters_avx2(w: *const f32, u: *mut f32, m: usize, c: usize, ch: usize) {
-        super::transform_channel_filters(w, u, m, c, ch)
-    }
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn inputs_avx2(tiling: &Tiling, first: usize, count: usize, v: &mut [f32], block: usize) {
-        super::transform_inputs(tiling, first, count, v, block)
-    }
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn outputs_avx2(tiling: &Tiling, first: usize, count: usize, products: &[f32], block: usize) {
-        super::transform_outputs(tiling, first, count, products, block)
-    }
+/// `unsafe fn $name(args)` calling `$body(args)` compiled for the widest vectors this CPU has:
+/// AVX-512, else AVX2 with FMA, else the runtime's baseline (SSE2), chosen at run time.
+macro_rules! for_this_cpu {
+    ($(#[$doc:meta])* unsafe fn $name:ident($($arg:ident: $type:ty),*) = $body:ident) => {
+        $(#[$doc])*
+        unsafe fn $name($($arg: $type),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f")]
+                unsafe fn avx512($($arg: $type),*) {
+                    $body($($arg),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn avx2($($arg: $type),*) {
+                    $body($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    return avx512($($arg),*);
+                }
+                if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                    return avx2($($arg),*);
+                }
+            }
+            $body($($arg),*)
+        }
+    };
 }
 
-/// [`transform_channel_filters`] for this CPU.
-unsafe fn filters(w: *const f32, u: *mut f32, m: usize, c: usize, ch: usize) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            return wide::filters_avx512(w, u, m, c, ch);
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-            return wide::filters_avx2(w, u, m, c, ch);
-        }
-    }
-    transform_channel_filters(w, u, m, c, ch)
-}
-
-/// [`transform_inputs`] for this CPU.
-unsafe fn inputs(tiling: &Tiling, first: usize, count: usize, v: &mut [f32], block: usize) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            return wide::inputs_avx512(tiling, first, count, v, block);
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-            return wide::inputs_avx2(tiling, first, count, v, block);
-        }
-    }
-    transform_inputs(tiling, first, count, v, block)
-}
-
-/// [`transform_outputs`] for this CPU.
-unsafe fn outputs(tiling: &Tiling, first: usize, count: usize, products: &[f32], block: usize) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            return wide::outputs_avx512(tiling, first, count, products, block);
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-            return wide::outputs_avx2(tiling, first, count, products, block);
-        }
-    }
-    transform_outputs(tiling, first, count, products, block)
-}
+for_this_cpu!(
+    /// [`transform_channel_filters`] for this CPU.
+    unsafe fn filters(w: *const f32, u: *mut f32, m: usize, c: usize, ch: usize) = transform_channel_filters
+);
+for_this_cpu!(
+    /// [`transform_inputs`] for this CPU.
+    unsafe fn inputs(tiling: &Tiling, first: usize, count: usize, v: &mut [f32], block: usize) = transform_inputs
+);
+for_this_cpu!(
+    /// [`transform_outputs`] for this CPU.
+    unsafe fn outputs(tiling: &Tiling, first: usize, count: usize, products: &[f32], block: usize) = transform_outputs
+);
 
 /// The convolution of the padded input `x` [N, C, Hp, Wp] (any strides) with the transformed
 /// filters `u` [36, C, M]: [N, M, Hp − 2, Wp − 2].
