@@ -89,6 +89,14 @@ pub struct ResultSpec {
     pub rank: usize,
 }
 
+/// Runs `work` on a thread of the runtime's pool (at once if this is one), the caller waiting.
+/// A forward function is called so: its parallel loops, built-ins and products then wait for
+/// their tasks by running the pool's work rather than by sleeping until a pool thread wakes
+/// them, and with one pool thread per core no thread outside the pool competes for the cores.
+pub fn on_pool<R: Send>(work: impl FnOnce() -> R + Send) -> R {
+    rayon::scope(|_| work())
+}
+
 /// Calls `forward` and copies its results out.
 ///
 /// # Safety
@@ -419,16 +427,18 @@ impl Forward {
         }
         let specs: Vec<ResultSpec> = self.interface.results.iter().map(|(_, spec)| *spec).collect();
         super::take_error();
-        super::stages::begin();
-        // SAFETY: `Forward::new`'s contract: the function has this interface (and, on a device,
-        // runs there).
-        let results = unsafe {
-            match &self.placement {
-                Placement::Host => Ok(call(self.function, &arguments, &specs)),
-                Placement::Device { device, weights } => call_on_device(self.function, device, &arguments, weights, &specs),
-            }
+        // The stages are timed on the thread that runs the function.
+        let timed = |run: &dyn Fn() -> Result<Vec<HostTensor>, _>| {
+            super::stages::begin();
+            let results = run();
+            (results, super::stages::finish())
         };
-        let stages = super::stages::finish();
+        // SAFETY: `Forward::new`'s contract: the function has this interface (and, on a device,
+        // runs there). A device's calls stay on the thread its context is current on.
+        let (results, stages) = match &self.placement {
+            Placement::Host => on_pool(|| timed(&|| Ok(unsafe { call(self.function, &arguments, &specs) }))),
+            Placement::Device { device, weights } => timed(&|| unsafe { call_on_device(self.function, device, &arguments, weights, &specs) }),
+        };
         if let Some(error) = super::take_error() {
             return Err(error);
         }

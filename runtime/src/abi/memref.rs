@@ -201,7 +201,8 @@ pub unsafe extern "C" fn memref_copy(element_size: i64, source: *const UnrankedM
     let inner = if rank > 0 && source_strides[rank - 1] == 1 && target_strides[rank - 1] == 1 { sizes[rank - 1] } else { 1 };
     let outer_rank = if inner > 1 { rank - 1 } else { rank };
     let outer: i64 = sizes[..outer_rank].iter().product();
-    for flat in 0..outer {
+    let (from, to) = (from as usize, to as usize);
+    let copy_run = |flat: i64| {
         let (mut rest, mut a, mut b) = (flat, 0_i64, 0_i64);
         for axis in (0..outer_rank).rev() {
             let i = rest % sizes[axis];
@@ -209,6 +210,18 @@ pub unsafe extern "C" fn memref_copy(element_size: i64, source: *const UnrankedM
             a += i * source_strides[axis];
             b += i * target_strides[axis];
         }
-        std::ptr::copy_nonoverlapping(from.add(a as usize * size), to.add(b as usize * size), inner as usize * size);
+        // SAFETY: run `flat` of the two views, which the caller promised are live; the runs
+        // of the target do not overlap.
+        unsafe { std::ptr::copy_nonoverlapping((from as *const u8).add(a as usize * size), (to as *mut u8).add(b as usize * size), inner as usize * size) };
+    };
+    // A large copy (an activation into its padded buffer) is split among the threads.
+    if count as usize * size >= PARALLEL_COPY_BYTES {
+        use rayon::prelude::*;
+        (0..outer as usize).into_par_iter().with_min_len(64).for_each(|flat| copy_run(flat as i64));
+    } else {
+        (0..outer).for_each(copy_run);
     }
 }
+
+/// The size from which [`memref_copy`] copies on every thread.
+const PARALLEL_COPY_BYTES: usize = 1 << 20;

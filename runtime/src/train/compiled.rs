@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{Batches, BoxError, ModelState, Step, StepOutput};
-use crate::abi::forward::{call, call_on_device, Argument, ForwardFn, HostTensor, Interface, ResultSpec, Source};
+use crate::abi::forward::{call, call_on_device, on_pool, Argument, ForwardFn, HostTensor, Interface, ResultSpec, Source};
 use crate::device::SelectedDevice;
 use crate::data::{Batch, Loader, Prefetch};
 
@@ -83,7 +83,7 @@ impl CompiledStep {
         // SAFETY: the function was compiled for this interface, and the arguments follow it.
         let results = unsafe {
             match self.device {
-                None => Ok(call(self.function, &arguments, &specs)),
+                None => Ok(on_pool(|| call(self.function, &arguments, &specs))),
                 Some(device) => {
                     let uploaded: Vec<_> = arguments.iter().map(|_| None).collect();
                     call_on_device(self.function, device, &arguments, &uploaded, &specs)
