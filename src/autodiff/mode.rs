@@ -20,10 +20,16 @@ pub fn to_training_mode(graph: &mut Graph) -> Result<Vec<String>, AutodiffError>
         let NodeKind::Op { attrs: layer, .. } = graph.nodes[node].kind.clone() else { unreachable!("an operator node") };
         let inputs = graph.inputs_of(node);
         let x = inputs[0];
-        graph.replace_op(node, &ops::BatchNormTraining, layer.clone(), &[vec![x]]).map_err(|e| rule_error(graph, node, e))?;
-        let momentum = attrs(&[("momentum", AttrValue::Float(layer.float("momentum")))]);
         let name = graph.nodes[node].name.clone();
-        let slots: Vec<Vec<Port>> = [x, inputs[3], inputs[4], inputs[5]].map(|p| vec![p]).to_vec();
+        let moments = graph
+            .add_op(&ops::BatchMoments, attrs(&[]), &[vec![x]], &name, None, StateUse::Create)
+            .map_err(|e| rule_error(graph, node, e))?;
+        let [mean, var] = [0, 1].map(|output| Port { node: moments, output });
+        graph
+            .replace_op(node, &ops::BatchNormTraining, layer.clone(), &[vec![x], vec![mean], vec![var]])
+            .map_err(|e| rule_error(graph, node, e))?;
+        let momentum = attrs(&[("momentum", AttrValue::Float(layer.float("momentum")))]);
+        let slots: Vec<Vec<Port>> = [x, mean, var, inputs[3], inputs[4], inputs[5]].map(|p| vec![p]).to_vec();
         let statistics = graph
             .add_op(&ops::RunningStatistics, momentum, &slots, &name, None, StateUse::Create)
             .map_err(|e| rule_error(graph, node, e))?;

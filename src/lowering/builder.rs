@@ -597,6 +597,14 @@ impl<'c, 'b> Emitter<'c, 'b> {
         self.binary("arith.addf", lhs, rhs)
     }
 
+    /// `sum + term` as one step of a sum whose terms may be added in any order
+    /// (`fastmath<reassoc>`): LLVM then vectorizes the loop that accumulates it, where a strict
+    /// left-to-right chain would cost one add's latency per element.
+    pub fn accumulate(&self, sum: Value<'c, '_>, term: Value<'c, '_>) -> Result<Value<'c, 'b>, LoweringError> {
+        let reassociable = self.named("fastmath", "#arith.fastmath<reassoc>")?;
+        self.append(self.builder("arith.addf").add_operands(&[sum, term]).add_results(&[sum.r#type()]).add_attributes(&[reassociable]).build()?)
+    }
+
     pub fn subf(&self, lhs: Value<'c, '_>, rhs: Value<'c, '_>) -> Result<Value<'c, 'b>, LoweringError> {
         self.binary("arith.subf", lhs, rhs)
     }
@@ -749,6 +757,18 @@ impl<'c, 'b> Emitter<'c, 'b> {
 pub fn identity_map(rank: usize) -> String {
     let dims = loop_dims(rank);
     format!("({dims}) -> ({dims})")
+}
+
+/// The maps and iterators of a sum over every axis of a rank-`rank` tensor but `axis`, with
+/// the kept axis as the outermost loop (`d0`): one parallel loop whose iterations each sum a
+/// slice with the innermost axis contiguous, rather than a reduction outside the parallel loop.
+/// Returns (the input's map, the result's map, the iterators).
+pub fn sum_to_axis_maps(rank: usize, axis: usize) -> (String, String, Vec<Iterator>) {
+    let mut input: Vec<String> = (1..rank).map(|d| format!("d{d}")).collect();
+    input.insert(axis, "d0".into());
+    let dims = loop_dims(rank);
+    let iterators = (0..rank).map(|d| if d == 0 { Iterator::Parallel } else { Iterator::Reduction }).collect();
+    (format!("({dims}) -> ({})", input.join(", ")), format!("({dims}) -> (d0)"), iterators)
 }
 
 /// `d0, d1, …` for `rank` loops, the domain of an affine map.

@@ -179,11 +179,10 @@ impl Operator for SumToAxis {
         // Summed in f64, as torch's CPU reductions accumulate floats in double.
         let (element, double) = (cx.element_of(x)?, cx.element_type(DType::F64));
         let zeros = cx.zeros(&[cx.size(x, axis)?], double)?;
-        let iterators: Vec<Iterator> = (0..rank).map(|a| if a == axis { Iterator::Parallel } else { Iterator::Reduction }).collect();
-        let target = format!("({}) -> (d{axis})", loop_dims(rank));
-        let sums = cx.generic(&[x], &[zeros], &[&identity_map(rank), &target], &iterators, |body| {
+        let (source, target, iterators) = sum_to_axis_maps(rank, axis);
+        let sums = cx.generic(&[x], &[zeros], &[&source, &target], &iterators, |body| {
             let term = if element == double { body.arg(0)? } else { body.convert("arith.extf", body.arg(0)?, double)? };
-            body.yield_values(&[body.addf(body.arg(1)?, term)?])
+            body.yield_values(&[body.accumulate(body.arg(1)?, term)?])
         })?[0];
         if element == double {
             return Ok(vec![sums]);

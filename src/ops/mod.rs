@@ -15,7 +15,7 @@ mod resample;
 use crate::graph::types::{DType, Dim, SizeError, TensorType};
 use crate::autodiff::{GradientContext, GradientError};
 use crate::graph::{Attrs, Port, StateKind};
-use crate::lowering::{identity_map, loop_dims, CmpfPredicate, CmpiPredicate, Combiner, Emitter, Iterator, LowerNode, LoweringError, Size};
+use crate::lowering::{identity_map, loop_dims, sum_to_axis_maps, CmpfPredicate, CmpiPredicate, Combiner, Emitter, Iterator, LowerNode, LoweringError, Size};
 use melior::ir::{Block, Value};
 use std::fmt;
 
@@ -63,7 +63,7 @@ pub static OPERATORS: &[&dyn Operator] = &[
 
 pub use conv::{non_overlapping, winograd_fits, FusedConv2d, PreparedConvTranspose2d};
 pub use elementwise::FillLike;
-pub use norm::{BatchNormTraining, RunningStatistics};
+pub use norm::{BatchMoments, BatchNormTraining, RunningStatistics};
 
 /// `add`, for the autodiff's sums of gradients.
 pub static ADD: elementwise::Add = elementwise::Add;
@@ -82,6 +82,7 @@ pub static INTERNAL_OPERATORS: &[&dyn Operator] = &[
     &elementwise::SumToAxis,
     &linear::Matmul,
     &linear::Unflatten,
+    &norm::BatchMoments,
     &norm::BatchNormTraining,
     &norm::BatchNormBackward,
     &norm::RunningStatistics,

@@ -156,6 +156,9 @@ impl Operator for BatchNormTraining {
     fn name(&self) -> &'static str {
         "batch_norm_training"
     }
+    fn inputs(&self) -> &'static [InputSpec] {
+        const { &[input("x"), input("mean"), input("var")] }
+    }
     fn attrs(&self) -> &'static [AttrSpec] {
         BatchNorm.attrs()
     }
@@ -163,9 +166,8 @@ impl Operator for BatchNormTraining {
         BatchNorm.infer(inputs, attrs)
     }
     fn lower<'c, 'b>(&self, cx: &Emitter<'c, 'b>, node: &LowerNode<'_, 'c, 'b>) -> Result<Vec<Value<'c, 'b>>, LoweringError> {
-        let [x, weight, bias] = [0, 1, 2].map(|i| node.inputs[i]);
+        let [x, mean, var, weight, bias] = [0, 1, 2, 3, 4].map(|i| node.inputs[i]);
         let element = cx.element_of(x)?;
-        let (mean, var, _) = channel_moments(cx, x)?;
         let (mean, var) = (narrow(cx, mean, element)?, narrow(cx, var, element)?);
         let eps = node.attrs.float("eps");
         let rank = node.outputs[0].rank();
@@ -180,19 +182,56 @@ impl Operator for BatchNormTraining {
             body.yield_values(&[body.addf(body.mulf(normalized, weight)?, bias)?])
         })?)
     }
+    /// The batch statistics' part of the input's gradient is in `dx`: none flows to them.
     fn gradient(&self, cx: &mut GradientContext) -> Result<Vec<Option<Port>>, GradientError> {
         let grad = cx.output_grad(0)?;
-        let [x, weight] = [cx.inputs[0], cx.inputs[1]];
+        let [x, mean, var, weight] = [0, 1, 2, 3].map(|i| cx.inputs[i]);
         let eps = [("eps".to_string(), cx.attrs["eps"].clone())].into_iter().collect();
-        let grads = cx.add(&BatchNormBackward, eps, &[vec![grad], vec![x], vec![weight]])?;
-        Ok(vec![Some(grads[0]), Some(grads[1]), Some(grads[2]), None, None, None])
+        let grads = cx.add(&BatchNormBackward, eps, &[vec![grad], vec![x], vec![weight], vec![mean], vec![var]])?;
+        Ok(vec![Some(grads[0]), None, None, Some(grads[1]), Some(grads[2]), None, None, None])
+    }
+}
+
+/// Per channel (axis 1) of `x`, the batch's mean and biased variance over the other axes, in
+/// f64: computed once for a training-mode batch norm, its running statistics and its gradient.
+#[derive(Debug)]
+pub struct BatchMoments;
+
+impl Operator for BatchMoments {
+    fn name(&self) -> &'static str {
+        "batch_moments"
+    }
+    fn attrs(&self) -> &'static [AttrSpec] {
+        &[]
+    }
+    fn infer(&self, inputs: &[Vec<TensorType>], _: &Attrs) -> Result<Inference, OpError> {
+        let x = &inputs[0][0];
+        channels(self.name(), x)?;
+        let moment = TensorType::new(DType::F64, vec![x.dims[1].clone()]);
+        Ok(Inference { outputs: vec![moment.clone(), moment], state: vec![] })
+    }
+    fn lower<'c, 'b>(&self, cx: &Emitter<'c, 'b>, node: &LowerNode<'_, 'c, 'b>) -> Result<Vec<Value<'c, 'b>>, LoweringError> {
+        let (mean, var) = channel_moments(cx, node.inputs[0])?;
+        Ok(vec![mean, var])
+    }
+    /// Never asked: the batch norm's gradient rule accounts for the statistics.
+    fn gradient(&self, _: &mut GradientContext) -> Result<Vec<Option<Port>>, GradientError> {
+        Err(GradientError::NoRule)
     }
 }
 
 /// Per channel (axis 1) of `x`, the mean and the biased variance over the other axes, and the
 /// number of elements each channel averages, all in f64: torch accumulates batch statistics
 /// in double precision on the CPU, and a float sum over a whole batch would drift from them.
-fn channel_moments<'c, 'b>(cx: &Emitter<'c, 'b>, x: Value<'c, 'b>) -> Result<(Value<'c, 'b>, Value<'c, 'b>, Value<'c, 'b>), LoweringError> {
+fn channel_moments<'c, 'b>(cx: &Emitter<'c, 'b>, x: Value<'c, 'b>) -> Result<(Value<'c, 'b>, Value<'c, 'b>), LoweringError> {
+    let count = channel_count(cx, x)?;
+    let mean = divide(cx, channel_sums(cx, &[x], None)?[0], count)?;
+    let var = divide(cx, channel_sums(cx, &[x], Some(mean))?[0], count)?;
+    Ok((mean, var))
+}
+
+/// The number of elements of `x` each channel (axis 1) holds, as an f64.
+fn channel_count<'c, 'b>(cx: &Emitter<'c, 'b>, x: Value<'c, 'b>) -> Result<Value<'c, 'b>, LoweringError> {
     let double = cx.element_type(DType::F64);
     let mut count = cx.constant_float(1.0, double)?;
     for (axis, size) in cx.sizes(x)?.into_iter().enumerate() {
@@ -200,9 +239,7 @@ fn channel_moments<'c, 'b>(cx: &Emitter<'c, 'b>, x: Value<'c, 'b>) -> Result<(Va
             count = cx.mulf(count, cx.index_to_float(cx.size_value(size)?, double)?)?;
         }
     }
-    let mean = divide(cx, channel_sums(cx, &[x], None)?[0], count)?;
-    let var = divide(cx, channel_sums(cx, &[x], Some(mean))?[0], count)?;
-    Ok((mean, var, count))
+    Ok(count)
 }
 
 /// Per channel (axis 1), Σ over the other axes of each of `xs` (same shapes), in f64; with
@@ -213,15 +250,14 @@ fn channel_sums<'c, 'b>(cx: &Emitter<'c, 'b>, xs: &[Value<'c, 'b>], center: Opti
     let double = cx.element_type(DType::F64);
     let zeros = cx.zeros(&[cx.size(x, 1)?], double)?;
     let outputs = vec![zeros; xs.len()];
-    let (identity, channel) = (identity_map(rank), format!("({}) -> (d1)", loop_dims(rank)));
+    let (element, channel, iterators) = sum_to_axis_maps(rank, 1);
     let mut inputs = xs.to_vec();
-    let mut maps = vec![identity.as_str(); xs.len()];
+    let mut maps = vec![element.as_str(); xs.len()];
     if let Some(center) = center {
         inputs.push(center);
         maps.push(&channel);
     }
     maps.extend(vec![channel.as_str(); xs.len()]);
-    let iterators: Vec<Iterator> = (0..rank).map(|a| if a == 1 { Iterator::Parallel } else { Iterator::Reduction }).collect();
     let (count, centered) = (xs.len(), center.is_some());
     let widened = cx.element_of(x)? != double;
     cx.generic(&inputs, &outputs, &maps, &iterators, |body| {
@@ -236,7 +272,7 @@ fn channel_sums<'c, 'b>(cx: &Emitter<'c, 'b>, xs: &[Value<'c, 'b>], center: Opti
                 Some(d) if i == 0 => body.mulf(d, d)?,
                 Some(d) => body.mulf(wide(body.arg(i)?)?, d)?,
             };
-            sums.push(body.addf(body.arg(accumulators + i)?, term)?);
+            sums.push(body.accumulate(body.arg(accumulators + i)?, term)?);
         }
         body.yield_values(&sums)
     })
@@ -268,7 +304,7 @@ fn standard_deviation<'c, 'b>(cx: &Emitter<'c, 'b>, var: Value<'c, 'b>, eps: f64
 
 /// The gradients of a training-mode batch norm, torch's formulas: with `x̂ = (x − μ)/σ`,
 /// `dx = w/σ · (dy − mean(dy) − x̂ · mean(dy · x̂))`, `dw = Σ dy · x̂`, `db = Σ dy`. Inputs
-/// `grad`, `x`, `weight`; the batch statistics are recomputed from `x`.
+/// `grad`, `x`, `weight` and the batch's `mean` and `var` (f64, [`BatchMoments`]).
 #[derive(Debug)]
 pub struct BatchNormBackward;
 
@@ -277,7 +313,7 @@ impl Operator for BatchNormBackward {
         "batch_norm_backward"
     }
     fn inputs(&self) -> &'static [InputSpec] {
-        const { &[input("grad"), input("x"), input("weight")] }
+        const { &[input("grad"), input("x"), input("weight"), input("mean"), input("var")] }
     }
     fn attrs(&self) -> &'static [AttrSpec] {
         const { &[attr("eps", Float, Default::Float(1e-5)).at_least(0)] }
@@ -287,10 +323,10 @@ impl Operator for BatchNormBackward {
         Ok(Inference { outputs: vec![x.clone(), weight.clone(), weight.clone()], state: vec![] })
     }
     fn lower<'c, 'b>(&self, cx: &Emitter<'c, 'b>, node: &LowerNode<'_, 'c, 'b>) -> Result<Vec<Value<'c, 'b>>, LoweringError> {
-        let [grad, x, weight] = [0, 1, 2].map(|i| node.inputs[i]);
+        let [grad, x, weight, mean, var] = [0, 1, 2, 3, 4].map(|i| node.inputs[i]);
         let eps = node.attrs.float("eps");
         let element = cx.element_of(x)?;
-        let (mean, var, count) = channel_moments(cx, x)?;
+        let count = channel_count(cx, x)?;
         let std = standard_deviation(cx, var, eps)?;
         let grad_sum = channel_sums(cx, &[grad], None)?[0];
         // Σ dy · (x − μ), from which Σ dy · x̂ = that / σ.
@@ -329,19 +365,19 @@ impl Operator for RunningStatistics {
         "running_statistics"
     }
     fn inputs(&self) -> &'static [InputSpec] {
-        const { &[input("x"), input("running_mean"), input("running_var"), input("num_batches_tracked")] }
+        const { &[input("x"), input("mean"), input("var"), input("running_mean"), input("running_var"), input("num_batches_tracked")] }
     }
     fn attrs(&self) -> &'static [AttrSpec] {
         const { &[attr("momentum", Float, Default::Float(0.1)).between(0.0, 1.0)] }
     }
     fn infer(&self, inputs: &[Vec<TensorType>], _: &Attrs) -> Result<Inference, OpError> {
-        Ok(Inference { outputs: vec![inputs[1][0].clone(), inputs[2][0].clone(), inputs[3][0].clone()], state: vec![] })
+        Ok(Inference { outputs: vec![inputs[3][0].clone(), inputs[4][0].clone(), inputs[5][0].clone()], state: vec![] })
     }
     fn lower<'c, 'b>(&self, cx: &Emitter<'c, 'b>, node: &LowerNode<'_, 'c, 'b>) -> Result<Vec<Value<'c, 'b>>, LoweringError> {
-        let [x, running_mean, running_var, steps] = [0, 1, 2, 3].map(|i| node.inputs[i]);
+        let [x, mean, var, running_mean, running_var, steps] = [0, 1, 2, 3, 4, 5].map(|i| node.inputs[i]);
         let momentum = node.attrs.float("momentum");
         let element = cx.element_of(x)?;
-        let (mean, var, count) = channel_moments(cx, x)?;
+        let count = channel_count(cx, x)?;
         let one = cx.constant_float(1.0, cx.element_type(DType::F64))?;
         let unbiased = cx.elementwise(&[var], |body| body.yield_values(&[body.mulf(body.arg(0)?, body.divf(count, body.subf(count, one)?)?)?]))?;
         let (mean, var) = (narrow(cx, mean, element)?, narrow(cx, unbiased, element)?);
