@@ -254,29 +254,69 @@ unsafe fn linear(x: &MemRef<f32, 2>, w: &MemRef<f32, 2>, device: Option<&dyn Dev
         product_on_device("mrc_linear", gemm, &linear_product(x, w), x_base, w_base, y.aligned);
         return y;
     }
-    gemm::gemm(
-        m,
-        n,
-        k,
-        y.aligned,
-        1,
-        n as isize,
-        false,
-        x_base,
-        x.strides[1] as isize,
-        x.strides[0] as isize,
-        // Wᵀ [K, N]: element (k, n) is w[n, k].
-        w_base,
-        w.strides[0] as isize,
-        w.strides[1] as isize,
-        0.0,
-        1.0,
-        false,
-        false,
-        false,
-        parallelism(m * n * k),
-    );
+    // Addresses and strides as plain numbers, so that the parts can run on any thread.
+    let (x_base, w_base) = (x_base as usize, w_base as usize);
+    let (xs, ws) = (x.strides.map(|s| s as isize), w.strides.map(|s| s as isize));
+    // X[:, k0..k1] × W[:, k0..k1]ᵀ into `dst` [M, N] (row stride N).
+    let part = |dst: *mut f32, k0: usize, k1: usize, parallelism: gemm::Parallelism| {
+        gemm::gemm(
+            m,
+            n,
+            k1 - k0,
+            dst,
+            1,
+            n as isize,
+            false,
+            (x_base as *const f32).wrapping_offset(k0 as isize * xs[1]),
+            xs[1],
+            xs[0],
+            // Wᵀ [K, N]: element (k, n) is w[n, k].
+            (w_base as *const f32).wrapping_offset(k0 as isize * ws[1]),
+            ws[0],
+            ws[1],
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        )
+    };
+    let parts = split_k_parts(m * n, k);
+    if parts == 1 {
+        part(y.aligned, 0, k, parallelism(m * n * k));
+        return y;
+    }
+    // A small result over a long sum (a weight gradient over a batch's every position): the
+    // GEMM splits only M and N among threads, so the sum is split, and the parts added.
+    use rayon::prelude::*;
+    let partials: Vec<Vec<f32>> = (0..parts)
+        .into_par_iter()
+        .map(|i| {
+            let mut partial = vec![0.0_f32; m * n];
+            part(partial.as_mut_ptr(), k * i / parts, k * (i + 1) / parts, gemm::Parallelism::None);
+            partial
+        })
+        .collect();
+    let total = std::slice::from_raw_parts_mut(y.aligned, m * n);
+    total.copy_from_slice(&partials[0]);
+    for partial in &partials[1..] {
+        total.iter_mut().zip(partial).for_each(|(t, p)| *t += p);
+    }
     y
+}
+
+/// Into how many parts along K a host product of an `output`-element result is split: one per
+/// thread where the result is small and each part keeps a long sum, else 1.
+fn split_k_parts(output: usize, k: usize) -> usize {
+    const MAX_OUTPUT: usize = 1 << 17;
+    const MIN_PART: usize = 2048;
+    let threads = rayon::current_num_threads();
+    if threads > 1 && output <= MAX_OUTPUT && k >= 2 * MIN_PART {
+        threads.min(k / MIN_PART)
+    } else {
+        1
+    }
 }
 
 #[cfg(test)]
@@ -333,6 +373,9 @@ mod tests {
         buffer: Vec<f32>,
         memref: MemRef<f32, R>,
     }
+
+    // SAFETY: a view's descriptor points into its own buffer, which nothing mutates.
+    unsafe impl<const R: usize> Sync for View<R> {}
 
     impl<const R: usize> View<R> {
         fn new(shape: [usize; R], strides: [i64; R], offset: usize, seed: usize) -> View<R> {
@@ -473,6 +516,31 @@ mod tests {
             let y = unsafe { take(linear(&x.memref, &w.memref, Some(&ReferenceCublas))) };
             assert_eq!(crate::abi::take_error(), None);
             for i in 0..rows {
+                for j in 0..n {
+                    let expected = (0..k).fold(0.0, |sum, l| sum + x.at([i, l]) * w.at([j, l]));
+                    assert_eq!(y[i * n + j], expected, "Y[{i}, {j}]");
+                }
+            }
+        }
+    }
+
+    /// A small result over a long sum is split along K among the threads; integer-valued
+    /// operands make every order of the sum exact.
+    #[test]
+    fn a_long_sum_split_among_threads_equals_the_whole_sum() {
+        let (m, k, n) = (3, 3 * 2048 + 5, 4);
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().expect("a pool");
+        assert_eq!(pool.install(|| split_k_parts(m * n, k)), 3);
+        assert_eq!(pool.install(|| split_k_parts(1 << 18, k)), 1, "a large result: the GEMM's own threads");
+        let cases = [
+            (View::new([m, k], [k as i64, 1], 0, 1), View::new([n, k], [k as i64, 1], 0, 2)),
+            (View::new([m, k], [1, m as i64], 2, 3), View::new([n, k], [1, n as i64], 1, 4)),
+        ];
+        for (x, w) in cases {
+            // SAFETY: both views hold their elements; the result is taken once.
+            let (x, w) = (&x, &w);
+            let y = pool.install(|| unsafe { take(linear(&x.memref, &w.memref, None)) });
+            for i in 0..m {
                 for j in 0..n {
                     let expected = (0..k).fold(0.0, |sum, l| sum + x.at([i, l]) * w.at([j, l]));
                     assert_eq!(y[i * n + j], expected, "Y[{i}, {j}]");
