@@ -225,3 +225,40 @@ pub unsafe extern "C" fn memref_copy(element_size: i64, source: *const UnrankedM
 
 /// The size from which [`memref_copy`] copies on every thread.
 const PARALLEL_COPY_BYTES: usize = 1 << 20;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An activation copied into the interior of its padded buffer, once below and once above
+    /// [`PARALLEL_COPY_BYTES`]: every element lands in place and the border stays as it was.
+    #[test]
+    fn a_copy_into_a_padded_buffer_writes_the_interior_only() {
+        for [n, c, h, w] in [[1, 2, 5, 7], [4, 16, 64, 70]] {
+            let (hp, wp) = (h + 2, w + 2);
+            let source: Vec<f32> = (0..n * c * h * w).map(|i| i as f32).collect();
+            let mut target = vec![-1.0_f32; n * c * hp * wp];
+            let descriptor = |base: *const f32, offset: usize, strides: [usize; 4]| -> Vec<i64> {
+                let mut words = vec![base as i64, base as i64, offset as i64];
+                words.extend([n, c, h, w].map(|d| d as i64));
+                words.extend(strides.map(|s| s as i64));
+                words
+            };
+            let from = descriptor(source.as_ptr(), 0, [c * h * w, h * w, w, 1]);
+            let to = descriptor(target.as_mut_ptr(), wp + 1, [c * hp * wp, hp * wp, wp, 1]);
+            let (from, to) = (UnrankedMemRef { rank: 4, descriptor: from.as_ptr() }, UnrankedMemRef { rank: 4, descriptor: to.as_ptr() });
+            // SAFETY: both descriptors describe the buffers above, of the same shape.
+            unsafe { memref_copy(4, &from, &to) };
+            for plane in 0..n * c {
+                for y in 0..hp {
+                    for x in 0..wp {
+                        let got = target[(plane * hp + y) * wp + x];
+                        let interior = (1..=h).contains(&y) && (1..=w).contains(&x);
+                        let expected = if interior { source[(plane * h + y - 1) * w + x - 1] } else { -1.0 };
+                        assert_eq!(got, expected, "{:?} plane {plane} ({y}, {x})", [n, c, h, w]);
+                    }
+                }
+            }
+        }
+    }
+}
