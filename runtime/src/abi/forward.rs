@@ -90,9 +90,10 @@ pub struct ResultSpec {
 }
 
 /// Runs `work` on a thread of the runtime's pool (at once if this is one), the caller waiting.
-/// A forward function is called so: its parallel loops, built-ins and products then wait for
+/// A training step is called so: its parallel loops, built-ins and products then wait for
 /// their tasks by running the pool's work rather than by sleeping until a pool thread wakes
-/// them, and with one pool thread per core no thread outside the pool competes for the cores.
+/// them, and with one pool thread per core no thread outside the pool competes for the cores
+/// (`Forward::run` says why inference is not).
 pub fn on_pool<R: Send>(work: impl FnOnce() -> R + Send) -> R {
     rayon::scope(|_| work())
 }
