@@ -23,7 +23,7 @@ pub fn train(model: &Model, args: &TrainArgs) -> Result<String, String> {
     let training = TrainingGraph::new(model, &config.frozen).map_err(|e| e.to_string())?;
     let mut state = initial_state(model, &training, args, &config)?;
     let set = open_training_set(&config)?;
-    // LLVM's level 3, as `mrc compile` (level 2 left the step ~15% slower).
+    // LLVM's level 3, as `mrc compile --train`: the same step in process as in a program.
     let mut step = JitStep::compile(&training, 3).map_err(|e| e.to_string())?;
     // Declared before the evaluator, which calls into its code.
     let inference;
