@@ -169,6 +169,8 @@ fn parse(file: &Path) -> Result<String, String> {
 }
 
 fn main() -> ExitCode {
+    // First, before any thread allocates: `mrc run` and `mrc train` run generated code here.
+    mrc_runtime::abi::keep_freed_memory();
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Check(args) => load(args).map(|m| mrc::summary::check(&m)),

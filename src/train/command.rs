@@ -15,7 +15,6 @@ use crate::targets::cpu::Cpu;
 /// Trains `model` (loaded with the YAML overrides of `args.config` applied) as `args` say;
 /// returns the summary to print.
 pub fn train(model: &Model, args: &TrainArgs) -> Result<String, String> {
-    mrc_runtime::abi::keep_freed_memory();
     let config = args.resolve(settings(model)?, ModelSettings::AppliedByCompiler).map_err(|e| e.to_string())?;
     let run_dir = args.run_dir().expect("clap requires -o or --resume");
     use_threads(config.threads);
