@@ -213,27 +213,30 @@ unsafe fn weight_gradient_rows(x: &MemRef<f32, 4>, grad: &MemRef<f32, 4>, window
     let ([n, c, _, wp], [_, m, _, _]) = (x.shape(), grad.shape());
     let [kh, kw] = window.kernel;
     let q = (ho - 1) * wp + wo;
-    let (x_base, grad_base) = (x.aligned.wrapping_offset(x.offset as isize) as usize, grad.aligned.wrapping_offset(grad.offset as isize) as usize);
-    // One task per window position, each summing over the images into its own [M, C] block:
-    // the products are too narrow (M by C) for the kernel to split.
+    let x_base = x.aligned.wrapping_offset(x.offset as isize) as usize;
+    let transposed = transposed_gradients(grad, q);
+    // One task per window position, each summing over the images into its own [M, C] block
+    // (column-major): the products are too narrow (M by C) for the kernel to split. The
+    // gradient's transpose is read in place (M contiguous), where the gradient itself would be
+    // packed anew for each position.
     let positions: Vec<(usize, usize, isize)> = window.positions(wp).collect();
-    let (grad_strides, x_strides) = (grad.strides.map(|s| s as isize), x.strides.map(|s| s as isize));
+    let x_strides = x.strides.map(|s| s as isize);
     let mut blocks = vec![0.0_f32; positions.len() * m * c];
     {
         use rayon::prelude::*;
         blocks.par_chunks_mut(m * c).zip(&positions).for_each(|(block, &(_, _, shift))| {
-            for item in 0..n {
+            for (item, grad_t) in transposed.chunks(q * m).enumerate() {
                 gemm::gemm(
                     m,
                     c,
                     q,
                     block.as_mut_ptr(),
+                    m as isize,
                     1,
-                    c as isize,
                     item > 0,
-                    (grad_base as *const f32).offset(item as isize * grad_strides[0]),
+                    grad_t.as_ptr(),
+                    m as isize,
                     1,
-                    grad_strides[1],
                     // The shifted input's transpose [Q, C]: element (q, c) at q + c·channel stride.
                     (x_base as *const f32).offset(item as isize * x_strides[0] + shift),
                     x_strides[1],
@@ -251,11 +254,36 @@ unsafe fn weight_gradient_rows(x: &MemRef<f32, 4>, grad: &MemRef<f32, 4>, window
     let dw = MemRef::<f32, 4>::allocate([m, c, kh, kw]);
     for (position, block) in blocks.chunks(m * c).enumerate() {
         for (index, &value) in block.iter().enumerate() {
-            // Element (o, ch) of position (i, j) is dw[o, ch, i, j].
-            *dw.aligned.add(index * kh * kw + position) = value;
+            // Element (o, ch) of position (i, j), at ch·M + o, is dw[o, ch, i, j].
+            let (ch, o) = (index / m, index % m);
+            *dw.aligned.add((o * c + ch) * kh * kw + position) = value;
         }
     }
     dw
+}
+
+/// The first `q` positions of each image's and channel's gradient `grad` [N, M, ·, ·] (rows
+/// contiguous), transposed: per image a [Q, M] row-major matrix, the images one after the
+/// other. Chunks of 64 positions are split among the threads; a chunk reads each channel's
+/// 64 positions (four cache lines) while it writes them.
+unsafe fn transposed_gradients(grad: &MemRef<f32, 4>, q: usize) -> Vec<f32> {
+    const POSITIONS: usize = 64;
+    let [n, m, _, _] = grad.shape();
+    let strides = grad.strides.map(|s| s as isize);
+    let base = grad.aligned.wrapping_offset(grad.offset as isize) as usize;
+    let mut transposed = vec![0.0_f32; n * q * m];
+    use rayon::prelude::*;
+    transposed.par_chunks_mut(POSITIONS * m).enumerate().for_each(|(chunk, out)| {
+        for (row, values) in out.chunks_mut(m).enumerate() {
+            let flat = chunk * POSITIONS + row;
+            let (item, position) = (flat / q, flat % q);
+            let image = (base as *const f32).offset(item as isize * strides[0] + position as isize);
+            for (channel, value) in values.iter_mut().enumerate() {
+                *value = *image.offset(channel as isize * strides[1]);
+            }
+        }
+    });
+    transposed
 }
 
 #[cfg(test)]
