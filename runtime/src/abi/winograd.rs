@@ -35,22 +35,12 @@ pub fn transform_filters(w: &[f32], m: usize, c: usize) -> Vec<f32> {
     u
 }
 
-/// G (the filters' transform) applied to three rows of lanes:
+/// G (the filters' transform) applied to three values:
 /// `[1/4 0 0; −1/6 −1/6 −1/6; −1/6 1/6 −1/6; 1/24 1/12 1/6; 1/24 −1/12 1/6; 0 0 1]`.
 #[inline(always)]
-fn filter_1d(g: &[Lanes; 3]) -> [Lanes; 6] {
-    let mut t = [[0.0; LANES]; 6];
-    for l in 0..LANES {
-        let [g0, g1, g2] = [g[0][l], g[1][l], g[2][l]];
-        let (outer, outer_quarter) = (g0 + g2, g0 / 24.0 + g2 / 6.0);
-        t[0][l] = g0 / 4.0;
-        t[1][l] = -(outer + g1) / 6.0;
-        t[2][l] = -(outer - g1) / 6.0;
-        t[3][l] = outer_quarter + g1 / 12.0;
-        t[4][l] = outer_quarter - g1 / 12.0;
-        t[5][l] = g2;
-    }
-    t
+fn filter_1d([g0, g1, g2]: [f32; 3]) -> [f32; 6] {
+    let (outer, outer_quarter) = (g0 + g2, g0 / 24.0 + g2 / 6.0);
+    [g0 / 4.0, -(outer + g1) / 6.0, -(outer - g1) / 6.0, outer_quarter + g1 / 12.0, outer_quarter - g1 / 12.0, g2]
 }
 
 /// [`transform_filters`] for the input channel `ch`, every output channel.
@@ -59,27 +49,37 @@ fn filter_1d(g: &[Lanes; 3]) -> [Lanes; 6] {
 /// `w` holds M·C·9 elements, `u` 36·C·M; no other task writes channel `ch`'s elements.
 #[inline(always)]
 unsafe fn transform_channel_filters(w: *const f32, u: *mut f32, m: usize, c: usize, ch: usize) {
+    // Lanes past `lanes` keep an earlier group's values, which are never stored.
+    let mut g = [[[0.0_f32; LANES]; 3]; 3];
+    let mut columns = [[[0.0_f32; LANES]; 3]; 6];
     for group in (0..m).step_by(LANES) {
         let lanes = LANES.min(m - group);
-        let mut g = [[[0.0_f32; LANES]; 3]; 3];
         for lane in 0..lanes {
             let filter = w.add(((group + lane) * c + ch) * 9);
-            for (k, value) in g.iter_mut().flatten().enumerate() {
-                value[lane] = *filter.add(k);
+            for k in 0..9 {
+                g[k / 3][k % 3][lane] = *filter.add(k);
             }
         }
         // G·g along the columns, then ·Gᵀ along the rows.
-        let mut columns = [[[0.0_f32; LANES]; 3]; 6];
         for j in 0..3 {
-            let column = filter_1d(&[g[0][j], g[1][j], g[2][j]]);
-            for r in 0..6 {
-                columns[r][j] = column[r];
+            for l in 0..LANES {
+                let column = filter_1d([g[0][j][l], g[1][j][l], g[2][j][l]]);
+                for r in 0..6 {
+                    columns[r][j][l] = column[r];
+                }
             }
         }
         for (r, row) in columns.iter().enumerate() {
-            for (s, values) in filter_1d(row).iter().enumerate() {
-                let at = u.add(((r * 6 + s) * c + ch) * m + group);
-                std::ptr::copy_nonoverlapping(values.as_ptr(), at, lanes);
+            let at: [*mut f32; 6] = std::array::from_fn(|s| u.add(((r * 6 + s) * c + ch) * m + group));
+            let store = |l: usize| {
+                for (s, value) in filter_1d([row[0][l], row[1][l], row[2][l]]).into_iter().enumerate() {
+                    *at[s].add(l) = value;
+                }
+            };
+            if lanes == LANES {
+                (0..LANES).for_each(store);
+            } else {
+                (0..lanes).for_each(store);
             }
         }
     }
@@ -92,36 +92,25 @@ const MIN_TILES_PER_FILTER_TRANSFORM: usize = 64;
 const LANES: usize = 16;
 type Lanes = [f32; LANES];
 
-/// Bᵀ (on the points 0, ±1, ±2 and ∞) applied to six rows of lanes:
+/// Bᵀ (on the points 0, ±1, ±2 and ∞) applied to six values:
 /// `[4 0 −5 0 1 0; 0 −4 −4 1 1 0; 0 4 −4 −1 1 0; 0 −2 −1 2 1 0; 0 2 −1 −2 1 0; 0 4 0 −5 0 1]`.
 #[inline(always)]
-fn input_1d(d: &[Lanes; 6]) -> [Lanes; 6] {
-    let mut v = [[0.0; LANES]; 6];
-    for l in 0..LANES {
-        let [d0, d1, d2, d3, d4, d5] = [0, 1, 2, 3, 4, 5].map(|k| d[k][l]);
-        v[0][l] = 4.0 * d0 - 5.0 * d2 + d4;
-        v[1][l] = -4.0 * (d1 + d2) + d3 + d4;
-        v[2][l] = 4.0 * (d1 - d2) - d3 + d4;
-        v[3][l] = 2.0 * (d3 - d1) - d2 + d4;
-        v[4][l] = 2.0 * (d1 - d3) - d2 + d4;
-        v[5][l] = 4.0 * d1 - 5.0 * d3 + d5;
-    }
-    v
+fn input_1d([d0, d1, d2, d3, d4, d5]: [f32; 6]) -> [f32; 6] {
+    [
+        4.0 * d0 - 5.0 * d2 + d4,
+        -4.0 * (d1 + d2) + d3 + d4,
+        4.0 * (d1 - d2) - d3 + d4,
+        2.0 * (d3 - d1) - d2 + d4,
+        2.0 * (d1 - d3) - d2 + d4,
+        4.0 * d1 - 5.0 * d3 + d5,
+    ]
 }
 
-/// Aᵀ applied to six rows of lanes: `[1 1 1 1 1 0; 0 1 −1 2 −2 0; 0 1 1 4 4 0; 0 1 −1 8 −8 1]`.
+/// Aᵀ applied to six values: `[1 1 1 1 1 0; 0 1 −1 2 −2 0; 0 1 1 4 4 0; 0 1 −1 8 −8 1]`.
 #[inline(always)]
-fn output_1d(m: &[Lanes; 6]) -> [Lanes; 4] {
-    let mut y = [[0.0; LANES]; 4];
-    for l in 0..LANES {
-        let [m0, m1, m2, m3, m4, m5] = [0, 1, 2, 3, 4, 5].map(|k| m[k][l]);
-        let (sum12, difference12, sum34, difference34) = (m1 + m2, m1 - m2, m3 + m4, m3 - m4);
-        y[0][l] = m0 + sum12 + sum34;
-        y[1][l] = difference12 + 2.0 * difference34;
-        y[2][l] = sum12 + 4.0 * sum34;
-        y[3][l] = difference12 + 8.0 * difference34 + m5;
-    }
-    y
+fn output_1d([m0, m1, m2, m3, m4, m5]: [f32; 6]) -> [f32; 4] {
+    let (sum12, difference12, sum34, difference34) = (m1 + m2, m1 - m2, m3 + m4, m3 - m4);
+    [m0 + sum12 + sum34, difference12 + 2.0 * difference34, sum12 + 4.0 * sum34, difference12 + 8.0 * difference34 + m5]
 }
 
 /// Where a block's tiles are: the padded input `[N, C, Hp, Wp]` and its strides, the output
@@ -142,6 +131,31 @@ impl Tiling {
         let [th, tw] = self.tiles;
         (tile / (th * tw), tile / tw % th * 4, tile % tw * 4)
     }
+
+    /// For the tiles `first..first + lanes` (at most [`LANES`]): where each 6×6 input tile
+    /// starts in channel 0, with the rows and columns of it that lie in the input, and where each
+    /// 4×4 output tile starts in output channel 0, with its rows and columns in the output.
+    fn places(&self, first: usize, lanes: usize) -> [Place; LANES] {
+        let ([_, _, hp, wp], [_, m, ho, wo], strides) = (self.input, self.output, self.strides);
+        std::array::from_fn(|lane| {
+            let (image, top, left) = self.place(first + lane.min(lanes - 1));
+            Place {
+                input: image as isize * strides[0] + top as isize * strides[2] + left as isize * strides[3],
+                input_extent: [(hp - top).min(6), (wp - left).min(6)],
+                output: image * m * ho * wo + top * wo + left,
+                output_extent: [(ho - top).min(4), (wo - left).min(4)],
+            }
+        })
+    }
+}
+
+/// Where a tile lies: see [`Tiling::places`].
+#[derive(Clone, Copy)]
+struct Place {
+    input: isize,
+    input_extent: [usize; 2],
+    output: usize,
+    output_extent: [usize; 2],
 }
 
 /// Transforms the input tiles `first..first + count` of every channel into `v` [36, C, block].
@@ -151,35 +165,47 @@ impl Tiling {
 /// count rounded up to [`LANES`].
 #[inline(always)]
 unsafe fn transform_inputs(tiling: &Tiling, first: usize, count: usize, v: &mut [f32], block: usize) {
-    let [_, c, hp, wp] = tiling.input;
+    let c = tiling.input[1];
     let strides = tiling.strides;
-    let x = tiling.x as *const f32;
-    for ch in 0..c {
-        for group in (0..count).step_by(LANES) {
-            let mut d = [[[0.0_f32; LANES]; 6]; 6];
-            for lane in 0..LANES.min(count - group) {
-                let (image, top, left) = tiling.place(first + group + lane);
-                let plane = x.offset(image as isize * strides[0] + ch as isize * strides[1]);
-                let (rows, columns) = ((hp - top).min(6), (wp - left).min(6));
+    let (x, v) = (tiling.x as *const f32, v.as_mut_ptr());
+    // Whole tiles overwrite every element of their lane; the lanes of partial or missing tiles
+    // are zeroed once per group, the same elements then written for every channel.
+    let mut d = [[[0.0_f32; LANES]; 6]; 6];
+    let mut columns = [[[0.0_f32; LANES]; 6]; 6];
+    for group in (0..count).step_by(LANES) {
+        let lanes = LANES.min(count - group);
+        let places = tiling.places(first + group, lanes);
+        let extents: [[usize; 2]; LANES] = std::array::from_fn(|lane| if lane < lanes { places[lane].input_extent } else { [0, 0] });
+        for (lane, &[rows, columns]) in extents.iter().enumerate() {
+            if rows < 6 || columns < 6 {
+                d.iter_mut().flatten().for_each(|values| values[lane] = 0.0);
+            }
+        }
+        for ch in 0..c {
+            for (lane, (place, &[rows, columns])) in places.iter().zip(&extents).enumerate() {
+                let corner = x.offset(place.input + ch as isize * strides[1]);
                 for (r, row) in d.iter_mut().enumerate().take(rows) {
-                    let line = plane.offset((top + r) as isize * strides[2] + left as isize * strides[3]);
+                    let line = corner.offset(r as isize * strides[2]);
                     for (s, value) in row.iter_mut().enumerate().take(columns) {
                         value[lane] = *line.offset(s as isize * strides[3]);
                     }
                 }
             }
             // Bᵀ·d along the columns, then ·B along the rows.
-            let mut columns = [[[0.0_f32; LANES]; 6]; 6];
             for s in 0..6 {
-                let column = input_1d(&[0, 1, 2, 3, 4, 5].map(|r| d[r][s]));
-                for r in 0..6 {
-                    columns[r][s] = column[r];
+                for l in 0..LANES {
+                    let column = input_1d(std::array::from_fn(|r| d[r][s][l]));
+                    for r in 0..6 {
+                        columns[r][s][l] = column[r];
+                    }
                 }
             }
             for (r, row) in columns.iter().enumerate() {
-                for (s, values) in input_1d(row).iter().enumerate() {
-                    let at = ((r * 6 + s) * c + ch) * block + group;
-                    v[at..at + LANES].copy_from_slice(values);
+                let at: [*mut f32; 6] = std::array::from_fn(|s| v.add(((r * 6 + s) * c + ch) * block + group));
+                for l in 0..LANES {
+                    for (s, value) in input_1d(std::array::from_fn(|s| row[s][l])).into_iter().enumerate() {
+                        *at[s].add(l) = value;
+                    }
                 }
             }
         }
@@ -194,32 +220,35 @@ unsafe fn transform_inputs(tiling: &Tiling, first: usize, count: usize, v: &mut 
 #[inline(always)]
 unsafe fn transform_outputs(tiling: &Tiling, first: usize, count: usize, products: &[f32], block: usize) {
     let [_, m, ho, wo] = tiling.output;
-    let y = tiling.y as *mut f32;
-    for o in 0..m {
-        for group in (0..count).step_by(LANES) {
-            let mut rows = [[[0.0_f32; LANES]; 4]; 6];
+    let (y, products) = (tiling.y as *mut f32, products.as_ptr());
+    let mut rows = [[[0.0_f32; LANES]; 4]; 6];
+    let mut out = [[[0.0_f32; LANES]; 4]; 4];
+    for group in (0..count).step_by(LANES) {
+        let lanes = LANES.min(count - group);
+        let places = tiling.places(first + group, lanes);
+        for o in 0..m {
+            // Aᵀ·m along the rows, then ·A along the columns.
             for (r, row) in rows.iter_mut().enumerate() {
-                let points = [0, 1, 2, 3, 4, 5].map(|s| {
-                    let at = ((r * 6 + s) * m + o) * block + group;
-                    let mut values = [0.0; LANES];
-                    values.copy_from_slice(&products[at..at + LANES]);
-                    values
-                });
-                *row = output_1d(&points);
-            }
-            let mut out = [[[0.0_f32; LANES]; 4]; 4];
-            for s in 0..4 {
-                let column = output_1d(&[0, 1, 2, 3, 4, 5].map(|r| rows[r][s]));
-                for r in 0..4 {
-                    out[r][s] = column[r];
+                let at: [*const f32; 6] = std::array::from_fn(|s| products.add(((r * 6 + s) * m + o) * block + group));
+                for l in 0..LANES {
+                    for (s, value) in output_1d(std::array::from_fn(|s| *at[s].add(l))).into_iter().enumerate() {
+                        row[s][l] = value;
+                    }
                 }
             }
-            for lane in 0..LANES.min(count - group) {
-                let (image, top, left) = tiling.place(first + group + lane);
-                let plane = y.add((image * m + o) * ho * wo);
-                for (r, row) in out.iter().enumerate().take((ho - top).min(4)) {
-                    for (s, values) in row.iter().enumerate().take((wo - left).min(4)) {
-                        *plane.add((top + r) * wo + left + s) = values[lane];
+            for s in 0..4 {
+                for l in 0..LANES {
+                    for (r, value) in output_1d(std::array::from_fn(|r| rows[r][s][l])).into_iter().enumerate() {
+                        out[r][s][l] = value;
+                    }
+                }
+            }
+            for (lane, place) in places.iter().enumerate().take(lanes) {
+                let corner = y.add(place.output + o * ho * wo);
+                let [height, width] = place.output_extent;
+                for (r, row) in out.iter().enumerate().take(height) {
+                    for (s, values) in row.iter().enumerate().take(width) {
+                        *corner.add(r * wo + s) = values[lane];
                     }
                 }
             }
