@@ -210,7 +210,7 @@ unsafe fn weight_gradient(name: &str, x: &MemRef<f32, 4>, grad: &MemRef<f32, 4>,
 
 /// [`weight_gradient`] of `x` and `grad` with contiguous rows, the output `[ho, wo]`.
 unsafe fn weight_gradient_rows(x: &MemRef<f32, 4>, grad: &MemRef<f32, 4>, window: &Window, [ho, wo]: [usize; 2]) -> MemRef<f32, 4> {
-    let ([n, c, _, wp], [_, m, _, _]) = (x.shape(), grad.shape());
+    let ([_, c, _, wp], [_, m, _, _]) = (x.shape(), grad.shape());
     let [kh, kw] = window.kernel;
     let q = (ho - 1) * wp + wo;
     let x_base = x.aligned.wrapping_offset(x.offset as isize) as usize;

@@ -90,7 +90,6 @@ const MIN_TILES_PER_FILTER_TRANSFORM: usize = 64;
 
 /// Tiles transformed together, one per lane of the vector registers.
 const LANES: usize = 16;
-type Lanes = [f32; LANES];
 
 /// Bᵀ (on the points 0, ±1, ±2 and ∞) applied to six values:
 /// `[4 0 −5 0 1 0; 0 −4 −4 1 1 0; 0 4 −4 −1 1 0; 0 −2 −1 2 1 0; 0 2 −1 −2 1 0; 0 4 0 −5 0 1]`.
