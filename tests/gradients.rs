@@ -233,6 +233,7 @@ fn pooling_and_upsampling() {
         let x = format!("2, 2, {size}, {size}");
         check(&format!("max_pool 3x3/2 {size}"), &unary("max_pool2d(x, kernel: 3, stride: 2, padding: 1)", &x, "_, _, _, _"), false);
         check(&format!("max_pool 1x1/2 {size}"), &unary("max_pool2d(x, kernel: 1, stride: 2)", &x, "_, _, _, _"), false);
+        check(&format!("max_pool 2x2/1 {size}"), &unary("max_pool2d(x, kernel: 2, stride: 1)", &x, "_, _, _, _"), false);
         check(&format!("avg_pool 3x3/2 {size}"), &unary("avg_pool2d(x, kernel: 3, stride: 2, padding: 1)", &x, "_, _, _, _"), false);
         check(&format!("avg_pool 2x2 {size}"), &unary("avg_pool2d(x, kernel: 2)", &x, "_, _, _, _"), false);
         check(&format!("adaptive_avg_pool 1x1 {size}"), &unary("adaptive_avg_pool2d(x, output: 1)", &x, "_, _, _, _"), false);

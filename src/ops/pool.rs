@@ -155,29 +155,44 @@ impl Operator for MaxPool2dBackward {
             let (n, c, h, w) = (n?, c?, h?, w?);
             let [hp, wp] = [body.binary("arith.addi", h, body.constant_index(padding[0])?)?, body.binary("arith.addi", w, body.constant_index(padding[1])?)?];
             let me = body.binary("arith.addi", body.binary("arith.muli", hp, padded_width)?, wp)?;
-            // Windows o with o·s ≤ p < o·s + k: from ⌈(p − k + 1) / s⌉ (at least 0) to ⌊p / s⌋ (below the count).
-            let range = |p: Value<'c, '_>, axis: usize, count: Value<'c, '_>| -> Result<[Value<'c, '_>; 2], LoweringError> {
-                let s = body.constant_index(stride[axis])?;
-                let reach = body.binary("arith.subi", p, body.constant_index(kernel[axis] - 1)?)?;
-                let first = body.binary("arith.maxsi", body.binary("arith.ceildivsi", reach, s)?, body.constant_index(0)?)?;
-                let last = body.binary("arith.addi", body.binary("arith.divui", p, s)?, body.constant_index(1)?)?;
-                Ok([first, body.binary("arith.minsi", last, count)?])
-            };
-            let [top, bottom] = range(hp, 0, ho)?;
-            let [left, right] = range(wp, 1, wo)?;
+            // Windows o with o·s ≤ p < o·s + k: the ⌈k/s⌉ candidates ⌊p / s⌋ − j (j from 0), each
+            // valid when at least 0, below the count and reaching p. Static trip counts, so that
+            // the loops unroll.
+            let reach = [0, 1].map(|axis| (kernel[axis] + stride[axis] - 1) / stride[axis]);
             let zero = body.constant_float(0.0, element)?;
-            let total = body.for_loop(top, bottom, &[zero], |b, args| {
-                let oy = args[0];
-                b.for_loop(left, right, &args[1..], |b, args| {
-                    let chosen = b.extract(argmax, &[n, c, oy, args[0]])?;
-                    let mine = b.compare_integers(CmpiPredicate::Eq, chosen, me)?;
-                    let contribution = b.select(mine, b.extract(grad, &[n, c, oy, args[0]])?, b.constant_float(0.0, element)?)?;
+            let total = body.for_loop(body.constant_index(0)?, body.constant_index(reach[0])?, &[zero], |b, args| {
+                let (oy, row_valid) = covering_window(b, hp, args[0], kernel[0], stride[0], ho)?;
+                b.for_loop(b.constant_index(0)?, b.constant_index(reach[1])?, &args[1..], |b, args| {
+                    let (ox, column_valid) = covering_window(b, wp, args[0], kernel[1], stride[1], wo)?;
+                    let chosen = b.extract(argmax, &[n, c, oy, ox])?;
+                    let mine = b.binary("arith.andi", b.binary("arith.andi", row_valid, column_valid)?, b.compare_integers(CmpiPredicate::Eq, chosen, me)?)?;
+                    let contribution = b.select(mine, b.extract(grad, &[n, c, oy, ox])?, b.constant_float(0.0, element)?)?;
                     Ok(vec![b.addf(args[1], contribution)?])
                 })
             })?;
             body.yield_values(&[total[0]])
         })?)
     }
+}
+
+/// The `j`th window (from the last) of `kernel` and `stride` that may cover the position `p`
+/// along an axis of `count` windows: ⌊p / s⌋ − j, and whether it exists and covers `p`
+/// (the window itself is 0 where not).
+fn covering_window<'c, 'n>(
+    b: &Emitter<'c, 'n>,
+    p: Value<'c, '_>,
+    j: Value<'c, '_>,
+    kernel: i64,
+    stride: i64,
+    count: Value<'c, '_>,
+) -> Result<(Value<'c, 'n>, Value<'c, 'n>), LoweringError> {
+    let s = b.constant_index(stride)?;
+    let window = b.binary("arith.subi", b.binary("arith.divui", p, s)?, j)?;
+    let zero = b.constant_index(0)?;
+    let exists = b.binary("arith.andi", b.compare_integers(CmpiPredicate::Sge, window, zero)?, b.compare_integers(CmpiPredicate::Slt, window, count)?)?;
+    let offset = b.binary("arith.subi", p, b.binary("arith.muli", window, s)?)?;
+    let valid = b.binary("arith.andi", exists, b.compare_integers(CmpiPredicate::Slt, offset, b.constant_index(kernel)?)?)?;
+    Ok((b.select(valid, window, zero)?, valid))
 }
 
 #[derive(Debug)]
