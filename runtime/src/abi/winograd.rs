@@ -62,24 +62,15 @@ unsafe fn transform_channel_filters(w: *const f32, u: *mut f32, m: usize, c: usi
         }
         // G·g along the columns, then ·Gᵀ along the rows.
         for j in 0..3 {
-            for l in 0..LANES {
-                let column = filter_1d([g[0][j][l], g[1][j][l], g[2][j][l]]);
-                for r in 0..6 {
-                    columns[r][j][l] = column[r];
-                }
-            }
+            across_lanes(LANES, filter_1d, |r, l| g[r][j][l], |r, l, value| columns[r][j][l] = value);
         }
         for (r, row) in columns.iter().enumerate() {
             let at: [*mut f32; 6] = std::array::from_fn(|s| u.add(((r * 6 + s) * c + ch) * m + group));
-            let store = |l: usize| {
-                for (s, value) in filter_1d([row[0][l], row[1][l], row[2][l]]).into_iter().enumerate() {
-                    *at[s].add(l) = value;
-                }
-            };
+            let store = |s: usize, l: usize, value| *at[s].add(l) = value;
             if lanes == LANES {
-                (0..LANES).for_each(store);
+                across_lanes(LANES, filter_1d, |j, l| row[j][l], store);
             } else {
-                (0..lanes).for_each(store);
+                across_lanes(lanes, filter_1d, |j, l| row[j][l], store);
             }
         }
     }
@@ -90,6 +81,23 @@ const MIN_TILES_PER_FILTER_TRANSFORM: usize = 64;
 
 /// Tiles transformed together, one per lane of the vector registers.
 const LANES: usize = 16;
+
+/// `transform` applied in each of the first `lanes` lanes: its inputs `read(i, lane)`, its
+/// outputs given to `write(k, lane, value)`. Called with `lanes` = [`LANES`] (a constant trip
+/// count) wherever it can be, so that the loop over the lanes vectorizes.
+#[inline(always)]
+fn across_lanes<const I: usize, const O: usize>(
+    lanes: usize,
+    transform: fn([f32; I]) -> [f32; O],
+    read: impl Fn(usize, usize) -> f32,
+    mut write: impl FnMut(usize, usize, f32),
+) {
+    for lane in 0..lanes {
+        for (k, value) in transform(std::array::from_fn(|i| read(i, lane))).into_iter().enumerate() {
+            write(k, lane, value);
+        }
+    }
+}
 
 /// Bᵀ (on the points 0, ±1, ±2 and ∞) applied to six values:
 /// `[4 0 −5 0 1 0; 0 −4 −4 1 1 0; 0 4 −4 −1 1 0; 0 −2 −1 2 1 0; 0 2 −1 −2 1 0; 0 4 0 −5 0 1]`.
@@ -192,20 +200,11 @@ unsafe fn transform_inputs(tiling: &Tiling, first: usize, count: usize, v: &mut 
             }
             // Bᵀ·d along the columns, then ·B along the rows.
             for s in 0..6 {
-                for l in 0..LANES {
-                    let column = input_1d(std::array::from_fn(|r| d[r][s][l]));
-                    for r in 0..6 {
-                        columns[r][s][l] = column[r];
-                    }
-                }
+                across_lanes(LANES, input_1d, |r, l| d[r][s][l], |r, l, value| columns[r][s][l] = value);
             }
             for (r, row) in columns.iter().enumerate() {
                 let at: [*mut f32; 6] = std::array::from_fn(|s| v.add(((r * 6 + s) * c + ch) * block + group));
-                for l in 0..LANES {
-                    for (s, value) in input_1d(std::array::from_fn(|s| row[s][l])).into_iter().enumerate() {
-                        *at[s].add(l) = value;
-                    }
-                }
+                across_lanes(LANES, input_1d, |s, l| row[s][l], |s, l, value| *at[s].add(l) = value);
             }
         }
     }
@@ -229,18 +228,10 @@ unsafe fn transform_outputs(tiling: &Tiling, first: usize, count: usize, product
             // Aᵀ·m along the rows, then ·A along the columns.
             for (r, row) in rows.iter_mut().enumerate() {
                 let at: [*const f32; 6] = std::array::from_fn(|s| products.add(((r * 6 + s) * m + o) * block + group));
-                for l in 0..LANES {
-                    for (s, value) in output_1d(std::array::from_fn(|s| *at[s].add(l))).into_iter().enumerate() {
-                        row[s][l] = value;
-                    }
-                }
+                across_lanes(LANES, output_1d, |s, l| *at[s].add(l), |s, l, value| row[s][l] = value);
             }
             for s in 0..4 {
-                for l in 0..LANES {
-                    for (r, value) in output_1d(std::array::from_fn(|r| rows[r][s][l])).into_iter().enumerate() {
-                        out[r][s][l] = value;
-                    }
-                }
+                across_lanes(LANES, output_1d, |r, l| rows[r][s][l], |r, l, value| out[r][s][l] = value);
             }
             for (lane, place) in places.iter().enumerate().take(lanes) {
                 let corner = y.add(place.output + o * ho * wo);
