@@ -5,6 +5,9 @@
 //! that change); each input tile V = Bᵀ·d·B; then for each of the 36 points ξ one product over
 //! the channels, M[ξ] = U[ξ]·V[ξ]; each output tile is Aᵀ·m·A. Tiles are taken in blocks, one
 //! block per task, so that a block's transformed tiles stay in cache through its 36 products.
+//! The input is read channels-last, so that the transforms run with the vector lanes along the
+//! channels (a tile's point is one vector load) and the products have the channels as their
+//! long side (the GEMM's widest kernel).
 
 use super::kernels::{device_gemm, Lhs};
 use super::window_products;
@@ -79,7 +82,7 @@ unsafe fn transform_channel_filters(w: *const f32, u: *mut f32, m: usize, c: usi
 /// The fewest tiles for which transforming the filters on the call pays.
 const MIN_TILES_PER_FILTER_TRANSFORM: usize = 64;
 
-/// Tiles transformed together, one per lane of the vector registers.
+/// Channels transformed together, one per lane of the vector registers.
 const LANES: usize = 16;
 
 /// `transform` applied in each of the first `lanes` lanes: its inputs `read(i, lane)`, its
@@ -120,12 +123,11 @@ fn output_1d([m0, m1, m2, m3, m4, m5]: [f32; 6]) -> [f32; 4] {
     [m0 + sum12 + sum34, difference12 + 2.0 * difference34, sum12 + 4.0 * sum34, difference12 + 8.0 * difference34 + m5]
 }
 
-/// Where a block's tiles are: the padded input `[N, C, Hp, Wp]` and its strides, the output
-/// `[N, M, Ho, Wo]` (contiguous), and the tiles per column and row of an image.
+/// Where a block's tiles are: the padded input channels-last `[N, Hp, Wp, C]` (contiguous), the
+/// output `[N, M, Ho, Wo]` (contiguous), and the tiles per column and row of an image.
 #[derive(Clone, Copy)]
 struct Tiling {
     x: usize,
-    strides: [isize; 4],
     input: [usize; 4],
     y: usize,
     output: [usize; 4],
@@ -133,85 +135,182 @@ struct Tiling {
 }
 
 impl Tiling {
-    /// The image, top row and left column of tile `tile`.
-    fn place(&self, tile: usize) -> (usize, usize, usize) {
-        let [th, tw] = self.tiles;
-        (tile / (th * tw), tile / tw % th * 4, tile % tw * 4)
-    }
-
-    /// For the tiles `first..first + lanes` (at most [`LANES`]): where each 6×6 input tile
-    /// starts in channel 0, with the rows and columns of it that lie in the input, and where each
-    /// 4×4 output tile starts in output channel 0, with its rows and columns in the output.
-    fn places(&self, first: usize, lanes: usize) -> [Place; LANES] {
-        let ([_, _, hp, wp], [_, m, ho, wo], strides) = (self.input, self.output, self.strides);
-        std::array::from_fn(|lane| {
-            let (image, top, left) = self.place(first + lane.min(lanes - 1));
-            Place {
-                input: image as isize * strides[0] + top as isize * strides[2] + left as isize * strides[3],
-                input_extent: [(hp - top).min(6), (wp - left).min(6)],
-                output: image * m * ho * wo + top * wo + left,
-                output_extent: [(ho - top).min(4), (wo - left).min(4)],
-            }
-        })
+    /// Where tile `tile`'s 6×6 input tile starts in the channels-last input, with the rows and
+    /// columns of it that lie in the input, and where its 4×4 output tile starts in output
+    /// channel 0, with its rows and columns in the output.
+    fn place(&self, tile: usize) -> Place {
+        let ([_, hp, wp, c], [_, m, ho, wo], [th, tw]) = (self.input, self.output, self.tiles);
+        let (image, top, left) = (tile / (th * tw), tile / tw % th * 4, tile % tw * 4);
+        Place {
+            input: ((image * hp + top) * wp + left) * c,
+            input_extent: [(hp - top).min(6), (wp - left).min(6)],
+            output: image * m * ho * wo + top * wo + left,
+            output_extent: [(ho - top).min(4), (wo - left).min(4)],
+        }
     }
 }
 
-/// Where a tile lies: see [`Tiling::places`].
+/// Where a tile lies: see [`Tiling::place`].
 #[derive(Clone, Copy)]
 struct Place {
-    input: isize,
+    input: usize,
     input_extent: [usize; 2],
     output: usize,
     output_extent: [usize; 2],
 }
 
-/// Transforms the input tiles `first..first + count` of every channel into `v` [36, C, block].
+/// The input `x` [N, C, Hp, Wp] (any strides) channels-last, [N, Hp, Wp, C]: a tile's 36 points
+/// then hold each channel group in one vector. Rows are split among the threads.
 ///
 /// # Safety
-/// `tiling` describes live buffers; the tiles exist; `v` holds 36·C·block elements, block ≥
-/// count rounded up to [`LANES`].
+/// `x` describes a live buffer.
+unsafe fn channels_last(x: &MemRef<f32, 4>) -> Vec<f32> {
+    let [n, c, hp, wp] = x.shape();
+    let strides = x.strides.map(|s| s as isize);
+    let source = x.aligned.wrapping_offset(x.offset as isize) as usize;
+    let mut transposed = Vec::with_capacity(n * hp * wp * c);
+    let target = transposed.as_mut_ptr() as usize;
+    use rayon::prelude::*;
+    // SAFETY: each row's task writes its own [Wp, C] elements; both buffers outlive the tasks.
+    (0..n * hp).into_par_iter().for_each(|row| unsafe {
+        let line = (source as *const f32).offset((row / hp) as isize * strides[0] + (row % hp) as isize * strides[2]);
+        transposed_row(line, [strides[1], strides[3]], [c, wp], (target as *mut f32).add(row * wp * c))
+    });
+    // SAFETY: the tasks wrote every element.
+    transposed.set_len(n * hp * wp * c);
+    transposed
+}
+
+/// The row `line` of `c` channels and `wp` columns (`steps` apart) written channels-last at
+/// `out`; with `AVX512`, its whole 16×16 blocks by [`transpose_block_avx512`].
 #[inline(always)]
-unsafe fn transform_inputs(tiling: &Tiling, first: usize, count: usize, v: &mut [f32], block: usize) {
-    let c = tiling.input[1];
-    let strides = tiling.strides;
-    let (x, v) = (tiling.x as *const f32, v.as_mut_ptr());
-    // Whole tiles overwrite every element of their lane; the lanes of partial or missing tiles
-    // are zeroed once per group, the same elements then written for every channel.
-    let mut d = [[[0.0_f32; LANES]; 6]; 6];
-    let mut columns = [[[0.0_f32; LANES]; 6]; 6];
-    for group in (0..count).step_by(LANES) {
-        let lanes = LANES.min(count - group);
-        let places = tiling.places(first + group, lanes);
-        let extents: [[usize; 2]; LANES] = std::array::from_fn(|lane| if lane < lanes { places[lane].input_extent } else { [0, 0] });
-        for (lane, &[rows, columns]) in extents.iter().enumerate() {
-            if rows < 6 || columns < 6 {
-                d.iter_mut().flatten().for_each(|values| values[lane] = 0.0);
+unsafe fn transpose_row<const AVX512: bool>(line: *const f32, steps: [isize; 2], [c, wp]: [usize; 2], out: *mut f32) {
+    // Blocks of 16 channels by 16 columns, so that the lines being read stay in cache.
+    for left in (0..wp).step_by(LANES) {
+        let columns = LANES.min(wp - left);
+        for first in (0..c).step_by(LANES) {
+            let channels = LANES.min(c - first);
+            let (source, target) = (line.offset(first as isize * steps[0] + left as isize * steps[1]), out.add(left * c + first));
+            #[cfg(target_arch = "x86_64")]
+            if AVX512 && columns == LANES && channels == LANES && steps[1] == 1 {
+                transpose_block_avx512(source, steps[0], target, c);
+                continue;
             }
-        }
-        for ch in 0..c {
-            for (lane, (place, &[rows, columns])) in places.iter().zip(&extents).enumerate() {
-                let corner = x.offset(place.input + ch as isize * strides[1]);
-                for (r, row) in d.iter_mut().enumerate().take(rows) {
-                    let line = corner.offset(r as isize * strides[2]);
-                    for (s, value) in row.iter_mut().enumerate().take(columns) {
-                        value[lane] = *line.offset(s as isize * strides[3]);
-                    }
+            for ch in 0..channels {
+                for column in 0..columns {
+                    *target.add(column * c + ch) = *source.offset(ch as isize * steps[0] + column as isize * steps[1]);
                 }
-            }
-            // Bᵀ·d along the columns, then ·B along the rows.
-            for s in 0..6 {
-                across_lanes(LANES, input_1d, |r, l| d[r][s][l], |r, l, value| columns[r][s][l] = value);
-            }
-            for (r, row) in columns.iter().enumerate() {
-                let at: [*mut f32; 6] = std::array::from_fn(|s| v.add(((r * 6 + s) * c + ch) * block + group));
-                across_lanes(LANES, input_1d, |s, l| row[s][l], |s, l, value| *at[s].add(l) = value);
             }
         }
     }
 }
 
-/// Transforms the products `products` [36, M, block] of the tiles `first..first + count` into
-/// their output tiles.
+/// The 16×16 block at `source` (rows `source_step` apart) transposed to `target` (rows
+/// `target_step` apart), in registers: 32-bit, then 64-bit interleaves within 128-bit lanes,
+/// then a 4×4 transpose of the 128-bit lanes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn transpose_block_avx512(source: *const f32, source_step: isize, target: *mut f32, target_step: usize) {
+    use std::arch::x86_64::*;
+    let rows: [__m512; 16] = std::array::from_fn(|r| _mm512_loadu_ps(source.offset(r as isize * source_step)));
+    // a[2i], a[2i + 1]: rows 2i and 2i + 1 interleaved, columns 4k, 4k + 1 and 4k + 2, 4k + 3 of lane k.
+    let a: [__m512; 16] = std::array::from_fn(|i| {
+        let (even, odd) = (rows[i / 2 * 2], rows[i / 2 * 2 + 1]);
+        if i % 2 == 0 { _mm512_unpacklo_ps(even, odd) } else { _mm512_unpackhi_ps(even, odd) }
+    });
+    // b[4j + q], lane k: rows 4j..4j + 4 of column 4k + q.
+    let b: [__m512; 16] = std::array::from_fn(|i| {
+        let (j, q) = (i / 4, i % 4);
+        let (low, high) = (_mm512_castps_pd(a[4 * j + q / 2]), _mm512_castps_pd(a[4 * j + 2 + q / 2]));
+        _mm512_castpd_ps(if q % 2 == 0 { _mm512_unpacklo_pd(low, high) } else { _mm512_unpackhi_pd(low, high) })
+    });
+    for q in 0..4 {
+        let (x0, x1, x2, x3) = (b[q], b[4 + q], b[8 + q], b[12 + q]);
+        let (y0, y1) = (_mm512_shuffle_f32x4::<0x44>(x0, x1), _mm512_shuffle_f32x4::<0xEE>(x0, x1));
+        let (y2, y3) = (_mm512_shuffle_f32x4::<0x44>(x2, x3), _mm512_shuffle_f32x4::<0xEE>(x2, x3));
+        let columns = [
+            _mm512_shuffle_f32x4::<0x88>(y0, y2),
+            _mm512_shuffle_f32x4::<0xDD>(y0, y2),
+            _mm512_shuffle_f32x4::<0x88>(y1, y3),
+            _mm512_shuffle_f32x4::<0xDD>(y1, y3),
+        ];
+        for (k, column) in columns.into_iter().enumerate() {
+            _mm512_storeu_ps(target.add((4 * k + q) * target_step), column);
+        }
+    }
+}
+
+/// Transforms the input tiles `first..first + count`, every channel, into `v` [36, block, C],
+/// with the lanes along the channels.
+///
+/// # Safety
+/// `tiling` describes live buffers; the tiles exist; `v` holds 36·block·C elements.
+#[inline(always)]
+unsafe fn transform_inputs(tiling: &Tiling, first: usize, count: usize, v: &mut [f32], block: usize) {
+    let [_, _, wp, c] = tiling.input;
+    let (x, v) = (tiling.x as *const f32, v.as_mut_ptr());
+    let mut d = [[[0.0_f32; LANES]; 6]; 6];
+    let mut columns = [[[0.0_f32; LANES]; 6]; 6];
+    let (steps, stride) = ([wp * c, c], block * c);
+    for tile in 0..count {
+        let place = tiling.place(first + tile);
+        let corner = x.add(place.input);
+        for channels in (0..c).step_by(LANES) {
+            let (corner, at) = (corner.add(channels), v.add(tile * c + channels));
+            // A constant lane count for whole channel groups, so that their loops vectorize.
+            if c - channels >= LANES {
+                transform_input_tile(LANES, corner, place.input_extent, steps, at, stride, &mut d, &mut columns);
+            } else {
+                transform_input_tile(c - channels, corner, place.input_extent, steps, at, stride, &mut d, &mut columns);
+            }
+        }
+    }
+}
+
+/// One tile's points `corner` (rows and columns `steps` apart; `extent` of them in the input)
+/// of `lanes` channels transformed into `v` (the points `stride` apart).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn transform_input_tile(
+    lanes: usize,
+    corner: *const f32,
+    [rows, width]: [usize; 2],
+    steps: [usize; 2],
+    v: *mut f32,
+    stride: usize,
+    d: &mut [[[f32; LANES]; 6]; 6],
+    columns: &mut [[[f32; LANES]; 6]; 6],
+) {
+    // Bᵀ·d along the columns, then ·B along the rows; whole tiles are read in place.
+    if lanes == LANES && rows == 6 && width == 6 {
+        for s in 0..6 {
+            let point = |r: usize, l: usize| *corner.add(r * steps[0] + s * steps[1] + l);
+            across_lanes(LANES, input_1d, point, |r, l, value| columns[r][s][l] = value);
+        }
+    } else {
+        // Points outside the input, and lanes past `lanes`, are zero.
+        *d = [[[0.0; LANES]; 6]; 6];
+        for (r, row) in d.iter_mut().enumerate().take(rows) {
+            for (s, values) in row.iter_mut().enumerate().take(width) {
+                let point = corner.add(r * steps[0] + s * steps[1]);
+                for (l, value) in values.iter_mut().enumerate().take(lanes) {
+                    *value = *point.add(l);
+                }
+            }
+        }
+        for s in 0..6 {
+            across_lanes(lanes, input_1d, |r, l| d[r][s][l], |r, l, value| columns[r][s][l] = value);
+        }
+    }
+    for (r, row) in columns.iter().enumerate() {
+        let at: [*mut f32; 6] = std::array::from_fn(|s| v.add((r * 6 + s) * stride));
+        across_lanes(lanes, input_1d, |s, l| row[s][l], |s, l, value| *at[s].add(l) = value);
+    }
+}
+
+/// Transforms the products `products` [36, block, M] of the tiles `first..first + count` into
+/// their output tiles, with the lanes along the output channels.
 ///
 /// # Safety
 /// As [`transform_inputs`]; the output tiles are this task's alone.
@@ -221,26 +320,46 @@ unsafe fn transform_outputs(tiling: &Tiling, first: usize, count: usize, product
     let (y, products) = (tiling.y as *mut f32, products.as_ptr());
     let mut rows = [[[0.0_f32; LANES]; 4]; 6];
     let mut out = [[[0.0_f32; LANES]; 4]; 4];
-    for group in (0..count).step_by(LANES) {
-        let lanes = LANES.min(count - group);
-        let places = tiling.places(first + group, lanes);
-        for o in 0..m {
-            // Aᵀ·m along the rows, then ·A along the columns.
-            for (r, row) in rows.iter_mut().enumerate() {
-                let at: [*const f32; 6] = std::array::from_fn(|s| products.add(((r * 6 + s) * m + o) * block + group));
-                across_lanes(LANES, output_1d, |s, l| *at[s].add(l), |s, l, value| row[s][l] = value);
+    let steps = [block * m, ho * wo, wo];
+    for tile in 0..count {
+        let place = tiling.place(first + tile);
+        for channels in (0..m).step_by(LANES) {
+            let (at, corner) = (products.add(tile * m + channels), y.add(place.output + channels * ho * wo));
+            if m - channels >= LANES {
+                transform_output_tile(LANES, at, corner, place.output_extent, steps, &mut rows, &mut out);
+            } else {
+                transform_output_tile(m - channels, at, corner, place.output_extent, steps, &mut rows, &mut out);
             }
-            for s in 0..4 {
-                across_lanes(LANES, output_1d, |r, l| rows[r][s][l], |r, l, value| out[r][s][l] = value);
-            }
-            for (lane, place) in places.iter().enumerate().take(lanes) {
-                let corner = y.add(place.output + o * ho * wo);
-                let [height, width] = place.output_extent;
-                for (r, row) in out.iter().enumerate().take(height) {
-                    for (s, values) in row.iter().enumerate().take(width) {
-                        *corner.add(r * wo + s) = values[lane];
-                    }
-                }
+        }
+    }
+}
+
+/// One tile's products `at` (the points `steps[0]` apart) of `lanes` output channels
+/// transformed into the output tile at `corner` (channels `steps[1]` apart, rows `steps[2]`),
+/// `extent` rows and columns of it.
+#[inline(always)]
+unsafe fn transform_output_tile(
+    lanes: usize,
+    at: *const f32,
+    corner: *mut f32,
+    [height, width]: [usize; 2],
+    steps: [usize; 3],
+    rows: &mut [[[f32; LANES]; 4]; 6],
+    out: &mut [[[f32; LANES]; 4]; 4],
+) {
+    // Aᵀ·m along the rows, then ·A along the columns.
+    for (r, row) in rows.iter_mut().enumerate() {
+        let points: [*const f32; 6] = std::array::from_fn(|s| at.add((r * 6 + s) * steps[0]));
+        across_lanes(lanes, output_1d, |s, l| *points[s].add(l), |s, l, value| row[s][l] = value);
+    }
+    for s in 0..4 {
+        across_lanes(lanes, output_1d, |r, l| rows[r][s][l], |r, l, value| out[r][s][l] = value);
+    }
+    for l in 0..lanes {
+        let plane = corner.add(l * steps[1]);
+        for (r, row) in out.iter().enumerate().take(height) {
+            for (s, values) in row.iter().enumerate().take(width) {
+                *plane.add(r * steps[2] + s) = values[l];
             }
         }
     }
@@ -249,7 +368,7 @@ unsafe fn transform_outputs(tiling: &Tiling, first: usize, count: usize, product
 /// `unsafe fn $name(args)` calling `$body(args)` compiled for the widest vectors this CPU has:
 /// AVX-512, else AVX2 with FMA, else the runtime's baseline (SSE2), chosen at run time.
 macro_rules! for_this_cpu {
-    ($(#[$doc:meta])* unsafe fn $name:ident($($arg:ident: $type:ty),*) = $body:ident) => {
+    ($(#[$doc:meta])* unsafe fn $name:ident($($arg:ident: $type:ty),*) = $body:path) => {
         $(#[$doc])*
         unsafe fn $name($($arg: $type),*) {
             #[cfg(target_arch = "x86_64")]
@@ -278,11 +397,22 @@ for_this_cpu!(
     /// [`transform_channel_filters`] for this CPU.
     unsafe fn filters(w: *const f32, u: *mut f32, m: usize, c: usize, ch: usize) = transform_channel_filters
 );
+/// [`transpose_row`] for this CPU.
+unsafe fn transposed_row(line: *const f32, steps: [isize; 2], shape: [usize; 2], out: *mut f32) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        #[target_feature(enable = "avx512f")]
+        unsafe fn avx512(line: *const f32, steps: [isize; 2], shape: [usize; 2], out: *mut f32) {
+            transpose_row::<true>(line, steps, shape, out)
+        }
+        return avx512(line, steps, shape, out);
+    }
+    transpose_row::<false>(line, steps, shape, out)
+}
 for_this_cpu!(
     /// [`transform_inputs`] for this CPU.
     unsafe fn inputs(tiling: &Tiling, first: usize, count: usize, v: &mut [f32], block: usize) = transform_inputs
-);
-for_this_cpu!(
+);for_this_cpu!(
     /// [`transform_outputs`] for this CPU.
     unsafe fn outputs(tiling: &Tiling, first: usize, count: usize, products: &[f32], block: usize) = transform_outputs
 );
@@ -296,10 +426,10 @@ unsafe fn convolve(u: &[f32], m: usize, x: &MemRef<f32, 4>) -> MemRef<f32, 4> {
     let [n, c, hp, wp] = x.shape();
     let (ho, wo) = (hp - 2, wp - 2);
     let y = MemRef::<f32, 4>::allocate([n, m, ho, wo]);
+    let x = channels_last(x);
     let tiling = Tiling {
-        x: x.aligned.wrapping_offset(x.offset as isize) as usize,
-        strides: x.strides.map(|s| s as isize),
-        input: [n, c, hp, wp],
+        x: x.as_ptr() as usize,
+        input: [n, hp, wp, c],
         y: y.aligned as usize,
         output: [n, m, ho, wo],
         tiles: [ho.div_ceil(4), wo.div_ceil(4)],
@@ -325,15 +455,15 @@ unsafe fn convolve(u: &[f32], m: usize, x: &MemRef<f32, 4>) -> MemRef<f32, 4> {
                 count,
                 c,
                 (products_base as *mut f32).add(point * m * block),
+                m as isize,
                 1,
-                block as isize,
                 false,
                 (u as *const f32).add(point * c * m),
                 m as isize,
                 1,
                 (v as *const f32).add(point * c * block),
+                c as isize,
                 1,
-                block as isize,
                 0.0,
                 1.0,
                 false,
