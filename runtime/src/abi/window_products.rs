@@ -205,6 +205,9 @@ unsafe fn weight_gradient(name: &str, x: &MemRef<f32, 4>, grad: &MemRef<f32, 4>,
     if on_device(name) {
         return MemRef::allocate([m, c, kh, kw]);
     }
+    if window.kernel == [3, 3] && window.dilation == [1, 1] && super::winograd::pays_for_weight_gradient(n, [ho, wo]) {
+        return super::winograd::weight_gradient(x, grad, [ho, wo]);
+    }
     with_contiguous_rows(x, |x| with_contiguous_rows(grad, |grad| weight_gradient_rows(x, grad, &window, [ho, wo])))
 }
 

@@ -241,15 +241,16 @@ unsafe fn transpose_block_avx512(source: *const f32, source_step: isize, target:
     }
 }
 
-/// Transforms the input tiles `first..first + count`, every channel, into `v` [36, block, C],
-/// with the lanes along the channels.
+/// Transforms the input tiles `first..first + count`, every channel, into `v` [36, block, C]
+/// (tile `first` first), with the lanes along the channels.
 ///
 /// # Safety
-/// `tiling` describes live buffers; the tiles exist; `v` holds 36·block·C elements.
+/// `tiling` describes live buffers; the tiles exist; `v` holds 36·block·C elements, count ≤
+/// block, and no other task writes them.
 #[inline(always)]
-unsafe fn transform_inputs(tiling: &Tiling, first: usize, count: usize, v: &mut [f32], block: usize) {
+unsafe fn transform_inputs(tiling: &Tiling, first: usize, count: usize, v: *mut f32, block: usize) {
     let [_, _, wp, c] = tiling.input;
-    let (x, v) = (tiling.x as *const f32, v.as_mut_ptr());
+    let x = tiling.x as *const f32;
     let mut d = [[[0.0_f32; LANES]; 6]; 6];
     let mut columns = [[[0.0_f32; LANES]; 6]; 6];
     let (steps, stride) = ([wp * c, c], block * c);
@@ -411,8 +412,9 @@ unsafe fn transposed_row(line: *const f32, steps: [isize; 2], shape: [usize; 2],
 }
 for_this_cpu!(
     /// [`transform_inputs`] for this CPU.
-    unsafe fn inputs(tiling: &Tiling, first: usize, count: usize, v: &mut [f32], block: usize) = transform_inputs
-);for_this_cpu!(
+    unsafe fn inputs(tiling: &Tiling, first: usize, count: usize, v: *mut f32, block: usize) = transform_inputs
+);
+for_this_cpu!(
     /// [`transform_outputs`] for this CPU.
     unsafe fn outputs(tiling: &Tiling, first: usize, count: usize, products: &[f32], block: usize) = transform_outputs
 );
@@ -447,7 +449,7 @@ unsafe fn convolve(u: &[f32], m: usize, x: &MemRef<f32, 4>) -> MemRef<f32, 4> {
     let u = u.as_ptr() as usize;
     let task = |(v, products): &mut (Vec<f32>, Vec<f32>), first: usize| {
         let count = block.min(tiles - first);
-        inputs(&tiling, first, count, v, block);
+        inputs(&tiling, first, count, v.as_mut_ptr(), block);
         let (v, products_base) = (v.as_ptr() as usize, products.as_mut_ptr() as usize);
         let product = |point: usize| {
             gemm::gemm(
@@ -484,6 +486,179 @@ unsafe fn convolve(u: &[f32], m: usize, x: &MemRef<f32, 4>) -> MemRef<f32, 4> {
     let scratch = || (vec![0.0_f32; POINTS * c * block], vec![0.0_f32; POINTS * m * block]);
     (0..blocks).into_par_iter().for_each_init(scratch, |scratch, index| task(scratch, index * block));
     y
+}
+
+/// A (the transpose of the outputs' Aᵀ) applied to four values, an output gradient's column
+/// or row: `[1 0 0 0; 1 1 1 1; 1 −1 1 −1; 1 2 4 8; 1 −2 4 −8; 0 0 0 1]`.
+#[inline(always)]
+fn gradient_1d([e0, e1, e2, e3]: [f32; 4]) -> [f32; 6] {
+    let (even, odd, even_wide, odd_wide) = (e0 + e2, e1 + e3, e0 + 4.0 * e2, 2.0 * e1 + 8.0 * e3);
+    [e0, even + odd, even - odd, even_wide + odd_wide, even_wide - odd_wide, e3]
+}
+
+/// Gᵀ (the transpose of the filters' G) applied to six values:
+/// `[1/4 −1/6 −1/6 1/24 1/24 0; 0 −1/6 1/6 1/12 −1/12 0; 0 −1/6 −1/6 1/6 1/6 1]`.
+#[inline(always)]
+fn filter_gradient_1d([p0, p1, p2, p3, p4, p5]: [f32; 6]) -> [f32; 3] {
+    let (sum12, difference21, sum34, difference34) = (p1 + p2, p2 - p1, p3 + p4, p3 - p4);
+    [p0 / 4.0 - sum12 / 6.0 + sum34 / 24.0, difference21 / 6.0 + difference34 / 12.0, (sum34 - sum12) / 6.0 + p5]
+}
+
+/// Transforms the output gradient's tiles `first..first + count`, every channel, into `e`
+/// [36, block, M] (tile `first` first): E = A·e·Aᵀ of each 4×4 tile, zero outside the
+/// output. `gradient` is channels-last, [N, Ho, Wg, M] (Wg ≥ Wo).
+///
+/// # Safety
+/// As [`transform_inputs`], for `e`.
+#[inline(always)]
+unsafe fn transform_gradients(tiling: &Tiling, gradient: *const f32, wg: usize, first: usize, count: usize, e: *mut f32, block: usize) {
+    let ([_, m, ho, wo], [th, tw]) = (tiling.output, tiling.tiles);
+    let (steps, stride) = ([wg * m, m], block * m);
+    for tile in 0..count {
+        let flat = first + tile;
+        let (image, top, left) = (flat / (th * tw), flat / tw % th * 4, flat % tw * 4);
+        let corner = gradient.add(((image * ho + top) * wg + left) * m);
+        let extent = [(ho - top).min(4), (wo - left).min(4)];
+        for channels in (0..m).step_by(LANES) {
+            let (corner, at) = (corner.add(channels), e.add(tile * m + channels));
+            if m - channels >= LANES {
+                transform_gradient_tile(LANES, corner, extent, steps, at, stride);
+            } else {
+                transform_gradient_tile(m - channels, corner, extent, steps, at, stride);
+            }
+        }
+    }
+}
+
+/// One 4×4 tile of `lanes` channels of the output gradient at `corner` (rows and columns
+/// `steps` apart, `extent` of them in the output) transformed into `e` (the points `stride`
+/// apart).
+#[inline(always)]
+unsafe fn transform_gradient_tile(lanes: usize, corner: *const f32, [rows, width]: [usize; 2], steps: [usize; 2], e: *mut f32, stride: usize) {
+    let mut tile = [[[0.0_f32; LANES]; 4]; 4];
+    for (r, row) in tile.iter_mut().enumerate().take(rows) {
+        for (s, values) in row.iter_mut().enumerate().take(width) {
+            let point = corner.add(r * steps[0] + s * steps[1]);
+            for (l, value) in values.iter_mut().enumerate().take(lanes) {
+                *value = *point.add(l);
+            }
+        }
+    }
+    // A·e along the columns, then ·Aᵀ along the rows.
+    let mut columns = [[[0.0_f32; LANES]; 4]; 6];
+    for s in 0..4 {
+        across_lanes(lanes, gradient_1d, |r, l| tile[r][s][l], |r, l, value| columns[r][s][l] = value);
+    }
+    for (r, row) in columns.iter().enumerate() {
+        let at: [*mut f32; 6] = std::array::from_fn(|s| e.add((r * 6 + s) * stride));
+        across_lanes(lanes, gradient_1d, |s, l| row[s][l], |s, l, value| *at[s].add(l) = value);
+    }
+}
+
+/// The filters' gradient of output channel `o` from the products `p` [36, M, C]: Gᵀ·P·G into
+/// `dw` [M, C, 3, 3], with the lanes along the input channels.
+///
+/// # Safety
+/// `p` holds 36·M·C elements, `dw` M·C·9; no other task writes output channel `o`'s.
+#[inline(always)]
+unsafe fn transform_filter_gradients(p: *const f32, [m, c]: [usize; 2], o: usize, dw: *mut f32) {
+    let mut rows = [[[0.0_f32; LANES]; 3]; 6];
+    let mut out = [[[0.0_f32; LANES]; 3]; 3];
+    for channels in (0..c).step_by(LANES) {
+        let lanes = LANES.min(c - channels);
+        let at = p.add(o * c + channels);
+        // Gᵀ·p along the rows, then ·G along the columns.
+        for (r, row) in rows.iter_mut().enumerate() {
+            let points: [*const f32; 6] = std::array::from_fn(|s| at.add((r * 6 + s) * m * c));
+            across_lanes(lanes, filter_gradient_1d, |s, l| *points[s].add(l), |s, l, value| row[s][l] = value);
+        }
+        for s in 0..3 {
+            across_lanes(lanes, filter_gradient_1d, |r, l| rows[r][s][l], |r, l, value| out[r][s][l] = value);
+        }
+        for l in 0..lanes {
+            let filter = dw.add((o * c + channels + l) * 9);
+            for (r, row) in out.iter().enumerate() {
+                for (s, values) in row.iter().enumerate() {
+                    *filter.add(r * 3 + s) = values[l];
+                }
+            }
+        }
+    }
+}
+
+for_this_cpu!(
+    /// [`transform_gradients`] for this CPU.
+    unsafe fn gradients(tiling: &Tiling, gradient: *const f32, wg: usize, first: usize, count: usize, e: *mut f32, block: usize) = transform_gradients
+);
+for_this_cpu!(
+    /// [`transform_filter_gradients`] for this CPU.
+    unsafe fn filter_gradients(p: *const f32, shape: [usize; 2], o: usize, dw: *mut f32) = transform_filter_gradients
+);
+
+/// Whether the weight gradient of `n` images' `[ho, wo]` outputs by Winograd pays: at least
+/// 16 tiles (its transforms of the products, M·C·36 values, against the 6.75·M·C
+/// multiply-adds it saves per tile), and at most a tenth of the tiles' points outside the
+/// output (the mask head's 14×14 outputs, 44% of them in partial tiles, measured slower).
+pub(super) fn pays_for_weight_gradient(n: usize, [ho, wo]: [usize; 2]) -> bool {
+    let tiles = ho.div_ceil(4) * wo.div_ceil(4);
+    n * tiles >= 16 && 10 * ho * wo >= 9 * 16 * tiles
+}
+
+/// The weight gradient [M, C, 3, 3] of a 3×3 stride-1 convolution of the padded input `x`
+/// [N, C, Ho + 2, Wo + 2] from its output gradient `grad` [N, M, Ho, Wg ≥ Wo] (both any
+/// strides): dW = Gᵀ·P·G with, for each point ξ, P[ξ] = Σ over the tiles of
+/// (A·e·Aᵀ)[ξ]·(Bᵀ·d·B)[ξ], the forward identity transposed (Lavin and Gray): 36 products of
+/// M×C over the tiles where the window products take 9 over every position.
+///
+/// # Safety
+/// The descriptors describe live buffers of those shapes.
+pub(super) unsafe fn weight_gradient(x: &MemRef<f32, 4>, grad: &MemRef<f32, 4>, [ho, wo]: [usize; 2]) -> MemRef<f32, 4> {
+    let ([n, c, hp, wp], [_, m, _, wg]) = (x.shape(), grad.shape());
+    let (x, gradient) = (channels_last(x), channels_last(grad));
+    let tiling = Tiling { x: x.as_ptr() as usize, input: [n, hp, wp, c], y: 0, output: [n, m, ho, wo], tiles: [ho.div_ceil(4), wo.div_ceil(4)] };
+    let tiles = n * tiling.tiles[0] * tiling.tiles[1];
+    // Every element of `v`, `e`, `p` and `dw` is written below.
+    let (mut v, mut e, mut p) = (Vec::<f32>::with_capacity(POINTS * tiles * c), Vec::<f32>::with_capacity(POINTS * tiles * m), Vec::<f32>::with_capacity(POINTS * m * c));
+    let (v_base, e_base, p_base) = (v.as_mut_ptr() as usize, e.as_mut_ptr() as usize, p.as_mut_ptr() as usize);
+    let gradient_base = gradient.as_ptr() as usize;
+    use rayon::prelude::*;
+    const CHUNK: usize = 16;
+    // SAFETY (all three loops): each task writes its own tiles, points or output channels.
+    (0..tiles.div_ceil(CHUNK)).into_par_iter().for_each(|chunk| {
+        let (first, count) = (chunk * CHUNK, CHUNK.min(tiles - chunk * CHUNK));
+        inputs(&tiling, first, count, (v_base as *mut f32).add(first * c), tiles);
+        gradients(&tiling, gradient_base as *const f32, wg, first, count, (e_base as *mut f32).add(first * m), tiles);
+    });
+    v.set_len(POINTS * tiles * c);
+    e.set_len(POINTS * tiles * m);
+    (0..POINTS).into_par_iter().for_each(|point| {
+        gemm::gemm(
+            m,
+            c,
+            tiles,
+            (p_base as *mut f32).add(point * m * c),
+            1,
+            c as isize,
+            false,
+            (e_base as *const f32).add(point * tiles * m),
+            m as isize,
+            1,
+            (v_base as *const f32).add(point * tiles * c),
+            1,
+            c as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    });
+    p.set_len(POINTS * m * c);
+    let dw = MemRef::<f32, 4>::allocate([m, c, 3, 3]);
+    let dw_base = dw.aligned as usize;
+    (0..m).into_par_iter().for_each(|o| filter_gradients(p_base as *const f32, [m, c], o, dw_base as *mut f32));
+    dw
 }
 
 /// Checks the shapes of a Winograd convolution; false (the error recorded) when they do not
@@ -561,6 +736,40 @@ mod tests {
         let difference: f64 = a.iter().zip(b).map(|(x, y)| f64::from(x - y).powi(2)).sum();
         let norm: f64 = b.iter().map(|y| f64::from(*y).powi(2)).sum();
         (difference / norm).sqrt()
+    }
+
+    /// The weight gradient by Winograd equals Σ g[b, o, r, s]·x[b, ch, r + i, s + j] (in f64)
+    /// within ‖dW − dW_ref‖₂ ≤ 1e-4·‖dW_ref‖₂: partial tiles at both edges, channels that are
+    /// not a multiple of the lanes, an output gradient wider than the output (as the window
+    /// products take it), the mask head's and layer1's shapes.
+    #[test]
+    fn weight_gradient_equals_the_direct_sum() {
+        for (n, c, hp, wp, m) in [(2, 3, 9, 11, 5), (3, 17, 23, 30, 7), (8, 64, 16, 16, 64), (1, 64, 34, 27, 128)] {
+            let (ho, wo, wg) = (hp - 2, wp - 2, wp);
+            let x = values(n * c * hp * wp, 5);
+            let g = values(n * m * ho * wo, 6);
+            let mut g_wide = vec![0.0; n * m * ho * wg];
+            for (row, values) in g.chunks(wo).enumerate() {
+                g_wide[row * wg..row * wg + wo].copy_from_slice(values);
+            }
+            let dw = unsafe { weight_gradient(&MemRef::owned(&x, [n, c, hp, wp]), &MemRef::owned(&g_wide, [n, m, ho, wg]), [ho, wo]) };
+            assert_eq!(dw.shape(), [m, c, 3, 3]);
+            let mut expected = vec![0.0_f32; m * c * 9];
+            for (at, value) in expected.iter_mut().enumerate() {
+                let (o, ch, i, j) = (at / (c * 9), at / 9 % c, at / 3 % 3, at % 3);
+                let mut sum = 0.0_f64;
+                for b in 0..n {
+                    for r in 0..ho {
+                        for s in 0..wo {
+                            sum += f64::from(g[((b * m + o) * ho + r) * wo + s]) * f64::from(x[((b * c + ch) * hp + r + i) * wp + s + j]);
+                        }
+                    }
+                }
+                *value = sum as f32;
+            }
+            let error = relative_error(&unsafe { dw.elements() }, &expected);
+            assert!(error <= 1e-4, "[{n}, {c}, {hp}, {wp}] → {m}: relative error {error:e}");
+        }
     }
 
     /// Both entry points equal the direct convolution within ‖y − y_ref‖₂ ≤ 1e-4·‖y_ref‖₂, on
