@@ -39,6 +39,37 @@ unsafe fn product_on_device(
     }
 }
 
+/// A matrix in memory, for [`product`]: its first element and the steps (in elements) to the
+/// next row and to the next column.
+#[derive(Clone, Copy)]
+pub(super) struct Matrix {
+    pub at: *const f32,
+    pub row_step: isize,
+    pub column_step: isize,
+}
+
+impl Matrix {
+    pub fn new(at: *const f32, row_step: isize, column_step: isize) -> Matrix {
+        Matrix { at, row_step, column_step }
+    }
+}
+
+/// `dst` (m×n) = `lhs` (m×k)·`rhs` (k×n), or `dst` += `lhs`·`rhs` with `accumulate`, by the
+/// `gemm` crate's kernel.
+///
+/// # Safety
+/// The three matrices lie in live buffers; no other task writes `dst`'s elements.
+#[rustfmt::skip]
+pub(super) unsafe fn product([m, n, k]: [usize; 3], dst: Matrix, lhs: Matrix, rhs: Matrix, accumulate: bool, parallelism: gemm::Parallelism) {
+    gemm::gemm(
+        m, n, k,
+        dst.at as *mut f32, dst.column_step, dst.row_step, accumulate,
+        lhs.at, lhs.column_step, lhs.row_step,
+        rhs.at, rhs.column_step, rhs.row_step,
+        1.0, 1.0, false, false, false, parallelism,
+    )
+}
+
 /// The kernel's thread count for a product of `flops` multiply-adds: rayon's pool, except for
 /// products too small to gain from splitting.
 pub(super) fn parallelism(flops: usize) -> gemm::Parallelism {
@@ -201,24 +232,11 @@ unsafe fn conv_matmul(
     }
     let b_strides = b.strides.map(|s| s as isize);
     let product = move |item: usize, parallelism| {
-        gemm::gemm(
-            m,
-            p,
-            k,
-            (c_base as *mut f32).add(item * m * p),
-            1,
-            p as isize,
-            false,
-            a.base as *const f32,
-            a.cs,
-            a.rs,
-            (b_base as *const f32).offset(item as isize * b_strides[0]),
-            b_strides[2],
-            b_strides[1],
-            0.0,
-            1.0,
-            false,
-            false,
+        product(
+            [m, p, k],
+            Matrix::new((c_base as *const f32).add(item * m * p), p as isize, 1),
+            Matrix::new(a.base as *const f32, a.rs, a.cs),
+            Matrix::new((b_base as *const f32).offset(item as isize * b_strides[0]), b_strides[1], b_strides[2]),
             false,
             parallelism,
         )
@@ -259,25 +277,12 @@ unsafe fn linear(x: &MemRef<f32, 2>, w: &MemRef<f32, 2>, device: Option<&dyn Dev
     let (xs, ws) = (x.strides.map(|s| s as isize), w.strides.map(|s| s as isize));
     // X[:, k0..k1] × W[:, k0..k1]ᵀ into `dst` [M, N] (row stride N).
     let part = |dst: *mut f32, k0: usize, k1: usize, parallelism: gemm::Parallelism| {
-        gemm::gemm(
-            m,
-            n,
-            k1 - k0,
-            dst,
-            1,
-            n as isize,
-            false,
-            (x_base as *const f32).wrapping_offset(k0 as isize * xs[1]),
-            xs[1],
-            xs[0],
+        product(
+            [m, n, k1 - k0],
+            Matrix::new(dst, n as isize, 1),
+            Matrix::new((x_base as *const f32).wrapping_offset(k0 as isize * xs[1]), xs[0], xs[1]),
             // Wᵀ [K, N]: element (k, n) is w[n, k].
-            (w_base as *const f32).wrapping_offset(k0 as isize * ws[1]),
-            ws[0],
-            ws[1],
-            0.0,
-            1.0,
-            false,
-            false,
+            Matrix::new((w_base as *const f32).wrapping_offset(k0 as isize * ws[1]), ws[1], ws[0]),
             false,
             parallelism,
         )

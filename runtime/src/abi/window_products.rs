@@ -10,7 +10,7 @@
 //! The products read host memory: the CUDA target does not emit these calls, and one that runs
 //! where the device's GEMM is needed records an error.
 
-use super::kernels::{device_gemm, for_each_item, Lhs};
+use super::kernels::{device_gemm, for_each_item, product, Lhs, Matrix};
 use super::MemRef;
 
 /// The window of a stride-1 convolution: kernel size and dilation per axis.
@@ -99,25 +99,12 @@ unsafe fn convolve_rows(a: Lhs, x: &MemRef<f32, 4>, window: &Window, [ho, wo]: [
         for (first, &(i, j, shift)) in positions.iter().enumerate() {
             // The weights of window position (i, j): columns i·kw + j, kh·kw apart.
             let column = (i * kw + j) as isize;
-            gemm::gemm(
-                a.m,
-                q,
-                c,
-                (y_base as *mut f32).add(item * a.m * ho * wp),
-                1,
-                (ho * wp) as isize,
+            product(
+                [a.m, q, c],
+                Matrix::new((y_base as *const f32).add(item * a.m * ho * wp), (ho * wp) as isize, 1),
+                Matrix::new((a.base as *const f32).offset(column * a.cs), a.rs, a.cs * (kh * kw) as isize),
+                Matrix::new((x_base as *const f32).offset(item as isize * image_stride + shift), channel_stride, 1),
                 first > 0,
-                (a.base as *const f32).offset(column * a.cs),
-                a.cs * (kh * kw) as isize,
-                a.rs,
-                (x_base as *const f32).offset(item as isize * image_stride + shift),
-                1,
-                channel_stride,
-                1.0,
-                1.0,
-                false,
-                false,
-                false,
                 parallelism,
             )
         }
@@ -229,26 +216,13 @@ unsafe fn weight_gradient_rows(x: &MemRef<f32, 4>, grad: &MemRef<f32, 4>, window
         use rayon::prelude::*;
         blocks.par_chunks_mut(m * c).zip(&positions).for_each(|(block, &(_, _, shift))| {
             for (item, grad_t) in transposed.chunks(q * m).enumerate() {
-                gemm::gemm(
-                    m,
-                    c,
-                    q,
-                    block.as_mut_ptr(),
-                    m as isize,
-                    1,
-                    item > 0,
-                    grad_t.as_ptr(),
-                    m as isize,
-                    1,
+                product(
+                    [m, c, q],
+                    Matrix::new(block.as_ptr(), 1, m as isize),
+                    Matrix::new(grad_t.as_ptr(), 1, m as isize),
                     // The shifted input's transpose [Q, C]: element (q, c) at q + c·channel stride.
-                    (x_base as *const f32).offset(item as isize * x_strides[0] + shift),
-                    x_strides[1],
-                    1,
-                    1.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
+                    Matrix::new((x_base as *const f32).offset(item as isize * x_strides[0] + shift), 1, x_strides[1]),
+                    item > 0,
                     gemm::Parallelism::None,
                 );
             }

@@ -9,7 +9,7 @@
 //! channels (a tile's point is one vector load) and the products have the channels as their
 //! long side (the GEMM's widest kernel).
 
-use super::kernels::{device_gemm, Lhs};
+use super::kernels::{device_gemm, product, Lhs, Matrix};
 use super::window_products;
 use super::MemRef;
 
@@ -451,34 +451,22 @@ unsafe fn convolve(u: &[f32], m: usize, x: &MemRef<f32, 4>) -> MemRef<f32, 4> {
         let count = block.min(tiles - first);
         inputs(&tiling, first, count, v.as_mut_ptr(), block);
         let (v, products_base) = (v.as_ptr() as usize, products.as_mut_ptr() as usize);
-        let product = |point: usize| {
-            gemm::gemm(
-                m,
-                count,
-                c,
-                (products_base as *mut f32).add(point * m * block),
-                m as isize,
-                1,
-                false,
-                (u as *const f32).add(point * c * m),
-                m as isize,
-                1,
-                (v as *const f32).add(point * c * block),
-                c as isize,
-                1,
-                0.0,
-                1.0,
-                false,
-                false,
+        // Per point: products [block, M] (M contiguous) = U [C, M]ᵀ·V [block, C]ᵀ, as M×count.
+        let point_product = |point: usize| {
+            product(
+                [m, count, c],
+                Matrix::new((products_base as *const f32).add(point * m * block), 1, m as isize),
+                Matrix::new((u as *const f32).add(point * c * m), 1, m as isize),
+                Matrix::new((v as *const f32).add(point * c * block), 1, c as isize),
                 false,
                 gemm::Parallelism::None,
             )
         };
         use rayon::prelude::*;
         if products_in_parallel {
-            (0..POINTS).into_par_iter().for_each(product);
+            (0..POINTS).into_par_iter().for_each(point_product);
         } else {
-            (0..POINTS).for_each(product);
+            (0..POINTS).for_each(point_product);
         }
         outputs(&tiling, first, count, products, block);
     };
@@ -631,25 +619,13 @@ pub(super) unsafe fn weight_gradient(x: &MemRef<f32, 4>, grad: &MemRef<f32, 4>, 
     });
     v.set_len(POINTS * tiles * c);
     e.set_len(POINTS * tiles * m);
+    // Per point: P [M, C] = E [tiles, M]ᵀ·V [tiles, C].
     (0..POINTS).into_par_iter().for_each(|point| {
-        gemm::gemm(
-            m,
-            c,
-            tiles,
-            (p_base as *mut f32).add(point * m * c),
-            1,
-            c as isize,
-            false,
-            (e_base as *const f32).add(point * tiles * m),
-            m as isize,
-            1,
-            (v_base as *const f32).add(point * tiles * c),
-            1,
-            c as isize,
-            0.0,
-            1.0,
-            false,
-            false,
+        product(
+            [m, c, tiles],
+            Matrix::new((p_base as *const f32).add(point * m * c), c as isize, 1),
+            Matrix::new((e_base as *const f32).add(point * tiles * m), 1, m as isize),
+            Matrix::new((v_base as *const f32).add(point * tiles * c), c as isize, 1),
             false,
             gemm::Parallelism::None,
         )
