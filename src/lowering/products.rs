@@ -97,15 +97,27 @@ impl<'c, 'b> Emitter<'c, 'b> {
         Ok(Some(self.extract_slice(grid, &[0, 0, 0, 0], sizes)?))
     }
 
-    /// A 3×3 stride-1 convolution of the padded `x` [N, C, Hp, Wp] by Winograd's F(4×4, 3×3)
-    /// into `ty` [N, M, Hp − 2, Wp − 2], with the filters transformed at load time ([36, C, M],
-    /// `transformed`) or the kernel [M, C, 3, 3]; `None` where the target has no such product.
-    pub fn winograd_conv_product(&self, filters: Value<'c, 'b>, transformed: bool, x: Value<'c, 'b>, ty: Type<'c>) -> Result<Option<Value<'c, 'b>>, LoweringError> {
-        if self.products != Products::HostGemm {
-            return Ok(None);
-        }
+    /// Whether the target has Winograd's products ([`Emitter::winograd_conv_product`]): the
+    /// host's, the CPU.
+    pub fn has_winograd_products(&self) -> bool {
+        self.products == Products::HostGemm
+    }
+
+    /// A 3×3 stride-1 convolution by Winograd's F(4×4, 3×3) of `x` [N, C, H, W] with `padding`
+    /// [top, left, bottom, right] zeros around it (written by the runtime) into `ty`
+    /// [N, M, Hp − 2, Wp − 2], with the filters transformed at load time ([36, C, M],
+    /// `transformed`) or the kernel [M, C, 3, 3]; only where [`Self::has_winograd_products`].
+    pub fn winograd_conv_product(
+        &self,
+        filters: Value<'c, 'b>,
+        transformed: bool,
+        x: Value<'c, 'b>,
+        padding: [i64; 4],
+        ty: Type<'c>,
+    ) -> Result<Value<'c, 'b>, LoweringError> {
         let function = if transformed { RuntimeFunction::ConvWinograd } else { RuntimeFunction::ConvWinogradFilters };
-        Ok(Some(self.call_runtime(function, &[filters, x], &[ty])?[0]))
+        let padding = self.index_tensor(&padding.map(Size::Static))?;
+        Ok(self.call_runtime(function, &[filters, x, padding], &[ty])?[0])
     }
 
     /// The weight gradient `ty` [M, C, kh, kw] of a stride-1 convolution of the padded `x`

@@ -121,19 +121,8 @@ fn im2col_matmul<'c, 'b>(
     let [n, _, ho, wo] = *sizes;
     let output_type = cx.ranked_tensor(&sizes.map(|size| size.static_value()), cx.element_of(x)?);
     let (matrix, packed) = match weight {
-        Weight::Winograd(filters) => {
-            let y = cx.winograd_conv_product(filters, true, x, output_type)?;
-            let y = y.ok_or_else(|| LoweringError::Build("Winograd's filters on a target without Winograd products".into()))?;
-            return epilogue.apply(cx, y, sizes);
-        }
-        Weight::Kernel(kernel) => {
-            if window.winograd() {
-                if let Some(y) = cx.winograd_conv_product(kernel, false, x, output_type)? {
-                    return epilogue.apply(cx, y, sizes);
-                }
-            }
-            (cx.collapse_shape(kernel, &[&[0], &[1, 2, 3]])?, false)
-        }
+        Weight::Winograd(_) => return Err(LoweringError::Build("Winograd's filters reached the im2col products".into())),
+        Weight::Kernel(kernel) => (cx.collapse_shape(kernel, &[&[0], &[1, 2, 3]])?, false),
         Weight::Packed(matrix) => (matrix, true),
     };
     let windows = match window.stride {
@@ -189,8 +178,9 @@ struct Window {
 }
 
 /// Convolution of `x` [N, C, H, W] with `weight` [O, C / groups, kh, kw] (groups split along
-/// the channel axes in order), then the `epilogue`. `tensor.pad` provides the zero padding; a
-/// grouped convolution accumulates into the bias (or zeros).
+/// the channel axes in order), then the `epilogue`. `tensor.pad` provides the zero padding
+/// (Winograd's products pad their input themselves); a grouped convolution accumulates into the
+/// bias (or zeros).
 fn convolution<'c, 'b>(
     cx: &Emitter<'c, 'b>,
     x: Value<'c, 'b>,
@@ -198,6 +188,9 @@ fn convolution<'c, 'b>(
     epilogue: Epilogue<'c, 'b>,
     window: &Window,
 ) -> Result<Value<'c, 'b>, LoweringError> {
+    if let Some(y) = winograd_convolution(cx, x, weight, epilogue, window)? {
+        return Ok(y);
+    }
     let x = window.padded(cx, x)?;
     let [n, c, h, w] = [0, 1, 2, 3].map(|axis| cx.size(x, axis));
     let (n, c, h, w) = (n?, c?, h?, w?);
@@ -243,6 +236,32 @@ fn convolution<'c, 'b>(
     )?;
     let y = cx.collapse_shape(grouped, &channel_groups)?;
     Epilogue { bias: None, ..epilogue }.apply(cx, y, &sizes)
+}
+
+/// A 3×3 stride-1 convolution by Winograd's F(4×4, 3×3), where the target has its products,
+/// then the `epilogue`; `None` for any other convolution. The runtime writes the window's zeros
+/// while it lays the input out channels-last, so `x` goes to it unpadded: no padded copy of
+/// the input is made.
+fn winograd_convolution<'c, 'b>(
+    cx: &Emitter<'c, 'b>,
+    x: Value<'c, 'b>,
+    weight: Weight<'c, 'b>,
+    epilogue: Epilogue<'c, 'b>,
+    window: &Window,
+) -> Result<Option<Value<'c, 'b>>, LoweringError> {
+    let (filters, transformed, out) = match weight {
+        Weight::Winograd(_) if !cx.has_winograd_products() => {
+            return Err(LoweringError::Build("Winograd's filters on a target without Winograd products".into()));
+        }
+        Weight::Winograd(filters) => (filters, true, cx.size(filters, 2)?),
+        Weight::Kernel(kernel) if window.winograd() && cx.has_winograd_products() => (kernel, false, cx.size(kernel, 0)?),
+        _ => return Ok(None),
+    };
+    let ([low_h, low_w], [high_h, high_w]) = (window.low, window.high);
+    let sizes = [cx.size(x, 0)?, out, cx.size_add(cx.size(x, 2)?, low_h + high_h - 2)?, cx.size_add(cx.size(x, 3)?, low_w + high_w - 2)?];
+    let output_type = cx.ranked_tensor(&sizes.map(|size| size.static_value()), cx.element_of(x)?);
+    let y = cx.winograd_conv_product(filters, transformed, x, [low_h, low_w, high_h, high_w], output_type)?;
+    Ok(Some(epilogue.apply(cx, y, &sizes)?))
 }
 
 impl Operator for Conv2d {

@@ -159,13 +159,19 @@ struct Place {
     output_extent: [usize; 2],
 }
 
-/// The input `x` [N, C, Hp, Wp] (any strides) channels-last, [N, Hp, Wp, C]: a tile's 36 points
-/// then hold each channel group in one vector. Rows are split among the threads.
+/// Zeros around each image of a convolution's input: rows above and columns left of it, rows
+/// below and columns right of it.
+pub(super) type Padding = [usize; 4];
+
+/// The input `x` [N, C, H, W] (any strides) with `padding`'s zeros around it, channels-last:
+/// [N, Hp, Wp, C]. A tile's 36 points then hold each channel group in one vector, and the
+/// convolution needs no padded copy of its input in NCHW. Rows are split among the threads.
 ///
 /// # Safety
 /// `x` describes a live buffer.
-unsafe fn channels_last(x: &MemRef<f32, 4>) -> Vec<f32> {
-    let [n, c, hp, wp] = x.shape();
+unsafe fn channels_last(x: &MemRef<f32, 4>, [top, left, bottom, right]: Padding) -> Vec<f32> {
+    let [n, c, h, w] = x.shape();
+    let (hp, wp) = (h + top + bottom, w + left + right);
     let strides = x.strides.map(|s| s as isize);
     let source = x.aligned.wrapping_offset(x.offset as isize) as usize;
     let mut transposed = Vec::with_capacity(n * hp * wp * c);
@@ -173,12 +179,39 @@ unsafe fn channels_last(x: &MemRef<f32, 4>) -> Vec<f32> {
     use rayon::prelude::*;
     // SAFETY: each row's task writes its own [Wp, C] elements; both buffers outlive the tasks.
     (0..n * hp).into_par_iter().for_each(|row| unsafe {
-        let line = (source as *const f32).offset((row / hp) as isize * strides[0] + (row % hp) as isize * strides[2]);
-        transposed_row(line, [strides[1], strides[3]], [c, wp], (target as *mut f32).add(row * wp * c))
+        let (image, y, out) = (row / hp, row % hp, (target as *mut f32).add(row * wp * c));
+        if y < top || y >= top + h {
+            std::ptr::write_bytes(out, 0, wp * c);
+            return;
+        }
+        std::ptr::write_bytes(out, 0, left * c);
+        std::ptr::write_bytes(out.add((left + w) * c), 0, right * c);
+        let line = (source as *const f32).offset(image as isize * strides[0] + (y - top) as isize * strides[2]);
+        transposed_row(line, [strides[1], strides[3]], [c, w], out.add(left * c))
     });
     // SAFETY: the tasks wrote every element.
     transposed.set_len(n * hp * wp * c);
     transposed
+}
+
+/// `x` [N, C, H, W] with `padding`'s zeros around each image: [N, C, Hp, Wp], for the window
+/// products, which read a padded input.
+///
+/// # Safety
+/// `x` describes a live buffer.
+unsafe fn padded(x: &MemRef<f32, 4>, [top, left, bottom, right]: Padding) -> MemRef<f32, 4> {
+    let [n, c, h, w] = x.shape();
+    let (hp, wp) = (h + top + bottom, w + left + right);
+    let mut y = MemRef::<f32, 4>::allocate([n, c, hp, wp]);
+    let (source, out) = (x.elements(), y.as_mut_slice());
+    out.fill(0.0);
+    for (plane, rows) in source.chunks_exact((h * w).max(1)).take(n * c).enumerate() {
+        for (row, values) in rows.chunks_exact(w.max(1)).take(h).enumerate() {
+            let start = (plane * hp + top + row) * wp + left;
+            out[start..start + w].copy_from_slice(&values[..w]);
+        }
+    }
+    y
 }
 
 /// The row `line` of `c` channels and `wp` columns (`steps` apart) written channels-last at
@@ -419,16 +452,16 @@ for_this_cpu!(
     unsafe fn outputs(tiling: &Tiling, first: usize, count: usize, products: &[f32], block: usize) = transform_outputs
 );
 
-/// The convolution of the padded input `x` [N, C, Hp, Wp] (any strides) with the transformed
-/// filters `u` [36, C, M]: [N, M, Hp − 2, Wp − 2].
+/// The convolution of the input `x` [N, C, H, W] (any strides) with `padding`'s zeros around
+/// it by the transformed filters `u` [36, C, M]: [N, M, Hp − 2, Wp − 2].
 ///
 /// # Safety
 /// `x` describes a live buffer; `u` holds 36·C·M elements.
-unsafe fn convolve(u: &[f32], m: usize, x: &MemRef<f32, 4>) -> MemRef<f32, 4> {
-    let [n, c, hp, wp] = x.shape();
+unsafe fn convolve(u: &[f32], m: usize, x: &MemRef<f32, 4>, padding: Padding) -> MemRef<f32, 4> {
+    let [n, c, hp, wp] = padded_shape(x, padding);
     let (ho, wo) = (hp - 2, wp - 2);
     let y = MemRef::<f32, 4>::allocate([n, m, ho, wo]);
-    let x = channels_last(x);
+    let x = channels_last(x, padding);
     let tiling = Tiling {
         x: x.as_ptr() as usize,
         input: [n, hp, wp, c],
@@ -602,7 +635,7 @@ pub(super) fn pays_for_weight_gradient(n: usize, [ho, wo]: [usize; 2]) -> bool {
 /// The descriptors describe live buffers of those shapes.
 pub(super) unsafe fn weight_gradient(x: &MemRef<f32, 4>, grad: &MemRef<f32, 4>, [ho, wo]: [usize; 2]) -> MemRef<f32, 4> {
     let ([n, c, hp, wp], [_, m, _, wg]) = (x.shape(), grad.shape());
-    let (x, gradient) = (channels_last(x), channels_last(grad));
+    let (x, gradient) = (channels_last(x, [0; 4]), channels_last(grad, [0; 4]));
     let tiling = Tiling { x: x.as_ptr() as usize, input: [n, hp, wp, c], y: 0, output: [n, m, ho, wo], tiles: [ho.div_ceil(4), wo.div_ceil(4)] };
     let tiles = n * tiling.tiles[0] * tiling.tiles[1];
     // Every element of `v`, `e`, `p` and `dw` is written below.
@@ -637,36 +670,62 @@ pub(super) unsafe fn weight_gradient(x: &MemRef<f32, 4>, grad: &MemRef<f32, 4>, 
     dw
 }
 
-/// Checks the shapes of a Winograd convolution; false (the error recorded) when they do not
-/// fit or the products must run on a device.
+/// `x`'s shape [N, C, H, W] with `padding`'s zeros around each image.
+fn padded_shape(x: &MemRef<f32, 4>, [top, left, bottom, right]: Padding) -> [usize; 4] {
+    let [n, c, h, w] = x.shape();
+    [n, c, h + top + bottom, w + left + right]
+}
+
+/// The padding `[top, left, bottom, right]` a convolution's entry point was given; `None` (the
+/// error recorded) when it is not four sizes.
+unsafe fn padding_of(name: &str, padding: &MemRef<i64, 1>) -> Option<Padding> {
+    let values = padding.elements();
+    match <[i64; 4]>::try_from(&values[..]) {
+        Ok(sizes) if sizes.iter().all(|&size| size >= 0) => Some(sizes.map(|size| size as usize)),
+        _ => {
+            super::set_error(format!("{name}: padding {:?} is not four sizes [top, left, bottom, right]", &values[..]));
+            None
+        }
+    }
+}
+
+/// Checks the shapes of a Winograd convolution of the padded input `[n, c, hp, wp]`; false
+/// (the error recorded) when they do not fit or the products must run on a device.
 fn fits(name: &str, [n, c, hp, wp]: [usize; 4], filters_c: usize) -> bool {
     if device_gemm().is_some() {
         super::set_error(format!("{name}: not available on a GPU (the CUDA target uses im2col products)"));
         return false;
     }
     if c != filters_c || hp < 3 || wp < 3 {
-        super::set_error(format!("{name}: filters for {filters_c} channels against the input [{n}, {c}, {hp}, {wp}]"));
+        super::set_error(format!("{name}: filters for {filters_c} channels against the padded input [{n}, {c}, {hp}, {wp}]"));
         return false;
     }
     true
 }
 
-/// A 3×3 stride-1 convolution of the padded input `x` [N, C, Hp, Wp] with the filters
-/// transformed when the weights loaded, `u` [36, C, M] ([`transform_filters`]): the result
-/// [N, M, Hp − 2, Wp − 2].
+/// A 3×3 stride-1 convolution of the input `x` [N, C, H, W] with `padding` [top, left, bottom,
+/// right] zeros around it, by the filters transformed when the weights loaded, `u` [36, C, M]
+/// ([`transform_filters`]): the result [N, M, Hp − 2, Wp − 2]. The zeros are written while the
+/// input is laid out channels-last, so the caller pads nothing.
 ///
 /// # Safety
 /// The descriptors must describe live buffers; `out` receives a new one.
 #[no_mangle]
-pub unsafe extern "C" fn _mlir_ciface_mrc_conv_winograd(out: *mut MemRef<f32, 4>, u: *const MemRef<f32, 3>, x: *const MemRef<f32, 4>) {
-    let (u, x) = (&*u, &*x);
+pub unsafe extern "C" fn _mlir_ciface_mrc_conv_winograd(
+    out: *mut MemRef<f32, 4>,
+    u: *const MemRef<f32, 3>,
+    x: *const MemRef<f32, 4>,
+    padding: *const MemRef<i64, 1>,
+) {
+    let (u, x, name) = (&*u, &*x, "mrc_conv_winograd");
     let [points, c, m] = u.shape();
-    let [n, _, hp, wp] = x.shape();
-    if points != POINTS || !fits("mrc_conv_winograd", x.shape(), c) {
+    let padding = padding_of(name, &*padding);
+    let shape @ [n, _, hp, wp] = padded_shape(x, padding.unwrap_or_default());
+    let Some(padding) = padding.filter(|_| points == POINTS && fits(name, shape, c)) else {
         *out = MemRef::allocate([n, m, hp.saturating_sub(2), wp.saturating_sub(2)]);
         return;
-    }
-    *out = convolve(&u.elements(), m, x);
+    };
+    *out = convolve(&u.elements(), m, x, padding);
 }
 
 /// [`_mlir_ciface_mrc_conv_winograd`] with the filters as they are, `w` [M, C, 3, 3],
@@ -675,22 +734,30 @@ pub unsafe extern "C" fn _mlir_ciface_mrc_conv_winograd(out: *mut MemRef<f32, 4>
 /// # Safety
 /// The descriptors must describe live buffers; `out` receives a new one.
 #[no_mangle]
-pub unsafe extern "C" fn _mlir_ciface_mrc_conv_winograd_filters(out: *mut MemRef<f32, 4>, w: *const MemRef<f32, 4>, x: *const MemRef<f32, 4>) {
-    let (w, x) = (&*w, &*x);
+pub unsafe extern "C" fn _mlir_ciface_mrc_conv_winograd_filters(
+    out: *mut MemRef<f32, 4>,
+    w: *const MemRef<f32, 4>,
+    x: *const MemRef<f32, 4>,
+    padding: *const MemRef<i64, 1>,
+) {
+    let (w, x, name) = (&*w, &*x, "mrc_conv_winograd_filters");
     let [m, c, kh, kw] = w.shape();
-    let [n, _, hp, wp] = x.shape();
-    if [kh, kw] != [3, 3] || !fits("mrc_conv_winograd_filters", x.shape(), c) {
+    let padding = padding_of(name, &*padding);
+    let shape @ [n, _, hp, wp] = padded_shape(x, padding.unwrap_or_default());
+    let Some(padding) = padding.filter(|_| [kh, kw] == [3, 3] && fits(name, shape, c)) else {
         *out = MemRef::allocate([n, m, hp.saturating_sub(2), wp.saturating_sub(2)]);
         return;
-    }
+    };
     let w = w.elements();
     // Transforming the filters costs about what 30 tiles save (per channel pair: ~20 ns
     // against 108 multiply-adds per tile); below twice that, the window products.
     if n * (hp - 2).div_ceil(4) * (wp - 2).div_ceil(4) < MIN_TILES_PER_FILTER_TRANSFORM {
-        *out = window_products::convolve_3x3(Lhs::of_matrix(&MemRef::borrowed(&w, [m, c * 9])), x);
+        let x = padded(x, padding);
+        *out = window_products::convolve_3x3(Lhs::of_matrix(&MemRef::borrowed(&w, [m, c * 9])), &x);
+        x.free();
         return;
     }
-    *out = convolve(&transform_filters(&w, m, c), m, x);
+    *out = convolve(&transform_filters(&w, m, c), m, x, padding);
 }
 
 #[cfg(test)]
@@ -748,36 +815,71 @@ mod tests {
         }
     }
 
-    /// Both entry points equal the direct convolution within ‖y − y_ref‖₂ ≤ 1e-4·‖y_ref‖₂, on
-    /// sizes with partial tiles at both edges and several blocks, a view with strided rows, and
-    /// one of R50-FPN's shapes (256 channels in and out).
+    /// `x` [N, C, H, W] with `padding` [top, left, bottom, right] zeros around each image.
+    pub(super) fn pad(x: &[f32], [n, c, h, w]: [usize; 4], [top, left, bottom, right]: [usize; 4]) -> Vec<f32> {
+        let (hp, wp) = (h + top + bottom, w + left + right);
+        let mut out = vec![0.0; n * c * hp * wp];
+        for (row, values) in x.chunks(w).enumerate() {
+            let (plane, y) = (row / h, row % h);
+            let start = (plane * hp + top + y) * wp + left;
+            out[start..start + w].copy_from_slice(values);
+        }
+        out
+    }
+
+    /// Both entry points equal the direct convolution of the padded input within
+    /// ‖y − y_ref‖₂ ≤ 1e-4·‖y_ref‖₂, on sizes with partial tiles at both edges and several
+    /// blocks, no padding, even and uneven padding, a view with strided rows, and one of
+    /// R50-FPN's shapes (256 channels in and out).
     #[test]
     fn winograd_equals_the_direct_convolution() {
-        for (n, c, hp, wp, m) in [(2, 3, 9, 11, 5), (1, 8, 6, 6, 2), (3, 16, 23, 30, 7), (1, 256, 34, 27, 256)] {
-            let x = values(n * c * hp * wp, 1);
-            let w = values(m * c * 9, 2);
-            let (expected, [ho, wo]) = direct(&x, [n, c, hp, wp], &w, [m, 3, 3], [1, 1]);
-            let x_ref = MemRef::<f32, 4>::owned(&x, [n, c, hp, wp]);
-            let u = transform_filters(&w, m, c);
+        let cases = [
+            ([2, 3, 9, 11], 5, [0, 0, 0, 0]),
+            ([1, 8, 4, 4], 2, [1, 1, 1, 1]),
+            ([3, 16, 21, 29], 7, [2, 0, 0, 1]),
+            ([1, 256, 32, 25], 256, [1, 1, 1, 1]),
+        ];
+        for ([n, c, h, w], m, padding) in cases {
+            let x = values(n * c * h * w, 1);
+            let w_values = values(m * c * 9, 2);
+            let [hp, wp] = [h + padding[0] + padding[2], w + padding[1] + padding[3]];
+            let (expected, [ho, wo]) = direct(&pad(&x, [n, c, h, w], padding), [n, c, hp, wp], &w_values, [m, 3, 3], [1, 1]);
+            let x_ref = MemRef::<f32, 4>::owned(&x, [n, c, h, w]);
+            let padding_ref = MemRef::<i64, 1>::owned(&padding.map(|size| size as i64), [4]);
+            let u = transform_filters(&w_values, m, c);
             let u_ref = MemRef::<f32, 3>::owned(&u, [POINTS, c, m]);
             let mut y = MemRef::<f32, 4>::allocate([0, 0, 0, 0]);
-            unsafe { _mlir_ciface_mrc_conv_winograd(&mut y, &u_ref, &x_ref) };
+            unsafe { _mlir_ciface_mrc_conv_winograd(&mut y, &u_ref, &x_ref, &padding_ref) };
             assert_eq!(y.shape(), [n, m, ho, wo]);
             let error = relative_error(&unsafe { y.elements() }, &expected);
-            assert!(error <= 1e-4, "[{n}, {c}, {hp}, {wp}] → {m}: relative error {error:e}");
+            assert!(error <= 1e-4, "[{n}, {c}, {h}, {w}] padded by {padding:?} → {m}: relative error {error:e}");
 
             // The filters as they are, and the input as a view whose rows are 2 elements longer.
-            let wide: Vec<f32> = x.chunks(wp).flat_map(|row| row.iter().copied().chain([f32::NAN; 2])).collect();
-            let mut view = MemRef::<f32, 4>::borrowed(&wide, [n, c, hp, wp + 2]);
-            view.sizes[3] = wp as i64;
-            let w_ref = MemRef::<f32, 4>::owned(&w, [m, c, 3, 3]);
+            let wide: Vec<f32> = x.chunks(w).flat_map(|row| row.iter().copied().chain([f32::NAN; 2])).collect();
+            let mut view = MemRef::<f32, 4>::borrowed(&wide, [n, c, h, w + 2]);
+            view.sizes[3] = w as i64;
+            let w_ref = MemRef::<f32, 4>::owned(&w_values, [m, c, 3, 3]);
             let mut y_filters = MemRef::<f32, 4>::allocate([0, 0, 0, 0]);
-            unsafe { _mlir_ciface_mrc_conv_winograd_filters(&mut y_filters, &w_ref, &view) };
+            unsafe { _mlir_ciface_mrc_conv_winograd_filters(&mut y_filters, &w_ref, &view, &padding_ref) };
             assert_eq!(y_filters.shape(), [n, m, ho, wo]);
             // Few tiles take the window products (exact on these values' sums up to rounding).
             let error = relative_error(&unsafe { y_filters.elements() }, &expected);
-            assert!(error <= 1e-4, "filters as they are, [{n}, {c}, {hp}, {wp}] → {m}: relative error {error:e}");
+            assert!(error <= 1e-4, "filters as they are, [{n}, {c}, {h}, {w}] padded by {padding:?} → {m}: relative error {error:e}");
         }
+    }
+
+    /// A padding that is not four sizes is an error, not a read past its end.
+    #[test]
+    fn a_padding_of_three_sizes_is_refused() {
+        let x = values(2 * 6 * 6, 1);
+        let u = transform_filters(&values(2 * 2 * 9, 2), 2, 2);
+        let mut y = MemRef::<f32, 4>::allocate([0, 0, 0, 0]);
+        let padding = MemRef::<i64, 1>::owned(&[1, 1, 1], [3]);
+        unsafe {
+            _mlir_ciface_mrc_conv_winograd(&mut y, &MemRef::owned(&u, [POINTS, 2, 2]), &MemRef::owned(&x, [1, 2, 6, 6]), &padding)
+        };
+        let error = super::super::take_error().expect("an error recorded");
+        assert!(error.contains("mrc_conv_winograd: padding [1, 1, 1]"), "{error}");
     }
 }
 
@@ -787,7 +889,7 @@ mod tests {
 #[cfg(test)]
 mod r50_layers {
     use super::super::window_products::_mlir_ciface_mrc_conv_windows;
-    use super::tests::{relative_error, values};
+    use super::tests::{pad, relative_error, values};
     use super::*;
 
     #[test]
@@ -795,17 +897,18 @@ mod r50_layers {
         // (images, channels in = out, height, width): layer1..layer4's 3×3 convolutions, the
         // FPN's and the RPN's on P2 (the largest level), the mask head's on 100 RoIs.
         for (n, c, h, w) in [(1, 64, 200, 272), (1, 128, 100, 136), (1, 256, 50, 68), (1, 512, 25, 34), (1, 256, 200, 272), (100, 256, 14, 14)] {
-            let x = values(n * c * (h + 2) * (w + 2), 3);
+            let x = values(n * c * h * w, 3);
             // He-initialized filters, as trained ones are scaled.
             let scale = (2.0 / (c * 9) as f32).sqrt();
             let weights: Vec<f32> = values(c * c * 9, 4).iter().map(|v| v * scale).collect();
-            let x_ref = MemRef::<f32, 4>::owned(&x, [n, c, h + 2, w + 2]);
             let u = transform_filters(&weights, c, c);
             let mut y = MemRef::<f32, 4>::allocate([0, 0, 0, 0]);
-            unsafe { _mlir_ciface_mrc_conv_winograd(&mut y, &MemRef::owned(&u, [POINTS, c, c]), &x_ref) };
+            let (x_ref, padding) = (MemRef::<f32, 4>::owned(&x, [n, c, h, w]), MemRef::<i64, 1>::owned(&[1; 4], [4]));
+            unsafe { _mlir_ciface_mrc_conv_winograd(&mut y, &MemRef::owned(&u, [POINTS, c, c]), &x_ref, &padding) };
             let mut reference = MemRef::<f32, 4>::allocate([0, 0, 0, 0]);
             let window = MemRef::<i64, 1>::owned(&[3, 3, 1, 1], [4]);
-            unsafe { _mlir_ciface_mrc_conv_windows(&mut reference, &MemRef::owned(&weights, [c, c * 9]), &x_ref, &window) };
+            let padded = MemRef::<f32, 4>::owned(&pad(&x, [n, c, h, w], [1; 4]), [n, c, h + 2, w + 2]);
+            unsafe { _mlir_ciface_mrc_conv_windows(&mut reference, &MemRef::owned(&weights, [c, c * 9]), &padded, &window) };
             // The reference lies on the padded width: its first w columns of each row.
             let grid = unsafe { reference.elements() }.into_owned();
             let expected: Vec<f32> = grid.chunks(w + 2).flat_map(|row| row[..w].to_vec()).collect();
