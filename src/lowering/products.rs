@@ -104,20 +104,36 @@ impl<'c, 'b> Emitter<'c, 'b> {
     }
 
     /// A 3×3 stride-1 convolution by Winograd's F(4×4, 3×3) of `x` [N, C, H, W] with `padding`
-    /// [top, left, bottom, right] zeros around it (written by the runtime) into `ty`
-    /// [N, M, Hp − 2, Wp − 2], with the filters transformed at load time ([36, C, M],
-    /// `transformed`) or the kernel [M, C, 3, 3]; only where [`Self::has_winograd_products`].
+    /// [top, left, bottom, right] zeros around it into `ty` [N, M, Hp − 2, Wp − 2], with the
+    /// filters transformed at load time ([36, C, M], `transformed`) or the kernel
+    /// [M, C, 3, 3], plus `bias` [M] and `residual` (of `ty`'s shape), then a ReLU if `relu`;
+    /// only where [`Self::has_winograd_products`]. The runtime writes the zeros and the sums
+    /// itself, so neither a padded input nor a pass over the output is generated.
+    #[allow(clippy::too_many_arguments)]
     pub fn winograd_conv_product(
         &self,
         filters: Value<'c, 'b>,
         transformed: bool,
         x: Value<'c, 'b>,
         padding: [i64; 4],
+        bias: Option<Value<'c, 'b>>,
+        residual: Option<Value<'c, 'b>>,
+        relu: bool,
         ty: Type<'c>,
     ) -> Result<Value<'c, 'b>, LoweringError> {
         let function = if transformed { RuntimeFunction::ConvWinograd } else { RuntimeFunction::ConvWinogradFilters };
-        let padding = self.index_tensor(&padding.map(Size::Static))?;
-        Ok(self.call_runtime(function, &[filters, x, padding], &[ty])?[0])
+        let [top, left, bottom, right] = padding;
+        let settings = self.index_tensor(&[top, left, bottom, right, relu as i64].map(Size::Static))?;
+        let element = self.element_of(x)?;
+        let bias = match bias {
+            Some(bias) => bias,
+            None => self.empty(&[Size::Static(0)], element)?,
+        };
+        let residual = match residual {
+            Some(residual) => residual,
+            None => self.empty(&[Size::Static(0); 4], element)?,
+        };
+        Ok(self.call_runtime(function, &[filters, x, settings, bias, residual], &[ty])?[0])
     }
 
     /// The weight gradient `ty` [M, C, kh, kw] of a stride-1 convolution of the padded `x`

@@ -239,9 +239,9 @@ fn convolution<'c, 'b>(
 }
 
 /// A 3×3 stride-1 convolution by Winograd's F(4×4, 3×3), where the target has its products,
-/// then the `epilogue`; `None` for any other convolution. The runtime writes the window's zeros
-/// while it lays the input out channels-last, so `x` goes to it unpadded: no padded copy of
-/// the input is made.
+/// with its `epilogue`; `None` for any other convolution. The runtime writes the window's zeros
+/// while it lays the input out channels-last, and the epilogue's sums while it transforms the
+/// output, so `x` goes to it unpadded and nothing reads its output again.
 fn winograd_convolution<'c, 'b>(
     cx: &Emitter<'c, 'b>,
     x: Value<'c, 'b>,
@@ -260,8 +260,9 @@ fn winograd_convolution<'c, 'b>(
     let ([low_h, low_w], [high_h, high_w]) = (window.low, window.high);
     let sizes = [cx.size(x, 0)?, out, cx.size_add(cx.size(x, 2)?, low_h + high_h - 2)?, cx.size_add(cx.size(x, 3)?, low_w + high_w - 2)?];
     let output_type = cx.ranked_tensor(&sizes.map(|size| size.static_value()), cx.element_of(x)?);
-    let y = cx.winograd_conv_product(filters, transformed, x, [low_h, low_w, high_h, high_w], output_type)?;
-    Ok(Some(epilogue.apply(cx, y, &sizes)?))
+    let padding = [low_h, low_w, high_h, high_w];
+    let Epilogue { bias, residual, relu } = epilogue;
+    Ok(Some(cx.winograd_conv_product(filters, transformed, x, padding, bias, residual, relu, output_type)?))
 }
 
 impl Operator for Conv2d {

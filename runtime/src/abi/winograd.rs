@@ -124,7 +124,8 @@ fn output_1d([m0, m1, m2, m3, m4, m5]: [f32; 6]) -> [f32; 4] {
 }
 
 /// Where a block's tiles are: the padded input channels-last `[N, Hp, Wp, C]` (contiguous), the
-/// output `[N, M, Ho, Wo]` (contiguous), and the tiles per column and row of an image.
+/// output `[N, M, Ho, Wo]` (contiguous), and the tiles per column and row of an image; what
+/// the output transform adds to each output.
 #[derive(Clone, Copy)]
 struct Tiling {
     x: usize,
@@ -132,6 +133,53 @@ struct Tiling {
     y: usize,
     output: [usize; 4],
     tiles: [usize; 2],
+    epilogue: Epilogue,
+}
+
+/// What a convolution adds to its output before anyone reads it, written by the output
+/// transform instead of by a pass of generated code over the output: a bias per output channel
+/// (`bias`, 0 for none), a residual laid out as the output (`residual`, contiguous
+/// [N, M, Ho, Wo], 0 for none), then a ReLU.
+#[derive(Clone, Copy, Default)]
+struct Epilogue {
+    bias: usize,
+    residual: usize,
+    relu: bool,
+}
+
+impl Epilogue {
+    /// The output `value` of channel `channel` at `offset` in the output, completed.
+    ///
+    /// # Safety
+    /// The bias holds the channel and the residual the offset, where given.
+    #[inline(always)]
+    unsafe fn complete(&self, value: f32, channel: usize, offset: usize) -> f32 {
+        let mut sum = value;
+        if self.bias != 0 {
+            sum += *(self.bias as *const f32).add(channel);
+        }
+        if self.residual != 0 {
+            sum += *(self.residual as *const f32).add(offset);
+        }
+        if self.relu {
+            sum = sum.max(0.0);
+        }
+        sum
+    }
+
+    /// Completes every output of `y` [N, M, Ho, Wo] (contiguous) in place.
+    ///
+    /// # Safety
+    /// As [`Epilogue::complete`] for every output.
+    unsafe fn complete_all(&self, y: &mut MemRef<f32, 4>) {
+        let [_, m, ho, wo] = y.shape();
+        if self.bias == 0 && self.residual == 0 && !self.relu {
+            return;
+        }
+        for (offset, value) in y.as_mut_slice().iter_mut().enumerate() {
+            *value = self.complete(*value, offset / (ho * wo) % m, offset);
+        }
+    }
 }
 
 impl Tiling {
@@ -358,11 +406,12 @@ unsafe fn transform_outputs(tiling: &Tiling, first: usize, count: usize, product
     for tile in 0..count {
         let place = tiling.place(first + tile);
         for channels in (0..m).step_by(LANES) {
-            let (at, corner) = (products.add(tile * m + channels), y.add(place.output + channels * ho * wo));
+            let (at, offset) = (products.add(tile * m + channels), place.output + channels * ho * wo);
+            let completion = (&tiling.epilogue, channels, offset);
             if m - channels >= LANES {
-                transform_output_tile(LANES, at, corner, place.output_extent, steps, &mut rows, &mut out);
+                transform_output_tile(LANES, at, y.add(offset), place.output_extent, steps, completion, &mut rows, &mut out);
             } else {
-                transform_output_tile(m - channels, at, corner, place.output_extent, steps, &mut rows, &mut out);
+                transform_output_tile(m - channels, at, y.add(offset), place.output_extent, steps, completion, &mut rows, &mut out);
             }
         }
     }
@@ -370,14 +419,17 @@ unsafe fn transform_outputs(tiling: &Tiling, first: usize, count: usize, product
 
 /// One tile's products `at` (the points `steps[0]` apart) of `lanes` output channels
 /// transformed into the output tile at `corner` (channels `steps[1]` apart, rows `steps[2]`),
-/// `extent` rows and columns of it.
+/// `extent` rows and columns of it, each completed by the epilogue (the tile's first channel
+/// and its corner's offset in the output given with it).
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 unsafe fn transform_output_tile(
     lanes: usize,
     at: *const f32,
     corner: *mut f32,
     [height, width]: [usize; 2],
     steps: [usize; 3],
+    (epilogue, channel, offset): (&Epilogue, usize, usize),
     rows: &mut [[[f32; LANES]; 4]; 6],
     out: &mut [[[f32; LANES]; 4]; 4],
 ) {
@@ -390,10 +442,10 @@ unsafe fn transform_output_tile(
         across_lanes(lanes, output_1d, |r, l| rows[r][s][l], |r, l, value| out[r][s][l] = value);
     }
     for l in 0..lanes {
-        let plane = corner.add(l * steps[1]);
         for (r, row) in out.iter().enumerate().take(height) {
             for (s, values) in row.iter().enumerate().take(width) {
-                *plane.add(r * steps[2] + s) = values[l];
+                let at = l * steps[1] + r * steps[2] + s;
+                *corner.add(at) = epilogue.complete(values[l], channel + l, offset + at);
             }
         }
     }
@@ -453,11 +505,11 @@ for_this_cpu!(
 );
 
 /// The convolution of the input `x` [N, C, H, W] (any strides) with `padding`'s zeros around
-/// it by the transformed filters `u` [36, C, M]: [N, M, Hp − 2, Wp − 2].
+/// it by the transformed filters `u` [36, C, M], completed by `epilogue`: [N, M, Hp − 2, Wp − 2].
 ///
 /// # Safety
-/// `x` describes a live buffer; `u` holds 36·C·M elements.
-unsafe fn convolve(u: &[f32], m: usize, x: &MemRef<f32, 4>, padding: Padding) -> MemRef<f32, 4> {
+/// `x` describes a live buffer; `u` holds 36·C·M elements; `epilogue` fits the output.
+unsafe fn convolve(u: &[f32], m: usize, x: &MemRef<f32, 4>, padding: Padding, epilogue: Epilogue) -> MemRef<f32, 4> {
     let [n, c, hp, wp] = padded_shape(x, padding);
     let (ho, wo) = (hp - 2, wp - 2);
     let y = MemRef::<f32, 4>::allocate([n, m, ho, wo]);
@@ -468,6 +520,7 @@ unsafe fn convolve(u: &[f32], m: usize, x: &MemRef<f32, 4>, padding: Padding) ->
         y: y.aligned as usize,
         output: [n, m, ho, wo],
         tiles: [ho.div_ceil(4), wo.div_ceil(4)],
+        epilogue,
     };
     let tiles = n * tiling.tiles[0] * tiling.tiles[1];
     if tiles == 0 || m == 0 {
@@ -636,7 +689,14 @@ pub(super) fn pays_for_weight_gradient(n: usize, [ho, wo]: [usize; 2]) -> bool {
 pub(super) unsafe fn weight_gradient(x: &MemRef<f32, 4>, grad: &MemRef<f32, 4>, [ho, wo]: [usize; 2]) -> MemRef<f32, 4> {
     let ([n, c, hp, wp], [_, m, _, wg]) = (x.shape(), grad.shape());
     let (x, gradient) = (channels_last(x, [0; 4]), channels_last(grad, [0; 4]));
-    let tiling = Tiling { x: x.as_ptr() as usize, input: [n, hp, wp, c], y: 0, output: [n, m, ho, wo], tiles: [ho.div_ceil(4), wo.div_ceil(4)] };
+    let tiling = Tiling {
+        x: x.as_ptr() as usize,
+        input: [n, hp, wp, c],
+        y: 0,
+        output: [n, m, ho, wo],
+        tiles: [ho.div_ceil(4), wo.div_ceil(4)],
+        epilogue: Epilogue::default(),
+    };
     let tiles = n * tiling.tiles[0] * tiling.tiles[1];
     // Every element of `v`, `e`, `p` and `dw` is written below.
     let (mut v, mut e, mut p) = (Vec::<f32>::with_capacity(POINTS * tiles * c), Vec::<f32>::with_capacity(POINTS * tiles * m), Vec::<f32>::with_capacity(POINTS * m * c));
@@ -676,17 +736,59 @@ fn padded_shape(x: &MemRef<f32, 4>, [top, left, bottom, right]: Padding) -> [usi
     [n, c, h + top + bottom, w + left + right]
 }
 
-/// The padding `[top, left, bottom, right]` a convolution's entry point was given; `None` (the
-/// error recorded) when it is not four sizes.
-unsafe fn padding_of(name: &str, padding: &MemRef<i64, 1>) -> Option<Padding> {
-    let values = padding.elements();
-    match <[i64; 4]>::try_from(&values[..]) {
-        Ok(sizes) if sizes.iter().all(|&size| size >= 0) => Some(sizes.map(|size| size as usize)),
+/// A convolution entry point's settings, `[top, left, bottom, right, relu]`: the zeros around
+/// its input, and 1 for a ReLU after the sums; `None` (the error recorded) when they are not.
+unsafe fn settings_of(name: &str, settings: &MemRef<i64, 1>) -> Option<(Padding, bool)> {
+    let values = settings.elements();
+    match <[i64; 5]>::try_from(&values[..]) {
+        Ok([top, left, bottom, right, relu @ (0 | 1)]) if [top, left, bottom, right].iter().all(|&size| size >= 0) => {
+            Some(([top, left, bottom, right].map(|size| size as usize), relu == 1))
+        }
         _ => {
-            super::set_error(format!("{name}: padding {:?} is not four sizes [top, left, bottom, right]", &values[..]));
+            super::set_error(format!("{name}: settings {:?} are not [top, left, bottom, right, relu]", &values[..]));
             None
         }
     }
+}
+
+/// A Winograd entry point's arguments, checked: the zeros around the input, the epilogue, and
+/// the residual's elements, contiguous, which the epilogue reads.
+struct Checked<'a> {
+    padding: Padding,
+    epilogue: Epilogue,
+    _residual: std::borrow::Cow<'a, [f32]>,
+}
+
+/// Checks the arguments of an entry point convolving `x` with filters for `c` channels into
+/// `m` (`filters_fit`: whether they are 3×3): `settings` ([`settings_of`]), `bias` [M] or
+/// empty, `residual` of the output's shape or empty. The output's shape is the error (the
+/// message recorded) when they do not fit.
+unsafe fn checked<'a>(
+    name: &str,
+    x: &MemRef<f32, 4>,
+    [c, m]: [usize; 2],
+    filters_fit: bool,
+    settings: &MemRef<i64, 1>,
+    bias: &MemRef<f32, 1>,
+    residual: &'a MemRef<f32, 4>,
+) -> Result<Checked<'a>, [usize; 4]> {
+    let settings = settings_of(name, settings);
+    let shape @ [n, _, hp, wp] = padded_shape(x, settings.map_or([0; 4], |(padding, _)| padding));
+    let output = [n, m, hp.saturating_sub(2), wp.saturating_sub(2)];
+    let Some((padding, relu)) = settings.filter(|_| filters_fit && fits(name, shape, c)) else { return Err(output) };
+    let [bias_size] = bias.shape();
+    let residual_values = residual.elements();
+    let residual_given = residual.shape() == output;
+    if (bias_size != 0 && bias_size != m) || (!residual_given && !residual_values.is_empty()) {
+        super::set_error(format!("{name}: bias [{bias_size}] or residual {:?} do not fit the output {output:?}", residual.shape()));
+        return Err(output);
+    }
+    let epilogue = Epilogue {
+        bias: if bias_size == 0 { 0 } else { bias.aligned.wrapping_offset(bias.offset as isize) as usize },
+        residual: if residual_given { residual_values.as_ptr() as usize } else { 0 },
+        relu,
+    };
+    Ok(Checked { padding, epilogue, _residual: residual_values })
 }
 
 /// Checks the shapes of a Winograd convolution of the padded input `[n, c, hp, wp]`; false
@@ -703,10 +805,12 @@ fn fits(name: &str, [n, c, hp, wp]: [usize; 4], filters_c: usize) -> bool {
     true
 }
 
-/// A 3×3 stride-1 convolution of the input `x` [N, C, H, W] with `padding` [top, left, bottom,
-/// right] zeros around it, by the filters transformed when the weights loaded, `u` [36, C, M]
-/// ([`transform_filters`]): the result [N, M, Hp − 2, Wp − 2]. The zeros are written while the
-/// input is laid out channels-last, so the caller pads nothing.
+/// A 3×3 stride-1 convolution of the input `x` [N, C, H, W] with zeros around it by the
+/// filters transformed when the weights loaded, `u` [36, C, M] ([`transform_filters`]), plus
+/// `bias` [M] and `residual` [N, M, Ho, Wo] (each empty for none), then a ReLU where
+/// `settings` (`[top, left, bottom, right, relu]`) say so: the result [N, M, Hp − 2, Wp − 2].
+/// The zeros are written while the input is laid out channels-last, and the sums while the
+/// output is transformed, so generated code neither pads the input nor reads the output again.
 ///
 /// # Safety
 /// The descriptors must describe live buffers; `out` receives a new one.
@@ -715,17 +819,16 @@ pub unsafe extern "C" fn _mlir_ciface_mrc_conv_winograd(
     out: *mut MemRef<f32, 4>,
     u: *const MemRef<f32, 3>,
     x: *const MemRef<f32, 4>,
-    padding: *const MemRef<i64, 1>,
+    settings: *const MemRef<i64, 1>,
+    bias: *const MemRef<f32, 1>,
+    residual: *const MemRef<f32, 4>,
 ) {
-    let (u, x, name) = (&*u, &*x, "mrc_conv_winograd");
+    let (u, x) = (&*u, &*x);
     let [points, c, m] = u.shape();
-    let padding = padding_of(name, &*padding);
-    let shape @ [n, _, hp, wp] = padded_shape(x, padding.unwrap_or_default());
-    let Some(padding) = padding.filter(|_| points == POINTS && fits(name, shape, c)) else {
-        *out = MemRef::allocate([n, m, hp.saturating_sub(2), wp.saturating_sub(2)]);
-        return;
-    };
-    *out = convolve(&u.elements(), m, x, padding);
+    match checked("mrc_conv_winograd", x, [c, m], points == POINTS, &*settings, &*bias, &*residual) {
+        Ok(call) => *out = convolve(&u.elements(), m, x, call.padding, call.epilogue),
+        Err(output) => *out = MemRef::allocate(output),
+    }
 }
 
 /// [`_mlir_ciface_mrc_conv_winograd`] with the filters as they are, `w` [M, C, 3, 3],
@@ -738,26 +841,31 @@ pub unsafe extern "C" fn _mlir_ciface_mrc_conv_winograd_filters(
     out: *mut MemRef<f32, 4>,
     w: *const MemRef<f32, 4>,
     x: *const MemRef<f32, 4>,
-    padding: *const MemRef<i64, 1>,
+    settings: *const MemRef<i64, 1>,
+    bias: *const MemRef<f32, 1>,
+    residual: *const MemRef<f32, 4>,
 ) {
-    let (w, x, name) = (&*w, &*x, "mrc_conv_winograd_filters");
+    let (w, x) = (&*w, &*x);
     let [m, c, kh, kw] = w.shape();
-    let padding = padding_of(name, &*padding);
-    let shape @ [n, _, hp, wp] = padded_shape(x, padding.unwrap_or_default());
-    let Some(padding) = padding.filter(|_| [kh, kw] == [3, 3] && fits(name, shape, c)) else {
-        *out = MemRef::allocate([n, m, hp.saturating_sub(2), wp.saturating_sub(2)]);
-        return;
+    let call = match checked("mrc_conv_winograd_filters", x, [c, m], [kh, kw] == [3, 3], &*settings, &*bias, &*residual) {
+        Ok(call) => call,
+        Err(output) => {
+            *out = MemRef::allocate(output);
+            return;
+        }
     };
+    let [n, _, hp, wp] = padded_shape(x, call.padding);
     let w = w.elements();
     // Transforming the filters costs about what 30 tiles save (per channel pair: ~20 ns
     // against 108 multiply-adds per tile); below twice that, the window products.
     if n * (hp - 2).div_ceil(4) * (wp - 2).div_ceil(4) < MIN_TILES_PER_FILTER_TRANSFORM {
-        let x = padded(x, padding);
+        let x = padded(x, call.padding);
         *out = window_products::convolve_3x3(Lhs::of_matrix(&MemRef::borrowed(&w, [m, c * 9])), &x);
         x.free();
+        call.epilogue.complete_all(&mut *out);
         return;
     }
-    *out = convolve(&transform_filters(&w, m, c), m, x, padding);
+    *out = convolve(&transform_filters(&w, m, c), m, x, call.padding, call.epilogue);
 }
 
 #[cfg(test)]
@@ -827,32 +935,49 @@ mod tests {
         out
     }
 
-    /// Both entry points equal the direct convolution of the padded input within
-    /// ‖y − y_ref‖₂ ≤ 1e-4·‖y_ref‖₂, on sizes with partial tiles at both edges and several
-    /// blocks, no padding, even and uneven padding, a view with strided rows, and one of
-    /// R50-FPN's shapes (256 channels in and out).
+    /// No bias, no residual: empty descriptors.
+    pub(super) fn nothing_added() -> (MemRef<f32, 1>, MemRef<f32, 4>) {
+        (MemRef::allocate([0]), MemRef::allocate([0, 0, 0, 0]))
+    }
+
+    /// Both entry points equal the direct convolution of the padded input, plus the bias and
+    /// the residual where given, then ReLU where asked, within ‖y − y_ref‖₂ ≤ 1e-4·‖y_ref‖₂:
+    /// on sizes with partial tiles at both edges and several blocks, no padding, even and
+    /// uneven padding, a view with strided rows, and one of R50-FPN's shapes (256 channels in
+    /// and out).
     #[test]
     fn winograd_equals_the_direct_convolution() {
         let cases = [
-            ([2, 3, 9, 11], 5, [0, 0, 0, 0]),
-            ([1, 8, 4, 4], 2, [1, 1, 1, 1]),
-            ([3, 16, 21, 29], 7, [2, 0, 0, 1]),
-            ([1, 256, 32, 25], 256, [1, 1, 1, 1]),
+            ([2, 3, 9, 11], 5, [0, 0, 0, 0], false),
+            ([1, 8, 4, 4], 2, [1, 1, 1, 1], true),
+            ([3, 16, 21, 29], 7, [2, 0, 0, 1], true),
+            ([1, 256, 32, 25], 256, [1, 1, 1, 1], false),
         ];
-        for ([n, c, h, w], m, padding) in cases {
+        for ([n, c, h, w], m, padding, epilogue) in cases {
             let x = values(n * c * h * w, 1);
             let w_values = values(m * c * 9, 2);
             let [hp, wp] = [h + padding[0] + padding[2], w + padding[1] + padding[3]];
-            let (expected, [ho, wo]) = direct(&pad(&x, [n, c, h, w], padding), [n, c, hp, wp], &w_values, [m, 3, 3], [1, 1]);
+            let (mut expected, [ho, wo]) = direct(&pad(&x, [n, c, h, w], padding), [n, c, hp, wp], &w_values, [m, 3, 3], [1, 1]);
+            let (bias, residual) = if epilogue {
+                let (bias, residual) = (values(m, 5), values(n * m * ho * wo, 6));
+                for (i, value) in expected.iter_mut().enumerate() {
+                    *value = (*value + bias[i / (ho * wo) % m] + residual[i]).max(0.0);
+                }
+                (MemRef::owned(&bias, [m]), MemRef::owned(&residual, [n, m, ho, wo]))
+            } else {
+                nothing_added()
+            };
             let x_ref = MemRef::<f32, 4>::owned(&x, [n, c, h, w]);
-            let padding_ref = MemRef::<i64, 1>::owned(&padding.map(|size| size as i64), [4]);
+            let settings: Vec<i64> = padding.iter().map(|&size| size as i64).chain([epilogue as i64]).collect();
+            let settings = MemRef::<i64, 1>::owned(&settings, [5]);
             let u = transform_filters(&w_values, m, c);
             let u_ref = MemRef::<f32, 3>::owned(&u, [POINTS, c, m]);
             let mut y = MemRef::<f32, 4>::allocate([0, 0, 0, 0]);
-            unsafe { _mlir_ciface_mrc_conv_winograd(&mut y, &u_ref, &x_ref, &padding_ref) };
+            unsafe { _mlir_ciface_mrc_conv_winograd(&mut y, &u_ref, &x_ref, &settings, &bias, &residual) };
             assert_eq!(y.shape(), [n, m, ho, wo]);
             let error = relative_error(&unsafe { y.elements() }, &expected);
-            assert!(error <= 1e-4, "[{n}, {c}, {h}, {w}] padded by {padding:?} → {m}: relative error {error:e}");
+            let case = format!("[{n}, {c}, {h}, {w}] padded by {padding:?} → {m}, epilogue {epilogue}");
+            assert!(error <= 1e-4, "{case}: relative error {error:e}");
 
             // The filters as they are, and the input as a view whose rows are 2 elements longer.
             let wide: Vec<f32> = x.chunks(w).flat_map(|row| row.iter().copied().chain([f32::NAN; 2])).collect();
@@ -860,26 +985,30 @@ mod tests {
             view.sizes[3] = w as i64;
             let w_ref = MemRef::<f32, 4>::owned(&w_values, [m, c, 3, 3]);
             let mut y_filters = MemRef::<f32, 4>::allocate([0, 0, 0, 0]);
-            unsafe { _mlir_ciface_mrc_conv_winograd_filters(&mut y_filters, &w_ref, &view, &padding_ref) };
+            unsafe { _mlir_ciface_mrc_conv_winograd_filters(&mut y_filters, &w_ref, &view, &settings, &bias, &residual) };
             assert_eq!(y_filters.shape(), [n, m, ho, wo]);
             // Few tiles take the window products (exact on these values' sums up to rounding).
             let error = relative_error(&unsafe { y_filters.elements() }, &expected);
-            assert!(error <= 1e-4, "filters as they are, [{n}, {c}, {h}, {w}] padded by {padding:?} → {m}: relative error {error:e}");
+            assert!(error <= 1e-4, "filters as they are, {case}: relative error {error:e}");
         }
     }
 
-    /// A padding that is not four sizes is an error, not a read past its end.
+    /// Settings that are not five, and a bias that does not fit, are errors, not reads past
+    /// their end.
     #[test]
-    fn a_padding_of_three_sizes_is_refused() {
+    fn settings_and_biases_that_do_not_fit_are_refused() {
         let x = values(2 * 6 * 6, 1);
         let u = transform_filters(&values(2 * 2 * 9, 2), 2, 2);
+        let (u, x) = (MemRef::owned(&u, [POINTS, 2, 2]), MemRef::owned(&x, [1, 2, 6, 6]));
+        let (nothing, residual) = nothing_added();
         let mut y = MemRef::<f32, 4>::allocate([0, 0, 0, 0]);
-        let padding = MemRef::<i64, 1>::owned(&[1, 1, 1], [3]);
-        unsafe {
-            _mlir_ciface_mrc_conv_winograd(&mut y, &MemRef::owned(&u, [POINTS, 2, 2]), &MemRef::owned(&x, [1, 2, 6, 6]), &padding)
-        };
+        unsafe { _mlir_ciface_mrc_conv_winograd(&mut y, &u, &x, &MemRef::owned(&[1, 1, 1], [3]), &nothing, &residual) };
         let error = super::super::take_error().expect("an error recorded");
-        assert!(error.contains("mrc_conv_winograd: padding [1, 1, 1]"), "{error}");
+        assert!(error.contains("mrc_conv_winograd: settings [1, 1, 1] are not"), "{error}");
+        let (settings, bias) = (MemRef::owned(&[1, 1, 1, 1, 0], [5]), MemRef::owned(&[0.5; 3], [3]));
+        unsafe { _mlir_ciface_mrc_conv_winograd(&mut y, &u, &x, &settings, &bias, &residual) };
+        let error = super::super::take_error().expect("an error recorded");
+        assert!(error.contains("bias [3] or residual [0, 0, 0, 0] do not fit the output [1, 2, 6, 6]"), "{error}");
     }
 }
 
@@ -889,7 +1018,7 @@ mod tests {
 #[cfg(test)]
 mod r50_layers {
     use super::super::window_products::_mlir_ciface_mrc_conv_windows;
-    use super::tests::{pad, relative_error, values};
+    use super::tests::{nothing_added, pad, relative_error, values};
     use super::*;
 
     #[test]
@@ -903,8 +1032,9 @@ mod r50_layers {
             let weights: Vec<f32> = values(c * c * 9, 4).iter().map(|v| v * scale).collect();
             let u = transform_filters(&weights, c, c);
             let mut y = MemRef::<f32, 4>::allocate([0, 0, 0, 0]);
-            let (x_ref, padding) = (MemRef::<f32, 4>::owned(&x, [n, c, h, w]), MemRef::<i64, 1>::owned(&[1; 4], [4]));
-            unsafe { _mlir_ciface_mrc_conv_winograd(&mut y, &MemRef::owned(&u, [POINTS, c, c]), &x_ref, &padding) };
+            let (x_ref, settings) = (MemRef::<f32, 4>::owned(&x, [n, c, h, w]), MemRef::<i64, 1>::owned(&[1, 1, 1, 1, 0], [5]));
+            let (bias, residual) = nothing_added();
+            unsafe { _mlir_ciface_mrc_conv_winograd(&mut y, &MemRef::owned(&u, [POINTS, c, c]), &x_ref, &settings, &bias, &residual) };
             let mut reference = MemRef::<f32, 4>::allocate([0, 0, 0, 0]);
             let window = MemRef::<i64, 1>::owned(&[3, 3, 1, 1], [4]);
             let padded = MemRef::<f32, 4>::owned(&pad(&x, [n, c, h, w], [1; 4]), [n, c, h + 2, w + 2]);
