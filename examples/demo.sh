@@ -3,8 +3,7 @@
 # graphs (text, Graphviz dot, and SVG where Graphviz is installed) under out/demo/, compiles the
 # mini model (trained on synthetic shapes) to a native program and runs it on the shipped images,
 # writing COCO results and overlays, then runs it in process and keeps intermediate tensors. Its
-# weights are the ones mrc trained if examples/train_shapes.sh has written models/mini.safetensors,
-# else torchvision's (the test fixture's).
+# weights, models/mini.safetensors, are the ones mrc trained (examples/train_shapes.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . examples/lib/deps.sh
@@ -15,7 +14,6 @@ cargo build --workspace
 out=out/demo
 mkdir -p "$out"
 weights=models/mini.safetensors
-[ -f "$weights" ] || weights=tests/fixtures/model/weights.safetensors
 
 demo_model() {
     local name=$1; shift
