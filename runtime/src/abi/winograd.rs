@@ -263,7 +263,8 @@ unsafe fn padded(x: &MemRef<f32, 4>, [top, left, bottom, right]: Padding) -> Mem
 }
 
 /// The row `line` of `c` channels and `wp` columns (`steps` apart) written channels-last at
-/// `out`; with `AVX512`, its whole 16×16 blocks by [`transpose_block_avx512`].
+/// `out`; with `AVX512` and contiguous columns, in 16×16 blocks by [`transpose_block_avx512`]
+/// (edge blocks masked).
 #[inline(always)]
 unsafe fn transpose_row<const AVX512: bool>(line: *const f32, steps: [isize; 2], [c, wp]: [usize; 2], out: *mut f32) {
     // Blocks of 16 channels by 16 columns, so that the lines being read stay in cache.
@@ -273,8 +274,8 @@ unsafe fn transpose_row<const AVX512: bool>(line: *const f32, steps: [isize; 2],
             let channels = LANES.min(c - first);
             let (source, target) = (line.offset(first as isize * steps[0] + left as isize * steps[1]), out.add(left * c + first));
             #[cfg(target_arch = "x86_64")]
-            if AVX512 && columns == LANES && channels == LANES && steps[1] == 1 {
-                transpose_block_avx512(source, steps[0], target, c);
+            if AVX512 && steps[1] == 1 {
+                transpose_block_avx512(source, steps[0], [channels, columns], target, c);
                 continue;
             }
             for ch in 0..channels {
@@ -286,18 +287,27 @@ unsafe fn transpose_row<const AVX512: bool>(line: *const f32, steps: [isize; 2],
     }
 }
 
-/// The 16×16 block at `source` (rows `source_step` apart) transposed to `target` (rows
-/// `target_step` apart), in registers: 32-bit, then 64-bit interleaves within 128-bit lanes,
-/// then a 4×4 transpose of the 128-bit lanes.
+/// The block of `rows` ≤ 16 rows at `source` (`source_step` apart) by `columns` ≤ 16 columns
+/// transposed to `target` (rows `target_step` apart), in registers: 32-bit, then 64-bit
+/// interleaves within 128-bit lanes, then a 4×4 transpose of the 128-bit lanes. An edge
+/// block's loads and stores are masked to it.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[inline]
-unsafe fn transpose_block_avx512(source: *const f32, source_step: isize, target: *mut f32, target_step: usize) {
+unsafe fn transpose_block_avx512(source: *const f32, source_step: isize, [rows, columns]: [usize; 2], target: *mut f32, target_step: usize) {
     use std::arch::x86_64::*;
-    let rows: [__m512; 16] = std::array::from_fn(|r| _mm512_loadu_ps(source.offset(r as isize * source_step)));
+    let mask = |count: usize| ((1u32 << count) - 1) as u16;
+    let (column_mask, row_mask) = (mask(columns), mask(rows));
+    let loaded: [__m512; 16] = std::array::from_fn(|r| {
+        if r < rows {
+            _mm512_maskz_loadu_ps(column_mask, source.offset(r as isize * source_step))
+        } else {
+            _mm512_setzero_ps()
+        }
+    });
     // a[2i], a[2i + 1]: rows 2i and 2i + 1 interleaved, columns 4k, 4k + 1 and 4k + 2, 4k + 3 of lane k.
     let a: [__m512; 16] = std::array::from_fn(|i| {
-        let (even, odd) = (rows[i / 2 * 2], rows[i / 2 * 2 + 1]);
+        let (even, odd) = (loaded[i / 2 * 2], loaded[i / 2 * 2 + 1]);
         if i % 2 == 0 { _mm512_unpacklo_ps(even, odd) } else { _mm512_unpackhi_ps(even, odd) }
     });
     // b[4j + q], lane k: rows 4j..4j + 4 of column 4k + q.
@@ -310,14 +320,16 @@ unsafe fn transpose_block_avx512(source: *const f32, source_step: isize, target:
         let (x0, x1, x2, x3) = (b[q], b[4 + q], b[8 + q], b[12 + q]);
         let (y0, y1) = (_mm512_shuffle_f32x4::<0x44>(x0, x1), _mm512_shuffle_f32x4::<0xEE>(x0, x1));
         let (y2, y3) = (_mm512_shuffle_f32x4::<0x44>(x2, x3), _mm512_shuffle_f32x4::<0xEE>(x2, x3));
-        let columns = [
+        let transposed = [
             _mm512_shuffle_f32x4::<0x88>(y0, y2),
             _mm512_shuffle_f32x4::<0xDD>(y0, y2),
             _mm512_shuffle_f32x4::<0x88>(y1, y3),
             _mm512_shuffle_f32x4::<0xDD>(y1, y3),
         ];
-        for (k, column) in columns.into_iter().enumerate() {
-            _mm512_storeu_ps(target.add((4 * k + q) * target_step), column);
+        for (k, column) in transposed.into_iter().enumerate() {
+            if 4 * k + q < columns {
+                _mm512_mask_storeu_ps(target.add((4 * k + q) * target_step), row_mask, column);
+            }
         }
     }
 }
