@@ -161,8 +161,9 @@ impl Epilogue {
         if self.residual != 0 {
             sum += *(self.residual as *const f32).add(offset);
         }
-        if self.relu {
-            sum = sum.max(0.0);
+        // As the generated epilogue's `arith.maximumf` (and torch's ReLU): NaN stays NaN.
+        if self.relu && sum < 0.0 {
+            sum = 0.0;
         }
         sum
     }
@@ -209,7 +210,7 @@ struct Place {
 
 /// Zeros around each image of a convolution's input: rows above and columns left of it, rows
 /// below and columns right of it.
-pub(super) type Padding = [usize; 4];
+type Padding = [usize; 4];
 
 /// The input `x` [N, C, H, W] (any strides) with `padding`'s zeros around it, channels-last:
 /// [N, Hp, Wp, C]. A tile's 36 points then hold each channel group in one vector, and the
