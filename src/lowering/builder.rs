@@ -561,6 +561,85 @@ impl<'c, 'b> Emitter<'c, 'b> {
         Ok(self.generic(operands, &[init], &maps, &vec![Iterator::Parallel; sizes.len()], body)?[0])
     }
 
+    /// Sums over every axis but `axis` of the same-shaped `tensors`, `count` of them in one
+    /// pass, each a 1-D tensor along `axis` of `accumulator`s. For each index along `axis` (the
+    /// parallel loop), `scf.for` loops over the other axes, the innermost contiguous, carry the
+    /// sums as values, which LLVM keeps in registers and vectorizes (`fastmath<reassoc>`); a
+    /// `linalg` reduction would load and store its sum at every element. `terms` gets the
+    /// elements of `tensors` at a position, then those of `along` (1-D tensors indexed by
+    /// `axis`), and returns one term per sum.
+    pub fn sums_to_axis(
+        &self,
+        tensors: &[Value<'c, 'b>],
+        along: &[Value<'c, 'b>],
+        axis: usize,
+        accumulator: Type<'c>,
+        count: usize,
+        terms: impl for<'n> Fn(&Emitter<'c, 'n>, &[Value<'c, 'n>]) -> Result<Vec<Value<'c, 'n>>, LoweringError>,
+    ) -> Result<Vec<Value<'c, 'b>>, LoweringError> {
+        let views = tensors.iter().map(|&t| self.around_axis(t, axis)).collect::<Result<Vec<_>, _>>()?;
+        let [outer, inner] = [0, 2].map(|a| self.size(views[0], a).and_then(|s| self.size_value(s)));
+        let (outer, inner) = (outer?, inner?);
+        let extent = self.size(tensors[0], axis)?;
+        let inits = (0..count).map(|_| self.empty(&[extent], accumulator)).collect::<Result<Vec<_>, _>>()?;
+        let identity = identity_map(1);
+        self.generic(&[], &inits, &vec![identity.as_str(); count], &[Iterator::Parallel], |body| {
+            let index = body.loop_index(0)?;
+            let zeros = vec![body.constant_float(0.0, accumulator)?; count];
+            let sums = body.for_loop(body.constant_index(0)?, outer, &zeros, |b, args| {
+                let o = args[0];
+                b.for_loop(b.constant_index(0)?, inner, &args[1..], |b, args| {
+                    let mut elements = views.iter().map(|&v| b.extract(v, &[o, index, args[0]])).collect::<Result<Vec<_>, _>>()?;
+                    for &a in along {
+                        elements.push(b.extract(a, &[index])?);
+                    }
+                    let terms = terms(b, &elements)?;
+                    args[1..].iter().zip(terms).map(|(&sum, term)| b.accumulate(sum, term)).collect()
+                })
+            })?;
+            body.yield_values(&sums)
+        })
+    }
+
+    /// `tensor` as three axes, [the axes before `axis`, `axis`, the axes after] (unit where
+    /// none): views, with no copy.
+    fn around_axis(&self, tensor: Value<'c, 'b>, axis: usize) -> Result<Value<'c, 'b>, LoweringError> {
+        let rank = self.static_dims(tensor)?.len();
+        let (before, after): (Vec<usize>, Vec<usize>) = ((0..axis).collect(), (axis + 1..rank).collect());
+        let mut groups: Vec<&[usize]> = vec![];
+        let axis_group = [axis];
+        for group in [before.as_slice(), &axis_group, after.as_slice()] {
+            if !group.is_empty() {
+                groups.push(group);
+            }
+        }
+        let collapsed = if rank == groups.len() { tensor } else { self.collapse_shape(tensor, &groups)? };
+        if groups.len() == 3 {
+            return Ok(collapsed);
+        }
+        // Unit axes where a side has none: [C] → [1, C, 1], [R, C] → [R, C, 1], [C, R] → [1, C, R].
+        let sizes = self.sizes(collapsed)?;
+        let one = Size::Static(1);
+        let (expanded, groups): (Vec<Size>, Vec<&[usize]>) = match (before.is_empty(), after.is_empty()) {
+            (true, true) => (vec![one, sizes[0], one], vec![&[0, 1, 2]]),
+            (false, true) => (vec![sizes[0], sizes[1], one], vec![&[0], &[1, 2]]),
+            (true, false) => (vec![one, sizes[0], sizes[1]], vec![&[0, 1], &[2]]),
+            (false, false) => unreachable!("three groups returned above"),
+        };
+        self.expand_shape(collapsed, &groups, &expanded)
+    }
+
+    /// `value` as a float of type `ty` (`arith.extf` where narrower).
+    pub fn widened<'v>(&self, value: Value<'c, 'v>, ty: Type<'c>) -> Result<Value<'c, 'v>, LoweringError>
+    where
+        'b: 'v,
+    {
+        if value.r#type() == ty {
+            return Ok(value);
+        }
+        self.convert("arith.extf", value, ty)
+    }
+
     /// `linalg.index`: the current iteration of loop `dimension` inside a `linalg.generic`.
     pub fn loop_index(&self, dimension: i64) -> Result<Value<'c, 'b>, LoweringError> {
         self.append(
@@ -757,18 +836,6 @@ impl<'c, 'b> Emitter<'c, 'b> {
 pub fn identity_map(rank: usize) -> String {
     let dims = loop_dims(rank);
     format!("({dims}) -> ({dims})")
-}
-
-/// The maps and iterators of a sum over every axis of a rank-`rank` tensor but `axis`, with
-/// the kept axis as the outermost loop (`d0`): one parallel loop whose iterations each sum a
-/// slice with the innermost axis contiguous, rather than a reduction outside the parallel loop.
-/// Returns (the input's map, the result's map, the iterators).
-pub fn sum_to_axis_maps(rank: usize, axis: usize) -> (String, String, Vec<Iterator>) {
-    let mut input: Vec<String> = (1..rank).map(|d| format!("d{d}")).collect();
-    input.insert(axis, "d0".into());
-    let dims = loop_dims(rank);
-    let iterators = (0..rank).map(|d| if d == 0 { Iterator::Parallel } else { Iterator::Reduction }).collect();
-    (format!("({dims}) -> ({})", input.join(", ")), format!("({dims}) -> (d0)"), iterators)
 }
 
 /// `d0, d1, …` for `rank` loops, the domain of an affine map.

@@ -28,7 +28,7 @@ mod runtime_calls;
 pub use builtins::BuiltIns;
 /// The comparison predicates of [`Emitter::compare_floats`] and [`Emitter::compare_integers`].
 pub use melior::dialect::arith::{CmpfPredicate, CmpiPredicate};
-pub use builder::{identity_map, loop_dims, sum_to_axis_maps, Combiner, Emitter, Iterator, Size};
+pub use builder::{identity_map, loop_dims, Combiner, Emitter, Iterator, Size};
 pub use context::{create_context, parse_module};
 pub use entry::{add_entry_points, append_module, append_operations, evaluation_prefix, ProgramMain, ENGINE_CONSTRUCTORS, EVALUATION_FORWARD, MODULE_INITIALIZER};
 pub use emit::{emit_forward, LowerNode, NamedTensor, Signature, FORWARD};

@@ -174,16 +174,10 @@ impl Operator for SumToAxis {
     }
     fn lower<'c, 'b>(&self, cx: &Emitter<'c, 'b>, node: &LowerNode<'_, 'c, 'b>) -> Result<Vec<Value<'c, 'b>>, LoweringError> {
         let x = node.inputs[0];
-        let rank = cx.static_dims(x)?.len();
         let axis = node.attrs.int("axis") as usize;
         // Summed in f64, as torch's CPU reductions accumulate floats in double.
         let (element, double) = (cx.element_of(x)?, cx.element_type(DType::F64));
-        let zeros = cx.zeros(&[cx.size(x, axis)?], double)?;
-        let (source, target, iterators) = sum_to_axis_maps(rank, axis);
-        let sums = cx.generic(&[x], &[zeros], &[&source, &target], &iterators, |body| {
-            let term = if element == double { body.arg(0)? } else { body.convert("arith.extf", body.arg(0)?, double)? };
-            body.yield_values(&[body.accumulate(body.arg(1)?, term)?])
-        })?[0];
+        let sums = cx.sums_to_axis(&[x], &[], axis, double, 1, |b, elements| Ok(vec![b.widened(elements[0], double)?]))?[0];
         if element == double {
             return Ok(vec![sums]);
         }

@@ -15,7 +15,7 @@ mod resample;
 use crate::graph::types::{DType, Dim, SizeError, TensorType};
 use crate::autodiff::{GradientContext, GradientError};
 use crate::graph::{Attrs, Port, StateKind};
-use crate::lowering::{identity_map, loop_dims, sum_to_axis_maps, CmpfPredicate, CmpiPredicate, Combiner, Emitter, Iterator, LowerNode, LoweringError, Size};
+use crate::lowering::{identity_map, loop_dims, CmpfPredicate, CmpiPredicate, Combiner, Emitter, Iterator, LowerNode, LoweringError, Size};
 use melior::ir::{Block, Value};
 use std::fmt;
 

@@ -220,13 +220,23 @@ impl Operator for BatchMoments {
     }
 }
 
-/// Per channel (axis 1) of `x`, the mean and the biased variance over the other axes, and the
-/// number of elements each channel averages, all in f64: torch accumulates batch statistics
-/// in double precision on the CPU, and a float sum over a whole batch would drift from them.
+/// Per channel (axis 1) of `x`, the mean and the biased variance over the other axes, in f64:
+/// torch accumulates batch statistics in double precision on the CPU, and a float sum over a
+/// whole batch would drift from them. One pass sums `x` and `x²`; in f64 the variance
+/// `Σx²/n − mean²` keeps its precision for any activation a network makes.
 fn channel_moments<'c, 'b>(cx: &Emitter<'c, 'b>, x: Value<'c, 'b>) -> Result<(Value<'c, 'b>, Value<'c, 'b>), LoweringError> {
     let count = channel_count(cx, x)?;
-    let mean = divide(cx, channel_sums(cx, &[x], None)?[0], count)?;
-    let var = divide(cx, channel_sums(cx, &[x], Some(mean))?[0], count)?;
+    let double = cx.element_type(DType::F64);
+    let sums = cx.sums_to_axis(&[x], &[], 1, double, 2, |b, elements| {
+        let x = b.widened(elements[0], double)?;
+        Ok(vec![x, b.mulf(x, x)?])
+    })?;
+    let mean = divide(cx, sums[0], count)?;
+    let var = cx.elementwise(&[sums[1], mean], |body| {
+        let (squares, mean) = (body.arg(0)?, body.arg(1)?);
+        let var = body.subf(body.divf(squares, count)?, body.mulf(mean, mean)?)?;
+        body.yield_values(&[body.maximumf(var, body.constant_like(0.0, var)?)?])
+    })?;
     Ok((mean, var))
 }
 
@@ -240,42 +250,6 @@ fn channel_count<'c, 'b>(cx: &Emitter<'c, 'b>, x: Value<'c, 'b>) -> Result<Value
         }
     }
     Ok(count)
-}
-
-/// Per channel (axis 1), Σ over the other axes of each of `xs` (same shapes), in f64; with
-/// `center` [C] (f64), of `(x − center)²` for the first and `x · (x₀ − center)` for the others.
-fn channel_sums<'c, 'b>(cx: &Emitter<'c, 'b>, xs: &[Value<'c, 'b>], center: Option<Value<'c, 'b>>) -> Result<Vec<Value<'c, 'b>>, LoweringError> {
-    let x = xs[0];
-    let rank = cx.static_dims(x)?.len();
-    let double = cx.element_type(DType::F64);
-    let zeros = cx.zeros(&[cx.size(x, 1)?], double)?;
-    let outputs = vec![zeros; xs.len()];
-    let (element, channel, iterators) = sum_to_axis_maps(rank, 1);
-    let mut inputs = xs.to_vec();
-    let mut maps = vec![element.as_str(); xs.len()];
-    if let Some(center) = center {
-        inputs.push(center);
-        maps.push(&channel);
-    }
-    maps.extend(vec![channel.as_str(); xs.len()]);
-    let (count, centered) = (xs.len(), center.is_some());
-    let widened = cx.element_of(x)? != double;
-    cx.generic(&inputs, &outputs, &maps, &iterators, |body| {
-        let wide = |v| if widened { body.convert("arith.extf", v, double) } else { Ok(v) };
-        let first = wide(body.arg(0)?)?;
-        let deviation = if centered { Some(body.subf(first, body.arg(count)?)?) } else { None };
-        let accumulators = if centered { count + 1 } else { count };
-        let mut sums = vec![];
-        for i in 0..count {
-            let term = match deviation {
-                None => wide(body.arg(i)?)?,
-                Some(d) if i == 0 => body.mulf(d, d)?,
-                Some(d) => body.mulf(wide(body.arg(i)?)?, d)?,
-            };
-            sums.push(body.accumulate(body.arg(accumulators + i)?, term)?);
-        }
-        body.yield_values(&sums)
-    })
 }
 
 /// `v / count` elementwise over a [C] tensor.
@@ -328,9 +302,13 @@ impl Operator for BatchNormBackward {
         let element = cx.element_of(x)?;
         let count = channel_count(cx, x)?;
         let std = standard_deviation(cx, var, eps)?;
-        let grad_sum = channel_sums(cx, &[grad], None)?[0];
-        // Σ dy · (x − μ), from which Σ dy · x̂ = that / σ.
-        let centered = channel_sums(cx, &[x, grad], Some(mean))?[1];
+        // Σ dy and Σ dy · (x − μ), from which Σ dy · x̂ = that / σ, in one pass.
+        let double = cx.element_type(DType::F64);
+        let sums = cx.sums_to_axis(&[grad, x], &[mean], 1, double, 2, |b, elements| {
+            let dy = b.widened(elements[0], double)?;
+            Ok(vec![dy, b.mulf(dy, b.subf(b.widened(elements[1], double)?, elements[2])?)?])
+        })?;
+        let (grad_sum, centered) = (sums[0], sums[1]);
         let grad_weight = cx.elementwise(&[centered, std], |body| body.yield_values(&[body.divf(body.arg(0)?, body.arg(1)?)?]))?;
         // The per-channel terms of dx, in f64, then in the layer's type: μ, σ, w/σ, Σdy/n, Σdy·x̂/n.
         let scale = cx.elementwise(&[std], |body| body.yield_values(&[body.divf(body.constant_like(1.0, body.arg(0)?)?, body.arg(0)?)?]))?;
