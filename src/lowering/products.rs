@@ -136,24 +136,26 @@ impl<'c, 'b> Emitter<'c, 'b> {
         Ok(self.call_runtime(function, &[filters, x, settings, bias, residual], &[ty])?[0])
     }
 
-    /// The weight gradient `ty` [M, C, kh, kw] of a stride-1 convolution of the padded `x`
-    /// [N, C, Hp, Wp] over windows of `kernel` with `dilation`, from its output gradient `grad`
-    /// [N, M, Ho, Wo], without an im2col matrix; `None` where the target has no such product.
+    /// The weight gradient `ty` [M, C, kh, kw] of a stride-1 convolution of `x` [N, C, H, W]
+    /// with `padding` ([top, left, bottom, right]) zeros around it, over windows of `kernel`
+    /// with `dilation`, from its output gradient `grad` [N, M, Ho, Wo], without an im2col
+    /// matrix; `None` where the target has no such product. The runtime pads what it reads
+    /// (Winograd's transforms lay the input out with its zeros, in one pass).
     pub fn window_weight_gradient(
         &self,
         x: Value<'c, 'b>,
         grad: Value<'c, 'b>,
         kernel: [i64; 2],
         dilation: [i64; 2],
+        padding: [i64; 4],
         ty: Type<'c>,
     ) -> Result<Option<Value<'c, 'b>>, LoweringError> {
         if self.products != Products::HostGemm {
             return Ok(None);
         }
-        let window = self.window_sizes(kernel, dilation)?;
-        // The gradient on the input's width, zero in the columns no window ends at.
-        let on_grid = self.pad(grad, &[0, 0, 0, 0], &[0, 0, 0, dilation[1] * (kernel[1] - 1)], 0.0)?;
-        Ok(Some(self.call_runtime(RuntimeFunction::ConvWindowsWeightGrad, &[x, on_grid, window], &[ty])?[0]))
+        let [top, left, bottom, right] = padding;
+        let settings = self.index_tensor(&[kernel[0], kernel[1], dilation[0], dilation[1], top, left, bottom, right].map(Size::Static))?;
+        Ok(Some(self.call_runtime(RuntimeFunction::ConvWindowsWeightGrad, &[x, grad, settings], &[ty])?[0]))
     }
 
     /// The window products' `[kh, kw, dh, dw]`.

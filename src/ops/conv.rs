@@ -703,9 +703,10 @@ impl Operator for Conv2dBackwardInput {
         Ok(Inference::output(inputs[2][0].clone()))
     }
     /// With a stride and one group, [`strided_input_gradient`]. Otherwise a transposed
-    /// convolution of the gradient: spread out by the stride (zeros between its elements, `tensor.insert_slice` into zeros of the padded input's size, which `like`
-    /// gives even where the stride made the forward floor its size), then a stride-1
-    /// convolution with the kernel flipped and its channel axes swapped.
+    /// convolution of the gradient: a stride-1 convolution with the kernel flipped and its
+    /// channel axes swapped, of the gradient padded (at stride 1) or spread out by the stride
+    /// (zeros between its elements, `tensor.insert_slice` into zeros of the padded input's
+    /// size, which `like` gives even where the stride made the forward floor its size).
     fn lower<'c, 'b>(&self, cx: &Emitter<'c, 'b>, node: &LowerNode<'_, 'c, 'b>) -> Result<Vec<Value<'c, 'b>>, LoweringError> {
         let (grad, weight, like) = (node.inputs[0], node.inputs[1], node.inputs[2]);
         let window = Window::of(node.attrs);
@@ -718,11 +719,18 @@ impl Operator for Conv2dBackwardInput {
             let reason = "the gradient of a convolution padded by more than its dilated kernel is not lowered".to_string();
             return Err(LoweringError::Unsupported { op: "conv2d_backward_input", node: node.name.to_string(), reason });
         }
+        let flipped = flipped_kernel(cx, weight, window.groups)?;
+        if window.stride == [1, 1] {
+            // Nothing to spread: the gradient padded by the kernel's reach less the forward's
+            // padding, which the convolution adds as its own (Winograd's without a copy).
+            let high = [0, 1].map(|axis| reach[axis] - window.high[axis]);
+            let direct = Window { low, high, ..window };
+            return Ok(vec![convolution(cx, grad, Weight::Kernel(flipped), Epilogue::bias(None), &direct)?]);
+        }
         let sizes = [cx.size(grad, 0)?, cx.size(grad, 1)?, cx.size_add(cx.size(like, 2)?, reach[0])?, cx.size_add(cx.size(like, 3)?, reach[1])?];
         let element = cx.element_of(grad)?;
         let zeros = cx.fill(cx.constant_float(0.0, element)?, cx.empty(&sizes, element)?)?;
         let spread = cx.insert_slice(grad, zeros, &[0, 0, low[0], low[1]], &[1, 1, window.stride[0], window.stride[1]])?;
-        let flipped = flipped_kernel(cx, weight, window.groups)?;
         let direct = Window { stride: [1, 1], low: [0, 0], high: [0, 0], ..window };
         Ok(vec![convolution(cx, spread, Weight::Kernel(flipped), Epilogue::bias(None), &direct)?])
     }
@@ -824,15 +832,16 @@ impl Operator for Conv2dBackwardWeight {
 /// ([`Emitter::linear_product`]) of two relaid copies.
 fn one_group_weight_gradient<'c, 'b>(cx: &Emitter<'c, 'b>, x: Value<'c, 'b>, grad: Value<'c, 'b>, window: &Window) -> Result<Value<'c, 'b>, LoweringError> {
     let element = cx.element_of(x)?;
-    let x = window.padded(cx, x)?;
     let [n, c] = [cx.size(x, 0)?, cx.size(x, 1)?];
     let [o, ho, wo] = [cx.size(grad, 1)?, cx.size(grad, 2)?, cx.size(grad, 3)?];
     if window.stride == [1, 1] && window.kernel != [1, 1] {
         let ty = cx.ranked_tensor(&[o.static_value(), c.static_value(), Some(window.kernel[0]), Some(window.kernel[1])], element);
-        if let Some(gradient) = cx.window_weight_gradient(x, grad, window.kernel, window.dilation, ty)? {
+        let padding = [window.low[0], window.low[1], window.high[0], window.high[1]];
+        if let Some(gradient) = cx.window_weight_gradient(x, grad, window.kernel, window.dilation, padding, ty)? {
             return Ok(gradient);
         }
     }
+    let x = window.padded(cx, x)?;
     let [kh, kw] = window.kernel.map(Size::Static);
     let [sh, sw] = window.stride;
     let [dh, dw] = window.dilation;

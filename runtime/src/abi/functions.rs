@@ -73,8 +73,9 @@ runtime_functions! {
     ConvWindows = "conv_windows", w::_mlir_ciface_mrc_conv_windows, ([F32(2)], [F32(4)], [I64(1)]) -> (F32(4));
     /// The same with the weights packed at load time, column-major [C·kh·kw, M].
     ConvWindowsPacked = "conv_windows_packed", w::_mlir_ciface_mrc_conv_windows_packed, ([F32(2)], [F32(4)], [I64(1)]) -> (F32(4));
-    /// The weight gradient [M, C, kh, kw] of a stride-1 convolution from the padded input and the
-    /// output gradient on the input's width [N, M, Ho, Wp], window [kh, kw, dh, dw].
+    /// The weight gradient [M, C, kh, kw] of a stride-1 convolution from the input [N, C, H, W]
+    /// and the output gradient [N, M, Ho, Wo], settings [kh, kw, dh, dw, top, left, bottom,
+    /// right] (the window, then the zeros around the input).
     ConvWindowsWeightGrad = "conv_windows_weight_grad", w::_mlir_ciface_mrc_conv_windows_weight_grad, ([F32(4)], [F32(4)], [I64(1)]) -> (F32(4));
     /// A 3×3 stride-1 convolution by Winograd's F(4×4, 3×3) of the input [N, C, H, W], the
     /// filters transformed at load time [36, C, M], settings [top, left, bottom, right, relu]

@@ -20,10 +20,9 @@ struct Window {
 }
 
 impl Window {
-    /// # Safety
-    /// `window` describes a live buffer.
-    unsafe fn of(window: &MemRef<i64, 1>, name: &str) -> Option<Window> {
-        match window.elements()[..] {
+    /// From a runtime call's `[kh, kw, dh, dw]`.
+    fn of(window: &[i64], name: &str) -> Option<Window> {
+        match *window {
             [kh, kw, dh, dw] if kh > 0 && kw > 0 && dh > 0 && dw > 0 => {
                 Some(Window { kernel: [kh as usize, kw as usize], dilation: [dh as usize, dw as usize] })
             }
@@ -45,6 +44,31 @@ impl Window {
         let [kh, kw] = self.kernel;
         (0..kh).flat_map(move |i| (0..kw).map(move |j| (i, j, (i * self.dilation[0] * wp + j * self.dilation[1]) as isize)))
     }
+}
+
+/// `x` [N, C, H, W] (any strides) with `[top, left, bottom, right]` zeros around each plane: a
+/// new row-major [N, C, Hp, Wp], the input the window products read. The planes are split
+/// among the threads.
+///
+/// # Safety
+/// `x` describes a live buffer.
+pub(super) unsafe fn padded(x: &MemRef<f32, 4>, [top, left, bottom, right]: [usize; 4]) -> MemRef<f32, 4> {
+    let [n, c, h, w] = x.shape();
+    let (hp, wp) = (h + top + bottom, w + left + right);
+    let mut y = MemRef::<f32, 4>::allocate([n, c, hp, wp]);
+    if n * c * hp * wp == 0 {
+        return y;
+    }
+    let source = x.elements();
+    use rayon::prelude::*;
+    y.as_mut_slice().par_chunks_mut(hp * wp).enumerate().for_each(|(plane, out)| {
+        out.fill(0.0);
+        for row in 0..h {
+            let start = (plane * h + row) * w;
+            out[(top + row) * wp + left..][..w].copy_from_slice(&source[start..start + w]);
+        }
+    });
+    y
 }
 
 /// Whether the products cannot run here: a device needs its own GEMM.
@@ -74,7 +98,7 @@ unsafe fn with_contiguous_rows<T>(x: &MemRef<f32, 4>, f: impl FnOnce(&MemRef<f32
 /// the result [N, M, Ho, Wp], its columns from Wo on unwritten.
 unsafe fn convolve(name: &str, a: Lhs, x: &MemRef<f32, 4>, window: &MemRef<i64, 1>) -> MemRef<f32, 4> {
     let [n, c, hp, wp] = x.shape();
-    let Some(window) = Window::of(window, name) else { return MemRef::allocate([0, a.m, 0, 0]) };
+    let Some(window) = Window::of(&window.elements(), name) else { return MemRef::allocate([0, a.m, 0, 0]) };
     let [kh, kw] = window.kernel;
     let Some([ho, wo]) = window.output([hp, wp]).filter(|_| a.k == c * kh * kw) else {
         super::set_error(format!("{name}: [{}, {}] × [{n}, {c}, {hp}, {wp}] with a {kh}×{kw} window", a.m, a.k));
@@ -164,10 +188,11 @@ pub unsafe extern "C" fn _mlir_ciface_mrc_conv_windows_packed(
     *out = convolve("mrc_conv_windows_packed", Lhs::of_transposed(&*a_t), &*x, &*window);
 }
 
-/// The weight gradient [M, C, kh, kw] of a stride-1 convolution of the padded input `x`
-/// [N, C, Hp, Wp], from its output gradient on the input's width `grad` [N, M, Ho, Wp] (zero
-/// from column Wo on), `window` = [kh, kw, dh, dw]: for each window position, the products of
-/// the gradient with the shifted input's transpose, summed over the images.
+/// The weight gradient [M, C, kh, kw] of a stride-1 convolution of the input `x` [N, C, H, W]
+/// from its output gradient `grad` [N, M, Ho, Wo], `window` = [kh, kw, dh, dw, top, left,
+/// bottom, right] (the zeros around the input): Winograd's where it pays, else for each window
+/// position the products of the gradient (laid on the padded input's width, zero from column
+/// Wo on) with the shifted padded input's transpose, summed over the images.
 ///
 /// # Safety
 /// The descriptors must describe live buffers; `out` receives a new one.
@@ -182,20 +207,41 @@ pub unsafe extern "C" fn _mlir_ciface_mrc_conv_windows_weight_grad(
 }
 
 unsafe fn weight_gradient(name: &str, x: &MemRef<f32, 4>, grad: &MemRef<f32, 4>, window: &MemRef<i64, 1>) -> MemRef<f32, 4> {
-    let ([n, c, hp, wp], [n2, m, ho2, wp2]) = (x.shape(), grad.shape());
-    let Some(window) = Window::of(window, name) else { return MemRef::allocate([m, 0, 0, 0]) };
+    let ([n, c, h, w], [n2, m, ho2, wo2]) = (x.shape(), grad.shape());
+    let settings = window.elements();
+    let (window, padding) = settings.split_at(settings.len().min(4));
+    let (Some(window), Some(padding)) = (Window::of(window, name), padding_of(padding, name)) else {
+        return MemRef::allocate([m, 0, 0, 0]);
+    };
     let [kh, kw] = window.kernel;
-    let Some([ho, wo]) = window.output([hp, wp]).filter(|&[ho, _]| n == n2 && ho == ho2 && wp == wp2) else {
-        super::set_error(format!("{name}: input [{n}, {c}, {hp}, {wp}], gradient [{n2}, {m}, {ho2}, {wp2}], {kh}×{kw} window"));
+    let [hp, wp] = [h + padding[0] + padding[2], w + padding[1] + padding[3]];
+    let Some([ho, wo]) = window.output([hp, wp]).filter(|&output| n == n2 && output == [ho2, wo2]) else {
+        super::set_error(format!("{name}: input [{n}, {c}, {h}, {w}] padded by {padding:?}, gradient [{n2}, {m}, {ho2}, {wo2}], {kh}×{kw} window"));
         return MemRef::allocate([m, c, kh, kw]);
     };
     if on_device(name) {
         return MemRef::allocate([m, c, kh, kw]);
     }
     if window.kernel == [3, 3] && window.dilation == [1, 1] && super::winograd::pays_for_weight_gradient(n, [ho, wo]) {
-        return super::winograd::weight_gradient(x, grad, [ho, wo]);
+        return super::winograd::weight_gradient(x, padding, grad, [ho, wo]);
     }
-    with_contiguous_rows(x, |x| with_contiguous_rows(grad, |grad| weight_gradient_rows(x, grad, &window, [ho, wo])))
+    let (x, on_grid) = (padded(x, padding), padded(grad, [0, 0, 0, wp - wo]));
+    let dw = weight_gradient_rows(&x, &on_grid, &window, [ho, wo]);
+    x.free();
+    on_grid.free();
+    dw
+}
+
+/// The zeros around a convolution's input, `[top, left, bottom, right]`, from a runtime call's
+/// settings.
+fn padding_of(settings: &[i64], name: &str) -> Option<[usize; 4]> {
+    match *settings {
+        [top, left, bottom, right] if [top, left, bottom, right].iter().all(|&p| p >= 0) => Some([top, left, bottom, right].map(|p| p as usize)),
+        ref other => {
+            super::set_error(format!("{name}: padding {other:?} is not [top, left, bottom, right]"));
+            None
+        }
+    }
 }
 
 /// [`weight_gradient`] of `x` and `grad` with contiguous rows, the output `[ho, wo]`.
@@ -336,22 +382,34 @@ pub(super) mod tests {
                 assert_eq!(packed_grid[at], grid[at]);
             }
 
-            // The weight gradient for an output gradient g: Σ g[b, o, r, s] · x[b, ch, r + i·dh, s + j·dw].
+            // The weight gradient for an output gradient g: Σ g[b, o, r, s] · x[b, ch, r + i·dh,
+            // s + j·dw], of the input unpadded (`padding` rows and columns of zeros around it
+            // in x) and of x itself.
             let g = values(n * m * ho * wo, 3);
-            let mut g_grid = vec![0.0; n * m * ho * wp];
-            for (b, o, r, s) in itertools(n, m, ho, wo) {
-                g_grid[((b * m + o) * ho + r) * wp + s] = g[((b * m + o) * ho + r) * wo + s];
-            }
-            let g_ref = MemRef::<f32, 4>::owned(&g_grid, [n, m, ho, wp]);
-            let mut dw_out = MemRef::<f32, 4>::allocate([0, 0, 0, 0]);
-            unsafe { _mlir_ciface_mrc_conv_windows_weight_grad(&mut dw_out, &x_ref, &g_ref, &window) };
-            let gradient = unsafe { dw_out.elements() }.into_owned();
-            for (o, ch, i, j) in itertools(m, c, kh, kw) {
-                let mut sum = 0.0;
-                for (b, _, r, s) in itertools(n, 1, ho, wo) {
-                    sum += g[((b * m + o) * ho + r) * wo + s] * x[((b * c + ch) * hp + r + i * dh) * wp + s + j * dw];
+            let g_ref = MemRef::<f32, 4>::owned(&g, [n, m, ho, wo]);
+            let [top, left, bottom, right] = [1, 2, 0, 1];
+            let (h, w) = (hp - top - bottom, wp - left - right);
+            let mut padded_x = x.clone();
+            for (b, ch, r, s) in itertools(n, c, hp, wp) {
+                if r < top || r >= top + h || s < left || s >= left + w {
+                    padded_x[((b * c + ch) * hp + r) * wp + s] = 0.0;
                 }
-                assert_eq!(gradient[((o * c + ch) * kh + i) * kw + j], sum, "weight gradient {kh}x{kw} /{dh},{dw}");
+            }
+            let inner: Vec<f32> = itertools(n, c, h, w).map(|(b, ch, r, s)| padded_x[((b * c + ch) * hp + r + top) * wp + s + left]).collect();
+            let calls = [(x_ref, [0; 4], &x), (MemRef::<f32, 4>::owned(&inner, [n, c, h, w]), [top, left, bottom, right], &padded_x)];
+            for (input, padding, reference) in calls {
+                let mut settings = vec![kh as i64, kw as i64, dh as i64, dw as i64];
+                settings.extend(padding.map(|p| p as i64));
+                let mut dw_out = MemRef::<f32, 4>::allocate([0, 0, 0, 0]);
+                unsafe { _mlir_ciface_mrc_conv_windows_weight_grad(&mut dw_out, &input, &g_ref, &MemRef::owned(&settings, [8])) };
+                let gradient = unsafe { dw_out.elements() }.into_owned();
+                for (o, ch, i, j) in itertools(m, c, kh, kw) {
+                    let mut sum = 0.0;
+                    for (b, _, r, s) in itertools(n, 1, ho, wo) {
+                        sum += g[((b * m + o) * ho + r) * wo + s] * reference[((b * c + ch) * hp + r + i * dh) * wp + s + j * dw];
+                    }
+                    assert_eq!(gradient[((o * c + ch) * kh + i) * kw + j], sum, "weight gradient {kh}x{kw} /{dh},{dw} padded by {padding:?}");
+                }
             }
         }
     }

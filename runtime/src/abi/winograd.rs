@@ -210,7 +210,7 @@ struct Place {
 
 /// Zeros around each image of a convolution's input: rows above and columns left of it, rows
 /// below and columns right of it.
-type Padding = [usize; 4];
+pub(super) type Padding = [usize; 4];
 
 /// The input `x` [N, C, H, W] (any strides) with `padding`'s zeros around it, channels-last:
 /// [N, Hp, Wp, C]. A tile's 36 points then hold each channel group in one vector, and the
@@ -241,26 +241,6 @@ unsafe fn channels_last(x: &MemRef<f32, 4>, [top, left, bottom, right]: Padding)
     // SAFETY: the tasks wrote every element.
     transposed.set_len(n * hp * wp * c);
     transposed
-}
-
-/// `x` [N, C, H, W] with `padding`'s zeros around each image: [N, C, Hp, Wp], for the window
-/// products, which read a padded input.
-///
-/// # Safety
-/// `x` describes a live buffer.
-unsafe fn padded(x: &MemRef<f32, 4>, [top, left, bottom, right]: Padding) -> MemRef<f32, 4> {
-    let [n, c, h, w] = x.shape();
-    let (hp, wp) = (h + top + bottom, w + left + right);
-    let mut y = MemRef::<f32, 4>::allocate([n, c, hp, wp]);
-    let (source, out) = (x.elements(), y.as_mut_slice());
-    out.fill(0.0);
-    for (plane, rows) in source.chunks_exact((h * w).max(1)).take(n * c).enumerate() {
-        for (row, values) in rows.chunks_exact(w.max(1)).take(h).enumerate() {
-            let start = (plane * hp + top + row) * wp + left;
-            out[start..start + w].copy_from_slice(&values[..w]);
-        }
-    }
-    y
 }
 
 /// The row `line` of `c` channels and `wp` columns (`steps` apart) written channels-last at
@@ -691,17 +671,17 @@ pub(super) fn pays_for_weight_gradient(n: usize, [ho, wo]: [usize; 2]) -> bool {
     n * tiles >= 16 && 10 * ho * wo >= 9 * 16 * tiles
 }
 
-/// The weight gradient [M, C, 3, 3] of a 3×3 stride-1 convolution of the padded input `x`
-/// [N, C, Ho + 2, Wo + 2] from its output gradient `grad` [N, M, Ho, Wg ≥ Wo] (both any
-/// strides): dW = Gᵀ·P·G with, for each point ξ, P[ξ] = Σ over the tiles of
+/// The weight gradient [M, C, 3, 3] of a 3×3 stride-1 convolution of the input `x` with
+/// `padding`'s zeros around it, [N, C, Ho + 2, Wo + 2] so padded, from its output gradient
+/// `grad` [N, M, Ho, Wg ≥ Wo] (both any strides): dW = Gᵀ·P·G with, for each point ξ, P[ξ] = Σ over the tiles of
 /// (A·e·Aᵀ)[ξ]·(Bᵀ·d·B)[ξ], the forward identity transposed (Lavin and Gray): 36 products of
 /// M×C over the tiles where the window products take 9 over every position.
 ///
 /// # Safety
 /// The descriptors describe live buffers of those shapes.
-pub(super) unsafe fn weight_gradient(x: &MemRef<f32, 4>, grad: &MemRef<f32, 4>, [ho, wo]: [usize; 2]) -> MemRef<f32, 4> {
-    let ([n, c, hp, wp], [_, m, _, wg]) = (x.shape(), grad.shape());
-    let (x, gradient) = (channels_last(x, [0; 4]), channels_last(grad, [0; 4]));
+pub(super) unsafe fn weight_gradient(x: &MemRef<f32, 4>, padding: Padding, grad: &MemRef<f32, 4>, [ho, wo]: [usize; 2]) -> MemRef<f32, 4> {
+    let ([n, c, hp, wp], [_, m, _, wg]) = (padded_shape(x, padding), grad.shape());
+    let (x, gradient) = (channels_last(x, padding), channels_last(grad, [0; 4]));
     let tiling = Tiling {
         x: x.as_ptr() as usize,
         input: [n, hp, wp, c],
@@ -872,7 +852,7 @@ pub unsafe extern "C" fn _mlir_ciface_mrc_conv_winograd_filters(
     // Transforming the filters costs about what 30 tiles save (per channel pair: ~20 ns
     // against 108 multiply-adds per tile); below twice that, the window products.
     if n * (hp - 2).div_ceil(4) * (wp - 2).div_ceil(4) < MIN_TILES_PER_FILTER_TRANSFORM {
-        let x = padded(x, call.padding);
+        let x = super::window_products::padded(x, call.padding);
         *out = window_products::convolve_3x3(Lhs::of_matrix(&MemRef::borrowed(&w, [m, c * 9])), &x);
         x.free();
         call.epilogue.complete_all(&mut *out);
@@ -905,18 +885,27 @@ mod tests {
     /// The weight gradient by Winograd equals Σ g[b, o, r, s]·x[b, ch, r + i, s + j] (in f64)
     /// within ‖dW − dW_ref‖₂ ≤ 1e-4·‖dW_ref‖₂: partial tiles at both edges, channels that are
     /// not a multiple of the lanes, an output gradient wider than the output (as the window
-    /// products take it), the mask head's and layer1's shapes.
+    /// products take it), inputs padded by the call or not, the mask head's and layer1's
+    /// shapes.
     #[test]
     fn weight_gradient_equals_the_direct_sum() {
-        for (n, c, hp, wp, m) in [(2, 3, 9, 11, 5), (3, 17, 23, 30, 7), (8, 64, 16, 16, 64), (1, 64, 34, 27, 128)] {
+        let cases = [((2, 3, 9, 11, 5), [0; 4]), ((3, 17, 23, 30, 7), [2, 0, 0, 1]), ((8, 64, 16, 16, 64), [1; 4]), ((1, 64, 34, 27, 128), [1; 4])];
+        for ((n, c, hp, wp, m), padding) in cases {
             let (ho, wo, wg) = (hp - 2, wp - 2, wp);
-            let x = values(n * c * hp * wp, 5);
+            let (h, w) = (hp - padding[0] - padding[2], wp - padding[1] - padding[3]);
+            let inner = values(n * c * h * w, 5);
+            // The input as the convolution reads it, zeros around.
+            let mut x = vec![0.0; n * c * hp * wp];
+            for (row, values) in inner.chunks(w).enumerate() {
+                let start = ((row / h) * hp + padding[0] + row % h) * wp + padding[1];
+                x[start..start + w].copy_from_slice(values);
+            }
             let g = values(n * m * ho * wo, 6);
             let mut g_wide = vec![0.0; n * m * ho * wg];
             for (row, values) in g.chunks(wo).enumerate() {
                 g_wide[row * wg..row * wg + wo].copy_from_slice(values);
             }
-            let dw = unsafe { weight_gradient(&MemRef::owned(&x, [n, c, hp, wp]), &MemRef::owned(&g_wide, [n, m, ho, wg]), [ho, wo]) };
+            let dw = unsafe { weight_gradient(&MemRef::owned(&inner, [n, c, h, w]), padding, &MemRef::owned(&g_wide, [n, m, ho, wg]), [ho, wo]) };
             assert_eq!(dw.shape(), [m, c, 3, 3]);
             let mut expected = vec![0.0_f32; m * c * 9];
             for (at, value) in expected.iter_mut().enumerate() {
