@@ -640,6 +640,17 @@ impl<'c, 'b> Emitter<'c, 'b> {
         self.convert("arith.extf", value, ty)
     }
 
+    /// `value` as a float of type `ty` (`arith.truncf` where wider).
+    pub fn narrowed<'v>(&self, value: Value<'c, 'v>, ty: Type<'c>) -> Result<Value<'c, 'v>, LoweringError>
+    where
+        'b: 'v,
+    {
+        if value.r#type() == ty {
+            return Ok(value);
+        }
+        self.convert("arith.truncf", value, ty)
+    }
+
     /// `linalg.index`: the current iteration of loop `dimension` inside a `linalg.generic`.
     pub fn loop_index(&self, dimension: i64) -> Result<Value<'c, 'b>, LoweringError> {
         self.append(

@@ -168,18 +168,26 @@ impl Operator for BatchNormTraining {
     fn lower<'c, 'b>(&self, cx: &Emitter<'c, 'b>, node: &LowerNode<'_, 'c, 'b>) -> Result<Vec<Value<'c, 'b>>, LoweringError> {
         let [x, mean, var, weight, bias] = [0, 1, 2, 3, 4].map(|i| node.inputs[i]);
         let element = cx.element_of(x)?;
-        let (mean, var) = (narrow(cx, mean, element)?, narrow(cx, var, element)?);
-        let eps = node.attrs.float("eps");
+        let double = cx.element_type(DType::F64);
+        let std = standard_deviation(cx, var, node.attrs.float("eps"))?;
+        // Per channel, in f64, then in the layer's type: α = w/σ and β = b − μ·α, so that
+        // y = x·α + β, torch's form, with no division per element.
+        let sizes = cx.sizes(mean)?;
+        let inits = [cx.empty(&sizes, element)?, cx.empty(&sizes, element)?];
+        let identity = identity_map(1);
+        let terms = cx.generic(&[mean, std, weight, bias], &inits, &[identity.as_str(); 6], &[Iterator::Parallel], |body| {
+            let [mean, std, weight, bias] = [0, 1, 2, 3].map(|i| body.arg(i));
+            let (mean, std) = (mean?, std?);
+            let alpha = body.divf(body.widened(weight?, double)?, std)?;
+            let beta = body.subf(body.widened(bias?, double)?, body.mulf(mean, alpha)?)?;
+            body.yield_values(&[body.narrowed(alpha, element)?, body.narrowed(beta, element)?])
+        })?;
         let rank = node.outputs[0].rank();
         let (identity, channel) = (identity_map(rank), format!("({}) -> (d1)", loop_dims(rank)));
-        let init = cx.empty(&cx.sizes(x)?, cx.element_of(x)?)?;
-        let maps = [identity.as_str(), &channel, &channel, &channel, &channel, &identity];
-        Ok(cx.generic(&[x, mean, var, weight, bias], &[init], &maps, &vec![Iterator::Parallel; rank], |body| {
-            let [x, mean, var, weight, bias] = [0, 1, 2, 3, 4].map(|i| body.arg(i));
-            let (x, mean, var, weight, bias) = (x?, mean?, var?, weight?, bias?);
-            let std = body.unary("math.sqrt", body.addf(var, body.constant_like(eps, var)?)?)?;
-            let normalized = body.divf(body.subf(x, mean)?, std)?;
-            body.yield_values(&[body.addf(body.mulf(normalized, weight)?, bias)?])
+        let init = cx.empty(&cx.sizes(x)?, element)?;
+        let maps = [identity.as_str(), &channel, &channel, &identity];
+        Ok(cx.generic(&[x, terms[0], terms[1]], &[init], &maps, &vec![Iterator::Parallel; rank], |body| {
+            body.yield_values(&[body.addf(body.mulf(body.arg(0)?, body.arg(1)?)?, body.arg(2)?)?])
         })?)
     }
     /// The batch statistics' part of the input's gradient is in `dx`: none flows to them.
@@ -310,22 +318,29 @@ impl Operator for BatchNormBackward {
         })?;
         let (grad_sum, centered) = (sums[0], sums[1]);
         let grad_weight = cx.elementwise(&[centered, std], |body| body.yield_values(&[body.divf(body.arg(0)?, body.arg(1)?)?]))?;
-        // The per-channel terms of dx, in f64, then in the layer's type: μ, σ, w/σ, Σdy/n, Σdy·x̂/n.
-        let scale = cx.elementwise(&[std], |body| body.yield_values(&[body.divf(body.constant_like(1.0, body.arg(0)?)?, body.arg(0)?)?]))?;
-        let [mean, std, scale] = [mean, std, scale].map(|v| narrow(cx, v, element));
-        let (mean, std, scale) = (mean?, std?, scale?);
-        let [grad_mean, grad_weight_mean] = [grad_sum, grad_weight].map(|v| divide(cx, v, count).and_then(|v| narrow(cx, v, element)));
-        let (grad_mean, grad_weight_mean) = (grad_mean?, grad_weight_mean?);
+        // Per channel, in f64, then in the layer's type: μ, mean(dy), k = mean(dy·x̂)/σ and
+        // a = w/σ, so that dx = a·(dy − mean(dy) − (x − μ)·k), torch's form, with no division
+        // per element.
+        let sizes = cx.sizes(mean)?;
+        let inits = (0..4).map(|_| cx.empty(&sizes, element)).collect::<Result<Vec<_>, _>>()?;
+        let identity = identity_map(1);
+        let terms = cx.generic(&[mean, std, grad_sum, grad_weight, weight], &inits, &[identity.as_str(); 9], &[Iterator::Parallel], |body| {
+            let [mean, std, grad_sum, grad_weight, weight] = [0, 1, 2, 3, 4].map(|i| body.arg(i));
+            let (mean, std, grad_sum, grad_weight, weight) = (mean?, std?, grad_sum?, grad_weight?, weight?);
+            let k = body.divf(body.divf(grad_weight, count)?, std)?;
+            let a = body.divf(body.widened(weight, double)?, std)?;
+            let terms = [mean, body.divf(grad_sum, count)?, k, a].map(|v| body.narrowed(v, element));
+            body.yield_values(&terms.into_iter().collect::<Result<Vec<_>, _>>()?)
+        })?;
         let rank = node.outputs[0].rank();
         let (identity, channel) = (identity_map(rank), format!("({}) -> (d1)", loop_dims(rank)));
         let init = cx.empty(&cx.sizes(x)?, element)?;
-        let maps = [identity.as_str(), &identity, &channel, &channel, &channel, &channel, &channel, &channel, &identity];
-        let dx = cx.generic(&[grad, x, mean, std, scale, weight, grad_mean, grad_weight_mean], &[init], &maps, &vec![Iterator::Parallel; rank], |body| {
-            let [dy, x, mean, std, scale, weight, grad_mean, grad_weight_mean] = [0, 1, 2, 3, 4, 5, 6, 7].map(|i| body.arg(i));
-            let (dy, x, mean, std, scale, weight) = (dy?, x?, mean?, std?, scale?, weight?);
-            let normalized = body.divf(body.subf(x, mean)?, std)?;
-            let correction = body.addf(grad_mean?, body.mulf(normalized, grad_weight_mean?)?)?;
-            body.yield_values(&[body.mulf(body.mulf(weight, scale)?, body.subf(dy, correction)?)?])
+        let maps = [identity.as_str(), &identity, &channel, &channel, &channel, &channel, &identity];
+        let dx = cx.generic(&[grad, x, terms[0], terms[1], terms[2], terms[3]], &[init], &maps, &vec![Iterator::Parallel; rank], |body| {
+            let [dy, x, mean, grad_mean, k, a] = [0, 1, 2, 3, 4, 5].map(|i| body.arg(i));
+            let (dy, x, mean, grad_mean, k, a) = (dy?, x?, mean?, grad_mean?, k?, a?);
+            let correction = body.mulf(body.subf(x, mean)?, k)?;
+            body.yield_values(&[body.mulf(body.subf(body.subf(dy, grad_mean)?, correction)?, a)?])
         })?[0];
         let (grad_weight, grad_sum) = (narrow(cx, grad_weight, element)?, narrow(cx, grad_sum, element)?);
         Ok(vec![dx, grad_weight, grad_sum])
