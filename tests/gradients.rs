@@ -223,6 +223,9 @@ fn normalization() {
     for size in [3, 6] {
         let x = format!("2, 3, {size}, {size}");
         check(&format!("batch_norm training {size}"), &unary("batch_norm(x) @bn", &x, "_, _, _, _"), true);
+        // Channels last and in the middle of three axes: the batch's sums over the axes around them.
+        check(&format!("batch_norm training [N, C] {size}"), &unary("batch_norm(x) @bn", &format!("{size}, 3"), "_, _"), true);
+        check(&format!("batch_norm training [N, C, L] {size}"), &unary("batch_norm(x) @bn", &format!("2, 3, {size}"), "_, _, _"), true);
         check(&format!("frozen_batch_norm {size}"), &unary("frozen_batch_norm(conv2d(x, out: 2, kernel: 1) @conv) @bn", &x, "_, _, _, _"), false);
     }
 }

@@ -629,26 +629,17 @@ impl<'c, 'b> Emitter<'c, 'b> {
         self.expand_shape(collapsed, &groups, &expanded)
     }
 
-    /// `value` as a float of type `ty` (`arith.extf` where narrower).
-    pub fn widened<'v>(&self, value: Value<'c, 'v>, ty: Type<'c>) -> Result<Value<'c, 'v>, LoweringError>
+    /// `value` as a float of type `ty`: itself, widened to f64 (`arith.extf`) or narrowed from
+    /// it (`arith.truncf`).
+    pub fn as_float<'v>(&self, value: Value<'c, 'v>, ty: Type<'c>) -> Result<Value<'c, 'v>, LoweringError>
     where
         'b: 'v,
     {
         if value.r#type() == ty {
             return Ok(value);
         }
-        self.convert("arith.extf", value, ty)
-    }
-
-    /// `value` as a float of type `ty` (`arith.truncf` where wider).
-    pub fn narrowed<'v>(&self, value: Value<'c, 'v>, ty: Type<'c>) -> Result<Value<'c, 'v>, LoweringError>
-    where
-        'b: 'v,
-    {
-        if value.r#type() == ty {
-            return Ok(value);
-        }
-        self.convert("arith.truncf", value, ty)
+        let widening = ty == Type::float64(self.context);
+        self.convert(if widening { "arith.extf" } else { "arith.truncf" }, value, ty)
     }
 
     /// `linalg.index`: the current iteration of loop `dimension` inside a `linalg.generic`.

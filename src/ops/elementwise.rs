@@ -177,7 +177,7 @@ impl Operator for SumToAxis {
         let axis = node.attrs.int("axis") as usize;
         // Summed in f64, as torch's CPU reductions accumulate floats in double.
         let (element, double) = (cx.element_of(x)?, cx.element_type(DType::F64));
-        let sums = cx.sums_to_axis(&[x], &[], axis, double, 1, |b, elements| Ok(vec![b.widened(elements[0], double)?]))?[0];
+        let sums = cx.sums_to_axis(&[x], &[], axis, double, 1, |b, elements| Ok(vec![b.as_float(elements[0], double)?]))?[0];
         if element == double {
             return Ok(vec![sums]);
         }

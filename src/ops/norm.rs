@@ -178,9 +178,9 @@ impl Operator for BatchNormTraining {
         let terms = cx.generic(&[mean, std, weight, bias], &inits, &[identity.as_str(); 6], &[Iterator::Parallel], |body| {
             let [mean, std, weight, bias] = [0, 1, 2, 3].map(|i| body.arg(i));
             let (mean, std) = (mean?, std?);
-            let alpha = body.divf(body.widened(weight?, double)?, std)?;
-            let beta = body.subf(body.widened(bias?, double)?, body.mulf(mean, alpha)?)?;
-            body.yield_values(&[body.narrowed(alpha, element)?, body.narrowed(beta, element)?])
+            let alpha = body.divf(body.as_float(weight?, double)?, std)?;
+            let beta = body.subf(body.as_float(bias?, double)?, body.mulf(mean, alpha)?)?;
+            body.yield_values(&[body.as_float(alpha, element)?, body.as_float(beta, element)?])
         })?;
         let rank = node.outputs[0].rank();
         let (identity, channel) = (identity_map(rank), format!("({}) -> (d1)", loop_dims(rank)));
@@ -236,7 +236,7 @@ fn channel_moments<'c, 'b>(cx: &Emitter<'c, 'b>, x: Value<'c, 'b>) -> Result<(Va
     let count = channel_count(cx, x)?;
     let double = cx.element_type(DType::F64);
     let sums = cx.sums_to_axis(&[x], &[], 1, double, 2, |b, elements| {
-        let x = b.widened(elements[0], double)?;
+        let x = b.as_float(elements[0], double)?;
         Ok(vec![x, b.mulf(x, x)?])
     })?;
     let mean = divide(cx, sums[0], count)?;
@@ -313,8 +313,8 @@ impl Operator for BatchNormBackward {
         // Σ dy and Σ dy · (x − μ), from which Σ dy · x̂ = that / σ, in one pass.
         let double = cx.element_type(DType::F64);
         let sums = cx.sums_to_axis(&[grad, x], &[mean], 1, double, 2, |b, elements| {
-            let dy = b.widened(elements[0], double)?;
-            Ok(vec![dy, b.mulf(dy, b.subf(b.widened(elements[1], double)?, elements[2])?)?])
+            let dy = b.as_float(elements[0], double)?;
+            Ok(vec![dy, b.mulf(dy, b.subf(b.as_float(elements[1], double)?, elements[2])?)?])
         })?;
         let (grad_sum, centered) = (sums[0], sums[1]);
         let grad_weight = cx.elementwise(&[centered, std], |body| body.yield_values(&[body.divf(body.arg(0)?, body.arg(1)?)?]))?;
@@ -328,8 +328,8 @@ impl Operator for BatchNormBackward {
             let [mean, std, grad_sum, grad_weight, weight] = [0, 1, 2, 3, 4].map(|i| body.arg(i));
             let (mean, std, grad_sum, grad_weight, weight) = (mean?, std?, grad_sum?, grad_weight?, weight?);
             let k = body.divf(body.divf(grad_weight, count)?, std)?;
-            let a = body.divf(body.widened(weight, double)?, std)?;
-            let terms = [mean, body.divf(grad_sum, count)?, k, a].map(|v| body.narrowed(v, element));
+            let a = body.divf(body.as_float(weight, double)?, std)?;
+            let terms = [mean, body.divf(grad_sum, count)?, k, a].map(|v| body.as_float(v, element));
             body.yield_values(&terms.into_iter().collect::<Result<Vec<_>, _>>()?)
         })?;
         let rank = node.outputs[0].rank();
