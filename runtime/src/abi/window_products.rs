@@ -46,13 +46,16 @@ impl Window {
     }
 }
 
-/// `x` [N, C, H, W] (any strides) with `[top, left, bottom, right]` zeros around each plane: a
-/// new row-major [N, C, Hp, Wp], the input the window products read. The planes are split
-/// among the threads.
+/// Zeros around each image of a convolution's input: rows above and columns left of it, rows
+/// below and columns right of it.
+pub(super) type Padding = [usize; 4];
+
+/// `x` [N, C, H, W] (any strides) with `padding`'s zeros around each plane: a new row-major
+/// [N, C, Hp, Wp], the input the window products read. The planes are split among the threads.
 ///
 /// # Safety
 /// `x` describes a live buffer.
-pub(super) unsafe fn padded(x: &MemRef<f32, 4>, [top, left, bottom, right]: [usize; 4]) -> MemRef<f32, 4> {
+pub(super) unsafe fn padded(x: &MemRef<f32, 4>, [top, left, bottom, right]: Padding) -> MemRef<f32, 4> {
     let [n, c, h, w] = x.shape();
     let (hp, wp) = (h + top + bottom, w + left + right);
     let mut y = MemRef::<f32, 4>::allocate([n, c, hp, wp]);
@@ -233,8 +236,8 @@ unsafe fn weight_gradient(name: &str, x: &MemRef<f32, 4>, grad: &MemRef<f32, 4>,
 }
 
 /// The zeros around a convolution's input, `[top, left, bottom, right]`, from a runtime call's
-/// settings.
-fn padding_of(settings: &[i64], name: &str) -> Option<[usize; 4]> {
+/// settings; `None` (the error recorded) when they are not.
+pub(super) fn padding_of(settings: &[i64], name: &str) -> Option<Padding> {
     match *settings {
         [top, left, bottom, right] if [top, left, bottom, right].iter().all(|&p| p >= 0) => Some([top, left, bottom, right].map(|p| p as usize)),
         ref other => {

@@ -10,7 +10,7 @@
 //! long side (the GEMM's widest kernel).
 
 use super::kernels::{device_gemm, product, Lhs, Matrix};
-use super::window_products;
+use super::window_products::{self, padding_of, Padding};
 use super::MemRef;
 
 /// Points of the transformed tile (6×6).
@@ -208,9 +208,6 @@ struct Place {
     output_extent: [usize; 2],
 }
 
-/// Zeros around each image of a convolution's input: rows above and columns left of it, rows
-/// below and columns right of it.
-pub(super) type Padding = [usize; 4];
 
 /// The input `x` [N, C, H, W] (any strides) with `padding`'s zeros around it, channels-last:
 /// [N, Hp, Wp, C]. A tile's 36 points then hold each channel group in one vector, and the
@@ -733,10 +730,8 @@ fn padded_shape(x: &MemRef<f32, 4>, [top, left, bottom, right]: Padding) -> [usi
 /// its input, and 1 for a ReLU after the sums; `None` (the error recorded) when they are not.
 unsafe fn settings_of(name: &str, settings: &MemRef<i64, 1>) -> Option<(Padding, bool)> {
     let values = settings.elements();
-    match <[i64; 5]>::try_from(&values[..]) {
-        Ok([top, left, bottom, right, relu @ (0 | 1)]) if [top, left, bottom, right].iter().all(|&size| size >= 0) => {
-            Some(([top, left, bottom, right].map(|size| size as usize), relu == 1))
-        }
+    match values[..] {
+        [ref padding @ .., relu @ (0 | 1)] if padding.len() == 4 => padding_of(padding, name).map(|padding| (padding, relu == 1)),
         _ => {
             super::set_error(format!("{name}: settings {:?} are not [top, left, bottom, right, relu]", &values[..]));
             None
@@ -852,7 +847,7 @@ pub unsafe extern "C" fn _mlir_ciface_mrc_conv_winograd_filters(
     // Transforming the filters costs about what 30 tiles save (per channel pair: ~20 ns
     // against 108 multiply-adds per tile); below twice that, the window products.
     if n * (hp - 2).div_ceil(4) * (wp - 2).div_ceil(4) < MIN_TILES_PER_FILTER_TRANSFORM {
-        let x = super::window_products::padded(x, call.padding);
+        let x = window_products::padded(x, call.padding);
         *out = window_products::convolve_3x3(Lhs::of_matrix(&MemRef::borrowed(&w, [m, c * 9])), &x);
         x.free();
         call.epilogue.complete_all(&mut *out);
