@@ -4,7 +4,8 @@
 //! each operator lowers its own nodes (`src/ops`) through the builders of [`Emitter`].
 //!
 //! [`create_context`] makes an MLIR context that knows every dialect, pass and LLVM translation.
-//! The pass pipelines ([`CPU_PIPELINE`], [`cuda_pipeline`]) take modules of `func`, `arith`,
+//! The pass pipelines ([`bufferize`], with mrc's own early frees, then [`CPU_PIPELINE`] or
+//! [`cuda_pipeline`]) take modules of `func`, `arith`,
 //! `math`, `scf`, `tensor` and `linalg` on tensors to the LLVM dialect for the CPU (then [`jit`]
 //! runs them in process), or outlined `gpu` kernels to PTX text for CUDA ([`extract_ptx`] reads
 //! it back out of the module).
@@ -19,6 +20,7 @@ mod entry;
 mod error;
 mod interface;
 mod libdevice;
+mod liveness;
 mod pipeline;
 mod products;
 mod ptx;
@@ -34,6 +36,6 @@ pub use entry::{add_entry_points, append_module, append_operations, evaluation_p
 pub use emit::{emit_forward, LowerNode, NamedTensor, Signature, FORWARD};
 pub use error::LoweringError;
 pub use interface::{expected_state, interface};
-pub use pipeline::{cuda_pipeline, KERNELS_TO_NVVM, gpu_outlining, jit, run_constructors, jit_for_object, JitEngine, lower_gpu_to_ptx, lower_to_llvm, run_pipeline, CPU_PIPELINE, GPU_BUFFERIZE, GPU_PARALLEL_LOOPS};
+pub use pipeline::{cuda_pipeline, KERNELS_TO_NVVM, gpu_outlining, jit, run_constructors, jit_for_object, JitEngine, lower_gpu_to_ptx, lower_to_llvm, run_pipeline, bufferize, CPU_PIPELINE, GPU_PARALLEL_LOOPS};
 pub use products::Products;
 pub use ptx::{extract_ptx, GpuModulePtx};

@@ -16,7 +16,8 @@ use std::path::Path;
 use super::rewrite::{operations_named, symbol_name};
 use super::{diagnostics::capture_diagnostics, error::LoweringError};
 
-/// Bufferization, the first half of every target's pipeline:
+/// Bufferization, the first half of every target's pipeline, up to the deallocations that
+/// [`bufferize`] frees early:
 /// - elementwise `linalg.generic`s fused into their producers and consumers (a convolution's
 ///   bias, frozen batch norm, ReLU and residual add become one loop nest);
 /// - empty-tensor elimination, so that results computed into a `tensor.empty` are written
@@ -24,17 +25,36 @@ use super::{diagnostics::capture_diagnostics, error::LoweringError};
 /// - one-shot bufferization across function boundaries, with identity layouts so that every
 ///   function argument and result is a plain `StridedMemRef` descriptor at the C interface, and
 ///   loops that carry tensors each iteration computes anew (kernels launched from host loops);
-/// - the ownership-based deallocation pipeline, which frees temporaries (returned buffers are
-///   the caller's), then `bufferization.clone` (which it inserts where a function returns a view
-///   of an argument) to an allocation and a copy.
-macro_rules! bufferize_passes {
-    () => {
-        "linalg-fuse-elementwise-ops,\
-         eliminate-empty-tensors,\
-         one-shot-bufferize{allow-return-allocs-from-loops bufferize-function-boundaries function-boundary-type-conversion=identity-layout-map},\
-         buffer-deallocation-pipeline,\
-         convert-bufferization-to-memref"
-    };
+/// - the first half of MLIR's `buffer-deallocation-pipeline`: ownership-based deallocation
+///   (each block frees what it owns at its end, in one `bufferization.dealloc`), simplified.
+const BUFFERIZE: &str = "builtin.module(\
+     linalg-fuse-elementwise-ops,\
+     eliminate-empty-tensors,\
+     one-shot-bufferize{allow-return-allocs-from-loops bufferize-function-boundaries function-boundary-type-conversion=identity-layout-map},\
+     expand-realloc{emit-deallocs=false},\
+     canonicalize,\
+     ownership-based-buffer-deallocation,\
+     canonicalize,\
+     buffer-deallocation-simplification)";
+
+/// The rest of `buffer-deallocation-pipeline` after [`super::liveness::free_after_last_use`],
+/// then `bufferization.clone` (which the deallocation inserts where a function returns a view
+/// of an argument) to an allocation and a copy.
+const LOWER_DEALLOCATIONS: &str = "builtin.module(\
+     canonicalize,\
+     buffer-deallocation-simplification,\
+     bufferization-lower-deallocations,\
+     cse,\
+     canonicalize,\
+     convert-bufferization-to-memref)";
+
+/// Bufferizes `module` in place ([`BUFFERIZE`]), frees each buffer right after its last use
+/// where MLIR would free it at the end of its block ([`super::liveness`]), and lowers the
+/// deallocations ([`LOWER_DEALLOCATIONS`]).
+pub fn bufferize(context: &Context, module: &mut Module) -> Result<(), LoweringError> {
+    run_pipeline(context, module, BUFFERIZE)?;
+    super::liveness::free_after_last_use(module)?;
+    run_pipeline(context, module, LOWER_DEALLOCATIONS)
 }
 
 /// The host side's conversions to the LLVM dialect, after structured control flow is gone; `math`
@@ -55,8 +75,7 @@ macro_rules! host_to_llvm_passes {
     };
 }
 
-/// Lowers a module of `func`/`arith`/`math`/`scf`/`tensor`/`linalg` on tensors to the LLVM
-/// dialect for the CPU: bufferization ([`bufferize_passes`]); linalg to loops whose parallel
+/// Lowers a bufferized module ([`bufferize`]) to the LLVM dialect for the CPU: linalg to loops whose parallel
 /// dimensions form one `scf.parallel`, which `async-parallel-for` splits into blocks run on every
 /// thread (as many blocks as the runtime's threads make worth it, however few the iterations:
 /// a loop over channels may reduce thousands of values in each;
@@ -64,9 +83,8 @@ macro_rules! host_to_llvm_passes {
 /// that makes lowered to LLVM's; then `expand-strided-metadata` before `lower-affine` (the
 /// former emits `affine.apply`), then `scf` to `cf`; every remaining dialect to LLVM.
 pub const CPU_PIPELINE: &str = concat!(
-    "builtin.module(",
-    bufferize_passes!(),
-    ",convert-linalg-to-parallel-loops,\
+    "builtin.module(\
+     convert-linalg-to-parallel-loops,\
      async-parallel-for{async-dispatch=false num-workers=-1 min-task-size=1},\
      async-to-async-runtime,\
      async-runtime-ref-counting,\
@@ -78,9 +96,6 @@ pub const CPU_PIPELINE: &str = concat!(
     host_to_llvm_passes!("finalize-memref-to-llvm"),
     ",reconcile-unrealized-casts)"
 );
-
-/// The CUDA target's first stage: bufferization, as for the CPU.
-pub const GPU_BUFFERIZE: &str = concat!("builtin.module(", bufferize_passes!(), ")");
 
 /// The CUDA target's second stage: every `linalg` op (copies included, once rewritten as
 /// `linalg.generic`) to an `scf.parallel` nest whose reductions are sequential loops inside.
@@ -161,10 +176,11 @@ pub fn run_pipeline(context: &Context, module: &mut Module, pipeline: &str) -> R
     outcome.map_err(|_| LoweringError::PassFailed { pipeline: pipeline.to_owned(), diagnostics })
 }
 
-/// Lowers `module` in place to the LLVM dialect with [`CPU_PIPELINE`], and checks that nothing
+/// Lowers `module` in place to the LLVM dialect ([`bufferize`], then [`CPU_PIPELINE`]), and checks that nothing
 /// else is left: the conversions leave what they cannot convert (and
 /// `reconcile-unrealized-casts` leaves live casts) without failing.
 pub fn lower_to_llvm(context: &Context, module: &mut Module) -> Result<(), LoweringError> {
+    bufferize(context, module)?;
     run_pipeline(context, module, CPU_PIPELINE)?;
     match first_operation_outside_llvm(module) {
         Some(operation) => Err(LoweringError::NotLlvmDialect { operation }),

@@ -1,6 +1,6 @@
 //! In-place rewrites of a module for what MLIR's pass pipelines do not do (the CUDA target's
-//! memory placement and emulated kernels): finding operations, replacing values, erasing and
-//! cloning operations. melior's safe API has no erase or use replacement; these wrap MLIR's C
+//! memory placement and emulated kernels, early frees): finding operations, replacing values,
+//! erasing and cloning operations, following views to their buffer. melior's safe API has no erase or use replacement; these wrap MLIR's C
 //! API for it.
 
 use melior::ir::{
@@ -120,8 +120,9 @@ pub fn set_attribute<'c: 'a, 'a>(operation: &impl OperationLike<'c, 'a>, name: &
 pub fn prefix_definitions(module: &melior::ir::Module, prefix: &str) {
     use melior::ir::BlockLike;
     let top = module.as_operation();
-    // SAFETY: the module lives in this context, which outlives this call.
-    let context = unsafe { module.context().to_ref() };
+    let context = module.context();
+    // SAFETY: `context` refers to the module's live context, and outlives the borrow.
+    let context = unsafe { context.to_ref() };
     let mut operation = module.body().first_operation();
     while let Some(op) = operation {
         let is_declaration = op.name().as_string_ref().as_str() == Ok("llvm.func") && op.region(0).map(|r| r.first_block().is_none()).unwrap_or(true);
@@ -134,5 +135,65 @@ pub fn prefix_definitions(module: &melior::ir::Module, prefix: &str) {
             set_attribute(&op, "sym_name", melior::ir::attribute::StringAttribute::new(context, &renamed).into());
         }
         operation = op.next_in_block();
+    }
+}
+
+/// Operations whose first result is a view of their first operand (the same buffer).
+pub const VIEWS: [&str; 9] = [
+    "memref.cast",
+    "memref.subview",
+    "memref.collapse_shape",
+    "memref.expand_shape",
+    "memref.reinterpret_cast",
+    "memref.view",
+    "memref.reshape",
+    "memref.transpose",
+    "memref.extract_strided_metadata",
+];
+
+/// What a buffer is a view of.
+pub enum Root<'c, 'a> {
+    Operation(OperationRef<'c, 'a>),
+    /// The argument `index` of function `function`.
+    Argument { function: String, index: usize },
+    /// The carried value `index` of an `scf.for` (its block argument or its result): where its
+    /// initial value and the value each iteration yields are.
+    Carried { for_loop: OperationRef<'c, 'a>, index: usize },
+    Unknown,
+}
+
+/// The buffer `value` is a view of: `value` itself unless one of [`VIEWS`] made it.
+pub fn viewed_buffer<'c, 'a>(mut value: Value<'c, 'a>) -> Value<'c, 'a> {
+    while let Some(operation) = defining_operation(value).filter(|operation| VIEWS.contains(&operation_name(operation).as_str())) {
+        match operation.operand(0) {
+            // SAFETY: the operand lives in the same IR as `value`, borrowed for `'a`.
+            Ok(viewed) => value = unsafe { Value::from_raw(viewed.to_raw()) },
+            Err(_) => break,
+        }
+    }
+    value
+}
+
+/// Follows views and casts back to the buffer they look into.
+pub fn root<'c, 'a>(value: Value<'c, 'a>) -> Root<'c, 'a> {
+    let value = viewed_buffer(value);
+    if let Some(operation) = defining_operation(value) {
+        if operation_name(&operation) == "scf.for" {
+            let index = OperationResult::try_from(value).map_or(0, |result| result.result_number());
+            Root::Carried { for_loop: operation, index }
+        } else if VIEWS.contains(&operation_name(&operation).as_str()) {
+            Root::Unknown
+        } else {
+            Root::Operation(operation)
+        }
+    } else if let Some((owner, index)) = argument_owner(value) {
+        match operation_name(&owner).as_str() {
+            "func.func" => Root::Argument { function: symbol_name(&owner).unwrap_or_default(), index },
+            // Argument 0 is the induction variable.
+            "scf.for" if index > 0 => Root::Carried { for_loop: owner, index: index - 1 },
+            _ => Root::Unknown,
+        }
+    } else {
+        Root::Unknown
     }
 }

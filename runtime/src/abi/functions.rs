@@ -2,6 +2,8 @@
 //! its arguments and results (what the compiler must pass, checked when it emits the call), and
 //! its address (what a JIT binds). The compiler names a function by its [`RuntimeFunction`]
 //! variant, never by a string, and the runtime's symbol table is [`RuntimeFunction::ALL`].
+//! Every tensor a function returns is a fresh buffer, never a view of an argument: generated
+//! code frees it right after its last use (the compiler's `lowering::liveness`).
 
 use super::{detection as d, kernels as k, training as t, window_products as w, winograd as wg};
 

@@ -28,7 +28,7 @@ use melior::{
     Context,
 };
 
-use crate::lowering::rewrite::{argument_owner, callee, defining_operation, erase, move_before, operation_name, operations_named, replace_all_uses, symbol_name, users};
+use crate::lowering::rewrite::{callee, defining_operation, erase, move_before, operation_name, operations_named, replace_all_uses, root, symbol_name, users, Root};
 use crate::lowering::{identity_map, LoweringError, FORWARD};
 
 /// Rewrites every `memref.copy` as an elementwise `linalg.generic` from its source to its
@@ -211,55 +211,6 @@ enum Placement {
     Device,
     /// Not known: a value merged from control flow, or a function called with both.
     Unknown,
-}
-
-/// What a buffer is a view of.
-enum Root<'c, 'a> {
-    Operation(OperationRef<'c, 'a>),
-    /// The argument `index` of function `function`.
-    Argument { function: String, index: usize },
-    /// The carried value `index` of an `scf.for` (its block argument or its result): where its
-    /// initial value and the value each iteration yields are.
-    Carried { for_loop: OperationRef<'c, 'a>, index: usize },
-    Unknown,
-}
-
-/// Follows views and casts back to the buffer they look into.
-fn root<'c, 'a>(mut value: Value<'c, 'a>) -> Root<'c, 'a> {
-    const VIEWS: [&str; 8] = [
-        "memref.cast",
-        "memref.subview",
-        "memref.collapse_shape",
-        "memref.expand_shape",
-        "memref.reinterpret_cast",
-        "memref.view",
-        "memref.reshape",
-        "memref.extract_strided_metadata",
-    ];
-    loop {
-        if let Some(operation) = defining_operation(value) {
-            if operation_name(&operation) == "scf.for" {
-                let index = melior::ir::operation::OperationResult::try_from(value).map_or(0, |result| result.result_number());
-                return Root::Carried { for_loop: operation, index };
-            }
-            if !VIEWS.contains(&operation_name(&operation).as_str()) {
-                return Root::Operation(operation);
-            }
-            match operation.operand(0) {
-                Ok(viewed) => value = viewed,
-                Err(_) => return Root::Unknown,
-            }
-        } else if let Some((owner, index)) = argument_owner(value) {
-            return match operation_name(&owner).as_str() {
-                "func.func" => Root::Argument { function: symbol_name(&owner).unwrap_or_default(), index },
-                // Argument 0 is the induction variable.
-                "scf.for" if index > 0 => Root::Carried { for_loop: owner, index: index - 1 },
-                _ => Root::Unknown,
-            };
-        } else {
-            return Root::Unknown;
-        }
-    }
 }
 
 /// The placement of buffers: allocations on the stack and global constants are host memory,

@@ -2,7 +2,7 @@
 //!
 //! Dense products are the runtime's GEMM calls, on cuBLAS; everything else is `linalg`, as for
 //! the CPU. After bufferization
-//! ([`GPU_BUFFERIZE`]), buffers are placed ([`memory`]: the network's tensors on the device, the
+//! ([`bufferize`]: buffers freed after their last use), buffers are placed ([`memory`]: the network's tensors on the device, the
 //! buffers the host writes on its stack, copies as kernels); every `linalg` op becomes a
 //! kernel ([`GPU_PARALLEL_LOOPS`]), its last dimension first ([`mapping`]), tiled and mapped to
 //! blocks and threads ([`gpu_outlining`]); the host code is checked
@@ -24,7 +24,7 @@ mod memory;
 use std::path::Path;
 
 use super::{native, write_atomic, CompileError, Emit, Emitted, Program, ProgramKind, Target};
-use crate::lowering::{add_entry_points, extract_ptx, jit, JitEngine, ENGINE_CONSTRUCTORS, EVALUATION_FORWARD, MODULE_INITIALIZER, gpu_outlining, lower_gpu_to_ptx, run_pipeline, BuiltIns, LoweringError, ProgramMain, Products, GPU_BUFFERIZE, GPU_PARALLEL_LOOPS};
+use crate::lowering::{add_entry_points, extract_ptx, jit, JitEngine, ENGINE_CONSTRUCTORS, EVALUATION_FORWARD, MODULE_INITIALIZER, gpu_outlining, lower_gpu_to_ptx, run_pipeline, bufferize, BuiltIns, LoweringError, ProgramMain, Products, GPU_PARALLEL_LOOPS};
 use melior::{ir::Module, Context};
 use mrc_runtime::device::{register_emulated_kernels, EmulatedKernelTable};
 
@@ -79,7 +79,7 @@ impl Target for Cuda {
         BuiltIns::Kernels
     }
     fn lower(&self, context: &Context, module: &mut Module) -> Result<(), LoweringError> {
-        run_pipeline(context, module, GPU_BUFFERIZE)?;
+        bufferize(context, module)?;
         memory::copies_to_kernels(context, module)?;
         memory::host_buffers_to_stack(context, module)?;
         run_pipeline(context, module, GPU_PARALLEL_LOOPS)?;
