@@ -16,7 +16,7 @@ use crate::ops::box_coder::{clip_boxes_to_image, remove_small_boxes, BoxCoder};
 use crate::ops::keypoints;
 use crate::ops::multiscale::{self, MultiScaleParams, MultiScalePoolParams};
 use crate::ops::nms::{batched_nms, topk_per_level};
-use crate::ops::paste_masks::paste_masks_in_image;
+use crate::ops::paste_masks::paste_masks_into_image;
 use crate::ops::preprocess::{self, resize_boxes, ImageU8, Transform};
 use crate::ops::roi_align::{self, RoiAlignParams};
 use crate::ops::roi_pool;
@@ -457,17 +457,30 @@ pub fn rescale_boxes(boxes: &TensorF32, from_hw: [usize; 2], to_hw: [usize; 2]) 
 /// Pastes `[D, 1, M, M]` mask probabilities into `[D, 1, H, W]` images at their boxes
 /// (`paste_masks_in_image`: box expanded by `(M + 2·padding)/M`, bilinear, soft).
 pub fn paste_masks(masks: &TensorF32, boxes: &TensorF32, image_hw: [usize; 2], padding: usize) -> Result<TensorF32> {
+    let shape = pasted_shape(masks, boxes, image_hw)?;
+    let mut pasted = vec![0.0; shape.iter().product()];
+    paste_masks_into(masks, boxes, image_hw, padding, &mut pasted)?;
+    TensorF32::new(shape.to_vec(), pasted)
+}
+
+/// The shape of [`paste_masks`]' result, `[D, 1, H, W]`, once its arguments are checked.
+pub fn pasted_shape(masks: &TensorF32, boxes: &TensorF32, [h, w]: [usize; 2]) -> Result<[usize; 4]> {
     const OP: &str = "paste_masks";
     let boxes = boxes.boxes(OP)?;
     let [d, one, mh, mw] = masks.dims4(OP, "masks")?;
     if d != boxes.len() || one != 1 || mh != mw {
         return shape_err(OP, format!("masks {:?} for {} boxes, expected [D, 1, M, M]", masks.shape, boxes.len()));
     }
+    Ok([d, 1, h, w])
+}
+
+/// [`paste_masks`] into `out`, zeros of [`pasted_shape`]'s size.
+pub fn paste_masks_into(masks: &TensorF32, boxes: &TensorF32, image_hw: [usize; 2], padding: usize, out: &mut [f32]) -> Result<()> {
+    let [d, _, mh, _] = masks.dims4("paste_masks", "masks")?;
     if d == 0 {
-        return TensorF32::new(vec![0, 1, image_hw[0], image_hw[1]], Vec::new());
+        return Ok(());
     }
-    let pasted = paste_masks_in_image(&masks.data, mh, boxes, image_hw, padding)?;
-    TensorF32::new(vec![d, 1, image_hw[0], image_hw[1]], pasted)
+    paste_masks_into_image(&masks.data, mh, boxes.boxes("paste_masks")?, image_hw, padding, out)
 }
 
 /// Keypoints `[D, K, 3]` (x, y, visibility 1) and their scores `[D, K]` from `[D, K, S, S]`

@@ -504,7 +504,7 @@ impl Detector for BoxDetector {
         let probs = (0..width * height)
             .map(|p| if (4..20).contains(&(p % width)) && (4..12).contains(&(p / width)) { 1.0 } else { 0.0 })
             .collect();
-        let mask = Some(MaskProbs { height, width, probs });
+        let mask = Some(MaskProbs::plane_of(std::sync::Arc::new(probs), 0, [height, width]));
         Ok((vec![Detection { bbox: [4.0, 4.0, 20.0, 12.0], score: 0.9, label: 1, mask }], Vec::new()))
     }
 }

@@ -56,7 +56,7 @@ impl Detector for DiskDetector {
             bbox: middle_box(width, height),
             score: 0.9,
             label: 1,
-            mask: Some(MaskProbs { height, width, probs }),
+            mask: Some(MaskProbs::plane_of(std::sync::Arc::new(probs), 0, [height, width])),
         };
         let [x1, y1, x2, y2] = person.bbox;
         let car = Detection { bbox: [x1 + 2.0, y1 + 2.0, x2 - 2.0, y2 - 2.0], score: 0.2, label: 3, mask: None };

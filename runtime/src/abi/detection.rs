@@ -504,7 +504,9 @@ pub unsafe extern "C" fn _mlir_ciface_mrc_paste_masks(
 ) {
     *out = call("paste_masks", params, || MemRef::allocate([0, 1, 0, 0]), |p: PasteParams| {
         let [h, w, _] = (*image).shape();
-        Ok(owned(&rt::paste_masks(&tensor(masks), &tensor(boxes), [h, w], p.padding).map_err(text)?))
+        let (masks, boxes) = (tensor(masks), tensor(boxes));
+        let shape = rt::pasted_shape(&masks, &boxes, [h, w]).map_err(text)?;
+        MemRef::written(shape, |out| rt::paste_masks_into(&masks, &boxes, [h, w], p.padding, out)).map_err(text)
     });
 }
 

@@ -4,7 +4,8 @@
 //! (one memref descriptor per result, packed as a struct), `args[1..]` to one descriptor per
 //! argument (inputs, then state tensors). Arguments are never written (they are marked
 //! `bufferization.writable = false`), so memory-mapped weights are passed as they are; result
-//! buffers come from `malloc` and are freed here after copying.
+//! buffers come from `malloc` and become the results' vectors where they are whole (no copy),
+//! else are freed here after copying.
 //!
 //! A forward function compiled for a device ([`Forward::new_on_device`]) takes and returns
 //! device memory: its weights are uploaded once, its inputs at each call, and its results
@@ -98,7 +99,8 @@ pub fn on_pool<R: Send>(work: impl FnOnce() -> R + Send) -> R {
     rayon::scope(|_| work())
 }
 
-/// Calls `forward` and copies its results out.
+/// Calls `forward` and takes its results out: a whole result buffer becomes its tensor's
+/// vector, any other is copied and freed.
 ///
 /// # Safety
 /// `forward` must be a compiled forward function whose arguments are `arguments` (in order, of
@@ -133,6 +135,14 @@ trait ResultMemory {
     /// # Safety
     /// `allocated` is a result buffer, freed once.
     unsafe fn release(&self, allocated: i64) -> Result<(), Self::Error>;
+    /// The result buffer itself as the vector of its elements, where that needs no copy; its
+    /// owner is then the vector.
+    ///
+    /// # Safety
+    /// As [`ResultMemory::read`]; the buffer is no other result's and is not released.
+    unsafe fn adopt<T: bytemuck::Pod>(&self, _allocated: i64, _aligned: i64, _offset: i64, _shape: &[usize], _strides: &[i64]) -> Option<Vec<T>> {
+        None
+    }
 }
 
 /// Results in host memory from `malloc`.
@@ -152,6 +162,15 @@ impl ResultMemory for HostResults {
     unsafe fn release(&self, allocated: i64) -> Result<(), Self::Error> {
         free(allocated as *mut c_void);
         Ok(())
+    }
+
+    /// A buffer whose elements start where `malloc`'s block does (the runtime's results: the
+    /// pasted masks), contiguous: Rust's global allocator is the system's `malloc`, whose
+    /// `free` the vector calls with any layout of this alignment.
+    unsafe fn adopt<T: bytemuck::Pod>(&self, allocated: i64, aligned: i64, offset: i64, shape: &[usize], strides: &[i64]) -> Option<Vec<T>> {
+        let len: usize = shape.iter().product();
+        let whole = allocated == aligned && offset == 0 && len > 0 && is_contiguous(shape, strides);
+        (whole && aligned as usize % std::mem::align_of::<T>() == 0).then(|| Vec::from_raw_parts(aligned as *mut T, len, len))
     }
 }
 
@@ -213,12 +232,38 @@ unsafe fn call_placed<M: ResultMemory>(forward: ForwardFn, arguments: &[Placed],
 
     let mut freed: Vec<i64> = vec![];
     let mut out = vec![];
+    let buffers: Vec<i64> = {
+        let mut rest = result_words.as_slice();
+        results
+            .iter()
+            .map(|result| {
+                let allocated = rest[0];
+                rest = &rest[3 + 2 * result.rank..];
+                allocated
+            })
+            .collect()
+    };
     let mut rest = result_words.as_slice();
     for result in results {
         let rank = result.rank;
         let (allocated, aligned, offset) = (rest[0], rest[1], rest[2]);
         let shape: Vec<usize> = rest[3..3 + rank].iter().map(|&d| d as usize).collect();
         let strides = &rest[3 + rank..3 + 2 * rank];
+        // Two results may share a buffer, and a result that is an argument is not ours.
+        let ours = !arguments.iter().any(|a| a.pointer == allocated);
+        let alone = ours && buffers.iter().filter(|&&buffer| buffer == allocated).count() == 1;
+        if first_error.is_none() && alone {
+            let adopted = match result.element {
+                Element::F32 => memory.adopt(allocated, aligned, offset, &shape, strides).map(|data| HostTensor::F32 { data, shape: shape.clone() }),
+                Element::I64 => memory.adopt(allocated, aligned, offset, &shape, strides).map(|data| HostTensor::I64 { data, shape: shape.clone() }),
+                Element::U8 => memory.adopt(allocated, aligned, offset, &shape, strides).map(|data| HostTensor::U8 { data, shape: shape.clone() }),
+            };
+            if let Some(tensor) = adopted {
+                out.push(tensor);
+                rest = &rest[3 + 2 * rank..];
+                continue;
+            }
+        }
         if first_error.is_none() {
             let read = match result.element {
                 Element::F32 => memory.read(aligned, offset, &shape, strides).map(|data| HostTensor::F32 { data, shape }),
@@ -230,8 +275,7 @@ unsafe fn call_placed<M: ResultMemory>(forward: ForwardFn, arguments: &[Placed],
                 Err(error) => first_error = Some(error),
             }
         }
-        // Two results may share a buffer, and a result that is an argument is not ours.
-        if !freed.contains(&allocated) && !arguments.iter().any(|a| a.pointer == allocated) {
+        if !freed.contains(&allocated) && ours {
             if let Err(error) = memory.release(allocated) {
                 first_error.get_or_insert(error);
             }

@@ -89,6 +89,45 @@ impl<T: Copy, const R: usize> MemRef<T, R> {
         MemRef { allocated: pointer, aligned: pointer, offset: 0, sizes: shape.map(|d| d as i64), strides: row_major(shape) }
     }
 
+    /// A row-major tensor in a fresh buffer, zeros that `fill` writes over: in place where the
+    /// buffer is host memory (a runtime function's large result made where it is returned, not
+    /// copied there), else on the host first, then copied to the device. The buffer is freed
+    /// when `fill` fails.
+    pub fn written<E>(shape: [usize; R], fill: impl FnOnce(&mut [T]) -> Result<(), E>) -> Result<Self, E>
+    where
+        T: bytemuck::Zeroable,
+    {
+        let len = shape.iter().product::<usize>();
+        if crate::device::selected().is_some() {
+            let mut values = vec![T::zeroed(); len];
+            fill(&mut values)?;
+            return Ok(Self::owned(&values, shape));
+        }
+        let memref = Self::allocate(shape);
+        if memref.aligned.is_null() {
+            // Out of memory: the error is recorded.
+            return Ok(memref);
+        }
+        let base = memref.aligned as usize;
+        use rayon::prelude::*;
+        const CHUNK: usize = 1 << 18;
+        // SAFETY: the tasks zero disjoint parts of the fresh buffer of `len` elements, for which
+        // all-zero bytes are a value (`Zeroable`).
+        (0..len.div_ceil(CHUNK)).into_par_iter().for_each(|chunk| unsafe {
+            let first = chunk * CHUNK;
+            std::ptr::write_bytes((base as *mut T).add(first), 0, CHUNK.min(len - first));
+        });
+        // SAFETY: the buffer holds `len` initialized elements, and only this function sees it.
+        match fill(unsafe { std::slice::from_raw_parts_mut(memref.aligned, len) }) {
+            Ok(()) => Ok(memref),
+            Err(error) => {
+                // SAFETY: allocated above, never handed out.
+                unsafe { memref.free() };
+                Err(error)
+            }
+        }
+    }
+
     /// Frees a host buffer that [`MemRef::allocate`] made and no one else holds.
     ///
     /// # Safety

@@ -32,6 +32,21 @@ pub fn paste_masks_in_image(
     image_size: [usize; 2],
     padding: usize,
 ) -> Result<Vec<f32>> {
+    let mut out = vec![0.0f32; boxes.len() * image_size[0] * image_size[1]];
+    paste_masks_into_image(masks, m, boxes, image_size, padding, &mut out)?;
+    Ok(out)
+}
+
+/// [`paste_masks_in_image`] into `out`, zeros of its size (`[D, H, W]`), where the masks are
+/// pasted: the buffer the caller returns, with no copy.
+pub fn paste_masks_into_image(
+    masks: &[f32],
+    m: usize,
+    boxes: &[[f32; 4]],
+    image_size: [usize; 2],
+    padding: usize,
+    out: &mut [f32],
+) -> Result<()> {
     const OP: &str = "paste_masks_in_image";
     if m == 0 {
         return invalid(OP, "mask size 0");
@@ -43,9 +58,11 @@ pub fn paste_masks_in_image(
         check_coordinates(OP, b)?;
     }
     let [ih, iw] = image_size;
-    let mut out = vec![0.0f32; boxes.len() * ih * iw];
+    if out.len() != boxes.len() * ih * iw {
+        return shape_err(OP, format!("{} values for {} masks of {ih}x{iw}", out.len(), boxes.len()));
+    }
     if ih == 0 || iw == 0 {
-        return Ok(out);
+        return Ok(());
     }
     let s = m + 2 * padding;
     out.par_chunks_mut(ih * iw).zip(masks.par_chunks(m * m)).zip(boxes.par_iter()).for_each(
@@ -54,7 +71,7 @@ pub fn paste_masks_in_image(
             paste_one(&padded, s, &expand_box(b, m, padding), ih, iw, o);
         },
     );
-    Ok(out)
+    Ok(())
 }
 
 fn pad(mask: &[f32], m: usize, padding: usize) -> Vec<f32> {

@@ -30,20 +30,24 @@ impl Detector for CompiledDetector {
     fn detect(&mut self, image: &RgbImage) -> Result<(Vec<Detection>, StageTimes), DetectError> {
         let (width, height) = image.dimensions();
         let tensor = HostTensor::U8 { shape: vec![height as usize, width as usize, 3], data: image.as_raw().clone() };
-        let (results, stages) = self.forward.run(&[(&self.input, &tensor)])?;
+        let (mut results, stages) = self.forward.run(&[(&self.input, &tensor)])?;
+        // The masks move out of the results, whole: each detection's mask is a plane of them.
+        let masks = results.iter().position(|(n, _)| n == "masks").map(|at| results.swap_remove(at).1);
+        let masks = match masks {
+            Some(HostTensor::F32 { data, .. }) => Some(std::sync::Arc::new(data)),
+            _ => None,
+        };
         let find = |name: &str| results.iter().find(|(n, _)| n == name).map(|(_, t)| t);
         let missing = |name: &str| format!("the network has no output `{name}`");
         let boxes = find("boxes").and_then(HostTensor::f32).ok_or_else(|| missing("boxes"))?;
         let scores = find("scores").and_then(HostTensor::f32).ok_or_else(|| missing("scores"))?;
         let labels = find("labels").and_then(HostTensor::i64).ok_or_else(|| missing("labels"))?;
-        let masks = find("masks").and_then(HostTensor::f32);
-        let plane = (width * height) as usize;
         let detections = (0..scores.len())
             .map(|i| Detection {
                 bbox: [boxes[4 * i], boxes[4 * i + 1], boxes[4 * i + 2], boxes[4 * i + 3]],
                 score: scores[i],
                 label: labels[i],
-                mask: masks.map(|m| MaskProbs { height, width, probs: m[i * plane..(i + 1) * plane].to_vec() }),
+                mask: masks.as_ref().map(|planes| MaskProbs::plane_of(planes.clone(), i, [height, width])),
             })
             .collect();
         Ok((detections, stages.into_iter().map(|(name, time)| (name.to_owned(), time)).collect()))
