@@ -4,7 +4,8 @@
 mod common;
 
 use mrc::passes::{
-    self, CommonSubexpressions, DeadCode, FoldBatchNorm, FoldConstantWeights, FuseConvEpilogues, PackGemmWeights, Pass,
+    self, CommonSubexpressions, DeadCode, FoldBatchNorm, FoldConstantWeights, FuseConvEpilogues, LayOutForWinograd,
+    PackGemmWeights, Pass,
 };
 
 const DUPLICATES: &str = r#"
@@ -91,7 +92,7 @@ fn convolutions_take_in_the_residual_add_and_relu_after_them() {
     assert_eq!(after.matches("conv2d_fused[").count(), 2);
     assert_eq!(before.matches("relu[").count() - 2, after.matches("relu[").count());
     assert_eq!(before.matches("= add[").count() - 1, after.matches("= add[").count());
-    assert!(after.contains("conv2d_fused[bias=false, dilation=[1], groups=1, kernel=[1], out=8, packed=false, padding=[0], relu=true, stride=[1], winograd=false](%3, %0, %5)"));
+    assert!(after.contains("conv2d_fused[bias=false, dilation=[1], groups=1, kernel=[1], laid_out=false, out=8, packed=false, padding=[0], relu=true, stride=[1], winograd=false](%3, %0, %5)"));
     insta::assert_snapshot!(format!("{before}\n=== after fuse-conv-epilogues ===\n\n{after}"));
 }
 
@@ -130,9 +131,40 @@ fn gemm_weights_are_packed_from_the_state_or_from_what_is_derived_from_it() {
     insta::assert_snapshot!(format!("{before}\n=== after pack-gemm-weights ===\n\n{after}"));
 }
 
+const WINOGRAD_LAYERS: &str = r#"
+network net(x: f32[2, 8, H, W]) -> (f32[2, 8, H, W]) {
+    let conv1 = conv2d(x, out: 8, kernel: 3, padding: 1)
+    let a = relu(conv1)
+    let conv2 = conv2d(a, out: 8, kernel: 3, padding: 1, bias: false)
+    return conv2
+}
+"#;
+
+#[test]
+fn winograd_convolutions_and_their_gradients_share_one_layout_per_tensor() {
+    let mut model = common::expand("layout.model", WINOGRAD_LAYERS).unwrap();
+    let graph = &mut model.graph;
+    let port = graph.outputs[0].1;
+    let seed = graph.add_input("seed", graph.ty(port).clone(), None);
+    let wrt: Vec<_> = graph.inputs.iter().copied().filter(|&n| n != seed).chain(graph.state.iter().copied()).collect();
+    mrc::autodiff::backward(graph, &[(port, mrc::graph::Port { node: seed, output: 0 })], &wrt).unwrap();
+    let before = mrc::graph::to_text(graph);
+    assert!(LayOutForWinograd.run(graph));
+    let after = mrc::graph::to_text(graph);
+    // Four tensors are laid out: x (read by conv1 and its weight gradient), a (conv2 and its
+    // weight gradient), the output's gradient (conv2's input and weight gradients) and
+    // conv1's output gradient (conv1's input and weight gradients); six convolutions read them.
+    assert_eq!(after.matches("= channels_last[").count(), 4);
+    assert_eq!(after.matches("laid_out=true").count(), 6);
+    assert_eq!(after.matches("= conv2d[").count(), 0);
+    assert!(!LayOutForWinograd.run(graph), "a second run changes nothing");
+    insta::assert_snapshot!(format!("{before}\n=== after lay-out-for-winograd ===\n\n{after}"));
+}
+
 #[test]
 fn internal_operators_cannot_be_called_from_model_files() {
-    let text = "network net(x: f32[1, 8, H, W]) -> (f32[1, 8, H, W]) {\n    return conv2d_fused(x, out: 8, kernel: 1) @c\n}\n";
+    let text =
+        "network net(x: f32[1, 8, H, W]) -> (f32[1, 8, H, W]) {\n    return conv2d_fused(x, out: 8, kernel: 1) @c\n}\n";
     let error = common::expand("internal.model", text).err().expect("an unknown operator");
     assert!(error.contains("unknown operator `conv2d_fused`"), "{error}");
 }
@@ -141,7 +173,8 @@ fn internal_operators_cannot_be_called_from_model_files() {
 fn passes_keep_the_shipped_model_state_and_outputs() {
     let mut model = common::load("models/mask_rcnn.model", None);
     let state = mrc::summary::params(&model);
-    let outputs: Vec<String> = model.graph.outputs.iter().map(|(n, p)| format!("{n}: {}", model.graph.ty(*p))).collect();
+    let outputs: Vec<String> =
+        model.graph.outputs.iter().map(|(n, p)| format!("{n}: {}", model.graph.ty(*p))).collect();
     let changed = passes::run(&mut model.graph, &passes::default_passes());
     // Every frozen batch norm of ResNet-50 follows a convolution, and every ReLU and residual
     // add of the backbone follows one then; the mask head's transposed convolution reads a

@@ -24,7 +24,10 @@ use melior::ir::{
 };
 
 use super::error::LoweringError;
-use super::rewrite::{callee, defining_operation, operation_name, operations_named, set_attribute, symbol_name, users, viewed_buffer, VIEWS};
+use super::rewrite::{
+    callee, defining_operation, operation_name, operations_named, set_attribute, symbol_name, users, viewed_buffer,
+    VIEWS,
+};
 
 /// Rewrites every `bufferization.dealloc` of `module` (after `ownership-based-buffer-deallocation`,
 /// before `bufferization-lower-deallocations`) as described in the module's documentation.
@@ -44,26 +47,35 @@ struct FreshResults<'c, 'a> {
 
 impl<'c, 'a> FreshResults<'c, 'a> {
     fn of(module: &'a Module<'c>) -> Self {
-        let functions = operations_named(&module.as_operation(), &["func.func"]).into_iter().filter_map(|f| Some((symbol_name(&f)?, f))).collect();
+        let functions = operations_named(&module.as_operation(), &["func.func"])
+            .into_iter()
+            .filter_map(|f| Some((symbol_name(&f)?, f)))
+            .collect();
         FreshResults { functions, known: RefCell::new(HashMap::new()) }
     }
 
-    /// Whether every buffer `function` returns is a new one, never a view of an argument: the
-    /// runtime's functions (the module's declarations) by their contract, a function of the
-    /// module when each buffer it returns is rooted in a fresh buffer.
+    /// Whether every buffer `function` returns is a new one, never a view of an argument nor of
+    /// another of its results: the runtime's functions (the module's declarations) by their
+    /// contract, a function of the module when the buffers it returns are rooted in distinct
+    /// fresh buffers.
     fn returns_fresh(&self, function: &str) -> bool {
         if let Some(&known) = self.known.borrow().get(function) {
             return known;
         }
         // A recursive call answers no.
         self.known.borrow_mut().insert(function.to_owned(), false);
-        let fresh = self.functions.get(function).is_some_and(|definition| match definition.region(0).ok().and_then(|body| body.first_block()) {
-            None => true,
-            Some(_) => operations_named(definition, &["func.return"]).iter().all(|returned| {
-                returned.operands().filter(|value| MemRefType::try_from(value.r#type()).is_ok()).all(|value| {
-                    defining_operation(viewed_buffer(value)).is_some_and(|operation| self.is_fresh(&operation))
-                })
-            }),
+        let fresh = self.functions.get(function).is_some_and(|definition| {
+            match definition.region(0).ok().and_then(|body| body.first_block()) {
+                None => true,
+                Some(_) => operations_named(definition, &["func.return"]).iter().all(|returned| {
+                    let mut roots = HashSet::new();
+                    returned.operands().filter(|value| MemRefType::try_from(value.r#type()).is_ok()).all(|value| {
+                        let root = viewed_buffer(value);
+                        roots.insert(root.to_raw().ptr)
+                            && defining_operation(root).is_some_and(|operation| self.is_fresh(&operation))
+                    })
+                }),
+            }
         });
         self.known.borrow_mut().insert(function.to_owned(), fresh);
         fresh
@@ -85,7 +97,8 @@ fn free_early(deallocation: OperationRef, fresh: &FreshResults) -> Result<(), Lo
     let segments = segment_sizes(&deallocation)?;
     let (listed, retained) = (segments[0], segments[2]);
     let Some(block) = deallocation.block() else { return Ok(()) };
-    let order: HashMap<_, usize> = operations_of(block).enumerate().map(|(position, operation)| (operation.to_raw().ptr, position)).collect();
+    let order: HashMap<_, usize> =
+        operations_of(block).enumerate().map(|(position, operation)| (operation.to_raw().ptr, position)).collect();
     let operands: Vec<Value> = deallocation.operands().collect();
 
     let mut early = vec![];
@@ -116,12 +129,15 @@ fn free_early(deallocation: OperationRef, fresh: &FreshResults) -> Result<(), Lo
         .map(|value| value.to_raw())
         .collect();
     // SAFETY: a live operation, and values of its IR that dominate it (they were its operands).
-    unsafe { mlir_sys::mlirOperationSetOperands(deallocation.to_raw(), new_operands.len() as isize, new_operands.as_ptr()) };
+    unsafe {
+        mlir_sys::mlirOperationSetOperands(deallocation.to_raw(), new_operands.len() as isize, new_operands.as_ptr())
+    };
     let context = deallocation.context();
     // SAFETY: `context` refers to the live context of the operation, and outlives the borrow.
     let context = unsafe { context.to_ref() };
     let sizes = format!("array<i32: {}, {}, {retained}>", kept.len(), kept.len());
-    let sizes = Attribute::parse(context, &sizes).ok_or_else(|| LoweringError::Build(format!("cannot parse `{sizes}`")))?;
+    let sizes =
+        Attribute::parse(context, &sizes).ok_or_else(|| LoweringError::Build(format!("cannot parse `{sizes}`")))?;
     set_attribute(&deallocation, "operandSegmentSizes", sizes);
 
     for (_, buffer, last) in &early {
@@ -158,12 +174,18 @@ impl<'c, 'a> Uses<'_, 'c, 'a> {
             for user in users(view) {
                 let name = operation_name(&user);
                 if user == *self.deallocation {
-                    let listed_only_here = self.operands.iter().enumerate().all(|(position, operand)| *operand != view || position == self.index);
+                    let listed_only_here = self
+                        .operands
+                        .iter()
+                        .enumerate()
+                        .all(|(position, operand)| *operand != view || position == self.index);
                     if !listed_only_here {
                         return None;
                     }
                 } else if VIEWS.contains(&name.as_str()) {
-                    pending.extend(user.results().map(Value::from).filter(|result| MemRefType::try_from(result.r#type()).is_ok()));
+                    pending.extend(
+                        user.results().map(Value::from).filter(|result| MemRefType::try_from(result.r#type()).is_ok()),
+                    );
                 } else if self.escapes(&user, &name) {
                     return None;
                 } else {
@@ -182,7 +204,8 @@ impl<'c, 'a> Uses<'_, 'c, 'a> {
     /// (returns, yields, branches) or keeps deciding its fate (another deallocation), or makes
     /// a buffer that may alias it.
     fn escapes(&self, user: &OperationRef, name: &str) -> bool {
-        const PASSES_ON: [&str; 6] = ["func.return", "scf.yield", "scf.condition", "cf.br", "cf.cond_br", "bufferization.dealloc"];
+        const PASSES_ON: [&str; 6] =
+            ["func.return", "scf.yield", "scf.condition", "cf.br", "cf.cond_br", "bufferization.dealloc"];
         if PASSES_ON.contains(&name) {
             return true;
         }
@@ -209,15 +232,23 @@ fn operations_of<'c, 'a>(block: BlockRef<'c, 'a>) -> impl Iterator<Item = Operat
 /// Whether `value` is the constant `true`.
 fn is_constant_true(value: Value) -> bool {
     defining_operation(value).is_some_and(|operation| {
-        operation_name(&operation) == "arith.constant" && operation.attribute("value").is_ok_and(|value| value.to_string() == "true")
+        operation_name(&operation) == "arith.constant"
+            && operation.attribute("value").is_ok_and(|value| value.to_string() == "true")
     })
 }
 
 /// A `bufferization.dealloc`'s operand counts: listed buffers, their conditions, retained.
 fn segment_sizes(deallocation: &OperationRef) -> Result<[usize; 3], LoweringError> {
     let text = deallocation.attribute("operandSegmentSizes").map(|sizes| sizes.to_string()).unwrap_or_default();
-    let sizes: Vec<usize> = text.trim_start_matches("array<i32:").trim_end_matches('>').split(',').filter_map(|size| size.trim().parse().ok()).collect();
-    sizes.try_into().map_err(|_| LoweringError::Build(format!("unexpected `bufferization.dealloc` operand segments `{text}`")))
+    let sizes: Vec<usize> = text
+        .trim_start_matches("array<i32:")
+        .trim_end_matches('>')
+        .split(',')
+        .filter_map(|size| size.trim().parse().ok())
+        .collect();
+    sizes
+        .try_into()
+        .map_err(|_| LoweringError::Build(format!("unexpected `bufferization.dealloc` operand segments `{text}`")))
 }
 
 #[cfg(test)]
@@ -239,7 +270,11 @@ mod tests {
             .to_string()
             .lines()
             .map(str::trim)
-            .filter(|line| ["call @", "memref.dealloc", "memref.copy", "scf.", "return", "}"].iter().any(|shown| line.contains(shown)))
+            .filter(|line| {
+                ["call @", "memref.dealloc", "memref.copy", "scf.", "return", "}"]
+                    .iter()
+                    .any(|shown| line.contains(shown))
+            })
             .map(|line| line.split(" : ").next().unwrap_or(line))
             .collect::<Vec<_>>()
             .join("\n")
@@ -266,6 +301,29 @@ mod tests {
 }}"
         );
         insta::assert_snapshot!(calls_and_frees(&source, "chain"));
+    }
+
+    /// A function that returns one buffer twice returns results that alias each other: neither
+    /// is freed early, though each one's own uses end before the other's.
+    #[test]
+    fn results_of_a_call_that_alias_each_other_are_not_freed_early() {
+        let source = format!(
+            "module {{
+  {RUNTIME}
+  func.func private @twice(%x: tensor<?xf32>) -> (tensor<?xf32>, tensor<?xf32>) {{
+    %a = call @mrc_step(%x) : (tensor<?xf32>) -> tensor<?xf32>
+    return %a, %a : tensor<?xf32>, tensor<?xf32>
+  }}
+  func.func @caller(%x: tensor<?xf32>) -> tensor<?xf32> {{
+    %p:2 = call @twice(%x) : (tensor<?xf32>) -> (tensor<?xf32>, tensor<?xf32>)
+    %b = call @mrc_step(%p#0) : (tensor<?xf32>) -> tensor<?xf32>
+    %c = call @mrc_step(%b) : (tensor<?xf32>) -> tensor<?xf32>
+    %d = call @mrc_pair(%c, %p#1) : (tensor<?xf32>, tensor<?xf32>) -> tensor<?xf32>
+    return %d : tensor<?xf32>
+  }}
+}}"
+        );
+        insta::assert_snapshot!(calls_and_frees(&source, "caller"));
     }
 
     /// A buffer that a loop carries, or that the function returns a view of, is left to MLIR's

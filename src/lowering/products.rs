@@ -30,7 +30,13 @@ pub enum Products {
 impl<'c, 'b> Emitter<'c, 'b> {
     /// `matrix` [M, K] (or, `packed` for the GEMM at load time, its column-major form [K, M])
     /// times each image's `columns` [N, K, H, W] (one column per pixel), as `ty` [N, M, H, W].
-    pub fn conv_product(&self, matrix: Value<'c, 'b>, packed: bool, columns: Value<'c, 'b>, ty: Type<'c>) -> Result<Value<'c, 'b>, LoweringError> {
+    pub fn conv_product(
+        &self,
+        matrix: Value<'c, 'b>,
+        packed: bool,
+        columns: Value<'c, 'b>,
+        ty: Type<'c>,
+    ) -> Result<Value<'c, 'b>, LoweringError> {
         match self.products {
             Products::RuntimeGemm | Products::HostGemm => {
                 // Flattening the pixels is free; splitting them again after the product would
@@ -59,7 +65,9 @@ impl<'c, 'b> Emitter<'c, 'b> {
         ty: Type<'c>,
     ) -> Result<Value<'c, 'b>, LoweringError> {
         match self.products {
-            Products::RuntimeGemm | Products::HostGemm => Ok(self.call_runtime(RuntimeFunction::Linear, &[x, weight], &[ty])?[0]),
+            Products::RuntimeGemm | Products::HostGemm => {
+                Ok(self.call_runtime(RuntimeFunction::Linear, &[x, weight], &[ty])?[0])
+            }
             Products::Linalg => {
                 let sizes = [self.size(x, 0)?, self.size(weight, 0)?];
                 self.contraction(
@@ -91,7 +99,8 @@ impl<'c, 'b> Emitter<'c, 'b> {
         let window = self.window_sizes(kernel, dilation)?;
         // The product lays the output on the input's width; its first Wo columns are the result.
         let [n, m, ho, _] = *sizes;
-        let grid = self.ranked_tensor(&[n, m, ho, self.size(x, 3)?].map(|size| size.static_value()), self.element_of(x)?);
+        let grid =
+            self.ranked_tensor(&[n, m, ho, self.size(x, 3)?].map(|size| size.static_value()), self.element_of(x)?);
         let function = if packed { RuntimeFunction::ConvWindowsPacked } else { RuntimeFunction::ConvWindows };
         let grid = self.call_runtime(function, &[matrix, x, window], &[grid])?[0];
         Ok(Some(self.extract_slice(grid, &[0, 0, 0, 0], sizes)?))
@@ -103,28 +112,41 @@ impl<'c, 'b> Emitter<'c, 'b> {
         self.products == Products::HostGemm
     }
 
-    /// A 3×3 stride-1 convolution by Winograd's F(4×4, 3×3) of `x` [N, C, H, W] with `padding`
-    /// [top, left, bottom, right] zeros around it into `ty` [N, M, Hp − 2, Wp − 2], with the
-    /// filters transformed at load time ([36, C, M], `transformed`) or the kernel
+    /// `x` [N, C, H, W] with `padding` [top, left, bottom, right] zeros around it, laid out
+    /// channels-last as Winograd's products read it: [N, Hp, Wp, C]; only where
+    /// [`Self::has_winograd_products`].
+    pub fn channels_last(&self, x: Value<'c, 'b>, padding: [i64; 4]) -> Result<Value<'c, 'b>, LoweringError> {
+        let [top, left, bottom, right] = padding;
+        let dims = self.static_dims(x)?;
+        let grown = |size: Option<i64>, by: i64| size.map(|size| size + by);
+        let ty = self.ranked_tensor(
+            &[dims[0], grown(dims[2], top + bottom), grown(dims[3], left + right), dims[1]],
+            self.element_of(x)?,
+        );
+        let settings = self.index_tensor(&padding.map(Size::Static))?;
+        Ok(self.call_runtime(RuntimeFunction::ChannelsLast, &[x, settings], &[ty])?[0])
+    }
+
+    /// A 3×3 stride-1 convolution by Winograd's F(4×4, 3×3) of `laid_out`, the input laid out
+    /// channels-last with its zeros ([`Self::channels_last`]), into `ty` [N, M, Hp − 2, Wp − 2],
+    /// with the filters transformed at load time ([36, C, M], `transformed`) or the kernel
     /// [M, C, 3, 3], plus `bias` [M] and `residual` (of `ty`'s shape), then a ReLU if `relu`;
-    /// only where [`Self::has_winograd_products`]. The runtime writes the zeros and the sums
-    /// itself, so neither a padded input nor a pass over the output is generated.
+    /// only where [`Self::has_winograd_products`]. The runtime writes the sums itself, so no
+    /// pass over the output is generated.
     #[allow(clippy::too_many_arguments)]
     pub fn winograd_conv_product(
         &self,
         filters: Value<'c, 'b>,
         transformed: bool,
-        x: Value<'c, 'b>,
-        padding: [i64; 4],
+        laid_out: Value<'c, 'b>,
         bias: Option<Value<'c, 'b>>,
         residual: Option<Value<'c, 'b>>,
         relu: bool,
         ty: Type<'c>,
     ) -> Result<Value<'c, 'b>, LoweringError> {
         let function = if transformed { RuntimeFunction::ConvWinograd } else { RuntimeFunction::ConvWinogradFilters };
-        let [top, left, bottom, right] = padding;
-        let settings = self.index_tensor(&[top, left, bottom, right, relu as i64].map(Size::Static))?;
-        let element = self.element_of(x)?;
+        let settings = self.index_tensor(&[Size::Static(relu as i64)])?;
+        let element = self.element_of(laid_out)?;
         let bias = match bias {
             Some(bias) => bias,
             None => self.empty(&[Size::Static(0)], element)?,
@@ -133,7 +155,22 @@ impl<'c, 'b> Emitter<'c, 'b> {
             Some(residual) => residual,
             None => self.empty(&[Size::Static(0); 4], element)?,
         };
-        Ok(self.call_runtime(function, &[filters, x, settings, bias, residual], &[ty])?[0])
+        Ok(self.call_runtime(function, &[filters, laid_out, settings, bias, residual], &[ty])?[0])
+    }
+
+    /// The weight gradient `ty` [M, C, 3, 3] of a 3×3 stride-1 convolution by Winograd's
+    /// transforms, from its input laid out channels-last with its zeros and its output gradient
+    /// laid out channels-last with `grad_padding` zeros around it (as the input gradient's
+    /// convolution reads it); only where [`Self::has_winograd_products`].
+    pub fn winograd_weight_gradient(
+        &self,
+        x: Value<'c, 'b>,
+        grad: Value<'c, 'b>,
+        grad_padding: [i64; 4],
+        ty: Type<'c>,
+    ) -> Result<Value<'c, 'b>, LoweringError> {
+        let settings = self.index_tensor(&grad_padding.map(Size::Static))?;
+        Ok(self.call_runtime(RuntimeFunction::ConvWinogradWeightGrad, &[x, grad, settings], &[ty])?[0])
     }
 
     /// The weight gradient `ty` [M, C, kh, kw] of a stride-1 convolution of `x` [N, C, H, W]
@@ -154,7 +191,9 @@ impl<'c, 'b> Emitter<'c, 'b> {
             return Ok(None);
         }
         let [top, left, bottom, right] = padding;
-        let settings = self.index_tensor(&[kernel[0], kernel[1], dilation[0], dilation[1], top, left, bottom, right].map(Size::Static))?;
+        let settings = self.index_tensor(
+            &[kernel[0], kernel[1], dilation[0], dilation[1], top, left, bottom, right].map(Size::Static),
+        )?;
         Ok(Some(self.call_runtime(RuntimeFunction::ConvWindowsWeightGrad, &[x, grad, settings], &[ty])?[0]))
     }
 

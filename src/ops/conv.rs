@@ -46,7 +46,10 @@ fn in_channels(op: &str, x: &TensorType, attrs: &Attrs) -> Result<(i64, i64), Op
     }
     let (groups, out) = (attrs.int("groups"), attrs.int("out"));
     if c % groups != 0 || out % groups != 0 {
-        return Err(OpError::at_attr("groups", format!("{groups} groups do not divide {c} input and {out} output channels")));
+        return Err(OpError::at_attr(
+            "groups",
+            format!("{groups} groups do not divide {c} input and {out} output channels"),
+        ));
     }
     Ok((c, groups))
 }
@@ -74,7 +77,12 @@ impl<'c, 'b> Epilogue<'c, 'b> {
 
     /// `y + bias + residual`, then ReLU, in one elementwise `linalg.generic` over `y` [N, O, H, W]
     /// (`y` itself when there is nothing to add).
-    fn apply(&self, cx: &Emitter<'c, 'b>, y: Value<'c, 'b>, sizes: &[Size<'c, 'b>; 4]) -> Result<Value<'c, 'b>, LoweringError> {
+    fn apply(
+        &self,
+        cx: &Emitter<'c, 'b>,
+        y: Value<'c, 'b>,
+        sizes: &[Size<'c, 'b>; 4],
+    ) -> Result<Value<'c, 'b>, LoweringError> {
         if self.bias.is_none() && self.residual.is_none() && !self.relu {
             return Ok(y);
         }
@@ -121,12 +129,16 @@ fn im2col_matmul<'c, 'b>(
     let [n, _, ho, wo] = *sizes;
     let output_type = cx.ranked_tensor(&sizes.map(|size| size.static_value()), cx.element_of(x)?);
     let (matrix, packed) = match weight {
-        Weight::Winograd(_) => return Err(LoweringError::Build("Winograd's filters reached the im2col products".into())),
+        Weight::Winograd(_) => {
+            return Err(LoweringError::Build("Winograd's filters reached the im2col products".into()))
+        }
         Weight::Kernel(kernel) => (cx.collapse_shape(kernel, &[&[0], &[1, 2, 3]])?, false),
         Weight::Packed(matrix) => (matrix, true),
     };
     let windows = match window.stride {
-        [1, 1] if window.kernel != [1, 1] => cx.window_conv_product(matrix, packed, x, window.kernel, window.dilation, sizes)?,
+        [1, 1] if window.kernel != [1, 1] => {
+            cx.window_conv_product(matrix, packed, x, window.kernel, window.dilation, sizes)?
+        }
         _ => None,
     };
     let y = if let Some(y) = windows {
@@ -144,9 +156,10 @@ fn im2col_matmul<'c, 'b>(
             let [sh, sw] = window.stride;
             let [dh, dw] = window.dilation;
             let source = format!("(n, c, i, j, y, x) -> (n, c, y * {sh} + i * {dh}, x * {sw} + j * {dw})");
-            let gathered = cx.generic(&[x], &[gathered], &[&source, &identity_map(6)], &[Iterator::Parallel; 6], |body| {
-                body.yield_values(&[body.arg(0)?])
-            })?[0];
+            let gathered =
+                cx.generic(&[x], &[gathered], &[&source, &identity_map(6)], &[Iterator::Parallel; 6], |body| {
+                    body.yield_values(&[body.arg(0)?])
+                })?[0];
             let columns = cx.collapse_shape(gathered, &[&[0], &[1, 2, 3], &[4], &[5]])?;
             cx.yield_region(&[cx.conv_product(matrix, packed, columns, output_type)?])?;
         }
@@ -188,7 +201,7 @@ fn convolution<'c, 'b>(
     epilogue: Epilogue<'c, 'b>,
     window: &Window,
 ) -> Result<Value<'c, 'b>, LoweringError> {
-    if let Some(y) = winograd_convolution(cx, x, weight, epilogue, window)? {
+    if let Some(y) = winograd_convolution(cx, x, weight, epilogue, window, None)? {
         return Ok(y);
     }
     let x = window.padded(cx, x)?;
@@ -199,8 +212,9 @@ fn convolution<'c, 'b>(
         Weight::Packed(matrix) => cx.size(matrix, 1)?,
         Weight::Winograd(filters) => cx.size(filters, 2)?,
     };
-    let spatial =
-        |size, axis: usize| cx.size_windows(size, -window.dilation[axis] * (window.kernel[axis] - 1) - 1, window.stride[axis]);
+    let spatial = |size, axis: usize| {
+        cx.size_windows(size, -window.dilation[axis] * (window.kernel[axis] - 1) - 1, window.stride[axis])
+    };
     let sizes = [n, out, spatial(h, 0)?, spatial(w, 1)?];
     let attributes = [
         ("strides", format!("dense<{:?}> : tensor<2xi64>", window.stride)),
@@ -210,7 +224,9 @@ fn convolution<'c, 'b>(
     let weight = match weight {
         _ if g == 1 => return im2col_matmul(cx, x, weight, epilogue, window, &sizes),
         Weight::Kernel(kernel) => kernel,
-        Weight::Packed(_) | Weight::Winograd(_) => return Err(LoweringError::Build("a grouped convolution's weights are not packed".into())),
+        Weight::Packed(_) | Weight::Winograd(_) => {
+            return Err(LoweringError::Build("a grouped convolution's weights are not packed".into()))
+        }
     };
     let init = match epilogue.bias {
         Some(bias) => cx.broadcast(bias, cx.empty(&sizes, cx.element_of(x)?)?, &[0, 2, 3])?,
@@ -224,9 +240,13 @@ fn convolution<'c, 'b>(
     let channel_groups: [&[usize]; 4] = [&[0], &[1, 2], &[3], &[4]];
     let grouped_x = cx.expand_shape(x, &channel_groups, &[n, Size::Static(g), split(c)?, h, w])?;
     let [kh, kw] = window.kernel.map(Size::Static);
-    let grouped_weight =
-        cx.expand_shape(weight, &[&[0, 1], &[2], &[3], &[4]], &[Size::Static(g), split(out)?, cx.size(weight, 1)?, kh, kw])?;
-    let grouped_init = cx.expand_shape(init, &channel_groups, &[n, Size::Static(g), split(out)?, sizes[2], sizes[3]])?;
+    let grouped_weight = cx.expand_shape(
+        weight,
+        &[&[0, 1], &[2], &[3], &[4]],
+        &[Size::Static(g), split(out)?, cx.size(weight, 1)?, kh, kw],
+    )?;
+    let grouped_init =
+        cx.expand_shape(init, &channel_groups, &[n, Size::Static(g), split(out)?, sizes[2], sizes[3]])?;
     let grouped = cx.structured(
         "linalg.conv_2d_ngchw_gfchw",
         &[grouped_x, grouped_weight],
@@ -240,29 +260,41 @@ fn convolution<'c, 'b>(
 
 /// A 3×3 stride-1 convolution by Winograd's F(4×4, 3×3), where the target has its products,
 /// with its `epilogue`; `None` for any other convolution. The runtime writes the window's zeros
-/// while it lays the input out channels-last, and the epilogue's sums while it transforms the
-/// output, so `x` goes to it unpadded and nothing reads its output again.
+/// while it lays the input out channels-last (`laid_out`, where the graph has that layout
+/// already: see [`ChannelsLast`]), and the epilogue's sums while it transforms the output, so
+/// `x` goes to it unpadded and nothing reads its output again.
 fn winograd_convolution<'c, 'b>(
     cx: &Emitter<'c, 'b>,
     x: Value<'c, 'b>,
     weight: Weight<'c, 'b>,
     epilogue: Epilogue<'c, 'b>,
     window: &Window,
+    laid_out: Option<Value<'c, 'b>>,
 ) -> Result<Option<Value<'c, 'b>>, LoweringError> {
     let (filters, transformed, out) = match weight {
         Weight::Winograd(_) if !cx.has_winograd_products() => {
             return Err(LoweringError::Build("Winograd's filters on a target without Winograd products".into()));
         }
         Weight::Winograd(filters) => (filters, true, cx.size(filters, 2)?),
-        Weight::Kernel(kernel) if window.winograd() && cx.has_winograd_products() => (kernel, false, cx.size(kernel, 0)?),
+        Weight::Kernel(kernel) if window.winograd() && cx.has_winograd_products() => {
+            (kernel, false, cx.size(kernel, 0)?)
+        }
         _ => return Ok(None),
     };
     let ([low_h, low_w], [high_h, high_w]) = (window.low, window.high);
-    let sizes = [cx.size(x, 0)?, out, cx.size_add(cx.size(x, 2)?, low_h + high_h - 2)?, cx.size_add(cx.size(x, 3)?, low_w + high_w - 2)?];
+    let sizes = [
+        cx.size(x, 0)?,
+        out,
+        cx.size_add(cx.size(x, 2)?, low_h + high_h - 2)?,
+        cx.size_add(cx.size(x, 3)?, low_w + high_w - 2)?,
+    ];
     let output_type = cx.ranked_tensor(&sizes.map(|size| size.static_value()), cx.element_of(x)?);
-    let padding = [low_h, low_w, high_h, high_w];
+    let laid_out = match laid_out {
+        Some(laid_out) => laid_out,
+        None => cx.channels_last(x, [low_h, low_w, high_h, high_w])?,
+    };
     let Epilogue { bias, residual, relu } = epilogue;
-    Ok(Some(cx.winograd_conv_product(filters, transformed, x, padding, bias, residual, relu, output_type)?))
+    Ok(Some(cx.winograd_conv_product(filters, transformed, laid_out, bias, residual, relu, output_type)?))
 }
 
 impl Operator for Conv2d {
@@ -287,9 +319,19 @@ impl Operator for Conv2d {
             state: with_bias(vec![StateDecl::parameter("weight", vec![out, c / groups, kh, kw])], attrs),
         })
     }
-    fn lower<'c, 'b>(&self, cx: &Emitter<'c, 'b>, node: &LowerNode<'_, 'c, 'b>) -> Result<Vec<Value<'c, 'b>>, LoweringError> {
+    fn lower<'c, 'b>(
+        &self,
+        cx: &Emitter<'c, 'b>,
+        node: &LowerNode<'_, 'c, 'b>,
+    ) -> Result<Vec<Value<'c, 'b>>, LoweringError> {
         let bias = node.attrs.flag("bias").then(|| node.inputs[2]);
-        Ok(vec![convolution(cx, node.inputs[0], Weight::Kernel(node.inputs[1]), Epilogue::bias(bias), &Window::of(node.attrs))?])
+        Ok(vec![convolution(
+            cx,
+            node.inputs[0],
+            Weight::Kernel(node.inputs[1]),
+            Epilogue::bias(bias),
+            &Window::of(node.attrs),
+        )?])
     }
     fn gradient(&self, cx: &mut GradientContext) -> Result<Vec<Option<Port>>, GradientError> {
         convolution_gradient(cx, false)
@@ -303,6 +345,21 @@ impl Window {
             return Ok(x);
         }
         cx.pad(x, &[0, 0, self.low[0], self.low[1]], &[0, 0, self.high[0], self.high[1]], 0.0)
+    }
+
+    /// The zeros around the input, `[top, left, bottom, right]`.
+    fn padding(&self) -> [i64; 4] {
+        [self.low[0], self.low[1], self.high[0], self.high[1]]
+    }
+
+    /// The window of the input gradient's convolution at stride 1: the gradient padded by the
+    /// dilated kernel's reach less the forward's padding, on each side (`None` where the
+    /// forward's padding is wider than the reach).
+    fn input_gradient_window(&self) -> Option<Window> {
+        let reach = [0, 1].map(|axis| self.dilation[axis] * (self.kernel[axis] - 1));
+        let low = [0, 1].map(|axis| reach[axis] - self.low[axis]);
+        let high = [0, 1].map(|axis| reach[axis] - self.high[axis]);
+        (low.iter().chain(&high).all(|&zeros| zeros >= 0)).then_some(Window { low, high, ..*self })
     }
 
     /// Whether Winograd's F(4×4, 3×3) computes this convolution: 3×3, stride 1, undilated, one
@@ -325,6 +382,81 @@ impl Window {
     }
 }
 
+/// A tensor [N, C, H, W] laid out channels-last with `padding` ([top, left, bottom, right])
+/// zeros around it, [N, H + top + bottom, W + left + right, C]: the layout Winograd's products
+/// read, made once for every convolution that reads it (a layer's forward and weight gradient,
+/// an output gradient's input and weight gradients). Internal: the CPU target's
+/// `lay-out-for-winograd` pass creates it.
+#[derive(Debug)]
+pub struct ChannelsLast;
+
+impl Operator for ChannelsLast {
+    fn name(&self) -> &'static str {
+        "channels_last"
+    }
+    fn attrs(&self) -> &'static [AttrSpec] {
+        const { &[attr("padding", Ints, Default::Required).at_least(0)] }
+    }
+    fn infer(&self, inputs: &[Vec<TensorType>], attrs: &Attrs) -> Result<Inference, OpError> {
+        let x = &inputs[0][0];
+        expect_rank(self.name(), 0, x, "N, C, H, W")?;
+        let padding: [i64; 4] = attrs
+            .ints("padding")
+            .try_into()
+            .map_err(|_| OpError::at_attr("padding", "`padding` takes [top, left, bottom, right]"))?;
+        Ok(Inference::output(channels_last_type(x, padding)?))
+    }
+    fn lower<'c, 'b>(
+        &self,
+        cx: &Emitter<'c, 'b>,
+        node: &LowerNode<'_, 'c, 'b>,
+    ) -> Result<Vec<Value<'c, 'b>>, LoweringError> {
+        let padding: [i64; 4] = node
+            .attrs
+            .ints("padding")
+            .try_into()
+            .map_err(|_| LoweringError::Build("unchecked `channels_last` padding".into()))?;
+        Ok(vec![cx.channels_last(node.inputs[0], padding)?])
+    }
+}
+
+/// The type of `x` [N, C, H, W] laid out by [`ChannelsLast`] with `padding`.
+fn channels_last_type(x: &TensorType, [top, left, bottom, right]: [i64; 4]) -> Result<TensorType, OpError> {
+    let d = &x.dims;
+    let (h, w) = (d[2].add(&Dim::known(top + bottom))?, d[3].add(&Dim::known(left + right))?);
+    Ok(TensorType::new(x.dtype, vec![d[0].clone(), h, w, d[1].clone()]))
+}
+
+/// The tensors of list slot `slot`, none where the caller gave fewer slots (a trailing list).
+fn list_at(inputs: &[Vec<TensorType>], slot: usize) -> &[TensorType] {
+    inputs.get(slot).map_or(&[], Vec::as_slice)
+}
+
+/// Checks the layouts a convolution operator reads (slot `slot`): none, or with `laid_out`,
+/// each tensor of `of` laid out with its padding.
+fn check_laid_out(
+    laid_out: &[TensorType],
+    of: &[(&TensorType, [i64; 4])],
+    attrs: &Attrs,
+    slot: usize,
+) -> Result<(), OpError> {
+    if !attrs.flag("laid_out") {
+        return match laid_out {
+            [] => Ok(()),
+            _ => Err(OpError::at_input(slot, "layouts given without `laid_out`")),
+        };
+    }
+    if !Window::of(attrs).winograd() {
+        return Err(OpError::at_attr("laid_out", "only a convolution Winograd computes reads layouts"));
+    }
+    let expected = of.iter().map(|(x, padding)| channels_last_type(x, *padding)).collect::<Result<Vec<_>, _>>()?;
+    if laid_out != expected.as_slice() {
+        let shown = |types: &[TensorType]| types.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+        return Err(OpError::at_input(slot, format!("layouts [{}] where [{}] fit", shown(laid_out), shown(&expected))));
+    }
+    Ok(())
+}
+
 /// Whether the convolution of `attrs` (`conv2d`'s) is one Winograd's F(4×4, 3×3) computes.
 pub fn winograd_fits(attrs: &Attrs) -> bool {
     Window::of(attrs).winograd()
@@ -334,15 +466,18 @@ pub fn winograd_fits(attrs: &Attrs) -> bool {
 /// residual tensor added to its result, then an optional ReLU, all in the convolution's
 /// epilogue; with `packed` (the `pack-gemm-weights` pass), its weight is the column-major
 /// matrix [C·kh·kw, O], or with `winograd` too, Winograd's transformed filters [36, C, O].
-/// Internal: model files cannot call it. Inputs: `x`, the residual (none or one), then the
-/// convolution's weights.
+/// With `laid_out` (the `lay-out-for-winograd` pass), a Winograd convolution reads `x` laid
+/// out channels-last by a [`ChannelsLast`] node. Internal: model files cannot call it. Inputs:
+/// `x`, the residual (none or one), the layout (one with `laid_out`), then the convolution's
+/// weights.
 #[derive(Debug)]
 pub struct FusedConv2d;
 
 static FUSED_CONV_ATTRS: &[AttrSpec] = conv_attrs!(
     attr("relu", Bool, Default::Bool(false)),
     attr("packed", Bool, Default::Bool(false)),
-    attr("winograd", Bool, Default::Bool(false))
+    attr("winograd", Bool, Default::Bool(false)),
+    attr("laid_out", Bool, Default::Bool(false))
 );
 
 impl Operator for FusedConv2d {
@@ -350,7 +485,7 @@ impl Operator for FusedConv2d {
         "conv2d_fused"
     }
     fn inputs(&self) -> &'static [InputSpec] {
-        const { &[input("x"), list_input("residual")] }
+        const { &[input("x"), list_input("residual"), list_input("laid_out")] }
     }
     fn attrs(&self) -> &'static [AttrSpec] {
         FUSED_CONV_ATTRS
@@ -364,7 +499,10 @@ impl Operator for FusedConv2d {
             let kernel = &inference.state[0].dims;
             inference.state[0].dims = if attrs.flag("winograd") {
                 if !winograd_fits(attrs) {
-                    return Err(OpError::at_attr("winograd", "only a 3×3 stride-1 undilated convolution has Winograd's filters"));
+                    return Err(OpError::at_attr(
+                        "winograd",
+                        "only a 3×3 stride-1 undilated convolution has Winograd's filters",
+                    ));
                 }
                 vec![36, kernel[1], kernel[0]]
             } else {
@@ -375,16 +513,26 @@ impl Operator for FusedConv2d {
             [] => {}
             [residual] if *residual == inference.outputs[0] => {}
             [residual] => {
-                return Err(OpError::at_input(1, format!("residual {residual} for a convolution giving {}", inference.outputs[0])))
+                return Err(OpError::at_input(
+                    1,
+                    format!("residual {residual} for a convolution giving {}", inference.outputs[0]),
+                ))
             }
             more => return Err(OpError::at_input(1, format!("one residual at most, found {}", more.len()))),
         }
+        let window = Window::of(attrs);
+        check_laid_out(list_at(inputs, 2), &[(&inputs[0][0], window.padding())], attrs, 2)?;
         Ok(inference)
     }
-    fn lower<'c, 'b>(&self, cx: &Emitter<'c, 'b>, node: &LowerNode<'_, 'c, 'b>) -> Result<Vec<Value<'c, 'b>>, LoweringError> {
+    fn lower<'c, 'b>(
+        &self,
+        cx: &Emitter<'c, 'b>,
+        node: &LowerNode<'_, 'c, 'b>,
+    ) -> Result<Vec<Value<'c, 'b>>, LoweringError> {
         let with_bias = node.attrs.flag("bias");
         let (x, rest) = (node.inputs[0], &node.inputs[1..]);
-        let (residual, weights) = rest.split_at(rest.len() - 1 - with_bias as usize);
+        let (tensors, weights) = rest.split_at(rest.len() - 1 - with_bias as usize);
+        let (residual, laid_out) = tensors.split_at(tensors.len() - node.attrs.flag("laid_out") as usize);
         let epilogue = Epilogue {
             bias: with_bias.then(|| weights[1]),
             residual: residual.first().copied(),
@@ -395,7 +543,18 @@ impl Operator for FusedConv2d {
             (true, false) => Weight::Packed(weights[0]),
             _ => Weight::Kernel(weights[0]),
         };
-        Ok(vec![convolution(cx, x, weight, epilogue, &Window::of(node.attrs))?])
+        let window = Window::of(node.attrs);
+        if let [laid_out] = laid_out {
+            return winograd_convolution(cx, x, weight, epilogue, &window, Some(*laid_out))?
+                .map(|y| vec![y])
+                .ok_or_else(|| {
+                    LoweringError::Build(format!(
+                        "`{}`: a layout for a convolution Winograd does not compute",
+                        node.name
+                    ))
+                });
+        }
+        Ok(vec![convolution(cx, x, weight, epilogue, &window)?])
     }
 }
 
@@ -454,7 +613,11 @@ impl Operator for ConvTranspose2d {
             state: with_bias(vec![StateDecl::parameter("weight", vec![c, out / groups, kh, kw])], attrs),
         })
     }
-    fn lower<'c, 'b>(&self, cx: &Emitter<'c, 'b>, node: &LowerNode<'_, 'c, 'b>) -> Result<Vec<Value<'c, 'b>>, LoweringError> {
+    fn lower<'c, 'b>(
+        &self,
+        cx: &Emitter<'c, 'b>,
+        node: &LowerNode<'_, 'c, 'b>,
+    ) -> Result<Vec<Value<'c, 'b>>, LoweringError> {
         lower_transposed(cx, node, Kernel::State(node.inputs[1]))
     }
     fn gradient(&self, cx: &mut GradientContext) -> Result<Vec<Option<Port>>, GradientError> {
@@ -471,7 +634,11 @@ impl Operator for ConvTranspose2d {
 /// `dilation·(kernel - 1) - padding` before (plus `output_padding` after) turns that into a
 /// stride-1 convolution with the kernel flipped and its channel axes swapped. Negative
 /// padding (padding larger than the dilated kernel) crops the result instead.
-fn lower_transposed<'c, 'b>(cx: &Emitter<'c, 'b>, node: &LowerNode<'_, 'c, 'b>, kernel: Kernel<'c, 'b>) -> Result<Vec<Value<'c, 'b>>, LoweringError> {
+fn lower_transposed<'c, 'b>(
+    cx: &Emitter<'c, 'b>,
+    node: &LowerNode<'_, 'c, 'b>,
+    kernel: Kernel<'c, 'b>,
+) -> Result<Vec<Value<'c, 'b>>, LoweringError> {
     let attrs = node.attrs;
     let x = node.inputs[0];
     let [kernel_size, stride, padding, output_padding, dilation] =
@@ -544,10 +711,15 @@ impl Operator for PreparedConvTranspose2d {
         let mut inference = ConvTranspose2d.infer(inputs, attrs)?;
         let [c, _, kh, kw] = inference.state[0].dims[..] else { unreachable!("a 4-d kernel") };
         let out = attrs.int("out");
-        inference.state[0].dims = if non_overlapping(attrs) { vec![out * kh * kw, c] } else { vec![out, c / attrs.int("groups"), kh, kw] };
+        inference.state[0].dims =
+            if non_overlapping(attrs) { vec![out * kh * kw, c] } else { vec![out, c / attrs.int("groups"), kh, kw] };
         Ok(inference)
     }
-    fn lower<'c, 'b>(&self, cx: &Emitter<'c, 'b>, node: &LowerNode<'_, 'c, 'b>) -> Result<Vec<Value<'c, 'b>>, LoweringError> {
+    fn lower<'c, 'b>(
+        &self,
+        cx: &Emitter<'c, 'b>,
+        node: &LowerNode<'_, 'c, 'b>,
+    ) -> Result<Vec<Value<'c, 'b>>, LoweringError> {
         lower_transposed(cx, node, Kernel::Prepared(node.inputs[1]))
     }
 }
@@ -573,35 +745,48 @@ fn non_overlapping_transpose<'c, 'b>(
             let matrix = cx.collapse_shape(weight, &[&[0], &[1, 2, 3]])?;
             let transposed = cx.empty(&[Size::Static(o * kh * kw), Size::Static(c)], cx.element_of(weight)?)?;
             let maps = ["(m, k) -> (k, m)", &identity_map(2)];
-            cx.generic(&[matrix], &[transposed], &maps, &[Iterator::Parallel; 2], |body| body.yield_values(&[body.arg(0)?]))?[0]
+            cx.generic(&[matrix], &[transposed], &maps, &[Iterator::Parallel; 2], |body| {
+                body.yield_values(&[body.arg(0)?])
+            })?[0]
         }
     };
     let taps = cx.static_dims(matrix)?[0].expect("weights have static shapes");
     let o = taps / (kh * kw);
     let [n, _, h, w] = [0, 1, 2, 3].map(|axis| cx.size(x, axis));
     let (n, h, w) = (n?, h?, w?);
-    let product_type = cx.ranked_tensor(&[n.static_value(), Some(taps), h.static_value(), w.static_value()], cx.element_of(x)?);
+    let product_type =
+        cx.ranked_tensor(&[n.static_value(), Some(taps), h.static_value(), w.static_value()], cx.element_of(x)?);
     let planes = cx.conv_product(matrix, false, x, product_type)?;
 
     let sizes = [n, Size::Static(o), cx.size_mul(h, kh)?, cx.size_mul(w, kw)?];
     let init = cx.empty(&sizes, cx.element_of(x)?)?;
-    let shuffle =
-        format!("(n, o, y, x) -> (n, o * {} + (y mod {kh}) * {kw} + x mod {kw}, y floordiv {kh}, x floordiv {kw})", kh * kw);
+    let shuffle = format!(
+        "(n, o, y, x) -> (n, o * {} + (y mod {kh}) * {kw} + x mod {kw}, y floordiv {kh}, x floordiv {kw})",
+        kh * kw
+    );
     let identity = identity_map(4);
     let Some(bias) = bias else {
         return Ok(cx.generic(&[planes], &[init], &[&shuffle, &identity], &[Iterator::Parallel; 4], |body| {
             body.yield_values(&[body.arg(0)?])
         })?[0]);
     };
-    Ok(cx.generic(&[planes, bias], &[init], &[&shuffle, "(n, o, y, x) -> (o)", &identity], &[Iterator::Parallel; 4], |body| {
-        body.yield_values(&[body.addf(body.arg(0)?, body.arg(1)?)?])
-    })?[0])
+    Ok(cx.generic(
+        &[planes, bias],
+        &[init],
+        &[&shuffle, "(n, o, y, x) -> (o)", &identity],
+        &[Iterator::Parallel; 4],
+        |body| body.yield_values(&[body.addf(body.arg(0)?, body.arg(1)?)?]),
+    )?[0])
 }
 
 /// The kernel of a transposed convolution, [C, O / groups, kh, kw], as the kernel of the
 /// equivalent direct convolution, [O, C / groups, kh, kw], spatially flipped: one
 /// `linalg.generic` on views with the group axis split out.
-fn flipped_kernel<'c, 'b>(cx: &Emitter<'c, 'b>, weight: Value<'c, 'b>, groups: i64) -> Result<Value<'c, 'b>, LoweringError> {
+fn flipped_kernel<'c, 'b>(
+    cx: &Emitter<'c, 'b>,
+    weight: Value<'c, 'b>,
+    groups: i64,
+) -> Result<Value<'c, 'b>, LoweringError> {
     let dims = cx.static_dims(weight)?;
     let [c, f, kh, kw] = [0, 1, 2, 3].map(|axis| dims[axis].expect("state tensors have static shapes"));
     let sizes = |dims: [i64; 5]| dims.map(Size::Static);
@@ -617,14 +802,22 @@ fn flipped_kernel<'c, 'b>(cx: &Emitter<'c, 'b>, weight: Value<'c, 'b>, groups: i
 
 // ---- gradients -----------------------------------------------------------------------------
 
-/// The window attributes of a convolution, which its backward operators take.
-static WINDOW_ATTRS: &[AttrSpec] = &[
-    attr("kernel", Ints, Default::Required).at_least(1),
-    attr("stride", Ints, Default::Ints(&[1])).at_least(1),
-    attr("padding", Ints, Default::Ints(&[0])).at_least(0),
-    attr("dilation", Ints, Default::Ints(&[1])).at_least(1),
-    attr("groups", Int, Default::Int(1)).at_least(1),
-];
+/// The window attributes of a convolution, which its backward operators take, and `extra`
+/// ones after them.
+macro_rules! window_attrs {
+    ($($extra:expr),*) => {
+        &[
+            attr("kernel", Ints, Default::Required).at_least(1),
+            attr("stride", Ints, Default::Ints(&[1])).at_least(1),
+            attr("padding", Ints, Default::Ints(&[0])).at_least(0),
+            attr("dilation", Ints, Default::Ints(&[1])).at_least(1),
+            attr("groups", Int, Default::Int(1)).at_least(1),
+            $($extra),*
+        ]
+    };
+}
+
+static WINDOW_ATTRS: &[AttrSpec] = window_attrs!();
 
 /// `attrs` restricted to the window's.
 fn window_attrs(attrs: &Attrs) -> Attrs {
@@ -655,7 +848,6 @@ fn convolution_gradient(cx: &mut GradientContext, transposed: bool) -> Result<Ve
     Ok(grads)
 }
 
-
 /// A convolution whose weight is a tensor input rather than its own state: the input gradient
 /// of a transposed convolution. Inputs `x` [N, C, H, W] and `weight` [O, C / groups, kh, kw].
 #[derive(Debug)]
@@ -675,31 +867,52 @@ impl Operator for Conv2dData {
         let (x, weight) = (&inputs[0][0], &inputs[1][0]);
         expect_rank(self.name(), 0, x, "N, C, H, W")?;
         expect_rank(self.name(), 1, weight, "O, C / groups, kh, kw")?;
-        let [h, w] = window_sizes(self.name(), x, pair(attrs, "kernel")?, pair(attrs, "stride")?, pair(attrs, "padding")?, pair(attrs, "dilation")?, false)?;
+        let [h, w] = window_sizes(
+            self.name(),
+            x,
+            pair(attrs, "kernel")?,
+            pair(attrs, "stride")?,
+            pair(attrs, "padding")?,
+            pair(attrs, "dilation")?,
+            false,
+        )?;
         Ok(Inference::output(TensorType::new(x.dtype, vec![x.dims[0].clone(), weight.dims[0].clone(), h, w])))
     }
-    fn lower<'c, 'b>(&self, cx: &Emitter<'c, 'b>, node: &LowerNode<'_, 'c, 'b>) -> Result<Vec<Value<'c, 'b>>, LoweringError> {
+    fn lower<'c, 'b>(
+        &self,
+        cx: &Emitter<'c, 'b>,
+        node: &LowerNode<'_, 'c, 'b>,
+    ) -> Result<Vec<Value<'c, 'b>>, LoweringError> {
         let window = Window::of(node.attrs);
         Ok(vec![convolution(cx, node.inputs[0], Weight::Kernel(node.inputs[1]), Epilogue::bias(None), &window)?])
     }
 }
 
 /// The gradient of a convolution's input: inputs `grad` [N, O, Ho, Wo], `weight`
-/// [O, C / groups, kh, kw] and `like` (the input, for its size) [N, C, H, W].
+/// [O, C / groups, kh, kw] and `like` (the input, for its size) [N, C, H, W]; with `laid_out`
+/// (the `lay-out-for-winograd` pass), then `grad` laid out channels-last with the zeros of its
+/// convolution ([`ChannelsLast`]), which Winograd's products read.
 #[derive(Debug)]
 pub struct Conv2dBackwardInput;
+
+/// The attributes of the backward operators: the forward's window, and whether Winograd's
+/// products read layouts made by [`ChannelsLast`] nodes.
+static BACKWARD_ATTRS: &[AttrSpec] = window_attrs!(attr("laid_out", Bool, Default::Bool(false)));
 
 impl Operator for Conv2dBackwardInput {
     fn name(&self) -> &'static str {
         "conv2d_backward_input"
     }
     fn inputs(&self) -> &'static [InputSpec] {
-        const { &[input("grad"), input("weight"), input("like")] }
+        const { &[input("grad"), input("weight"), input("like"), list_input("laid_out")] }
     }
     fn attrs(&self) -> &'static [AttrSpec] {
-        WINDOW_ATTRS
+        BACKWARD_ATTRS
     }
-    fn infer(&self, inputs: &[Vec<TensorType>], _: &Attrs) -> Result<Inference, OpError> {
+    fn infer(&self, inputs: &[Vec<TensorType>], attrs: &Attrs) -> Result<Inference, OpError> {
+        let gradient_window = Window::of(attrs).input_gradient_window();
+        let padding = gradient_window.map_or([0; 4], |window| window.padding());
+        check_laid_out(list_at(inputs, 3), &[(&inputs[0][0], padding)], attrs, 3)?;
         Ok(Inference::output(inputs[2][0].clone()))
     }
     /// With a stride and one group, [`strided_input_gradient`]. Otherwise a transposed
@@ -707,7 +920,11 @@ impl Operator for Conv2dBackwardInput {
     /// channel axes swapped, of the gradient padded (at stride 1) or spread out by the stride
     /// (zeros between its elements, `tensor.insert_slice` into zeros of the padded input's
     /// size, which `like` gives even where the stride made the forward floor its size).
-    fn lower<'c, 'b>(&self, cx: &Emitter<'c, 'b>, node: &LowerNode<'_, 'c, 'b>) -> Result<Vec<Value<'c, 'b>>, LoweringError> {
+    fn lower<'c, 'b>(
+        &self,
+        cx: &Emitter<'c, 'b>,
+        node: &LowerNode<'_, 'c, 'b>,
+    ) -> Result<Vec<Value<'c, 'b>>, LoweringError> {
         let (grad, weight, like) = (node.inputs[0], node.inputs[1], node.inputs[2]);
         let window = Window::of(node.attrs);
         if window.groups == 1 && window.stride != [1, 1] {
@@ -715,22 +932,48 @@ impl Operator for Conv2dBackwardInput {
         }
         let reach = [0, 1].map(|axis| window.dilation[axis] * (window.kernel[axis] - 1));
         let low = [0, 1].map(|axis| reach[axis] - window.low[axis]);
-        if low.iter().any(|&l| l < 0) {
-            let reason = "the gradient of a convolution padded by more than its dilated kernel is not lowered".to_string();
-            return Err(LoweringError::Unsupported { op: "conv2d_backward_input", node: node.name.to_string(), reason });
-        }
+        let Some(direct) = window.input_gradient_window() else {
+            let reason =
+                "the gradient of a convolution padded by more than its dilated kernel is not lowered".to_string();
+            return Err(LoweringError::Unsupported {
+                op: "conv2d_backward_input",
+                node: node.name.to_string(),
+                reason,
+            });
+        };
         let flipped = flipped_kernel(cx, weight, window.groups)?;
         if window.stride == [1, 1] {
             // Nothing to spread: the gradient padded by the kernel's reach less the forward's
             // padding, which the convolution adds as its own (Winograd's without a copy).
-            let high = [0, 1].map(|axis| reach[axis] - window.high[axis]);
-            let direct = Window { low, high, ..window };
+            if let Some(&laid_out) = node.inputs.get(3) {
+                return winograd_convolution(
+                    cx,
+                    grad,
+                    Weight::Kernel(flipped),
+                    Epilogue::bias(None),
+                    &direct,
+                    Some(laid_out),
+                )?
+                .map(|dx| vec![dx])
+                .ok_or_else(|| {
+                    LoweringError::Build(format!(
+                        "`{}`: a layout for a convolution Winograd does not compute",
+                        node.name
+                    ))
+                });
+            }
             return Ok(vec![convolution(cx, grad, Weight::Kernel(flipped), Epilogue::bias(None), &direct)?]);
         }
-        let sizes = [cx.size(grad, 0)?, cx.size(grad, 1)?, cx.size_add(cx.size(like, 2)?, reach[0])?, cx.size_add(cx.size(like, 3)?, reach[1])?];
+        let sizes = [
+            cx.size(grad, 0)?,
+            cx.size(grad, 1)?,
+            cx.size_add(cx.size(like, 2)?, reach[0])?,
+            cx.size_add(cx.size(like, 3)?, reach[1])?,
+        ];
         let element = cx.element_of(grad)?;
         let zeros = cx.fill(cx.constant_float(0.0, element)?, cx.empty(&sizes, element)?)?;
-        let spread = cx.insert_slice(grad, zeros, &[0, 0, low[0], low[1]], &[1, 1, window.stride[0], window.stride[1]])?;
+        let spread =
+            cx.insert_slice(grad, zeros, &[0, 0, low[0], low[1]], &[1, 1, window.stride[0], window.stride[1]])?;
         let direct = Window { stride: [1, 1], low: [0, 0], high: [0, 0], ..window };
         Ok(vec![convolution(cx, spread, Weight::Kernel(flipped), Epilogue::bias(None), &direct)?])
     }
@@ -749,7 +992,8 @@ fn strided_input_gradient<'c, 'b>(
     window: &Window,
 ) -> Result<Value<'c, 'b>, LoweringError> {
     let element = cx.element_of(grad)?;
-    let [_, c, kh, kw] = [0, 1, 2, 3].map(|axis| cx.static_dims(weight).map(|dims| dims[axis].expect("kernels have known sizes")));
+    let [_, c, kh, kw] =
+        [0, 1, 2, 3].map(|axis| cx.static_dims(weight).map(|dims| dims[axis].expect("kernels have known sizes")));
     let (c, kh, kw) = (c?, kh?, kw?);
     let matrix = cx.collapse_shape(weight, &[&[0], &[1, 2, 3]])?;
     let [n, ho, wo] = [0, 2, 3].map(|axis| cx.static_dims(grad).map(|dims| dims[axis]));
@@ -764,13 +1008,16 @@ fn strided_input_gradient<'c, 'b>(
         let zero = body.constant_float(0.0, element)?;
         let total = body.for_loop(index(0)?, index(kh)?, &[zero], |b, args| {
             let i = args[0];
-            let (row, row_valid) = reading_position(b, y, i, window.low[0], window.dilation[0], window.stride[0], rows)?;
+            let (row, row_valid) =
+                reading_position(b, y, i, window.low[0], window.dilation[0], window.stride[0], rows)?;
             b.for_loop(b.constant_index(0)?, b.constant_index(kw)?, &args[1..], |b, args| {
                 let j = args[0];
-                let (column, column_valid) = reading_position(b, x, j, window.low[1], window.dilation[1], window.stride[1], cols)?;
+                let (column, column_valid) =
+                    reading_position(b, x, j, window.low[1], window.dilation[1], window.stride[1], cols)?;
                 let valid = b.binary("arith.andi", row_valid, column_valid)?;
                 let kernel_position = b.binary("arith.addi", b.binary("arith.muli", i, b.constant_index(kw)?)?, j)?;
-                let k = b.binary("arith.addi", b.binary("arith.muli", c, b.constant_index(kh * kw)?)?, kernel_position)?;
+                let k =
+                    b.binary("arith.addi", b.binary("arith.muli", c, b.constant_index(kh * kw)?)?, kernel_position)?;
                 let value = b.extract(columns, &[n, k, row, column])?;
                 Ok(vec![b.addf(args[1], b.select(valid, value, b.constant_float(0.0, element)?)?)?])
             })
@@ -780,7 +1027,9 @@ fn strided_input_gradient<'c, 'b>(
 }
 
 /// The gradient of a convolution's weight: inputs `x` [N, C, H, W] and `grad` [N, O, Ho, Wo];
-/// output [O, C / groups, kh, kw].
+/// output [O, C / groups, kh, kw]. With `laid_out` (the `lay-out-for-winograd` pass), then
+/// `x` laid out channels-last with the convolution's zeros and `grad` with its input
+/// gradient's ([`ChannelsLast`]), from which Winograd's transforms compute it.
 #[derive(Debug)]
 pub struct Conv2dBackwardWeight;
 
@@ -789,24 +1038,44 @@ impl Operator for Conv2dBackwardWeight {
         "conv2d_backward_weight"
     }
     fn inputs(&self) -> &'static [InputSpec] {
-        const { &[input("x"), input("grad")] }
+        const { &[input("x"), input("grad"), list_input("laid_out")] }
     }
     fn attrs(&self) -> &'static [AttrSpec] {
-        WINDOW_ATTRS
+        BACKWARD_ATTRS
     }
     fn infer(&self, inputs: &[Vec<TensorType>], attrs: &Attrs) -> Result<Inference, OpError> {
         let (x, grad) = (&inputs[0][0], &inputs[1][0]);
         let c = known(self.name(), 0, x, 1, "channels")?;
         let o = known(self.name(), 1, grad, 1, "channels")?;
         let [kh, kw] = pair(attrs, "kernel")?;
+        let window = Window::of(attrs);
+        let gradient_padding = window.input_gradient_window().map_or([0; 4], |window| window.padding());
+        check_laid_out(list_at(inputs, 2), &[(x, window.padding()), (grad, gradient_padding)], attrs, 2)?;
         let dims = [o, c / attrs.int("groups"), kh, kw].map(Dim::known).to_vec();
         Ok(Inference::output(TensorType::new(x.dtype, dims)))
     }
-    /// Per group, [`one_group_weight_gradient`] of its channels of `x` and `grad`, the groups'
-    /// gradients stacked along the output channels.
-    fn lower<'c, 'b>(&self, cx: &Emitter<'c, 'b>, node: &LowerNode<'_, 'c, 'b>) -> Result<Vec<Value<'c, 'b>>, LoweringError> {
+    /// From layouts, Winograd's weight gradient; otherwise, per group,
+    /// [`one_group_weight_gradient`] of its channels of `x` and `grad`, the groups' gradients
+    /// stacked along the output channels.
+    fn lower<'c, 'b>(
+        &self,
+        cx: &Emitter<'c, 'b>,
+        node: &LowerNode<'_, 'c, 'b>,
+    ) -> Result<Vec<Value<'c, 'b>>, LoweringError> {
         let (x, grad) = (node.inputs[0], node.inputs[1]);
         let window = Window::of(node.attrs);
+        if let ([x_laid_out, grad_laid_out], Some(gradient_window)) =
+            (&node.inputs[2..], window.input_gradient_window())
+        {
+            let ty =
+                cx.ranked_tensor(&node.outputs[0].dims.iter().map(Dim::value).collect::<Vec<_>>(), cx.element_of(x)?);
+            return Ok(vec![cx.winograd_weight_gradient(
+                *x_laid_out,
+                *grad_laid_out,
+                gradient_window.padding(),
+                ty,
+            )?]);
+        }
         if window.groups == 1 {
             return Ok(vec![one_group_weight_gradient(cx, x, grad, &window)?]);
         }
@@ -820,7 +1089,8 @@ impl Operator for Conv2dBackwardWeight {
                 let sizes = [cx.size(tensor, 0)?, Size::Static(width), cx.size(tensor, 2)?, cx.size(tensor, 3)?];
                 cx.extract_slice(tensor, &[0, group * width, 0, 0], &sizes)
             };
-            let gradient = one_group_weight_gradient(cx, slice(x, c)?, slice(grad, o)?, &Window { groups: 1, ..window })?;
+            let gradient =
+                one_group_weight_gradient(cx, slice(x, c)?, slice(grad, o)?, &Window { groups: 1, ..window })?;
             stacked = cx.insert_slice(gradient, stacked, &[group * o, 0, 0, 0], &[1, 1, 1, 1])?;
         }
         Ok(vec![stacked])
@@ -830,12 +1100,20 @@ impl Operator for Conv2dBackwardWeight {
 /// The weight gradient of a convolution of one group: Σ over images and pixels of `grad`
 /// [O, N·Ho·Wo] times the im2col matrix [C·kh·kw, N·Ho·Wo] transposed: one product
 /// ([`Emitter::linear_product`]) of two relaid copies.
-fn one_group_weight_gradient<'c, 'b>(cx: &Emitter<'c, 'b>, x: Value<'c, 'b>, grad: Value<'c, 'b>, window: &Window) -> Result<Value<'c, 'b>, LoweringError> {
+fn one_group_weight_gradient<'c, 'b>(
+    cx: &Emitter<'c, 'b>,
+    x: Value<'c, 'b>,
+    grad: Value<'c, 'b>,
+    window: &Window,
+) -> Result<Value<'c, 'b>, LoweringError> {
     let element = cx.element_of(x)?;
     let [n, c] = [cx.size(x, 0)?, cx.size(x, 1)?];
     let [o, ho, wo] = [cx.size(grad, 1)?, cx.size(grad, 2)?, cx.size(grad, 3)?];
     if window.stride == [1, 1] && window.kernel != [1, 1] {
-        let ty = cx.ranked_tensor(&[o.static_value(), c.static_value(), Some(window.kernel[0]), Some(window.kernel[1])], element);
+        let ty = cx.ranked_tensor(
+            &[o.static_value(), c.static_value(), Some(window.kernel[0]), Some(window.kernel[1])],
+            element,
+        );
         let padding = [window.low[0], window.low[1], window.high[0], window.high[1]];
         if let Some(gradient) = cx.window_weight_gradient(x, grad, window.kernel, window.dilation, padding, ty)? {
             return Ok(gradient);
@@ -847,10 +1125,18 @@ fn one_group_weight_gradient<'c, 'b>(cx: &Emitter<'c, 'b>, x: Value<'c, 'b>, gra
     let [dh, dw] = window.dilation;
     let gathered = cx.empty(&[c, kh, kw, n, ho, wo], element)?;
     let source = format!("(c, i, j, n, y, x) -> (n, c, y * {sh} + i * {dh}, x * {sw} + j * {dw})");
-    let gathered = cx.generic(&[x], &[gathered], &[&source, &identity_map(6)], &[Iterator::Parallel; 6], |body| body.yield_values(&[body.arg(0)?]))?[0];
+    let gathered = cx.generic(&[x], &[gathered], &[&source, &identity_map(6)], &[Iterator::Parallel; 6], |body| {
+        body.yield_values(&[body.arg(0)?])
+    })?[0];
     let columns = cx.collapse_shape(gathered, &[&[0, 1, 2], &[3, 4, 5]])?;
     let relaid = cx.empty(&[o, n, ho, wo], element)?;
-    let relaid = cx.generic(&[grad], &[relaid], &["(o, n, y, x) -> (n, o, y, x)", &identity_map(4)], &[Iterator::Parallel; 4], |body| body.yield_values(&[body.arg(0)?]))?[0];
+    let relaid = cx.generic(
+        &[grad],
+        &[relaid],
+        &["(o, n, y, x) -> (n, o, y, x)", &identity_map(4)],
+        &[Iterator::Parallel; 4],
+        |body| body.yield_values(&[body.arg(0)?]),
+    )?[0];
     let rows = cx.collapse_shape(relaid, &[&[0], &[1, 2, 3]])?;
     let dims = cx.static_dims(columns)?;
     let product = cx.ranked_tensor(&[o.static_value(), dims[0]], element);

@@ -12,10 +12,12 @@ mod norm;
 mod pool;
 mod resample;
 
-use crate::graph::types::{DType, Dim, SizeError, TensorType};
 use crate::autodiff::{GradientContext, GradientError};
+use crate::graph::types::{DType, Dim, SizeError, TensorType};
 use crate::graph::{Attrs, Port, StateKind};
-use crate::lowering::{identity_map, loop_dims, CmpfPredicate, CmpiPredicate, Combiner, Emitter, Iterator, LowerNode, LoweringError, Size};
+use crate::lowering::{
+    identity_map, loop_dims, CmpfPredicate, CmpiPredicate, Combiner, Emitter, Iterator, LowerNode, LoweringError, Size,
+};
 use melior::ir::{Block, Value};
 use std::fmt;
 
@@ -61,17 +63,21 @@ pub static OPERATORS: &[&dyn Operator] = &[
     &detection::MaskrcnnLoss,
 ];
 
-pub use conv::{non_overlapping, winograd_fits, FusedConv2d, PreparedConvTranspose2d};
+pub use conv::{
+    non_overlapping, winograd_fits, ChannelsLast, Conv2dBackwardInput, Conv2dBackwardWeight, FusedConv2d,
+    PreparedConvTranspose2d,
+};
 pub use elementwise::FillLike;
 pub use norm::{BatchMoments, BatchNormTraining, RunningStatistics};
 
 /// `add`, for the autodiff's sums of gradients.
 pub static ADD: elementwise::Add = elementwise::Add;
 
-/// Operators that the compiler creates and model files cannot call: fused forms, training
-/// forms and the backward operators of gradient rules.
+/// Operators that the compiler creates and model files cannot call: fused forms, layouts,
+/// training forms and the backward operators of gradient rules.
 pub static INTERNAL_OPERATORS: &[&dyn Operator] = &[
     &conv::FusedConv2d,
+    &conv::ChannelsLast,
     &conv::PreparedConvTranspose2d,
     &conv::Conv2dData,
     &conv::Conv2dBackwardInput,
@@ -116,7 +122,11 @@ pub trait Operator: Sync + fmt::Debug {
     /// Appends the operator's computation to `cx`'s block: one MLIR value per output, of the
     /// node's output types (symbolic dimensions as `?`). `node.inputs` are the tensor inputs in
     /// slot order, then the state tensors in the order `infer` declares them.
-    fn lower<'c, 'b>(&self, cx: &Emitter<'c, 'b>, node: &LowerNode<'_, 'c, 'b>) -> Result<Vec<Value<'c, 'b>>, LoweringError>;
+    fn lower<'c, 'b>(
+        &self,
+        cx: &Emitter<'c, 'b>,
+        node: &LowerNode<'_, 'c, 'b>,
+    ) -> Result<Vec<Value<'c, 'b>>, LoweringError>;
     /// The gradient rule: from the gradients of the node's outputs (`cx.output_grads`), adds the
     /// nodes computing the gradient of each input (tensor inputs, then state tensors) and
     /// returns them, `None` where no gradient flows (integer inputs, boxes a selection chose,
@@ -279,7 +289,8 @@ impl AttrSpec {
         };
         let check_float = |v: f64| {
             if !(v as f32).is_finite() {
-                let message = format!("attribute out of range: `{name}` of `{op}` is not a finite 32-bit float, found {v:?}");
+                let message =
+                    format!("attribute out of range: `{name}` of `{op}` is not a finite 32-bit float, found {v:?}");
                 return Err(OpError::at_attr(name, message).hint("32-bit floats reach about 3.4e38"));
             }
             if !self.range.contains(v) {
@@ -503,7 +514,11 @@ pub fn reading_position<'c, 'n>(
     let stride = b.constant_index(stride)?;
     let (position, remainder) = (b.binary("arith.divsi", shifted, stride)?, b.binary("arith.remsi", shifted, stride)?);
     let zero = b.constant_index(0)?;
-    let whole = b.binary("arith.andi", b.compare_integers(CmpiPredicate::Sge, shifted, zero)?, b.compare_integers(CmpiPredicate::Eq, remainder, zero)?)?;
+    let whole = b.binary(
+        "arith.andi",
+        b.compare_integers(CmpiPredicate::Sge, shifted, zero)?,
+        b.compare_integers(CmpiPredicate::Eq, remainder, zero)?,
+    )?;
     let valid = b.binary("arith.andi", whole, b.compare_integers(CmpiPredicate::Slt, position, count)?)?;
     Ok((b.select(valid, position, zero)?, valid))
 }
@@ -518,9 +533,9 @@ pub fn expect_rank(op: &str, slot: usize, ty: &TensorType, layout: &str) -> Resu
 
 /// A dimension that must be known when the model is compiled (channels, features).
 pub fn known(op: &str, slot: usize, ty: &TensorType, axis: usize, what: &str) -> Result<i64, OpError> {
-    ty.dims[axis].value().ok_or_else(|| {
-        OpError::at_input(slot, format!("`{op}` needs the {what} of its input to be known, found {ty}"))
-    })
+    ty.dims[axis]
+        .value()
+        .ok_or_else(|| OpError::at_input(slot, format!("`{op}` needs the {what} of its input to be known, found {ty}")))
 }
 
 /// `kernel: 3` and `kernel: [3, 3]` both mean a 3×3 window.
@@ -553,7 +568,12 @@ pub fn window_sizes(
         let reach = Dim::known(kernel[axis]).sub(&Dim::known(1))?.scale(dilation[axis])?;
         let span = x.dims[axis + 2].add(&Dim::known(padding[axis]).scale(2)?)?.sub(&reach)?.sub(&Dim::known(1))?;
         let steps = if ceil { span.ceil_div(stride[axis])? } else { span.floor_div(stride[axis])? };
-        positive_size(op, x, steps.add(&Dim::known(1))?, "the window (kernel and dilation) is larger than the padded input")
+        positive_size(
+            op,
+            x,
+            steps.add(&Dim::known(1))?,
+            "the window (kernel and dilation) is larger than the padded input",
+        )
     };
     Ok([size(0)?, size(1)?])
 }
@@ -561,7 +581,9 @@ pub fn window_sizes(
 /// A computed output size, which must be positive where it is known; `why` says what to change.
 pub fn positive_size(op: &str, x: &TensorType, size: Dim, why: &str) -> Result<Dim, OpError> {
     match size.value() {
-        Some(v) if v < 1 => Err(OpError::at_input(0, format!("`{op}` gives an output size of {v} for its input {x}")).hint(why)),
+        Some(v) if v < 1 => {
+            Err(OpError::at_input(0, format!("`{op}` gives an output size of {v} for its input {x}")).hint(why))
+        }
         _ => Ok(size),
     }
 }
@@ -642,7 +664,10 @@ mod tests {
         let bounds = |spec: AttrSpec| spec.range.to_string();
         assert_eq!(bounds(attr("a", AttrType::Int, Default::Required).at_least(-1)), "at least -1");
         assert_eq!(bounds(attr("a", AttrType::Float, Default::Required).positive()), "positive");
-        assert_eq!(bounds(attr("a", AttrType::Float, Default::Required).positive().at_most(1e3)), "positive and at most 1000");
+        assert_eq!(
+            bounds(attr("a", AttrType::Float, Default::Required).positive().at_most(1e3)),
+            "positive and at most 1000"
+        );
         assert_eq!(bounds(attr("a", AttrType::Float, Default::Required).between(0.0, 1.0)), "between 0 and 1");
     }
 }

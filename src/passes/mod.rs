@@ -6,6 +6,7 @@ mod dead_code;
 mod fold_batch_norm;
 mod fold_constant_weights;
 mod fuse_conv_epilogues;
+mod lay_out_for_winograd;
 mod pack_gemm_weights;
 
 pub use common_subexpressions::CommonSubexpressions;
@@ -13,6 +14,7 @@ pub use dead_code::DeadCode;
 pub use fold_batch_norm::FoldBatchNorm;
 pub use fold_constant_weights::FoldConstantWeights;
 pub use fuse_conv_epilogues::FuseConvEpilogues;
+pub use lay_out_for_winograd::LayOutForWinograd;
 pub use pack_gemm_weights::PackGemmWeights;
 
 use crate::graph::Graph;

@@ -5,7 +5,9 @@
 use std::path::Path;
 
 use super::{native, CompileError, Emit, Emitted, Program, ProgramKind, Target};
-use crate::lowering::{add_entry_points, jit, lower_to_llvm, JitEngine, BuiltIns, LoweringError, ProgramMain, Products};
+use crate::lowering::{
+    add_entry_points, jit, lower_to_llvm, BuiltIns, JitEngine, LoweringError, Products, ProgramMain,
+};
 use melior::{ir::Module, Context};
 
 /// The host CPU: products in the runtime's GEMM microkernels, the LLVM dialect, code compiled by
@@ -27,6 +29,12 @@ impl Target for Cpu {
     fn graph_passes(&self) -> Vec<Box<dyn crate::passes::Pass>> {
         let mut passes = crate::passes::default_passes();
         passes.push(Box::new(crate::passes::PackGemmWeights));
+        passes.push(Box::new(crate::passes::LayOutForWinograd));
+        passes
+    }
+    fn training_passes(&self) -> Vec<Box<dyn crate::passes::Pass>> {
+        let mut passes = crate::passes::training_passes();
+        passes.push(Box::new(crate::passes::LayOutForWinograd));
         passes
     }
     fn lower(&self, context: &Context, module: &mut Module) -> Result<(), LoweringError> {
@@ -60,4 +68,3 @@ impl Target for Cpu {
         native::write_program(&module, &companions, &[], program, interface, level, emit, output)
     }
 }
-

@@ -20,7 +20,9 @@ use mrc_runtime::weights::Weights;
 
 use crate::expand::{value::Value, Model};
 use crate::graph::{Graph, Port};
-use crate::lowering::{create_context, emit_forward, expected_state, interface, BuiltIns, JitEngine, LoweringError, Products, Signature};
+use crate::lowering::{
+    create_context, emit_forward, expected_state, interface, BuiltIns, JitEngine, LoweringError, Products, Signature,
+};
 use crate::passes;
 
 /// What a target decides.
@@ -33,6 +35,12 @@ pub trait Target {
     /// The graph passes from `-O1` on: the target-neutral ones, and the target's own after them.
     fn graph_passes(&self) -> Vec<Box<dyn passes::Pass>> {
         passes::default_passes()
+    }
+    /// The graph passes of a training step for this target, run from `-O1` on: the
+    /// target-neutral [`passes::training_passes`] and its own that derive nothing from the
+    /// weights.
+    fn training_passes(&self) -> Vec<Box<dyn passes::Pass>> {
+        passes::training_passes()
     }
     /// Lowers an emitted module in place with the target's pass pipeline, to what its back end
     /// takes (the CPU: the LLVM dialect).
@@ -94,7 +102,13 @@ pub enum ProgramKind {
     Inference { class_names: Vec<String> },
     /// Trains: the forward function is the training step (`mrc compile --train`); `evaluation`
     /// describes the inference network that the program carries as a companion module.
-    Training { outputs: StepOutputs, layout: Vec<TensorLayout>, settings: TrainConfig, transform: Transform, evaluation: EvaluationNetwork },
+    Training {
+        outputs: StepOutputs,
+        layout: Vec<TensorLayout>,
+        settings: TrainConfig,
+        transform: Transform,
+        evaluation: EvaluationNetwork,
+    },
 }
 
 /// `mrc compile`: `model` for `target` at optimization level `level` (graph passes from 1 on,
@@ -117,7 +131,11 @@ pub fn compile(
     if emit_stage == Emit::Mlir {
         return native::write_mlir(&emitted.module, output);
     }
-    let program = Program { name: program_name(output), weights, kind: ProgramKind::Inference { class_names: class_names(model) } };
+    let program = Program {
+        name: program_name(output),
+        weights,
+        kind: ProgramKind::Inference { class_names: class_names(model) },
+    };
     target.write(&context, emitted, program, level, emit_stage, output)
 }
 

@@ -17,8 +17,8 @@ use crate::autodiff::{self, AutodiffError};
 use crate::expand::{value::Value, Model};
 use crate::graph::{Graph, StateKind};
 use crate::lowering::{emit_forward, interface, LoweringError};
-use crate::run::JitForward;
 use crate::passes;
+use crate::run::JitForward;
 use crate::targets::{cpu::Cpu, cuda::emulated_device, Emitted, Target};
 
 #[derive(Debug, thiserror::Error)]
@@ -46,11 +46,14 @@ impl TrainingGraph {
     /// The training network of `model`, differentiated with respect to every parameter whose
     /// name does not start with one of `frozen`.
     pub fn new(model: &Model, frozen: &[String]) -> Result<TrainingGraph, TrainError> {
-        let (_, graph) = model.training.clone().ok_or_else(|| TrainError::NoTrainingNetwork(model.path.display().to_string()))?;
+        let (_, graph) =
+            model.training.clone().ok_or_else(|| TrainError::NoTrainingNetwork(model.path.display().to_string()))?;
         let mut graph = graph;
         let outputs: Vec<String> = graph.outputs.iter().map(|(name, _)| name.clone()).collect();
         let losses = match model.train.get("losses").map(|s| &s.value) {
-            Some(Value::List(names)) => names.iter().filter_map(|n| if let Value::Str(s) = n { Some(s.clone()) } else { None }).collect(),
+            Some(Value::List(names)) => {
+                names.iter().filter_map(|n| if let Value::Str(s) = n { Some(s.clone()) } else { None }).collect()
+            }
             _ => outputs.clone(),
         };
         if let Some(unknown) = losses.iter().find(|l| !outputs.contains(l)) {
@@ -59,7 +62,8 @@ impl TrainingGraph {
         let updated = autodiff::to_training_mode(&mut graph)?;
         let trainable = |graph: &Graph, node: petgraph::stable_graph::NodeIndex| {
             let name = &graph.nodes[node].name;
-            graph.state_kind(node) == Some(StateKind::Parameter) && !frozen.iter().any(|prefix| name.starts_with(prefix.as_str()))
+            graph.state_kind(node) == Some(StateKind::Parameter)
+                && !frozen.iter().any(|prefix| name.starts_with(prefix.as_str()))
         };
         let gradient_outputs = autodiff::differentiate(&mut graph, &losses, trainable)?;
         let strip = |output: &str, prefix: &str| output.strip_prefix(prefix).expect("named by the autodiff").to_owned();
@@ -68,12 +72,12 @@ impl TrainingGraph {
         Ok(TrainingGraph { graph, outputs: StepOutputs { losses, gradients, updates } })
     }
 
-    /// The step's `@forward` for `target` in `context`, after the graph passes that keep weights
-    /// as they are (from level 1 on: a step's weights change every iteration, so nothing may be
-    /// derived from them at load time).
+    /// The step's `@forward` for `target` in `context`, after the target's training passes,
+    /// which keep weights as they are (from level 1 on: a step's weights change every
+    /// iteration, so nothing may be derived from them at load time).
     pub fn emit<'c>(&self, context: &'c Context, target: &dyn Target, level: u8) -> Result<Emitted<'c>, LoweringError> {
         let mut graph = self.graph.clone();
-        let passes = if level > 0 { passes::run(&mut graph, &passes::training_passes()) } else { vec![] };
+        let passes = if level > 0 { passes::run(&mut graph, &target.training_passes()) } else { vec![] };
         let (module, signature) = emit_forward(context, &graph, target.products(), target.builtins())?;
         let interface = interface(&graph, &signature);
         Ok(Emitted { module, signature, interface, passes, companions: vec![] })
@@ -88,8 +92,16 @@ impl TrainingGraph {
                 let node = &self.graph.nodes[s];
                 TensorLayout {
                     name: node.name.clone(),
-                    shape: node.outputs[0].dims.iter().map(|d| d.value().expect("state tensors have known sizes") as usize).collect(),
-                    kind: if self.graph.state_kind(s) == Some(StateKind::Parameter) { TensorKind::Parameter } else { TensorKind::Buffer },
+                    shape: node.outputs[0]
+                        .dims
+                        .iter()
+                        .map(|d| d.value().expect("state tensors have known sizes") as usize)
+                        .collect(),
+                    kind: if self.graph.state_kind(s) == Some(StateKind::Parameter) {
+                        TensorKind::Parameter
+                    } else {
+                        TensorKind::Buffer
+                    },
                 }
             })
             .collect()
@@ -124,7 +136,9 @@ impl JitStep {
         let code = JitForward::build(&target, level, |context| training.emit(context, &target, level))?;
         // SAFETY: the function was compiled for this interface, for a device, and is kept for
         // the process.
-        let step = unsafe { CompiledStep::new(code.function, code.interface.clone(), training.outputs.clone()).on_device(device) };
+        let step = unsafe {
+            CompiledStep::new(code.function, code.interface.clone(), training.outputs.clone()).on_device(device)
+        };
         code.keep_for_the_process();
         Ok(JitStep { step, _code: None })
     }
@@ -133,7 +147,6 @@ impl JitStep {
     pub fn run(&self, inputs: &[(&str, &HostTensor)], state: &mut ModelState) -> Result<StepOutput, TrainError> {
         self.step.run(inputs, state).map_err(TrainError::Step)
     }
-
 }
 
 impl Step for JitStep {

@@ -79,13 +79,20 @@ runtime_functions! {
     /// and the output gradient [N, M, Ho, Wo], settings [kh, kw, dh, dw, top, left, bottom,
     /// right] (the window, then the zeros around the input).
     ConvWindowsWeightGrad = "conv_windows_weight_grad", w::_mlir_ciface_mrc_conv_windows_weight_grad, ([F32(4)], [F32(4)], [I64(1)]) -> (F32(4));
-    /// A 3×3 stride-1 convolution by Winograd's F(4×4, 3×3) of the input [N, C, H, W], the
-    /// filters transformed at load time [36, C, M], settings [top, left, bottom, right, relu]
-    /// (the zeros around the input; 1 for a ReLU), plus a bias [M] and a residual
+    /// The input [N, C, H, W] laid out channels-last with zeros around it, settings [top, left,
+    /// bottom, right]: [N, Hp, Wp, C], as Winograd's products read it.
+    ChannelsLast = "channels_last", wg::_mlir_ciface_mrc_channels_last, ([F32(4)], [I64(1)]) -> (F32(4));
+    /// A 3×3 stride-1 convolution by Winograd's F(4×4, 3×3) of the input laid out
+    /// channels-last with its zeros [N, Hp, Wp, C], the filters transformed at load time
+    /// [36, C, M], settings [relu] (1 for a ReLU), plus a bias [M] and a residual
     /// [N, M, Ho, Wo] (each empty for none): [N, M, Hp − 2, Wp − 2].
     ConvWinograd = "conv_winograd", wg::_mlir_ciface_mrc_conv_winograd, ([F32(3)], [F32(4)], [I64(1)], [F32(1)], [F32(4)]) -> (F32(4));
     /// The same with the filters as they are, [M, C, 3, 3], transformed on each call.
     ConvWinogradFilters = "conv_winograd_filters", wg::_mlir_ciface_mrc_conv_winograd_filters, ([F32(4)], [F32(4)], [I64(1)], [F32(1)], [F32(4)]) -> (F32(4));
+    /// The weight gradient [M, C, 3, 3] of a 3×3 stride-1 convolution from its input laid out
+    /// channels-last with its zeros [N, Ho + 2, Wo + 2, C] and its output gradient laid out
+    /// channels-last [N, Hg, Wg, M] with settings [top, left, bottom, right] zeros around it.
+    ConvWinogradWeightGrad = "conv_winograd_weight_grad", wg::_mlir_ciface_mrc_conv_winograd_weight_grad, ([F32(4)], [F32(4)], [I64(1)]) -> (F32(4));
     /// `x` [N, F] times the weight [O, F] transposed.
     Linear = "linear", k::_mlir_ciface_mrc_linear, ([F32(2)], [F32(2)]) -> (F32(2));
     /// The image u8 [H, W, 3] to the batch [1, 3, Hb, Wb] and the resized size i64[2].

@@ -42,7 +42,9 @@ impl Window {
     /// The window positions: their (i, j) and their offset in a plane `wp` wide.
     fn positions(&self, wp: usize) -> impl Iterator<Item = (usize, usize, isize)> + '_ {
         let [kh, kw] = self.kernel;
-        (0..kh).flat_map(move |i| (0..kw).map(move |j| (i, j, (i * self.dilation[0] * wp + j * self.dilation[1]) as isize)))
+        (0..kh).flat_map(move |i| {
+            (0..kw).map(move |j| (i, j, (i * self.dilation[0] * wp + j * self.dilation[1]) as isize))
+        })
     }
 }
 
@@ -74,8 +76,8 @@ pub(super) unsafe fn padded(x: &MemRef<f32, 4>, [top, left, bottom, right]: Padd
     y
 }
 
-/// Whether the products cannot run here: a device needs its own GEMM.
-fn on_device(name: &str) -> bool {
+/// Whether the products cannot run here: a device needs its own GEMM (the error recorded).
+pub(super) fn on_device(name: &str) -> bool {
     let on_device = device_gemm().is_some();
     if on_device {
         super::set_error(format!("{name}: not available on a GPU (the CUDA target uses im2col products)"));
@@ -140,26 +142,6 @@ unsafe fn convolve_rows(a: Lhs, x: &MemRef<f32, 4>, window: &Window, [ho, wo]: [
     y
 }
 
-/// A 3×3 stride-1 undilated convolution of the padded input `x` [N, C, Hp, Wp] (Hp, Wp ≥ 3) with
-/// `a` [M, C·9], as [N, M, Hp − 2, Wp − 2]: the window products, their grid cropped to the
-/// output's width (where Winograd's transforms would cost more than they save).
-///
-/// # Safety
-/// `a` and `x` describe live buffers.
-pub(super) unsafe fn convolve_3x3(a: Lhs, x: &MemRef<f32, 4>) -> MemRef<f32, 4> {
-    let window = Window { kernel: [3, 3], dilation: [1, 1] };
-    let [n, _, hp, wp] = x.shape();
-    let (ho, wo) = (hp - 2, wp - 2);
-    let m = a.m;
-    let grid = with_contiguous_rows(x, |x| convolve_rows(a, x, &window, [ho, wo]));
-    let y = MemRef::<f32, 4>::allocate([n, m, ho, wo]);
-    for row in 0..n * m * ho {
-        std::ptr::copy_nonoverlapping(grid.aligned.add(row * wp), y.aligned.add(row * wo), wo);
-    }
-    grid.free();
-    y
-}
-
 /// A stride-1 convolution of the padded input `x` [N, C, Hp, Wp] with the weights `a`
 /// [M, C·kh·kw] (a convolution's [M, C, kh, kw]), `window` = [kh, kw, dh, dw]: the result
 /// [N, M, Ho, Wp], whose first Wo columns are the convolution's.
@@ -209,7 +191,12 @@ pub unsafe extern "C" fn _mlir_ciface_mrc_conv_windows_weight_grad(
     *out = weight_gradient("mrc_conv_windows_weight_grad", &*x, &*grad, &*window);
 }
 
-unsafe fn weight_gradient(name: &str, x: &MemRef<f32, 4>, grad: &MemRef<f32, 4>, window: &MemRef<i64, 1>) -> MemRef<f32, 4> {
+unsafe fn weight_gradient(
+    name: &str,
+    x: &MemRef<f32, 4>,
+    grad: &MemRef<f32, 4>,
+    window: &MemRef<i64, 1>,
+) -> MemRef<f32, 4> {
     let ([n, c, h, w], [n2, m, ho2, wo2]) = (x.shape(), grad.shape());
     let settings = window.elements();
     let (window, padding) = settings.split_at(settings.len().min(4));
@@ -239,7 +226,9 @@ unsafe fn weight_gradient(name: &str, x: &MemRef<f32, 4>, grad: &MemRef<f32, 4>,
 /// settings; `None` (the error recorded) when they are not.
 pub(super) fn padding_of(settings: &[i64], name: &str) -> Option<Padding> {
     match *settings {
-        [top, left, bottom, right] if [top, left, bottom, right].iter().all(|&p| p >= 0) => Some([top, left, bottom, right].map(|p| p as usize)),
+        [top, left, bottom, right] if [top, left, bottom, right].iter().all(|&p| p >= 0) => {
+            Some([top, left, bottom, right].map(|p| p as usize))
+        }
         ref other => {
             super::set_error(format!("{name}: padding {other:?} is not [top, left, bottom, right]"));
             None
@@ -248,7 +237,12 @@ pub(super) fn padding_of(settings: &[i64], name: &str) -> Option<Padding> {
 }
 
 /// [`weight_gradient`] of `x` and `grad` with contiguous rows, the output `[ho, wo]`.
-unsafe fn weight_gradient_rows(x: &MemRef<f32, 4>, grad: &MemRef<f32, 4>, window: &Window, [ho, wo]: [usize; 2]) -> MemRef<f32, 4> {
+unsafe fn weight_gradient_rows(
+    x: &MemRef<f32, 4>,
+    grad: &MemRef<f32, 4>,
+    window: &Window,
+    [ho, wo]: [usize; 2],
+) -> MemRef<f32, 4> {
     let ([_, c, _, wp], [_, m, _, _]) = (x.shape(), grad.shape());
     let [kh, kw] = window.kernel;
     let q = (ho - 1) * wp + wo;
@@ -322,7 +316,13 @@ pub(super) mod tests {
     }
 
     /// The direct convolution of `x` [N, C, Hp, Wp] with `w` [M, C, kh, kw] at stride 1.
-    pub(in crate::abi) fn direct(x: &[f32], [n, c, hp, wp]: [usize; 4], w: &[f32], [m, kh, kw]: [usize; 3], [dh, dw]: [usize; 2]) -> (Vec<f32>, [usize; 2]) {
+    pub(in crate::abi) fn direct(
+        x: &[f32],
+        [n, c, hp, wp]: [usize; 4],
+        w: &[f32],
+        [m, kh, kw]: [usize; 3],
+        [dh, dw]: [usize; 2],
+    ) -> (Vec<f32>, [usize; 2]) {
         let (ho, wo) = (hp - dh * (kh - 1), wp - dw * (kw - 1));
         let mut y = vec![0.0; n * m * ho * wo];
         for (b, o, r, s) in itertools(n, m, ho, wo) {
@@ -330,7 +330,8 @@ pub(super) mod tests {
             for ch in 0..c {
                 for i in 0..kh {
                     for j in 0..kw {
-                        sum += w[((o * c + ch) * kh + i) * kw + j] * x[((b * c + ch) * hp + r + i * dh) * wp + s + j * dw];
+                        sum +=
+                            w[((o * c + ch) * kh + i) * kw + j] * x[((b * c + ch) * hp + r + i * dh) * wp + s + j * dw];
                     }
                 }
             }
@@ -358,7 +359,11 @@ pub(super) mod tests {
             assert_eq!(y.shape(), [n, m, ho, wp]);
             let grid = unsafe { y.elements() }.into_owned();
             for (b, o, r, s) in itertools(n, m, ho, wo) {
-                assert_eq!(grid[((b * m + o) * ho + r) * wp + s], expected[((b * m + o) * ho + r) * wo + s], "{kh}x{kw} /{dh},{dw}");
+                assert_eq!(
+                    grid[((b * m + o) * ho + r) * wp + s],
+                    expected[((b * m + o) * ho + r) * wo + s],
+                    "{kh}x{kw} /{dh},{dw}"
+                );
             }
             // The input as a view whose rows are 3 elements apart from the next row's start
             // beyond its width: copied to contiguous rows first.
@@ -398,20 +403,37 @@ pub(super) mod tests {
                     padded_x[((b * c + ch) * hp + r) * wp + s] = 0.0;
                 }
             }
-            let inner: Vec<f32> = itertools(n, c, h, w).map(|(b, ch, r, s)| padded_x[((b * c + ch) * hp + r + top) * wp + s + left]).collect();
-            let calls = [(x_ref, [0; 4], &x), (MemRef::<f32, 4>::owned(&inner, [n, c, h, w]), [top, left, bottom, right], &padded_x)];
+            let inner: Vec<f32> = itertools(n, c, h, w)
+                .map(|(b, ch, r, s)| padded_x[((b * c + ch) * hp + r + top) * wp + s + left])
+                .collect();
+            let calls = [
+                (x_ref, [0; 4], &x),
+                (MemRef::<f32, 4>::owned(&inner, [n, c, h, w]), [top, left, bottom, right], &padded_x),
+            ];
             for (input, padding, reference) in calls {
                 let mut settings = vec![kh as i64, kw as i64, dh as i64, dw as i64];
                 settings.extend(padding.map(|p| p as i64));
                 let mut dw_out = MemRef::<f32, 4>::allocate([0, 0, 0, 0]);
-                unsafe { _mlir_ciface_mrc_conv_windows_weight_grad(&mut dw_out, &input, &g_ref, &MemRef::owned(&settings, [8])) };
+                unsafe {
+                    _mlir_ciface_mrc_conv_windows_weight_grad(
+                        &mut dw_out,
+                        &input,
+                        &g_ref,
+                        &MemRef::owned(&settings, [8]),
+                    )
+                };
                 let gradient = unsafe { dw_out.elements() }.into_owned();
                 for (o, ch, i, j) in itertools(m, c, kh, kw) {
                     let mut sum = 0.0;
                     for (b, _, r, s) in itertools(n, 1, ho, wo) {
-                        sum += g[((b * m + o) * ho + r) * wo + s] * reference[((b * c + ch) * hp + r + i * dh) * wp + s + j * dw];
+                        sum += g[((b * m + o) * ho + r) * wo + s]
+                            * reference[((b * c + ch) * hp + r + i * dh) * wp + s + j * dw];
                     }
-                    assert_eq!(gradient[((o * c + ch) * kh + i) * kw + j], sum, "weight gradient {kh}x{kw} /{dh},{dw} padded by {padding:?}");
+                    assert_eq!(
+                        gradient[((o * c + ch) * kh + i) * kw + j],
+                        sum,
+                        "weight gradient {kh}x{kw} /{dh},{dw} padded by {padding:?}"
+                    );
                 }
             }
         }

@@ -9,8 +9,8 @@
 //! channels (a tile's point is one vector load) and the products have the channels as their
 //! long side (the GEMM's widest kernel).
 
-use super::kernels::{device_gemm, product, Lhs, Matrix};
-use super::window_products::{self, padding_of, Padding};
+use super::kernels::{product, Matrix};
+use super::window_products::{on_device, padding_of, Padding};
 use super::MemRef;
 
 /// Points of the transformed tile (6×6).
@@ -78,9 +78,6 @@ unsafe fn transform_channel_filters(w: *const f32, u: *mut f32, m: usize, c: usi
         }
     }
 }
-
-/// The fewest tiles for which transforming the filters on the call pays.
-const MIN_TILES_PER_FILTER_TRANSFORM: usize = 64;
 
 /// Channels transformed together, one per lane of the vector registers.
 const LANES: usize = 16;
@@ -167,20 +164,6 @@ impl Epilogue {
         }
         sum
     }
-
-    /// Completes every output of `y` [N, M, Ho, Wo] (contiguous) in place.
-    ///
-    /// # Safety
-    /// As [`Epilogue::complete`] for every output.
-    unsafe fn complete_all(&self, y: &mut MemRef<f32, 4>) {
-        let [_, m, ho, wo] = y.shape();
-        if self.bias == 0 && self.residual == 0 && !self.relu {
-            return;
-        }
-        for (offset, value) in y.as_mut_slice().iter_mut().enumerate() {
-            *value = self.complete(*value, offset / (ho * wo) % m, offset);
-        }
-    }
 }
 
 impl Tiling {
@@ -208,20 +191,31 @@ struct Place {
     output_extent: [usize; 2],
 }
 
-
 /// The input `x` [N, C, H, W] (any strides) with `padding`'s zeros around it, channels-last:
 /// [N, Hp, Wp, C]. A tile's 36 points then hold each channel group in one vector, and the
 /// convolution needs no padded copy of its input in NCHW. Rows are split among the threads.
 ///
 /// # Safety
 /// `x` describes a live buffer.
-unsafe fn channels_last(x: &MemRef<f32, 4>, [top, left, bottom, right]: Padding) -> Vec<f32> {
+unsafe fn channels_last(x: &MemRef<f32, 4>, padding: Padding) -> Vec<f32> {
+    let [n, c, hp, wp] = padded_shape(x, padding);
+    let mut transposed = Vec::with_capacity(n * hp * wp * c);
+    channels_last_into(x, padding, transposed.as_mut_ptr());
+    // SAFETY: every element was written.
+    transposed.set_len(n * hp * wp * c);
+    transposed
+}
+
+/// [`channels_last`] written at `target`, which holds N·Hp·Wp·C elements.
+///
+/// # Safety
+/// `x` describes a live buffer; `target` holds that many elements, which no one else uses.
+unsafe fn channels_last_into(x: &MemRef<f32, 4>, [top, left, bottom, right]: Padding, target: *mut f32) {
     let [n, c, h, w] = x.shape();
     let (hp, wp) = (h + top + bottom, w + left + right);
     let strides = x.strides.map(|s| s as isize);
     let source = x.aligned.wrapping_offset(x.offset as isize) as usize;
-    let mut transposed = Vec::with_capacity(n * hp * wp * c);
-    let target = transposed.as_mut_ptr() as usize;
+    let target = target as usize;
     use rayon::prelude::*;
     // SAFETY: each row's task writes its own [Wp, C] elements; both buffers outlive the tasks.
     (0..n * hp).into_par_iter().for_each(|row| unsafe {
@@ -235,9 +229,33 @@ unsafe fn channels_last(x: &MemRef<f32, 4>, [top, left, bottom, right]: Padding)
         let line = (source as *const f32).offset(image as isize * strides[0] + (y - top) as isize * strides[2]);
         transposed_row(line, [strides[1], strides[3]], [c, w], out.add(left * c))
     });
-    // SAFETY: the tasks wrote every element.
-    transposed.set_len(n * hp * wp * c);
-    transposed
+}
+
+/// The input `x` [N, C, H, W] (any strides) laid out channels-last with zeros around it
+/// ([`channels_last`]) as Winograd's convolutions and weight gradients read it, `settings`
+/// `[top, left, bottom, right]`: [N, H + top + bottom, W + left + right, C]. A layer's input
+/// laid out once serves its convolution and its weight gradient, and an output gradient its
+/// input gradient and weight gradient (the `lay-out-for-winograd` pass shares them).
+///
+/// # Safety
+/// The descriptors must describe live buffers; `out` receives a new one.
+#[no_mangle]
+pub unsafe extern "C" fn _mlir_ciface_mrc_channels_last(
+    out: *mut MemRef<f32, 4>,
+    x: *const MemRef<f32, 4>,
+    settings: *const MemRef<i64, 1>,
+) {
+    let x = &*x;
+    let Some(padding) = padding_of(&(*settings).elements(), "mrc_channels_last") else {
+        *out = MemRef::allocate([0; 4]);
+        return;
+    };
+    let [n, c, hp, wp] = padded_shape(x, padding);
+    let laid_out = MemRef::<f32, 4>::allocate([n, hp, wp, c]);
+    if !on_device("mrc_channels_last") {
+        channels_last_into(x, padding, laid_out.aligned);
+    }
+    *out = laid_out;
 }
 
 /// The row `line` of `c` channels and `wp` columns (`steps` apart) written channels-last at
@@ -250,7 +268,8 @@ unsafe fn transpose_row<const AVX512: bool>(line: *const f32, steps: [isize; 2],
         let columns = LANES.min(wp - left);
         for first in (0..c).step_by(LANES) {
             let channels = LANES.min(c - first);
-            let (source, target) = (line.offset(first as isize * steps[0] + left as isize * steps[1]), out.add(left * c + first));
+            let (source, target) =
+                (line.offset(first as isize * steps[0] + left as isize * steps[1]), out.add(left * c + first));
             #[cfg(target_arch = "x86_64")]
             if AVX512 && steps[1] == 1 {
                 transpose_block_avx512(source, steps[0], [channels, columns], target, c);
@@ -272,7 +291,13 @@ unsafe fn transpose_row<const AVX512: bool>(line: *const f32, steps: [isize; 2],
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[inline]
-unsafe fn transpose_block_avx512(source: *const f32, source_step: isize, [rows, columns]: [usize; 2], target: *mut f32, target_step: usize) {
+unsafe fn transpose_block_avx512(
+    source: *const f32,
+    source_step: isize,
+    [rows, columns]: [usize; 2],
+    target: *mut f32,
+    target_step: usize,
+) {
     use std::arch::x86_64::*;
     let mask = |count: usize| ((1u32 << count) - 1) as u16;
     let (column_mask, row_mask) = (mask(columns), mask(rows));
@@ -286,7 +311,11 @@ unsafe fn transpose_block_avx512(source: *const f32, source_step: isize, [rows, 
     // a[2i], a[2i + 1]: rows 2i and 2i + 1 interleaved, columns 4k, 4k + 1 and 4k + 2, 4k + 3 of lane k.
     let a: [__m512; 16] = std::array::from_fn(|i| {
         let (even, odd) = (loaded[i / 2 * 2], loaded[i / 2 * 2 + 1]);
-        if i % 2 == 0 { _mm512_unpacklo_ps(even, odd) } else { _mm512_unpackhi_ps(even, odd) }
+        if i % 2 == 0 {
+            _mm512_unpacklo_ps(even, odd)
+        } else {
+            _mm512_unpackhi_ps(even, odd)
+        }
     });
     // b[4j + q], lane k: rows 4j..4j + 4 of column 4k + q.
     let b: [__m512; 16] = std::array::from_fn(|i| {
@@ -399,9 +428,27 @@ unsafe fn transform_outputs(tiling: &Tiling, first: usize, count: usize, product
             let (at, offset) = (products.add(tile * m + channels), place.output + channels * ho * wo);
             let completion = (&tiling.epilogue, channels, offset);
             if m - channels >= LANES {
-                transform_output_tile(LANES, at, y.add(offset), place.output_extent, steps, completion, &mut rows, &mut out);
+                transform_output_tile(
+                    LANES,
+                    at,
+                    y.add(offset),
+                    place.output_extent,
+                    steps,
+                    completion,
+                    &mut rows,
+                    &mut out,
+                );
             } else {
-                transform_output_tile(m - channels, at, y.add(offset), place.output_extent, steps, completion, &mut rows, &mut out);
+                transform_output_tile(
+                    m - channels,
+                    at,
+                    y.add(offset),
+                    place.output_extent,
+                    steps,
+                    completion,
+                    &mut rows,
+                    &mut out,
+                );
             }
         }
     }
@@ -494,16 +541,15 @@ for_this_cpu!(
     unsafe fn outputs(tiling: &Tiling, first: usize, count: usize, products: &[f32], block: usize) = transform_outputs
 );
 
-/// The convolution of the input `x` [N, C, H, W] (any strides) with `padding`'s zeros around
-/// it by the transformed filters `u` [36, C, M], completed by `epilogue`: [N, M, Hp − 2, Wp − 2].
+/// The convolution of the input laid out channels-last with its zeros, `x` [N, Hp, Wp, C]
+/// ([`channels_last`]), by the transformed filters `u` [36, C, M], completed by `epilogue`:
+/// [N, M, Hp − 2, Wp − 2].
 ///
 /// # Safety
-/// `x` describes a live buffer; `u` holds 36·C·M elements; `epilogue` fits the output.
-unsafe fn convolve(u: &[f32], m: usize, x: &MemRef<f32, 4>, padding: Padding, epilogue: Epilogue) -> MemRef<f32, 4> {
-    let [n, c, hp, wp] = padded_shape(x, padding);
+/// `x` holds N·Hp·Wp·C elements; `u` holds 36·C·M elements; `epilogue` fits the output.
+unsafe fn convolve(u: &[f32], m: usize, x: &[f32], [n, hp, wp, c]: [usize; 4], epilogue: Epilogue) -> MemRef<f32, 4> {
     let (ho, wo) = (hp - 2, wp - 2);
     let y = MemRef::<f32, 4>::allocate([n, m, ho, wo]);
-    let x = channels_last(x, padding);
     let tiling = Tiling {
         x: x.as_ptr() as usize,
         input: [n, hp, wp, c],
@@ -570,18 +616,27 @@ fn filter_gradient_1d([p0, p1, p2, p3, p4, p5]: [f32; 6]) -> [f32; 3] {
 
 /// Transforms the output gradient's tiles `first..first + count`, every channel, into `e`
 /// [36, block, M] (tile `first` first): E = A·e·Aᵀ of each 4×4 tile, zero outside the
-/// output. `gradient` is channels-last, [N, Ho, Wg, M] (Wg ≥ Wo).
+/// output. `gradient` is channels-last, images of `[Hg, Wg]` rows and columns (at least the
+/// output's), the output gradient at its first.
 ///
 /// # Safety
 /// As [`transform_inputs`], for `e`.
 #[inline(always)]
-unsafe fn transform_gradients(tiling: &Tiling, gradient: *const f32, wg: usize, first: usize, count: usize, e: *mut f32, block: usize) {
+unsafe fn transform_gradients(
+    tiling: &Tiling,
+    gradient: *const f32,
+    [hg, wg]: [usize; 2],
+    first: usize,
+    count: usize,
+    e: *mut f32,
+    block: usize,
+) {
     let ([_, m, ho, wo], [th, tw]) = (tiling.output, tiling.tiles);
     let (steps, stride) = ([wg * m, m], block * m);
     for tile in 0..count {
         let flat = first + tile;
         let (image, top, left) = (flat / (th * tw), flat / tw % th * 4, flat % tw * 4);
-        let corner = gradient.add(((image * ho + top) * wg + left) * m);
+        let corner = gradient.add(((image * hg + top) * wg + left) * m);
         let extent = [(ho - top).min(4), (wo - left).min(4)];
         for channels in (0..m).step_by(LANES) {
             let (corner, at) = (corner.add(channels), e.add(tile * m + channels));
@@ -598,7 +653,14 @@ unsafe fn transform_gradients(tiling: &Tiling, gradient: *const f32, wg: usize, 
 /// `steps` apart, `extent` of them in the output) transformed into `e` (the points `stride`
 /// apart).
 #[inline(always)]
-unsafe fn transform_gradient_tile(lanes: usize, corner: *const f32, [rows, width]: [usize; 2], steps: [usize; 2], e: *mut f32, stride: usize) {
+unsafe fn transform_gradient_tile(
+    lanes: usize,
+    corner: *const f32,
+    [rows, width]: [usize; 2],
+    steps: [usize; 2],
+    e: *mut f32,
+    stride: usize,
+) {
     let mut tile = [[[0.0_f32; LANES]; 4]; 4];
     for (r, row) in tile.iter_mut().enumerate().take(rows) {
         for (s, values) in row.iter_mut().enumerate().take(width) {
@@ -652,7 +714,7 @@ unsafe fn transform_filter_gradients(p: *const f32, [m, c]: [usize; 2], o: usize
 
 for_this_cpu!(
     /// [`transform_gradients`] for this CPU.
-    unsafe fn gradients(tiling: &Tiling, gradient: *const f32, wg: usize, first: usize, count: usize, e: *mut f32, block: usize) = transform_gradients
+    unsafe fn gradients(tiling: &Tiling, gradient: *const f32, rows: [usize; 2], first: usize, count: usize, e: *mut f32, block: usize) = transform_gradients
 );
 for_this_cpu!(
     /// [`transform_filter_gradients`] for this CPU.
@@ -663,7 +725,7 @@ for_this_cpu!(
 /// 16 tiles (its transforms of the products, M·C·36 values, against the 6.75·M·C
 /// multiply-adds it saves per tile), and at most a tenth of the tiles' points outside the
 /// output (the mask head's 14×14 outputs, 44% of them in partial tiles, measured slower).
-pub(super) fn pays_for_weight_gradient(n: usize, [ho, wo]: [usize; 2]) -> bool {
+pub fn pays_for_weight_gradient(n: usize, [ho, wo]: [usize; 2]) -> bool {
     let tiles = ho.div_ceil(4) * wo.div_ceil(4);
     n * tiles >= 16 && 10 * ho * wo >= 9 * 16 * tiles
 }
@@ -676,9 +738,31 @@ pub(super) fn pays_for_weight_gradient(n: usize, [ho, wo]: [usize; 2]) -> bool {
 ///
 /// # Safety
 /// The descriptors describe live buffers of those shapes.
-pub(super) unsafe fn weight_gradient(x: &MemRef<f32, 4>, padding: Padding, grad: &MemRef<f32, 4>, [ho, wo]: [usize; 2]) -> MemRef<f32, 4> {
-    let ([n, c, hp, wp], [_, m, _, wg]) = (padded_shape(x, padding), grad.shape());
+pub(super) unsafe fn weight_gradient(
+    x: &MemRef<f32, 4>,
+    padding: Padding,
+    grad: &MemRef<f32, 4>,
+    [ho, wo]: [usize; 2],
+) -> MemRef<f32, 4> {
+    let ([n, c, hp, wp], [_, m, hg, wg]) = (padded_shape(x, padding), grad.shape());
     let (x, gradient) = (channels_last(x, padding), channels_last(grad, [0; 4]));
+    weight_gradient_laid_out(&x, [n, hp, wp, c], &gradient, [hg, wg, m], [0, 0], [ho, wo])
+}
+
+/// [`weight_gradient`] of the input and the output gradient laid out channels-last
+/// ([`channels_last`]): `x` [N, Hp, Wp, C] with its zeros, `gradient` [N, Hg, Wg, M] holding
+/// the [Ho, Wo] output gradient at `corner` (its top and left padding).
+///
+/// # Safety
+/// The slices hold those shapes; `corner` and [Ho, Wo] lie within [Hg, Wg].
+unsafe fn weight_gradient_laid_out(
+    x: &[f32],
+    [n, hp, wp, c]: [usize; 4],
+    gradient: &[f32],
+    [hg, wg, m]: [usize; 3],
+    [top, left]: [usize; 2],
+    [ho, wo]: [usize; 2],
+) -> MemRef<f32, 4> {
     let tiling = Tiling {
         x: x.as_ptr() as usize,
         input: [n, hp, wp, c],
@@ -689,16 +773,28 @@ pub(super) unsafe fn weight_gradient(x: &MemRef<f32, 4>, padding: Padding, grad:
     };
     let tiles = n * tiling.tiles[0] * tiling.tiles[1];
     // Every element of `v`, `e`, `p` and `dw` is written below.
-    let (mut v, mut e, mut p) = (Vec::<f32>::with_capacity(POINTS * tiles * c), Vec::<f32>::with_capacity(POINTS * tiles * m), Vec::<f32>::with_capacity(POINTS * m * c));
+    let (mut v, mut e, mut p) = (
+        Vec::<f32>::with_capacity(POINTS * tiles * c),
+        Vec::<f32>::with_capacity(POINTS * tiles * m),
+        Vec::<f32>::with_capacity(POINTS * m * c),
+    );
     let (v_base, e_base, p_base) = (v.as_mut_ptr() as usize, e.as_mut_ptr() as usize, p.as_mut_ptr() as usize);
-    let gradient_base = gradient.as_ptr() as usize;
+    let gradient_base = gradient.as_ptr().add((top * wg + left) * m) as usize;
     use rayon::prelude::*;
     const CHUNK: usize = 16;
     // SAFETY (all three loops): each task writes its own tiles, points or output channels.
     (0..tiles.div_ceil(CHUNK)).into_par_iter().for_each(|chunk| {
         let (first, count) = (chunk * CHUNK, CHUNK.min(tiles - chunk * CHUNK));
         inputs(&tiling, first, count, (v_base as *mut f32).add(first * c), tiles);
-        gradients(&tiling, gradient_base as *const f32, wg, first, count, (e_base as *mut f32).add(first * m), tiles);
+        gradients(
+            &tiling,
+            gradient_base as *const f32,
+            [hg, wg],
+            first,
+            count,
+            (e_base as *mut f32).add(first * m),
+            tiles,
+        );
     });
     v.set_len(POINTS * tiles * c);
     e.set_len(POINTS * tiles * m);
@@ -726,49 +822,51 @@ fn padded_shape(x: &MemRef<f32, 4>, [top, left, bottom, right]: Padding) -> [usi
     [n, c, h + top + bottom, w + left + right]
 }
 
-/// A convolution entry point's settings, `[top, left, bottom, right, relu]`: the zeros around
-/// its input, and 1 for a ReLU after the sums; `None` (the error recorded) when they are not.
-unsafe fn settings_of(name: &str, settings: &MemRef<i64, 1>) -> Option<(Padding, bool)> {
-    let values = settings.elements();
-    match values[..] {
-        [ref padding @ .., relu @ (0 | 1)] if padding.len() == 4 => padding_of(padding, name).map(|padding| (padding, relu == 1)),
-        _ => {
-            super::set_error(format!("{name}: settings {:?} are not [top, left, bottom, right, relu]", &values[..]));
+/// A convolution entry point's settings, `[relu]`: 1 for a ReLU after the sums; `None` (the
+/// error recorded) when they are not.
+unsafe fn relu_of(name: &str, settings: &MemRef<i64, 1>) -> Option<bool> {
+    match settings.elements()[..] {
+        [relu @ (0 | 1)] => Some(relu == 1),
+        ref other => {
+            super::set_error(format!("{name}: settings {other:?} are not [relu]"));
             None
         }
     }
 }
 
-/// A Winograd entry point's arguments, checked: the zeros around the input, the epilogue, and
-/// the residual's elements, contiguous, which the epilogue reads.
+/// A Winograd entry point's arguments, checked: the input laid out, the epilogue, and the
+/// residual's elements, contiguous, which the epilogue reads.
 struct Checked<'a> {
-    padding: Padding,
+    x: std::borrow::Cow<'a, [f32]>,
     epilogue: Epilogue,
     _residual: std::borrow::Cow<'a, [f32]>,
 }
 
-/// Checks the arguments of an entry point convolving `x` with filters for `c` channels into
-/// `m` (`filters_fit`: whether they are 3×3): `settings` ([`settings_of`]), `bias` [M] or
-/// empty, `residual` of the output's shape or empty. The output's shape is the error (the
-/// message recorded) when they do not fit.
+/// Checks the arguments of an entry point convolving `x` (laid out channels-last with its
+/// zeros, [N, Hp, Wp, C]) with filters for `c` channels into `m` (`filters_fit`: whether they
+/// are 3×3): `settings` ([`relu_of`]), `bias` [M] or empty, `residual` of the output's shape
+/// or empty. The output's shape is the error (the message recorded) when they do not fit.
 unsafe fn checked<'a>(
     name: &str,
-    x: &MemRef<f32, 4>,
+    x: &'a MemRef<f32, 4>,
     [c, m]: [usize; 2],
     filters_fit: bool,
     settings: &MemRef<i64, 1>,
     bias: &MemRef<f32, 1>,
     residual: &'a MemRef<f32, 4>,
 ) -> Result<Checked<'a>, [usize; 4]> {
-    let settings = settings_of(name, settings);
-    let shape @ [n, _, hp, wp] = padded_shape(x, settings.map_or([0; 4], |(padding, _)| padding));
+    let relu = relu_of(name, settings);
+    let [n, hp, wp, x_c] = x.shape();
     let output = [n, m, hp.saturating_sub(2), wp.saturating_sub(2)];
-    let Some((padding, relu)) = settings.filter(|_| filters_fit && fits(name, shape, c)) else { return Err(output) };
+    let Some(relu) = relu.filter(|_| filters_fit && fits(name, [n, x_c, hp, wp], c)) else { return Err(output) };
     let [bias_size] = bias.shape();
     let residual_values = residual.elements();
     let residual_given = residual.shape() == output;
     if (bias_size != 0 && bias_size != m) || (!residual_given && !residual_values.is_empty()) {
-        super::set_error(format!("{name}: bias [{bias_size}] or residual {:?} do not fit the output {output:?}", residual.shape()));
+        super::set_error(format!(
+            "{name}: bias [{bias_size}] or residual {:?} do not fit the output {output:?}",
+            residual.shape()
+        ));
         return Err(output);
     }
     let epilogue = Epilogue {
@@ -776,29 +874,30 @@ unsafe fn checked<'a>(
         residual: if residual_given { residual_values.as_ptr() as usize } else { 0 },
         relu,
     };
-    Ok(Checked { padding, epilogue, _residual: residual_values })
+    Ok(Checked { x: x.elements(), epilogue, _residual: residual_values })
 }
 
 /// Checks the shapes of a Winograd convolution of the padded input `[n, c, hp, wp]`; false
 /// (the error recorded) when they do not fit or the products must run on a device.
 fn fits(name: &str, [n, c, hp, wp]: [usize; 4], filters_c: usize) -> bool {
-    if device_gemm().is_some() {
-        super::set_error(format!("{name}: not available on a GPU (the CUDA target uses im2col products)"));
+    if on_device(name) {
         return false;
     }
     if c != filters_c || hp < 3 || wp < 3 {
-        super::set_error(format!("{name}: filters for {filters_c} channels against the padded input [{n}, {c}, {hp}, {wp}]"));
+        super::set_error(format!(
+            "{name}: filters for {filters_c} channels against the padded input [{n}, {c}, {hp}, {wp}]"
+        ));
         return false;
     }
     true
 }
 
-/// A 3×3 stride-1 convolution of the input `x` [N, C, H, W] with zeros around it by the
-/// filters transformed when the weights loaded, `u` [36, C, M] ([`transform_filters`]), plus
-/// `bias` [M] and `residual` [N, M, Ho, Wo] (each empty for none), then a ReLU where
-/// `settings` (`[top, left, bottom, right, relu]`) say so: the result [N, M, Hp − 2, Wp − 2].
-/// The zeros are written while the input is laid out channels-last, and the sums while the
-/// output is transformed, so generated code neither pads the input nor reads the output again.
+/// A 3×3 stride-1 convolution of the input laid out channels-last with its zeros, `x`
+/// [N, Hp, Wp, C] ([`_mlir_ciface_mrc_channels_last`]), by the filters transformed when the
+/// weights loaded, `u` [36, C, M] ([`transform_filters`]), plus `bias` [M] and `residual`
+/// [N, M, Ho, Wo] (each empty for none), then a ReLU where `settings` (`[relu]`) say so: the
+/// result [N, M, Hp − 2, Wp − 2]. The sums are written while the output is transformed, so
+/// generated code does not read the output again.
 ///
 /// # Safety
 /// The descriptors must describe live buffers; `out` receives a new one.
@@ -814,7 +913,7 @@ pub unsafe extern "C" fn _mlir_ciface_mrc_conv_winograd(
     let (u, x) = (&*u, &*x);
     let [points, c, m] = u.shape();
     match checked("mrc_conv_winograd", x, [c, m], points == POINTS, &*settings, &*bias, &*residual) {
-        Ok(call) => *out = convolve(&u.elements(), m, x, call.padding, call.epilogue),
+        Ok(call) => *out = convolve(&u.elements(), m, &call.x, x.shape(), call.epilogue),
         Err(output) => *out = MemRef::allocate(output),
     }
 }
@@ -835,25 +934,52 @@ pub unsafe extern "C" fn _mlir_ciface_mrc_conv_winograd_filters(
 ) {
     let (w, x) = (&*w, &*x);
     let [m, c, kh, kw] = w.shape();
-    let call = match checked("mrc_conv_winograd_filters", x, [c, m], [kh, kw] == [3, 3], &*settings, &*bias, &*residual) {
-        Ok(call) => call,
-        Err(output) => {
-            *out = MemRef::allocate(output);
-            return;
-        }
+    match checked("mrc_conv_winograd_filters", x, [c, m], [kh, kw] == [3, 3], &*settings, &*bias, &*residual) {
+        Ok(call) => *out = convolve(&transform_filters(&w.elements(), m, c), m, &call.x, x.shape(), call.epilogue),
+        Err(output) => *out = MemRef::allocate(output),
+    }
+}
+
+/// The weight gradient [M, C, 3, 3] of a 3×3 stride-1 convolution from its input laid out
+/// channels-last with its zeros, `x` [N, Ho + 2, Wo + 2, C], and its output gradient laid out
+/// channels-last, `grad` [N, Ho + top + bottom, Wo + left + right, M] with `settings`
+/// `[top, left, bottom, right]` zeros around it (as the input gradient's convolution reads it:
+/// one layout serves both). By Winograd's transforms ([`weight_gradient`]).
+///
+/// # Safety
+/// The descriptors must describe live buffers; `out` receives a new one.
+#[no_mangle]
+pub unsafe extern "C" fn _mlir_ciface_mrc_conv_winograd_weight_grad(
+    out: *mut MemRef<f32, 4>,
+    x: *const MemRef<f32, 4>,
+    grad: *const MemRef<f32, 4>,
+    settings: *const MemRef<i64, 1>,
+) {
+    const NAME: &str = "mrc_conv_winograd_weight_grad";
+    let (x, grad) = (&*x, &*grad);
+    let ([n, hp, wp, c], [n2, hg, wg, m]) = (x.shape(), grad.shape());
+    let Some([top, left, bottom, right]) = padding_of(&(*settings).elements(), NAME) else {
+        *out = MemRef::allocate([m, c, 3, 3]);
+        return;
     };
-    let [n, _, hp, wp] = padded_shape(x, call.padding);
-    let w = w.elements();
-    // Transforming the filters costs about what 30 tiles save (per channel pair: ~20 ns
-    // against 108 multiply-adds per tile); below twice that, the window products.
-    if n * (hp - 2).div_ceil(4) * (wp - 2).div_ceil(4) < MIN_TILES_PER_FILTER_TRANSFORM {
-        let x = window_products::padded(x, call.padding);
-        *out = window_products::convolve_3x3(Lhs::of_matrix(&MemRef::borrowed(&w, [m, c * 9])), &x);
-        x.free();
-        call.epilogue.complete_all(&mut *out);
+    let ([ho, wo], [hg_inner, wg_inner]) = (
+        [hp.saturating_sub(2), wp.saturating_sub(2)],
+        [hg.saturating_sub(top + bottom), wg.saturating_sub(left + right)],
+    );
+    if n != n2 || hp < 3 || wp < 3 || [ho, wo] != [hg_inner, wg_inner] || top + bottom > hg || left + right > wg {
+        super::set_error(format!(
+            "{NAME}: input [{n}, {hp}, {wp}, {c}] and gradient [{n2}, {hg}, {wg}, {m}] padded by {:?}",
+            [top, left, bottom, right]
+        ));
+        *out = MemRef::allocate([m, c, 3, 3]);
         return;
     }
-    *out = convolve(&transform_filters(&w, m, c), m, x, call.padding, call.epilogue);
+    if on_device(NAME) {
+        *out = MemRef::allocate([m, c, 3, 3]);
+        return;
+    }
+    *out =
+        weight_gradient_laid_out(&x.elements(), [n, hp, wp, c], &grad.elements(), [hg, wg, m], [top, left], [ho, wo]);
 }
 
 #[cfg(test)]
@@ -884,7 +1010,12 @@ mod tests {
     /// shapes.
     #[test]
     fn weight_gradient_equals_the_direct_sum() {
-        let cases = [((2, 3, 9, 11, 5), [0; 4]), ((3, 17, 23, 30, 7), [2, 0, 0, 1]), ((8, 64, 16, 16, 64), [1; 4]), ((1, 64, 34, 27, 128), [1; 4])];
+        let cases = [
+            ((2, 3, 9, 11, 5), [0; 4]),
+            ((3, 17, 23, 30, 7), [2, 0, 0, 1]),
+            ((8, 64, 16, 16, 64), [1; 4]),
+            ((1, 64, 34, 27, 128), [1; 4]),
+        ];
         for ((n, c, hp, wp, m), padding) in cases {
             let (ho, wo, wg) = (hp - 2, wp - 2, wp);
             let (h, w) = (hp - padding[0] - padding[2], wp - padding[1] - padding[3]);
@@ -900,7 +1031,14 @@ mod tests {
             for (row, values) in g.chunks(wo).enumerate() {
                 g_wide[row * wg..row * wg + wo].copy_from_slice(values);
             }
-            let dw = unsafe { weight_gradient(&MemRef::owned(&inner, [n, c, h, w]), padding, &MemRef::owned(&g_wide, [n, m, ho, wg]), [ho, wo]) };
+            let dw = unsafe {
+                weight_gradient(
+                    &MemRef::owned(&inner, [n, c, h, w]),
+                    padding,
+                    &MemRef::owned(&g_wide, [n, m, ho, wg]),
+                    [ho, wo],
+                )
+            };
             assert_eq!(dw.shape(), [m, c, 3, 3]);
             let mut expected = vec![0.0_f32; m * c * 9];
             for (at, value) in expected.iter_mut().enumerate() {
@@ -909,7 +1047,8 @@ mod tests {
                 for b in 0..n {
                     for r in 0..ho {
                         for s in 0..wo {
-                            sum += f64::from(g[((b * m + o) * ho + r) * wo + s]) * f64::from(x[((b * c + ch) * hp + r + i) * wp + s + j]);
+                            sum += f64::from(g[((b * m + o) * ho + r) * wo + s])
+                                * f64::from(x[((b * c + ch) * hp + r + i) * wp + s + j]);
                         }
                     }
                 }
@@ -917,6 +1056,18 @@ mod tests {
             }
             let error = relative_error(&unsafe { dw.elements() }, &expected);
             assert!(error <= 1e-4, "[{n}, {c}, {hp}, {wp}] → {m}: relative error {error:e}");
+
+            // From the layouts: the input's with its padding, the gradient's with zeros around
+            // it, as the input gradient's convolution reads it (uneven, to place its corner).
+            let (x_laid_out, grad_padding) = (laid_out(&MemRef::owned(&inner, [n, c, h, w]), padding), [1, 2, 0, 1]);
+            let grad_laid_out = laid_out(&MemRef::owned(&g, [n, m, ho, wo]), grad_padding);
+            let (settings, mut dw) = (
+                MemRef::<i64, 1>::owned(&grad_padding.map(|size| size as i64), [4]),
+                MemRef::<f32, 4>::allocate([0; 4]),
+            );
+            unsafe { _mlir_ciface_mrc_conv_winograd_weight_grad(&mut dw, &x_laid_out, &grad_laid_out, &settings) };
+            let error = relative_error(&unsafe { dw.elements() }, &expected);
+            assert!(error <= 1e-4, "laid out, [{n}, {c}, {hp}, {wp}] → {m}: relative error {error:e}");
         }
     }
 
@@ -954,7 +1105,8 @@ mod tests {
             let x = values(n * c * h * w, 1);
             let w_values = values(m * c * 9, 2);
             let [hp, wp] = [h + padding[0] + padding[2], w + padding[1] + padding[3]];
-            let (mut expected, [ho, wo]) = direct(&pad(&x, [n, c, h, w], padding), [n, c, hp, wp], &w_values, [m, 3, 3], [1, 1]);
+            let (mut expected, [ho, wo]) =
+                direct(&pad(&x, [n, c, h, w], padding), [n, c, hp, wp], &w_values, [m, 3, 3], [1, 1]);
             let (bias, residual) = if epilogue {
                 let (bias, residual) = (values(m, 5), values(n * m * ho * wo, 6));
                 for (i, value) in expected.iter_mut().enumerate() {
@@ -964,9 +1116,8 @@ mod tests {
             } else {
                 nothing_added()
             };
-            let x_ref = MemRef::<f32, 4>::owned(&x, [n, c, h, w]);
-            let settings: Vec<i64> = padding.iter().map(|&size| size as i64).chain([epilogue as i64]).collect();
-            let settings = MemRef::<i64, 1>::owned(&settings, [5]);
+            let x_ref = laid_out(&MemRef::<f32, 4>::owned(&x, [n, c, h, w]), padding);
+            let settings = MemRef::<i64, 1>::owned(&[epilogue as i64], [1]);
             let u = transform_filters(&w_values, m, c);
             let u_ref = MemRef::<f32, 3>::owned(&u, [POINTS, c, m]);
             let mut y = MemRef::<f32, 4>::allocate([0, 0, 0, 0]);
@@ -982,27 +1133,43 @@ mod tests {
             view.sizes[3] = w as i64;
             let w_ref = MemRef::<f32, 4>::owned(&w_values, [m, c, 3, 3]);
             let mut y_filters = MemRef::<f32, 4>::allocate([0, 0, 0, 0]);
-            unsafe { _mlir_ciface_mrc_conv_winograd_filters(&mut y_filters, &w_ref, &view, &settings, &bias, &residual) };
+            unsafe {
+                _mlir_ciface_mrc_conv_winograd_filters(
+                    &mut y_filters,
+                    &w_ref,
+                    &laid_out(&view, padding),
+                    &settings,
+                    &bias,
+                    &residual,
+                )
+            };
             assert_eq!(y_filters.shape(), [n, m, ho, wo]);
-            // Few tiles take the window products (exact on these values' sums up to rounding).
             let error = relative_error(&unsafe { y_filters.elements() }, &expected);
             assert!(error <= 1e-4, "filters as they are, {case}: relative error {error:e}");
         }
     }
 
-    /// Settings that are not five, and a bias that does not fit, are errors, not reads past
+    /// `x` [N, C, H, W] laid out channels-last with `padding` around it, by the entry point.
+    pub(super) fn laid_out(x: &MemRef<f32, 4>, padding: [usize; 4]) -> MemRef<f32, 4> {
+        let settings = MemRef::<i64, 1>::owned(&padding.map(|size| size as i64), [4]);
+        let mut out = MemRef::<f32, 4>::allocate([0; 4]);
+        unsafe { _mlir_ciface_mrc_channels_last(&mut out, x, &settings) };
+        out
+    }
+
+    /// Settings that are not `[relu]`, and a bias that does not fit, are errors, not reads past
     /// their end.
     #[test]
     fn settings_and_biases_that_do_not_fit_are_refused() {
-        let x = values(2 * 6 * 6, 1);
+        let x = values(2 * 8 * 8, 1);
         let u = transform_filters(&values(2 * 2 * 9, 2), 2, 2);
-        let (u, x) = (MemRef::owned(&u, [POINTS, 2, 2]), MemRef::owned(&x, [1, 2, 6, 6]));
+        let (u, x) = (MemRef::owned(&u, [POINTS, 2, 2]), MemRef::owned(&x, [1, 8, 8, 2]));
         let (nothing, residual) = nothing_added();
         let mut y = MemRef::<f32, 4>::allocate([0, 0, 0, 0]);
         unsafe { _mlir_ciface_mrc_conv_winograd(&mut y, &u, &x, &MemRef::owned(&[1, 1, 1], [3]), &nothing, &residual) };
         let error = super::super::take_error().expect("an error recorded");
         assert!(error.contains("mrc_conv_winograd: settings [1, 1, 1] are not"), "{error}");
-        let (settings, bias) = (MemRef::owned(&[1, 1, 1, 1, 0], [5]), MemRef::owned(&[0.5; 3], [3]));
+        let (settings, bias) = (MemRef::owned(&[0], [1]), MemRef::owned(&[0.5; 3], [3]));
         unsafe { _mlir_ciface_mrc_conv_winograd(&mut y, &u, &x, &settings, &bias, &residual) };
         let error = super::super::take_error().expect("an error recorded");
         assert!(error.contains("bias [3] or residual [0, 0, 0, 0] do not fit the output [1, 2, 6, 6]"), "{error}");
@@ -1015,27 +1182,46 @@ mod tests {
 #[cfg(test)]
 mod r50_layers {
     use super::super::window_products::_mlir_ciface_mrc_conv_windows;
-    use super::tests::{nothing_added, pad, relative_error, values};
+    use super::tests::{laid_out, nothing_added, pad, relative_error, values};
     use super::*;
 
     #[test]
     fn winograd_is_within_1e_4_on_every_r50_layer_shape() {
         // (images, channels in = out, height, width): layer1..layer4's 3×3 convolutions, the
         // FPN's and the RPN's on P2 (the largest level), the mask head's on 100 RoIs.
-        for (n, c, h, w) in [(1, 64, 200, 272), (1, 128, 100, 136), (1, 256, 50, 68), (1, 512, 25, 34), (1, 256, 200, 272), (100, 256, 14, 14)] {
+        for (n, c, h, w) in [
+            (1, 64, 200, 272),
+            (1, 128, 100, 136),
+            (1, 256, 50, 68),
+            (1, 512, 25, 34),
+            (1, 256, 200, 272),
+            (100, 256, 14, 14),
+        ] {
             let x = values(n * c * h * w, 3);
             // He-initialized filters, as trained ones are scaled.
             let scale = (2.0 / (c * 9) as f32).sqrt();
             let weights: Vec<f32> = values(c * c * 9, 4).iter().map(|v| v * scale).collect();
             let u = transform_filters(&weights, c, c);
             let mut y = MemRef::<f32, 4>::allocate([0, 0, 0, 0]);
-            let (x_ref, settings) = (MemRef::<f32, 4>::owned(&x, [n, c, h, w]), MemRef::<i64, 1>::owned(&[1, 1, 1, 1, 0], [5]));
+            let (x_ref, settings) =
+                (laid_out(&MemRef::<f32, 4>::owned(&x, [n, c, h, w]), [1; 4]), MemRef::<i64, 1>::owned(&[0], [1]));
             let (bias, residual) = nothing_added();
-            unsafe { _mlir_ciface_mrc_conv_winograd(&mut y, &MemRef::owned(&u, [POINTS, c, c]), &x_ref, &settings, &bias, &residual) };
+            unsafe {
+                _mlir_ciface_mrc_conv_winograd(
+                    &mut y,
+                    &MemRef::owned(&u, [POINTS, c, c]),
+                    &x_ref,
+                    &settings,
+                    &bias,
+                    &residual,
+                )
+            };
             let mut reference = MemRef::<f32, 4>::allocate([0, 0, 0, 0]);
             let window = MemRef::<i64, 1>::owned(&[3, 3, 1, 1], [4]);
             let padded = MemRef::<f32, 4>::owned(&pad(&x, [n, c, h, w], [1; 4]), [n, c, h + 2, w + 2]);
-            unsafe { _mlir_ciface_mrc_conv_windows(&mut reference, &MemRef::owned(&weights, [c, c * 9]), &padded, &window) };
+            unsafe {
+                _mlir_ciface_mrc_conv_windows(&mut reference, &MemRef::owned(&weights, [c, c * 9]), &padded, &window)
+            };
             // The reference lies on the padded width: its first w columns of each row.
             let grid = unsafe { reference.elements() }.into_owned();
             let expected: Vec<f32> = grid.chunks(w + 2).flat_map(|row| row[..w].to_vec()).collect();
