@@ -254,10 +254,10 @@ fn segment_sizes(deallocation: &OperationRef) -> Result<[usize; 3], LoweringErro
 #[cfg(test)]
 mod tests {
     use crate::lowering::{bufferize, create_context, parse_module, rewrite::operations_named};
-    use melior::ir::operation::OperationLike;
 
-    /// The deallocations of `function` in `source` after bufferization, one line per operation
-    /// that calls a function or frees a buffer, in order (the rest is bookkeeping).
+    /// `function` of `source` after bufferization: its lines that call a function, copy or free
+    /// a buffer, and the loops, branches and returns around them, in order (the rest is the
+    /// deallocation's bookkeeping).
     fn calls_and_frees(source: &str, function: &str) -> String {
         let context = create_context();
         let mut module = parse_module(&context, source).unwrap();

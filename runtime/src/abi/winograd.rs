@@ -912,10 +912,8 @@ pub unsafe extern "C" fn _mlir_ciface_mrc_conv_winograd(
 ) {
     let (u, x) = (&*u, &*x);
     let [points, c, m] = u.shape();
-    match checked("mrc_conv_winograd", x, [c, m], points == POINTS, &*settings, &*bias, &*residual) {
-        Ok(call) => *out = convolve(&u.elements(), m, &call.x, x.shape(), call.epilogue),
-        Err(output) => *out = MemRef::allocate(output),
-    }
+    let filters = || u.elements();
+    *out = checked_convolution("mrc_conv_winograd", x, [c, m], points == POINTS, (&*settings, &*bias, &*residual), filters);
 }
 
 /// [`_mlir_ciface_mrc_conv_winograd`] with the filters as they are, `w` [M, C, 3, 3],
@@ -934,9 +932,26 @@ pub unsafe extern "C" fn _mlir_ciface_mrc_conv_winograd_filters(
 ) {
     let (w, x) = (&*w, &*x);
     let [m, c, kh, kw] = w.shape();
-    match checked("mrc_conv_winograd_filters", x, [c, m], [kh, kw] == [3, 3], &*settings, &*bias, &*residual) {
-        Ok(call) => *out = convolve(&transform_filters(&w.elements(), m, c), m, &call.x, x.shape(), call.epilogue),
-        Err(output) => *out = MemRef::allocate(output),
+    let filters = || std::borrow::Cow::Owned(transform_filters(&w.elements(), m, c));
+    *out = checked_convolution("mrc_conv_winograd_filters", x, [c, m], [kh, kw] == [3, 3], (&*settings, &*bias, &*residual), filters);
+}
+
+/// A Winograd entry point's convolution of `x` by the transformed `filters`, once its
+/// arguments are [`checked`]; an uninitialized output (the error recorded) when they do not fit.
+///
+/// # Safety
+/// The descriptors must describe live buffers.
+unsafe fn checked_convolution<'f>(
+    name: &str,
+    x: &MemRef<f32, 4>,
+    [c, m]: [usize; 2],
+    filters_fit: bool,
+    (settings, bias, residual): (&MemRef<i64, 1>, &MemRef<f32, 1>, &MemRef<f32, 4>),
+    filters: impl FnOnce() -> std::borrow::Cow<'f, [f32]>,
+) -> MemRef<f32, 4> {
+    match checked(name, x, [c, m], filters_fit, settings, bias, residual) {
+        Ok(call) => convolve(&filters(), m, &call.x, x.shape(), call.epilogue),
+        Err(output) => MemRef::allocate(output),
     }
 }
 
