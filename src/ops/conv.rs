@@ -457,6 +457,14 @@ fn check_laid_out(
     Ok(())
 }
 
+/// The zeros around the input of the convolution of `attrs`, and around its output gradient
+/// in the input gradient's convolution at stride 1 (`None` where the padding is wider than the
+/// kernel's reach), `[top, left, bottom, right]` each: what its layouts hold.
+pub fn layout_paddings(attrs: &Attrs) -> ([i64; 4], Option<[i64; 4]>) {
+    let window = Window::of(attrs);
+    (window.padding(), window.input_gradient_window().map(|gradient| gradient.padding()))
+}
+
 /// Whether the convolution of `attrs` (`conv2d`'s) is one Winograd's F(4×4, 3×3) computes.
 pub fn winograd_fits(attrs: &Attrs) -> bool {
     Window::of(attrs).winograd()

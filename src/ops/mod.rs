@@ -63,10 +63,7 @@ pub static OPERATORS: &[&dyn Operator] = &[
     &detection::MaskrcnnLoss,
 ];
 
-pub use conv::{
-    non_overlapping, winograd_fits, ChannelsLast, Conv2dBackwardInput, Conv2dBackwardWeight, FusedConv2d,
-    PreparedConvTranspose2d,
-};
+pub use conv::{layout_paddings, non_overlapping, winograd_fits, ChannelsLast, Conv2dBackwardInput, Conv2dBackwardWeight, FusedConv2d, PreparedConvTranspose2d};
 pub use elementwise::FillLike;
 pub use norm::{BatchMoments, BatchNormTraining, RunningStatistics};
 

@@ -72,21 +72,6 @@ impl Layouts {
     }
 }
 
-/// The zeros around a convolution's input, `[top, left, bottom, right]`.
-fn padding(attrs: &Attrs) -> [i64; 4] {
-    let [h, w] = ops::checked_pair(attrs, "padding");
-    [h, w, h, w]
-}
-
-/// The zeros around the output gradient in the input gradient's convolution (stride 1): the
-/// kernel's reach less the forward's padding; `None` where the padding is wider.
-fn gradient_padding(attrs: &Attrs) -> Option<[i64; 4]> {
-    let ([kh, kw], [dh, dw]) = (ops::checked_pair(attrs, "kernel"), ops::checked_pair(attrs, "dilation"));
-    let [top, left, ..] = padding(attrs);
-    let [h, w] = [dh * (kh - 1) - top, dw * (kw - 1) - left];
-    (h >= 0 && w >= 0).then_some([h, w, h, w])
-}
-
 /// A convolution (`conv2d` becomes a `conv2d_fused` with nothing fused) reads its input laid out.
 fn lay_out_convolution(graph: &mut Graph, node: NodeIndex, mut attrs: Attrs, layouts: &mut Layouts) -> bool {
     let inputs = graph.inputs_of(node);
@@ -95,7 +80,7 @@ fn lay_out_convolution(graph: &mut Graph, node: NodeIndex, mut attrs: Attrs, lay
     for (flag, value) in [("relu", false), ("packed", false), ("winograd", false)] {
         attrs.entry(flag.into()).or_insert(AttrValue::Bool(value));
     }
-    let laid_out = layouts.of(graph, x, padding(&attrs), node);
+    let laid_out = layouts.of(graph, x, ops::layout_paddings(&attrs).0, node);
     graph
         .replace_op(node, &ops::FusedConv2d, attrs, &[vec![x], residual, vec![laid_out]])
         .expect("a layout fits its convolution");
@@ -104,7 +89,7 @@ fn lay_out_convolution(graph: &mut Graph, node: NodeIndex, mut attrs: Attrs, lay
 
 /// An input gradient at stride 1 reads the output gradient laid out with its convolution's zeros.
 fn lay_out_input_gradient(graph: &mut Graph, node: NodeIndex, attrs: Attrs, layouts: &mut Layouts) -> bool {
-    let Some(zeros) = gradient_padding(&attrs) else { return false };
+    let Some(zeros) = ops::layout_paddings(&attrs).1 else { return false };
     let [grad, weight, like] = graph.inputs_of(node)[..] else { return false };
     let laid_out = layouts.of(graph, grad, zeros, node);
     graph
@@ -117,7 +102,7 @@ fn lay_out_input_gradient(graph: &mut Graph, node: NodeIndex, attrs: Attrs, layo
 /// output gradient, where Winograd's transforms pay for its output size (all but mostly
 /// partial tiles, such as the mask head's 14×14; sizes known only at run time are taken to).
 fn lay_out_weight_gradient(graph: &mut Graph, node: NodeIndex, attrs: Attrs, layouts: &mut Layouts) -> bool {
-    let Some(zeros) = gradient_padding(&attrs) else { return false };
+    let (padding, Some(zeros)) = ops::layout_paddings(&attrs) else { return false };
     let [x, grad] = graph.inputs_of(node)[..] else { return false };
     let dims = &graph.ty(grad).dims;
     let known = |axis: usize| dims[axis].value().map(|size| size as usize);
@@ -127,7 +112,7 @@ fn lay_out_weight_gradient(graph: &mut Graph, node: NodeIndex, attrs: Attrs, lay
             return false;
         }
     }
-    let x_laid_out = layouts.of(graph, x, padding(&attrs), node);
+    let x_laid_out = layouts.of(graph, x, padding, node);
     let grad_laid_out = layouts.of(graph, grad, zeros, node);
     graph
         .replace_op(node, &ops::Conv2dBackwardWeight, attrs, &[vec![x], vec![grad], vec![x_laid_out, grad_laid_out]])
