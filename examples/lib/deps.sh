@@ -11,6 +11,7 @@ MRC_APT_PACKAGES="llvm-22-dev libmlir-22-dev mlir-22-tools libpolly-22-dev libcl
 libzstd-dev libz3-dev libxml2-dev zlib1g-dev graphviz"
 
 mrc_install_deps() {
+    mrc_check_dev_null || return 1
     local missing=()
     for p in $MRC_APT_PACKAGES; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -26,6 +27,20 @@ mrc_install_deps() {
         echo "error: cargo not found; install Rust (https://rustup.rs)" >&2
         return 1
     fi
+}
+
+# Cargo gives rustc its probe source on standard input from /dev/null. Where something running
+# as root renamed a file over /dev/null, it is a regular file holding whatever programs threw
+# away, and a fresh build fails reading that as Rust ("unknown start of token"). Put the device
+# back where we can, and say so.
+mrc_check_dev_null() {
+    [ -c /dev/null ] && return 0
+    if [ "$(id -u)" -eq 0 ]; then
+        echo "warning: /dev/null was not a character device (a file replaced it); recreating it" >&2
+        rm -f /dev/null && mknod -m 666 /dev/null c 1 3 && return 0
+    fi
+    echo "error: /dev/null is not a character device; as root: rm /dev/null && mknod -m 666 /dev/null c 1 3" >&2
+    return 1
 }
 
 # ptxas, which assembles the CUDA target's PTX: NVIDIA's PyPI package `nvidia-cuda-nvcc-cu12`

@@ -126,7 +126,20 @@ pub fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> Result<(), Str
 
 /// Writes `bytes` to `path` through a temporary file and a rename (see [`write_json_atomic`]).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
-    let file_name = path.file_name().ok_or_else(|| format!("{}: not a file path", path.display()))?;
+    write_replacing(path, bytes).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same directory and a rename, so that
+/// readers see the old file or the whole new one. A path that names a device or a pipe
+/// (`--json /dev/null`, `/dev/stdout`) is written in place: renaming over it would replace the
+/// device with a file, for every program on the machine when it is `/dev/null`.
+pub fn write_replacing(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    if std::fs::metadata(path).is_ok_and(|metadata| !metadata.is_file() && !metadata.is_dir()) {
+        return std::fs::OpenOptions::new().write(true).open(path)?.write_all(bytes);
+    }
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "the path names no file"))?;
     let mut temp_name = std::ffi::OsString::from(".");
     temp_name.push(file_name);
     temp_name.push(format!(".{}.tmp", std::process::id()));
@@ -136,8 +149,43 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
         file.sync_all()
     });
     let result = written.and_then(|()| std::fs::rename(&temp, path));
-    result.map_err(|e| {
+    if result.is_err() {
+        // The temporary file may not exist if creating it failed; nothing else to clean up.
         let _ = std::fs::remove_file(&temp);
-        format!("{}: {e}", path.display())
-    })
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::FileTypeExt;
+
+    use super::*;
+
+    #[test]
+    fn writing_a_regular_file_replaces_it_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("results.json");
+        std::fs::write(&path, b"an older and longer content").unwrap();
+        write_atomic(&path, b"[]").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"[]");
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|entry| entry.unwrap().file_name()).collect();
+        assert_eq!(names, ["results.json"], "no temporary file is left beside it");
+    }
+
+    /// As `--json /dev/null` run as root: the rename would put a file where the device was.
+    #[test]
+    fn writing_to_a_pipe_keeps_the_pipe() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+        assert!(made.success(), "mkfifo failed");
+        let reader = {
+            let fifo = fifo.clone();
+            std::thread::spawn(move || std::fs::read(fifo).unwrap())
+        };
+        write_atomic(&fifo, b"[1, 2]").unwrap();
+        assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo(), "the pipe was replaced by a file");
+        assert_eq!(reader.join().unwrap(), b"[1, 2]");
+    }
 }

@@ -3,8 +3,6 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::fs;
-use std::io::Write;
 use std::path::Path;
 
 use safetensors::tensor::TensorInfo;
@@ -133,25 +131,6 @@ pub(super) fn serialize(weights: &Weights) -> Result<Vec<u8>> {
 }
 
 pub(super) fn write_atomically(weights: &Weights, path: &Path) -> Result<()> {
-    let io = |source| WeightsError::Io { path: path.to_path_buf(), source };
     let bytes = serialize(weights)?;
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| io(std::io::Error::new(std::io::ErrorKind::InvalidInput, "the output path names no file")))?;
-    let mut partial_name = std::ffi::OsString::from(".");
-    partial_name.push(file_name);
-    partial_name.push(format!(".partial-{}", std::process::id()));
-    let partial = path.with_file_name(partial_name);
-    let written = (|| {
-        let mut file = fs::File::create(&partial)?;
-        file.write_all(&bytes)?;
-        file.sync_all()?;
-        fs::rename(&partial, path)
-    })();
-    if let Err(source) = written {
-        // The partial file may not exist if creating it failed; nothing else to clean up.
-        let _ = fs::remove_file(&partial);
-        return Err(io(source));
-    }
-    Ok(())
+    crate::program::coco::write_replacing(path, &bytes).map_err(|source| WeightsError::Io { path: path.to_path_buf(), source })
 }
